@@ -1,0 +1,29 @@
+# Two commands for a fresh machine (each sets itself up: Debian packages when root, .venv, pip):
+#   make demo   the embedded model's full atlas (Fig. 2, 4, 5) as a web page: atlas-fm/index.html
+#   make test   the whole test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-all bench clean
+
+demo:
+	@scripts/setup.sh demo
+	$(BIN)/zfnet atlas --pretrained --data fashion-mnist --evolution pretrained --out atlas-fm
+	@echo "open atlas-fm/index.html in a browser (or: $(BIN)/zfnet serve atlas-fm)"
+
+test:
+	@scripts/setup.sh test
+	$(BIN)/python -m pytest -q
+
+test-all:  # also the slow real-data runs
+	@scripts/setup.sh test
+	$(BIN)/python -m pytest -q -m ""
+
+bench:
+	@scripts/setup.sh test
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/deconv.py
+	$(BIN)/python bench/atlas.py
+
+clean:
+	rm -rf atlas-fm .pytest_cache

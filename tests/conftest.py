@@ -1,0 +1,33 @@
+"""Shared test fixtures. Tests run on CPU, with a fixed seed, progress bars off."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+os.environ.setdefault("ZFNET_PROGRESS", "0")
+os.environ.setdefault("ZFNET_OFFLINE", "1")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_cache(tmp_path_factory, monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.setenv("ZFNET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Every forward/backward hook on every module of `model`."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    """Run `python -m zfnet ARGS` in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    e = dict(os.environ, ZFNET_PROGRESS="0", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "zfnet", *args], capture_output=True, text=True, env=e,
+                          timeout=timeout, cwd=REPO)

@@ -1,0 +1,227 @@
+"""Atlas (Fig. 2): top-k against brute force, stored values against fresh forwards, resume, torchrun shards,
+the whole `zfnet atlas` folder, filters (Fig. 5) and evolution (Fig. 4)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from zfnet import data as zdata
+from zfnet import models
+from zfnet.atlas import TopK, scan
+from zfnet.errors import UsageError
+from zfnet.filters import analyse, radial_frequency
+from zfnet.layers import features
+
+LAYERS = ["conv1", "conv3", "fc6"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = models.build("zfnet-small", seed=0).eval()
+    pp = zdata.preprocess_for(model, torch.full((1, 32, 32), 40.0))
+    ds = zdata.open_dataset("synthetic:70", "test", pp)
+    return model, pp, ds
+
+
+def brute_force_topk(model, pp, ds, layer, k):
+    """Every image, every position: each map's per-image maximum, best k images (ties: lower index)."""
+    with torch.no_grad():
+        acts = features(model, pp.eval_input(ds.bases), [layer])[layer]
+    out = []
+    for c in range(acts.shape[1]):
+        rows = []
+        for i in range(acts.shape[0]):
+            a = acts[i, c]
+            if a.dim() == 2:
+                v = float(a.max())
+                pos = divmod(int(a.flatten().argmax()), a.shape[-1])
+            else:
+                v, pos = float(a), (-1, -1)
+            rows.append((-v, i, pos))
+        rows.sort()
+        out.append([(i, -nv, pos) for nv, i, pos in rows[:k]])
+    return out
+
+
+def test_topk_equals_brute_force_and_fresh_forwards(setup):
+    model, pp, ds = setup
+    result = scan(model, ds, pp, LAYERS, k=5, batch_size=16, workers=0, progress=False)
+    assert result.images == 70
+    for layer in LAYERS:
+        tk = result.top[layer]
+        want = brute_force_topk(model, pp, ds, layer, 5)
+        for c, entries in enumerate(want):
+            got = [(int(tk.images[r, c]), float(tk.values[r, c]), (int(tk.ys[r, c]), int(tk.xs[r, c])))
+                   for r in range(5)]
+            assert [g[0] for g in got] == [w[0] for w in entries], (layer, c)
+            assert [g[2] for g in got] == [w[2] for w in entries]
+            assert len({g[0] for g in got}) == 5  # k distinct images
+            for image, value, (y, x) in got:  # each stored value = a fresh forward at that place
+                with torch.no_grad():
+                    a = features(model, pp.eval_input(ds.bases[image:image + 1]), [layer])[layer][0, c]
+                fresh = float(a[y, x]) if y >= 0 else float(a)
+                assert value == pytest.approx(fresh, rel=1e-5, abs=1e-6)
+
+
+def test_batch_size_does_not_change_the_result(setup):
+    model, pp, ds = setup
+    a = scan(model, ds, pp, LAYERS, k=4, batch_size=7, workers=0, progress=False)
+    b = scan(model, ds, pp, LAYERS, k=4, batch_size=64, workers=0, progress=False)
+    for layer in LAYERS:
+        assert torch.equal(a.top[layer].images, b.top[layer].images)
+
+
+def test_merge_breaks_ties_by_image():
+    tk = TopK.empty(2, 1).merge(torch.tensor([[1.0], [1.0], [0.5]]), torch.tensor([[7], [3], [1]]),
+                                torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long))
+    assert tk.images.flatten().tolist() == [3, 7]
+
+
+def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
+    model, pp, ds = setup
+    state = str(tmp_path / "state.safetensors")
+    whole = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False)
+    import zfnet.atlas as atlas
+
+    real = atlas.features
+    calls = {"n": 0}
+
+    def crashing(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # killed in the middle of the scan
+        return real(*a, **kw)
+
+    monkeypatch.setattr(atlas, "features", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x",
+             save_every=0)
+    monkeypatch.setattr(atlas, "features", real)
+    saved = models.weights_metadata(state)
+    assert saved["done"] == "30"
+    counted = {"n": 0}
+
+    def counting(*a, **kw):
+        counted["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(atlas, "features", counting)
+    resumed = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x")
+    assert counted["n"] == 4  # 40 images left, batches of 10
+    for layer in LAYERS:
+        for f in ("values", "images", "ys", "xs"):
+            assert torch.equal(getattr(resumed.top[layer], f), getattr(whole.top[layer], f))
+    # another key starts afresh
+    fresh = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="y")
+    assert fresh.images == 70
+
+
+def _atlas_cmd(out, *extra):
+    return ["atlas", "--model", "zfnet-small", "--data", "synthetic:48", "--split", "test", "--layers",
+            "conv1,conv2,conv5", "--k", "4", "--out", str(out), "--workers", "0", "--batch-size", "16",
+            "--no-progress", *extra]
+
+
+def test_torchrun_sharded_scan_equals_single(tmp_path):
+    env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
+    one = run_cli(*_atlas_cmd(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29518", "-m", "zfnet", *_atlas_cmd(tmp_path / "two")], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    for layer in ("conv1", "conv2", "conv5"):
+        for a, b in zip(m1["layers"][layer]["maps"], m2["layers"][layer]["maps"]):
+            assert [(e["image"], e["y"], e["x"]) for e in a] == [(e["image"], e["y"], e["x"]) for e in b]
+            assert [e["value"] for e in a] == pytest.approx([e["value"] for e in b], rel=1e-5)
+
+
+def test_atlas_folder_end_to_end(tmp_path):
+    out = tmp_path / "atlas"
+    r = run_cli(*_atlas_cmd(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["complete"] and m["layer_order"] == ["conv1", "conv2", "conv5"]
+    assert m["model"]["name"] == "zfnet-small" and m["dataset"]["images"] == 48 and "torch" in m["provenance"]
+    assert m["layers"]["conv2"]["channels"] == 64 and len(m["layers"]["conv2"]["maps"][0]) == 4
+    assert {"image", "id", "label", "value", "y", "x"} <= set(m["layers"]["conv5"]["maps"][3][0])
+    for layer in m["layer_order"]:
+        assert len(os.listdir(out / "maps" / layer)) == m["layers"][layer]["channels"]
+        assert (out / "figures" / f"{layer}.png").is_file()
+    from PIL import Image
+
+    sprite = Image.open(out / "maps" / "conv2" / "0000.png")
+    th, tw = m["layers"]["conv2"]["tile"]
+    assert sprite.size == (4 * tw, 2 * th)  # k projections over k patches
+    for f in ("filters.png", "filters.json", "index.html", "viewer.js", "atlas-data.js"):
+        assert (out / f).is_file(), f
+    # rerunning continues (nothing to redo) and gives the same manifest
+    again = run_cli(*_atlas_cmd(out))
+    assert again.returncode == 0
+    assert json.loads((out / "manifest.json").read_text())["layers"] == m["layers"]
+    # different settings into the same folder: refused, earlier results intact
+    other = run_cli(*_atlas_cmd(out, "--mode", "guided")[:-1], "--k", "3")
+    assert other.returncode == 2 and "already holds an atlas" in other.stderr and "Traceback" not in other.stderr
+    assert json.loads((out / "manifest.json").read_text())["layers"] == m["layers"]
+    bad = run_cli(*_atlas_cmd(tmp_path / "bad")[:-8], "--layers", "conv9", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "no layer 'conv9'" in bad.stderr
+
+
+def test_filter_diagnostics_by_construction():
+    w = torch.randn(6, 1, 5, 5) * 0.05
+    w[2] *= 10  # dominates
+    rep = analyse(w, max_response=torch.tensor([3.0, 2.0, 5.0, 0.0, 2.5, 0.01]))
+    assert rep.dominant.tolist() == [False, False, True, False, False, False]
+    assert rep.dead.tolist() == [False, False, False, True, False, True]
+    s = rep.summary()
+    assert s["dominant"] == 1 and s["dead"] == 2 and s["never_fired"] == 1
+    flat = torch.ones(1, 1, 4, 4)
+    stripes = torch.tensor([[1.0, -1.0] * 2] * 4).view(1, 1, 4, 4)  # alternates every pixel along x
+    f = radial_frequency(torch.cat([flat + 1e-3 * stripes, stripes]))
+    assert float(f[1]) == pytest.approx(0.5, abs=1e-6) and float(f[0]) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_evolution_from_a_training_run(tmp_path):
+    from zfnet.evolution import choose_channels, evolution, find_snapshots
+    from zfnet.recipe import Recipe
+    from zfnet.train import fit
+
+    run = tmp_path / "run"
+    fit(Recipe(model="zfnet-small", data="synthetic", out=str(run), val_split="val", epochs=3, batch_size=32,
+               limit_train=96, limit_val=32, workers=0, snapshots=(1, 3)), progress=False)
+    snaps = find_snapshots(str(run))
+    assert [e for e, _ in snaps] == [1, 3]
+    model = models.build("zfnet-small")
+    pp = zdata.preprocess_for(model)
+    train = zdata.open_dataset("synthetic", "train", pp).head(40)
+    chans = choose_channels(model, ["conv1", "conv4"], 3, 0, (1, 28, 28))
+    evo = evolution(model, snaps, train, ["conv1", "conv4"], chans, batch_size=16, workers=0, progress=False)
+    assert evo.epochs == [1, 3]
+    for layer, cs in chans.items():
+        for c in cs:
+            cells = evo.cells[layer][c]
+            assert len(cells) == 2
+            # the value shown for the last epoch is that snapshot's strongest activation over the set
+            models.load_weights(model, snaps[-1][1], strict=False)
+            with torch.no_grad():
+                from zfnet.io import load_tensors
+
+                mean = load_tensors(snaps[-1][1])["preprocess/mean_image"]
+                p2 = zdata.preprocess_for(model, mean)
+                acts = features(model.eval(), p2.eval_input(train.bases), [layer])[layer][:, c]
+            assert cells[-1][2] == pytest.approx(float(acts.max()), rel=1e-5)
+    r = run_cli("evolution", "--model", "zfnet-small", "--run", str(run), "--data", "synthetic", "--limit", "32",
+                "--maps", "2", "--layers", "conv2", "--out", str(tmp_path / "evo"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "evo" / "evolution" / "conv2.png").is_file()
+    with pytest.raises(UsageError, match="no snapshots"):
+        find_snapshots(str(tmp_path))

@@ -1,0 +1,145 @@
+"""Model zoo: Fig. 3 sizes at every named layer, Table 2 variants, registry behaviour, weights files."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import run_cli
+from zfnet import models
+from zfnet.errors import UsageError
+from zfnet.models.convnet import TABLE2_VARIANTS
+
+FIG3 = {  # Fig. 3, layer by layer
+    "conv1": (96, 110, 110), "pool1": (96, 55, 55), "norm1": (96, 55, 55),
+    "conv2": (256, 26, 26), "pool2": (256, 13, 13), "norm2": (256, 13, 13),
+    "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
+    "flatten": (9216,), "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+}
+
+
+def test_zfnet_is_fig3():
+    net = models.build("zfnet")
+    named = dict(net.named_modules())
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        assert name in named
+    assert (named["conv1"].kernel_size, named["conv1"].stride) == ((7, 7), (2, 2))
+    assert (named["conv2"].kernel_size, named["conv2"].stride) == ((5, 5), (2, 2))
+    assert named["drop6"].p == named["drop7"].p == 0.5
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])) or None)
+             for n, m in net.named_children()]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, 224, 224))
+    for h in hooks:
+        h.remove()
+    for name, shape in FIG3.items():
+        assert shapes[name] == shape, name
+    assert net.layer_shapes()["pool5"] == (256, 6, 6)
+
+
+def test_parameter_count_by_hand():
+    conv = [(3, 96, 7), (96, 256, 5), (256, 384, 3), (384, 384, 3), (384, 256, 3)]
+    expected = sum(i * o * k * k + o for i, o, k in conv)
+    expected += 9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    assert sum(p.numel() for p in models.build("zfnet").parameters()) == expected
+
+
+def test_alexnet_dense_baseline_sizes():
+    shapes = models.build("alexnet").layer_shapes()
+    assert shapes["conv1"] == (96, 55, 55) and shapes["pool1"] == (96, 27, 27)
+    assert shapes["conv2"] == (256, 27, 27) and shapes["pool5"] == (256, 6, 6)
+    net = models.build("alexnet")
+    assert net.conv1.kernel_size == (11, 11) and net.conv1.stride == (4, 4)
+    assert net.conv3.in_channels == 256 and net.conv3.groups == 1  # dense layers 3-5
+
+
+@pytest.mark.parametrize("base", ["zfnet", "alexnet"])
+@pytest.mark.parametrize("variant", list(TABLE2_VARIANTS))
+def test_table2_variants_build_and_run(base, variant):
+    net = models.build(f"{base}-{variant}", num_classes=7, init="torch").eval()
+    named = dict(net.named_modules())
+    if "rm" in variant:
+        for digit in variant[2:]:
+            layer = {"3": "conv3", "4": "conv4", "6": "fc6", "7": "fc7"}[digit]
+            assert layer not in named
+    if "fc2048" in variant:
+        assert named["fc6"].out_features == 2048 and named["fc7"].out_features == 2048
+    if "fc8192" in variant:
+        assert named["fc6"].out_features == 8192
+    if "wide345" in variant:
+        assert [named[f"conv{i}"].out_channels for i in (3, 4, 5)] == [512, 1024, 512]
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, 224, 224)).shape == (1, 7)
+
+
+def test_overrides_and_small_family():
+    net = models.build("zfnet", conv_channels=(96, 256, 512, 1024, 512), fc_units=8192, num_classes=5,
+                       init="torch")
+    assert net.conv4.out_channels == 1024 and net.fc7.out_features == 8192 and net.fc8.out_features == 5
+    for name, (c, s) in {"zfnet-small": (1, 28), "zfnet-small-rgb": (3, 32), "zfnet-small-64": (3, 64)}.items():
+        small = models.build(name).eval()
+        assert {"conv1", "conv5", "fc6", "fc7", "fc8"} <= set(dict(small.named_modules()))
+        assert small(torch.zeros(2, c, s, s)).shape == (2, 10)
+    grey64 = models.build("zfnet-small", input_size=48).eval()
+    assert grey64(torch.zeros(1, 1, 48, 48)).shape == (1, 10)
+    assert not hasattr(models.build("zfnet-small", norm=False), "norm1")
+
+
+def test_paper_init_statistics():
+    net = models.build("zfnet", init="paper")
+    w = net.conv3.weight
+    assert abs(float(w.std()) - 1e-2) < 5e-4 and abs(float(w.mean())) < 1e-3
+    assert all(float(m.bias.abs().max()) == 0 for m in (net.conv1, net.fc6, net.fc8))
+
+
+def test_registry_errors():
+    with pytest.raises(UsageError, match="unknown model 'nope'.*zfnet-small"):
+        models.build("nope")
+    with pytest.raises(UsageError, match="bad override"):
+        models.build("zfnet", wings=3)
+    with pytest.raises(UsageError, match="cannot remove"):
+        models.build("zfnet", remove=("conv1",))
+    with pytest.raises(ValueError, match="duplicate"):
+        models.register("zfnet")(lambda **kw: None)
+    with pytest.raises(UsageError, match="takes 1x28x28"):
+        models.build("zfnet-small")(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(UsageError, match="takes N x 3"):
+        models.build("zfnet-small-rgb")(torch.zeros(1, 1, 32, 32))
+
+
+def test_weights_round_trip_and_mismatch(tmp_path):
+    a = models.build("zfnet-small", seed=1)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(path), metadata={"model": "zfnet-small"})
+    b = models.build("zfnet-small", weights=str(path))
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    with pytest.raises(UsageError, match="do not fit model 'zfnet-small-rgb'.*made for model 'zfnet-small'"):
+        models.build("zfnet-small-rgb", weights=str(path))
+    with pytest.raises(UsageError, match="does not exist"):
+        models.build("zfnet-small", weights=str(tmp_path / "missing.safetensors"))
+    bad = tmp_path / "bad.pt"
+    torch.save({"evil": object()}, str(bad))  # not loadable with weights_only=True
+    with pytest.raises(UsageError, match="cannot read weights"):
+        models.read_weights(str(bad))
+
+
+def test_torchvision_models_and_local_weights(tmp_path):
+    ref = models.build("torchvision:alexnet", num_classes=10)
+    path = tmp_path / "alex.pth"
+    torch.save(ref.state_dict(), str(path))
+    net = models.build("torchvision:alexnet", weights=str(path))
+    assert net.classifier[6].out_features == 10  # class count read from the file
+    assert torch.equal(net.features[0].weight, ref.features[0].weight)
+    with pytest.raises(UsageError, match="unknown torchvision model"):
+        models.build("torchvision:nonet")
+
+
+def test_models_cli_table():
+    r = run_cli("models")
+    assert r.returncode == 0
+    row = next(l for l in r.stdout.splitlines() if l.startswith("zfnet "))
+    assert "3x224x224" in row and "62,357,608" in row and "conv1 96x110x110" in row and "pool5 256x6x6" in row
+    assert "alexnet-rm3467" in r.stdout and "zfnet-small" in r.stdout
+    bad = run_cli("models", "--name", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

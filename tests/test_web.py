@@ -1,0 +1,95 @@
+"""The static atlas page in headless Chromium (Debian chromium + chromium-driver): loads from disk, shows
+the right number of maps per layer, opening a map shows its k images, no console errors, user strings escaped."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
+                                reason="needs Debian chromium and chromium-driver (installed by `make test`)")
+EVIL = '<img src=x onerror="window.__pwned=1">'
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """An atlas of a folder dataset whose class and file names carry HTML."""
+    root = tmp_path_factory.mktemp("evil")
+    for k, cls in enumerate([EVIL, "plain"]):
+        os.makedirs(root / "all" / cls)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (80 * k + 20 * i, 100, 200 - 30 * i)).save(root / "all" / cls / f"{EVIL}{i}.png")
+    out = tmp_path_factory.mktemp("atlas") / "out"
+    r = run_cli("atlas", "--model", "zfnet-small-rgb", "--data", f"folder:{root}", "--split", "all", "--layers",
+                "conv1,conv3", "--k", "3", "--out", str(out), "--workers", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--allow-file-access-from-files"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_page_from_disk(atlas, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    manifest = json.loads((atlas / "manifest.json").read_text())
+    browser.get((atlas / "index.html").as_uri())
+    maps = browser.find_elements(By.CSS_SELECTOR, "#maps .map")
+    assert len(maps) == manifest["layers"]["conv1"]["channels"] == 32
+    browser.find_element(By.CSS_SELECTOR, '#layers button[data-layer="conv3"]').click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#maps .map")) == 96
+    browser.find_elements(By.CSS_SELECTOR, "#maps .map")[5].click()
+    cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
+    assert len(cards) == 3  # k
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#cards .card .tile")
+    assert len(tiles) == 6 and "maps/conv3/0005.png" in tiles[0].value_of_css_property("background-image")
+    # the sprite the page points at exists on disk and decodes in the browser
+    width = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const img = new Image();
+        img.onload = () => done(img.naturalWidth); img.onerror = () => done(0);
+        img.src = 'maps/conv3/0005.png';""")
+    assert width == 3 * manifest["layers"]["conv3"]["tile"][1]
+    # keyboard: next map, next layer, close
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_RIGHT)
+    assert browser.find_element(By.ID, "detail-title").text == "conv3 / map 6"
+    body.send_keys(Keys.ESCAPE)
+    assert not browser.find_element(By.ID, "detail").is_displayed()
+    body.send_keys(Keys.ARROW_UP)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#maps .map")) == 32
+    # jump box
+    box = browser.find_element(By.ID, "jump")
+    box.send_keys("conv3/2" + Keys.ENTER)
+    assert browser.find_element(By.ID, "detail-title").text == "conv3 / map 2"
+    # user strings are text, never markup
+    captions = " ".join(c.text for c in browser.find_elements(By.CSS_SELECTOR, "#cards .caption"))
+    assert "<img" in captions and "onerror" in captions
+    assert browser.execute_script("return window.__pwned === undefined")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#cards img, #maps img")
+    # the other tabs
+    browser.find_element(By.CSS_SELECTOR, '.tab[data-tab="filters"]').click()
+    assert browser.find_element(By.CSS_SELECTOR, "#filters-body img").get_attribute("src").endswith("filters.png")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []

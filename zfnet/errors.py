@@ -1,0 +1,9 @@
+"""User-facing errors: one line naming the problem and the fix; the CLI prints it and exits 2."""
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for (a name, a path, a file), not a bug in zfnet.
+
+    The message is one line that says what is wrong and how to fix it.
+    """

@@ -1,0 +1,92 @@
+"""First-layer filters and their diagnostics (Fig. 5, Sec. 4.1 architecture selection).
+
+Per filter of the first conv layer:
+  rms        sqrt(mean(w^2)) over the filter (what feature scale clipping bounds, Sec. 3)
+  dominant   rms >= DOMINANT_RATIO x the layer's median rms ("a few of them dominate", Fig. 5(a))
+  frequency  power-weighted mean radial frequency of the filter's 2-D spectrum, cycles/pixel (Sec. 4.1:
+             "a mix of extremely high and low frequency information, with little coverage of the mid
+             frequencies"); 0 = flat, 0.5 = Nyquist
+  dead       its rectified response never exceeds DEAD_RATIO x the layer's median maximum response over the
+             scanned images (an exact 0 = it never fired); needs the per-map maxima of an atlas scan
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+DOMINANT_RATIO = 2.0
+DEAD_RATIO = 0.01
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise UsageError("the model has no Conv2d layer; filters need a convolutional first layer")
+    return conv
+
+
+def radial_frequency(weight: torch.Tensor, n: int = 32) -> torch.Tensor:
+    """Per filter (out x in x kh x kw): mean radial frequency (cycles/pixel) weighted by spectral power,
+    with the filter's mean removed (zero-padded n x n FFT)."""
+    w = weight.detach().float()
+    w = w - w.mean(dim=(-1, -2), keepdim=True)
+    power = torch.fft.fft2(w, s=(n, n)).abs().pow(2).sum(1)  # out x n x n, summed over input channels
+    f = torch.fft.fftfreq(n)
+    radius = (f.view(-1, 1) ** 2 + f.view(1, -1) ** 2).sqrt()
+    total = power.sum(dim=(-1, -2)).clamp_min(1e-20)
+    return (power * radius).sum(dim=(-1, -2)) / total
+
+
+@dataclass
+class FilterReport:
+    weight: torch.Tensor  # out x in x kh x kw
+    rms: torch.Tensor
+    dominant: torch.Tensor  # bool
+    frequency: torch.Tensor
+    max_response: torch.Tensor | None = None  # per filter, over the scanned images
+    dead: torch.Tensor | None = None  # bool
+
+    def summary(self) -> dict:
+        n = len(self.rms)
+        out = {
+            "filters": n, "kernel": list(self.weight.shape[-2:]), "in_channels": int(self.weight.shape[1]),
+            "rms_median": float(self.rms.median()), "rms_max": float(self.rms.max()),
+            "dominant": int(self.dominant.sum()), "dominant_share": float(self.dominant.float().mean()),
+            "energy_share_of_strongest": float(self.rms.pow(2).max() / self.rms.pow(2).sum().clamp_min(1e-20)),
+            "frequency_mean": float(self.frequency.mean()),
+            "frequency_quartiles": [float(q) for q in torch.quantile(self.frequency, torch.tensor([0.25, 0.5, 0.75]))],
+            "thresholds": {"dominant": f"rms >= {DOMINANT_RATIO} x median rms",
+                           "dead": f"max response <= {DEAD_RATIO} x median max response over the data"},
+        }
+        if self.dead is not None:
+            out["dead"] = int(self.dead.sum())
+            out["dead_share"] = float(self.dead.float().mean())
+            out["never_fired"] = int((self.max_response <= 0).sum())
+        return out
+
+    def per_filter(self) -> list[dict]:
+        rows = []
+        for i in range(len(self.rms)):
+            r = {"filter": i, "rms": float(self.rms[i]), "dominant": bool(self.dominant[i]),
+                 "frequency": float(self.frequency[i])}
+            if self.dead is not None:
+                r["max_response"] = float(self.max_response[i])
+                r["dead"] = bool(self.dead[i])
+            rows.append(r)
+        return rows
+
+
+def analyse(weight: torch.Tensor, max_response: torch.Tensor | None = None) -> FilterReport:
+    """Diagnostics of first-layer filters; `max_response` (per filter, over a dataset) enables 'dead'."""
+    w = weight.detach().float().cpu()
+    rms = w.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    dominant = rms >= DOMINANT_RATIO * rms.median()
+    dead = None
+    if max_response is not None:
+        max_response = max_response.detach().float().cpu()
+        dead = max_response <= DEAD_RATIO * max_response.median().clamp_min(0)
+    return FilterReport(w, rms, dominant, radial_frequency(w), max_response, dead)

@@ -1,0 +1,244 @@
+"""Model zoo (Fig. 3, Table 2, a small-image family, any torchvision CNN): `build(name)`, `names()`.
+
+    >>> from zfnet import models
+    >>> net = models.build("zfnet", num_classes=1000)          # Fig. 3
+    >>> net = models.build("alexnet-rm34")                       # Table 2: AlexNet without layers 3,4
+    >>> net = models.build("zfnet", conv_channels=(96, 256, 512, 1024, 512), fc_units=8192)
+    >>> net = models.build("torchvision:vgg16", weights="vgg16.safetensors")
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..registry import Registry
+from .alexnet import ALEXNET
+from .convnet import TABLE2_VARIANTS, Arch, ConvNet, remove_layers, set_conv_channels, set_fc_units
+from .init import init_weights
+from .small import SMALL
+from .zfnet import ZFNET
+
+__all__ = ["build", "names", "register", "describe", "load_weights", "read_weights", "ConvNet", "Arch",
+           "TABLE2_VARIANTS", "init_weights", "REGISTRY", "model_input_shape", "weights_metadata"]
+
+REGISTRY: Registry[Callable[..., nn.Module]] = Registry(
+    "model", hint=", or torchvision:<name> (e.g. torchvision:alexnet); run `zfnet models` for the table")
+
+# name -> one-line description (the `zfnet models` table)
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, description: str = ""):
+    """Decorator: register a builder `fn(num_classes=..., **overrides) -> nn.Module` under `name`."""
+    def add(fn):
+        REGISTRY.register(name, fn)
+        DESCRIPTIONS[name] = description
+        return fn
+    return add
+
+
+def _arch_builder(base: Arch, default_classes: int, transform=None):
+    def build_arch(num_classes: int | None = None, *, in_channels: int | None = None,
+                   input_size: int | None = None, conv_channels: tuple[int, ...] | None = None,
+                   fc_units: int | tuple[int, int] | None = None, remove: tuple[str, ...] = (),
+                   norm: bool = True, dropout: float | None = None, init: str | None = None,
+                   seed: int | None = None) -> ConvNet:
+        arch = transform(base) if transform else base
+        if in_channels is not None:
+            arch = arch.with_(in_channels=int(in_channels))
+        if input_size is not None:
+            arch = arch.with_(input_size=int(input_size))
+        if conv_channels is not None:
+            arch = set_conv_channels(arch, tuple(conv_channels))
+        if fc_units is not None:
+            arch = set_fc_units(arch, fc_units)
+        if remove:
+            arch = remove_layers(arch, tuple(remove))
+        if not norm:  # no contrast normalization (e.g. to compare with tools that cannot skip it)
+            arch = arch.with_(convs=tuple(None if c is None else replace(c, norm=False) for c in arch.convs))
+        if dropout is not None:
+            arch = arch.with_(dropout=float(dropout))
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = ConvNet(arch, default_classes if num_classes is None else int(num_classes))
+        init_weights(model, init or arch.default_init)
+        return model
+    return build_arch
+
+
+_BASES = {
+    "zfnet": (ZFNET, 1000, "Zeiler & Fergus Fig. 3: 7x7/2 conv1, 5x5/2 conv2, dense 3-5"),
+    "alexnet": (ALEXNET, 1000, "Krizhevsky et al. with dense layers 3-5 (the paper's replication baseline)"),
+    "zfnet-small": (SMALL, 10, "small-image family (28-64 px, grey or colour), trainable on a laptop"),
+}
+for _name, (_arch, _classes, _desc) in _BASES.items():
+    register(_name, _desc)(_arch_builder(_arch, _classes))
+    for _suffix, (_row, _fn) in TABLE2_VARIANTS.items():
+        register(f"{_name}-{_suffix}", f"Table 2 '{_row}' of {_name}")(
+            _arch_builder(_arch.with_(name=f"{_name}-{_suffix}"), _classes, _fn))
+register("zfnet-small-rgb", "small-image family for 32x32 colour images (CIFAR-sized)")(
+    _arch_builder(SMALL.with_(name="zfnet-small-rgb", in_channels=3, input_size=32), 10))
+register("zfnet-small-64", "small-image family for 64x64 colour images")(
+    _arch_builder(SMALL.with_(name="zfnet-small-64", in_channels=3, input_size=64), 10))
+
+
+def names() -> list[str]:
+    """Registered model names (torchvision models are reached as 'torchvision:<name>')."""
+    return REGISTRY.names()
+
+
+def _torchvision(name: str, num_classes: int | None, **overrides: Any) -> nn.Module:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise UsageError(f"unknown torchvision model {name!r}; known: {', '.join(sorted(available))}")
+    if overrides:
+        raise UsageError(f"torchvision:{name} takes no overrides ({', '.join(overrides)}); "
+                         "edit the model in Python instead")
+    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    model.zfnet_name = f"torchvision:{name}"
+    return model
+
+
+def build(name: str, num_classes: int | None = None, weights: str | os.PathLike | None = None,
+          **overrides: Any) -> nn.Module:
+    """Build model `name` (a registry name or 'torchvision:<name>'), optionally loading `weights`.
+
+    Overrides for the Fig. 3 family: in_channels, input_size, conv_channels (5 ints), fc_units (int or pair),
+    remove (layer names), norm (contrast normalization on/off), dropout, init ('paper' | 'kaiming' | 'torch';
+    default: the family's, 'paper' for zfnet/alexnet and 'kaiming' for the small family), seed. With `weights` and no `num_classes`, the class count is read from the file.
+    """
+    if weights is not None and num_classes is None:
+        num_classes = _classes_in_weights(weights)
+    if name.startswith("torchvision:"):
+        model = _torchvision(name.split(":", 1)[1], num_classes, **overrides)
+    else:
+        builder = REGISTRY.get(name)
+        try:
+            model = builder(num_classes, **overrides)
+        except TypeError as e:  # an unknown override keyword
+            raise UsageError(f"bad override for model {name!r}: {e}; see `zfnet models --help`") from None
+        model.zfnet_name = name
+    if weights is not None:
+        load_weights(model, weights, model_name=name)
+    return model
+
+
+def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, int]:
+    """(channels, height, width) a model expects: from its layer table, else 3 x default x default."""
+    if isinstance(model, ConvNet):
+        return model.input_shape
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return (first.in_channels if first is not None else 3, default, default)
+
+
+def describe(name: str, **overrides: Any) -> dict[str, Any]:
+    """One row of the `zfnet models` table: input size, parameters and the output size of each named layer."""
+    model = build(name, init="torch", **overrides) if not name.startswith("torchvision:") else build(name)
+    c, h, w = model_input_shape(model)
+    row: dict[str, Any] = {"name": name, "input": f"{c}x{h}x{w}",
+                           "parameters": sum(p.numel() for p in model.parameters()),
+                           "description": DESCRIPTIONS.get(name, "torchvision model")}
+    if isinstance(model, ConvNet):
+        row["layers"] = {k: list(v) for k, v in model.layer_shapes().items()
+                         if k.startswith(("conv", "pool", "fc"))}
+    return row
+
+
+# --- weights files ------------------------------------------------------------------------------------
+
+def _existing(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"weights file {path!r} does not exist; check the path passed to --weights")
+    return path
+
+
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty for other formats)."""
+    path = _existing(path)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    return {}
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A model state dict from a .safetensors file or a torch file (loaded with weights_only=True, never
+    unpickling arbitrary objects). Training checkpoints (keys 'model/...') give their model part."""
+    path = _existing(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+            elif isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]
+    except Exception as e:  # corrupt file, pickled objects refused by weights_only, ...
+        raise UsageError(f"cannot read weights {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         "pass a .safetensors file or a plain torch state dict") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path!r} holds no state dict of tensors; pass a .safetensors weights file")
+    if any(k.startswith("model/") for k in state):
+        state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
+    # zfnet weights files also carry the preprocessing (mean image) under 'preprocess/'
+    return {k: v for k, v in state.items() if not k.startswith("preprocess/")}
+
+
+def _classes_in_weights(path: str | os.PathLike) -> int | None:
+    meta = weights_metadata(path)
+    if "num_classes" in meta:
+        return int(meta["num_classes"])
+    state = read_weights(path)
+    for key in ("fc8.weight", "fc.weight", "classifier.6.weight", "classifier.weight", "head.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, model_name: str | None = None,
+                 strict: bool = True) -> nn.Module:
+    """Load a weights file into `model`; a file made for another architecture is a one-line UsageError."""
+    state = read_weights(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if wrong or (strict and (missing or unexpected)):
+        meta = weights_metadata(path)
+        made_for = f" (the file says it was made for model {meta['model']!r})" if "model" in meta else ""
+        detail = "; ".join(x for x in (
+            f"shape mismatch: {', '.join(wrong[:2])}" if wrong else "",
+            f"missing: {', '.join(missing[:3])}" if missing and strict else "",
+            f"unexpected: {', '.join(unexpected[:3])}" if unexpected and strict else "") if x)
+        name = model_name or getattr(model, "zfnet_name", type(model).__name__)
+        raise UsageError(f"weights {os.fspath(path)!r} do not fit model {name!r}{made_for}: {detail}; "
+                         "pass the --model (and --num-classes) the weights were trained with")
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def save_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
+    """String metadata stored in every weights file zfnet writes (model name, class count, provenance)."""
+    meta = {"model": str(getattr(model, "zfnet_name", type(model).__name__))}
+    if isinstance(model, ConvNet):
+        meta["num_classes"] = str(model.num_classes)
+        meta["arch"] = json.dumps(model.arch.__dict__, default=lambda o: getattr(o, "__dict__", str(o)))
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return meta
+

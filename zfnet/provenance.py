@@ -1,0 +1,53 @@
+"""Provenance written beside every result: versions, device, threads, seed, wall time."""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    import numpy
+
+    from . import __version__
+
+    dev = torch.device(device)
+    info: dict[str, Any] = {
+        "zfnet": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "python": sys.version.split()[0], "platform": platform.platform(), "device": str(dev),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except Exception:  # pragma: no cover - torchvision is a dependency
+        pass
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Timer:
+    """Wall time of a block: `with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,281 @@
+"""Receptive fields: which input pixels a unit (layer, y, x) sees (Sec. 2.1, Fig. 2 patches).
+
+Computed from the model itself, never from a table: one traced forward records, for every tensor, the
+geometry of its unit grid in input pixels - unit 0's first pixel (`start`, negative where padding reaches past
+the border), the spacing between units (`jump`) and the field's size - through conv/pool ops (kernel, stride,
+padding, dilation) and spatially pointwise ops (ReLU, additions, BatchNorm, contrast normalization across maps,
+...). Branches that meet (residual additions) take the hull of their fields. Any other op on spatial data
+(flatten, adaptive pooling, resizing) makes the field global: the whole image.
+
+    >>> rf = zfnet.receptive_field(model, "conv5")     # ZFNet: size 139, jump 16
+    >>> top, left, bottom, right = rf.box(3, 4)         # half-open, may extend past the image
+    >>> patches = rf.crop(images, 3, 4)                 # N x C x 139 x 139, zero past the border
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import UsageError
+from .layers import StopForward, feature_module
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Unit i of a map covers input pixels [start + i*jump, start + i*jump + size) along one axis."""
+
+    size: int
+    jump: int
+    start: int
+
+    def span(self, i: int) -> tuple[int, int]:
+        lo = self.start + i * self.jump
+        return lo, lo + self.size
+
+    def hull(self, other: "Axis") -> "Axis":
+        if self.jump != other.jump:
+            raise ValueError("branches with different strides meet")
+        lo = min(self.start, other.start)
+        hi = max(self.start + self.size, other.start + other.size)
+        return Axis(hi - lo, self.jump, lo)
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """The receptive field of every unit of one layer; `None` axes mean global (the whole image)."""
+
+    layer: str
+    rows: Axis | None
+    cols: Axis | None
+    input_size: tuple[int, int]  # (H, W) of the input it was computed for
+
+    @property
+    def is_global(self) -> bool:
+        return self.rows is None or self.cols is None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if self.is_global:
+            return self.input_size
+        return self.rows.size, self.cols.size
+
+    def box(self, y: int = 0, x: int = 0) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right), half-open, in input pixels; may reach past the image border."""
+        if self.is_global:
+            return 0, 0, self.input_size[0], self.input_size[1]
+        (t, b), (l, r) = self.rows.span(y), self.cols.span(x)
+        return t, l, b, r
+
+    def clipped_box(self, y: int = 0, x: int = 0) -> tuple[int, int, int, int]:
+        t, l, b, r = self.box(y, x)
+        h, w = self.input_size
+        return max(t, 0), max(l, 0), min(b, h), min(r, w)
+
+    def crop(self, images: torch.Tensor, y: int | torch.Tensor, x: int | torch.Tensor) -> torch.Tensor:
+        """The field's box cut out of N images (one (y, x) for all, or one per image), zero past the border."""
+        n = images.shape[0]
+        ys = torch.as_tensor(y).expand(n) if torch.as_tensor(y).dim() == 0 else torch.as_tensor(y)
+        xs = torch.as_tensor(x).expand(n) if torch.as_tensor(x).dim() == 0 else torch.as_tensor(x)
+        sh, sw = self.size
+        out = images.new_zeros(n, images.shape[1], sh, sw)
+        for i in range(n):
+            t, l, b, r = self.box(int(ys[i]), int(xs[i]))
+            ct, cl, cb, cr = max(t, 0), max(l, 0), min(b, images.shape[-2]), min(r, images.shape[-1])
+            if cb > ct and cr > cl:
+                out[i, :, ct - t:cb - t, cl - l:cr - l] = images[i, :, ct:cb, cl:cr]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "size": list(self.size), "global": self.is_global,
+                "jump": None if self.is_global else [self.rows.jump, self.cols.jump],
+                "start": None if self.is_global else [self.rows.start, self.cols.start]}
+
+
+# --- tracing ------------------------------------------------------------------------------------------
+
+_WINDOWED_NAMES = {"conv2d", "max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
+# ops that act on each pixel position separately (channels may mix): the field passes through unchanged
+_POINTWISE_NAMES = {
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "gelu", "silu",
+    "mish", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid",
+    "softplus", "threshold", "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__",
+    "__rsub__", "mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__", "clamp",
+    "clamp_", "clamp_min", "clamp_min_", "batch_norm", "instance_norm", "group_norm", "local_response_norm",
+    "dropout", "dropout2d", "alpha_dropout", "feature_alpha_dropout", "contiguous", "clone", "detach", "float",
+    "to", "type_as", "neg", "abs", "exp", "pow", "sqrt", "rsqrt", "__neg__", "__pow__", "square",
+}
+# ops that never touch the spatial grid of their data (reading shapes, ...)
+_NEUTRAL_NAMES = {"size", "dim", "__len__", "numel", "__get__", "__getattribute__", "__bool__", "__format__",
+                  "__repr__", "shape", "element_size", "stride", "is_contiguous", "data_ptr", "requires_grad_",
+                  "register_hook", "__setstate__", "item", "tolist", "__index__", "__eq__", "__ne__", "all", "any",
+                  "isfinite"}
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+class _GeometryMode(TorchFunctionMode):
+    """Propagates unit-grid geometry (an (Axis, Axis) pair or None = global) alongside every tensor."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.geo: dict[int, tuple[torch.Tensor, tuple[Axis, Axis] | None]] = {}
+        self.set(images, (Axis(1, 1, 0), Axis(1, 1, 0)))
+
+    def set(self, t: torch.Tensor, g) -> None:
+        self.geo[id(t)] = (t, g)  # keep t alive so its id is not reused
+
+    def get(self, t) -> tuple[bool, tuple[Axis, Axis] | None]:
+        entry = self.geo.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if entry is None or entry[0] is not t:
+            return False, None
+        return True, entry[1]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat = list(args) + list(kwargs.values())
+        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
+        tensors += [t for a in flat if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+        known = [(t, self.get(t)[1]) for t in tensors if self.get(t)[0]]
+        if not known:
+            return out
+        name = getattr(func, "__name__", "")
+        if name in _NEUTRAL_NAMES:
+            return out
+        data_known, data_geo = self.get(args[0]) if args else (False, None)
+        if name in _WINDOWED_NAMES and data_known:
+            g = None if data_geo is None else self._windowed(name, args, kwargs, data_geo)
+        elif name == "pad" and data_known:
+            g = None if data_geo is None else self._padded(args, kwargs, data_geo)
+        elif name in _POINTWISE_NAMES or (name == "cat" and _cat_dim(args, kwargs) in (0, 1, -3)):
+            g = self._hull([g for _, g in known])
+        else:
+            g = None  # an op that may mix positions: the field becomes the whole image
+        for o in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(o, torch.Tensor):
+                self.set(o, g)
+        return out
+
+    @staticmethod
+    def _hull(gs):
+        if any(g is None for g in gs):
+            return None
+        try:
+            rows, cols = gs[0]
+            for r, c in gs[1:]:
+                rows, cols = rows.hull(r), cols.hull(c)
+            return rows, cols
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _padded(args, kwargs, g):
+        pad = list(args[1] if len(args) > 1 else kwargs["pad"]) + [0, 0, 0, 0]
+        left, top = int(pad[0]), int(pad[2])
+        rows, cols = g
+        return Axis(rows.size, rows.jump, rows.start - top * rows.jump), \
+            Axis(cols.size, cols.jump, cols.start - left * cols.jump)
+
+    @staticmethod
+    def _windowed(name, args, kwargs, g):
+        if "conv" in name:
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            k = tuple(w.shape[-2:])
+            stride = _pair(args[3] if len(args) > 3 else kwargs.get("stride", 1))
+            padding = args[4] if len(args) > 4 else kwargs.get("padding", 0)
+            dilation = _pair(args[5] if len(args) > 5 else kwargs.get("dilation", 1))
+            if isinstance(padding, str):  # 'same' / 'valid'
+                padding = tuple(0 if padding == "valid" else (d * (kk - 1)) // 2 for kk, d in zip(k, dilation))
+            padding = _pair(padding)
+        else:
+            k = _pair(args[1] if len(args) > 1 else kwargs["kernel_size"])
+            s = args[2] if len(args) > 2 else kwargs.get("stride")
+            stride = _pair(s if s not in (None, [], ()) else k)
+            padding = _pair(args[3] if len(args) > 3 else kwargs.get("padding", 0))
+            dilation = _pair(args[4] if len(args) > 4 and "max" in name else kwargs.get("dilation", 1))
+        axes = []
+        for ax, kk, st, p, d in zip(g, k, stride, padding, dilation):
+            keff = d * (kk - 1) + 1
+            axes.append(Axis(ax.size + (keff - 1) * ax.jump, ax.jump * st, ax.start - p * ax.jump))
+        return tuple(axes)
+
+
+def _cat_dim(args, kwargs) -> int:
+    return int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
+
+
+def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int, int, int]) \
+        -> dict[str, tuple[Axis, Axis] | None]:
+    """Grid geometry of each named layer's output for an input of `input_shape` (C, H, W): one traced
+    forward in eval mode that stops after the last of `layers`."""
+    modules = {name: feature_module(model, name) for name in layers}
+    found: dict[str, tuple[Axis, Axis] | None] = {}
+    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    mode = _GeometryMode(x)
+    handles = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if name not in found:
+                known, g = mode.get(out)
+                found[name] = g if known else None
+            if len(found) == len(modules):
+                raise StopForward
+        return hook
+
+    was = model.training
+    try:
+        model.eval()
+        for name, m in modules.items():
+            handles.append(m.register_forward_hook(hook_for(name)))
+        with torch.no_grad(), mode:
+            try:
+                model(x)
+            except StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    missing = [n for n in modules if n not in found]
+    if missing:
+        raise UsageError(f"layer(s) {', '.join(missing)} never ran in the model's forward pass; pick layers "
+                         "the forward uses (`zfnet layers --model NAME` lists them)")
+    return found
+
+
+def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, int] | None = None) \
+        -> ReceptiveField:
+    """The receptive field of units of `layer` (a module name, or convN/fcN aliases) for `input_shape`."""
+    from .models import model_input_shape
+
+    shape = input_shape or model_input_shape(model)
+    g = layer_geometries(model, [layer], shape)[layer]
+    rows, cols = (None, None) if g is None else g
+    return ReceptiveField(layer, rows, cols, (shape[1], shape[2]))
+
+
+def crop_plan(rf: ReceptiveField, y: int, x: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """The input window on which unit (y, x) of `rf.layer` computes exactly as on the whole image, and the
+    unit's index inside that window.
+
+    The window is the unit's field, clipped to the image, with its start moved back to a multiple of the
+    layer's jump so that every layer's unit grid inside the window lines up with the whole image's; where the
+    field reaches past a border, the window starts (or ends) at the image's border, so that padding falls in
+    the same place as in the whole image.
+    """
+    h, w = rf.input_size
+    t, l, b, r = rf.box(y, x)
+    top = max(0, math.floor(t / rf.rows.jump) * rf.rows.jump)
+    left = max(0, math.floor(l / rf.cols.jump) * rf.cols.jump)
+    bottom, right = min(b, h), min(r, w)
+    return (top, left, bottom, right), (y - top // rf.rows.jump, x - left // rf.cols.jump)

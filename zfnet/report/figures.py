@@ -1,0 +1,104 @@
+"""Figures from analysis results: per-map sprites and Fig. 2 layer panels, Fig. 4 evolution grids, Fig. 5
+filter panels. Inputs are tensors and result objects; outputs are PIL images or PNG files."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ..filters import FilterReport  # noqa: E402
+from ..io import atomic_save_figure  # noqa: E402
+from ..render import grid, minmax, stretch, to_pil  # noqa: E402
+
+
+def _rgb(t: torch.Tensor) -> torch.Tensor:
+    return t.expand(3, -1, -1) if t.shape[0] == 1 else t
+
+
+def map_sprite(projections: torch.Tensor, patches: torch.Tensor, scale: int) -> Image.Image:
+    """One map's top-k as a sprite: row 0 the k projections (each contrast-stretched), row 1 the k patches.
+    Tiles touch (no gaps) so the viewer can cut them by offset."""
+    k = projections.shape[0]
+    tiles = [_rgb(stretch(p)) for p in projections] + [_rgb(q) for q in patches]
+    return grid(tiles, cols=k, pad=0, scale=scale)
+
+
+def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int, maps_per_row: int = 4) \
+        -> Image.Image:
+    """Fig. 2: for each map, its top-k projections (left) beside the matching patches (right), k as a square."""
+    cells = []
+    for _, projections, patches in blocks:
+        k = projections.shape[0]
+        side = math.ceil(math.sqrt(k))
+        left = grid([_rgb(stretch(p)) for p in projections], cols=side, pad=1, background=255)
+        right = grid([_rgb(q) for q in patches], cols=side, pad=1, background=255)
+        cell = Image.new("RGB", (left.width + right.width + 4, max(left.height, right.height)), "white")
+        cell.paste(left.convert("RGB"), (0, 0))
+        cell.paste(right.convert("RGB"), (left.width + 4, 0))
+        cells.append(cell)
+    if not cells:
+        return Image.new("RGB", (1, 1), "white")
+    w, h = cells[0].size
+    rows = math.ceil(len(cells) / maps_per_row)
+    out = Image.new("RGB", (maps_per_row * (w + 10) + 10, rows * (h + 10) + 10), (235, 235, 235))
+    for i, c in enumerate(cells):
+        r, q = divmod(i, maps_per_row)
+        out.paste(c, (10 + q * (w + 10), 10 + r * (h + 10)))
+    if scale > 1:
+        out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+    return out
+
+
+def evolution_grid(rows: list[list[torch.Tensor]], scale: int) -> Image.Image:
+    """Fig. 4: one row per feature map, one column per snapshot epoch, each the projection of that epoch's
+    strongest activation (contrast-stretched)."""
+    tiles = [_rgb(stretch(cell)) for row in rows for cell in row]
+    return grid(tiles, cols=len(rows[0]) if rows else 1, pad=2, scale=scale)
+
+
+def filter_mosaic(weight: torch.Tensor, scale: int = 8) -> Image.Image:
+    """First-layer filters, each min-max stretched on its own, in a near-square grid."""
+    tiles = [minmax(w) if w.shape[0] in (1, 3) else minmax(w.mean(0, keepdim=True)) for w in weight]
+    return grid(tiles, cols=math.ceil(math.sqrt(len(tiles))), pad=1, background=255, scale=scale)
+
+
+def filters_figure(reports: list[tuple[str, FilterReport]], path: str) -> None:
+    """Fig. 5 panel per model: the filters, their RMS (dominant ones marked) and their frequency spread."""
+    n = len(reports)
+    fig, axes = plt.subplots(n, 3, figsize=(13, 4 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    for row, (title, rep) in zip(axes, reports):
+        mosaic = filter_mosaic(rep.weight, scale=max(1, 48 // rep.weight.shape[-1]))
+        row[0].imshow(mosaic, cmap="gray" if mosaic.mode == "L" else None, interpolation="nearest")
+        row[0].set_title(f"{title}: {rep.weight.shape[0]} filters {rep.weight.shape[-2]}x{rep.weight.shape[-1]}")
+        row[0].axis("off")
+        order = torch.argsort(rep.rms, descending=True)
+        colours = ["tab:red" if rep.dominant[i] else ("tab:gray" if rep.dead is not None and rep.dead[i]
+                                                     else "tab:blue") for i in order]
+        row[1].bar(range(len(order)), rep.rms[order].numpy(), color=colours, width=1.0)
+        row[1].axhline(float(rep.rms.median()), color="k", lw=0.8, ls="--", label="median")
+        s = rep.summary()
+        dead = f", dead {s['dead']}" if "dead" in s else ""
+        row[1].set_title(f"RMS per filter (dominant {s['dominant']}{dead})")
+        row[1].set_xlabel("filter (sorted)")
+        row[1].legend(loc="upper right")
+        row[2].hist(rep.frequency.numpy(), bins=20, range=(0, 0.5), color="tab:green")
+        row[2].set_title("mean spatial frequency per filter")
+        row[2].set_xlabel("cycles / pixel (0.5 = Nyquist)")
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def save_png(image: Image.Image, path: str) -> None:
+    from ..io import atomic_save_image
+
+    atomic_save_image(image, path)
+
+
+__all__ = ["map_sprite", "layer_panel", "evolution_grid", "filter_mosaic", "filters_figure", "save_png", "to_pil"]

@@ -1,0 +1,175 @@
+// zfnet static atlas viewer. Reads window.ZFNET_ATLAS (atlas-data.js); works from file:// (no fetch).
+// Every string from the data is inserted with textContent, never as HTML.
+(function () {
+  "use strict";
+  var A = window.ZFNET_ATLAS;
+  var state = { layer: null, channel: null };
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+  function pad(n, w) { n = String(n); while (n.length < w) n = "0" + n; return n; }
+  function spriteUrl(layer, channel) { return "maps/" + encodeURIComponent(layer) + "/" + pad(channel, 4) + ".png"; }
+  function tile(layer, channel, info, row, col, size) {
+    var d = el("div", "tile");
+    var w = info.tile[1], h = info.tile[0], s = size ? size / Math.max(w, h) : 1;
+    d.style.width = Math.round(w * s) + "px";
+    d.style.height = Math.round(h * s) + "px";
+    d.style.backgroundImage = "url(\"" + spriteUrl(layer, channel) + "\")";
+    d.style.backgroundSize = Math.round(w * s * info.k) + "px " + Math.round(h * s * 2) + "px";
+    d.style.backgroundPosition = (-Math.round(col * w * s)) + "px " + (-Math.round(row * h * s)) + "px";
+    return d;
+  }
+
+  function showTab(name) {
+    document.querySelectorAll(".tab").forEach(function (b) { b.classList.toggle("active", b.dataset.tab === name); });
+    document.querySelectorAll(".panel").forEach(function (p) { p.classList.toggle("active", p.id === name); });
+  }
+
+  function renderLayers() {
+    var box = document.getElementById("layers");
+    clear(box);
+    A.layer_order.forEach(function (name) {
+      var b = el("button", name === state.layer ? "active" : "", name);
+      b.dataset.layer = name;
+      b.addEventListener("click", function () { selectLayer(name); });
+      box.appendChild(b);
+    });
+  }
+
+  function selectLayer(name) {
+    if (!A.layers[name]) return;
+    state.layer = name;
+    renderLayers();
+    var info = A.layers[name];
+    document.getElementById("layer-info").textContent =
+      name + ": " + info.channels + " maps, feature maps " + info.shape.join("x") +
+      (info.field ? ", receptive field " + info.field.join("x") + " px" : "") +
+      ", top " + info.k + " over " + A.dataset.images + " images";
+    var grid = document.getElementById("maps");
+    clear(grid);
+    for (var c = 0; c < info.channels; c++) {
+      var m = el("div", "map");
+      m.dataset.channel = c;
+      var th = tile(name, c, info, 0, 0, 76);
+      th.className = "thumb";
+      m.appendChild(th);
+      var top = info.maps[c][0];
+      m.appendChild(el("div", "", "#" + c + (top ? " " + top.value.toPrecision(3) : "")));
+      m.addEventListener("click", (function (ch) { return function () { openMap(ch); }; })(c));
+      grid.appendChild(m);
+    }
+  }
+
+  function openMap(channel) {
+    var info = A.layers[state.layer];
+    if (channel < 0 || channel >= info.channels) return;
+    state.channel = channel;
+    document.querySelectorAll(".map").forEach(function (m) {
+      m.classList.toggle("selected", Number(m.dataset.channel) === channel);
+    });
+    document.getElementById("detail-title").textContent = state.layer + " / map " + channel;
+    var cards = document.getElementById("cards");
+    clear(cards);
+    info.maps[channel].forEach(function (e, r) {
+      var card = el("div", "card");
+      card.appendChild(tile(state.layer, channel, info, 0, r, 160));
+      card.appendChild(tile(state.layer, channel, info, 1, r, 160));
+      var cap = el("div", "caption");
+      cap.appendChild(el("div", "", "#" + (r + 1) + "  value " + e.value.toPrecision(4)));
+      cap.appendChild(el("div", "", e.id));
+      if (e.label !== null && e.label !== undefined) cap.appendChild(el("div", "", "class: " + e.label));
+      if (e.y >= 0) cap.appendChild(el("div", "", "at (" + e.y + ", " + e.x + ")"));
+      card.appendChild(cap);
+      cards.appendChild(card);
+    });
+    document.getElementById("detail").hidden = false;
+  }
+
+  function closeMap() { document.getElementById("detail").hidden = true; state.channel = null; }
+
+  function jump(text) {
+    var parts = String(text).trim().split(/[\/:\s]+/);
+    if (!A.layers[parts[0]]) return false;
+    selectLayer(parts[0]);
+    if (parts.length > 1 && parts[1] !== "") openMap(parseInt(parts[1], 10));
+    return true;
+  }
+
+  function renderFilters() {
+    var body = document.getElementById("filters-body");
+    clear(body);
+    if (!A.filters) { body.appendChild(el("p", "", "No filter analysis in this atlas.")); return; }
+    var fig = el("div", "figure");
+    var img = el("img");
+    img.src = A.filters.figure;
+    img.alt = "first-layer filters";
+    fig.appendChild(img);
+    body.appendChild(fig);
+    A.filters.models.forEach(function (m) {
+      body.appendChild(el("h3", "", m.title));
+      var t = el("table");
+      Object.keys(m.summary).forEach(function (k) {
+        var v = m.summary[k];
+        if (typeof v === "object") v = JSON.stringify(v);
+        var tr = el("tr");
+        tr.appendChild(el("th", "", k));
+        tr.appendChild(el("td", "", v));
+        t.appendChild(tr);
+      });
+      body.appendChild(t);
+    });
+  }
+
+  function renderEvolution() {
+    var body = document.getElementById("evolution-body");
+    clear(body);
+    if (!A.evolution) { body.appendChild(el("p", "", "No training snapshots were given (zfnet atlas --evolution RUN).")); return; }
+    body.appendChild(el("p", "", "Columns: epochs " + A.evolution.epochs.join(", ") +
+      ". Rows: randomly chosen maps; each cell projects that epoch's strongest activation over the training set."));
+    Object.keys(A.evolution.figures).forEach(function (layer) {
+      body.appendChild(el("h3", "", layer + " (maps " + A.evolution.channels[layer].join(", ") + ")"));
+      var fig = el("div", "figure");
+      var img = el("img");
+      img.src = A.evolution.figures[layer];
+      img.alt = "evolution of " + layer;
+      fig.appendChild(img);
+      body.appendChild(fig);
+    });
+  }
+
+  function init() {
+    if (!A) { document.body.appendChild(el("p", "", "atlas-data.js is missing.")); return; }
+    document.getElementById("subtitle").textContent =
+      A.model.name + " on " + A.dataset.spec + " (" + A.dataset.split + ", " + A.dataset.images + " images), " +
+      "mode " + A.mode;
+    document.getElementById("provenance").textContent = JSON.stringify(A.provenance, null, 1);
+    document.querySelectorAll(".tab").forEach(function (b) {
+      b.addEventListener("click", function () { showTab(b.dataset.tab); });
+    });
+    document.getElementById("close").addEventListener("click", closeMap);
+    document.getElementById("jump").addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter") { jump(ev.target.value); ev.target.blur(); }
+    });
+    document.addEventListener("keydown", function (ev) {
+      if (ev.target && ev.target.tagName === "INPUT") return;
+      var order = A.layer_order, li = order.indexOf(state.layer);
+      if (ev.key === "Escape") closeMap();
+      else if (ev.key === "/") { ev.preventDefault(); document.getElementById("jump").focus(); }
+      else if (ev.key === "ArrowRight") openMap(state.channel === null ? 0 : state.channel + 1);
+      else if (ev.key === "ArrowLeft") openMap(state.channel === null ? 0 : state.channel - 1);
+      else if (ev.key === "ArrowDown" && li + 1 < order.length) { closeMap(); selectLayer(order[li + 1]); }
+      else if (ev.key === "ArrowUp" && li > 0) { closeMap(); selectLayer(order[li - 1]); }
+    });
+    renderFilters();
+    renderEvolution();
+    var fromHash = window.location.hash ? decodeURIComponent(window.location.hash.slice(1)) : "";
+    if (!(fromHash && jump(fromHash))) selectLayer(A.layer_order[0]);
+  }
+
+  init();
+})();
