@@ -3,14 +3,15 @@ the whole `zfnet atlas` folder, filters (Fig. 5) and evolution (Fig. 4)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from zfnet import data as zdata
 from zfnet import models
 from zfnet.atlas import TopK, scan
@@ -88,7 +89,7 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
     model, pp, ds = setup
     state = str(tmp_path / "state.safetensors")
     whole = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False)
-    import zfnet.atlas as atlas
+    from zfnet import atlas
 
     real = atlas.features
     calls = {"n": 0}
@@ -152,7 +153,7 @@ def test_atlas_folder_end_to_end(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] and m["layer_order"] == ["conv1", "conv2", "conv5"]
     assert m["model"]["name"] == "zfnet-small" and m["dataset"]["images"] == 48 and "torch" in m["provenance"]
-    assert m["layers"]["conv2"]["channels"] == 64 and len(m["layers"]["conv2"]["maps"][0]) == 4
+    assert m["layers"]["conv2"]["channels"] == models.build("zfnet-small").conv2.out_channels and len(m["layers"]["conv2"]["maps"][0]) == 4
     assert {"image", "id", "label", "value", "y", "x"} <= set(m["layers"]["conv5"]["maps"][3][0])
     for layer in m["layer_order"]:
         assert len(os.listdir(out / "maps" / layer)) == m["layers"][layer]["channels"]
@@ -169,10 +170,10 @@ def test_atlas_folder_end_to_end(tmp_path):
     assert again.returncode == 0
     assert json.loads((out / "manifest.json").read_text())["layers"] == m["layers"]
     # different settings into the same folder: refused, earlier results intact
-    other = run_cli(*_atlas_cmd(out, "--mode", "guided")[:-1], "--k", "3")
+    other = run_cli(*_atlas_cmd(out, "--mode", "guided", "--k", "3"))
     assert other.returncode == 2 and "already holds an atlas" in other.stderr and "Traceback" not in other.stderr
     assert json.loads((out / "manifest.json").read_text())["layers"] == m["layers"]
-    bad = run_cli(*_atlas_cmd(tmp_path / "bad")[:-8], "--layers", "conv9", "--out", str(tmp_path / "bad"))
+    bad = run_cli(*_atlas_cmd(tmp_path / "bad", "--layers", "conv9"))
     assert bad.returncode == 2 and "no layer 'conv9'" in bad.stderr
 
 
@@ -188,10 +189,31 @@ def test_filter_diagnostics_by_construction():
     stripes = torch.tensor([[1.0, -1.0] * 2] * 4).view(1, 1, 4, 4)  # alternates every pixel along x
     f = radial_frequency(torch.cat([flat + 1e-3 * stripes, stripes]))
     assert float(f[1]) == pytest.approx(0.5, abs=1e-6) and float(f[0]) == pytest.approx(0.5, abs=1e-6)
+    # slow reference: the DFT written out as sums, power-weighted mean of |frequency|
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(2, 3, 3, 5, generator=g, dtype=torch.float64)
+    for o in range(2):
+        num = den = 0.0
+        for u in range(3):
+            for v in range(5):
+                p = 0.0
+                for c in range(3):
+                    x = w[o, c] - w[o, c].mean()
+                    re = sum(float(x[a, b]) * math.cos(2 * math.pi * (u * a / 3 + v * b / 5)) for a in range(3) for b in range(5))
+                    im = sum(float(x[a, b]) * math.sin(2 * math.pi * (u * a / 3 + v * b / 5)) for a in range(3) for b in range(5))
+                    p += re * re + im * im
+                fu, fv = (u if u <= 1 else u - 3) / 3, (v if v <= 2 else v - 5) / 5
+                num, den = num + p * math.hypot(fu, fv), den + p
+        assert float(radial_frequency(w)[o]) == pytest.approx(num / den, rel=1e-5)
 
 
 def test_evolution_from_a_training_run(tmp_path):
-    from zfnet.evolution import choose_channels, evolution, find_snapshots
+    from zfnet.evolution import (
+        choose_channels,
+        evolution,
+        find_snapshots,
+        load_snapshot,
+    )
     from zfnet.recipe import Recipe
     from zfnet.train import fit
 
@@ -200,7 +222,7 @@ def test_evolution_from_a_training_run(tmp_path):
                limit_train=96, limit_val=32, workers=0, snapshots=(1, 3)), progress=False)
     snaps = find_snapshots(str(run))
     assert [e for e, _ in snaps] == [1, 3]
-    model = models.build("zfnet-small")
+    model = models.build("zfnet-small")  # a 10-way head; the run had 8 classes: conv visualizations never read it
     pp = zdata.preprocess_for(model)
     train = zdata.open_dataset("synthetic", "train", pp).head(40)
     chans = choose_channels(model, ["conv1", "conv4"], 3, 0, (1, 28, 28))
@@ -211,7 +233,7 @@ def test_evolution_from_a_training_run(tmp_path):
             cells = evo.cells[layer][c]
             assert len(cells) == 2
             # the value shown for the last epoch is that snapshot's strongest activation over the set
-            models.load_weights(model, snaps[-1][1], strict=False)
+            load_snapshot(model, snaps[-1][1])
             with torch.no_grad():
                 from zfnet.io import load_tensors
 

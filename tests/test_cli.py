@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 COMMANDS = ["models", "layers", "train", "evaluate", "project", "atlas", "filters", "evolution", "serve"]
 

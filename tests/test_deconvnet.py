@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import hook_count
 from torch import nn
 
-from conftest import hook_count
 from zfnet import models
 from zfnet.deconvnet import Deconvnet, Target, project
 from zfnet.errors import UsageError
-
 
 # --- slow reference, straight from Sec. 2.1 --------------------------------------------------------------
 
@@ -268,13 +267,11 @@ def test_no_hook_left_and_modes_restored_even_after_errors():
         assert not model.training
     assert hook_count(model) == 0
     assert {n: m.training for n, m in model.named_modules()} == states
-    with pytest.raises(UsageError):
-        with Deconvnet(model) as dn:
-            dn.project(x, "layer3", 10_000)  # no such channel
-    with pytest.raises(RuntimeError, match="boom"):
-        with Deconvnet(model) as dn:
-            dn.project(x, "layer1", 0)
-            raise RuntimeError("boom")
+    with pytest.raises(UsageError), Deconvnet(model) as dn:
+        dn.project(x, "layer3", 10_000)  # no such channel
+    with pytest.raises(RuntimeError, match="boom"), Deconvnet(model) as dn:
+        dn.project(x, "layer1", 0)
+        raise RuntimeError("boom")
     assert hook_count(model) == 0
     assert {n: m.training for n, m in model.named_modules()} == states
     model.eval()

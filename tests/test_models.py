@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import save_file
 
-from conftest import run_cli
 from zfnet import models
 from zfnet.errors import UsageError
 from zfnet.models.convnet import TABLE2_VARIANTS

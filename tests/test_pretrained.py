@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import run_cli
 
 import zfnet
-from conftest import run_cli
 from zfnet import data as zdata
 
 

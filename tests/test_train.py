@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO, run_cli
+
 from zfnet import data as zdata
 from zfnet import models
 from zfnet.errors import UsageError
@@ -76,7 +76,7 @@ def test_fit_writes_run_folder_and_evaluate(tmp_path):
     model, pp = load_for_eval("zfnet-small", str(out / "model.safetensors"), torch.device("cpu"))
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
-            assert float(m.weight.pow(2).mean(dim=(1, 2, 3)).sqrt().max()) <= 0.1 + 1e-6
+            assert float(m.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt().max()) <= 0.1 + 1e-6
     # evaluate: our top-1 error equals a hand-made loop; 10-crop equals the average of the 10 crops
     val = zdata.open_dataset("synthetic", "val", pp).head(64)
     ours = evaluate(model, val, pp, batch_size=16)
@@ -89,7 +89,7 @@ def test_fit_writes_run_folder_and_evaluate(tmp_path):
     assert evaluate(model, val, pp, ten_crop=True)["top1_err"] == pytest.approx(
         float((probs.argmax(1) != val.labels).float().mean()))
     # ensembles average the softmax of the members
-    other = models.build("zfnet-small", seed=5).eval()
+    other = models.build("zfnet-small", num_classes=len(val.classes), seed=5).eval()
     with torch.no_grad():
         avg = (F.softmax(model(pp.eval_input(val.bases)), 1) + F.softmax(other(pp.eval_input(val.bases)), 1)) / 2
     assert evaluate([model, other], val, pp)["top1_err"] == pytest.approx(
@@ -102,6 +102,25 @@ def test_fit_writes_run_folder_and_evaluate(tmp_path):
     # an existing run is never overwritten
     with pytest.raises(UsageError, match="already holds a run"):
         fit(Recipe(out=str(out), **TINY), progress=False)
+
+
+def test_anneal_at_is_the_manual_schedule_and_resumes_only_forward(tmp_path):
+    out = tmp_path / "run"
+    fit(Recipe(out=str(out), anneal_at=(1,), **TINY), progress=False)
+    lrs = [json.loads(l)["lr"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-2, 1e-3])
+    longer = {**TINY, "epochs": 3}
+    with pytest.raises(UsageError, match="anneal_at at epoch 1, already trained"):
+        fit(Recipe(out=str(out), **longer), resume=True, progress=False)
+    # annealing after the epoch just finished is still a decision about the future: applied on resume, as a
+    # fresh run with this recipe would have
+    fit(Recipe(out=str(out), anneal_at=(1, 2), **longer), resume=True, progress=False)
+    lrs = [json.loads(l)["lr"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-2, 1e-3, 1e-4])
+    fresh = tmp_path / "fresh"
+    fit(Recipe(out=str(fresh), anneal_at=(1, 2), **longer), progress=False)
+    a, b = load_tensors(out / "model.safetensors"), load_tensors(fresh / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("preprocess"))
 
 
 def _train_cmd(out, *extra):
@@ -149,8 +168,10 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
+    # 4 steps over 2 epochs: equal up to float summation order. (Longer runs drift apart by ~1e-4 once a
+    # max-pool or ReLU decision flips on a 1e-8 difference; that is chaos, not a sharding error.)
     common = ["--model", "zfnet-small", "--data", "synthetic", "--val-split", "val", "--epochs", "2",
-              "--batch-size", "32", "--limit-train", "128", "--limit-val", "32", "--workers", "0", "--threads", "1",
+              "--batch-size", "32", "--limit-train", "64", "--limit-val", "32", "--workers", "0", "--threads", "1",
               "--dropout", "0", "--no-progress"]
     env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
     single = subprocess.run([sys.executable, "-m", "zfnet", "train", *common, "--out", str(tmp_path / "one")],
@@ -162,7 +183,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert multi.returncode == 0, multi.stderr[-3000:]
     a, b = load_tensors(tmp_path / "one" / "model.safetensors"), load_tensors(tmp_path / "two" / "model.safetensors")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["processes"] == 2 and m1["val"]["centre"]["images"] == m2["val"]["centre"]["images"] == 32

@@ -7,9 +7,10 @@ import os
 import shutil
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
+from zfnet import models
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -54,11 +55,13 @@ def test_page_from_disk(atlas, browser):
     from selenium.webdriver.common.keys import Keys
 
     manifest = json.loads((atlas / "manifest.json").read_text())
+    net = models.build("zfnet-small-rgb")
+    c1, c3 = net.conv1.out_channels, net.conv3.out_channels
     browser.get((atlas / "index.html").as_uri())
     maps = browser.find_elements(By.CSS_SELECTOR, "#maps .map")
-    assert len(maps) == manifest["layers"]["conv1"]["channels"] == 32
+    assert len(maps) == manifest["layers"]["conv1"]["channels"] == c1
     browser.find_element(By.CSS_SELECTOR, '#layers button[data-layer="conv3"]').click()
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#maps .map")) == 96
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#maps .map")) == c3
     browser.find_elements(By.CSS_SELECTOR, "#maps .map")[5].click()
     cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
     assert len(cards) == 3  # k
@@ -78,7 +81,7 @@ def test_page_from_disk(atlas, browser):
     body.send_keys(Keys.ESCAPE)
     assert not browser.find_element(By.ID, "detail").is_displayed()
     body.send_keys(Keys.ARROW_UP)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#maps .map")) == 32
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#maps .map")) == c1
     # jump box
     box = browser.find_element(By.ID, "jump")
     box.send_keys("conv3/2" + Keys.ENTER)
@@ -88,7 +91,8 @@ def test_page_from_disk(atlas, browser):
     assert "<img" in captions and "onerror" in captions
     assert browser.execute_script("return window.__pwned === undefined")
     assert not browser.find_elements(By.CSS_SELECTOR, "#cards img, #maps img")
-    # the other tabs
+    # the other tabs (the open map is a dialog over the page: Escape closes it first)
+    body.send_keys(Keys.ESCAPE)
     browser.find_element(By.CSS_SELECTOR, '.tab[data-tab="filters"]').click()
     assert browser.find_element(By.CSS_SELECTOR, "#filters-body img").get_attribute("src").endswith("filters.png")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

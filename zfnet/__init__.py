@@ -8,11 +8,19 @@
 """
 __version__ = "0.1.0"
 
-from . import models  # noqa: E402
-from .deconvnet import Deconvnet, Target, project  # noqa: E402
-from .errors import UsageError  # noqa: E402
-from .pretrained import pretrained  # noqa: E402
-from .receptive_field import receptive_field  # noqa: E402
+from . import models
+from .deconvnet import Deconvnet, Target, project
+from .errors import UsageError
+from .pretrained import pretrained
+from .receptive_field import receptive_field
 
-__all__ = ["models", "Deconvnet", "Target", "project", "receptive_field", "pretrained", "UsageError",
-           "__version__"]
+__all__ = [
+           "Deconvnet",
+           "Target",
+           "UsageError",
+           "__version__",
+           "models",
+           "pretrained",
+           "project",
+           "receptive_field",
+]

@@ -37,7 +37,7 @@ class TopK:
     xs: torch.Tensor
 
     @classmethod
-    def empty(cls, k: int, channels: int) -> "TopK":
+    def empty(cls, k: int, channels: int) -> TopK:
         return cls(torch.full((k, channels), float("-inf")), torch.full((k, channels), -1, dtype=torch.long),
                    torch.full((k, channels), -1, dtype=torch.long), torch.full((k, channels), -1, dtype=torch.long))
 
@@ -45,7 +45,7 @@ class TopK:
     def k(self) -> int:
         return self.values.shape[0]
 
-    def merge(self, values: torch.Tensor, images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> "TopK":
+    def merge(self, values: torch.Tensor, images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> TopK:
         """Merge candidates (rows, C): the best k per column by value, ties to the lower image index."""
         v = torch.cat([self.values, values.float()])
         i = torch.cat([self.images, images])
@@ -56,7 +56,7 @@ class TopK:
         order = v.argsort(dim=0, descending=True, stable=True)[: self.k]  # ... then by value
         return TopK(*(t.gather(0, order) for t in (v, i, y, x)))
 
-    def update(self, acts: torch.Tensor, image_idx: torch.Tensor) -> "TopK":
+    def update(self, acts: torch.Tensor, image_idx: torch.Tensor) -> TopK:
         """Fold in one batch of feature maps (N x C x H x W, or N x C for fc layers)."""
         n, c = acts.shape[:2]
         if acts.dim() == 4:
@@ -73,7 +73,7 @@ class TopK:
                 f"{prefix}/xs": self.xs}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> "TopK":
+    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> TopK:
         return cls(t[f"{prefix}/values"], t[f"{prefix}/images"], t[f"{prefix}/ys"], t[f"{prefix}/xs"])
 
 

@@ -8,8 +8,8 @@ import json
 import os
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import UsageError
 from .registry import Registry
@@ -176,21 +176,11 @@ def _evaluate_run(args) -> int:
 
 def _load_model(args, device):
     """(model, preprocessing) from --pretrained, or --model with optional --weights."""
-    from . import data as zdata
-    from . import models
-    from .train import load_for_eval
+    from .train import open_model
 
-    if getattr(args, "pretrained", False):
-        from .pretrained import pretrained
-
-        p = pretrained()
-        return p.model.to(device), p.preprocess
-    if not args.model:
-        raise UsageError("pass --model NAME (see `zfnet models`) or --pretrained")
-    if args.weights:
-        return load_for_eval(args.model, args.weights, device)
-    model = models.build(args.model).to(device).eval()
-    return model, zdata.preprocess_for(model)
+    model, pp, _, _ = open_model(args.model, args.weights, getattr(args, "pretrained", False), device,
+                                 getattr(args, "seed", 0) or 0)
+    return model, pp
 
 
 def _layers_args(p: argparse.ArgumentParser) -> None:

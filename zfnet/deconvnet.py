@@ -23,8 +23,8 @@ whole-image projection, borders included.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -123,7 +123,7 @@ class Deconvnet:
         self._geometry: dict = {}  # (layers, input shape) -> unit grids, valid inside the with block
 
     # --- context: eval mode in, modes restored out ---------------------------------------------------
-    def __enter__(self) -> "Deconvnet":
+    def __enter__(self) -> Deconvnet:
         self._training = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         return self
@@ -280,4 +280,4 @@ def project(model: nn.Module, images: torch.Tensor, layer: str, channel: int | S
         return dn.project(images, layer, channel, position, unit)
 
 
-__all__ = ["Deconvnet", "Target", "project", "MODES", "feature_module"]
+__all__ = ["MODES", "Deconvnet", "Target", "feature_module", "project"]

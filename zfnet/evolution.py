@@ -37,9 +37,12 @@ def load_snapshot(model: nn.Module, path: str) -> None:
     own = model.state_dict()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     missing = [f"{c}.weight" for c in convs if f"{c}.weight" not in state]
-    if missing:
-        raise UsageError(f"snapshot {path!r} lacks {missing[0]}; it was not made for this model")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    wrong = [f"{c}.weight" for c in convs if c not in missing and state[f"{c}.weight"].shape != own[f"{c}.weight"].shape]
+    if missing or wrong:
+        raise UsageError(f"snapshot {path!r} {'lacks' if missing else 'has another shape for'} "
+                         f"{(missing or wrong)[0]}; it was not made for this model (pass the matching --model)")
+    # the classifier may differ (another class count): conv visualizations never read it
+    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
 
 
 @dataclass

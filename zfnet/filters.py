@@ -29,14 +29,15 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return conv
 
 
-def radial_frequency(weight: torch.Tensor, n: int = 32) -> torch.Tensor:
-    """Per filter (out x in x kh x kw): mean radial frequency (cycles/pixel) weighted by spectral power,
-    with the filter's mean removed (zero-padded n x n FFT)."""
+def radial_frequency(weight: torch.Tensor) -> torch.Tensor:
+    """Per filter (out x in x kh x kw): mean radial frequency (cycles/pixel, 0..~0.7) weighted by spectral
+    power, with the filter's mean removed. The DFT is taken at the kernel's own size (no zero padding, whose
+    leakage would pull every estimate towards the middle): a pattern alternating every pixel scores 0.5."""
     w = weight.detach().float()
     w = w - w.mean(dim=(-1, -2), keepdim=True)
-    power = torch.fft.fft2(w, s=(n, n)).abs().pow(2).sum(1)  # out x n x n, summed over input channels
-    f = torch.fft.fftfreq(n)
-    radius = (f.view(-1, 1) ** 2 + f.view(1, -1) ** 2).sqrt()
+    kh, kw = w.shape[-2:]
+    power = torch.fft.fft2(w).abs().pow(2).sum(1)  # out x kh x kw, summed over input channels
+    radius = (torch.fft.fftfreq(kh).view(-1, 1) ** 2 + torch.fft.fftfreq(kw).view(1, -1) ** 2).sqrt()
     total = power.sum(dim=(-1, -2)).clamp_min(1e-20)
     return (power * radius).sum(dim=(-1, -2)) / total
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -22,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file the user writes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -43,9 +51,8 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -8,8 +8,8 @@ after it in its parent Sequential is a ReLU, that ReLU's output, else the module
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

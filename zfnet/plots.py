@@ -4,9 +4,9 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .io import atomic_save_figure  # noqa: E402
+from .io import atomic_save_figure
 
 
 def training_curves(history: list[dict], path: str) -> None:

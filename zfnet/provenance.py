@@ -44,7 +44,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 class Timer:
     """Wall time of a block: `with Timer() as t: ...; t.seconds`."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         self.seconds = 0.0
         return self

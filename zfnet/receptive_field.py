@@ -36,7 +36,7 @@ class Axis:
         lo = self.start + i * self.jump
         return lo, lo + self.size
 
-    def hull(self, other: "Axis") -> "Axis":
+    def hull(self, other: Axis) -> Axis:
         if self.jump != other.jump:
             raise ValueError("branches with different strides meet")
         lo = min(self.start, other.start)

@@ -1,7 +1,8 @@
 """Named registries (models, datasets, analyses): CLI choices come from them."""
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from .errors import UsageError
 

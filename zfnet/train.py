@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from .recipe import Recipe, snapshot_epochs
 
 CHECKPOINT = "checkpoint.safetensors"
 # Recipe fields that may change when resuming: they do not change what is computed.
-RESUMABLE_CHANGES = {"epochs", "workers", "threads", "checkpoint_minutes", "out", "device", "snapshots"}
+RESUMABLE_CHANGES = {"epochs", "workers", "threads", "checkpoint_minutes", "out", "device", "snapshots", "anneal_at"}
 
 
 # --- processes and devices ---------------------------------------------------------------------------
@@ -304,12 +305,25 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_se
 
 # --- a whole run ---------------------------------------------------------------------------------------
 
-def _check_resume(saved: Recipe, recipe: Recipe) -> None:
+def _anneal(optimizer, scheduler, recipe: Recipe) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = max(g["lr"] * recipe.lr_factor, recipe.min_lr)
+    scheduler.num_bad_epochs = 0
+
+
+def _check_resume(saved: Recipe, recipe: Recipe, done: int, step: int) -> None:
     a, b = saved.to_dict(), recipe.to_dict()
     diff = [k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES]
     if diff:
         raise UsageError(f"--resume with a different recipe ({', '.join(f'{k}: {a[k]!r} -> {b[k]!r}' for k in diff)}); "
                          "rerun with the saved recipe (recipe.json in the run folder) or pick a new --out")
+    # a fresh run with the new recipe must equal the resumed one: only annealing still ahead may change (after
+    # the epoch just finished too, when resuming at its end: the rate is then lowered on resume)
+    added, removed = set(recipe.anneal_at) - set(saved.anneal_at), set(saved.anneal_at) - set(recipe.anneal_at)
+    past = sorted({e for e in added if e < done or (e == done and step)} | {e for e in removed if e <= done})
+    if past:
+        raise UsageError(f"--resume changes anneal_at at epoch {past[0]}, already trained ({done} done); "
+                         f"only later epochs can be added or removed")
 
 
 def open_training_data(recipe: Recipe, model: nn.Module, dist: Dist):
@@ -346,7 +360,8 @@ def fit(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict[str
                          "continue it, or choose another --out")
     tensors, meta = load_checkpoint(ckpt_path) if (resume and have_ckpt) else ({}, {})
     if meta:
-        _check_resume(Recipe().replace(**json.loads(meta["recipe"])), recipe)
+        saved = Recipe().replace(**json.loads(meta["recipe"]))
+        _check_resume(saved, recipe, int(meta["epoch"]), int(meta["step"]))
 
     torch.manual_seed(recipe.seed)
     probe = models.build(recipe.model, num_classes=recipe.num_classes or 1, init="torch",
@@ -369,6 +384,8 @@ def fit(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict[str
         restore(tensors, meta, model, optimizer, scheduler, dist.rank)
         epoch, step = int(meta["epoch"]), int(meta["step"])
         history, partial = json.loads(meta["history"]), json.loads(meta["partial"]) or None
+        if step == 0 and epoch in recipe.anneal_at and epoch not in saved.anneal_at:
+            _anneal(optimizer, scheduler, recipe)
         if dist.main:
             print(f"resuming {out}: epoch {epoch} done" + (f", {step} steps into epoch {epoch + 1}" if step else ""),
                   flush=True)
@@ -407,11 +424,14 @@ def fit(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict[str
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(model, optimizer, train_set, pp, plan, recipe, dist, epoch + 1, step, partial, on_step)
         va = evaluate(model, val_set, pp, dist=dist, workers=recipe.workers)
-        scheduler.step(va["top1_err"])
         epoch, step, partial = epoch + 1, 0, None
         row = {"epoch": epoch, "lr": lr, **tr, "val_loss": va["loss"], "val_top1_err": va["top1_err"],
                "val_top5_err": va["top5_err"], "wall_seconds": time.perf_counter() - started}
         history.append(row)
+        recent = [r["val_top1_err"] for r in history[-recipe.lr_window:]]
+        scheduler.step(sum(recent) / len(recent))  # plateau of the smoothed validation error
+        if epoch in recipe.anneal_at:  # annealed by hand (recorded in the recipe)
+            _anneal(optimizer, scheduler, recipe)
         if dist.main:
             write_logs(out, history)
             if epoch in snaps:
@@ -464,6 +484,32 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}" if math.isfinite(v) else str(v)
     return str(v)
+
+
+def open_model(model_name: str | None, weights: str | None = None, pretrained: bool = False,
+               device: torch.device = torch.device("cpu"), seed: int = 0):
+    """(model, preprocessing, name, weights path) for the analysis commands: the embedded model, a model with
+    its weights, or (no weights) the model at its initialization, seeded so that every torchrun rank and every
+    rerun sees the same network."""
+    if pretrained:
+        from .pretrained import pretrained as embedded
+
+        p = embedded()
+        return p.model.to(device), p.preprocess, p.name, p.weights_path
+    if not model_name:
+        raise UsageError("pass --model NAME (see `zfnet models`), with --weights FILE for a trained model, "
+                         "or --pretrained")
+    if weights:
+        model, pp = load_for_eval(model_name, weights, device)
+        return model, pp, model_name, weights
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.build(model_name)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: no --weights: {model_name} at its random initialization (seed {seed}), no mean image",
+              file=sys.stderr)
+    model = model.to(device).eval()
+    return model, zdata.preprocess_for(model), model_name, None
 
 
 def load_for_eval(model_name: str, weights: str, device: torch.device) -> tuple[nn.Module, zdata.Preprocess]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
 
 import torch
 
@@ -28,8 +28,21 @@ from .preprocess import Preprocess, for_model
 from .synthetic import synthetic
 from .voc import voc2012
 
-__all__ = ["open_dataset", "parse_spec", "Preprocess", "for_model", "ImageSet", "TensorImageSet",
-           "FileImageSet", "mean_image", "batches", "chunked", "DATASETS", "default_split", "preprocess_for"]
+__all__ = [
+    "DATASETS",
+    "FileImageSet",
+    "ImageSet",
+    "Preprocess",
+    "TensorImageSet",
+    "batches",
+    "chunked",
+    "default_split",
+    "for_model",
+    "mean_image",
+    "open_dataset",
+    "parse_spec",
+    "preprocess_for",
+]
 
 
 @dataclass(frozen=True)

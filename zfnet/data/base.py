@@ -30,7 +30,7 @@ class ImageSet(torch.utils.data.Dataset):
         """All base squares as one N x C x B x B uint8 tensor, when the set lives in memory (else None)."""
         return None
 
-    def head(self, n: int | None) -> "ImageSet":
+    def head(self, n: int | None) -> ImageSet:
         """The first `n` images as a set of the same kind (quick runs, tests); None or n >= len: self."""
         if n is None or n >= len(self):
             return self

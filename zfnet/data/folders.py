@@ -28,12 +28,14 @@ def _split_dir(root: str, split: str, name: str) -> str:
 
 
 def imagefolder(split: str, preprocess: Preprocess, path: str | None = None, name: str = "folder") -> FileImageSet:
-    """Class folders, either split into ROOT/{train,val,test}/<class>/ or (split 'all') ROOT/<class>/."""
+    """Class folders: ROOT/{train,val,test}/<class>/, or for split 'all' ROOT/all/<class>/ or ROOT/<class>/."""
     if not path or not os.path.isdir(path):
         raise UsageError(f"dataset folder {path!r} does not exist; pass --data with the folder that holds the "
                          "class folders")
     has_splits = any(os.path.isdir(os.path.join(path, d)) for d in ("train", "val", "test"))
-    if has_splits:
+    if split == "all" and os.path.isdir(os.path.join(path, "all")):
+        folder = os.path.join(path, "all")  # ROOT/all/<class>/...
+    elif has_splits:
         if split == "all":
             raise UsageError(f"{path!r} is split into train/val/test folders; pass --split train, val or test")
         folder = _split_dir(path, split, name)

@@ -34,11 +34,11 @@ class Preprocess:
     channel_std: tuple[float, ...] | None = None
 
     @classmethod
-    def torchvision(cls, input_size: int = 224, base_size: int = 256) -> "Preprocess":
+    def torchvision(cls, input_size: int = 224, base_size: int = 256) -> Preprocess:
         """torchvision's ImageNet recipe: [0, 1] pixels, per-channel mean and std."""
         return cls(input_size, base_size, 3, "resize", 1.0, None, IMAGENET_MEAN, IMAGENET_STD)
 
-    def with_mean(self, mean_image: torch.Tensor) -> "Preprocess":
+    def with_mean(self, mean_image: torch.Tensor) -> Preprocess:
         return Preprocess(self.input_size, self.base_size, self.channels, self.fit, self.scale,
                           mean_image.float(), self.channel_mean, self.channel_std)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,13 +20,33 @@ from torch import nn
 from ..errors import UsageError
 from ..registry import Registry
 from .alexnet import ALEXNET
-from .convnet import TABLE2_VARIANTS, Arch, ConvNet, remove_layers, set_conv_channels, set_fc_units
+from .convnet import (
+    TABLE2_VARIANTS,
+    Arch,
+    ConvNet,
+    remove_layers,
+    set_conv_channels,
+    set_fc_units,
+)
 from .init import init_weights
 from .small import SMALL
 from .zfnet import ZFNET
 
-__all__ = ["build", "names", "register", "describe", "load_weights", "read_weights", "ConvNet", "Arch",
-           "TABLE2_VARIANTS", "init_weights", "REGISTRY", "model_input_shape", "weights_metadata"]
+__all__ = [
+    "REGISTRY",
+    "TABLE2_VARIANTS",
+    "Arch",
+    "ConvNet",
+    "build",
+    "describe",
+    "init_weights",
+    "load_weights",
+    "model_input_shape",
+    "names",
+    "read_weights",
+    "register",
+    "weights_metadata",
+]
 
 REGISTRY: Registry[Callable[..., nn.Module]] = Registry(
     "model", hint=", or torchvision:<name> (e.g. torchvision:alexnet); run `zfnet models` for the table")

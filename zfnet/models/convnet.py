@@ -52,13 +52,13 @@ class Arch:
     # models; the small family overrides it because it does not train from there.
     default_init: str = "paper"
 
-    def with_(self, **changes) -> "Arch":
+    def with_(self, **changes) -> Arch:
         return replace(self, **changes)
 
 
-def _conv_layers(arch: Arch) -> "OrderedDict[str, nn.Module]":
+def _conv_layers(arch: Arch) -> OrderedDict[str, nn.Module]:
     """conv1 .. pool5 of the table, named as in the paper."""
-    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
     c_in = arch.in_channels
     n, alpha, beta, k = arch.lrn
     for i, conv in enumerate(arch.convs, start=1):
@@ -134,9 +134,9 @@ class ConvNet(nn.Sequential):
                 f"convert the images to {c} channel(s) and {h}x{w} pixels")
         return super().forward(x)
 
-    def layer_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
+    def layer_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
         """Output shape (without batch) of every named child, computed on the meta device."""
-        out: "OrderedDict[str, tuple[int, ...]]" = OrderedDict()
+        out: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         with torch.device("meta"):
             x = torch.zeros(1, *self.input_shape)
             for name, module in ConvNet(self.arch, self.num_classes).named_children():

@@ -20,8 +20,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import data as zdata
-from .. import models
-from ..atlas import Scan, default_layers, fingerprint, manifest_layers, scan, top_projections
+from ..atlas import (
+    Scan,
+    default_layers,
+    fingerprint,
+    manifest_layers,
+    scan,
+    top_projections,
+)
 from ..deconvnet import MODES, Deconvnet
 from ..errors import UsageError
 from ..io import atomic_write_json
@@ -29,7 +35,7 @@ from ..progress import bar
 from ..provenance import environment, file_sha256
 from ..receptive_field import receptive_field
 from ..render import display_scale
-from ..train import Dist, load_for_eval, resolve_device, setup_processes, teardown
+from ..train import Dist, open_model, resolve_device, setup_processes, teardown
 from . import figures
 from .web import write_site
 
@@ -61,21 +67,7 @@ class AtlasConfig:
 
 
 def _model(cfg: AtlasConfig, device: torch.device):
-    if cfg.pretrained:
-        from ..pretrained import pretrained
-
-        p = pretrained()
-        return p.model.to(device), p.preprocess, p.name, p.weights_path
-    if not cfg.model:
-        raise UsageError("pass --model NAME (and --weights FILE) or --pretrained")
-    if cfg.weights:
-        model, pp = load_for_eval(cfg.model, cfg.weights, device)
-        return model, pp, cfg.model, cfg.weights
-    model = models.build(cfg.model).to(device).eval()
-    pp = zdata.preprocess_for(model)
-    if isinstance(model, models.ConvNet):
-        print(f"note: {cfg.model} has random weights and no mean image (pass --weights for a trained model)")
-    return model, pp, cfg.model, None
+    return open_model(cfg.model, cfg.weights, cfg.pretrained, device, cfg.seed)
 
 
 def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:

@@ -7,13 +7,13 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from PIL import Image
 
-from ..filters import FilterReport  # noqa: E402
-from ..io import atomic_save_figure  # noqa: E402
-from ..render import grid, minmax, stretch, to_pil  # noqa: E402
+from ..filters import FilterReport
+from ..io import atomic_save_figure
+from ..render import grid, minmax, stretch, to_pil
 
 
 def _rgb(t: torch.Tensor) -> torch.Tensor:
@@ -101,4 +101,4 @@ def save_png(image: Image.Image, path: str) -> None:
     atomic_save_image(image, path)
 
 
-__all__ = ["map_sprite", "layer_panel", "evolution_grid", "filter_mosaic", "filters_figure", "save_png", "to_pil"]
+__all__ = ["evolution_grid", "filter_mosaic", "filters_figure", "layer_panel", "map_sprite", "save_png", "to_pil"]
