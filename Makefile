@@ -21,9 +21,9 @@ test-all:  # also the slow real-data runs
 
 bench:
 	@scripts/setup.sh test
-	$(BIN)/python bench/train_throughput.py
-	$(BIN)/python bench/deconv.py
-	$(BIN)/python bench/atlas.py
+	$(BIN)/python bench/train_throughput.py --json bench/results/train_throughput.json
+	$(BIN)/python bench/deconv.py --json bench/results/deconv.json
+	$(BIN)/python bench/atlas.py --json bench/results/atlas.json
 
 clean:
 	rm -rf atlas-fm .pytest_cache

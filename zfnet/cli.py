@@ -11,7 +11,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import UsageError
+from .errors import NOTES, UsageError
 from .registry import Registry
 
 
@@ -493,8 +493,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    NOTES.clear()
     try:
-        return COMMANDS.get(args.command).run(args) or 0
+        code = COMMANDS.get(args.command).run(args) or 0
+        if os.environ.get("RANK", "0") == "0":
+            for line in NOTES:
+                print(f"note: {line}", file=sys.stderr)
+        return code
     except UsageError as e:
         print(f"zfnet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -7,3 +7,13 @@ class UsageError(ValueError):
 
     The message is one line that says what is wrong and how to fix it.
     """
+
+
+NOTES: list[str] = []
+
+
+def note(message: str) -> None:
+    """A remark about how a result was made (e.g. an untrained model); the CLI prints the notes after the
+    command has succeeded, so that an error stays the only line a failed command prints."""
+    if message not in NOTES:
+        NOTES.append(message)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from torch import nn
 
 from . import data as zdata
 from . import models
-from .errors import UsageError
+from .errors import UsageError, note
 from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 from .provenance import environment
 from .recipe import Recipe, snapshot_epochs
@@ -505,9 +504,7 @@ def open_model(model_name: str | None, weights: str | None = None, pretrained: b
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(model_name)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"note: no --weights: {model_name} at its random initialization (seed {seed}), no mean image",
-              file=sys.stderr)
+    note(f"no --weights: {model_name} at its random initialization (seed {seed}), no mean image")
     model = model.to(device).eval()
     return model, zdata.preprocess_for(model), model_name, None
 
