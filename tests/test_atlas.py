@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_cli
@@ -156,13 +157,26 @@ def test_atlas_folder_end_to_end(tmp_path):
     assert m["layers"]["conv2"]["channels"] == models.build("zfnet-small").conv2.out_channels and len(m["layers"]["conv2"]["maps"][0]) == 4
     assert {"image", "id", "label", "value", "y", "x"} <= set(m["layers"]["conv5"]["maps"][3][0])
     for layer in m["layer_order"]:
-        assert len(os.listdir(out / "maps" / layer)) == m["layers"][layer]["channels"]
+        sprites = [f for f in os.listdir(out / "maps" / layer) if f != "filters.png"]
+        assert len(sprites) == m["layers"][layer]["channels"]
         assert (out / "figures" / f"{layer}.png").is_file()
     from PIL import Image
 
     sprite = Image.open(out / "maps" / "conv2" / "0000.png")
     th, tw = m["layers"]["conv2"]["tile"]
     assert sprite.size == (4 * tw, 2 * th)  # k projections over k patches
+    # layer 1 shows its filters too (Fig. 2): one tile per channel, each the filter min-max stretched
+    f1 = m["layers"]["conv1"]["filter"]
+    strip = Image.open(out / f1["sprite"])
+    assert strip.size == (m["layers"]["conv1"]["channels"] * f1["tile"][1], f1["tile"][0])
+    with torch.random.fork_rng():  # the seeded random initialization the atlas used
+        torch.manual_seed(0)
+        w = models.build("zfnet-small").conv1.weight.detach()
+    scale = f1["tile"][1] // w.shape[-1]
+    first = np.asarray(strip.convert("L"))[::scale, :w.shape[-1] * scale:scale].astype(float)
+    want = (w[0, 0] - w[0, 0].min()) * 255 / (w[0, 0].max() - w[0, 0].min())
+    assert np.abs(first - want.numpy()).max() <= 1.0
+    assert "filter" not in m["layers"]["conv2"]
     for f in ("filters.png", "filters.json", "index.html", "viewer.js", "atlas-data.js"):
         assert (out / f).is_file(), f
     # rerunning continues (nothing to redo) and gives the same manifest

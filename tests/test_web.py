@@ -91,6 +91,14 @@ def test_page_from_disk(atlas, browser):
     assert "<img" in captions and "onerror" in captions
     assert browser.execute_script("return window.__pwned === undefined")
     assert not browser.find_elements(By.CSS_SELECTOR, "#cards img, #maps img")
+    # layer 1: the filter beside its top-k (Fig. 2)
+    body.send_keys(Keys.ESCAPE)
+    browser.find_element(By.CSS_SELECTOR, '#layers button[data-layer="conv1"]').click()
+    browser.find_elements(By.CSS_SELECTOR, "#maps .map")[3].click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#cards .card")) == 3 + 1
+    ft = browser.find_element(By.CSS_SELECTOR, "#cards .filter-card .tile")
+    assert "maps/conv1/filters.png" in ft.value_of_css_property("background-image")
+    assert ft.value_of_css_property("background-position").startswith("-")  # filter 3, not filter 0
     # the other tabs (the open map is a dialog over the page: Escape closes it first)
     body.send_keys(Keys.ESCAPE)
     browser.find_element(By.CSS_SELECTOR, '.tab[data-tab="filters"]').click()

@@ -157,6 +157,7 @@ def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:
     manifest["panel_maps"] = panel_choice
 
     manifest["filters"] = _filters(model, result, layers, cfg.out, name)
+    _filter_sprite(model, layers, cfg.out, manifest)
     if cfg.evolution:
         manifest["evolution"] = _evolution(cfg, model, pp, layers, dist.device, progress)
     manifest["complete"] = True
@@ -185,6 +186,22 @@ def _filters(model, result: Scan, layers: list[str], out: str, title: str) -> di
     first = next((l for l in layers if resolve_layer(model, l) is conv), None)
     max_resp = result.top[first].values[0] if first in result.top else None
     return write_filters(out, [(title, analyse(conv.weight, max_resp))])
+
+
+def _filter_sprite(model, layers: list[str], out: str, manifest: dict) -> None:
+    """Fig. 2 shows layer 1's filters beside its maps: maps/<layer>/filters.png, one tile per channel."""
+    from ..filters import first_conv
+    from ..layers import resolve_layer
+
+    conv = first_conv(model)
+    first = next((l for l in layers if resolve_layer(model, l) is conv), None)
+    if first is None:
+        return
+    kh, kw = conv.weight.shape[-2:]
+    s = display_scale(max(kh, kw), 64)
+    path = os.path.join("maps", first, "filters.png")
+    figures.save_png(figures.filter_strip(conv.weight, s), os.path.join(out, path))
+    manifest["layers"][first]["filter"] = {"sprite": path, "tile": [kh * s, kw * s]}
 
 
 def write_filters(out: str, reports: list) -> dict:

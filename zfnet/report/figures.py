@@ -67,6 +67,13 @@ def filter_mosaic(weight: torch.Tensor, scale: int = 8) -> Image.Image:
     return grid(tiles, cols=math.ceil(math.sqrt(len(tiles))), pad=1, background=255, scale=scale)
 
 
+def filter_strip(weight: torch.Tensor, scale: int) -> Image.Image:
+    """Each first-layer filter min-max stretched on its own, side by side with no gaps (a sprite the viewer
+    cuts by offset: filter c at x = c * kernel width * scale)."""
+    tiles = [minmax(w) if w.shape[0] in (1, 3) else minmax(w.mean(0, keepdim=True)) for w in weight.detach()]
+    return grid(tiles, cols=len(tiles), pad=0, scale=scale)
+
+
 def filters_figure(reports: list[tuple[str, FilterReport]], path: str) -> None:
     """Fig. 5 panel per model: the filters, their RMS (dominant ones marked) and their frequency spread."""
     n = len(reports)

@@ -75,6 +75,19 @@
     document.getElementById("detail-title").textContent = state.layer + " / map " + channel;
     var cards = document.getElementById("cards");
     clear(cards);
+    if (info.filter) {  // layer 1: the filter itself (Fig. 2)
+      var fc = el("div", "card filter-card");
+      var ft = el("div", "tile filter"), fw = info.filter.tile[1], fh = info.filter.tile[0];
+      var fs = 160 / Math.max(fw, fh);
+      ft.style.width = Math.round(fw * fs) + "px";
+      ft.style.height = Math.round(fh * fs) + "px";
+      ft.style.backgroundImage = "url(\"" + info.filter.sprite + "\")";
+      ft.style.backgroundSize = Math.round(fw * fs * info.channels) + "px " + Math.round(fh * fs) + "px";
+      ft.style.backgroundPosition = (-Math.round(channel * fw * fs)) + "px 0px";
+      fc.appendChild(ft);
+      fc.appendChild(el("div", "caption", "filter " + channel));
+      cards.appendChild(fc);
+    }
     info.maps[channel].forEach(function (e, r) {
       var card = el("div", "card");
       card.appendChild(tile(state.layer, channel, info, 0, r, 160));
