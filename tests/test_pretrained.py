@@ -18,6 +18,8 @@ def test_pretrained_bundle():
     assert p.recipe["model"] == "zfnet-small" and p.recipe["data"] == "fashion-mnist"
     epochs = [e for e, _ in p.snapshots]
     assert epochs == sorted(epochs) and epochs[0] == 1 and len(epochs) >= 7
+    # the recipe's snapshot epochs, the last being the shipped model itself
+    assert epochs == p.recipe["snapshots"] and p.snapshots[-1] == (p.metrics["epochs"], p.weights_path)
     assert p.metrics["test"]["top1_accuracy"] >= 0.92
 
 

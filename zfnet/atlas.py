@@ -104,7 +104,7 @@ def fingerprint(parts: dict) -> str:
 
 def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers: list[str], k: int = 9,
          batch_size: int = 128, workers: int = 4, state_path: str | None = None, key: str = "",
-         dist: Dist = Dist(), progress: bool = True, save_every: float = 30.0) -> Scan:
+         dist: Dist = Dist(), progress: bool = True, save_every: float = 30.0, desc: str = "atlas scan") -> Scan:
     """One pass over `dataset` keeping each map's top-k (Fig. 2). With `state_path`, resumable: a rerun with
     the same `key` continues from the saved state. Under torchrun, each process scans its shard; all get the
     merged result."""
@@ -136,7 +136,7 @@ def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers
     t0 = time.perf_counter()
     with torch.no_grad():
         for bases, _, idx in zdata.batches(dataset, chunks, workers=workers, progress=progress and dist.main,
-                                           desc="atlas scan"):
+                                           desc=desc):
             x = pp.eval_input(bases.to(dist.device))
             feats = features(model, x, layers)
             for name in layers:

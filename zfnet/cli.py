@@ -258,10 +258,10 @@ def _project_run(args) -> int:
     from .receptive_field import receptive_field
     from .render import display_scale, pair
 
+    if not os.path.isfile(args.image):  # before the model is loaded
+        raise UsageError(f"image {args.image!r} does not exist; check the path")
     dev = _device(args)
     model, pp = _load_model(args, dev)
-    if not os.path.isfile(args.image):
-        raise UsageError(f"image {args.image!r} does not exist; check the path")
     try:
         with Image.open(args.image) as img:
             base = pp.base(img)[None].to(dev)

@@ -84,13 +84,14 @@ def evolution(model: nn.Module, snapshots: list[tuple[int, str]], dataset: zdata
     from .train import Dist
 
     cells: dict[str, dict[int, list]] = {l: {c: [] for c in channels[l]} for l in layers}
-    for _, path in snapshots:
+    for i, (epoch, path) in enumerate(snapshots):
         load_snapshot(model, path)
         meta_mean = load_tensors(path).get("preprocess/mean_image")
         pp = zdata.preprocess_for(model, meta_mean if meta_mean is not None else dataset.preprocess.mean_image)
         dataset.preprocess = pp
         result = scan(model, dataset, pp, layers, k=1, batch_size=batch_size, workers=workers,
-                      progress=progress, dist=Dist(device=device))
+                      progress=progress, dist=Dist(device=device),
+                      desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})")
         with Deconvnet(model, mode=mode) as dn:
             for layer in layers:
                 tk = result.top[layer]

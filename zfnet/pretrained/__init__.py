@@ -60,6 +60,7 @@ def pretrained(device: str | torch.device = "cpu") -> Pretrained:
         with open(path) as f:
             return json.load(f)
 
+    metrics = read("metrics.json")
     snaps = find_snapshots(root) if os.path.isdir(os.path.join(root, "snapshots")) else []
-    return Pretrained(model, json.loads(meta["classes"]), pp, NAME, weights, read("recipe.json"),
-                      read("metrics.json"), snaps)
+    snaps.append((int(metrics["epochs"]), weights))  # the last epoch is the model itself (as in a run folder)
+    return Pretrained(model, json.loads(meta["classes"]), pp, NAME, weights, read("recipe.json"), metrics, snaps)
