@@ -156,8 +156,7 @@ def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:
     manifest["figures"] = {layer: f"figures/{layer}.png" for layer in layers}
     manifest["panel_maps"] = panel_choice
 
-    manifest["filters"] = _filters(model, result, layers, cfg.out, name)
-    _filter_sprite(model, layers, cfg.out, manifest)
+    manifest["filters"] = _filters(model, result, layers, cfg.out, name, manifest)
     if cfg.evolution:
         manifest["evolution"] = _evolution(cfg, model, pp, layers, dist.device, progress)
     manifest["complete"] = True
@@ -178,30 +177,22 @@ def _panel_maps(result: Scan, layers: list[str], cfg: AtlasConfig) -> dict[str, 
     return out
 
 
-def _filters(model, result: Scan, layers: list[str], out: str, title: str) -> dict:
+def _filters(model, result: Scan, layers: list[str], out: str, title: str, manifest: dict) -> dict:
+    """Fig. 5's filter analysis; when the first conv layer is in the atlas, also its filters one tile per
+    channel (maps/<layer>/filters.png), shown beside each of its maps as in Fig. 2."""
     from ..filters import analyse, first_conv
     from ..layers import resolve_layer
 
     conv = first_conv(model)
     first = next((l for l in layers if resolve_layer(model, l) is conv), None)
+    if first is not None:
+        kh, kw = conv.weight.shape[-2:]
+        s = display_scale(max(kh, kw), 64)
+        path = f"maps/{first}/filters.png"
+        figures.save_png(figures.filter_strip(conv.weight, s), os.path.join(out, path))
+        manifest["layers"][first]["filter"] = {"sprite": path, "tile": [kh * s, kw * s]}
     max_resp = result.top[first].values[0] if first in result.top else None
     return write_filters(out, [(title, analyse(conv.weight, max_resp))])
-
-
-def _filter_sprite(model, layers: list[str], out: str, manifest: dict) -> None:
-    """Fig. 2 shows layer 1's filters beside its maps: maps/<layer>/filters.png, one tile per channel."""
-    from ..filters import first_conv
-    from ..layers import resolve_layer
-
-    conv = first_conv(model)
-    first = next((l for l in layers if resolve_layer(model, l) is conv), None)
-    if first is None:
-        return
-    kh, kw = conv.weight.shape[-2:]
-    s = display_scale(max(kh, kw), 64)
-    path = os.path.join("maps", first, "filters.png")
-    figures.save_png(figures.filter_strip(conv.weight, s), os.path.join(out, path))
-    manifest["layers"][first]["filter"] = {"sprite": path, "tile": [kh * s, kw * s]}
 
 
 def write_filters(out: str, reports: list) -> dict:
