@@ -109,6 +109,8 @@ def test_anneal_at_is_the_manual_schedule_and_resumes_only_forward(tmp_path):
     fit(Recipe(out=str(out), anneal_at=(1,), **TINY), progress=False)
     lrs = [json.loads(l)["lr"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([1e-2, 1e-3])
+    with pytest.raises(UsageError, match="anneal_at holds epoch numbers"):
+        resolve(flags={"anneal_at": "0,3"})
     longer = {**TINY, "epochs": 3}
     with pytest.raises(UsageError, match="anneal_at at epoch 1, already trained"):
         fit(Recipe(out=str(out), **longer), resume=True, progress=False)

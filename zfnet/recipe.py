@@ -163,6 +163,7 @@ def validate(r: Recipe) -> None:
         (r.weight_decay >= 0, "weight_decay must be >= 0"),
         (0 < r.lr_factor < 1, "lr_factor must be in (0, 1)"),
         (r.lr_window >= 1, "lr_window must be >= 1"),
+        (all(e >= 1 for e in r.anneal_at), "anneal_at holds epoch numbers, 1 or more (annealing after that epoch)"),
         (0 <= r.dropout < 1, "dropout must be in [0, 1)"),
         (r.clip_radius is None or r.clip_radius >= 0, "clip_radius must be >= 0 (0 or none: off)"),
     ]
