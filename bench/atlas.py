@@ -18,9 +18,9 @@ import torch
 from _common import finish
 
 from zfnet import data as zdata
-from zfnet.atlas import default_layers, scan
+from zfnet.methods.atlas import default_layers, scan
 from zfnet.pretrained import pretrained
-from zfnet.report.atlas_site import AtlasConfig, build_atlas
+from zfnet.pipelines.atlas import AtlasConfig, build_atlas
 
 
 def plain_forward(model, dataset, pp, batch):

@@ -22,7 +22,7 @@ import torch
 from _common import finish
 
 from zfnet import models
-from zfnet.deconvnet import Deconvnet, Target
+from zfnet.methods.deconvnet import Deconvnet, Target
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 

@@ -24,7 +24,8 @@ from _common import finish
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.recipe import Recipe
+from zfnet.checkpoints import default_preprocess
+from zfnet.recipe import Recipe, RunOptions
 from zfnet.train import fit
 
 
@@ -52,18 +53,17 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(0)
     model = models.build(args.model)
-    pp = zdata.preprocess_for(model)
-    train = zdata.open_dataset(args.data, "train", pp).head(args.images)
-    pp = pp.with_mean(zdata.mean_image(train, progress=False))
+    train = zdata.open_dataset(args.data, "train", default_preprocess(model)).head(args.images)
+    pp = train.preprocess.with_mean(zdata.mean_image(train, progress=False))
     x = pp.eval_input(train.in_memory())
     y = train.labels
     bare, ours = [], []
     for r in range(args.repeats):
         bare.append(bare_loop(models.build(args.model, seed=r), x, y, args.batch))
         with tempfile.TemporaryDirectory() as out:
-            fit(Recipe(model=args.model, data=args.data, out=out, epochs=1, batch_size=args.batch,
-                             limit_train=args.images, limit_val=256, workers=0, snapshots=(), seed=r),
-                      progress=False)
+            fit(Recipe(model=args.model, data=args.data, epochs=1, batch_size=args.batch,
+                       limit_train=args.images, limit_val=256, snapshots=(), seed=r),
+                RunOptions(out=out, workers=0), progress=False)
             with open(f"{out}/metrics.jsonl") as f:
                 ours.append(json.loads(f.readline())["images_per_s"])
         print(f"run {r + 1}: bare {bare[-1]:.0f} img/s, fit {ours[-1]:.0f} img/s", flush=True)

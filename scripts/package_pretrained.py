@@ -14,14 +14,13 @@ import os
 import shutil
 import sys
 
-import torch
 
 from zfnet import data as zdata
-from zfnet.evolution import find_snapshots
+from zfnet.checkpoints import find_snapshots, open_model
 from zfnet.io import atomic_save_tensors, atomic_write_json, load_tensors
 from zfnet.models import weights_metadata
 from zfnet.provenance import Timer, environment
-from zfnet.train import evaluate, load_for_eval
+from zfnet.train import evaluate
 
 DEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zfnet", "pretrained",
                     "fashion_mnist")
@@ -29,7 +28,8 @@ DEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 def main(run: str) -> int:
     weights = os.path.join(run, "model.safetensors")
-    model, pp = load_for_eval("zfnet-small", weights, torch.device("cpu"))
+    opened = open_model("zfnet-small", weights)  # with the preprocessing the run stored (fit, mean image)
+    model, pp = opened.model, opened.preprocess
     test = zdata.open_dataset("fashion-mnist", "test", pp)
     with Timer() as t:
         centre = evaluate(model, test, pp, progress=True)

@@ -15,9 +15,10 @@ from conftest import REPO, run_cli
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.atlas import TopK, scan
+from zfnet.checkpoints import default_preprocess
+from zfnet.methods.atlas import TopK, scan
 from zfnet.errors import UsageError
-from zfnet.filters import analyse, radial_frequency
+from zfnet.methods.filters import analyse, radial_frequency
 from zfnet.layers import features
 
 LAYERS = ["conv1", "conv3", "fc6"]
@@ -27,7 +28,7 @@ LAYERS = ["conv1", "conv3", "fc6"]
 def setup():
     torch.manual_seed(0)
     model = models.build("zfnet-small", seed=0).eval()
-    pp = zdata.preprocess_for(model, torch.full((1, 32, 32), 40.0))
+    pp = default_preprocess(model).with_mean(torch.full((1, 32, 32), 40.0))
     ds = zdata.open_dataset("synthetic:70", "test", pp)
     return model, pp, ds
 
@@ -90,7 +91,7 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
     model, pp, ds = setup
     state = str(tmp_path / "state.safetensors")
     whole = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False)
-    from zfnet import atlas
+    from zfnet.methods import atlas
 
     real = atlas.features
     calls = {"n": 0}
@@ -222,22 +223,18 @@ def test_filter_diagnostics_by_construction():
 
 
 def test_evolution_from_a_training_run(tmp_path):
-    from zfnet.evolution import (
-        choose_channels,
-        evolution,
-        find_snapshots,
-        load_snapshot,
-    )
-    from zfnet.recipe import Recipe
+    from zfnet.checkpoints import find_snapshots, load_snapshot
+    from zfnet.methods.evolution import choose_channels, evolution
+    from zfnet.recipe import Recipe, RunOptions
     from zfnet.train import fit
 
     run = tmp_path / "run"
-    fit(Recipe(model="zfnet-small", data="synthetic", out=str(run), val_split="val", epochs=3, batch_size=32,
-               limit_train=96, limit_val=32, workers=0, snapshots=(1, 3)), progress=False)
+    fit(Recipe(model="zfnet-small", data="synthetic", val_split="val", epochs=3, batch_size=32,
+               limit_train=96, limit_val=32, snapshots=(1, 3)), RunOptions(out=str(run), workers=0), progress=False)
     snaps = find_snapshots(str(run))
     assert [e for e, _ in snaps] == [1, 3]
     model = models.build("zfnet-small")  # a 10-way head; the run had 8 classes: conv visualizations never read it
-    pp = zdata.preprocess_for(model)
+    pp = default_preprocess(model)
     train = zdata.open_dataset("synthetic", "train", pp).head(40)
     chans = choose_channels(model, ["conv1", "conv4"], 3, 0, (1, 28, 28))
     evo = evolution(model, snaps, train, ["conv1", "conv4"], chans, batch_size=16, workers=0, progress=False)
@@ -252,7 +249,7 @@ def test_evolution_from_a_training_run(tmp_path):
                 from zfnet.io import load_tensors
 
                 mean = load_tensors(snaps[-1][1])["preprocess/mean_image"]
-                p2 = zdata.preprocess_for(model, mean)
+                p2 = default_preprocess(model).with_mean(mean)
                 acts = features(model.eval(), p2.eval_input(train.bases), [layer])[layer][:, c]
             assert cells[-1][2] == pytest.approx(float(acts.max()), rel=1e-5)
     r = run_cli("evolution", "--model", "zfnet-small", "--run", str(run), "--data", "synthetic", "--limit", "32",

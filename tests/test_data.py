@@ -100,7 +100,7 @@ def test_imagenet_folders_resize_crop_and_mean_beside_data(tmp_path):
     pp = for_model(224, 3)
     train = zdata.open_dataset(f"imagenet:{root}", "train", pp)
     assert len(train) == 6 and train.classes == ["n01440764", "n01443537"]
-    base, label = train[4]
+    base, label, _ = train[4]
     assert base.shape == (3, 256, 256) and label == 1
     mean = zdata.mean_image(train, progress=False)
     assert mean.shape == (3, 256, 256)

@@ -10,7 +10,7 @@ from conftest import hook_count
 from torch import nn
 
 from zfnet import models
-from zfnet.deconvnet import Deconvnet, Target, project
+from zfnet.methods.deconvnet import Deconvnet, Target, project
 from zfnet.errors import UsageError
 
 # --- slow reference, straight from Sec. 2.1 --------------------------------------------------------------

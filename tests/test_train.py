@@ -17,11 +17,16 @@ from zfnet import data as zdata
 from zfnet import models
 from zfnet.errors import UsageError
 from zfnet.io import load_tensors
-from zfnet.recipe import PAPER_SNAPSHOTS, Recipe, resolve, snapshot_epochs
-from zfnet.train import clip_filters, evaluate, fit, load_for_eval
+from zfnet.checkpoints import open_model
+from zfnet.recipe import PAPER_SNAPSHOTS, Recipe, RunOptions, resolve, snapshot_epochs
+from zfnet.train import clip_filters, evaluate, fit
 
 TINY = dict(model="zfnet-small", data="synthetic", val_split="val", epochs=2, batch_size=32,
-            limit_train=128, limit_val=64, workers=0, threads=1)
+            limit_train=128, limit_val=64)
+
+
+def _run(out) -> RunOptions:
+    return RunOptions(out=str(out), workers=0, threads=1)
 
 
 def test_recipe_defaults_are_the_papers():
@@ -63,17 +68,19 @@ def test_feature_scale_clipping():
 
 def test_fit_writes_run_folder_and_evaluate(tmp_path):
     out = tmp_path / "run"
-    result = fit(Recipe(out=str(out), **TINY), progress=False)
+    result = fit(Recipe(**TINY), _run(out), progress=False)
     for name in ("checkpoint.safetensors", "model.safetensors", "recipe.json", "metrics.jsonl", "metrics.csv",
                  "curves.png", "metrics.json", "snapshots/epoch-001.safetensors", "snapshots/epoch-002.safetensors"):
         assert (out / name).is_file(), name
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["images_per_s"] > 0
     assert set(result["val"]) == {"centre", "ten_crop"}
-    saved = json.loads(load_tensors.__module__ and (out / "recipe.json").read_text())
-    assert saved["epochs"] == 2 and saved["lr"] == 0.01
+    saved = json.loads((out / "recipe.json").read_text())
+    assert saved["epochs"] == 2 and saved["lr"] == 0.01 and "out" not in saved  # run options are not the recipe
     # the conv filters obey the clipping radius after training
-    model, pp = load_for_eval("zfnet-small", str(out / "model.safetensors"), torch.device("cpu"))
+    opened = open_model("zfnet-small", str(out / "model.safetensors"))
+    model, pp = opened.model, opened.preprocess
+    assert pp.fit == "pad" and pp.mean_image is not None  # the training data's preprocessing, stored
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             assert float(m.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt().max()) <= 0.1 + 1e-6
@@ -101,26 +108,26 @@ def test_fit_writes_run_folder_and_evaluate(tmp_path):
     assert json.loads(r.stdout)["centre"]["top1_err"] == pytest.approx(err)
     # an existing run is never overwritten
     with pytest.raises(UsageError, match="already holds a run"):
-        fit(Recipe(out=str(out), **TINY), progress=False)
+        fit(Recipe(**TINY), _run(out), progress=False)
 
 
 def test_anneal_at_is_the_manual_schedule_and_resumes_only_forward(tmp_path):
     out = tmp_path / "run"
-    fit(Recipe(out=str(out), anneal_at=(1,), **TINY), progress=False)
+    fit(Recipe(anneal_at=(1,), **TINY), _run(out), progress=False)
     lrs = [json.loads(l)["lr"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([1e-2, 1e-3])
     with pytest.raises(UsageError, match="anneal_at holds epoch numbers"):
         resolve(flags={"anneal_at": "0,3"})
     longer = {**TINY, "epochs": 3}
     with pytest.raises(UsageError, match="anneal_at at epoch 1, already trained"):
-        fit(Recipe(out=str(out), **longer), resume=True, progress=False)
+        fit(Recipe(**longer), _run(out), resume=True, progress=False)
     # annealing after the epoch just finished is still a decision about the future: applied on resume, as a
     # fresh run with this recipe would have
-    fit(Recipe(out=str(out), anneal_at=(1, 2), **longer), resume=True, progress=False)
+    fit(Recipe(anneal_at=(1, 2), **longer), _run(out), resume=True, progress=False)
     lrs = [json.loads(l)["lr"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([1e-2, 1e-3, 1e-4])
     fresh = tmp_path / "fresh"
-    fit(Recipe(out=str(fresh), anneal_at=(1, 2), **longer), progress=False)
+    fit(Recipe(anneal_at=(1, 2), **longer), _run(fresh), progress=False)
     a, b = load_tensors(out / "model.safetensors"), load_tensors(fresh / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("preprocess"))
 

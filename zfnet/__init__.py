@@ -2,15 +2,17 @@
 
     import zfnet
     p = zfnet.pretrained()                                  # the embedded Fashion-MNIST model
+    x = p.preprocess(images)                                # PIL images / uint8 arrays -> model input
     with zfnet.Deconvnet(p.model) as dn:                     # Sec. 2.1
-        rec = dn.project(images, layer="conv5", channel=12)
+        rec = dn.project(x, layer="conv5", channel=12)
     rf = zfnet.receptive_field(p.model, "conv3")
 """
 __version__ = "0.1.0"
 
 from . import models
-from .deconvnet import Deconvnet, Target, project
-from .errors import UsageError
+from .checkpoints import open_model
+from .errors import UsageError, ZfnetNote
+from .methods.deconvnet import Deconvnet, Target, project, project_unit
 from .pretrained import pretrained
 from .receptive_field import receptive_field
 
@@ -18,9 +20,12 @@ __all__ = [
            "Deconvnet",
            "Target",
            "UsageError",
+           "ZfnetNote",
            "__version__",
            "models",
+           "open_model",
            "pretrained",
            "project",
+           "project_unit",
            "receptive_field",
 ]

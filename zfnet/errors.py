@@ -1,5 +1,13 @@
-"""User-facing errors: one line naming the problem and the fix; the CLI prints it and exits 2."""
+"""User-facing errors and notes.
+
+`UsageError`: one line naming the problem and the fix; the CLI prints it and exits 2.
+`note(message)`: a remark about how a result was made (e.g. an untrained model), issued as a `ZfnetNote`
+warning; the CLI prints the notes after the command has succeeded, so that an error stays the only line a
+failed command prints. Library users see them as ordinary warnings (filter them with `warnings`).
+"""
 from __future__ import annotations
+
+import warnings
 
 
 class UsageError(ValueError):
@@ -9,11 +17,9 @@ class UsageError(ValueError):
     """
 
 
-NOTES: list[str] = []
+class ZfnetNote(UserWarning):
+    """How a result was made, worth knowing but not wrong (printed by the CLI after success)."""
 
 
 def note(message: str) -> None:
-    """A remark about how a result was made (e.g. an untrained model); the CLI prints the notes after the
-    command has succeeded, so that an error stays the only line a failed command prints."""
-    if message not in NOTES:
-        NOTES.append(message)
+    warnings.warn(message, ZfnetNote, stacklevel=2)

@@ -71,3 +71,32 @@ def atomic_save_image(image, path: str | os.PathLike) -> None:
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper() or "PNG"
     with atomic_path(path) as tmp:
         image.save(tmp, format="JPEG" if fmt == "JPG" else fmt)
+
+
+def check_output_file(path: str, flag: str = "--out", extensions: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output file path that cannot be written: a folder, a missing or unwritable
+    parent, or (with `extensions`) a type the writer does not know."""
+    from .errors import UsageError
+
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder; pass a file name such as {os.path.join(path, 'out' + (extensions or ('.json',))[0])}")
+    if extensions and not path.lower().endswith(extensions):
+        raise UsageError(f"{flag} {path!r} must end in {' or '.join(extensions)}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {flag} {path!r} ({parent!r} is not a writable folder); pick another place")
+
+
+def check_output_dir(path: str, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    from .errors import UsageError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a file; pass a folder")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {flag} {path!r} ({parent!r} is not a writable folder); pick another place")

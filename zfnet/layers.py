@@ -94,3 +94,29 @@ def features(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, t
     if missing:
         raise UsageError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers the model uses")
     return found
+
+
+def output_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each named module's own output shape (without the batch dimension), from one forward of zeros in eval
+    mode; modules that do not run are left out. Hooks and modes are restored on exit."""
+    from .runtime import eval_mode
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+
+    def record(name):
+        def hook(module, inputs, output) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes.setdefault(name, tuple(output.shape[1:]))
+        return hook
+
+    hooks = []
+    try:
+        for n in names:
+            hooks.append(modules[n].register_forward_hook(record(n)))
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: shapes[n] for n in names if n in shapes}

@@ -1,7 +1,9 @@
 """The training recipe of Sec. 3 as a frozen dataclass: defaults are the paper's values.
 
-Overrides come from a file (JSON or TOML), then from command-line flags; the resolved recipe is written into
-the run folder and inside every checkpoint.
+`Recipe` is what is computed; `RunOptions` is how one run of it is carried out (output folder, device, CPU
+threads, decoding workers, checkpoint interval), which never changes the result. Overrides come from a file
+(JSON or TOML), then from command-line flags; the resolved recipe is written into the run folder and inside
+every checkpoint.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ class Recipe:
 
     model: str = "zfnet"  # registry name (zfnet models) or torchvision:<name>
     data: str = "imagenet"  # dataset spec (see zfnet.data)
-    out: str = "runs/zfnet"  # run folder
     model_overrides: dict = field(default_factory=dict)  # e.g. {"fc_units": 2048} (Table 2)
     num_classes: int | None = None  # None: the training set's class count
     train_split: str = "train"
@@ -35,7 +36,8 @@ class Recipe:
     lr: float = 1e-2  # initial learning rate
     momentum: float = 0.9
     # The paper is silent on weight decay. Its implementation was "based on [18]" (Krizhevsky et al.'s
-    # cuda-convnet), which used 5e-4; we follow that. Set 0 to train without it.
+    # cuda-convnet), which used 5e-4; we follow that. Set 0 to train without it. It applies to the weights
+    # and, unlike cuda-convnet, to the biases too (one optimizer group): the embedded model was trained so.
     weight_decay: float = 5e-4
     # "We anneal the learning rate throughout training manually when the validation error plateaus":
     # automated as x lr_factor once the val top-1 error, averaged over the last lr_window epochs, has not dropped
@@ -56,15 +58,13 @@ class Recipe:
     # Feature scale clipping: after each update, renormalize every conv filter whose RMS exceeds this radius
     # to the radius. None or 0 turns it off (Fig. 5(a) shows what happens then).
     clip_radius: float | None = 0.1
-    flip: bool = True  # random horizontal flips with the random crops
+    # "multiple different crops and flips of each image" (Sec. 3), read as: a random 224 crop of the 256
+    # base square and a random horizontal flip per image and epoch (our reading; the paper names no scheme)
+    flip: bool = True
     snapshots: tuple[int, ...] | None = None  # epochs whose weights are kept (None: Fig. 4's, scaled)
     seed: int = 0
-    workers: int = 4  # image-decoding processes for file datasets
-    checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (0: only at epoch ends)
     limit_train: int | None = None  # use only the first N training images (quick runs, tests)
     limit_val: int | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # CPU threads (None: torch's default)
     deterministic: bool = True  # torch.use_deterministic_algorithms; CPU results are then bitwise repeatable
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,10 +77,33 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **changes: Any) -> Recipe:
-        return dataclasses.replace(self, **coerce(changes))
+        return dataclasses.replace(self, **coerce(changes, Recipe))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """A saved recipe; run options that older run folders stored beside it are left out."""
+        run = {f.name for f in fields(RunOptions)}
+        return cls().replace(**{k: v for k, v in d.items() if k not in run})
 
 
-_HINTS = typing.get_type_hints(Recipe)
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run is carried out; none of these changes what is computed, so all may change on --resume."""
+
+    out: str = "runs/zfnet"  # run folder
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # CPU threads (None: torch's default)
+    workers: int = 4  # image-decoding processes for file datasets
+    checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (0: only at epoch ends)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return dataclasses.replace(self, **coerce(changes, RunOptions))
+
+
+_HINTS = {**typing.get_type_hints(Recipe), **typing.get_type_hints(RunOptions)}
 
 
 def _coerce_one(name: str, value: Any) -> Any:
@@ -114,8 +137,8 @@ def _coerce_one(name: str, value: Any) -> Any:
     return value
 
 
-def coerce(changes: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in fields(Recipe)}
+def coerce(changes: dict[str, Any], cls: type = None) -> dict[str, Any]:
+    known = {f.name for f in fields(cls or Recipe)}
     unknown = [k for k in changes if k not in known]
     if unknown:
         raise UsageError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -145,18 +168,28 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def resolve(file: str | None = None, flags: dict[str, Any] | None = None, base: Recipe | None = None) -> Recipe:
     """Paper defaults <- recipe file <- flags."""
-    recipe = base or Recipe()
-    if file:
-        recipe = recipe.replace(**read_recipe_file(file))
-    if flags:
-        recipe = recipe.replace(**{k: v for k, v in flags.items() if v is not None})
+    return resolve_run(file, flags, base)[0]
+
+
+def resolve_run(file: str | None = None, flags: dict[str, Any] | None = None, base: Recipe | None = None) \
+        -> tuple[Recipe, RunOptions]:
+    """(recipe, run options) from paper defaults <- file <- flags; each key goes to the one that has it."""
+    run_names = {f.name for f in fields(RunOptions)}
+    changes = dict(read_recipe_file(file)) if file else {}
+    changes.update({k: v for k, v in (flags or {}).items() if v is not None})
+    recipe = (base or Recipe()).replace(**{k: v for k, v in changes.items() if k not in run_names})
+    options = RunOptions().replace(**{k: v for k, v in changes.items() if k in run_names})
     validate(recipe)
-    return recipe
+    if options.workers < 0:
+        raise UsageError(f"bad run option: workers must be >= 0, not {options.workers}")
+    return recipe, options
 
 
 def validate(r: Recipe) -> None:
     checks = [
         (r.epochs >= 1, "epochs must be >= 1"),
+        (r.limit_train is None or r.limit_train >= 1, "limit_train must be >= 1 (or none)"),
+        (r.limit_val is None or r.limit_val >= 1, "limit_val must be >= 1 (or none)"),
         (r.batch_size >= 1, "batch_size must be >= 1"),
         (r.lr > 0, "lr must be > 0"),
         (0 <= r.momentum < 1, "momentum must be in [0, 1)"),

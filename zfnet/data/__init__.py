@@ -41,7 +41,6 @@ __all__ = [
     "mean_image",
     "open_dataset",
     "parse_spec",
-    "preprocess_for",
 ]
 
 
@@ -100,12 +99,16 @@ def default_split(spec: str) -> str:
 
 def open_dataset(spec: str, split: str | None, preprocess: Preprocess) -> ImageSet:
     """Open split `split` (None: the dataset's default) of dataset `spec`, producing base squares for
-    `preprocess` (its `fit` is set from the dataset kind)."""
+    `preprocess`. A trained model's preprocessing keeps the `fit` it was trained with; only a preprocessing
+    whose `fit` is still open (a fresh model about to be trained) takes the dataset kind's (digits pad,
+    photos resize). The set's `.preprocess` is the one its images were made with."""
     kind, arg = parse_spec(spec)
     k = DATASETS.get(kind)
     if k.needs_path and not arg:
         raise UsageError(f"dataset {kind!r} needs a folder: pass --data {kind}:DIR")
-    return k.loader(split or default_split(spec), replace(preprocess, fit=k.fit), arg)
+    if preprocess.fit is None:
+        preprocess = replace(preprocess, fit=k.fit)
+    return k.loader(split or default_split(spec), preprocess, arg)
 
 
 # --- per-pixel mean image (Sec. 3) ---------------------------------------------------------------------
@@ -131,10 +134,12 @@ def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> to
         if os.path.isfile(p):
             return load_tensors(p)["mean"]
     total = torch.zeros(pp.channels, pp.base_size, pp.base_size, dtype=torch.float64)
+    count = 0
     for base, _, _ in batches(dataset, chunked(range(len(dataset)), 256), workers=workers, progress=progress,
                               desc="mean image"):
         total += base.double().sum(0)
-    mean = (total / len(dataset)).float()
+        count += len(base)
+    mean = (total / max(count, 1)).float()
     for p in places:
         try:
             atomic_save_tensors({"mean": mean}, p, {"dataset": key})
@@ -144,40 +149,41 @@ def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> to
     return mean
 
 
-def preprocess_for(model: torch.nn.Module, mean: torch.Tensor | None = None) -> Preprocess:
-    """The model's Sec. 3 preprocessing (pixel range from its layer table), with `mean` as its mean image.
-    torchvision models get torchvision's ImageNet normalisation instead."""
-    from ..models import ConvNet, model_input_shape
-
-    c, s, _ = model_input_shape(model)
-    if not isinstance(model, ConvNet):
-        return Preprocess.torchvision(s, round(s * 256 / 224))
-    pp = for_model(s, c, scale=model.arch.pixel_scale)
-    return pp.with_mean(mean) if mean is not None else pp
-
-
 # --- batches --------------------------------------------------------------------------------------------
 
 def _collate(items):
-    bases = torch.stack([b for b, _ in items])
-    labels = items[0][1]
-    labels = torch.stack([l for _, l in items]) if isinstance(labels, torch.Tensor) else \
-        torch.tensor([l for _, l in items])
-    return bases, labels
+    """Decoded items -> (bases of the readable ones, their labels, readable mask, reasons for the others)."""
+    good = [(b, l) for b, l, err in items if err is None]
+    ok = torch.tensor([err is None for _, _, err in items], dtype=torch.bool)
+    errors = [err for _, _, err in items if err is not None]
+    if not good:
+        return None, None, ok, errors
+    bases = torch.stack([b for b, _ in good])
+    labels = good[0][1]
+    labels = torch.stack([l for _, l in good]) if isinstance(labels, torch.Tensor) else \
+        torch.tensor([l for _, l in good])
+    return bases, labels, ok, errors
 
 
 def chunked(indices, batch_size: int) -> list[torch.Tensor]:
-    """Split a sequence of dataset indices into batches of `batch_size` (the last may be smaller)."""
+    """Split a sequence of dataset indices into batches of `batch_size` (the last may be smaller; none when
+    there are no indices)."""
+    if batch_size < 1:
+        raise UsageError(f"batch size {batch_size} must be at least 1")
     idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(list(indices), dtype=torch.long)
-    return list(torch.split(idx.long(), batch_size))
+    return [c for c in torch.split(idx.long(), batch_size) if len(c)]
 
 
 def batches(dataset: ImageSet, chunks: list[torch.Tensor], workers: int = 0, progress: bool = False,
             desc: str = "", unit: str = "img") -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(uint8 base squares, labels, dataset indices) for each chunk of indices, in order; in-memory sets are
-    sliced directly, file sets are decoded by `workers` processes. With `progress`, a bar with images/s, ETA."""
+    sliced directly, file sets are decoded by `workers` processes. A file that cannot be read is skipped and
+    recorded in `dataset.skipped` (index -> reason); a chunk with no readable image yields nothing. With
+    `progress`, a bar with images/s and ETA."""
     from ..progress import bar
 
+    if workers < 0:
+        raise UsageError(f"--workers {workers} must be 0 (decode in this process) or more")
     with bar(total=sum(len(c) for c in chunks), desc=desc, unit=unit, disable=not progress) as pbar:
         mem = dataset.in_memory()
         if mem is not None:
@@ -187,6 +193,9 @@ def batches(dataset: ImageSet, chunks: list[torch.Tensor], workers: int = 0, pro
             return
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_collate)
-        for idx, (bases, labels) in zip(chunks, loader):
-            yield bases, labels, idx
+        for idx, (bases, labels, ok, errors) in zip(chunks, loader):
+            for i, err in zip(idx[~ok].tolist(), errors):
+                dataset.skipped[i] = err
             pbar.update(len(idx))
+            if bases is not None:
+                yield bases, labels, idx[ok]

@@ -22,8 +22,13 @@ class ImageSet(torch.utils.data.Dataset):
     classes: list[str]
     labels: torch.Tensor
     preprocess: Preprocess
+    skipped: dict[int, str]  # index -> why the file could not be read (files met so far; see `batches`)
 
     def image_id(self, i: int) -> str:
+        raise NotImplementedError
+
+    def base(self, i: int) -> torch.Tensor:
+        """Image `i`'s C x B x B uint8 base square."""
         raise NotImplementedError
 
     def in_memory(self) -> torch.Tensor | None:
@@ -46,6 +51,23 @@ class ImageSet(torch.utils.data.Dataset):
     def describe(self) -> dict:
         return {"name": self.name, "split": self.split, "images": len(self), "classes": len(self.classes)}
 
+    def skipped_report(self) -> list[dict]:
+        """The unreadable files met so far, for a result's provenance: [{image, id, reason}]."""
+        return [{"image": i, "id": self.image_id(i), "reason": r} for i, r in sorted(self.skipped.items())]
+
+    def check_readable(self) -> None:
+        """After a pass over the set: every file unreadable is an error (one line), some is a note."""
+        from ..errors import note
+
+        if not self.skipped:
+            return
+        first = self.image_id(min(self.skipped))
+        if len(self.skipped) >= len(self):
+            raise UsageError(f"none of the {len(self)} images of {self.name} split {self.split!r} could be read "
+                             f"(first: {first!r}: {self.skipped[min(self.skipped)]}); check the files")
+        note(f"skipped {len(self.skipped)} unreadable image(s) of {self.name} split {self.split!r} "
+             f"(first: {first!r}); they are listed under 'skipped' in the result")
+
 
 class TensorImageSet(ImageSet):
     """Images held in memory as an N x H x W (or N x C x H x W) uint8 array (MNIST-style data, synthetic)."""
@@ -56,12 +78,16 @@ class TensorImageSet(ImageSet):
         self.bases = preprocess.base_batch(images)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self._ids = ids
+        self.skipped = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return self.bases[i], int(self.labels[i])
+        return self.bases[i], int(self.labels[i]), None
+
+    def base(self, i: int) -> torch.Tensor:
+        return self.bases[i]
 
     def image_id(self, i: int) -> str:
         return self._ids[i] if self._ids is not None else f"{self.name}/{self.split}/{i:05d}"
@@ -81,28 +107,62 @@ class FileImageSet(ImageSet):
         self.name, self.split, self.root, self.files = name, split, root, files
         self.classes, self.preprocess = list(classes), preprocess
         self.labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels, dtype=torch.long)
+        self.skipped = {}
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        path = os.path.join(self.root, self.files[i])
-        try:
-            with Image.open(path) as img:
-                base = self.preprocess.base(img)
-        except OSError as e:
-            raise UsageError(f"cannot read image {path!r} ({e}); remove or replace the file") from None
+        """(base square, label, None), or (None, label, reason) for a file that cannot be read."""
         label = self.labels[i]
-        return base, (int(label) if label.dim() == 0 else label)
+        label = int(label) if label.dim() == 0 else label
+        try:
+            return read_image(os.path.join(self.root, self.files[i]), self.preprocess), label, None
+        except UsageError as e:
+            return None, label, str(e)
+
+    def base(self, i: int) -> torch.Tensor:
+        return read_image(os.path.join(self.root, self.files[i]), self.preprocess)
 
     def image_id(self, i: int) -> str:
         return self.files[i]
 
 
+MAX_PIXELS = 100_000_000  # larger images are refused (PIL's decompression-bomb guard, made a clear error)
+
+
+def open_image(path: str) -> Image.Image:
+    """One image file, decoded; an unreadable, truncated or oversized file is a one-line UsageError."""
+    import warnings
+
+    if not os.path.isfile(path):
+        raise UsageError(f"image {path!r} does not exist; check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise UsageError(f"image {path!r} has {img.width}x{img.height} pixels, more than zfnet reads "
+                                     f"({MAX_PIXELS:,}); downscale it first")
+                img.load()
+                return img.copy()
+    except UsageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UsageError(f"cannot read image {path!r} ({reason}); pass a PNG or JPEG file") from None
+
+
+def read_image(path: str, preprocess: Preprocess) -> torch.Tensor:
+    """One image file -> its C x B x B uint8 base square (see `open_image` for what is refused)."""
+    return preprocess.base(open_image(path))
+
+
 def list_images(folder: str) -> list[str]:
-    """Image file names in `folder` (not recursive), sorted."""
+    """Image file names in `folder` (not recursive), sorted; hidden files (macOS '._x.png') are left out."""
     return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                  and os.path.isfile(os.path.join(folder, f)))
 
 
 def class_folders(root: str, skip: tuple[str, ...] = ()) -> tuple[list[str], list[int], list[str]]:

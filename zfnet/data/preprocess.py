@@ -5,10 +5,16 @@ evaluation.
 Images travel as uint8 base squares (C x B x B); `Preprocess` turns batches of them into model input.
 For 28 px digit images the base square is the image zero-padded to 32 (28/32 = 224/256), so the centre crop is
 the image itself.
+
+A trained model's `Preprocess` is stored in its weights file (`zfnet.checkpoints`) and read back by every
+loader; calling it on images gives the model's centre-crop input, like torchvision's `weights.transforms()`.
+Pixels are read as 8-bit: 16-bit images (mode I;16, scanners, microscopes) are divided by 257 and float
+images in [0, 1] multiplied by 255, so a 16-bit copy of a picture gives the same input as its 8-bit version.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -26,7 +32,9 @@ class Preprocess:
     input_size: int  # crop fed to the model, px (224)
     base_size: int  # side of the square the crops come from, px (256)
     channels: int  # 1 (grey) or 3 (RGB)
-    fit: str = "resize"  # "resize": smallest side -> base_size + centre crop; "pad": zero-pad to base_size
+    # "resize": smallest side -> base_size + centre crop; "pad": zero-pad to base_size (images up to that size).
+    # None: not decided yet - a dataset's kind decides when a fresh model is trained (digits pad, photos resize).
+    fit: str | None = None
     # The paper feeds raw pixel values: "input images are roughly in the [-128,128] range" after the mean.
     scale: float = 255.0
     mean_image: torch.Tensor | None = field(default=None, repr=False)  # C x B x B, raw [0, 255] pixel units
@@ -38,19 +46,55 @@ class Preprocess:
         """torchvision's ImageNet recipe: [0, 1] pixels, per-channel mean and std."""
         return cls(input_size, base_size, 3, "resize", 1.0, None, IMAGENET_MEAN, IMAGENET_STD)
 
-    def with_mean(self, mean_image: torch.Tensor) -> Preprocess:
-        return Preprocess(self.input_size, self.base_size, self.channels, self.fit, self.scale,
-                          mean_image.float(), self.channel_mean, self.channel_std)
+    def with_mean(self, mean_image: torch.Tensor | None) -> Preprocess:
+        """The same preprocessing with `mean_image` (C x B x B, raw pixel units; None: no mean subtracted).
+        A per-pixel mean replaces any channel normalisation."""
+        if mean_image is None:
+            return replace(self, mean_image=None)
+        want = (self.channels, self.base_size, self.base_size)
+        if tuple(mean_image.shape) != want:
+            from ..errors import UsageError
+
+            raise UsageError(f"mean image of shape {tuple(mean_image.shape)} does not fit this model's base square "
+                             f"{want}; pass a mean image of that shape (or --mean data)")
+        return replace(self, mean_image=mean_image.float().cpu(), channel_mean=None, channel_std=None)
+
+    def with_fit(self, fit: str) -> Preprocess:
+        return replace(self, fit=fit)
+
+    # --- images -> model input -------------------------------------------------------------------------
+    def __call__(self, images) -> torch.Tensor:
+        """Images -> the model's centre-crop input, N x C x S x S float (like torchvision's
+        `weights.transforms()`). Takes a PIL image or a list of them, an H x W or H x W x C array, a list of
+        arrays, or a uint8 tensor C x H x W, N x H x W or N x C x H x W (a 3-D tensor whose first size is 1
+        or 3 is one C x H x W image)."""
+        return self.eval_input(self.bases(images))
+
+    def bases(self, images) -> torch.Tensor:
+        """Images as in `__call__` -> N x C x B x B uint8 base squares."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() == 2 or (images.dim() == 3 and images.shape[0] in (1, 3)):
+                return self.base(images)[None]
+            if images.dim() in (3, 4):
+                if images.dtype == torch.uint8:
+                    return self.base_batch(images)
+                return torch.stack([self.base(im) for im in images])
+            raise ValueError(f"expected a C x H x W, N x H x W or N x C x H x W tensor, got shape {tuple(images.shape)}")
+        if isinstance(images, (Image.Image, np.ndarray)):
+            return self.base(images)[None]
+        if isinstance(images, Sequence) and images:
+            return torch.stack([self.base(im) for im in images])
+        raise ValueError("expected a PIL image, an array, a tensor or a non-empty list of them")
 
     # --- one image -> uint8 base square --------------------------------------------------------------
     def base(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """A PIL image, HxW(xC) uint8 array or CxHxW uint8 tensor -> C x B x B uint8 base square."""
+        """A PIL image, H x W (x C) array or C x H x W tensor -> C x B x B uint8 base square."""
         if isinstance(image, torch.Tensor):
-            image = image.numpy()
-            image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+            arr = image.detach().cpu().numpy()
+            image = arr if arr.ndim == 2 else (arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0)))
         if isinstance(image, np.ndarray):
-            image = Image.fromarray(np.ascontiguousarray(image).astype(np.uint8))
-        image = image.convert("L" if self.channels == 1 else "RGB")
+            image = Image.fromarray(to_uint8(image))
+        image = to_8bit(image).convert("L" if self.channels == 1 else "RGB")
         b = self.base_size
         w, h = image.size
         if self.fit == "pad" and w <= b and h <= b:
@@ -63,7 +107,7 @@ class Preprocess:
             image = image.resize((nw, nh), Image.BILINEAR)
             left, top = (nw - b) // 2, (nh - b) // 2
             image = image.crop((left, top, left + b, top + b))
-        arr = np.asarray(image, dtype=np.uint8)
+        arr = np.array(image, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
         arr = arr[None] if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
         return torch.from_numpy(np.ascontiguousarray(arr))
 
@@ -158,7 +202,42 @@ class Preprocess:
                 "fit": self.fit, "scale": self.scale, "mean": "image" if self.mean_image is not None else None,
                 "channel_mean": self.channel_mean, "channel_std": self.channel_std}
 
+    @classmethod
+    def from_dict(cls, d: dict, mean_image: torch.Tensor | None = None) -> Preprocess:
+        """Inverse of `to_dict` (the mean image travels as a tensor beside it)."""
+        pp = cls(int(d["input_size"]), int(d["base_size"]), int(d["channels"]), d.get("fit"),
+                 float(d.get("scale", 255.0)), None,
+                 tuple(d["channel_mean"]) if d.get("channel_mean") else None,
+                 tuple(d["channel_std"]) if d.get("channel_std") else None)
+        return pp.with_mean(mean_image) if mean_image is not None else pp
 
-def for_model(input_size: int, channels: int, fit: str = "resize", scale: float = 255.0) -> Preprocess:
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """An image array -> uint8: uint16 / 257; wider integers / 257 when they exceed 255; floats in [0, 1]
+    x 255 (floats beyond that are taken as 8-bit values); then rounded and clipped to [0, 255]."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    a = np.nan_to_num(arr.astype(np.float64))
+    if arr.dtype == np.uint16 or (np.issubdtype(arr.dtype, np.integer) and a.max(initial=0) > 255):
+        a = a / 257.0
+    elif np.issubdtype(arr.dtype, np.floating) and a.max(initial=0) <= 1.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """PIL modes beyond 8 bits per channel (I;16*, I, F) -> mode L on the 8-bit scale (`to_uint8`); palette,
+    RGBA, CMYK, LA and 1-bit images are left to PIL's `convert`."""
+    if image.mode.startswith("I;16"):
+        return Image.fromarray(to_uint8(np.array(image).astype(np.uint16)))
+    if image.mode in ("I", "F"):
+        return Image.fromarray(to_uint8(np.array(image)))
+    return image
+
+
+def for_model(input_size: int, channels: int, fit: str | None = None, scale: float = 255.0) -> Preprocess:
     """The Sec. 3 preprocessing for a model taking `input_size` px: base square = input * 256/224."""
     return Preprocess(input_size, round(input_size * 256 / 224), channels, fit, scale)

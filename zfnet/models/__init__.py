@@ -189,8 +189,12 @@ def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
+        try:
+            with safe_open(str(path), "pt") as f:
+                return dict(f.metadata() or {})
+        except Exception as e:  # truncated, empty or not a safetensors file at all
+            raise UsageError(f"cannot read weights {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                             "the file is damaged or not safetensors - copy it again") from None
     return {}
 
 
@@ -217,7 +221,12 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if any(k.startswith("model/") for k in state):
         state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
     # zfnet weights files also carry the preprocessing (mean image) under 'preprocess/'
-    return {k: v for k, v in state.items() if not k.startswith("preprocess/")}
+    state = {k: v for k, v in state.items() if not k.startswith("preprocess/")}
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise UsageError(f"weights {path!r} hold NaN or Inf in tensor {bad!r}; the training run diverged or the file "
+                         "is damaged - use an earlier snapshot")
+    return state
 
 
 def _classes_in_weights(path: str | os.PathLike) -> int | None:
@@ -263,3 +272,11 @@ def save_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return meta
 
+
+
+def num_outputs(model: nn.Module) -> int | None:
+    """How many classes the model predicts: a zfnet model's class count, else the last Linear's outputs."""
+    if isinstance(model, ConvNet):
+        return model.num_classes
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None

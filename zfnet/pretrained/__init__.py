@@ -4,29 +4,29 @@ only, enough for every visualization of Fig. 4).
 
     >>> p = zfnet.pretrained()
     >>> p.model, p.classes, p.preprocess     # eval-mode model, class names, Sec. 3 preprocessing
+    >>> x = p.preprocess(images)             # PIL images / uint8 arrays or tensors -> the model's input
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 
 import torch
 from torch import nn
 
-from ..data import Preprocess, preprocess_for
-from ..errors import UsageError
+from ..checkpoints import EMBEDDED_FOLDER, embedded_folder, find_snapshots, open_model
+from ..data import Preprocess
 
 NAME = "zfnet-small"
-FOLDER = "fashion_mnist"
+FOLDER = EMBEDDED_FOLDER
 
 
 @dataclass
 class Pretrained:
     model: nn.Module
     classes: list[str]
-    preprocess: Preprocess
+    preprocess: Preprocess  # the preprocessing stored in the weights file (fit, sizes, mean image)
     name: str
     weights_path: str
     recipe: dict
@@ -35,23 +35,13 @@ class Pretrained:
 
 
 def folder() -> str:
-    return str(resources.files("zfnet") / "pretrained" / FOLDER)
+    return embedded_folder()
 
 
 def pretrained(device: str | torch.device = "cpu") -> Pretrained:
     """The embedded Fashion-MNIST model (eval mode), its class names and preprocessing."""
-    from ..evolution import find_snapshots
-    from ..io import load_tensors
-    from ..models import build, weights_metadata
-
+    opened = open_model(pretrained=True, device=device)
     root = folder()
-    weights = os.path.join(root, "model.safetensors")
-    if not os.path.isfile(weights):
-        raise UsageError(f"the embedded model is missing ({weights}); reinstall zfnet or retrain it "
-                         "(README: 'The laptop model')")
-    meta = weights_metadata(weights)
-    model = build(NAME, weights=weights).to(device).eval()
-    pp = preprocess_for(model, load_tensors(weights)["preprocess/mean_image"])
 
     def read(name: str) -> dict:
         path = os.path.join(root, name)
@@ -62,5 +52,6 @@ def pretrained(device: str | torch.device = "cpu") -> Pretrained:
 
     metrics = read("metrics.json")
     snaps = find_snapshots(root) if os.path.isdir(os.path.join(root, "snapshots")) else []
-    snaps.append((int(metrics["epochs"]), weights))  # the last epoch is the model itself (as in a run folder)
-    return Pretrained(model, json.loads(meta["classes"]), pp, NAME, weights, read("recipe.json"), metrics, snaps)
+    snaps.append((int(metrics["epochs"]), opened.weights))  # the last epoch is the model itself (as in a run)
+    return Pretrained(opened.model, opened.classes or [], opened.preprocess, opened.name, opened.weights,
+                      read("recipe.json"), metrics, snaps)

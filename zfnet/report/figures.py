@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 import torch
 from PIL import Image
 
-from ..filters import FilterReport
+from ..methods.filters import FilterReport
 from ..io import atomic_save_figure
-from ..render import grid, minmax, stretch, to_pil
+from .render import grid, minmax, stretch, to_pil
 
 
 def _rgb(t: torch.Tensor) -> torch.Tensor:

@@ -4,45 +4,19 @@ change in the image from which the strongest activation originates."
 """
 from __future__ import annotations
 
-import glob
 import json
-import os
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import data as zdata
+from .. import data as zdata
+from ..checkpoints import load_snapshot, stored_preprocess
+from ..models import weights_metadata
+from ..receptive_field import receptive_field
+from ..runtime import Dist, eval_mode
 from .atlas import scan, top_projections
 from .deconvnet import Deconvnet
-from .errors import UsageError
-from .io import load_tensors
-from .models import read_weights, weights_metadata
-from .receptive_field import receptive_field
-
-
-def find_snapshots(folder: str) -> list[tuple[int, str]]:
-    """(epoch, path) of every `epoch-NNN.safetensors` in `folder` (a run's snapshots/ or the run itself)."""
-    for cand in (os.path.join(folder, "snapshots"), folder):
-        files = sorted(glob.glob(os.path.join(cand, "epoch-*.safetensors")))
-        if files:
-            return [(int(re.search(r"epoch-(\d+)", f).group(1)), f) for f in files]
-    raise UsageError(f"no snapshots (epoch-NNN.safetensors) in {folder!r}; pass a `zfnet train` run folder")
-
-
-def load_snapshot(model: nn.Module, path: str) -> None:
-    """Load a snapshot; snapshots may hold the conv layers only (enough for every conv visualization)."""
-    state = read_weights(path)
-    own = model.state_dict()
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    missing = [f"{c}.weight" for c in convs if f"{c}.weight" not in state]
-    wrong = [f"{c}.weight" for c in convs if c not in missing and state[f"{c}.weight"].shape != own[f"{c}.weight"].shape]
-    if missing or wrong:
-        raise UsageError(f"snapshot {path!r} {'lacks' if missing else 'has another shape for'} "
-                         f"{(missing or wrong)[0]}; it was not made for this model (pass the matching --model)")
-    # the classifier may differ (another class count): conv visualizations never read it
-    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
 
 
 @dataclass
@@ -61,13 +35,10 @@ class Evolution:
 
 def choose_channels(model: nn.Module, layers: list[str], per_layer: int, seed: int, shape) -> dict[str, list[int]]:
     """'a randomly chosen subset of model features' (Fig. 4): `per_layer` maps per layer, fixed by `seed`."""
-    from .layers import features
+    from ..layers import features
 
-    with torch.no_grad():
-        was = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model):
         feats = features(model, torch.zeros(1, *shape, device=next(model.parameters()).device), layers)
-        model.train(was)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for layer in layers:
@@ -80,15 +51,14 @@ def evolution(model: nn.Module, snapshots: list[tuple[int, str]], dataset: zdata
               layers: list[str], channels: dict[str, list[int]], batch_size: int = 256, workers: int = 4,
               mode: str = "deconvnet", progress: bool = True, device: torch.device = torch.device("cpu")) \
         -> Evolution:
-    """For each snapshot: scan `dataset` for each chosen map's strongest activation and project it."""
-    from .train import Dist
-
+    """For each snapshot: scan `dataset` for each chosen map's strongest activation and project it. Each
+    snapshot is fed with the preprocessing stored in it (its own mean image), else the dataset's."""
     cells: dict[str, dict[int, list]] = {l: {c: [] for c in channels[l]} for l in layers}
     for i, (epoch, path) in enumerate(snapshots):
         load_snapshot(model, path)
-        meta_mean = load_tensors(path).get("preprocess/mean_image")
-        pp = zdata.preprocess_for(model, meta_mean if meta_mean is not None else dataset.preprocess.mean_image)
-        dataset.preprocess = pp
+        stored = stored_preprocess(path, model)
+        pp = dataset.preprocess if stored is None or stored.mean_image is None else \
+            dataset.preprocess.with_mean(stored.mean_image)
         result = scan(model, dataset, pp, layers, k=1, batch_size=batch_size, workers=workers,
                       progress=progress, dist=Dist(device=device),
                       desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})")

@@ -33,18 +33,14 @@ def to_pil(x: torch.Tensor, scale: int = 1) -> Image.Image:
 
 def grid(tiles: list[torch.Tensor] | torch.Tensor, cols: int, pad: int = 2, background: int = 255,
          scale: int = 1) -> Image.Image:
-    """Tiles (C x h x w in [0, 255], all one size) in a grid of `cols` columns."""
+    """Tiles (C x h x w in [0, 255], all one size) in a grid of `cols` columns (torchvision's make_grid)."""
+    from torchvision.utils import make_grid
+
     tiles = list(tiles)
     if not tiles:
         return Image.new("L", (1, 1), background)
-    c, h, w = tiles[0].shape
-    rows = (len(tiles) + cols - 1) // cols
-    canvas = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), float(background))
-    for k, t in enumerate(tiles):
-        r, q = divmod(k, cols)
-        top, left = pad + r * (h + pad), pad + q * (w + pad)
-        canvas[:, top:top + h, left:left + w] = t
-    return to_pil(canvas, scale)
+    canvas = make_grid(torch.stack([t.float() for t in tiles]), nrow=cols, padding=pad, pad_value=float(background))
+    return to_pil(canvas[:1] if tiles[0].shape[0] == 1 else canvas, scale)
 
 
 def display_scale(size: int, target: int = 96) -> int:

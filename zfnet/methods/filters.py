@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UsageError
+from ..errors import UsageError
 
 DOMINANT_RATIO = 2.0
 DEAD_RATIO = 0.01

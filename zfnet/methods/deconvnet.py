@@ -24,15 +24,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import UsageError
-from .layers import StopForward, capture, feature_module
-from .receptive_field import ReceptiveField, crop_plan, layer_geometries
+from ..errors import UsageError
+from ..layers import StopForward, capture, feature_module
+from ..receptive_field import ReceptiveField, crop_plan, layer_geometries, receptive_field
+from ..runtime import eval_mode
 
 MODES = ("deconvnet", "backprop", "guided")
 _RELU_NAMES = {"relu", "relu_"}
@@ -119,29 +121,28 @@ class Deconvnet:
             raise UsageError(f"norm must be 'skip' (the paper) or 'gradient', not {norm!r}")
         self.model, self.mode, self.skip_norm, self.fast = model, mode, norm == "skip", fast
         self.max_batch_pixels = max_batch_pixels
-        self._training: list[tuple[nn.Module, bool]] | None = None
+        self._stack: ExitStack | None = None
         self._geometry: dict = {}  # (layers, input shape) -> unit grids, valid inside the with block
 
     # --- context: eval mode in, modes restored out ---------------------------------------------------
     def __enter__(self) -> Deconvnet:
-        self._training = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+        self._stack = ExitStack()
+        self._stack.enter_context(eval_mode(self.model))
         return self
 
     def __exit__(self, *exc) -> None:
-        for m, was in self._training or []:
-            m.training = was
-        self._training = None
-        self._geometry = {}
+        stack, self._stack, self._geometry = self._stack, None, {}
+        if stack is not None:
+            stack.close()
 
     def _check_open(self) -> None:
-        if self._training is None:
+        if self._stack is None:
             raise RuntimeError("use the Deconvnet inside a `with` block")
 
     # --- public API -----------------------------------------------------------------------------------
     def activations(self, images: torch.Tensor, layer: str) -> torch.Tensor:
         """`layer`'s feature maps for `images` (plain forward, stopping at the layer)."""
-        from .layers import features
+        from ..layers import features
 
         self._check_open()
         with torch.no_grad():
@@ -156,24 +157,31 @@ class Deconvnet:
         chans = [int(channel)] * n if isinstance(channel, int) else [int(c) for c in channel]
         if len(chans) != n:
             raise UsageError(f"{len(chans)} channels for {n} images; give one channel or one per image")
-        acts = self.activations(images, layer)
-        bad = [c for c in chans if not 0 <= c < acts.shape[1]]
+        targets = self.targets(images, layer, chans, position)
+        return self.project_targets(images, targets, unit=unit)
+
+    def targets(self, images: torch.Tensor, layer: str, channels: list[int],
+                position: tuple[int, int] | None = None, acts: torch.Tensor | None = None) -> list[Target]:
+        """One checked target per image: its channel at `position`, or where that map is strongest (`acts`:
+        the layer's maps for `images`, when already computed)."""
+        acts = self.activations(images, layer) if acts is None else acts
+        n = images.shape[0]
+        bad = [c for c in channels if not 0 <= c < acts.shape[1]]
         if bad:
             raise UsageError(f"channel {bad[0]} does not exist in {layer} ({acts.shape[1]} maps: "
                              f"0..{acts.shape[1] - 1})")
-        if acts.dim() == 4:
-            if position is None:
-                flat = acts[torch.arange(n), torch.tensor(chans)].flatten(1).argmax(1)
-                ys, xs = (flat // acts.shape[-1]).tolist(), (flat % acts.shape[-1]).tolist()
-            else:
-                y, x = position
-                if not (0 <= y < acts.shape[2] and 0 <= x < acts.shape[3]):
-                    raise UsageError(f"position {position} is outside {layer}'s {acts.shape[2]}x{acts.shape[3]} maps")
-                ys, xs = [y] * n, [x] * n
+        if acts.dim() != 4:
+            return [Target(i, layer, c) for i, c in enumerate(channels)]
+        if position is None:
+            flat = acts[torch.arange(n), torch.tensor(channels)].flatten(1).argmax(1)
+            ys, xs = (flat // acts.shape[-1]).tolist(), (flat % acts.shape[-1]).tolist()
         else:
-            ys, xs = [None] * n, [None] * n
-        targets = [Target(i, layer, c, y, x) for i, (c, y, x) in enumerate(zip(chans, ys, xs))]
-        return self.project_targets(images, targets, unit=unit)
+            y, x = position
+            if not (0 <= y < acts.shape[2] and 0 <= x < acts.shape[3]):
+                raise UsageError(f"position {y},{x} is outside {layer}'s {acts.shape[2]}x{acts.shape[3]} maps "
+                                 f"(0..{acts.shape[2] - 1}, 0..{acts.shape[3] - 1})")
+            ys, xs = [y] * n, [x] * n
+        return [Target(i, layer, c, y, x) for i, (c, y, x) in enumerate(zip(channels, ys, xs))]
 
     def project_targets(self, images: torch.Tensor, targets: Iterable[Target | tuple], unit: bool = False,
                         output: str = "full") -> torch.Tensor:
@@ -280,4 +288,38 @@ def project(model: nn.Module, images: torch.Tensor, layer: str, channel: int | S
         return dn.project(images, layer, channel, position, unit)
 
 
-__all__ = ["MODES", "Deconvnet", "Target", "feature_module", "project"]
+@dataclass
+class UnitProjection:
+    """One activation of one image and its projection over the unit's receptive field (Fig. 2's pairs)."""
+
+    layer: str
+    channel: int
+    position: tuple[int, int] | None  # (y, x) in the layer's maps; None for fc layers
+    activation: float
+    mode: str
+    box: tuple[int, int, int, int]  # receptive field (top, left, bottom, right) in input pixels, end-exclusive
+    field: torch.Tensor  # C x h x w projection over the box (zero past the image border)
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "channel": self.channel,
+                "position": list(self.position) if self.position else [None, None],
+                "activation": self.activation, "mode": self.mode, "field_box": list(self.box)}
+
+
+def project_unit(model: nn.Module, image: torch.Tensor, layer: str, channel: int,
+                 position: tuple[int, int] | None = None, mode: str = "deconvnet", unit: bool = False) \
+        -> UnitProjection:
+    """Project map `channel` of `layer` at `position` (default: where it is strongest) for one model-input
+    image (C x H x W or 1 x C x H x W), Sec. 2.1."""
+    x = image[None] if image.dim() == 3 else image
+    with Deconvnet(model, mode) as dn:
+        acts = dn.activations(x, layer)
+        (t,) = dn.targets(x, layer, [int(channel)], position, acts)
+        value = float(acts[0, t.channel, t.y, t.x] if t.y is not None else acts[0, t.channel])
+        field = dn.project_targets(x, [t], unit=unit, output="field")[0]
+    rf = receptive_field(model, layer, tuple(x.shape[1:]))
+    pos = (t.y, t.x) if t.y is not None else None
+    return UnitProjection(layer, t.channel, pos, value, mode, tuple(rf.box(t.y or 0, t.x or 0)), field)
+
+
+__all__ = ["MODES", "Deconvnet", "Target", "UnitProjection", "feature_module", "project", "project_unit"]

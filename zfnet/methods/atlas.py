@@ -19,12 +19,12 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from . import data as zdata
-from .errors import UsageError
-from .io import atomic_save_tensors, load_tensors
-from .layers import features
-from .models import weights_metadata
-from .train import Dist
+from .. import data as zdata
+from ..errors import UsageError
+from ..io import atomic_save_tensors, load_tensors
+from ..layers import features
+from ..models import weights_metadata
+from ..runtime import Dist
 
 
 @dataclass
@@ -207,7 +207,7 @@ def top_projections(dn, dataset: zdata.ImageSet, pp: zdata.Preprocess, tk: TopK,
 
     wanted = sorted({int(tk.images[r, c]) for c in channels for r in range(tk.k) if tk.images[r, c] >= 0})
     slot = {i: s for s, i in enumerate(wanted)}
-    bases = torch.stack([dataset[i][0] for i in wanted]) if wanted else torch.zeros(0)
+    bases = torch.stack([dataset.base(i) for i in wanted]) if wanted else torch.zeros(0)
     x = pp.eval_input(bases.to(device)) if wanted else None
     targets, owners = [], []
     for c in channels:

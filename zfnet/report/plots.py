@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .io import atomic_save_figure
+from ..io import atomic_save_figure
 
 
 def training_curves(history: list[dict], path: str) -> None:

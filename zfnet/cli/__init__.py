@@ -1,0 +1,62 @@
+"""`zfnet <command>` and `python -m zfnet`: argument wiring only, one small module per concept; the commands come
+from a registry. Every user error is one line on stderr and exit code 2; notes (`zfnet.errors.note`) print
+after a command has succeeded."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from ..errors import UsageError, ZfnetNote
+from . import atlas, models, project, serve, train  # noqa: F401  (each registers its commands)
+from .registry import COMMANDS, Parser
+
+
+def build_parser() -> Parser:
+    from .. import __version__
+
+    parser = Parser(prog="zfnet", description="Zeiler & Fergus (ECCV 2014) for any PyTorch CNN. "
+                    "Run `zfnet <command> --help` for each command's options and an example.")
+    parser.add_argument("--version", action="version", version=f"zfnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
+    for name in COMMANDS:
+        c = COMMANDS.get(name)
+        p = sub.add_parser(name, help=c.help, description=f"{c.help}.",
+                           epilog=f"example:\n  {c.example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ZfnetNote)
+            code = COMMANDS.get(args.command).run(args) or 0
+    except UsageError as e:
+        print(f"zfnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zfnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    if os.environ.get("RANK", "0") == "0":
+        seen = set()
+        for w in caught:
+            if issubclass(w.category, ZfnetNote):
+                if str(w.message) not in seen:
+                    seen.add(str(w.message))
+                    print(f"note: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Argument groups shared by the commands (model, data, device, ranges), defined once."""
+from __future__ import annotations
+
+import argparse
+
+from ..methods.deconvnet import MODES
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def nonnegative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
+    return v
+
+
+def port(text: str) -> int:
+    v = nonnegative(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (0..65535)")
+    return v
+
+
+def position(text: str) -> tuple[int, int]:
+    """argparse type: 'Y,X'."""
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not Y,X (two whole numbers)") from None
+    return y, x
+
+
+def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
+    """--model / --weights / --pretrained / --mean: which network, and the mean image when its weights lack one."""
+    p.add_argument("--model", metavar="NAME", help="registry name (zfnet models) or torchvision:<name>")
+    if repeat_weights:
+        p.add_argument("--weights", metavar="FILE", action="append",
+                       help="weights file; repeat for an ensemble (Table 1's '5 convnets')")
+    else:
+        p.add_argument("--weights", metavar="FILE", help="weights file (.safetensors, or a torch state dict)")
+    p.add_argument("--pretrained", action="store_true", help="the embedded Fashion-MNIST model")
+    p.add_argument("--mean", metavar="data|FILE|none",
+                   help="mean image for weights that carry none (or to replace theirs): 'data' = the per-pixel mean "
+                        "of --data's training split, a .safetensors/.npy image, or 'none'")
+
+
+def add_data(p: argparse.ArgumentParser, required: bool = True, limit_default: int | None = None) -> None:
+    p.add_argument("--data", required=required, metavar="SPEC", help="dataset spec or image folder (see README)")
+    p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
+    p.add_argument("--limit", type=positive, default=limit_default, help="only the first N images")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+def add_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", default="deconvnet", choices=MODES, help="rectification on the way down (footnote 1)")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """open_model's keyword arguments from the model group (and --data/--split/--workers when the command has
+    them, for --mean data)."""
+    return {"model_name": args.model, "weights": args.weights, "pretrained": args.pretrained, "mean": args.mean,
+            "data": getattr(args, "data", None), "split": getattr(args, "split", None),
+            "workers": getattr(args, "workers", 0) or 0, "seed": getattr(args, "seed", 0) or 0}

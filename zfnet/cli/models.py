@@ -1,0 +1,63 @@
+"""`zfnet models` and `zfnet layers`: the zoo and one model's layers."""
+from __future__ import annotations
+
+import json
+
+from .args import add_model
+from .registry import command
+
+
+def _models_args(p) -> None:
+    p.add_argument("--name", action="append", metavar="NAME", help="only these models (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("models", "list the model zoo: input size, parameters, layer sizes",
+         "zfnet models\n  zfnet models --name zfnet --json", arguments=_models_args)
+def _models_run(args) -> int:
+    from .. import models
+
+    rows = [models.describe(n) for n in (args.name or models.names())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    order = ("conv1", "conv2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")
+    print(f"{'name':24} {'input':10} {'params':>12}  layer output sizes")
+    for r in rows:
+        sizes = "  ".join(f"{k} {'x'.join(map(str, r['layers'][k]))}" for k in order if k in r.get("layers", {}))
+        print(f"{r['name']:24} {r['input']:10} {r['parameters']:>12,}  {sizes}")
+    print("\nalso: torchvision:<name> for any torchvision classification model (weights from a local file)")
+    return 0
+
+
+def _layers_args(p) -> None:
+    add_model(p)
+    p.add_argument("--json", action="store_true")
+
+
+@command("layers", "a model's layers: output size, receptive field and its spacing (Sec. 2.1)",
+         "zfnet layers --model zfnet\n  zfnet layers --model torchvision:resnet18 --json", arguments=_layers_args)
+def _layers_run(args) -> int:
+    from ..checkpoints import open_model
+    from ..layers import layer_names, output_shapes
+    from ..models import model_input_shape
+    from ..receptive_field import layer_geometries
+    from .args import model_kwargs
+
+    model = open_model(**model_kwargs(args)).model
+    shape = model_input_shape(model)
+    shapes = output_shapes(model, layer_names(model), shape)
+    names = list(shapes)
+    geos = layer_geometries(model, names, shape)
+    modules = dict(model.named_modules())
+    rows = [{"layer": n, "type": type(modules[n]).__name__, "output": list(shapes[n]),
+             "field": None if geos[n] is None else geos[n][0].size,
+             "jump": None if geos[n] is None else geos[n][0].jump} for n in names]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'layer':28} {'type':18} {'output':18} {'field':>6} {'jump':>5}")
+    for r in rows:
+        print(f"{r['layer']:28} {r['type']:18} {'x'.join(map(str, r['output'])):18} "
+              f"{r['field'] if r['field'] else 'all':>6} {r['jump'] or '-':>5}")
+    return 0

@@ -1,0 +1,48 @@
+"""`zfnet project`: one activation back to pixels (Sec. 2.1, Fig. 1)."""
+from __future__ import annotations
+
+import json
+
+from .args import add_device, add_mode, add_model, position
+from .registry import command
+
+
+def _project_args(p) -> None:
+    add_model(p)
+    p.add_argument("--image", required=True, metavar="FILE", help="an image file (any size; Sec. 3 crop)")
+    p.add_argument("--layer", required=True, help="layer name, e.g. conv5 (see `zfnet layers`)")
+    p.add_argument("--channel", type=int, required=True, help="feature map index")
+    p.add_argument("--position", type=position, metavar="Y,X", help="unit position (default: the map's strongest)")
+    add_mode(p)
+    p.add_argument("--unit", action="store_true", help="seed 1 instead of the activation's value")
+    p.add_argument("--out", required=True, metavar="PNG", help="image patch | projection, side by side")
+    add_device(p)
+
+
+@command("project", "project one activation back to pixels with the deconvnet (Sec. 2.1, Fig. 1)",
+         "zfnet project --pretrained --image shoe.png --layer conv5 --channel 12 --out shoe-conv5-12.png\n"
+         "  zfnet project --model zfnet --weights zf.safetensors --image dog.jpg --layer conv3 --channel 40 "
+         "--position 6,7 --out dog.png", arguments=_project_args)
+def _project_run(args) -> int:
+    from ..checkpoints import open_model
+    from ..data.base import open_image
+    from ..io import atomic_save_image, check_output_file
+    from ..methods.deconvnet import project_unit
+    from ..receptive_field import receptive_field
+    from ..report.render import display_scale, pair
+    from ..runtime import resolve_device
+    from .args import model_kwargs
+
+    check_output_file(args.out, extensions=(".png", ".jpg", ".jpeg"))
+    dev = resolve_device(args.device)
+    image = open_image(args.image)  # a missing or broken image is refused before the model is loaded
+    opened = open_model(device=dev, **model_kwargs(args))
+    pp = opened.preprocess
+    x = pp(image).to(dev)
+    res = project_unit(opened.model, x, args.layer, args.channel, args.position, args.mode, args.unit)
+    y, xx = res.position or (0, 0)
+    patch = receptive_field(opened.model, args.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
+    atomic_save_image(pair(patch.cpu(), res.field.cpu(), scale=display_scale(patch.shape[-1], 160)), args.out)
+    print(json.dumps({"out": args.out, **res.to_json()}))
+    return 0
+

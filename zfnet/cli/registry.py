@@ -1,0 +1,35 @@
+"""The command registry and the one-line-error parser; each cli/<concept>.py registers its commands here."""
+from __future__ import annotations
+
+import argparse
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+COMMANDS: Registry[Command] = Registry("command")
+
+
+def command(name: str, help: str, example: str, arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register the decorated `run(args)` as subcommand `name`, with its argument builder and an example."""
+    def wrap(run):
+        COMMANDS.register(name, Command(help, example, arguments, run))
+        return run
+    return wrap
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -1,0 +1,106 @@
+"""`zfnet train` (Sec. 3) and `zfnet evaluate` (Tables 1-2)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from ..errors import UsageError
+from .args import add_data, add_device, add_model, positive, nonnegative
+from .registry import command
+
+
+def _recipe_flags(p) -> None:
+    from ..recipe import Recipe, RunOptions
+
+    for cls in (Recipe, RunOptions):
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else "{}"
+            text = f"(default: {default})"
+            if f.name == "model_overrides":
+                text = 'JSON, e.g. \'{"fc_units": 2048}\' (Table 2)'
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=f.name.upper(),
+                           help=text)
+
+
+def _train_args(p) -> None:
+    p.add_argument("--recipe", metavar="FILE", help="recipe overrides (JSON or TOML); flags override the file")
+    p.add_argument("--resume", action="store_true", help="continue the run found in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _recipe_flags(p)
+
+
+@command("train", "train a model with the Sec. 3 recipe (checkpoints, snapshots, resume, torchrun)",
+         "zfnet train --model zfnet-small --data fashion-mnist --out runs/fm --epochs 30\n"
+         "  zfnet train --recipe recipe.json --out runs/fm --resume\n"
+         "  torchrun --nproc_per_node 2 -m zfnet train --model zfnet --data imagenet:/data/imagenet --out runs/in",
+         arguments=_train_args)
+def _train_run(args) -> int:
+    from ..io import check_output_dir
+    from ..recipe import Recipe, RunOptions, resolve_run
+    from ..train import fit
+
+    names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
+    recipe, options = resolve_run(args.recipe, {n: getattr(args, n) for n in names})
+    check_output_dir(options.out)
+    result = fit(recipe, options, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": options.out, "val": result["val"], "train_top1_err": result["train_top1_err"]},
+                         indent=2))
+    return 0
+
+
+def _evaluate_args(p) -> None:
+    add_model(p, repeat_weights=True)
+    add_data(p)
+    p.add_argument("--batch-size", type=positive, default=256)
+    p.add_argument("--workers", type=nonnegative, default=4)
+    add_device(p)
+    p.add_argument("--out", metavar="FILE", help="also write the JSON here")
+
+
+@command("evaluate", "top-1/top-5 error, centre crop and 10-crop (Tables 1-2); ensembles average softmax",
+         "zfnet evaluate --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --split test\n"
+         "  zfnet evaluate --pretrained --data fashion-mnist --split test\n"
+         "  zfnet evaluate --model zfnet-small --weights a.safetensors --weights b.safetensors --data fashion-mnist",
+         arguments=_evaluate_args)
+def _evaluate_run(args) -> int:
+    from .. import data as zdata
+    from ..checkpoints import open_model
+    from ..io import atomic_write_json, check_output_file
+    from ..models import num_outputs
+    from ..provenance import Timer, environment
+    from ..runtime import resolve_device
+    from ..train import evaluate
+
+    if args.out:
+        check_output_file(args.out, extensions=(".json",))
+    dev = resolve_device(args.device)
+    if not args.pretrained and not (args.model and args.weights):
+        raise UsageError("evaluate needs --model and --weights (or --pretrained)")
+    weights = [None] if args.pretrained else args.weights
+    opened = [open_model(args.model, w, args.pretrained, dev, mean=args.mean, data=args.data, split=args.split,
+                         workers=args.workers) for w in weights]
+    nets, pp = [o.model for o in opened], opened[0].preprocess
+    dataset = zdata.open_dataset(args.data, args.split, pp).head(args.limit)
+    if dataset.labels.dim() != 1:
+        raise UsageError(f"{args.data} is multi-label; top-k error needs single-label data")
+    outputs = num_outputs(nets[0])
+    if outputs is not None and outputs != len(dataset.classes):
+        raise UsageError(f"the model predicts {outputs} classes but {args.data} split {dataset.split!r} has "
+                         f"{len(dataset.classes)}; evaluate on data with the model's classes")
+    result = {"model": opened[0].name, "weights": [o.weights for o in opened], "data": args.data,
+              "split": dataset.split, "images": len(dataset), "preprocess": pp.to_dict()}
+    with Timer() as t:
+        result["centre"] = evaluate(nets, dataset, pp, args.batch_size, workers=args.workers, progress=True)
+        result["ten_crop"] = evaluate(nets, dataset, pp, args.batch_size, ten_crop=True, workers=args.workers,
+                                      progress=True)
+    dataset.check_readable()
+    result["top1_accuracy"] = 1 - result["centre"]["top1_err"]
+    result["skipped"] = dataset.skipped_report()
+    result["wall_seconds"] = t.seconds
+    result["environment"] = environment(dev)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        atomic_write_json(args.out, result)
+    return 0

@@ -1,0 +1,115 @@
+"""Devices, processes and modes shared by training, scans and every analysis.
+
+Single process, or the process group `torchrun` describes in RANK / WORLD_SIZE / LOCAL_RANK (gloo on CPU,
+nccl on GPU). `eval_mode` puts a model in eval mode for a block and gives every module its mode back on exit.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run: rank, process count, device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(spec: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N' -> a device; anything else is a one-line error."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = spec or "auto"
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r}; pass --device auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {spec!r} is not supported; pass --device auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {spec!r} asked for but CUDA is not available; pass --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {spec!r} does not exist ({torch.cuda.device_count()} GPUs); pick another index")
+    return dev
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup_processes(device: str = "auto", threads: int | None = None, batch_size: int | None = None) -> Dist:
+    """Join the process group torchrun describes (or stay single); `batch_size`, when given, must split evenly."""
+    if threads:
+        torch.set_num_threads(threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local)
+    if world == 1:
+        return Dist(0, 1, dev)
+    if batch_size is not None and batch_size % world:
+        raise UsageError(f"batch_size {batch_size} does not split over {world} processes; "
+                         "pick a multiple of the process count")
+    if not torch_dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        torch_dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), dev)
+
+
+def teardown(dist: Dist) -> None:
+    """End the process group a torchrun run opened."""
+    if dist.world > 1 and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def all_sum(values: list[float], dist: Dist) -> list[float]:
+    """Element-wise sum over processes (float64); identity in a single process."""
+    if dist.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    torch_dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_cat(tensor: torch.Tensor, dist: Dist, dim: int = 0) -> torch.Tensor:
+    """Every process's `tensor` (same shape everywhere), concatenated in rank order."""
+    if dist.world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.world)]
+    torch_dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Eval mode for the block; on exit every module gets back the mode it had (also on errors)."""
+    saved = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, was in saved:
+            m.training = was
