@@ -316,8 +316,9 @@ def _mid_epoch_checkpoint(run: Run, step: int, stats: dict) -> None:
         save_run_checkpoint(run, stats)
 
 
-def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float) -> None:
-    """Bookkeeping after epoch `run.epoch`: history, plateau annealing, logs, snapshot, checkpoint."""
+def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float, on_logs=None) -> None:
+    """Bookkeeping after epoch `run.epoch`: history, plateau annealing, logs (then `on_logs(out, history)`),
+    snapshot, checkpoint."""
     recipe, out = run.recipe, run.options.out
     row = {"epoch": run.epoch, "lr": lr, **tr, "val_loss": va["loss"], "val_top1_err": va["top1_err"],
            "val_top5_err": va["top5_err"], "wall_seconds": time.perf_counter() - started}
@@ -328,6 +329,8 @@ def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float) -> Non
         _anneal(run.optimizer, run.scheduler, recipe)
     if run.dist.main:
         write_logs(out, run.history)
+        if on_logs is not None:
+            on_logs(out, run.history)
         if run.epoch in snapshot_epochs(recipe):
             save_weights(run.model, os.path.join(out, "snapshots", f"epoch-{run.epoch:03d}.safetensors"), run.pp,
                          epoch=str(run.epoch), recipe=recipe.to_json(), metrics=json.dumps(row),
@@ -338,10 +341,11 @@ def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float) -> Non
     save_run_checkpoint(run)
 
 
-def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
-        progress: bool = True) -> dict[str, Any]:
+def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False, progress: bool = True,
+        on_logs=None) -> dict[str, Any]:
     """Train with `recipe` into `options.out`; with `resume`, continue the run found there. Returns the final
-    metrics (also written to OUT/metrics.json)."""
+    metrics (also written to OUT/metrics.json). `on_logs(out, history)` runs after each epoch's logs are
+    written (`zfnet.pipelines.train` draws the curves there)."""
     options = options or RunOptions()
     run = build_run(recipe, options, resume, progress)
     dist, out, workers = run.dist, options.out, options.workers
@@ -357,7 +361,7 @@ def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
                              workers, progress)
         va = evaluate(run.model, run.val_set, run.pp, dist=dist, workers=workers)
         run.epoch, run.step, run.partial = run.epoch + 1, 0, None
-        end_of_epoch(run, lr, tr, va, started)
+        end_of_epoch(run, lr, tr, va, started, on_logs)
     # final: Table 2's columns with a centre crop and with 10 crops
     final_c = evaluate(run.model, run.val_set, run.pp, dist=dist, workers=workers)
     final_10 = evaluate(run.model, run.val_set, run.pp, ten_crop=True, dist=dist, workers=workers)
@@ -383,12 +387,9 @@ def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
 
 
 def write_logs(out: str, history: list[dict]) -> None:
-    """metrics.jsonl, metrics.csv and curves.png, rewritten whole from the history (so resumes never
-    duplicate rows)."""
+    """metrics.jsonl and metrics.csv, rewritten whole from the history (so resumes never duplicate rows)."""
     import csv
     import io
-
-    from .report.plots import training_curves
 
     atomic_write_text(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
     buf = io.StringIO()
@@ -396,7 +397,6 @@ def write_logs(out: str, history: list[dict]) -> None:
     writer.writeheader()
     writer.writerows({k: _fmt(v) for k, v in r.items()} for r in history)
     atomic_write_text(os.path.join(out, "metrics.csv"), buf.getvalue())
-    training_curves(history, os.path.join(out, "curves.png"))
 
 
 def _fmt(v) -> str:

@@ -38,12 +38,12 @@ def _train_args(p) -> None:
 def _train_run(args) -> int:
     from ..io import check_output_dir
     from ..recipe import Recipe, RunOptions, resolve_run
-    from ..train import fit
+    from ..pipelines.train import train
 
     names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
     recipe, options = resolve_run(args.recipe, {n: getattr(args, n) for n in names})
     check_output_dir(options.out)
-    result = fit(recipe, options, resume=args.resume, progress=not args.no_progress)
+    result = train(recipe, options, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": options.out, "val": result["val"], "train_top1_err": result["train_top1_err"]},
                          indent=2))

@@ -67,13 +67,13 @@ class Preprocess:
         """Images -> the model's centre-crop input, N x C x S x S float (like torchvision's
         `weights.transforms()`). Takes a PIL image or a list of them, an H x W or H x W x C array, a list of
         arrays, or a uint8 tensor C x H x W, N x H x W or N x C x H x W (a 3-D tensor whose first size is 1
-        or 3 is one C x H x W image)."""
+        or the model's channel count is one C x H x W image; any other is N x H x W)."""
         return self.eval_input(self.bases(images))
 
     def bases(self, images) -> torch.Tensor:
         """Images as in `__call__` -> N x C x B x B uint8 base squares."""
         if isinstance(images, torch.Tensor):
-            if images.dim() == 2 or (images.dim() == 3 and images.shape[0] in (1, 3)):
+            if images.dim() == 2 or (images.dim() == 3 and images.shape[0] in (1, self.channels)):
                 return self.base(images)[None]
             if images.dim() in (3, 4):
                 if images.dtype == torch.uint8:
@@ -93,7 +93,8 @@ class Preprocess:
             arr = image.detach().cpu().numpy()
             image = arr if arr.ndim == 2 else (arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0)))
         if isinstance(image, np.ndarray):
-            image = Image.fromarray(to_uint8(image))
+            arr = image[:, :, 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+            image = Image.fromarray(to_uint8(arr))
         image = to_8bit(image).convert("L" if self.channels == 1 else "RGB")
         b = self.base_size
         w, h = image.size

@@ -1,0 +1,96 @@
+"""The house rules of the layout: every import (lazy ones included) points one way - infrastructure ->
+models/data -> methods -> experiments -> report -> pipelines -> cli - and no module imports itself back."""
+from __future__ import annotations
+
+import ast
+import os
+
+from conftest import REPO
+
+PKG = os.path.join(REPO, "zfnet")
+
+# rank of each room; a module may import only from rooms of lower or equal rank
+ROOMS = [
+    ({"errors", "registry", "io", "progress", "provenance", "runtime"}, 0),
+    ({"models", "data", "layers", "receptive_field", "recipe"}, 1),
+    ({"checkpoints"}, 2),
+    ({"pretrained", "train"}, 3),
+    ({"methods"}, 4),
+    ({"experiments"}, 5),
+    ({"report"}, 6),
+    ({"pipelines"}, 7),
+    ({"cli", "__main__", "__init__"}, 8),
+]
+
+
+def _room(module: str) -> int:
+    top = module.split(".")[1] if module.count(".") else "__init__"
+    for names, rank in ROOMS:
+        if top in names:
+            return rank
+    raise AssertionError(f"{module} is in no room; add it to ROOMS")
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
+                out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
+    return out
+
+
+def _imports(module: str, path: str, known: set[str]) -> set[str]:
+    """Every zfnet module `module` imports, at top level or inside functions."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                found.add(full if full in known else target)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m in known and m != module}
+
+
+def test_imports_point_one_way_and_form_no_cycle():
+    mods = _modules()
+    known = set(mods)
+    graph = {m: _imports(m, p, known) for m, p in mods.items()}
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
+              if d != "zfnet" and _room(d) > _room(m)]
+    assert not upward, "imports pointing upward: " + "; ".join(sorted(upward))
+    # no cycle among modules (the package root re-exports and is left out)
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in graph[m]:
+            if d == "zfnet":
+                continue
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack + [m, d]))
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state and m != "zfnet":
+            visit(m, [])
+
+
+def test_rendering_never_loads_a_model():
+    for m, p in _modules().items():
+        if m.startswith("zfnet.report"):
+            deps = _imports(m, p, set(_modules()))
+            assert not deps & {"zfnet.checkpoints", "zfnet.models", "zfnet.pretrained", "zfnet.train",
+                               "zfnet.runtime", "zfnet.data"}, (m, deps)
