@@ -80,19 +80,24 @@ class ReceptiveField:
         n = images.shape[0]
         ys = torch.as_tensor(y).expand(n) if torch.as_tensor(y).dim() == 0 else torch.as_tensor(y)
         xs = torch.as_tensor(x).expand(n) if torch.as_tensor(x).dim() == 0 else torch.as_tensor(x)
-        sh, sw = self.size
-        out = images.new_zeros(n, images.shape[1], sh, sw)
-        for i in range(n):
-            t, l, b, r = self.box(int(ys[i]), int(xs[i]))
-            ct, cl, cb, cr = max(t, 0), max(l, 0), min(b, images.shape[-2]), min(r, images.shape[-1])
-            if cb > ct and cr > cl:
-                out[i, :, ct - t:cb - t, cl - l:cr - l] = images[i, :, ct:cb, cl:cr]
-        return out
+        return torch.stack([cut_box(images[i], (0, 0), self.box(int(ys[i]), int(xs[i]))) for i in range(n)])
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "size": list(self.size), "global": self.is_global,
                 "jump": None if self.is_global else [self.rows.jump, self.cols.jump],
                 "start": None if self.is_global else [self.rows.start, self.cols.start]}
+
+
+def cut_box(src: torch.Tensor, origin: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The (top, left, bottom, right) box of the plane that `src` (C x h x w) covers from `origin` (top, left)
+    on, as a C x (bottom - top) x (right - left) tensor: zero where `src` does not reach (past a border)."""
+    (ot, ol), (t, l, b, r) = origin, box
+    out = src.new_zeros(src.shape[0], b - t, r - l)
+    ct, cl = max(t, ot), max(l, ol)
+    cb, cr = min(b, ot + src.shape[-2]), min(r, ol + src.shape[-1])
+    if cb > ct and cr > cl:
+        out[:, ct - t:cb - t, cl - l:cr - l] = src[:, ct - ot:cb - ot, cl - ol:cr - ol]
+    return out
 
 
 # --- tracing ------------------------------------------------------------------------------------------

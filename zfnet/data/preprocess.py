@@ -179,6 +179,8 @@ class Preprocess:
 
     def ten_crop_input(self, base: torch.Tensor) -> torch.Tensor:
         """Sec. 3's 10 crops: 4 corners + centre, with and without flip -> (10*N) x C x S x S, crop-major."""
+        # torchvision's ten_crop gives the same ten crops, but its flipped five are the crops of the flipped
+        # image (mirrored corners first), so crop i + 5 would not be crop i flipped; kept as written here
         x = self.normalize(base)
         b, s = self.base_size, self.input_size
         tops = [0, 0, b - s, b - s, self.center_offset]

@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import UsageError
 from ..layers import StopForward, capture, feature_module
-from ..receptive_field import ReceptiveField, crop_plan, layer_geometries, receptive_field
+from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_geometries, receptive_field
 from ..runtime import eval_mode
 
 MODES = ("deconvnet", "backprop", "guided")
@@ -273,11 +273,7 @@ class Deconvnet:
                         full[:, top:bottom, left:right] = g
                         outs[i] = full
                     else:  # the receptive-field box, zero past the image border
-                        bt, bl, bb, br = rf.box(group[i].y, group[i].x)
-                        box = images.new_zeros(c, bb - bt, br - bl)
-                        ct, cl, cb, cr = max(bt, top), max(bl, left), min(bb, bottom), min(br, right)
-                        box[:, ct - bt:cb - bt, cl - bl:cr - bl] = g[:, ct - top:cb - top, cl - left:cr - left]
-                        outs[i] = box
+                        outs[i] = cut_box(g, (top, left), rf.box(group[i].y, group[i].x))
         return outs
 
 
