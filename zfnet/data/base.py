@@ -148,7 +148,10 @@ def open_image(path: str) -> Image.Image:
                 return img.copy()
     except UsageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UsageError(f"image {path!r} has more pixels than zfnet reads ({MAX_PIXELS:,}); downscale it "
+                         "first") from None
+    except (OSError, ValueError, SyntaxError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UsageError(f"cannot read image {path!r} ({reason}); pass a PNG or JPEG file") from None
 
