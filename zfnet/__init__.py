@@ -13,6 +13,7 @@ from . import models
 from .checkpoints import open_model
 from .errors import UsageError, ZfnetNote
 from .methods.deconvnet import Deconvnet, Target, project, project_unit
+from .methods.occlusion import OcclusionResult, occlusion
 from .pretrained import pretrained
 from .receptive_field import receptive_field
 
@@ -22,7 +23,9 @@ __all__ = [
            "UsageError",
            "ZfnetNote",
            "__version__",
+           "OcclusionResult",
            "models",
+           "occlusion",
            "open_model",
            "pretrained",
            "project",

@@ -1,0 +1,109 @@
+"""Occlusion sensitivity speed (Fig. 6): Captum's Occlusion against our naive, exact (incremental) and approximate
+modes, in one run, on the same images, windows, strides and fill.
+
+  ZFNet-224 (Fig. 3, He-initialised, seed 0: the cost does not depend on training), 32 px window, stride 8:
+      25 x 25 = 625 occluder positions per image
+  the embedded Fashion-MNIST model at the README's figure settings (8 px window, stride 2): 11 x 11 positions
+
+Captum is run with the best `perturbations_per_eval` of a small sweep (timed on one image). Prints seconds per
+image, the ratios to Captum, and how far approx is from exact (SSIM of the p(true) maps, largest |difference|).
+
+    python bench/occlusion.py                      # about 15 minutes on 2 cores
+    python bench/occlusion.py --images 1 --quick   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _common import finish
+
+from zfnet import models
+from zfnet.methods.occlusion import deviation, occlusion
+
+
+def smooth_images(n: int, size: int, channels: int, seed: int = 0, scale: float = 128.0) -> torch.Tensor:
+    """Natural-ish test images: low-pass noise at several scales, in the paper's [-128, 128] range."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, channels, size, size)
+    for s in (4, 16, 56, size):
+        noise = torch.randn(n, channels, min(s, size), min(s, size), generator=g)
+        x += F.interpolate(noise, size=size, mode="bilinear", align_corners=False)
+    return (x / x.abs().amax() * scale).contiguous()
+
+
+def captum_seconds(model, x, target, window, stride, ppe) -> float:
+    from captum.attr import Occlusion
+
+    occ = Occlusion(lambda t: F.softmax(model(t), 1))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        occ.attribute(x[None], sliding_window_shapes=(x.shape[0], window, window), strides=(x.shape[0], stride, stride),
+                      baselines=0.0, target=target, perturbations_per_eval=ppe)
+    return time.perf_counter() - t0
+
+
+def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep) -> dict:
+    model.eval()
+    with torch.no_grad():
+        targets = model(images).argmax(1).tolist()
+    # Captum: pick its best perturbations_per_eval on the first image, then time every image with it
+    best = min(sweep, key=lambda p: captum_seconds(model, images[0], targets[0], window, stride, p))
+    rows = {"captum": [], "naive": [], "exact": [], "approx": []}
+    devs = []
+    for x, t in zip(images, targets):
+        rows["captum"].append(captum_seconds(model, x, t, window, stride, best))
+        results = {}
+        for mode in ("naive", "exact", "approx"):
+            t0 = time.perf_counter()
+            results[mode] = occlusion(model, x, t, window, stride, 0.0, "conv5", mode, tau)
+            rows[mode].append(time.perf_counter() - t0)
+        d = deviation(results["approx"], results["exact"])
+        d["exact_vs_naive_max_abs_prob"] = float((results["exact"].prob - results["naive"].prob).abs().max())
+        devs.append(d)
+        print(f"  {name}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items())
+              + f"; approx SSIM {d['ssim_prob']:.4f}", flush=True)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    n_pos = results["exact"].prob.numel()
+    out = {"model": name, "window": window, "stride": stride, "positions": n_pos, "tau": tau,
+           "captum_perturbations_per_eval": best, "seconds_per_image": med,
+           "speedup_vs_captum": {k: med["captum"] / med[k] for k in ("naive", "exact", "approx")},
+           "approx_ssim_min": min(d["ssim_prob"] for d in devs),
+           "approx_max_abs_prob": max(d["max_abs_prob"] for d in devs),
+           "approx_top_class_agreement_min": min(d["top_class_agreement"] for d in devs),
+           "exact_vs_naive_max_abs_prob": max(d["exact_vs_naive_max_abs_prob"] for d in devs),
+           "images": len(images)}
+    print(f"{name}: seconds/image " + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+          + " | vs Captum " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_captum"].items())
+          + f" | approx SSIM >= {out['approx_ssim_min']:.4f}", flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--tau", type=float, default=0.5, help="approx: Krypton's projective-field threshold")
+    ap.add_argument("--quick", action="store_true", help="skip the perturbations_per_eval sweep")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    sweep = (64,) if args.quick else (16, 64, 256)
+    zf = models.build("zfnet", seed=0, init="kaiming")
+    res = {"zfnet-224": bench("zfnet-224", zf, smooth_images(args.images, 224, 3), 32, 8, args.tau, sweep)}
+    from zfnet import data as zdata
+    from zfnet import pretrained
+
+    p = pretrained()
+    test = zdata.open_dataset("fashion-mnist", "test", p.preprocess).head(args.images)
+    res["embedded"] = bench("embedded (zfnet-small 28 px)", p.model, p.preprocess.eval_input(test.bases), 8, 2,
+                            args.tau, sweep)
+    return finish({"results": res}, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

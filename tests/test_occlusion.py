@@ -1,0 +1,145 @@
+"""Occlusion sensitivity (Sec. 4.2, Fig. 6): positions, a hand-worked case, incremental inference equal to whole
+forwards at every position on the paper's models and torchvision ones, Captum's Occlusion where the definitions
+coincide, the command's files, and no hook left behind."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import hook_count
+from torch import nn
+
+from zfnet import models
+from zfnet.cli import main
+from zfnet.errors import UsageError
+from zfnet.methods.occlusion import occlusion, positions, ssim
+
+
+def test_positions_cover_the_edges():
+    assert positions(28, 8, 3) == [0, 3, 6, 9, 12, 15, 18, 20]  # 3 does not divide 20: the flush 20 is added
+    assert positions(224, 32, 8) == list(range(0, 193, 8)) and len(positions(224, 32, 8)) == 25
+    assert positions(10, 10, 4) == [0]
+    with pytest.raises(UsageError):
+        positions(10, 11, 1)
+
+
+def test_hand_worked_activity():
+    """All-ones 3x3 filter (zero padding 1) on a 6x6 image of ones: the map's total is sum_ij n_i n_j with
+    n = (2, 3, 3, 3, 3, 2), i.e. 16^2 = 256; a 2x2 square of zeros in a corner removes 4 + 6 + 6 + 9 = 25."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    nn.init.ones_(conv.weight)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
+    x = torch.ones(1, 6, 6)
+    for mode in ("exact", "naive"):
+        r = occlusion(model, x, window=2, stride=2, layer="conv1", mode=mode)
+        assert r.base_activity == 256.0
+        assert float(r.activity[0, 0]) == pytest.approx(231.0) and float(r.activity[2, 2]) == pytest.approx(231.0)
+        assert float(r.activity[1, 1]) == pytest.approx(256.0 - 9 * 4)  # the centre: each pixel in 9 windows
+
+
+CASES = [  # (model, input size, window, stride)
+    ("zfnet-small", 28, 8, 3),
+    ("zfnet-small", 28, 5, 2),
+    ("zfnet-small", 28, 28, 1),
+    ("zfnet-small-64", 64, 16, 5),
+    ("zfnet-small-rgb", 32, 7, 4),
+    ("zfnet", 224, 32, 48),
+    ("alexnet", 224, 40, 61),
+    ("torchvision:vgg11", 64, 16, 8),
+    ("torchvision:alexnet", 96, 24, 24),
+]
+
+
+@pytest.mark.parametrize("name,size,window,stride", CASES)
+def test_exact_equals_naive_at_every_position(name, size, window, stride):
+    torch.manual_seed(0)
+    model = models.build(name).eval() if name.startswith("torchvision") else models.build(name, seed=0).eval()
+    channels = models.model_input_shape(model)[0]
+    x = torch.randn(channels, size, size) * (1.0 if "small" in name or "torchvision" in name else 60.0)
+    fill = 0.0 if window != 5 else 0.7
+    exact = occlusion(model, x, window=window, stride=stride, fill=fill, mode="exact")
+    naive = occlusion(model, x, window=window, stride=stride, fill=fill, mode="naive")
+    assert exact.mode == "exact" and naive.mode == "naive"
+    assert exact.channel == naive.channel and exact.target == naive.target
+    scale = float(naive.activity.abs().max())
+    torch.testing.assert_close(exact.activity, naive.activity, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-5, atol=1e-6)
+    assert torch.equal(exact.top_class, naive.top_class)
+    # the unoccluded image's own forward gives the base values
+    with torch.no_grad():
+        p = F.softmax(model(x[None]), 1)[0]
+    assert exact.base_prob == pytest.approx(float(p[exact.target]), rel=1e-5)
+
+
+def test_resnet_falls_back_to_whole_forwards():
+    model = models.build("torchvision:resnet18").eval()
+    x = torch.randn(3, 64, 64)
+    r = occlusion(model, x, window=16, stride=12, layer="layer4.1.conv2", mode="exact")
+    n = occlusion(model, x, window=16, stride=12, layer="layer4.1.conv2", mode="naive")
+    assert r.mode == "naive"  # residual additions are no chain: whole forwards
+    torch.testing.assert_close(r.prob, n.prob)
+
+
+def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
+    model = models.build("alexnet", seed=0).eval()
+    x = torch.randn(3, 224, 224) * 60
+    exact = occlusion(model, x, window=32, stride=64, mode="exact")
+    full = occlusion(model, x, window=32, stride=64, mode="approx", tau=1.0)
+    torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
+    capped = occlusion(model, x, window=32, stride=64, mode="approx", tau=0.3, compare_exact=True)
+    d = capped.deviation
+    assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "top_class_agreement"}
+    assert d["max_abs_prob"] == pytest.approx(float((capped.prob - exact.prob).abs().max()))
+    assert ssim(exact.prob, exact.prob) == pytest.approx(1.0)
+
+
+def test_p_true_equals_captums_occlusion():
+    """With non-overlapping windows (stride = window) Captum's Occlusion attributes to each pixel
+    p(x) - p(x with its window occluded): our p(true) map read back from it."""
+    from captum.attr import Occlusion
+
+    model = models.build("zfnet-small", seed=0).eval()
+    x = torch.randn(1, 1, 28, 28)
+    ours = occlusion(model, x[0], target=3, window=7, stride=7, fill=0.0, mode="exact")
+    attr = Occlusion(lambda t: F.softmax(model(t), 1)).attribute(
+        x, sliding_window_shapes=(1, 7, 7), strides=(1, 7, 7), baselines=0.0, target=3, perturbations_per_eval=16)
+    from_captum = ours.base_prob - attr[0, 0, ::7, ::7]
+    torch.testing.assert_close(ours.prob, from_captum, rtol=1e-4, atol=1e-6)
+
+
+def test_no_hook_left_and_model_unchanged_also_after_an_error():
+    model = models.build("zfnet-small", seed=0)
+    model.train()
+    x = torch.randn(1, 28, 28)
+    with torch.no_grad():
+        before = model.eval()(x[None])
+    model.train()
+    occlusion(model, x, window=8, stride=4)
+    with pytest.raises(UsageError):
+        occlusion(model, x, window=8, stride=4, target=99)
+    with pytest.raises(UsageError):
+        occlusion(model, x, window=8, stride=4, layer="fc6")
+    assert hook_count(model) == 0 and model.training and all(m.training for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x[None]), before)
+
+
+def test_command_writes_figure_and_json(tmp_path, capsys):
+    code = main(["occlusion", "--pretrained", "--data", "fashion-mnist", "--split", "test", "--index", "0",
+                 "--index", "2", "--window", "8", "--stride", "4", "--out", str(tmp_path / "occ")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads((tmp_path / "occ" / "occlusion.json").read_text())
+    assert [r["label_name"] for r in result["images"]] == ["Ankle boot", "Trouser"]
+    first = result["images"][0]
+    assert len(first["prob"]) == len(first["ys"]) == 6 and first["mode"] == "exact"  # 0, 4, ..., 20
+    from PIL import Image
+
+    img = Image.open(tmp_path / "occ" / first["figure"])
+    assert img.width > 4 * img.height  # five panels side by side
+    assert json.loads(out)["figures"] == ["occlusion-0.png", "occlusion-1.png"]
+    code = main(["occlusion", "--pretrained", "--data", "fashion-mnist", "--index", "0", "--window", "40",
+                 "--out", str(tmp_path / "bad")])
+    assert code == 2 and "does not fit" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""`zfnet occlusion`: Fig. 6 - occlusion sensitivity with incremental inference (Sec. 4.2)."""
+from __future__ import annotations
+
+import json
+import os
+
+from .args import add_device, add_model, positive
+from .registry import command
+
+
+def _occlusion_args(p) -> None:
+    add_model(p)
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--label", action="append", default=[], metavar="L",
+                   help="true class of each --image, index or name (default: the predicted class)")
+    p.add_argument("--data", metavar="SPEC", help="a dataset whose images --index picks (labels from the data)")
+    p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
+    p.add_argument("--index", action="append", type=int, default=[], metavar="N", help="dataset image (repeatable)")
+    p.add_argument("--window", type=positive, default=32, help="occluder side, px (model input)")
+    p.add_argument("--stride", type=positive, default=8, help="occluder step, px")
+    p.add_argument("--fill", type=float, default=0.0, help="occluder value in model-input units (0 = the mean: grey)")
+    p.add_argument("--layer", default="conv5", help="layer whose strongest map (b) and (c) show")
+    p.add_argument("--mode", default="exact", choices=("exact", "naive", "approx"),
+                   help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold")
+    p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
+    p.add_argument("--compare-exact", action="store_true", help="approx: also run exact and report the deviation")
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_device(p)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("occlusion", "occlusion sensitivity: activity, p(true class) and most probable class per occluder "
+         "position (Sec. 4.2, Fig. 6)",
+         "zfnet occlusion --pretrained --data fashion-mnist --split test --index 0 --index 1 --window 8 --stride 2 "
+         "--out occ\n"
+         "  zfnet occlusion --model zfnet --weights zf.safetensors --image dog.jpg --label 151 --out occ-dog",
+         arguments=_occlusion_args)
+def _occlusion_run(args) -> int:
+    from ..io import check_output_dir
+    from ..pipelines.occlusion import run_occlusion
+
+    check_output_dir(args.out)
+    result = run_occlusion(args.out, args.image, args.label, args.data, args.split, args.index, args.model,
+                           args.weights, args.pretrained, args.mean, args.window, args.stride, args.fill,
+                           args.layer, args.mode, args.tau, args.compare_exact, args.device,
+                           progress=not args.no_progress)
+    print(json.dumps({"out": args.out, "json": os.path.join(args.out, "occlusion.json"),
+                      "figures": [r["figure"] for r in result["images"]],
+                      "seconds": [round(r["seconds"], 3) for r in result["images"]]}, indent=2))
+    return 0
