@@ -90,7 +90,7 @@ def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
     torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
     capped = occlusion(model, x, window=32, stride=64, mode="approx", tau=0.3, compare_exact=True)
     d = capped.deviation
-    assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "top_class_agreement"}
+    assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "ssim_activity", "top_class_agreement"}
     assert d["max_abs_prob"] == pytest.approx(float((capped.prob - exact.prob).abs().max()))
     assert ssim(exact.prob, exact.prob) == pytest.approx(1.0)
 

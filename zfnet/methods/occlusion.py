@@ -201,27 +201,35 @@ def _region_step(step: _Step, box: torch.Tensor, patch: torch.Tensor, tau: float
     pad_b = max(0, (h_out - 1) * sh + ke_h - ph - h_in)
     pad_r = max(0, (w_out - 1) * sw + ke_w - pw - w_in)
     padded = F.pad(base_in, (pw, pad_r, ph, pad_b), value=pad_value) if (ph or pw or pad_b or pad_r) else base_in
-    slabs = []
-    for i in range(len(box)):
-        t, l = int(r0[i]) * sh, int(c0[i]) * sw  # slab origin in padded coordinates
-        slab = padded[0, :, t:t + hs, l:l + ws].clone()
-        pt, pl, ph_, pw_ = (int(v) for v in box[i])
-        a0, b0 = max(pt + ph, t), max(pl + pw, l)  # the patch, in padded coordinates, clipped to the slab
-        a1, b1 = min(pt + ph + ph_, t + hs), min(pl + pw + pw_, l + ws)
-        if a1 > a0 and b1 > b0:
-            slab[:, a0 - t:a1 - t, b0 - l:b1 - l] = patch[i, :, a0 - pt - ph:a1 - pt - ph, b0 - pl - pw:b1 - pl - pw]
-        slabs.append(slab)
-    out = op(torch.stack(slabs))
+    # every sample's slab (its origin in padded coordinates: r0 * stride), gathered in one indexing op
+    top, left = r0 * sh, c0 * sw
+    rows = top[:, None] + torch.arange(hs)
+    cols = left[:, None] + torch.arange(ws)
+    slabs = padded[0][:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3).contiguous()  # B x C x hs x ws
+    # the changed patch pasted into its slab (patch rows or columns past the slab change no output here)
+    _paste(slabs, patch, box[:, 0] + ph - top, box[:, 1] + pw - left)
+    out = op(slabs)
     new_box = torch.stack([r0, c0, torch.full_like(r0, n_r), torch.full_like(c0, n_c)], 1)
     return new_box, out
+
+
+def _paste(dest: torch.Tensor, patch: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> None:
+    """dest[b, :, top_b + u, left_b + v] = patch[b, :, u, v] wherever that lies inside dest (in place)."""
+    b, _, h, w = patch.shape
+    rows = top[:, None, None] + torch.arange(h)[None, :, None]  # B x h x 1
+    cols = left[:, None, None] + torch.arange(w)[None, None, :]  # B x 1 x w
+    ok = (rows >= 0) & (rows < dest.shape[-2]) & (cols >= 0) & (cols < dest.shape[-1])  # B x h x w
+    bi = torch.arange(b)[:, None, None].expand(b, h, w)[ok]
+    ui = torch.arange(h)[None, :, None].expand(b, h, w)[ok]
+    vi = torch.arange(w)[None, None, :].expand(b, h, w)[ok]
+    ri, ci = rows.expand(b, h, w)[ok], cols.expand(b, h, w)[ok]
+    dest.permute(0, 2, 3, 1)[bi, ri, ci] = patch.permute(0, 2, 3, 1)[bi, ui, vi]
 
 
 def _materialize(base: torch.Tensor, box: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
     """The whole maps of each sample: the kept unoccluded maps with each sample's changed region pasted in."""
     full = base.expand(len(box), *base.shape[1:]).clone()
-    for i in range(len(box)):
-        t, l, h, w = (int(v) for v in box[i])
-        full[i, :, t:t + h, l:l + w] = patch[i]
+    _paste(full, patch, box[:, 0], box[:, 1])
     return full
 
 
@@ -246,11 +254,12 @@ def _incremental_batch(steps: list[_Step], feature_step: int, channel: int, box:
         if i == feature_step:
             if full is not None:
                 activity = full[:, channel].flatten(1).sum(1)
-            else:
-                base = step.base_out[0, channel]
-                inside = torch.stack([base[int(t):int(t) + int(h), int(l):int(l) + int(w)].sum()
-                                      for t, l, h, w in box])
-                activity = base.sum() - inside + patch[:, channel].flatten(1).sum(1)
+            else:  # the map's total, with each sample's region swapped (box sums from a summed-area table)
+                base = step.base_out[0, channel].double()
+                sat = F.pad(base.cumsum(0).cumsum(1), (1, 0, 1, 0))
+                t, l, h, w = box.unbind(1)
+                inside = sat[t + h, l + w] - sat[t, l + w] - sat[t + h, l] + sat[t, l]
+                activity = (base.sum() - inside + patch[:, channel].double().flatten(1).sum(1)).float()
     if full is None:
         full = _materialize(steps[-1].base_out, box, patch)
     return full, activity
@@ -356,11 +365,14 @@ def _naive_batch(model, feat, x, part, window, fill, channel):
 
 def deviation(approx: OcclusionResult, exact: OcclusionResult) -> dict:
     """How far an approximate result is from the exact one: max |diff| of p(target) and of the activity
-    (relative to its range), SSIM of the two p(target) maps, and the share of positions whose top class agrees."""
-    span = float(exact.activity.max() - exact.activity.min()) or 1.0
+    (relative to the exact activity's range), SSIM of the two p(target) maps and of the two activity maps
+    (scaled by that range), and the share of positions whose top class agrees."""
+    lo = float(exact.activity.min())
+    span = float(exact.activity.max()) - lo or 1.0
     return {"max_abs_prob": float((approx.prob - exact.prob).abs().max()),
             "max_rel_activity": float((approx.activity - exact.activity).abs().max()) / span,
             "ssim_prob": ssim(approx.prob, exact.prob, data_range=1.0),
+            "ssim_activity": ssim((approx.activity - lo) / span, (exact.activity - lo) / span, data_range=1.0),
             "top_class_agreement": float((approx.top_class == exact.top_class).float().mean())}
 
 
