@@ -13,16 +13,22 @@ from . import models
 from .checkpoints import open_model
 from .errors import UsageError, ZfnetNote
 from .methods.deconvnet import Deconvnet, Target, project, project_unit
+from .methods.correspondence import CorrespondenceResult, correspondence
+from .methods.invariance import InvarianceResult, invariance
 from .methods.occlusion import OcclusionResult, occlusion
 from .pretrained import pretrained
 from .receptive_field import receptive_field
 
 __all__ = [
+           "CorrespondenceResult",
            "Deconvnet",
+           "InvarianceResult",
            "Target",
            "UsageError",
            "ZfnetNote",
            "__version__",
+           "correspondence",
+           "invariance",
            "OcclusionResult",
            "models",
            "occlusion",

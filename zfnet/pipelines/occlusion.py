@@ -4,32 +4,16 @@ write OUT/occlusion.json (every map, the settings, timings, provenance) and one 
 from __future__ import annotations
 
 import os
-import re
 import time
 
-import torch
-
-from .. import data as zdata
 from ..checkpoints import open_model
-from ..data.base import open_image
-from ..errors import UsageError
 from ..io import atomic_write_json
 from ..methods.occlusion import occlusion
 from ..progress import bar
 from ..provenance import environment, file_sha256
 from ..report.occlusion import occlusion_figure
 from ..runtime import resolve_device
-
-
-def _label(value: str | None, classes: list[str] | None) -> int | None:
-    if value is None:
-        return None
-    if re.fullmatch(r"\d+", value):
-        return int(value)
-    if classes and value in classes:
-        return classes.index(value)
-    raise UsageError(f"--label {value!r} is neither a class index nor a class name"
-                     + (f" ({', '.join(classes)})" if classes else ""))
+from .inputs import check_files, load_inputs
 
 
 def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data: str | None = None,
@@ -39,25 +23,13 @@ def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data
                   tau: float = 0.5, compare_exact: bool = False, device: str = "auto", progress: bool = True) -> dict:
     """Fig. 6 for each image file (`images`, with optional `labels`) and each dataset image (`indices` of
     `data`/`split`, labelled by the dataset)."""
-    if not images and not indices:
-        raise UsageError("pass --image FILE (repeatable) or --data SPEC with --index N (repeatable)")
-    if labels and len(labels) != len(images):
-        raise UsageError(f"{len(labels)} --label for {len(images)} --image; give one label per image, or none")
-    if indices and not data:
-        raise UsageError("--index needs --data (the dataset the indices point into)")
-    pil = [open_image(p) for p in images]  # unreadable images are refused before the model is loaded
+    pil = check_files(images)  # unreadable images are refused before the model is loaded
     dev = resolve_device(device)
     opened = open_model(model, weights, pretrained, dev, mean=mean, data=data, split=split)
-    pp, classes = opened.preprocess, opened.classes
-    items = [(os.path.basename(p), pp(img)[0], _label(labels[i] if labels else None, classes))
-             for i, (p, img) in enumerate(zip(images, pil))]
-    if indices:
-        ds = zdata.open_dataset(data, split, pp)
-        classes = classes or ds.classes
-        for i in indices:
-            if not 0 <= i < len(ds):
-                raise UsageError(f"--index {i} is outside {data} split {ds.split!r} (0..{len(ds) - 1})")
-            items.append((ds.image_id(i), pp.eval_input(ds.base(i)[None])[0], int(ds.labels[i])))
+    pp = opened.preprocess
+    inputs = load_inputs(pp, pil, images, labels, data, split, indices, opened.classes)
+    classes = inputs.classes
+    items = list(zip(inputs.names, inputs.x, inputs.labels))
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
     rows = []

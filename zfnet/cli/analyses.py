@@ -1,0 +1,79 @@
+"""`zfnet correspondence` and `zfnet invariance` (arXiv version's analyses)."""
+from __future__ import annotations
+
+import json
+import os
+
+from .args import add_device, add_model, positive
+from .registry import command
+
+
+def _corr_args(p) -> None:
+    add_model(p)
+    p.add_argument("--parts", metavar="FILE", help="JSON: images and a box per image for each part "
+                   "(default with --pretrained: the shipped ankle-boot parts)")
+    p.add_argument("--images", metavar="DIR", help="a folder holding the parts file's images (else they are "
+                   "indices into --data)")
+    p.add_argument("--data", metavar="SPEC", help="the dataset the parts file's indices point into "
+                   "(default: the file's 'data')")
+    p.add_argument("--split")
+    p.add_argument("--layers", default="conv5,fc7", help="comma-separated layers (the paper: 5 and 7)")
+    p.add_argument("--fill", type=float, default=0.0, help="mask value in model-input units (0 = the mean)")
+    p.add_argument("--random-draws", type=positive, default=10, help="random mask positions (baseline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_device(p)
+
+
+@command("correspondence", "mean feature sign change when the same part is masked in different images "
+         "(arXiv Sec. 4.3, correspondence table)",
+         "zfnet correspondence --pretrained --out corr\n"
+         "  zfnet correspondence --model zfnet --weights zf.safetensors --parts dogs.json --images dogs/ --out corr",
+         arguments=_corr_args)
+def _corr_run(args) -> int:
+    from ..io import check_output_dir
+    from ..pipelines.analyses import run_correspondence
+
+    check_output_dir(args.out)
+    r = run_correspondence(args.out, args.parts, args.images, args.model, args.weights, args.pretrained, args.mean,
+                           args.data, args.split, tuple(l for l in args.layers.split(",") if l), args.fill,
+                           args.random_draws, args.seed, args.device)
+    print(json.dumps({"out": args.out, "delta": r["delta"], "std": r["std"],
+                      "table": os.path.join(args.out, r["table"])}, indent=2))
+    return 0
+
+
+def _inv_args(p) -> None:
+    add_model(p)
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--label", action="append", default=[], metavar="L", help="true class of each --image")
+    p.add_argument("--data", metavar="SPEC", help="a dataset whose images --index picks")
+    p.add_argument("--split")
+    p.add_argument("--index", action="append", type=int, default=[], metavar="N", help="dataset image (repeatable)")
+    p.add_argument("--transforms", default="translate,scale,rotate", help="comma-separated: translate, scale, rotate")
+    p.add_argument("--layers", default="conv1,fc7", help="the low and the high layer (the paper: 1 and 7)")
+    p.add_argument("--fill", type=float, default=0.0, help="value of uncovered pixels (model-input units)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_device(p)
+
+
+@command("invariance", "feature distance and p(true class) under translation, scaling and rotation "
+         "(arXiv 'Feature Invariance' figure)",
+         "zfnet invariance --pretrained --data fashion-mnist --split test --index 0 --index 1 --index 2 --out inv\n"
+         "  zfnet invariance --model zfnet --weights zf.safetensors --image a.jpg --label 3 --out inv",
+         arguments=_inv_args)
+def _inv_run(args) -> int:
+    from ..errors import UsageError
+    from ..io import check_output_dir
+    from ..pipelines.analyses import run_invariance
+
+    check_output_dir(args.out)
+    layers = tuple(l for l in args.layers.split(",") if l)
+    if len(layers) != 2:
+        raise UsageError(f"--layers {args.layers!r}: give two layers, the low and the high one (e.g. conv1,fc7)")
+    r = run_invariance(args.out, args.image, args.label, args.data, args.split, args.index, args.model,
+                       args.weights, args.pretrained, args.mean, tuple(t for t in args.transforms.split(",") if t),
+                       layers, args.fill, args.device)
+    print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]},
+                     indent=2))
+    return 0

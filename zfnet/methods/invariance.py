@@ -1,0 +1,112 @@
+"""Feature invariance (arXiv version, "Feature Invariance" and its figure): images translated vertically, scaled
+and rotated by varying amounts; for each amount the Euclidean distance between the features of the original
+and of the transformed image at a low and a high layer, and the probability of the true class.
+
+Features are a layer's rectified output, flattened (as everywhere in zfnet). Transformations act on the model
+input (preprocessed, mean-subtracted) about the image centre; pixels they uncover take `fill` (model-input
+units; 0 = the training mean, grey):
+    translate  vertical shift by an integer number of pixels (positive = down), no interpolation
+    scale      zoom by a factor (>1 enlarges), bilinear
+    rotate     by degrees (positive = counter-clockwise), bilinear
+The identity (0 px, factor 1, 0 degrees) returns the image itself, so its distance is 0 and its probability
+is the plain forward's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from ..layers import capture, features
+from ..runtime import eval_mode
+
+TRANSFORMS = ("translate", "scale", "rotate")
+IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
+# the paper's figure spans about these ranges (its x axes)
+DEFAULT_VALUES = {
+    "translate": [-60, -40, -20, -10, 0, 10, 20, 40, 60],  # px of a 224 px input
+    "scale": [0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8],
+    "rotate": [0, 45, 90, 135, 180, 225, 270, 315, 360],
+}
+
+
+@dataclass
+class InvarianceResult:
+    transform: str
+    values: list[float]
+    layers: list[str]
+    distance: dict[str, torch.Tensor]  # layer -> N x V Euclidean distance to the untransformed features
+    prob: torch.Tensor  # N x V probability of the true class
+    labels: torch.Tensor  # N
+    fill: float
+
+    def to_json(self) -> dict:
+        return {"transform": self.transform, "values": self.values, "layers": self.layers, "fill": self.fill,
+                "labels": self.labels.tolist(), "distance": {l: d.tolist() for l, d in self.distance.items()},
+                "prob": self.prob.tolist()}
+
+
+def transform_images(images: torch.Tensor, transform: str, value: float, fill: float = 0.0) -> torch.Tensor:
+    """`images` (N x C x H x W model input) translated, scaled or rotated by `value` (see the module docstring)."""
+    if transform not in TRANSFORMS:
+        raise UsageError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+    if value == IDENTITY[transform] or (transform == "rotate" and value % 360 == 0):
+        return images.clone()
+    n, c, h, w = images.shape
+    if transform == "translate":
+        dy = int(round(value))
+        out = torch.full_like(images, fill)
+        if abs(dy) < h:
+            if dy >= 0:
+                out[:, :, dy:] = images[:, :, :h - dy]
+            else:
+                out[:, :, :h + dy] = images[:, :, -dy:]
+        return out
+    if transform == "scale" and value <= 0:
+        raise UsageError(f"scale factor {value} must be positive")
+    # inverse map: output pixel -> input position, in normalized coordinates about the centre
+    if transform == "scale":
+        theta = torch.tensor([[1 / value, 0.0, 0.0], [0.0, 1 / value, 0.0]])
+    else:
+        a = torch.deg2rad(torch.tensor(float(value)))
+        cos, sin = torch.cos(a), torch.sin(a)
+        # counter-clockwise on screen (y down): sample the source at R(-a) applied to the output position,
+        # with the aspect ratio of non-square inputs kept
+        theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]])
+    grid = F.affine_grid(theta[None].expand(n, 2, 3).to(images), (n, c, h, w), align_corners=False)
+    shifted = images - fill  # sample with zeros outside, then add the fill back: uncovered pixels = fill
+    return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+def invariance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | list[int], transform: str = "rotate",
+               values: list[float] | None = None, layers: tuple[str, ...] = ("conv1", "fc7"),
+               fill: float = 0.0) -> InvarianceResult:
+    """Distances to the untransformed features per layer, and p(true class), for every image and value."""
+    if transform not in TRANSFORMS:
+        raise UsageError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+    values = list(DEFAULT_VALUES[transform] if values is None else values)
+    if not values:
+        raise UsageError("invariance needs at least one transformation value")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if images.dim() != 4 or len(labels) != len(images):
+        raise UsageError(f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "
+                         f"{len(labels)} labels)")
+    layers = list(layers)
+    dist = {l: torch.zeros(len(images), len(values)) for l in layers}
+    prob = torch.zeros(len(images), len(values))
+    with torch.no_grad(), eval_mode(model):
+        base = {l: f.flatten(1) for l, f in features(model, images, layers).items()}
+        for k, v in enumerate(values):
+            x = transform_images(images, transform, v, fill)
+            with capture(model, layers, stop=False) as found:
+                logits = model(x)
+            p = F.softmax(logits.float(), 1)
+            if int(labels.max()) >= p.shape[1]:
+                raise UsageError(f"label {int(labels.max())} does not exist: the model has {p.shape[1]} classes")
+            prob[:, k] = p[torch.arange(len(labels)), labels]
+            for l in layers:
+                dist[l][:, k] = (found[l].flatten(1) - base[l]).norm(dim=1)
+    return InvarianceResult(transform, values, layers, dist, prob, labels, fill)
