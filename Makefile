@@ -24,6 +24,7 @@ bench:
 	$(BIN)/python bench/train_throughput.py --json bench/results/train_throughput.json
 	$(BIN)/python bench/deconv.py --json bench/results/deconv.json
 	$(BIN)/python bench/atlas.py --json bench/results/atlas.json
+	$(BIN)/python bench/occlusion.py --json bench/results/occlusion.json
 
 clean:
 	rm -rf atlas-fm .pytest_cache
