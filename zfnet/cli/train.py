@@ -104,3 +104,40 @@ def _evaluate_run(args) -> int:
     if args.out:
         atomic_write_json(args.out, result)
     return 0
+
+
+def _ablate_args(p) -> None:
+    p.add_argument("--base", required=True, choices=("zfnet", "alexnet", "zfnet-small"),
+                   help="the model whose Table 2 rows are trained")
+    p.add_argument("--variants", default="all", help="comma-separated Table 2 variants (rm34, rm7, rm67, rm3467, "
+                   "fc2048, fc8192, wide345, fc8192-wide345) or 'all'; the base is always a row")
+    p.add_argument("--table-only", action="store_true", help="only collect the table from the finished runs")
+    p.add_argument("--recipe", metavar="FILE", help="recipe overrides (JSON or TOML); flags override the file")
+    p.add_argument("--no-progress", action="store_true")
+    _recipe_flags(p)
+
+
+@command("ablate", "Table 2: train a base model and its architectural variants with one recipe, table beside "
+         "the paper's (each row its own resumable run)",
+         "zfnet ablate --base zfnet-small --data fashion-mnist --epochs 8 --limit-train 20000 --out abl\n"
+         "  zfnet ablate --base zfnet --variants rm34 --data imagenet:/data/imagenet --out abl   # one row per machine\n"
+         "  zfnet ablate --base zfnet --data imagenet:/data/imagenet --out abl --table-only",
+         arguments=_ablate_args)
+def _ablate_run(args) -> int:
+    from ..io import check_output_dir
+    from ..pipelines.ablation import run_ablation
+    from ..recipe import Recipe, RunOptions, resolve_run
+
+    names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
+    flags = {n: getattr(args, n) for n in names}
+    if flags.pop("model", None):
+        raise UsageError("ablate builds each row's model from --base and --variants; drop --model")
+    recipe, options = resolve_run(args.recipe, flags)
+    if not args.out:
+        raise UsageError("pass --out DIR (the ablation's folder)")
+    check_output_dir(options.out)
+    r = run_ablation(options.out, args.base, args.variants, recipe, options, progress=not args.no_progress,
+                     table_only=args.table_only)
+    print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
+                      "rows": {row["variant"]: row["val_top1_err"] for row in r["rows"]}}, indent=2))
+    return 0
