@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 from conftest import REPO
 
 from zfnet.cli import main
@@ -84,3 +85,42 @@ def test_table_only_collects_whatever_finished(tmp_path, capsys, flag):
     capsys.readouterr()
     assert {r[1] for r in _table(out)} == {"missing"}
     assert "missing" in (out / "table.md").read_text()
+
+
+def test_high_frequency_share_hand_worked():
+    from zfnet.experiments.archselect import high_frequency_share
+
+    yy, xx = torch.meshgrid(torch.arange(16.0, dtype=torch.float64), torch.arange(16.0, dtype=torch.float64),
+                            indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1)[None, None]  # all power at (0.5, 0.5) cycles/px
+    slow = torch.cos(2 * torch.pi * xx / 8)[None, None]  # 0.125 cycles/px
+    both = checker + slow  # Parseval: the checker carries 256 of the 256 + 128 units of power
+    shares = high_frequency_share(torch.cat([checker, slow, both]))
+    assert shares.tolist() == pytest.approx([1.0, 0.0, 2 / 3], abs=1e-9)
+
+
+def test_archselect_end_to_end(tmp_path, capsys):
+    from zfnet.experiments.archselect import configs
+
+    assert configs("zfnet-small")["krizhevsky-like"] == ((7, 2, 3), True)
+    assert configs("zfnet")["krizhevsky-like-noclip"] == ((11, 4, 2), False)
+    out = tmp_path / "arch"
+    assert main(["archselect", "--data", "synthetic", "--val-split", "val", "--epochs", "1", "--batch-size", "32",
+                 "--limit-train", "64", "--limit-val", "32", "--workers", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    res = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in res["runs"]] == ["krizhevsky-like", "krizhevsky-like-noclip", "zfnet-like",
+                                                "zfnet-like-noclip"]
+    # the runs trained what they say: conv1's shape, and clipping bounds the filters' RMS only where it was on
+    from zfnet.checkpoints import open_model
+
+    for r in res["runs"]:
+        k, s = r["first_layer"]["kernel"], r["first_layer"]["stride"]
+        opened = open_model("zfnet-small", str(out / r["name"] / "model.safetensors"),
+                            overrides={"first_layer": (k, s, r["first_layer"]["padding"])})
+        assert opened.model.conv1.kernel_size == (k, k) and opened.model.conv1.stride == (s, s)
+        if r["clipping"]:
+            assert r["filters"]["rms_max"] <= 0.1 + 1e-6
+        assert 0 <= r["layer2_high_frequency_mean"] <= 1 and len(r["layer2_high_frequency_per_map"]) == 96
+    assert (out / "fig5.png").is_file() and "| krizhevsky-like | 7x7 stride 2 | on |" in (out / "table.md").read_text()

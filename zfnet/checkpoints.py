@@ -167,10 +167,12 @@ class Opened:
 
 def open_model(model_name: str | None = None, weights: str | None = None, pretrained: bool = False,
                device: torch.device | str = "cpu", seed: int = 0, mean: str | None = None,
-               data: str | None = None, split: str | None = None, workers: int = 0) -> Opened:
+               data: str | None = None, split: str | None = None, workers: int = 0,
+               overrides: dict | None = None) -> Opened:
     """The embedded model, a model with its weights and stored preprocessing, or (no weights) the model at its
     initialization, seeded so that every torchrun rank and every rerun sees the same network. `mean` overrides
-    the mean image (see `apply_mean`); weights of a paper-style model that carry none must be given one."""
+    the mean image (see `apply_mean`); weights of a paper-style model that carry none must be given one.
+    `overrides` are the architecture overrides the weights were trained with (a recipe's model_overrides)."""
     device = torch.device(device)
     if pretrained:
         if model_name or weights:
@@ -185,7 +187,7 @@ def open_model(model_name: str | None = None, weights: str | None = None, pretra
         raise UsageError("pass --model NAME (see `zfnet models`), with --weights FILE for a trained model, "
                          "or --pretrained")
     if weights:
-        model = models.build(model_name, weights=weights).to(device).eval()
+        model = models.build(model_name, weights=weights, **(overrides or {})).to(device).eval()
         pp = stored_preprocess(weights, model)
         if pp is None:
             pp = default_preprocess(model)

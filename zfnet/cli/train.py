@@ -141,3 +141,34 @@ def _ablate_run(args) -> int:
     print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
                       "rows": {row["variant"]: row["val_top1_err"] for row in r["rows"]}}, indent=2))
     return 0
+
+
+def _archselect_args(p) -> None:
+    p.add_argument("--table-only", action="store_true", help="only analyse the finished runs")
+    p.add_argument("--recipe", metavar="FILE", help="recipe overrides (JSON or TOML); flags override the file")
+    p.add_argument("--no-progress", action="store_true")
+    _recipe_flags(p)
+
+
+@command("archselect", "Sec. 4.1 / Fig. 5: a Krizhevsky-like and a ZFNet-like first layer, clipping on and off; "
+         "dead/dominant filters, layer-2 aliasing, accuracy",
+         "zfnet archselect --model zfnet-small --data fashion-mnist --epochs 6 --limit-train 15000 --out arch",
+         arguments=_archselect_args)
+def _archselect_run(args) -> int:
+    from ..io import check_output_dir
+    from ..pipelines.archselect import run_archselect
+    from ..recipe import Recipe, RunOptions, resolve_run
+
+    names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
+    flags = {n: getattr(args, n) for n in names}
+    flags["model"] = flags["model"] or "zfnet-small"
+    recipe, options = resolve_run(args.recipe, flags)
+    if not args.out:
+        raise UsageError("pass --out DIR (the experiment's folder)")
+    if recipe.model.startswith("torchvision:"):
+        raise UsageError("archselect changes the first layer of a zfnet model; pick zfnet, alexnet or zfnet-small")
+    check_output_dir(options.out)
+    r = run_archselect(options.out, recipe, options, progress=not args.no_progress, table_only=args.table_only)
+    print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
+                      "runs": {x["name"]: x["val_top1_err"] for x in r["runs"]}}, indent=2))
+    return 0

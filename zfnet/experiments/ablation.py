@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from ..models import TABLE2_VARIANTS
 from ..recipe import Recipe, RunOptions
-from ..train import fit
+from .runs import train_runs
 
 BASES = ("zfnet", "alexnet", "zfnet-small")
 
@@ -109,14 +109,6 @@ def train_variants(out: str, base: str, variants: list[str], recipe: Recipe, opt
         raise UsageError(f"--base must be one of {', '.join(BASES)} (Table 2's halves and the small family)")
     if recipe.model_overrides:
         raise UsageError("the ablation builds each row's model by name; drop --model-overrides")
-    for v in ["base", *variants]:
-        folder = run_folder(out, v)
-        if os.path.isfile(os.path.join(folder, "metrics.json")) and \
-                os.path.isfile(os.path.join(folder, "model.safetensors")):
-            continue  # finished: never retrained
-        resume = os.path.isfile(os.path.join(folder, "checkpoint.safetensors"))
-        if on_run is not None:
-            on_run(v, resume)
-        fit(recipe.replace(model=model_name(base, v)), options.replace(out=folder), resume=resume,
-            progress=progress, on_logs=on_logs)
+    train_runs(out, {v: recipe.replace(model=model_name(base, v)) for v in ["base", *variants]}, options, progress,
+               on_logs, on_run)
     return collect(out, base, variants)

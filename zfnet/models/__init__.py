@@ -69,8 +69,11 @@ def _arch_builder(base: Arch, default_classes: int, transform=None):
                    input_size: int | None = None, conv_channels: tuple[int, ...] | None = None,
                    fc_units: int | tuple[int, int] | None = None, remove: tuple[str, ...] = (),
                    norm: bool = True, dropout: float | None = None, init: str | None = None,
-                   seed: int | None = None) -> ConvNet:
+                   seed: int | None = None, first_layer: tuple[int, int, int] | None = None) -> ConvNet:
         arch = transform(base) if transform else base
+        if first_layer is not None:  # (kernel, stride, padding) of conv1: Sec. 4.1's architecture selection
+            k, s, pad = (int(v) for v in first_layer)
+            arch = arch.with_(convs=(replace(arch.convs[0], kernel=k, stride=s, padding=pad), *arch.convs[1:]))
         if in_channels is not None:
             arch = arch.with_(in_channels=int(in_channels))
         if input_size is not None:
@@ -134,7 +137,8 @@ def build(name: str, num_classes: int | None = None, weights: str | os.PathLike 
     """Build model `name` (a registry name or 'torchvision:<name>'), optionally loading `weights`.
 
     Overrides for the Fig. 3 family: in_channels, input_size, conv_channels (5 ints), fc_units (int or pair),
-    remove (layer names), norm (contrast normalization on/off), dropout, init ('paper' | 'kaiming' | 'torch';
+    remove (layer names), first_layer ((kernel, stride, padding) of conv1, Sec. 4.1), norm (contrast
+    normalization on/off), dropout, init ('paper' | 'kaiming' | 'torch';
     default: the family's, 'paper' for zfnet/alexnet and 'kaiming' for the small family), seed. With `weights` and no `num_classes`, the class count is read from the file.
     """
     if weights is not None and num_classes is None:
