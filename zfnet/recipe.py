@@ -63,6 +63,7 @@ class Recipe:
     flip: bool = True
     snapshots: tuple[int, ...] | None = None  # epochs whose weights are kept (None: Fig. 4's, scaled)
     seed: int = 0
+    exclude: str | None = None  # exclusion list (image ids, `zfnet dedupe`): left out of training and validation
     limit_train: int | None = None  # use only the first N training images (quick runs, tests)
     limit_val: int | None = None
     deterministic: bool = True  # torch.use_deterministic_algorithms; CPU results are then bitwise repeatable

@@ -207,9 +207,9 @@ def open_training_data(recipe: Recipe, model: nn.Module, workers: int = 0, progr
     """Training and validation sets plus the preprocessing they were made with (the dataset kind fixes `fit`
     for a fresh model) and the training set's per-pixel mean image."""
     pp = default_preprocess(model)
-    train_set = zdata.open_dataset(recipe.data, recipe.train_split, pp).head(recipe.limit_train)
+    train_set = zdata.open_dataset(recipe.data, recipe.train_split, pp, recipe.exclude).head(recipe.limit_train)
     pp = train_set.preprocess  # now with the fit the data asks for
-    val_set = zdata.open_dataset(recipe.data, recipe.val_split, pp).head(recipe.limit_val)
+    val_set = zdata.open_dataset(recipe.data, recipe.val_split, pp, recipe.exclude).head(recipe.limit_val)
     if train_set.labels.dim() != 1:
         raise UsageError(f"{recipe.data} has multi-label targets; the Sec. 3 recipe trains a softmax on "
                          "single-label data")

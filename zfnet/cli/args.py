@@ -62,6 +62,8 @@ def add_data(p: argparse.ArgumentParser, required: bool = True, limit_default: i
     p.add_argument("--data", required=required, metavar="SPEC", help="dataset spec or image folder (see README)")
     p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
     p.add_argument("--limit", type=positive, default=limit_default, help="only the first N images")
+    p.add_argument("--exclude", metavar="FILE", help="leave out the images listed (ids, one per line: "
+                   "`zfnet dedupe`'s exclude.txt)")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

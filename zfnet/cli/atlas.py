@@ -44,7 +44,7 @@ def _atlas_run(args) -> int:
 
     check_output_dir(args.out)
     cfg = AtlasConfig(out=args.out, data=args.data, model=args.model, weights=args.weights,
-                      pretrained=args.pretrained, mean=args.mean, split=args.split,
+                      pretrained=args.pretrained, mean=args.mean, split=args.split, exclude=args.exclude,
                       layers=tuple(l for l in (args.layers or "").split(",") if l), k=args.k, mode=args.mode,
                       limit=args.limit, batch_size=args.batch_size, workers=args.workers,
                       panel_maps=args.panel_maps, evolution=args.evolution, evolution_maps=args.evolution_maps,
@@ -100,7 +100,7 @@ def _filters_run(args) -> int:
         max_resp = None
         if args.data:
             name = first_conv_layer(opened.model, layer_names(opened.model))
-            ds = zdata.open_dataset(args.data, args.split, opened.preprocess).head(args.limit)
+            ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude).head(args.limit)
             result = scan(opened.model, ds, opened.preprocess, [name], k=1, workers=0, progress=True)
             ds.check_readable()
             max_resp = result.top[name].values[0]

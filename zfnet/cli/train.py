@@ -82,7 +82,7 @@ def _evaluate_run(args) -> int:
     opened = [open_model(args.model, w, args.pretrained, dev, mean=args.mean, data=args.data, split=args.split,
                          workers=args.workers) for w in weights]
     nets, pp = [o.model for o in opened], opened[0].preprocess
-    dataset = zdata.open_dataset(args.data, args.split, pp).head(args.limit)
+    dataset = zdata.open_dataset(args.data, args.split, pp, args.exclude).head(args.limit)
     if dataset.labels.dim() != 1:
         raise UsageError(f"{args.data} is multi-label; top-k error needs single-label data")
     outputs = num_outputs(nets[0])

@@ -41,6 +41,7 @@ __all__ = [
     "mean_image",
     "open_dataset",
     "parse_spec",
+    "read_exclusions",
 ]
 
 
@@ -97,18 +98,32 @@ def default_split(spec: str) -> str:
     return DATASETS.get(kind).default_split
 
 
-def open_dataset(spec: str, split: str | None, preprocess: Preprocess) -> ImageSet:
+def read_exclusions(path: str) -> set[str]:
+    """An exclusion list: one image id per line (as `zfnet dedupe` writes it); '#' starts a comment."""
+    if not os.path.isfile(path):
+        raise UsageError(f"exclusion list {path!r} does not exist; pass the exclude.txt `zfnet dedupe` wrote")
+    with open(path, encoding="utf-8") as f:
+        return {line.split("#", 1)[0].strip() for line in f} - {""}
+
+
+def open_dataset(spec: str, split: str | None, preprocess: Preprocess, exclude: str | None = None) -> ImageSet:
     """Open split `split` (None: the dataset's default) of dataset `spec`, producing base squares for
     `preprocess`. A trained model's preprocessing keeps the `fit` it was trained with; only a preprocessing
     whose `fit` is still open (a fresh model about to be trained) takes the dataset kind's (digits pad,
-    photos resize). The set's `.preprocess` is the one its images were made with."""
+    photos resize). The set's `.preprocess` is the one its images were made with. `exclude`: an exclusion
+    list file (image ids, one per line) whose images are left out (Sec. 5.2's overlap removal)."""
     kind, arg = parse_spec(spec)
     k = DATASETS.get(kind)
     if k.needs_path and not arg:
         raise UsageError(f"dataset {kind!r} needs a folder: pass --data {kind}:DIR")
     if preprocess.fit is None:
         preprocess = replace(preprocess, fit=k.fit)
-    return k.loader(split or default_split(spec), preprocess, arg)
+    ds = k.loader(split or default_split(spec), preprocess, arg)
+    if exclude:
+        ds = ds.without(read_exclusions(exclude))
+        if len(ds) == 0:
+            raise UsageError(f"the exclusion list {exclude!r} removes every image of {spec} split {ds.split!r}")
+    return ds
 
 
 # --- per-pixel mean image (Sec. 3) ---------------------------------------------------------------------

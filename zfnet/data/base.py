@@ -48,6 +48,26 @@ class ImageSet(torch.utils.data.Dataset):
                 setattr(sub, attr, getattr(self, attr)[:n])
         return sub
 
+    def subset(self, keep) -> ImageSet:
+        """The images at indices `keep` (in that order), as a set of the same kind; ids are kept."""
+        import copy
+
+        keep = [int(i) for i in keep]
+        sub = copy.copy(self)
+        sub._ids = [self.image_id(i) for i in keep]
+        sub.labels = self.labels[keep] if keep else self.labels[:0]
+        if getattr(self, "bases", None) is not None:
+            sub.bases = self.bases[keep] if keep else self.bases[:0]
+        if getattr(self, "files", None) is not None:
+            sub.files = [self.files[i] for i in keep]
+        sub.skipped = {}
+        return sub
+
+    def without(self, ids: set[str]) -> ImageSet:
+        """The set less the images whose id is in `ids` (an exclusion list, e.g. from `zfnet dedupe`)."""
+        keep = [i for i in range(len(self)) if self.image_id(i) not in ids]
+        return self if len(keep) == len(self) else self.subset(keep)
+
     def describe(self) -> dict:
         return {"name": self.name, "split": self.split, "images": len(self), "classes": len(self.classes)}
 
@@ -125,7 +145,8 @@ class FileImageSet(ImageSet):
         return read_image(os.path.join(self.root, self.files[i]), self.preprocess)
 
     def image_id(self, i: int) -> str:
-        return self.files[i]
+        ids = getattr(self, "_ids", None)
+        return ids[i] if ids is not None else self.files[i]
 
 
 MAX_PIXELS = 100_000_000  # larger images are refused (PIL's decompression-bomb guard, made a clear error)

@@ -46,6 +46,7 @@ class AtlasConfig:
     pretrained: bool = False
     mean: str | None = None  # None: the weights' stored mean; "data", "none" or a file (see checkpoints)
     split: str | None = None  # None: the dataset's evaluation split
+    exclude: str | None = None  # exclusion list file (image ids) left out of the scan
     layers: tuple[str, ...] = ()  # () = conv1..conv5 (or every conv layer)
     k: int = 9  # top-k per map (Fig. 2: 9)
     mode: str = "deconvnet"
@@ -110,7 +111,7 @@ def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:
     opened = open_model(cfg.model, cfg.weights, cfg.pretrained, dist.device, cfg.seed, cfg.mean, cfg.data, cfg.split,
                         cfg.workers)
     model, pp = opened.model, opened.preprocess
-    dataset = zdata.open_dataset(cfg.data, cfg.split, pp).head(cfg.limit)
+    dataset = zdata.open_dataset(cfg.data, cfg.split, pp, cfg.exclude).head(cfg.limit)
     layers = list(cfg.layers) or default_layers(model)
     for layer in layers:
         resolve_layer(model, layer)  # an unknown layer is refused before anything is written
