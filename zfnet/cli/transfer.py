@@ -1,0 +1,69 @@
+"""`zfnet transfer` (Sec. 5.2, Tables 3-5, Fig. 7) and `zfnet layerprobe` (Sec. 5.3, Table 6)."""
+from __future__ import annotations
+
+import json
+import os
+
+from .args import add_device, add_model, positive
+from .registry import command
+
+
+def _common(p) -> None:
+    add_model(p)
+    p.add_argument("--data", required=True, metavar="SPEC", help="the target dataset (caltech101:DIR, mnist5k, ...)")
+    p.add_argument("--split", help="the split the folds are drawn from (Caltech: all)")
+    p.add_argument("--exclude", metavar="FILE", help="leave out the images listed (`zfnet dedupe`)")
+    p.add_argument("--protocol", default="folds", help="caltech101, caltech256, pascal2012 or folds")
+    p.add_argument("--folds", type=positive, default=5)
+    p.add_argument("--test-per-class", type=positive, help="test images per class (default: the protocol's)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_device(p)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _transfer_args(p) -> None:
+    _common(p)
+    p.add_argument("--per-class", default=None, help="comma-separated training images per class (default: the "
+                   "protocol's, e.g. 15,30)")
+    p.add_argument("--layer", default="fc7", help="the fixed features the softmax is trained on (layer 7)")
+    p.add_argument("--scratch-epochs", type=positive, default=30, help="epochs of the from-scratch rows")
+    p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch rows")
+
+
+@command("transfer", "fixed layers 1-7 + a new softmax on another dataset, vs the same net trained from scratch "
+         "(Sec. 5.2, Tables 3-5, Fig. 7)",
+         "zfnet transfer --pretrained --data mnist5k --split trainval --per-class 1,2,5,10,15,30 --out tr\n"
+         "  zfnet transfer --model zfnet --weights zf.safetensors --data caltech101:/data/caltech --protocol "
+         "caltech101 --out tr101", arguments=_transfer_args)
+def _transfer_run(args) -> int:
+    from ..pipelines.transfer import run_transfer
+    from .args import positive as _pos
+
+    per = [_pos(v) for v in args.per_class.split(",")] if args.per_class else None
+    r = run_transfer(args.out, args.data, args.protocol, per, args.folds, args.model, args.weights, args.pretrained,
+                     args.mean, args.split, args.layer, args.scratch_epochs, args.no_scratch, args.test_per_class,
+                     args.exclude, args.device, not args.no_progress)
+    print(json.dumps({"out": args.out, "table": os.path.join(args.out, "table.md"),
+                      "summary": {k: round(v["mean"], 4) for k, v in r.get("summary", {}).items()}}, indent=2))
+    return 0
+
+
+def _probe_args(p) -> None:
+    _common(p)
+    p.add_argument("--per-class", type=positive, help="training images per class (default: the protocol's largest)")
+    p.add_argument("--layers", help="comma-separated layers (default: 1-7 = conv1-conv5, fc6, fc7)")
+
+
+@command("layerprobe", "a linear SVM and a softmax on each layer's features (Sec. 5.3, Table 6)",
+         "zfnet layerprobe --pretrained --data mnist5k --split trainval --per-class 30 --out probe",
+         arguments=_probe_args)
+def _probe_run(args) -> int:
+    from ..pipelines.transfer import run_layerprobe
+
+    layers = [l for l in args.layers.split(",") if l] if args.layers else None
+    r = run_layerprobe(args.out, args.data, args.protocol, args.per_class, args.folds, args.model, args.weights,
+                       args.pretrained, args.mean, args.split, layers, args.test_per_class, args.exclude, args.device,
+                       not args.no_progress)
+    print(json.dumps({"out": args.out, "table": os.path.join(args.out, "table.md"),
+                      "summary": {k: round(v["mean"], 4) for k, v in r["summary"].items()}}, indent=2))
+    return 0

@@ -1,0 +1,184 @@
+"""Feature generalization (Sec. 5.2, Tables 3-5, Fig. 7) and per-layer probes (Sec. 5.3, Table 6).
+
+Transfer: keep layers 1-7 of a trained model fixed and train a new softmax on the target's training images;
+the features (layer 7's rectified output) are extracted once per image and reused by every fold and
+classifier. "From scratch" (the paper's non-pretrained rows): the same architecture with every layer reset to
+random and trained, softmax included, on the same training images (Sec. 3's SGD recipe, `scratch_epochs`).
+
+Protocols (Sec. 5.2): for each of `folds` folds (seeded by the fold number), every class's images are shuffled;
+the first `per_class` train, and up to `test_per_class` of the rest test (Caltech-101: 15 or 30 train, up to
+50 test; Caltech-256: 15/30/45/60 train, up to 25 test). The score is the mean of the per-class accuracies,
+reported as mean +- std over the folds. PASCAL 2012 (Table 5): a 20-way softmax on the label matrix (targets:
+each image's positive classes, equally weighted) trained on `train` and tested on `val`; per-class average
+precision, 'difficult only' (0) entries left out of that class's AP, and their mean.
+
+Per-layer probes (Table 6): a linear SVM (scikit-learn `LinearSVC`) and a softmax on the features of each of
+layers 1 ... 7 (rectified outputs, flattened), all layers from one forward per image, same protocol.
+The softmax is scikit-learn's multinomial `LogisticRegression` (L2, C = 1) on standardized features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import data as zdata
+from .. import models
+from ..errors import UsageError
+from ..layers import features
+from ..runtime import eval_mode
+
+PROTOCOLS = {  # name -> (default training images per class, test images per class)
+    "caltech101": ((15, 30), 50),
+    "caltech256": ((15, 30, 45, 60), 25),
+    "folds": ((15, 30), 50),
+    "pascal2012": ((), 0),
+}
+
+
+def extract(model: nn.Module, ds: zdata.ImageSet, pp: zdata.Preprocess, layers: list[str], batch_size: int = 256,
+            workers: int = 0, device: torch.device | str = "cpu", progress: bool = True) -> tuple[dict, torch.Tensor]:
+    """Every layer's features for every readable image, from one forward per image: ({layer: N x D}, indices)."""
+    out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
+    kept = []
+    with torch.no_grad(), eval_mode(model):
+        for bases, _, idx in zdata.batches(ds, zdata.chunked(range(len(ds)), batch_size), workers=workers,
+                                           progress=progress, desc="features"):
+            f = features(model, pp.eval_input(bases.to(device)), layers)
+            for l in layers:
+                out[l].append(f[l].flatten(1).cpu())
+            kept.append(idx)
+    return {l: torch.cat(v) for l, v in out.items()}, torch.cat(kept)
+
+
+def folds_split(labels: np.ndarray, per_class: int, test_per_class: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, test positions) of one fold: per class, `per_class` train and up to `test_per_class`
+    test of the rest, shuffled with the fold as seed."""
+    rng = np.random.default_rng(fold)
+    tr, te = [], []
+    for c in np.unique(labels):
+        where = rng.permutation(np.nonzero(labels == c)[0])
+        if len(where) <= per_class:
+            raise UsageError(f"class {int(c)} has {len(where)} images; {per_class} per class for training leaves "
+                             "none to test - lower --per-class")
+        tr.append(where[:per_class])
+        te.append(where[per_class:per_class + test_per_class])
+    return np.concatenate(tr), np.concatenate(te)
+
+
+def mean_class_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
+
+
+def softmax_classifier(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed)).fit(
+        x_train, y_train)
+
+
+def svm_classifier(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    return make_pipeline(StandardScaler(), LinearSVC(C=1.0, max_iter=5000, random_state=seed)).fit(x_train, y_train)
+
+
+CLASSIFIERS = {"softmax": softmax_classifier, "svm": svm_classifier}
+
+
+@dataclass
+class FoldScores:
+    """Mean per-class accuracy for every fold, per (classifier or source, layer, training images per class)."""
+
+    scores: dict[str, list[float]] = field(default_factory=dict)  # "softmax/fc7/15" -> per-fold accuracy
+
+    def add(self, key: str, value: float) -> None:
+        self.scores.setdefault(key, []).append(value)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                    "folds": v} for k, v in self.scores.items()}
+
+
+def probe(feats: dict[str, torch.Tensor], labels: np.ndarray, per_class: list[int], test_per_class: int,
+          folds: int, classifiers: list[str], layers: list[str] | None = None) -> FoldScores:
+    """Train each classifier on each layer's fixed features for every fold and training-set size."""
+    out = FoldScores()
+    for n in per_class:
+        for f in range(folds):
+            tr, te = folds_split(labels, n, test_per_class, f)
+            for layer in layers or list(feats):
+                x = feats[layer].numpy()
+                for name in classifiers:
+                    clf = CLASSIFIERS[name](x[tr], labels[tr], f)
+                    out.add(f"{name}/{layer}/{n}", mean_class_accuracy(clf.predict(x[te]), labels[te]))
+    return out
+
+
+def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Preprocess, labels: np.ndarray,
+            positions: np.ndarray, per_class: list[int], test_per_class: int, folds: int, epochs: int = 30,
+            lr: float = 1e-2, batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0) -> FoldScores:
+    """The paper's non-pretrained rows: the architecture at random, trained on each fold's training images."""
+    from ..recipe import Recipe
+    from ..runtime import Dist
+    from ..train import epoch_plan, predict, train_one_epoch
+
+    out = FoldScores()
+    recipe = Recipe(model=model_name, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    dist = Dist(device=torch.device(device))
+    for n in per_class:
+        for f in range(folds):
+            tr, te = folds_split(labels, n, test_per_class, f)
+            torch.manual_seed(seed * 1000 + f)
+            net = models.build(model_name, num_classes=num_classes).to(device)
+            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+            train_set = ds.subset(positions[tr])
+            for e in range(epochs):
+                plan = epoch_plan(len(train_set), e + 1, recipe, pp)
+                train_one_epoch(net, opt, train_set, pp, plan, recipe, dist, e + 1, progress=False)
+            test_set = ds.subset(positions[te])
+            probs = predict([net.eval()], test_set.in_memory() if test_set.in_memory() is not None else
+                            torch.stack([test_set.base(i) for i in range(len(test_set))]), pp, False, dist.device)
+            out.add(f"scratch/{n}", mean_class_accuracy(probs.argmax(1).cpu().numpy(), labels[te]))
+    return out
+
+
+def pascal(feats: torch.Tensor, label_matrix: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray,
+           classes: list[str]) -> dict[str, float]:
+    """Table 5: a softmax over the 20 classes on the label matrix (1 present, 0 difficult only, -1 absent);
+    per-class average precision on the test images, 'difficult only' entries left out of that class's AP."""
+    from sklearn.metrics import average_precision_score
+
+    x = feats.numpy()
+    y = label_matrix
+    targets = (y[train_pos] > 0).astype(np.float64)
+    keep = targets.sum(1) > 0
+    net = nn.Linear(x.shape[1], len(classes)).double()
+    opt = torch.optim.LBFGS(net.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+    mu, sd = x[train_pos].mean(0), x[train_pos].std(0) + 1e-6
+    xt = torch.from_numpy((x[train_pos][keep] - mu) / sd).double()
+    tt = torch.from_numpy(targets[keep] / targets[keep].sum(1, keepdims=True))
+
+    def closure():
+        opt.zero_grad()
+        loss = -(tt * torch.log_softmax(net(xt), 1)).sum(1).mean() + 1e-4 * net.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        scores = torch.softmax(net(torch.from_numpy((x[test_pos] - mu) / sd).double()), 1).numpy()
+    ap = {}
+    for k, c in enumerate(classes):
+        yk = y[test_pos, k]
+        use = yk != 0
+        if (yk[use] > 0).any():
+            ap[c] = float(average_precision_score(yk[use] > 0, scores[use, k]))
+    ap["mean"] = float(np.mean(list(ap.values()))) if ap else float("nan")
+    return ap
