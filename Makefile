@@ -25,6 +25,7 @@ bench:
 	$(BIN)/python bench/deconv.py --json bench/results/deconv.json
 	$(BIN)/python bench/atlas.py --json bench/results/atlas.json
 	$(BIN)/python bench/occlusion.py --json bench/results/occlusion.json
+	$(BIN)/python bench/dedupe.py --json bench/results/dedupe.json
 
 clean:
 	rm -rf atlas-fm .pytest_cache
