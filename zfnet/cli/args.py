@@ -6,26 +6,20 @@ import argparse
 from ..methods.deconvnet import MODES
 
 
-def positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
+def _at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} must be at least {lo}" if lo else f"{v} must be 0 or more")
+        return v
+    return parse
 
 
-def nonnegative(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
-    return v
+positive = _at_least(1)  # argparse type: an integer >= 1
+nonnegative = _at_least(0)  # argparse type: an integer >= 0
 
 
 def port(text: str) -> int:

@@ -23,6 +23,16 @@ def _recipe_flags(p) -> None:
                            help=text)
 
 
+def _resolve(args, model_default: str | None = None):
+    """(recipe, run options) from --recipe FILE and the recipe flags."""
+    from ..recipe import Recipe, RunOptions, resolve_run
+
+    flags = {f.name: getattr(args, f.name) for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)}
+    if model_default is not None:
+        flags["model"] = flags["model"] or model_default
+    return resolve_run(args.recipe, flags)
+
+
 def _train_args(p) -> None:
     p.add_argument("--recipe", metavar="FILE", help="recipe overrides (JSON or TOML); flags override the file")
     p.add_argument("--resume", action="store_true", help="continue the run found in --out")
@@ -37,11 +47,9 @@ def _train_args(p) -> None:
          arguments=_train_args)
 def _train_run(args) -> int:
     from ..io import check_output_dir
-    from ..recipe import Recipe, RunOptions, resolve_run
     from ..pipelines.train import train
 
-    names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
-    recipe, options = resolve_run(args.recipe, {n: getattr(args, n) for n in names})
+    recipe, options = _resolve(args)
     check_output_dir(options.out)
     result = train(recipe, options, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -126,13 +134,10 @@ def _ablate_args(p) -> None:
 def _ablate_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.ablation import run_ablation
-    from ..recipe import Recipe, RunOptions, resolve_run
 
-    names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
-    flags = {n: getattr(args, n) for n in names}
-    if flags.pop("model", None):
+    if args.model:
         raise UsageError("ablate builds each row's model from --base and --variants; drop --model")
-    recipe, options = resolve_run(args.recipe, flags)
+    recipe, options = _resolve(args)
     if not args.out:
         raise UsageError("pass --out DIR (the ablation's folder)")
     check_output_dir(options.out)
@@ -157,12 +162,8 @@ def _archselect_args(p) -> None:
 def _archselect_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.archselect import run_archselect
-    from ..recipe import Recipe, RunOptions, resolve_run
 
-    names = [f.name for cls in (Recipe, RunOptions) for f in dataclasses.fields(cls)]
-    flags = {n: getattr(args, n) for n in names}
-    flags["model"] = flags["model"] or "zfnet-small"
-    recipe, options = resolve_run(args.recipe, flags)
+    recipe, options = _resolve(args, model_default="zfnet-small")
     if not args.out:
         raise UsageError("pass --out DIR (the experiment's folder)")
     if recipe.model.startswith("torchvision:"):

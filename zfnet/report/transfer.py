@@ -37,7 +37,7 @@ def _paper(v) -> str:
 def transfer_markdown(summary: dict, per_class: list[int], layer: str, title: str, protocol: str) -> str:
     head = " | ".join(f"Acc % {n}/class" for n in per_class)
     lines = [f"### {title}", "", f"| # Train | {head} |", "|---|" + "---|" * len(per_class),
-             f"| Non-pretrained convnet (trained from scratch) | "
+             "| Non-pretrained convnet (trained from scratch) | "
              + " | ".join(_cell(summary.get(f"scratch/{n}")) for n in per_class) + " |",
              f"| Pretrained convnet, softmax on {layer} | "
              + " | ".join(_cell(summary.get(f"softmax/{layer}/{n}")) for n in per_class) + " |", ""]
