@@ -7,6 +7,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+import textwrap
+
 from ..io import atomic_save_figure
 
 PAPER_TABLE3 = {"Bo et al. [3]": (None, (81.4, 0.33)), "Yang et al. [37]": ((73.2, None), (84.3, None)),
@@ -64,7 +66,7 @@ def fig7(summary: dict, per_class: list[int], layer: str, path: str, title: str)
             ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=label)
     ax.set_xlabel("training images per class")
     ax.set_ylabel("mean per-class accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -94,7 +96,7 @@ def probe_plot(summary: dict, layers: list[str], per_class: int, path: str, titl
     ax.set_xticklabels([f"{i}\n{l}" for i, l in zip(xs, layers)])
     ax.set_xlabel("layer whose features are classified")
     ax.set_ylabel("mean per-class accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
