@@ -42,7 +42,7 @@ def main() -> int:
         ours.append(m.comparisons / m.compare_seconds)
         t0 = time.perf_counter()
         for blk, _ in blocks:
-            s = db @ blk.t()
+            db @ blk.t()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         bare.append(m.comparisons / (time.perf_counter() - t0))

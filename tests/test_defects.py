@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import run_cli
 from PIL import Image
-from safetensors.torch import save_file
 
 from zfnet import models
 from zfnet.checkpoints import save_weights
