@@ -6,7 +6,8 @@ modes, in one run, on the same images, windows, strides and fill.
       class everywhere and its p(true) maps would be flat), 32 px window, stride 8: 25 x 25 = 625 positions
   the embedded Fashion-MNIST model at the README's figure settings (8 px window, stride 2): 11 x 11 positions
 
-Captum is run with the best `perturbations_per_eval` of a small sweep (timed on one image). Prints seconds per
+Captum is run with the best `perturbations_per_eval` of a small sweep (timed on one image). Approx is Krypton's
+projective-field threshold (--tau 0.5) with adaptive drill-down (--drill 0.25). Prints seconds per
 image (the p(true) and activity maps; the deconvnet projection (c), which Captum does not make, is timed apart),
 the ratios to Captum, and how far approx is from exact (SSIM of the p(true) and of the activity maps).
 
@@ -50,7 +51,8 @@ def captum_seconds(model, x, target, window, stride, ppe) -> float:
     return time.perf_counter() - t0
 
 
-def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep) -> dict:
+def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep,
+          drill: float = 0.25) -> dict:
     model.eval()
     with torch.no_grad():
         targets = model(images).argmax(1).tolist()
@@ -62,7 +64,7 @@ def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau:
         rows["captum"].append(captum_seconds(model, x, t, window, stride, best))
         results = {}
         for mode in ("naive", "exact", "approx"):
-            results[mode] = occlusion(model, x, t, window, stride, 0.0, "conv5", mode, tau)
+            results[mode] = occlusion(model, x, t, window, stride, 0.0, "conv5", mode, tau, drill=drill)
             rows[mode].append(results[mode].seconds)
         d = deviation(results["approx"], results["exact"])
         d["exact_vs_naive_max_abs_prob"] = float((results["exact"].prob - results["naive"].prob).abs().max())
@@ -71,7 +73,7 @@ def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau:
               + f"; approx SSIM {d['ssim_prob']:.4f} (p), {d['ssim_activity']:.4f} (activity)", flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     n_pos = results["exact"].prob.numel()
-    out = {"model": name, "window": window, "stride": stride, "positions": n_pos, "tau": tau,
+    out = {"model": name, "window": window, "stride": stride, "positions": n_pos, "tau": tau, "drill": drill,
            "captum_perturbations_per_eval": best, "seconds_per_image": med,
            "speedup_vs_captum": {k: med["captum"] / med[k] for k in ("naive", "exact", "approx")},
            "approx_ssim_min": min(d["ssim_prob"] for d in devs),
@@ -91,6 +93,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--tau", type=float, default=0.5, help="approx: Krypton's projective-field threshold")
+    ap.add_argument("--drill", type=float, default=0.25, help="approx: adaptive drill-down share")
     ap.add_argument("--taus", default="", help="also time approx at these comma-separated thresholds")
     ap.add_argument("--quick", action="store_true", help="skip the perturbations_per_eval sweep")
     ap.add_argument("--json")
@@ -101,14 +104,14 @@ def main() -> int:
     images = smooth_images(args.images, 224, 3)
     with torch.no_grad():
         zf.fc8.weight.mul_(2.0 / float(zf(images).std()))
-    res = {"zfnet-224": bench("zfnet-224", zf, images, 32, 8, args.tau, sweep)}
+    res = {"zfnet-224": bench("zfnet-224", zf, images, 32, 8, args.tau, sweep, args.drill)}
     from zfnet import data as zdata
     from zfnet import pretrained
 
     p = pretrained()
     test = zdata.open_dataset("fashion-mnist", "test", p.preprocess).head(args.images)
     res["embedded"] = bench("embedded (zfnet-small 28 px)", p.model, p.preprocess.eval_input(test.bases), 8, 2,
-                            args.tau, sweep)
+                            args.tau, sweep, args.drill)
     return finish({"results": res}, args.json)
 
 

@@ -86,8 +86,11 @@ def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
     model = models.build("alexnet", seed=0).eval()
     x = torch.randn(3, 224, 224) * 60
     exact = occlusion(model, x, window=32, stride=64, mode="exact")
-    full = occlusion(model, x, window=32, stride=64, mode="approx", tau=1.0)
+    full = occlusion(model, x, window=32, stride=64, mode="approx", tau=1.0, drill=None)
     torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
+    drilled = occlusion(model, x, window=32, stride=64, mode="approx", tau=1.0, drill=1.0)  # every position computed
+    torch.testing.assert_close(drilled.prob, exact.prob, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(drilled.activity, exact.activity, rtol=1e-5, atol=1e-3)
     capped = occlusion(model, x, window=32, stride=64, mode="approx", tau=0.3, compare_exact=True)
     d = capped.deviation
     assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "ssim_activity", "top_class_agreement"}

@@ -23,6 +23,8 @@ def _occlusion_args(p) -> None:
     p.add_argument("--mode", default="exact", choices=("exact", "naive", "approx"),
                    help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold")
     p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
+    p.add_argument("--drill", type=float, default=0.25, help="approx: share of the in-between positions computed "
+                   "after the coarse pass (adaptive drill-down; 1 = all)")
     p.add_argument("--compare-exact", action="store_true", help="approx: also run exact and report the deviation")
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
@@ -42,7 +44,7 @@ def _occlusion_run(args) -> int:
     check_output_dir(args.out)
     result = run_occlusion(args.out, args.image, args.label, args.data, args.split, args.index, args.model,
                            args.weights, args.pretrained, args.mean, args.window, args.stride, args.fill,
-                           args.layer, args.mode, args.tau, args.compare_exact, args.device,
+                           args.layer, args.mode, args.tau, args.compare_exact, args.device, args.drill,
                            progress=not args.no_progress)
     print(json.dumps({"out": args.out, "json": os.path.join(args.out, "occlusion.json"),
                       "figures": [r["figure"] for r in result["images"]],

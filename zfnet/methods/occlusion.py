@@ -17,9 +17,11 @@ Modes:
           that region alone, and fully-connected layers run in full. Equal to `naive` up to float rounding.
           A model that is not a chain of such modules (a ResNet's additions, functional ops between modules)
           falls back to whole forwards; a module it does not know makes the rest of the chain run in full.
-  approx  as exact, but the changed region may grow to at most `tau` of each layer's map (Krypton's projective
-          field threshold); outside it the unoccluded values are used. The result says how far it is from exact
-          when asked (`compare_exact=True`).
+  approx  Krypton's two approximations on top of exact: the changed region may grow to at most `tau` of each
+          layer's map (projective-field threshold; outside it the unoccluded values are used), and adaptive
+          drill-down: every other grid position is occluded first, the positions in between are interpolated,
+          and the `drill` share of them where p(target) changes most around them is computed (drill=None: all
+          positions). The result says how far it is from exact when asked (`compare_exact=True`).
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class OcclusionResult:
     fill: float
     mode: str
     tau: float | None = None
+    drill: float | None = None
     seconds: float = 0.0
     deviation: dict = field(default_factory=dict)  # approx vs exact, when compared
 
@@ -74,7 +77,8 @@ class OcclusionResult:
             "channel_position": list(self.channel_position) if self.channel_position else None,
             "target": self.target, "base_prob": self.base_prob, "base_activity": self.base_activity,
             "base_class": self.base_class, "window": self.window, "stride": self.stride, "fill": self.fill,
-            "mode": self.mode, "tau": self.tau, "seconds": self.seconds, "deviation": self.deviation,
+            "mode": self.mode, "tau": self.tau, "drill": self.drill, "seconds": self.seconds,
+            "deviation": self.deviation,
             "ys": self.ys.tolist(), "xs": self.xs.tolist(), "activity": self.activity.tolist(),
             "prob": self.prob.tolist(), "top_class": self.top_class.tolist(), "top_prob": self.top_prob.tolist(),
         }
@@ -270,12 +274,14 @@ def _incremental_batch(steps: list[_Step], feature_step: int, channel: int, box:
 def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, window: int = 32, stride: int = 8,
               fill: float = 0.0, layer: str = "conv5", mode: str = "exact", tau: float = 0.5,
               batch_size: int | None = None, compare_exact: bool = False,
-              projection_mode: str = "deconvnet") -> OcclusionResult:
+              projection_mode: str = "deconvnet", drill: float | None = 0.25) -> OcclusionResult:
     """Fig. 6 for one preprocessed image (C x H x W or 1 x C x H x W): see the module docstring."""
     if mode not in MODES:
         raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < tau <= 1:
         raise UsageError(f"tau {tau} must be in (0, 1]")
+    if drill is not None and not 0 <= drill <= 1:
+        raise UsageError(f"drill {drill} must be in [0, 1] (the share of in-between positions computed)")
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise UsageError(f"occlusion takes one image (C x H x W), got shape {tuple(image.shape)}")
@@ -298,36 +304,97 @@ def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, 
         channel = int(feat_out[0].flatten(1).max(1).values.argmax())
         where = int(feat_out[0, channel].argmax())
         cpos = (where // feat_out.shape[-1], where % feat_out.shape[-1])
-        grid = [(y, xx) for y in ys for xx in xs]
         run_mode = mode if feature_step is not None else "naive"  # not a chain: whole forwards
         bs = batch_size or max(1, min(256, (64 * 224 * 224) // (h * w)))
-        out_logits, activity = [], []
-        for s in range(0, len(grid), bs):
-            part = grid[s:s + bs]
-            if run_mode == "naive":
-                lg, act = _naive_batch(model, feat, x, part, window, fill, channel)
-            else:
-                box = torch.tensor([[y, xx, window, window] for y, xx in part])
-                patch = x.new_full((len(part), c_in, window, window), fill)
-                lg, act = _incremental_batch(steps, feature_step, channel, box, patch,
-                                             tau if run_mode == "approx" else None)
-            out_logits.append(lg.float())
-            activity.append(act.float())
-        p = F.softmax(torch.cat(out_logits), 1)
+
+        def evaluate(cells: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+            """(probabilities, activity) for grid cells (i, j), i.e. occluders at (ys[i], xs[j])."""
+            out_logits, activity = [], []
+            for s in range(0, len(cells), bs):
+                part = [(ys[i], xs[j]) for i, j in cells[s:s + bs]]
+                if run_mode == "naive":
+                    lg, act = _naive_batch(model, feat, x, part, window, fill, channel)
+                else:
+                    box = torch.tensor([[y, xx, window, window] for y, xx in part])
+                    patch = x.new_full((len(part), c_in, window, window), fill)
+                    lg, act = _incremental_batch(steps, feature_step, channel, box, patch,
+                                                 tau if run_mode == "approx" else None)
+                out_logits.append(lg.float())
+                activity.append(act.float())
+            return F.softmax(torch.cat(out_logits), 1), torch.cat(activity)
+
+        shape = (len(ys), len(xs))
+        if run_mode == "approx" and drill is not None:
+            p, act = _drill_down(evaluate, shape, target, drill)
+        else:
+            p, act = evaluate([(i, j) for i in range(shape[0]) for j in range(shape[1])])
+            p, act = p.view(*shape, -1), act.view(shape)
     seconds = time.perf_counter() - started
-    top_prob, top_class = p.max(1)
-    shape = (len(ys), len(xs))
+    top_prob, top_class = p.max(-1)
     with Deconvnet(model, mode=projection_mode) as dn:
         projection = dn.project(x, layer, channel, position=cpos)[0]
     result = OcclusionResult(
-        torch.tensor(ys), torch.tensor(xs), torch.cat(activity).view(shape).cpu(), p[:, target].view(shape).cpu(),
-        top_class.view(shape).cpu(), top_prob.view(shape).cpu(), projection.cpu(), layer, channel, cpos, target,
+        torch.tensor(ys), torch.tensor(xs), act.cpu(), p[..., target].cpu(),
+        top_class.cpu(), top_prob.cpu(), projection.cpu(), layer, channel, cpos, target,
         float(probs[target]), float(feat_out[0, channel].sum()), base_class, window, stride, float(fill), run_mode,
-        tau if run_mode == "approx" else None, seconds)
+        tau if run_mode == "approx" else None, drill if run_mode == "approx" else None, seconds)
     if compare_exact and run_mode == "approx":
-        exact = occlusion(model, image, target, window, stride, fill, layer, "exact", batch_size=batch_size)
+        exact = occlusion(model, image, target, window, stride, fill, layer, "exact", batch_size=batch_size,
+                          drill=None)
         result.deviation = deviation(result, exact)
     return result
+
+
+def _drill_down(evaluate, shape: tuple[int, int], target: int, drill: float):
+    """Krypton's adaptive drill-down: occlude at every other grid position first (and the last row and column),
+    fill the positions in between by bilinear interpolation, then compute the `drill` share of them whose
+    neighbourhood changes p(target) the most. Returns (n_y x n_x x classes probabilities, n_y x n_x activity)."""
+    n_y, n_x = shape
+    rows = sorted(set(range(0, n_y, 2)) | {n_y - 1})
+    cols = sorted(set(range(0, n_x, 2)) | {n_x - 1})
+    coarse = [(i, j) for i in rows for j in cols]
+    pc, ac = evaluate(coarse)
+    k = pc.shape[1]
+    grid_p = pc.view(len(rows), len(cols), k).permute(2, 0, 1)[None]  # 1 x K x r x c
+    grid_a = ac.view(1, 1, len(rows), len(cols))
+    # bilinear in grid-index space: coarse rows/cols sit at their indices (not necessarily evenly spaced at the end)
+    ri = torch.tensor(rows, dtype=torch.float)
+    ci = torch.tensor(cols, dtype=torch.float)
+
+    def coords(idx, n):
+        pos = torch.arange(n, dtype=torch.float)
+        hi = torch.searchsorted(idx, pos).clamp(1, len(idx) - 1) if len(idx) > 1 else torch.zeros(n, dtype=torch.long)
+        lo = (hi - 1).clamp(min=0)
+        span = (idx[hi] - idx[lo]).clamp(min=1)
+        return lo, hi, ((pos - idx[lo]) / span).clamp(0, 1)
+
+    (r0, r1, fr), (c0, c1, fc) = coords(ri, n_y), coords(ci, n_x)
+
+    def interp(g):
+        top = g[..., r0, :][..., :, c0] * (1 - fc) + g[..., r0, :][..., :, c1] * fc
+        bot = g[..., r1, :][..., :, c0] * (1 - fc) + g[..., r1, :][..., :, c1] * fc
+        return top * (1 - fr[:, None]) + bot * fr[:, None]
+
+    p = interp(grid_p)[0].permute(1, 2, 0).contiguous()  # n_y x n_x x K
+    act = interp(grid_a)[0, 0]
+    # how much p(target) changes around each in-between position: the range over its coarse neighbours
+    t = grid_p[0, target]
+    corners = torch.stack([t[r0][:, c0], t[r0][:, c1], t[r1][:, c0], t[r1][:, c1]])
+    score = corners.amax(0) - corners.amin(0)
+    is_coarse = torch.zeros(shape, dtype=torch.bool)
+    is_coarse[torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = True
+    score[is_coarse] = float("-inf")
+    between = int((~is_coarse).sum())
+    n_fine = int(round(drill * between))
+    if n_fine:
+        flat = score.flatten().topk(n_fine).indices
+        cells = [(int(f) // n_x, int(f) % n_x) for f in flat]
+        pf, af = evaluate(cells)
+        for (i, j), pv, av in zip(cells, pf, af):
+            p[i, j], act[i, j] = pv, av
+    for (i, j), pv, av in zip(coarse, pc, ac):  # computed positions keep their exact values
+        p[i, j], act[i, j] = pv, av
+    return p, act
 
 
 def _feature_output(model: nn.Module, feat: nn.Module, x: torch.Tensor) -> torch.Tensor:

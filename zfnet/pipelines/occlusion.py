@@ -20,7 +20,8 @@ def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data
                   split: str | None = None, indices: list[int] = (), model: str | None = None,
                   weights: str | None = None, pretrained: bool = False, mean: str | None = None,
                   window: int = 32, stride: int = 8, fill: float = 0.0, layer: str = "conv5", mode: str = "exact",
-                  tau: float = 0.5, compare_exact: bool = False, device: str = "auto", progress: bool = True) -> dict:
+                  tau: float = 0.5, compare_exact: bool = False, device: str = "auto", drill: float = 0.25,
+                  progress: bool = True) -> dict:
     """Fig. 6 for each image file (`images`, with optional `labels`) and each dataset image (`indices` of
     `data`/`split`, labelled by the dataset)."""
     pil = check_files(images)  # unreadable images are refused before the model is loaded
@@ -36,7 +37,7 @@ def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data
     with bar(total=len(items), desc="occlusion", unit="image", disable=not progress) as pbar:
         for k, (name, x, label) in enumerate(items):
             res = occlusion(opened.model, x.to(dev), label, window, stride, fill, layer, mode, tau,
-                            compare_exact=compare_exact)
+                            compare_exact=compare_exact, drill=drill)
             figure = f"occlusion-{k}.png"
             occlusion_figure(res, pp.display(x[None])[0].cpu(), classes, os.path.join(out, figure),
                              title=f"{name}: Fig. 6 ({opened.name}, {res.mode})")
@@ -46,6 +47,7 @@ def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data
     result = {
         "method": "occlusion (Sec. 4.2, Fig. 6)",
         "settings": {"window": window, "stride": stride, "fill": fill, "layer": layer, "mode": mode, "tau": tau,
+                     "drill": drill,
                      "positions": "top-left corners 0, S, 2S, ... <= H - W, plus the flush last one H - W"},
         "model": {"name": opened.name, "weights": opened.weights,
                   "weights_sha256": file_sha256(opened.weights) if opened.weights else None},
