@@ -7,7 +7,7 @@ modes, in one run, on the same images, windows, strides and fill.
   the embedded Fashion-MNIST model at the README's figure settings (8 px window, stride 2): 11 x 11 positions
 
 Captum is run with the best `perturbations_per_eval` of a small sweep (timed on one image). Approx is Krypton's
-projective-field threshold (--tau 0.5) with adaptive drill-down (--drill 0.25). Prints seconds per
+projective-field threshold (--tau 0.5) with adaptive drill-down (--drill 0.5). Prints seconds per
 image (the p(true) and activity maps; the deconvnet projection (c), which Captum does not make, is timed apart),
 the ratios to Captum, and how far approx is from exact (SSIM of the p(true) and of the activity maps).
 
@@ -52,7 +52,7 @@ def captum_seconds(model, x, target, window, stride, ppe) -> float:
 
 
 def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep,
-          drill: float = 0.25) -> dict:
+          drill: float = 0.5) -> dict:
     model.eval()
     with torch.no_grad():
         targets = model(images).argmax(1).tolist()
@@ -93,7 +93,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--tau", type=float, default=0.5, help="approx: Krypton's projective-field threshold")
-    ap.add_argument("--drill", type=float, default=0.25, help="approx: adaptive drill-down share")
+    ap.add_argument("--drill", type=float, default=0.5, help="approx: adaptive drill-down share")
     ap.add_argument("--taus", default="", help="also time approx at these comma-separated thresholds")
     ap.add_argument("--quick", action="store_true", help="skip the perturbations_per_eval sweep")
     ap.add_argument("--json")

@@ -23,7 +23,7 @@ def _occlusion_args(p) -> None:
     p.add_argument("--mode", default="exact", choices=("exact", "naive", "approx"),
                    help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold")
     p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
-    p.add_argument("--drill", type=float, default=0.25, help="approx: share of the in-between positions computed "
+    p.add_argument("--drill", type=float, default=0.5, help="approx: share of the in-between positions computed "
                    "after the coarse pass (adaptive drill-down; 1 = all)")
     p.add_argument("--compare-exact", action="store_true", help="approx: also run exact and report the deviation")
     p.add_argument("--out", required=True, metavar="DIR")

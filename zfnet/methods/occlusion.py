@@ -274,7 +274,7 @@ def _incremental_batch(steps: list[_Step], feature_step: int, channel: int, box:
 def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, window: int = 32, stride: int = 8,
               fill: float = 0.0, layer: str = "conv5", mode: str = "exact", tau: float = 0.5,
               batch_size: int | None = None, compare_exact: bool = False,
-              projection_mode: str = "deconvnet", drill: float | None = 0.25) -> OcclusionResult:
+              projection_mode: str = "deconvnet", drill: float | None = 0.5) -> OcclusionResult:
     """Fig. 6 for one preprocessed image (C x H x W or 1 x C x H x W): see the module docstring."""
     if mode not in MODES:
         raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")

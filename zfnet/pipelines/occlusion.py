@@ -20,7 +20,7 @@ def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data
                   split: str | None = None, indices: list[int] = (), model: str | None = None,
                   weights: str | None = None, pretrained: bool = False, mean: str | None = None,
                   window: int = 32, stride: int = 8, fill: float = 0.0, layer: str = "conv5", mode: str = "exact",
-                  tau: float = 0.5, compare_exact: bool = False, device: str = "auto", drill: float = 0.25,
+                  tau: float = 0.5, compare_exact: bool = False, device: str = "auto", drill: float = 0.5,
                   progress: bool = True) -> dict:
     """Fig. 6 for each image file (`images`, with optional `labels`) and each dataset image (`indices` of
     `data`/`split`, labelled by the dataset)."""
