@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .args import add_device, add_model, positive
+from .args import add_device, add_images, add_model, positive
 from .registry import command
 
 
@@ -45,11 +45,7 @@ def _corr_run(args) -> int:
 
 def _inv_args(p) -> None:
     add_model(p)
-    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
-    p.add_argument("--label", action="append", default=[], metavar="L", help="true class of each --image")
-    p.add_argument("--data", metavar="SPEC", help="a dataset whose images --index picks")
-    p.add_argument("--split")
-    p.add_argument("--index", action="append", type=int, default=[], metavar="N", help="dataset image (repeatable)")
+    add_images(p)
     p.add_argument("--transforms", default="translate,scale,rotate", help="comma-separated: translate, scale, rotate")
     p.add_argument("--layers", default="conv1,fc7", help="the low and the high layer (the paper: 1 and 7)")
     p.add_argument("--fill", type=float, default=0.0, help="value of uncovered pixels (model-input units)")

@@ -60,6 +60,16 @@ def add_data(p: argparse.ArgumentParser, required: bool = True, limit_default: i
                    "`zfnet dedupe`'s exclude.txt)")
 
 
+def add_images(p: argparse.ArgumentParser) -> None:
+    """The images an analysis runs on: files (with their labels) and/or dataset images by index."""
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--label", action="append", default=[], metavar="L",
+                   help="true class of each --image, index or name")
+    p.add_argument("--data", metavar="SPEC", help="a dataset whose images --index picks (labels from the data)")
+    p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
+    p.add_argument("--index", action="append", type=int, default=[], metavar="N", help="dataset image (repeatable)")
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
 

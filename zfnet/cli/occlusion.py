@@ -4,18 +4,13 @@ from __future__ import annotations
 import json
 import os
 
-from .args import add_device, add_model, positive
+from .args import add_device, add_images, add_model, positive
 from .registry import command
 
 
 def _occlusion_args(p) -> None:
     add_model(p)
-    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
-    p.add_argument("--label", action="append", default=[], metavar="L",
-                   help="true class of each --image, index or name (default: the predicted class)")
-    p.add_argument("--data", metavar="SPEC", help="a dataset whose images --index picks (labels from the data)")
-    p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
-    p.add_argument("--index", action="append", type=int, default=[], metavar="N", help="dataset image (repeatable)")
+    add_images(p)
     p.add_argument("--window", type=positive, default=32, help="occluder side, px (model input)")
     p.add_argument("--stride", type=positive, default=8, help="occluder step, px")
     p.add_argument("--fill", type=float, default=0.0, help="occluder value in model-input units (0 = the mean: grey)")

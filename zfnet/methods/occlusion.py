@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..layers import feature_module, resolve_layer
+from ..layers import feature_module, features, resolve_layer
 from ..runtime import eval_mode
 from .deconvnet import Deconvnet
 
@@ -298,7 +298,7 @@ def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, 
         base_class = int(probs.argmax())
         target = base_class if target is None else int(target)
         feature_step = next((i for i, s in enumerate(steps or []) if s.module is feat), None)
-        feat_out = steps[feature_step].base_out if feature_step is not None else _feature_output(model, feat, x)
+        feat_out = steps[feature_step].base_out if feature_step is not None else features(model, x, [layer])[layer]
         if feat_out.dim() != 4:
             raise UsageError(f"layer {layer!r} has no feature maps (it is fully connected); pick a conv layer")
         channel = int(feat_out[0].flatten(1).max(1).values.argmax())
@@ -395,25 +395,6 @@ def _drill_down(evaluate, shape: tuple[int, int], target: int, drill: float):
     for (i, j), pv, av in zip(coarse, pc, ac):  # computed positions keep their exact values
         p[i, j], act[i, j] = pv, av
     return p, act
-
-
-def _feature_output(model: nn.Module, feat: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from ..layers import StopForward
-
-    found = []
-
-    def hook(module, inputs, output):
-        found.append(output)
-        raise StopForward
-
-    h = feat.register_forward_hook(hook)
-    try:
-        model(x)
-    except StopForward:
-        pass
-    finally:
-        h.remove()
-    return found[0]
 
 
 def _naive_batch(model, feat, x, part, window, fill, channel):

@@ -25,6 +25,16 @@ PAPER_TABLE6 = {"SVM (1)": ((44.8, 0.7), (24.6, 0.4)), "SVM (2)": ((66.2, 0.5), 
                 "Softmax (5)": ((82.9, 0.4), (65.7, 0.5)), "Softmax (7)": ((85.4, 0.4), (72.6, 0.1))}
 
 
+def _finish(fig, ax, title: str, path: str) -> None:
+    ax.set_ylabel("mean per-class accuracy (%)")
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
 def _cell(s: dict | None) -> str:
     return "-" if s is None else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
@@ -65,13 +75,7 @@ def fig7(summary: dict, per_class: list[int], layer: str, path: str, title: str)
             s = [100 * summary[key.format(n=n)]["std"] for n in ns]
             ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=label)
     ax.set_xlabel("training images per class")
-    ax.set_ylabel("mean per-class accuracy (%)")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, title, path)
 
 
 def probe_markdown(summary: dict, layers: list[str], per_class: int, title: str) -> str:
@@ -95,10 +99,4 @@ def probe_plot(summary: dict, layers: list[str], per_class: int, path: str, titl
     ax.set_xticks(xs)
     ax.set_xticklabels([f"{i}\n{l}" for i, l in zip(xs, layers)])
     ax.set_xlabel("layer whose features are classified")
-    ax.set_ylabel("mean per-class accuracy (%)")
-    ax.set_title(textwrap.fill(title, 70), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, title, path)
