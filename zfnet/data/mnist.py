@@ -16,6 +16,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 FASHION_VAL = 5000  # the last 5,000 training images are held out for validation (lr annealing, Sec. 3)
+MINI_PATH = os.path.join(os.path.dirname(__file__), "bundled", "fashion-mnist-mini.npz")
+MINI_SIZE = 2000  # images per split in the bundled subset (scripts/make_fashion_mini.py)
 
 
 def _idx_files(folder: str) -> dict[str, str] | None:
@@ -84,6 +86,21 @@ def fashion_mnist(split: str, preprocess: Preprocess, path: str | None = None) -
     else:
         raise UsageError(f"fashion-mnist has no split {split!r}; use train, val, trainval or test")
     return TensorImageSet("fashion-mnist", split, x, y, FASHION_CLASSES, preprocess, ids)
+
+
+def fashion_mnist_mini(split: str, preprocess: Preprocess, path: str | None = None) -> TensorImageSet:
+    """The Fashion-MNIST subset bundled with zfnet (no download, no Debian package): the first 2,000 test and
+    the first 2,000 training images, under their ids in the full set (fashion-mnist/test/00042). What
+    `zfnet report` runs on by default; built by scripts/make_fashion_mini.py."""
+    path = path or MINI_PATH
+    if split not in ("train", "test"):
+        raise UsageError(f"fashion-mnist-mini has no split {split!r}; use train or test")
+    if not os.path.isfile(path):
+        raise UsageError(f"the bundled Fashion-MNIST subset is missing ({path}); reinstall zfnet")
+    with np.load(path, allow_pickle=False) as z:
+        x, y, idx = z[f"{split}_x"], z[f"{split}_y"].astype(np.int64), z[f"{split}_index"]
+    ids = [f"fashion-mnist/{split}/{int(i):05d}" for i in idx]
+    return TensorImageSet("fashion-mnist-mini", split, x, y, FASHION_CLASSES, preprocess, ids)
 
 
 def mnist5k(split: str, preprocess: Preprocess, path: str | None = None) -> TensorImageSet:

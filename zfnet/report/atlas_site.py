@@ -34,10 +34,14 @@ def write_filter_strip(out: str, layer: str, weight: torch.Tensor) -> dict:
     return {"sprite": path, "tile": [kh * s, kw * s]}
 
 
-def write_panel(out: str, layer: str, blocks: list, scale: int) -> str:
+def write_panel(out: str, layer: str, blocks: list, scale: int, title: str = "") -> str:
     """figures/<layer>.png: Fig. 2's panel of the chosen maps (channel, projections, patches)."""
     path = f"figures/{layer}.png"
-    figures.save_png(figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale), os.path.join(out, path))
+    k = blocks[0][1].shape[0] if blocks else 0
+    title = title or (f"{layer}: top-{k} activations of {len(blocks)} maps - deconvnet projection (left), "
+                      "image patch (right) (Fig. 2)")
+    figures.save_png(figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale, title=title),
+                     os.path.join(out, path))
     return path
 
 
@@ -60,7 +64,9 @@ def write_evolution(out: str, evo, dataset_info: dict, records: dict) -> dict:
     for layer, chans in evo.layers.items():
         rows = [[cell[0] for cell in evo.cells[layer][c]] for c in chans]
         size = rows[0][0].shape[-1] if rows and rows[0] else 1
-        figures.save_png(figures.evolution_grid(rows, scale=display_scale(size, 64)),
+        title = f"{layer}: strongest activation's projection per training epoch (Fig. 4)"
+        figures.save_png(figures.evolution_grid(rows, scale=display_scale(size, 64), title=title,
+                                                epochs=evo.epochs, channels=chans),
                          os.path.join(folder, f"{layer}.png"))
         figs[layer] = f"evolution/{layer}.png"
     info = {"epochs": evo.epochs, "channels": evo.layers, "figures": figs, "dataset": dataset_info}

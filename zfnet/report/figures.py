@@ -28,9 +28,10 @@ def map_sprite(projections: torch.Tensor, patches: torch.Tensor, scale: int) -> 
     return grid(tiles, cols=k, pad=0, scale=scale)
 
 
-def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int, maps_per_row: int = 4) \
-        -> Image.Image:
-    """Fig. 2: for each map, its top-k projections (left) beside the matching patches (right), k as a square."""
+def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int, maps_per_row: int = 4,
+                title: str = "") -> Image.Image:
+    """Fig. 2: for each map, its top-k projections (left) beside the matching patches (right), k as a square;
+    each map's number above it and `title` above all."""
     cells = []
     for _, projections, patches in blocks:
         k = projections.shape[0]
@@ -43,22 +44,72 @@ def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int
         cells.append(cell)
     if not cells:
         return Image.new("RGB", (1, 1), "white")
-    w, h = cells[0].size
-    rows = math.ceil(len(cells) / maps_per_row)
-    out = Image.new("RGB", (maps_per_row * (w + 10) + 10, rows * (h + 10) + 10), (235, 235, 235))
-    for i, c in enumerate(cells):
-        r, q = divmod(i, maps_per_row)
-        out.paste(c, (10 + q * (w + 10), 10 + r * (h + 10)))
+    from PIL import ImageDraw
+
     if scale > 1:
-        out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
-    return out
+        cells = [c.resize((c.width * scale, c.height * scale), Image.NEAREST) for c in cells]
+    w, h = cells[0].size
+    gap, label = 10, 18
+    rows = math.ceil(len(cells) / maps_per_row)
+    out = Image.new("RGB", (maps_per_row * (w + gap) + gap, rows * (h + gap + label) + gap), (235, 235, 235))
+    draw, font = ImageDraw.Draw(out), _font(13)
+    for i, (c, block) in enumerate(zip(cells, blocks)):
+        r, q = divmod(i, maps_per_row)
+        x, y = gap + q * (w + gap), gap + r * (h + gap + label)
+        draw.text((x, y), f"map {block[0]}", fill=(40, 40, 40), font=font)
+        out.paste(c, (x, y + label))
+    return labelled(out, title) if title else out
 
 
-def evolution_grid(rows: list[list[torch.Tensor]], scale: int) -> Image.Image:
+def evolution_grid(rows: list[list[torch.Tensor]], scale: int, title: str = "", epochs: list[int] = (),
+                   channels: list[int] = ()) -> Image.Image:
     """Fig. 4: one row per feature map, one column per snapshot epoch, each the projection of that epoch's
-    strongest activation (contrast-stretched)."""
+    strongest activation (contrast-stretched); with `title`, `epochs` and `channels` the grid is labelled
+    (epoch over each column, map number beside each row)."""
     tiles = [_rgb(stretch(cell)) for row in rows for cell in row]
-    return grid(tiles, cols=len(rows[0]) if rows else 1, pad=2, scale=scale)
+    image = grid(tiles, cols=len(rows[0]) if rows else 1, pad=2, scale=scale)
+    if not (title or epochs or channels):
+        return image
+    size = rows[0][0].shape[-1] if rows and rows[0] else 1
+    return labelled(image, title, [f"ep {e}" for e in epochs], [f"map {c}" for c in channels],
+                    pitch=((size + 2) * scale, (size + 2) * scale), offset=(2 * scale, 2 * scale))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def labelled(image: Image.Image, title: str, columns: list[str] = (), rows: list[str] = (),
+             pitch: tuple[int, int] = (0, 0), offset: tuple[int, int] = (0, 0), size: int = 13) -> Image.Image:
+    """`image` with a title line above, a label over each column and beside each row of its grid of cells
+    (`pitch`: the cells' spacing in pixels, `offset`: where the first cell starts), so the PNG reads on its own."""
+    from PIL import ImageDraw
+
+    font = _font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def width(t: str) -> int:
+        return int(probe.textlength(t, font=font))
+
+    left = (max((width(r) for r in rows), default=0) + 8) if rows else 0
+    top = (size + 10 if title else 0) + (size + 6 if columns else 0)
+    out = Image.new("RGB", (max(image.width + left, width(title) + 12), image.height + top + 4), "white")
+    out.paste(image.convert("RGB"), (left, top))
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((6, 4), title, fill="black", font=font)
+    for i, label in enumerate(columns):
+        x = left + offset[0] + i * pitch[0] + max(0, (pitch[0] - offset[0] - width(label)) // 2)
+        draw.text((x, top - size - 4), label, fill=(60, 60, 60), font=font)
+    for j, label in enumerate(rows):
+        y = top + offset[1] + j * pitch[1] + max(0, (pitch[1] - offset[1] - size) // 2)
+        draw.text((4, y), label, fill=(60, 60, 60), font=font)
+    return out
 
 
 def filter_mosaic(weight: torch.Tensor, scale: int = 8) -> Image.Image:

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from ..io import atomic_save_figure
 
 
-def training_curves(history: list[dict], path: str) -> None:
+def training_curves(history: list[dict], path: str, title: str = "") -> None:
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, label in (("train_top1_err", "train top-1"), ("val_top1_err", "val top-1"),
@@ -29,6 +29,10 @@ def training_curves(history: list[dict], path: str) -> None:
     lr.set_yscale("log")
     lr.set_ylabel("learning rate")
     ax2.legend(loc="upper right")
+    ax1.set_title("top-1 / top-5 error per epoch")
+    ax2.set_title("loss and learning rate per epoch")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,530 @@
+"""`zfnet report` as a library call: every analysis of the paper on one trained CNN, one stage at a time, each
+into its own folder of OUT, then one static page (`zfnet.report.page`) that reads only those files.
+
+OUT/report.json        the settings, and per stage: status (done / failed / skipped), the one-line reason, the
+                       seconds it took and its key; a rerun reuses every stage whose key is unchanged
+OUT/<stage>/...        what the stage's command writes (model.json, atlas/manifest.json, occlusion.json ...)
+OUT/index.html         the report
+
+A stage that fails is recorded with its reason (the traceback in OUT/<stage>/error.txt) and the others go on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .. import data as zdata
+from ..checkpoints import Opened, find_snapshots, open_model
+from ..errors import UsageError
+from ..io import atomic_write_json
+from ..methods.atlas import default_layers, fingerprint
+from ..provenance import environment, file_sha256
+from ..registry import Registry
+from ..runtime import resolve_device
+
+EMBEDDED_DATA = "fashion-mnist-mini"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report runs on and how; `RUN_ONLY` fields never change a result."""
+
+    out: str
+    model: str | None = None  # None (and no weights): the embedded Fashion-MNIST model
+    weights: str | None = None
+    data: str | None = None  # None with the embedded model: the bundled Fashion-MNIST subset
+    split: str | None = None  # the images analysed (None: the dataset's evaluation split)
+    train_split: str = "train"  # Fig. 4 scans training images
+    mean: str | None = None
+    snapshots: str | None = None  # a run folder with snapshots/ (default: beside the weights)
+    parts: str | None = None  # correspondence parts file (default with the embedded model: the shipped one)
+    parts_images: str | None = None  # folder of the parts file's images (else dataset indices)
+    include: tuple[str, ...] = ()  # folders with transfer / layerprobe / ablation / archselect / dedupe results
+    layers: tuple[str, ...] = ()  # atlas layers (default conv1..conv5)
+    limit: int | None = None  # images scanned by the atlas (None: the whole split)
+    evolution_limit: int | None = 2000  # training images scanned per snapshot
+    examples: int = 6  # occlusion images, each of a different class
+    window: int | None = None  # occluder side (None: 2/7 of the input, 8 px at 28)
+    stride: int | None = None  # occluder step (None: a quarter of the window)
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+
+    @property
+    def embedded(self) -> bool:
+        return self.model is None and self.weights is None
+
+
+RUN_ONLY = ("out", "workers", "device", "include")
+
+
+@dataclass
+class Context:
+    cfg: ReportConfig
+    opened: Opened
+    dataset: zdata.ImageSet
+    device: torch.device
+    weights_sha256: str | None
+    picks: list[int] = field(default_factory=list)  # dataset indices of the example images, distinct classes
+
+    @property
+    def model_args(self) -> dict:
+        c = self.cfg
+        return {"model": c.model, "weights": c.weights, "pretrained": c.embedded, "mean": c.mean}
+
+    def folder(self, stage: str) -> str:
+        return os.path.join(self.cfg.out, stage)
+
+
+@dataclass(frozen=True)
+class Stage:
+    title: str
+    paper: str
+    run: Callable[[Context], dict]  # writes OUT/<stage>/ and returns its summary for report.json
+    settings: Callable[[ReportConfig], dict]  # what its result depends on besides the model and data
+
+
+STAGES: Registry[Stage] = Registry("report stage")
+
+
+def stage(name: str, title: str, paper: str, settings: Callable[[ReportConfig], dict] = lambda c: {}):
+    def wrap(run):
+        STAGES.register(name, Stage(title, paper, run, settings))
+        return run
+    return wrap
+
+
+class Skip(Exception):
+    """A stage with nothing to run on (no snapshots, no parts file); the reason is shown in the report."""
+
+
+# --- the stages -------------------------------------------------------------------------------------------
+
+@stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)")
+def _model(ctx: Context) -> dict:
+    from ..methods.architecture import architecture
+    from ..report.architecture import architecture_figure
+    from ..report.plots import training_curves
+    from ..train import evaluate
+
+    out = ctx.folder("model")
+    os.makedirs(out, exist_ok=True)
+    pp, model = ctx.opened.preprocess, ctx.opened.model
+    arch = architecture(model, (pp.channels, pp.input_size, pp.input_size)).to_json()
+    name = ctx.opened.name
+    architecture_figure(arch, os.path.join(out, "fig3.png"),
+                        f"{name}: {arch['params']:,} parameters, {pp.channels}x{pp.input_size}x{pp.input_size} "
+                        "input (drawn as Fig. 3)")
+    measured = evaluate(model, ctx.dataset, pp, workers=ctx.cfg.workers,
+                        dist=_dist(ctx.device)) if _labelled(ctx.dataset) else None
+    source = os.path.dirname(os.path.abspath(ctx.opened.weights)) if ctx.opened.weights else None
+    stored, history, recipe = _run_files(source)
+    curves = None
+    if history:
+        training_curves(history, os.path.join(out, "curves.png"), title=f"{name}: training (Sec. 3 recipe)")
+        curves = "curves.png"
+    body = {
+        "name": name, "weights": ctx.opened.weights, "weights_sha256": ctx.weights_sha256,
+        "embedded": ctx.cfg.embedded, "classes": ctx.opened.classes or ctx.dataset.classes,
+        "preprocess": pp.to_dict(), "architecture": arch, "figure": "fig3.png", "curves": curves,
+        "measured": None if measured is None else {**measured, "data": ctx.dataset.name,
+                                                   "split": ctx.dataset.split, "crop": "centre"},
+        "stored_metrics": _stored_summary(stored), "recipe": recipe, "epochs_logged": len(history),
+    }
+    atomic_write_json(os.path.join(out, "model.json"), body)
+    return {"json": "model/model.json"}
+
+
+def _dist(device):
+    from ..runtime import Dist
+
+    return Dist(device=device)
+
+
+def _labelled(ds: zdata.ImageSet) -> bool:
+    return len(ds.classes) > 1
+
+
+def _run_files(folder: str | None) -> tuple[dict, list[dict], dict | None]:
+    """metrics.json, the per-epoch history (metrics.jsonl) and recipe.json of a training run folder."""
+    if not folder:
+        return {}, [], None
+
+    def read(name, lines=False):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return [] if lines else None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(l) for l in f if l.strip()] if lines else json.load(f)
+        except ValueError:
+            return [] if lines else None
+
+    history = [r for r in read("metrics.jsonl", True) if isinstance(r, dict) and "epoch" in r]
+    need = ("train_top1_err", "val_top1_err", "val_top5_err", "train_loss", "val_loss", "lr")
+    history = history if history and all(all(k in r for k in need) for r in history) else []
+    return read("metrics.json") or {}, history, read("recipe.json")
+
+
+def _stored_summary(m: dict) -> dict | None:
+    """The accuracy the training run measured (full test set, centre and 10-crop), when it is on disk."""
+    test = m.get("test") if isinstance(m, dict) else None
+    if not isinstance(test, dict):
+        return None
+    out = {"images": test.get("images"), "epochs": m.get("epochs"),
+           "train_wall_seconds": m.get("train_wall_seconds")}
+    for crop in ("centre", "ten_crop"):
+        if isinstance(test.get(crop), dict):
+            out[crop] = {k: test[crop].get(k) for k in ("top1_err", "top5_err")}
+    return out
+
+
+@stage("atlas", "Top-9 atlas and layer-1 filters", "Fig. 2 (top-9 per map, conv1-conv5), Fig. 5 (filters)",
+       lambda c: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed})
+def _atlas(ctx: Context) -> dict:
+    from .atlas import AtlasConfig, build_atlas
+
+    c = ctx.cfg
+    manifest = build_atlas(AtlasConfig(out=ctx.folder("atlas"), data=_data(c), split=c.split, layers=c.layers,
+                                       limit=c.limit, workers=c.workers, seed=c.seed, device=c.device,
+                                       **ctx.model_args), progress=_progress())
+    return {"json": "atlas/manifest.json", "images": manifest["dataset"]["images"],
+            "layers": manifest["layer_order"]}
+
+
+@stage("evolution", "Feature evolution during training", "Fig. 4",
+       lambda c: {"snapshots": c.snapshots, "train_split": c.train_split, "limit": c.evolution_limit,
+                  "layers": list(c.layers), "seed": c.seed})
+def _evolution(ctx: Context) -> dict:
+    import copy
+
+    from ..methods.evolution import choose_channels, evolution
+    from ..report import atlas_site
+
+    c, model, pp = ctx.cfg, ctx.opened.model, ctx.opened.preprocess
+    snaps = _snapshots(ctx)
+    try:
+        train = zdata.open_dataset(_data(c), c.train_split, pp)
+    except UsageError as e:
+        raise Skip(f"no training split to scan ({e})") from None
+    train = train.head(c.evolution_limit)
+    layers = list(c.layers) or default_layers(model)
+    evo_model = copy.deepcopy(model)
+    shape = (pp.channels, pp.input_size, pp.input_size)
+    channels = choose_channels(evo_model, layers, 8, c.seed, shape)
+    evo = evolution(evo_model, snaps, train, layers, channels, workers=c.workers, progress=_progress(),
+                    device=ctx.device)
+    info = atlas_site.write_evolution(ctx.folder("evolution"), evo,
+                                      {"spec": train.name, "split": train.split, "images": len(train)},
+                                      evo.to_json(train))
+    return {"json": "evolution/evolution.json", "epochs": info["epochs"]}
+
+
+def _snapshots(ctx: Context) -> list[tuple[int, str]]:
+    c = ctx.cfg
+    if c.embedded and not c.snapshots:
+        from ..pretrained import pretrained
+
+        return pretrained().snapshots
+    folder = c.snapshots or (os.path.dirname(os.path.abspath(c.weights)) if c.weights else None)
+    snaps = find_snapshots(folder) if folder and os.path.isdir(folder) else []
+    if not snaps:
+        raise Skip("no training snapshots (epoch-NNN.safetensors): pass --snapshots RUN_DIR, the folder "
+                   "`zfnet train --snapshots` wrote")
+    return snaps
+
+
+@stage("occlusion", "Occlusion sensitivity", "Sec. 4.2, Fig. 6",
+       lambda c: {"examples": c.examples, "window": c.window, "stride": c.stride})
+def _occlusion(ctx: Context) -> dict:
+    from .occlusion import run_occlusion
+
+    c, pp = ctx.cfg, ctx.opened.preprocess
+    window = c.window or max(2, round(pp.input_size * 2 / 7))
+    stride = c.stride or max(1, window // 4)
+    layer = default_layers(ctx.opened.model)[-1]
+    res = run_occlusion(ctx.folder("occlusion"), data=_data(c), split=ctx.dataset.split,
+                        indices=ctx.picks[:c.examples], window=window, stride=stride, layer=layer,
+                        device=c.device, progress=_progress(), **ctx.model_args)
+    return {"json": "occlusion/occlusion.json", "images": len(res["images"])}
+
+
+@stage("correspondence", "Correspondence analysis", "arXiv Sec. 4.3 (Table 7)",
+       lambda c: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images})
+def _correspondence(ctx: Context) -> dict:
+    from .analyses import run_correspondence
+
+    c = ctx.cfg
+    parts = _parts_file(c)
+    if parts is None:
+        raise Skip("needs a parts file: pass --parts FILE (which part sits where in each image)")
+    _, high = _low_high(ctx)
+    res = run_correspondence(ctx.folder("correspondence"), parts, c.parts_images, data=None if c.parts_images
+                             else _data(c), split=None if c.parts_images else ctx.dataset.split,
+                             layers=(default_layers(ctx.opened.model)[-1], high), seed=c.seed, device=c.device,
+                             **ctx.model_args)
+    return {"json": "correspondence/correspondence.json", "images": len(res["images"])}
+
+
+def _parts_file(c: ReportConfig) -> str | None:
+    if c.parts:
+        return os.path.abspath(c.parts)
+    if c.embedded:
+        from ..checkpoints import embedded_folder
+        from .analyses import EMBEDDED_PARTS
+
+        return os.path.join(embedded_folder(), EMBEDDED_PARTS)
+    return None
+
+
+def _sha(path: str | None) -> str | None:
+    return file_sha256(path) if path and os.path.isfile(path) else None
+
+
+def _low_high(ctx: Context) -> tuple[str, str]:
+    """The first conv layer and the highest hidden layer (fc7 in the paper: the last fc before the classifier,
+    else the last conv layer)."""
+    from ..methods.architecture import architecture
+
+    pp = ctx.opened.preprocess
+    arch = architecture(ctx.opened.model, (pp.channels, pp.input_size, pp.input_size))
+    convs = [l.name for l in arch.layers if l.kind == "conv"]
+    fcs = [l.name for l in arch.layers if l.kind == "fc"]
+    return convs[0], (fcs[-2] if len(fcs) >= 2 else convs[-1])
+
+
+@stage("invariance", "Feature invariance", "arXiv Sec. 4.4 (translation, scale, rotation)",
+       lambda c: {"examples": 5})
+def _invariance(ctx: Context) -> dict:
+    from .analyses import run_invariance
+
+    c = ctx.cfg
+    res = run_invariance(ctx.folder("invariance"), data=_data(c), split=ctx.dataset.split, indices=ctx.picks[:5],
+                         layers=_low_high(ctx), device=c.device, **ctx.model_args)
+    return {"json": "invariance/invariance.json", "images": len(res["images"])}
+
+
+@stage("included", "Transfer, per-layer and ablation results", "Tables 2-6, Fig. 7 (from --include)",
+       lambda c: {"include": [os.path.abspath(d) for d in c.include],
+                  "stamps": [_stamp(d) for d in c.include]})
+def _included(ctx: Context) -> dict:
+    if not ctx.cfg.include:
+        raise Skip("no results given: pass --include DIR (a folder zfnet transfer / layerprobe / ablate / "
+                   "archselect / dedupe wrote)")
+    found = collect_results(ctx.cfg.include, ctx.folder("included"))
+    if not found:
+        raise Skip(f"no zfnet results (results.json, dedupe.json) under {', '.join(ctx.cfg.include)}")
+    return {"json": "included/included.json", "results": len(found)}
+
+
+def collect_results(folders: tuple[str, ...], out: str, depth: int = 3) -> list[dict]:
+    """Every experiment result under `folders` (results.json with an "experiment", or dedupe.json): its table
+    (table.md) and figures are copied to OUT/included/<k>/ and listed in included.json. Only plain file names
+    the result itself lists are copied, so a result file never makes a path outside `out`."""
+    found = []
+    for top in folders:
+        top = os.path.abspath(top)
+        for root, dirs, files in os.walk(top):
+            if root[len(top):].count(os.sep) >= depth:
+                dirs[:] = []
+            dirs.sort()
+            for name in ("results.json", "dedupe.json"):
+                if name in files:
+                    entry = _result_entry(os.path.join(root, name), name)
+                    if entry:
+                        found.append((root, entry))
+    rows = []
+    for k, (root, entry) in enumerate(found):
+        dest = os.path.join(out, f"{k:02d}")
+        os.makedirs(dest, exist_ok=True)
+        copied = []
+        for f in entry.pop("files"):
+            if isinstance(f, str) and f == os.path.basename(f) and f not in ("", ".", "..") \
+                    and os.path.isfile(os.path.join(root, f)):
+                shutil.copyfile(os.path.join(root, f), os.path.join(dest, f))
+                copied.append(f"{k:02d}/{f}")
+        rows.append({**entry, "source": root, "table": next((c for c in copied if c.endswith(".md")), None),
+                     "figures": [c for c in copied if c.endswith(".png")]})
+    if rows:
+        atomic_write_json(os.path.join(out, "included.json"), {"results": rows})
+    return rows
+
+
+def _result_entry(path: str, name: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(r, dict):
+        return None
+    if name == "dedupe.json":
+        files = r.get("files") if isinstance(r.get("files"), dict) else {}
+        a, b = r.get("a") or {}, r.get("b") or {}
+        summary = (f"{b.get('spec')} {b.get('split')} vs {a.get('spec')} {a.get('split')}: "
+                   f"{r.get('b_images_with_a_match')} images with a near-duplicate, "
+                   f"{r.get('excluded_a_images')} excluded")
+        return {"experiment": "dataset overlap removal (Sec. 5.2)", "summary": summary,
+                "files": [files.get("sheet"), files.get("histogram")]}
+    if "experiment" not in r:
+        return None
+    return {"experiment": str(r["experiment"]), "summary": "",
+            "files": [r.get("table"), r.get("plot"), r.get("figure")]}
+
+
+def _stamp(folder: str) -> list:
+    """Sizes and times of the result files under `folder`, so that new results redo the stage."""
+    out = []
+    for root, _, files in os.walk(folder):
+        for f in sorted(files):
+            if f in ("results.json", "dedupe.json", "table.md"):
+                st = os.stat(os.path.join(root, f))
+                out.append([os.path.relpath(os.path.join(root, f), folder), st.st_size, int(st.st_mtime)])
+    return sorted(out)
+
+
+# --- running them -----------------------------------------------------------------------------------------
+
+def _data(c: ReportConfig) -> str:
+    return c.data or EMBEDDED_DATA
+
+
+def _progress() -> bool:
+    return os.environ.get("ZFNET_PROGRESS", "1") != "0"
+
+
+def _check(cfg: ReportConfig) -> None:
+    if not cfg.embedded and not cfg.data:
+        raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
+    if cfg.weights and not cfg.model:
+        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
+    for name in ("examples",):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name} {getattr(cfg, name)} must be at least 1")
+    for name in ("limit", "evolution_limit", "window", "stride"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {v} must be at least 1 (or left out)")
+    for d in cfg.include:
+        if not os.path.isdir(d):
+            raise UsageError(f"--include {d!r} is not a folder; pass a folder a zfnet experiment wrote")
+    if cfg.parts and not os.path.isfile(cfg.parts):
+        raise UsageError(f"parts file {cfg.parts!r} does not exist; check the path given to --parts")
+    if cfg.snapshots and not os.path.isdir(cfg.snapshots):
+        raise UsageError(f"--snapshots {cfg.snapshots!r} is not a folder; pass the run folder `zfnet train` wrote")
+
+
+def pick_examples(ds: zdata.ImageSet, n: int) -> list[int]:
+    """The first image of each class, in the order the classes first appear, up to `n` (several classes, as
+    Fig. 6 shows); a set without class labels gives its first `n` images."""
+    if not _labelled(ds):
+        return list(range(min(n, len(ds))))
+    picks, seen = [], set()
+    for i, label in enumerate(ds.labels.tolist()):
+        if label not in seen:
+            seen.add(label)
+            picks.append(i)
+            if len(picks) == n:
+                break
+    return picks
+
+
+def _claim(out: str, identity: dict) -> dict:
+    """The report.json of `out` (a new one when the folder is new); refuses a folder holding other files or
+    another model's report."""
+    path = os.path.join(out, "report.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("identity") != identity:
+            changed = sorted(k for k in set(old.get("identity", {})) | set(identity)
+                             if old.get("identity", {}).get(k) != identity.get(k))
+            raise UsageError(f"{out!r} holds a report of another model or data (changed: {', '.join(changed)}); "
+                             "pass a new --out, or delete the folder to remake it")
+        return old
+    if os.path.isdir(out) and os.listdir(out):
+        raise UsageError(f"{out!r} is not empty and holds no zfnet report; pass a new or empty --out")
+    return {"identity": identity, "stages": {}}
+
+
+def build_report(cfg: ReportConfig, progress: bool = True, only: tuple[str, ...] = ()) -> dict:
+    """Run every stage (or `only` these) that is not already done with the same settings, record each one's
+    status in OUT/report.json, and write OUT/index.html. Returns report.json's content."""
+    from ..report.page import write_report
+
+    _check(cfg)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    opened = open_model(cfg.model, cfg.weights, cfg.embedded, device, cfg.seed, cfg.mean, _data(cfg), cfg.split,
+                        cfg.workers)
+    dataset = zdata.open_dataset(_data(cfg), cfg.split, opened.preprocess)
+    for layer in cfg.layers:
+        from ..layers import resolve_layer
+
+        resolve_layer(opened.model, layer)
+    sha = file_sha256(opened.weights) if opened.weights else None
+    identity = {"model": opened.name, "weights_sha256": sha, "data": _data(cfg), "split": dataset.split,
+                "mean": cfg.mean, "images": len(dataset)}
+    state = _claim(cfg.out, identity)
+    os.makedirs(cfg.out, exist_ok=True)
+    ctx = Context(cfg, opened, dataset, device, sha, pick_examples(dataset, max(cfg.examples, 5)))
+    settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
+    state.update(settings=settings, title=f"{opened.name} on {dataset.name} ({dataset.split})")
+    names = [n for n in STAGES if not only or n in only]
+    for i, name in enumerate(names, 1):
+        st = STAGES.get(name)
+        key = fingerprint({"identity": identity, "stage": name, **st.settings(cfg)})
+        prev = state["stages"].get(name, {})
+        head = f"[{i}/{len(names)}] {name}: {st.paper}"
+        if prev.get("key") == key and prev.get("status") in ("done", "skipped") and _present(cfg.out, prev):
+            _say(progress, f"{head} - reused ({prev['status']})")
+            continue
+        folder = os.path.join(cfg.out, name)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)  # results of other settings, or of a failed try
+        _say(progress, head)
+        t0 = time.perf_counter()
+        try:
+            summary = st.run(ctx)
+            entry = {"status": "done", **summary}
+        except Skip as e:
+            entry = {"status": "skipped", "reason": str(e)}
+        except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others go on
+            reason = str(e).strip().splitlines()[0] if isinstance(e, UsageError) and str(e).strip() else \
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "error.txt"), "w", encoding="utf-8") as f:
+                f.write(traceback.format_exc())
+            entry = {"status": "failed", "reason": reason, "traceback": f"{name}/error.txt"}
+        entry.update(key=key, seconds=round(time.perf_counter() - t0, 2), title=st.title, paper=st.paper)
+        state["stages"][name] = entry
+        _say(progress, f"    {entry['status']} in {entry['seconds']:.1f} s"
+             + (f": {entry['reason']}" if "reason" in entry else ""))
+        state.update(wall_seconds=time.perf_counter() - started, environment=environment(device))
+        atomic_write_json(os.path.join(cfg.out, "report.json"), state)  # a kill keeps every finished stage
+    state["order"] = list(STAGES)
+    state.update(wall_seconds=time.perf_counter() - started, environment=environment(device))
+    atomic_write_json(os.path.join(cfg.out, "report.json"), state)
+    write_report(cfg.out)
+    return state
+
+
+def _present(out: str, entry: dict) -> bool:
+    return entry.get("status") != "done" or os.path.isfile(os.path.join(out, entry.get("json", "")))
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        import sys
+
+        print(line, file=sys.stderr, flush=True)
+
+
+__all__ = ["ReportConfig", "STAGES", "build_report", "collect_results", "pick_examples"]
