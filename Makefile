@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (each sets itself up: Debian packages when root, .venv, pip):
-#   make demo   the embedded model's full atlas (Fig. 2, 4, 5) as a web page: atlas-fm/index.html
+#   make demo   the full visual report on the embedded model and data: report/index.html
 #   make test   the whole test suite
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,8 +8,8 @@ BIN := $(VENV)/bin
 
 demo:
 	@scripts/setup.sh demo
-	$(BIN)/zfnet atlas --pretrained --data fashion-mnist --evolution pretrained --out atlas-fm
-	@echo "open atlas-fm/index.html in a browser (or: $(BIN)/zfnet serve atlas-fm)"
+	$(BIN)/zfnet report --out report/
+	@echo "open report/index.html in a browser (or: $(BIN)/zfnet serve report)"
 
 test:
 	@scripts/setup.sh test
@@ -26,6 +26,7 @@ bench:
 	$(BIN)/python bench/atlas.py --json bench/results/atlas.json
 	$(BIN)/python bench/occlusion.py --json bench/results/occlusion.json
 	$(BIN)/python bench/dedupe.py --json bench/results/dedupe.json
+	$(BIN)/python bench/report.py --json bench/results/report.json
 
 clean:
-	rm -rf atlas-fm .pytest_cache
+	rm -rf report .pytest_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh checkout: Debian packages (when root), a virtual environment in .venv, zfnet and its deps.
-#   scripts/setup.sh demo   what `make demo` needs (Fashion-MNIST)
-#   scripts/setup.sh test   what `make test` needs (also Chromium + ChromeDriver for the browser tests)
+#   scripts/setup.sh demo   what `make demo` needs: Python packages only (the report's data ships with zfnet)
+#   scripts/setup.sh test   what `make test` needs: also Debian's Fashion-MNIST, Chromium and ChromeDriver
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-demo}"
@@ -10,8 +10,8 @@ PYTHON="${PYTHON:-python3}"
 # torch pinned to the builds this project is tested with (pip takes them from the local wheel cache when present)
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 
-debs="dataset-fashion-mnist"
-[ "$what" = "test" ] && debs="$debs chromium chromium-driver"
+debs=""
+[ "$what" = "test" ] && debs="dataset-fashion-mnist chromium chromium-driver"
 missing=""
 for p in $debs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

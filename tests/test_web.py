@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-
 import pytest
-from conftest import run_cli
+from conftest import needs_chromium, run_cli
 from PIL import Image
 
 from zfnet import models
 
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
-                                reason="needs Debian chromium and chromium-driver (installed by `make test`)")
+pytestmark = needs_chromium
 EVIL = '<img src=x onerror="window.__pwned=1">'
 
 
@@ -32,22 +27,6 @@ def atlas(tmp_path_factory):
                 "conv1,conv3", "--k", "3", "--out", str(out), "--workers", "0", "--no-progress")
     assert r.returncode == 0, r.stderr
     return out
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--allow-file-access-from-files"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
 
 
 def test_page_from_disk(atlas, browser):

@@ -9,19 +9,19 @@ from .registry import command
 
 
 def _serve_args(p) -> None:
-    p.add_argument("folder", help="an atlas folder (zfnet atlas --out)")
+    p.add_argument("folder", help="an atlas or report folder (zfnet atlas --out, zfnet report --out)")
     p.add_argument("--port", type=port, default=8000)
     p.add_argument("--host", default="127.0.0.1")
 
 
-@command("serve", "serve an atlas folder over HTTP (optional: index.html also opens from the file system)",
+@command("serve", "serve an atlas or report folder over HTTP (optional: index.html also opens from the file system)",
          "zfnet serve atlas-fm --port 8000", arguments=_serve_args)
 def _serve_run(args) -> int:
     import functools
     import http.server
 
     if not os.path.isfile(os.path.join(args.folder, "index.html")):
-        raise UsageError(f"{args.folder!r} holds no atlas (index.html); run `zfnet atlas --out {args.folder}` first")
+        raise UsageError(f"{args.folder!r} holds no page (index.html); run `zfnet report --out {args.folder}` (or zfnet atlas) first")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=args.folder)
     try:
         server = http.server.ThreadingHTTPServer((args.host, args.port), handler)

@@ -201,7 +201,7 @@ def _atlas(ctx: Context) -> dict:
 
 @stage("evolution", "Feature evolution during training", "Fig. 4",
        lambda c: {"snapshots": c.snapshots, "train_split": c.train_split, "limit": c.evolution_limit,
-                  "layers": list(c.layers), "seed": c.seed})
+                  "layers": list(c.layers), "seed": c.seed, "found": _snapshot_stamp(c)})
 def _evolution(ctx: Context) -> dict:
     import copy
 
@@ -227,14 +227,30 @@ def _evolution(ctx: Context) -> dict:
     return {"json": "evolution/evolution.json", "epochs": info["epochs"]}
 
 
+def _snapshot_stamp(c: ReportConfig) -> list:
+    """Epochs and sizes of the snapshots the stage would read (new snapshots redo Fig. 4)."""
+    try:
+        return [[e, os.path.getsize(p)] for e, p in _find(c)]
+    except (Skip, UsageError, OSError):
+        return []
+
+
 def _snapshots(ctx: Context) -> list[tuple[int, str]]:
-    c = ctx.cfg
+    return _find(ctx.cfg)
+
+
+def _find(c: ReportConfig) -> list[tuple[int, str]]:
     if c.embedded and not c.snapshots:
         from ..pretrained import pretrained
 
         return pretrained().snapshots
-    folder = c.snapshots or (os.path.dirname(os.path.abspath(c.weights)) if c.weights else None)
-    snaps = find_snapshots(folder) if folder and os.path.isdir(folder) else []
+    if c.snapshots:
+        return find_snapshots(c.snapshots)  # asked for: none there is an error
+    folder = os.path.dirname(os.path.abspath(c.weights)) if c.weights else None
+    try:
+        snaps = find_snapshots(folder) if folder else []
+    except UsageError:
+        snaps = []
     if not snaps:
         raise Skip("no training snapshots (epoch-NNN.safetensors): pass --snapshots RUN_DIR, the folder "
                    "`zfnet train --snapshots` wrote")
@@ -483,7 +499,7 @@ def build_report(cfg: ReportConfig, progress: bool = True, only: tuple[str, ...]
         key = fingerprint({"identity": identity, "stage": name, **st.settings(cfg)})
         prev = state["stages"].get(name, {})
         head = f"[{i}/{len(names)}] {name}: {st.paper}"
-        if prev.get("key") == key and prev.get("status") in ("done", "skipped") and _present(cfg.out, prev):
+        if prev.get("key") == key and prev.get("status") == "done" and _present(cfg.out, prev):
             _say(progress, f"{head} - reused ({prev['status']})")
             continue
         folder = os.path.join(cfg.out, name)
@@ -517,7 +533,7 @@ def build_report(cfg: ReportConfig, progress: bool = True, only: tuple[str, ...]
 
 
 def _present(out: str, entry: dict) -> bool:
-    return entry.get("status") != "done" or os.path.isfile(os.path.join(out, entry.get("json", "")))
+    return os.path.isfile(os.path.join(out, entry.get("json", "")))
 
 
 def _say(progress: bool, line: str) -> None:
