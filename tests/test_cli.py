@@ -30,7 +30,7 @@ def test_help_lists_every_command_with_an_example():
     (["project", "--model", "zfnet-small", "--image", "{tmp}/none.png", "--layer", "conv1", "--channel", "0",
       "--out", "{tmp}/p.png"], "does not exist"),
     (["evaluate", "--model", "zfnet-small"], "required: --data"),
-    (["serve", "{tmp}"], "holds no atlas"),
+    (["serve", "{tmp}"], "holds no page"),
     (["filters", "--model", "zfnet-small-rgb", "--weights", "{tmp}/w.safetensors", "--out", "{tmp}/f"],
      "does not exist"),
 ])

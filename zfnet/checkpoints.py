@@ -126,7 +126,12 @@ def apply_mean(pp: zdata.Preprocess, mean: str | None, data: str | None = None, 
         return pp.with_mean(None)
     if mean == "data":
         return pp.with_mean(data_mean(pp, data, split, workers))
-    return pp.with_mean(read_mean_file(mean))
+    try:
+        return pp.with_mean(read_mean_file(mean))
+    except UsageError as e:
+        if mean in str(e):
+            raise
+        raise UsageError(f"--mean {mean!r}: {e}") from None
 
 
 # --- weights files ------------------------------------------------------------------------------------

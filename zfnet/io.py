@@ -1,6 +1,7 @@
 """Atomic writes (a crash or kill never leaves a half-written result) and safe reads."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -23,7 +24,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from None
     os.close(fd)
     try:
         yield tmp
@@ -31,9 +35,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file the user writes
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _WRITE_ERRNOS:
+            raise _write_error(path, e) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _write_error(path: str, e: OSError):
+    """A failed write as the user's one-line error; the file at `path` is still the previous one."""
+    from .errors import UsageError
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UsageError(f"disk full while writing {path!r}; free some space and rerun the same command "
+                          "(the previous version of the file is intact, finished work is kept)")
+    return UsageError(f"cannot write {path!r} ({e.strerror or e}); make the folder writable or pick another --out")
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -100,3 +121,65 @@ def check_output_dir(path: str, flag: str = "--out") -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise UsageError(f"cannot write {flag} {path!r} ({parent!r} is not a writable folder); pick another place")
+
+
+def _real(path: str) -> str:
+    """The real path of `path`, also when its last parts do not exist yet."""
+    head, tail = os.path.abspath(path), []
+    while not os.path.exists(head) and os.path.dirname(head) != head:
+        head, part = os.path.split(head)
+        tail.append(part)
+    return os.path.join(os.path.realpath(head), *reversed(tail))
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the output folder `path` for one run: a second run into it refuses at once. The lock is an advisory
+    `flock` on a file named after the folder's real path in ~/.cache/zfnet/locks ($ZFNET_CACHE), which the
+    kernel drops when its process dies - a killed run never leaves it stuck - and nothing is written near the
+    folder. (No-op where `fcntl` is missing.)"""
+    import hashlib
+
+    from .errors import UsageError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    real = _real(os.fspath(path))
+    folder = os.path.join(os.path.expanduser(os.environ.get("ZFNET_CACHE", "~/.cache/zfnet")), "locks")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the lock folder {folder!r} ({e.strerror}); set ZFNET_CACHE to a "
+                         "writable folder") from None
+    lock = os.path.join(folder, hashlib.sha1(real.encode()).hexdigest()[:20] + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").split()[0] if os.fstat(fd).st_size else "?"
+            finally:
+                os.close(fd)
+            raise UsageError(f"another zfnet run (pid {holder}) is writing {os.fspath(path)!r}; wait for it to "
+                             "finish or pass another --out") from None
+        try:  # the file we locked must still be the one at `lock` (a finishing run unlinks it)
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {real}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)

@@ -4,11 +4,13 @@ after a command has succeeded."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 
 from ..errors import UsageError, ZfnetNote
+from ..io import folder_lock
 from . import analyses, atlas, dedupe, models, occlusion, project, report, serve, train, transfer  # noqa: F401  (each registers)
 from .registry import COMMANDS, Parser
 
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZfnetNote)
-            code = COMMANDS.get(args.command).run(args) or 0
+            cmd = COMMANDS.get(args.command)
+            out = getattr(args, "out", None) if cmd.locks_out and os.environ.get("RANK", "0") == "0" else None
+            with folder_lock(out) if out else contextlib.nullcontext():
+                code = cmd.run(args) or 0
     except UsageError as e:
         print(f"zfnet {args.command}: error: {e}", file=sys.stderr)
         return 2

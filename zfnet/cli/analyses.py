@@ -29,7 +29,7 @@ def _corr_args(p) -> None:
          "(arXiv Sec. 4.3, correspondence table)",
          "zfnet correspondence --pretrained --out corr\n"
          "  zfnet correspondence --model zfnet --weights zf.safetensors --parts dogs.json --images dogs/ --out corr",
-         arguments=_corr_args)
+         arguments=_corr_args, locks_out=True)
 def _corr_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.analyses import run_correspondence
@@ -57,7 +57,7 @@ def _inv_args(p) -> None:
          "(arXiv 'Feature Invariance' figure)",
          "zfnet invariance --pretrained --data fashion-mnist --split test --index 0 --index 1 --index 2 --out inv\n"
          "  zfnet invariance --model zfnet --weights zf.safetensors --image a.jpg --label 3 --out inv",
-         arguments=_inv_args)
+         arguments=_inv_args, locks_out=True)
 def _inv_run(args) -> int:
     from ..errors import UsageError
     from ..io import check_output_dir

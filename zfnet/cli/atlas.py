@@ -37,7 +37,7 @@ def _atlas_args(p) -> None:
          "  zfnet atlas --model zfnet-small-64 --weights plain.safetensors --mean data --data folder:photos "
          "--split all --out atlas-photos\n"
          "  torchrun --nproc_per_node 2 -m zfnet atlas --model torchvision:vgg16 --weights vgg16.safetensors "
-         "--data folder:photos --split all --layers conv5,conv10,conv13 --out atlas-vgg", arguments=_atlas_args)
+         "--data folder:photos --split all --layers conv5,conv10,conv13 --out atlas-vgg", arguments=_atlas_args, locks_out=True)
 def _atlas_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.atlas import AtlasConfig, build_atlas
@@ -75,7 +75,7 @@ def _filters_args(p) -> None:
          "zfnet filters --pretrained --data fashion-mnist --out filt\n"
          "  zfnet filters --model zfnet-small --weights clip.safetensors --title clipping "
          "--compare-model zfnet-small --compare-weights noclip.safetensors --compare-title 'no clipping' "
-         "--data fashion-mnist --out filt", arguments=_filters_args)
+         "--data fashion-mnist --out filt", arguments=_filters_args, locks_out=True)
 def _filters_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import open_model
@@ -128,7 +128,7 @@ def _evolution_args(p) -> None:
 @command("evolution", "strongest activation across the training set at each snapshot epoch, projected (Fig. 4)",
          "zfnet evolution --pretrained --data fashion-mnist --out evo\n"
          "  zfnet evolution --model zfnet --run runs/zf --data imagenet:/data/imagenet --limit 50000 --out evo",
-         arguments=_evolution_args)
+         arguments=_evolution_args, locks_out=True)
 def _evolution_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import find_snapshots, open_model

@@ -27,7 +27,7 @@ def _args(p) -> None:
          "exclusion list (Sec. 5.2 footnote)",
          "zfnet dedupe fashion-mnist fashion-mnist --split-a train --split-b test --out dd\n"
          "  zfnet dedupe imagenet:/data/imagenet caltech256:/data/caltech --split-a train --device cuda --out dd\n"
-         "  zfnet train --recipe r.json --exclude dd/exclude.txt --out runs/clean", arguments=_args)
+         "  zfnet train --recipe r.json --exclude dd/exclude.txt --out runs/clean", arguments=_args, locks_out=True)
 def _run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.dedupe import run_dedupe

@@ -31,7 +31,7 @@ def _occlusion_args(p) -> None:
          "zfnet occlusion --pretrained --data fashion-mnist --split test --index 0 --index 1 --window 8 --stride 2 "
          "--out occ\n"
          "  zfnet occlusion --model zfnet --weights zf.safetensors --image dog.jpg --label 151 --out occ-dog",
-         arguments=_occlusion_args)
+         arguments=_occlusion_args, locks_out=True)
 def _occlusion_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.occlusion import run_occlusion

@@ -15,15 +15,18 @@ class Command:
     example: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+    locks_out: bool = False  # --out is a folder this run holds (zfnet.io.folder_lock) while it writes
 
 
 COMMANDS: Registry[Command] = Registry("command")
 
 
-def command(name: str, help: str, example: str, arguments: Callable[[argparse.ArgumentParser], None]):
-    """Register the decorated `run(args)` as subcommand `name`, with its argument builder and an example."""
+def command(name: str, help: str, example: str, arguments: Callable[[argparse.ArgumentParser], None],
+            locks_out: bool = False):
+    """Register the decorated `run(args)` as subcommand `name`, with its argument builder and an example;
+    `locks_out`: a second run into the same --out folder is refused while this one runs."""
     def wrap(run):
-        COMMANDS.register(name, Command(help, example, arguments, run))
+        COMMANDS.register(name, Command(help, example, arguments, run, locks_out))
         return run
     return wrap
 

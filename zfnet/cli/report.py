@@ -43,7 +43,7 @@ def _args(p) -> None:
          "  zfnet report --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --out rep\n"
          "  zfnet report --model torchvision:alexnet --weights alexnet.safetensors --data imagenet:/data/in "
          "--limit 5000 --out rep",
-         arguments=_args)
+         arguments=_args, locks_out=True)
 def _run(args) -> int:
     from ..errors import UsageError
     from ..io import check_output_dir

@@ -33,6 +33,15 @@ def _resolve(args, model_default: str | None = None):
     return resolve_run(args.recipe, flags)
 
 
+def _lock(out: str):
+    """The run folder held for this run (rank 0 only under torchrun)."""
+    import contextlib
+
+    from ..io import folder_lock
+
+    return folder_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+
+
 def _train_args(p) -> None:
     p.add_argument("--recipe", metavar="FILE", help="recipe overrides (JSON or TOML); flags override the file")
     p.add_argument("--resume", action="store_true", help="continue the run found in --out")
@@ -51,7 +60,8 @@ def _train_run(args) -> int:
 
     recipe, options = _resolve(args)
     check_output_dir(options.out)
-    result = train(recipe, options, resume=args.resume, progress=not args.no_progress)
+    with _lock(options.out):
+        result = train(recipe, options, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": options.out, "val": result["val"], "train_top1_err": result["train_top1_err"]},
                          indent=2))
@@ -141,8 +151,9 @@ def _ablate_run(args) -> int:
     if not args.out:
         raise UsageError("pass --out DIR (the ablation's folder)")
     check_output_dir(options.out)
-    r = run_ablation(options.out, args.base, args.variants, recipe, options, progress=not args.no_progress,
-                     table_only=args.table_only)
+    with _lock(options.out):
+        r = run_ablation(options.out, args.base, args.variants, recipe, options, progress=not args.no_progress,
+                         table_only=args.table_only)
     print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
                       "rows": {row["variant"]: row["val_top1_err"] for row in r["rows"]}}, indent=2))
     return 0
@@ -169,7 +180,8 @@ def _archselect_run(args) -> int:
     if recipe.model.startswith("torchvision:"):
         raise UsageError("archselect changes the first layer of a zfnet model; pick zfnet, alexnet or zfnet-small")
     check_output_dir(options.out)
-    r = run_archselect(options.out, recipe, options, progress=not args.no_progress, table_only=args.table_only)
+    with _lock(options.out):
+        r = run_archselect(options.out, recipe, options, progress=not args.no_progress, table_only=args.table_only)
     print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
                       "runs": {x["name"]: x["val_top1_err"] for x in r["runs"]}}, indent=2))
     return 0

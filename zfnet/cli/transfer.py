@@ -34,7 +34,7 @@ def _transfer_args(p) -> None:
          "(Sec. 5.2, Tables 3-5, Fig. 7)",
          "zfnet transfer --pretrained --data mnist5k --split trainval --per-class 1,2,5,10,15,30 --out tr\n"
          "  zfnet transfer --model zfnet --weights zf.safetensors --data caltech101:/data/caltech --protocol "
-         "caltech101 --out tr101", arguments=_transfer_args)
+         "caltech101 --out tr101", arguments=_transfer_args, locks_out=True)
 def _transfer_run(args) -> int:
     from ..pipelines.transfer import run_transfer
     from .args import positive as _pos
@@ -56,7 +56,7 @@ def _probe_args(p) -> None:
 
 @command("layerprobe", "a linear SVM and a softmax on each layer's features (Sec. 5.3, Table 6)",
          "zfnet layerprobe --pretrained --data mnist5k --split trainval --per-class 30 --out probe",
-         arguments=_probe_args)
+         arguments=_probe_args, locks_out=True)
 def _probe_run(args) -> int:
     from ..pipelines.transfer import run_layerprobe
 

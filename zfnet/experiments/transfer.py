@@ -123,8 +123,15 @@ def probe(feats: dict[str, torch.Tensor], labels: np.ndarray, per_class: list[in
 
 def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Preprocess, labels: np.ndarray,
             positions: np.ndarray, per_class: list[int], test_per_class: int, folds: int, epochs: int = 30,
-            lr: float = 1e-2, batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0) -> FoldScores:
-    """The paper's non-pretrained rows: the architecture at random, trained on each fold's training images."""
+            lr: float = 1e-2, batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
+            state: str | None = None, key: str = "") -> FoldScores:
+    """The paper's non-pretrained rows: the architecture at random, trained on each fold's training images.
+    With `state` (a folder), each finished fold's accuracy is kept there under `key`, and a rerun (after a kill)
+    trains only the folds not yet finished - each fold is seeded on its own, so the result is the same."""
+    import json
+    import os
+
+    from ..io import atomic_write_json
     from ..recipe import Recipe
     from ..runtime import Dist
     from ..train import epoch_plan, predict, train_one_epoch
@@ -134,6 +141,13 @@ def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Pre
     dist = Dist(device=torch.device(device))
     for n in per_class:
         for f in range(folds):
+            done = os.path.join(state, f"scratch-{n}-{f}.json") if state else None
+            if done and os.path.isfile(done):
+                with open(done) as fh:
+                    kept = json.load(fh)
+                if kept.get("key") == key:
+                    out.add(f"scratch/{n}", kept["accuracy"])
+                    continue
             tr, te = folds_split(labels, n, test_per_class, f)
             torch.manual_seed(seed * 1000 + f)
             net = models.build(model_name, num_classes=num_classes).to(device)
@@ -145,7 +159,10 @@ def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Pre
             test_set = ds.subset(positions[te])
             probs = predict([net.eval()], test_set.in_memory() if test_set.in_memory() is not None else
                             torch.stack([test_set.base(i) for i in range(len(test_set))]), pp, False, dist.device)
-            out.add(f"scratch/{n}", mean_class_accuracy(probs.argmax(1).cpu().numpy(), labels[te]))
+            acc = mean_class_accuracy(probs.argmax(1).cpu().numpy(), labels[te])
+            if done:
+                atomic_write_json(done, {"key": key, "accuracy": acc, "n": n, "fold": f})
+            out.add(f"scratch/{n}", acc)
     return out
 
 

@@ -131,9 +131,10 @@ def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:
     try:
         _claim_folder(cfg.out, key, settings)
         manifest = _build(cfg, dist, opened, dataset, layers, scan_key, key, snaps, progress)
-    except BaseException:
-        if created and set(os.listdir(cfg.out)) <= {"settings.json"}:
-            shutil.rmtree(cfg.out, ignore_errors=True)  # a refused or failed first run leaves no folder behind
+    except BaseException as e:
+        if created and (isinstance(e, UsageError) or set(os.listdir(cfg.out)) <= {"settings.json"}):
+            # a refused first run leaves no folder behind; an interrupted one keeps its scan state to resume
+            shutil.rmtree(cfg.out, ignore_errors=True)
         raise
     if manifest is not None:
         manifest["wall_seconds"] = time.perf_counter() - started

@@ -417,10 +417,10 @@ def _progress() -> bool:
 
 
 def _check(cfg: ReportConfig) -> None:
-    if not cfg.embedded and not cfg.data:
-        raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
     if cfg.weights and not cfg.model:
         raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
+    if not cfg.embedded and not cfg.data:
+        raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
     for name in ("examples",):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name} {getattr(cfg, name)} must be at least 1")

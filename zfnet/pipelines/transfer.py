@@ -65,8 +65,12 @@ def run_transfer(out: str, data: str, protocol: str = "folds", per_class: list[i
     labels = ds.labels[pos].numpy()
     scores = tx.probe(feats, labels, per_class, test_n, folds, ["softmax"])
     if not no_scratch:
+        from ..methods.atlas import fingerprint
+
+        key = fingerprint({"model": opened.name, "data": data, "split": ds.split, "images": len(ds),
+                           "kept": int(len(pos)), "epochs": scratch_epochs, "test": test_n, "exclude": exclude})
         s = tx.scratch(opened.name, len(ds.classes), ds, opened.preprocess, labels, pos.numpy(), per_class, test_n,
-                       folds, scratch_epochs, device=dev)
+                       folds, scratch_epochs, device=dev, state=os.path.join(out, ".scratch"), key=key)
         scores.scores.update(s.scores)
     summary = scores.summary()
     os.makedirs(out, exist_ok=True)

@@ -1,0 +1,154 @@
+"""Interrupted runs (issue 15): a real `zfnet` subprocess killed with SIGKILL in the middle of `train`, `atlas`,
+`transfer` and `report` (`ablate`: tests/test_ablation.py), then rerun: it continues and ends with the same
+result as an uninterrupted run. While it runs, every result file seen on disk is complete (atomic renames)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO
+from PIL import Image
+
+from zfnet.io import load_tensors
+
+ENV = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
+
+
+def _complete(out) -> None:
+    """Every JSON and PNG under `out` that is visible under its final name parses / decodes."""
+    for root, _, names in os.walk(out):
+        for n in names:
+            path = os.path.join(root, n)
+            try:
+                if n.endswith(".json"):
+                    with open(path) as f:
+                        json.load(f)
+                elif n.endswith(".png"):
+                    with Image.open(path) as im:
+                        im.verify()
+                elif n.endswith(".safetensors"):
+                    load_tensors(path)
+            except FileNotFoundError:
+                continue  # replaced or removed between listing and reading
+            except Exception as e:  # noqa: BLE001
+                raise AssertionError(f"half-written file seen: {path} ({e})") from None
+
+
+def kill_when(argv: list[str], ready, out, timeout: float = 300) -> None:
+    """Start `zfnet ARGV`, watch `out` until `ready()` is true, SIGKILL the process."""
+    proc = subprocess.Popen([sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"finished before the kill point: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError("kill point not reached")
+            if os.path.isdir(out):
+                _complete(out)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def run(argv: list[str]) -> None:
+    r = subprocess.run([sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_killed_train_resumes_to_the_same_weights(tmp_path):
+    def args(out, *extra):
+        return ["train", "--model", "zfnet-small", "--data", "synthetic:160", "--epochs", "3", "--batch-size", "16",
+                "--workers", "0", "--checkpoint-minutes", "0.0001", "--no-progress", "--out", str(out), *extra]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(args(straight))
+
+    def mid_run():  # a checkpoint of epoch 2 in progress exists
+        p = killed / "metrics.jsonl"
+        return p.is_file() and len(p.read_text().splitlines()) >= 1 and (killed / "checkpoint.safetensors").is_file()
+
+    kill_when(args(killed), mid_run, killed)
+    assert not (killed / "model.safetensors").exists()
+    run(args(killed, "--resume"))
+    a, b = load_tensors(straight / "model.safetensors"), load_tensors(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_atlas_resumes_to_the_same_atlas(tmp_path):
+    def args(out):
+        return ["atlas", "--pretrained", "--data", "fashion-mnist-mini", "--limit", "1500", "--workers", "0",
+                "--out", str(out)]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(args(straight))
+    maps = killed / "maps" / "conv3"
+    kill_when(args(killed), lambda: maps.is_dir() and len(os.listdir(maps)) >= 20, killed)
+    assert not (killed / "index.html").exists()
+    m = json.loads((killed / "manifest.json").read_text())
+    assert m["complete"] is False  # what is on disk says it is unfinished
+    run(args(killed))
+    a = json.loads((straight / "manifest.json").read_text())
+    b = json.loads((killed / "manifest.json").read_text())
+    assert b["complete"] and a["layers"] == b["layers"] and a["panel_maps"] == b["panel_maps"]
+    for layer in a["layer_order"]:
+        for f in sorted(os.listdir(straight / "maps" / layer)):
+            assert (straight / "maps" / layer / f).read_bytes() == (killed / "maps" / layer / f).read_bytes(), f
+    assert (straight / "figures" / "conv5.png").read_bytes() == (killed / "figures" / "conv5.png").read_bytes()
+
+
+def test_killed_transfer_resumes_to_the_same_table(tmp_path):
+    def args(out):
+        return ["transfer", "--model", "zfnet-small", "--data", "synthetic:120,4", "--split", "test", "--per-class",
+                "4,6", "--folds", "3", "--test-per-class", "6", "--scratch-epochs", "2", "--no-progress", "--out",
+                str(out)]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(args(straight))
+    state = killed / ".scratch"
+    kill_when(args(killed), lambda: state.is_dir() and len(os.listdir(state)) >= 2, killed)
+    done = len(os.listdir(state))
+    assert not (killed / "results.json").exists() and done < 6
+    run(args(killed))
+    a = json.loads((straight / "results.json").read_text())
+    b = json.loads((killed / "results.json").read_text())
+    assert a["summary"] == b["summary"]
+    assert (straight / "table.md").read_text() == (killed / "table.md").read_text()
+
+
+@pytest.mark.parametrize("stage", ["evolution"])
+def test_killed_report_resumes_to_the_same_report(tmp_path, stage):
+    small = ["--limit", "300", "--evolution-limit", "300", "--examples", "3"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(["report", *small, "--out", str(straight)])
+
+    def in_stage():
+        p = killed / "report.json"
+        return p.is_file() and "atlas" in json.loads(p.read_text())["stages"] and (killed / stage).is_dir()
+
+    kill_when(["report", *small, "--out", str(killed)], in_stage, killed)
+    assert not (killed / "index.html").exists()
+    run(["report", *small, "--out", str(killed)])
+    a = json.loads((straight / "report.json").read_text())
+    b = json.loads((killed / "report.json").read_text())
+    assert {n: e["status"] for n, e in a["stages"].items()} == {n: e["status"] for n, e in b["stages"].items()}
+    assert {n: e.get("key") for n, e in a["stages"].items()} == {n: e.get("key") for n, e in b["stages"].items()}
+    for rel in ("evolution/evolution.json", "atlas/manifest.json"):
+        x, y = json.loads((straight / rel).read_text()), json.loads((killed / rel).read_text())
+        for k in ("wall_seconds", "scan_seconds", "provenance", "settings", "model"):
+            x.pop(k, None)
+            y.pop(k, None)
+        assert x == y, rel
+    for rel in ("evolution/evolution/conv3.png", "occlusion/occlusion-0.png", "atlas/figures/conv2.png"):
+        assert (straight / rel).read_bytes() == (killed / rel).read_bytes(), rel
