@@ -363,3 +363,87 @@ def test_second_run_into_the_same_folder_is_refused(tmp_path):
     with folder_lock(out), pytest.raises(UsageError):
         with folder_lock(out):
             pass
+
+
+# --- hooks and models -----------------------------------------------------------------------------------------
+
+def _analyses():
+    """Every analysis that runs the model, as f(model, x, labels, dataset)."""
+    from zfnet.experiments.transfer import extract
+    from zfnet.methods.architecture import architecture
+    from zfnet.methods.atlas import scan, top_projections
+    from zfnet.methods.deconvnet import Deconvnet, Target
+
+    def atlas(m, x, y, ds):
+        res = scan(m, ds, ds.preprocess, ["conv2", "conv5"], k=2, batch_size=8, workers=0, progress=False)
+        with Deconvnet(m) as dn:
+            top_projections(dn, ds, ds.preprocess, res.top["conv5"], "conv5", [0, 1],
+                            zfnet.receptive_field(m, "conv5"))
+
+    def deconv_many(m, x, y, ds):
+        with Deconvnet(m, mode="guided") as dn:
+            dn.project_targets(x, dn.targets(x, "conv4", [3, 1, 0]) + [Target(0, "conv2", 1, 2, 2)])
+
+    return {
+        "deconvnet": lambda m, x, y, ds: zfnet.project(m, x, "conv3", 5),
+        "deconvnet targets": deconv_many,
+        "unit projection": lambda m, x, y, ds: zfnet.project_unit(m, x[0], "conv5", 2),
+        "atlas": atlas,
+        "occlusion exact": lambda m, x, y, ds: zfnet.occlusion(m, x[0], y[0], window=8, stride=4),
+        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(m, x[0], y[0], window=8, stride=4, mode="approx"),
+        "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(m, x[0], y[0], window=8, stride=4, mode="naive"),
+        "correspondence": lambda m, x, y, ds: zfnet.correspondence(m, x, {"toe": [(20, 0, 28, 8)] * len(x)},
+                                                                   random_draws=2),
+        "invariance": lambda m, x, y, ds: zfnet.invariance(m, x, y, "rotate", [0, 30], ("conv1", "fc7")),
+        "layer probe / transfer features": lambda m, x, y, ds: extract(m, ds, ds.preprocess,
+                                                                       ["conv1", "conv5", "fc7"], progress=False),
+        "receptive field": lambda m, x, y, ds: zfnet.receptive_field(m, "conv4"),
+        "architecture (Fig. 3)": lambda m, x, y, ds: architecture(m, (1, 28, 28)),
+    }
+
+
+@pytest.mark.parametrize("raised", [False, True], ids=["returns", "raises"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_analyses_leave_the_model_as_they_found_it(training, raised):
+    """No hook, no torch-function mode, no gradient left on the model; its outputs, weights and train/eval mode
+    unchanged - also when the analysis raised halfway (a failing layer deep in the forward)."""
+    from conftest import hook_count
+
+    from zfnet import data as zdata
+
+    p = zfnet.pretrained()
+    model = p.model.train(training)
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).head(16)
+    x = torch.stack([p.preprocess.eval_input(ds.base(i)[None])[0] for i in range(3)])
+    y = [int(ds.labels[i]) for i in range(3)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    with torch.no_grad():
+        before = model.eval()(x)
+    model.train(training)
+    calls = {"n": 0}
+
+    def fail(module, inputs, output):
+        calls["n"] += 1
+        raise RuntimeError("injected failure")
+
+    for what, analysis in _analyses().items():
+        handle = model.conv3.register_forward_hook(fail) if raised else None
+        try:
+            if raised:
+                with pytest.raises(RuntimeError, match="injected failure"):
+                    analysis(model, x, y, ds)
+            else:
+                analysis(model, x, y, ds)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert hook_count(model) == 0, what
+        assert torch._C._len_torch_function_stack() == 0, what
+        assert [m.training for m in model.modules()] == modes, what
+        assert all(p_.grad is None and p_.requires_grad for p_ in model.parameters()), what
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), what
+    if raised:
+        assert calls["n"] >= 8  # every analysis but the two that never run a forward reached the failing layer
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), before)

@@ -242,3 +242,20 @@ def test_bundled_subset_is_the_real_data():
     test = zdata.open_dataset("fashion-mnist", "test", pp)
     mini_test = zdata.open_dataset("fashion-mnist-mini", "test", pp)
     assert torch.equal(test.bases[:2000], mini_test.bases) and mini_test.image_id(7) == test.image_id(7)
+
+
+def test_page_never_links_outside_the_folder(tmp_path):
+    """A tampered result file naming ../ paths gets a note, not a link or an image from outside the report."""
+    from zfnet.report.page import write_report
+
+    out = tmp_path / "rep"
+    os.makedirs(out / "occlusion")
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    (out / "occlusion" / "occlusion.json").write_text(json.dumps({
+        "settings": {"window": 8, "stride": 2, "mode": "exact", "layer": "conv5"}, "classes": ["a"],
+        "images": [{"image": "x", "label": 0, "label_name": "a", "figure": "../../outside.png", "base_class": 0,
+                    "base_prob": 0.5, "layer": "conv5", "channel": 1}]}))
+    (out / "report.json").write_text(json.dumps({"stages": {"occlusion": {"status": "done", "seconds": 1.0}}}))
+    page = open(write_report(str(out))).read()
+    assert page.count("outside.png") == 1 and "missing file occlusion/../../outside.png" in page
+    assert "src=\"occlusion/../" not in page and "href=\"occlusion/../" not in page

@@ -51,3 +51,8 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """The settings that differ between two runs (what a refusal to reuse a folder names)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -237,12 +237,12 @@ def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int
                 raise StopForward
         return hook
 
-    was = model.training
+    from .runtime import eval_mode
+
     try:
-        model.eval()
         for name, m in modules.items():
             handles.append(m.register_forward_hook(hook_for(name)))
-        with torch.no_grad(), mode:
+        with torch.no_grad(), eval_mode(model), mode:
             try:
                 model(x)
             except StopForward:
@@ -250,7 +250,6 @@ def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     missing = [n for n in modules if n not in found]
     if missing:
         raise UsageError(f"layer(s) {', '.join(missing)} never ran in the model's forward pass; pick layers "

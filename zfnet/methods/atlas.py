@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..io import atomic_save_tensors, load_tensors
 from ..layers import features
 from ..models import weights_metadata
-from ..runtime import Dist
+from ..runtime import Dist, eval_mode
 
 
 @dataclass
@@ -110,7 +110,6 @@ def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers
     merged result."""
     if k < 1:
         raise UsageError("--k must be at least 1")
-    model.eval()
     share = torch.tensor_split(torch.arange(len(dataset)), dist.world)[dist.rank]
     top: dict[str, TopK] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -134,7 +133,7 @@ def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers
 
     chunks = zdata.chunked(share[done:], batch_size)
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):  # the model's modes come back as they were
         for bases, _, idx in zdata.batches(dataset, chunks, workers=workers, progress=progress and dist.main,
                                            desc=desc):
             x = pp.eval_input(bases.to(dist.device))

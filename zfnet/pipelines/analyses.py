@@ -83,7 +83,8 @@ def run_correspondence(out: str, parts_file: str | None = None, images_dir: str 
             if b is not None:
                 x[k, :, b[0]:b[2], b[1]:b[3]] = fill
         panels.append(list(opened.preprocess.display(x).cpu()))
-    correspondence_figure(panels, titles, inputs.names[:len(panels)], os.path.join(out, "correspondence.png"))
+    correspondence_figure(panels, titles, inputs.names[:len(panels)], os.path.join(out, "correspondence.png"),
+                          f"Correspondence (arXiv Sec. 4.3): {title}, each part masked (fill {fill:g}) as the model sees it")
     result = {"method": "correspondence (arXiv Sec. 4.3)", **body, "images": inputs.names,
               "parts_file": os.path.abspath(parts_file), "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
               "settings": {"random_draws": random_draws, "seed": seed, "fill": fill, "layers": list(layers)},
@@ -124,7 +125,8 @@ def run_invariance(out: str, images: list[str] = (), labels: list[str] = (), dat
         rows.append({**res.to_json(), "shown_values": shown})
     classes = inputs.classes or []
     os.makedirs(out, exist_ok=True)
-    invariance_figure(rows, examples, classes, os.path.join(out, "invariance.png"))
+    invariance_figure(rows, examples, classes, os.path.join(out, "invariance.png"),
+                      f"Feature invariance (arXiv Sec. 4.4): {opened.name}, {len(inputs.names)} images")
     result = {"method": "feature invariance (arXiv 'Feature Invariance' figure)", "images": inputs.names,
               "labels": inputs.labels, "classes": classes, "transforms": rows,
               "interpolation": "translate: integer shift; scale, rotate: bilinear about the centre",

@@ -28,7 +28,7 @@ from ..methods.evolution import choose_channels, evolution
 from ..methods.filters import analyse, first_conv
 from ..layers import resolve_layer
 from ..progress import bar
-from ..provenance import environment, file_sha256
+from ..provenance import changed_keys, environment, file_sha256
 from ..receptive_field import receptive_field
 from ..report import atlas_site
 from ..report.render import display_scale
@@ -93,8 +93,7 @@ def _claim_folder(out: str, key: str, settings: dict) -> None:
         with open(path) as f:
             old = json.load(f)
         if old.get("key") != key:
-            changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
-                             if old.get("settings", {}).get(k) != settings.get(k))
+            changed = changed_keys(old.get("settings", {}), settings)
             raise UsageError(f"{out!r} already holds an atlas made with other settings (changed: {', '.join(changed) or 'the model or data'}); "
                              "pass a new --out, or delete the folder to remake it")
         return

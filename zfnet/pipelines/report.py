@@ -25,7 +25,7 @@ from ..checkpoints import Opened, find_snapshots, open_model
 from ..errors import UsageError
 from ..io import atomic_write_json
 from ..methods.atlas import default_layers, fingerprint
-from ..provenance import environment, file_sha256
+from ..provenance import changed_keys, environment, file_sha256
 from ..registry import Registry
 from ..runtime import resolve_device
 
@@ -460,8 +460,7 @@ def _claim(out: str, identity: dict) -> dict:
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
         if old.get("identity") != identity:
-            changed = sorted(k for k in set(old.get("identity", {})) | set(identity)
-                             if old.get("identity", {}).get(k) != identity.get(k))
+            changed = changed_keys(old.get("identity", {}), identity)
             raise UsageError(f"{out!r} holds a report of another model or data (changed: {', '.join(changed)}); "
                              "pass a new --out, or delete the folder to remake it")
         return old

@@ -42,7 +42,8 @@ def correspondence_markdown(result: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def correspondence_figure(panels: list[list[torch.Tensor]], titles: list[str], names: list[str], path: str) -> None:
+def correspondence_figure(panels: list[list[torch.Tensor]], titles: list[str], names: list[str], path: str,
+                          title: str = "") -> None:
     """As the paper's figure: per image (row), the original, then each part masked, then some random masks,
     each shown as the model sees it (display pixels, C x H x W)."""
     rows, cols = len(panels), len(titles)
@@ -57,13 +58,15 @@ def correspondence_figure(panels: list[list[torch.Tensor]], titles: list[str], n
                 ax.set_title(titles[j], fontsize=9)
             if j == 0:
                 ax.set_ylabel(names[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
 def invariance_figure(results: list, examples: dict[str, list[torch.Tensor]], class_names: list[str],
-                      path: str) -> None:
+                      path: str, title: str = "") -> None:
     """One row per transformation: (a) one image at several values, (b) distance at the low layer, (c) at the
     high layer, (d) p(true class); one curve per image, its class in the legend."""
     fig, axes = plt.subplots(len(results), 4, figsize=(17, 3.6 * len(results)), squeeze=False,
@@ -92,6 +95,8 @@ def invariance_figure(results: list, examples: dict[str, list[torch.Tensor]], cl
             a.grid(alpha=0.3)
         row[1].set_ylabel("Euclidean distance")
         row[3].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=90)
     plt.close(fig)

@@ -80,8 +80,14 @@ def _href(rel: str) -> str:
     return "/".join(quote(p) for p in rel.replace(os.sep, "/").split("/"))
 
 
+def _inside(out: str, rel: str) -> bool:
+    """`rel` names a file inside the report folder (result files are not trusted to say so)."""
+    root = os.path.realpath(out)
+    return os.path.realpath(os.path.join(root, rel)).startswith(root + os.sep)
+
+
 def _img(out: str, rel: str, caption: str = "", alt: str = "") -> str:
-    if not os.path.isfile(os.path.join(out, rel)):
+    if not isinstance(rel, str) or not _inside(out, rel) or not os.path.isfile(os.path.join(out, rel)):
         return f'<p class="note">missing file {_e(rel)}</p>'
     cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
     return (f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{_e(alt or caption or rel)}" '
@@ -150,10 +156,7 @@ def _status_box(entry: dict | None, stage: str) -> str | None:
 
 # --- sections ---------------------------------------------------------------------------------------------
 
-def _model(out: str) -> str:
-    m = _read(out, "model/model.json")
-    if m is None:
-        return '<p class="note">model/model.json is missing.</p>'
+def _model(out: str, m: dict) -> str:
     arch = m["architecture"]
     rows = [("parameters", f"{arch['params']:,}"),
             ("input", "x".join(str(v) for v in arch["input_shape"])),
@@ -202,10 +205,7 @@ def _model(out: str) -> str:
     return html
 
 
-def _filters(out: str) -> str:
-    f = _read(out, "atlas/filters.json")
-    if f is None:
-        return '<p class="note">atlas/filters.json is missing.</p>'
+def _filters(out: str, f: dict) -> str:
     html = _img(out, "atlas/" + f["figure"], "Fig. 5: the filters (each contrast-stretched), RMS per filter with "
                 "dominant ones in red and dead ones in grey, spatial frequency spread", "layer-1 filters")
     for m in f["models"]:
@@ -221,10 +221,7 @@ def _filters(out: str) -> str:
     return html
 
 
-def _atlas(out: str) -> str:
-    m = _read(out, "atlas/manifest.json")
-    if m is None:
-        return '<p class="note">atlas/manifest.json is missing.</p>'
+def _atlas(out: str, m: dict) -> str:
     ds = m["dataset"]
     html = (f'<p>{_e(ds["images"])} images of {_e(ds["spec"])} ({_e(ds["split"])}) scanned. '
             f'<a href="atlas/index.html">Browse every map of every layer</a> in the atlas viewer (keys: arrows, '
@@ -239,10 +236,7 @@ def _atlas(out: str) -> str:
     return html
 
 
-def _evolution(out: str) -> str:
-    e = _read(out, "evolution/evolution.json")
-    if e is None:
-        return '<p class="note">evolution/evolution.json is missing.</p>'
+def _evolution(out: str, e: dict) -> str:
     ds = e["dataset"]
     html = (f"<p>Snapshots at epochs {_e(', '.join(str(x) for x in e['epochs']))}; each column the strongest "
             f"activation over {_e(ds['images'])} {_e(ds['spec'])} {_e(ds['split'])} images at that epoch.</p>")
@@ -251,10 +245,7 @@ def _evolution(out: str) -> str:
     return html
 
 
-def _occlusion(out: str) -> str:
-    o = _read(out, "occlusion/occlusion.json")
-    if o is None:
-        return '<p class="note">occlusion/occlusion.json is missing.</p>'
+def _occlusion(out: str, o: dict) -> str:
     s = o["settings"]
     classes = o.get("classes") or []
 
@@ -270,13 +261,10 @@ def _occlusion(out: str) -> str:
     return html + "</div>"
 
 
-def _correspondence(out: str) -> str:
-    c = _read(out, "correspondence/correspondence.json")
-    if c is None:
-        return '<p class="note">correspondence/correspondence.json is missing.</p>'
+def _correspondence(out: str, c: dict) -> str:
     html = ""
     path = os.path.join(out, "correspondence", c.get("table", ""))
-    if c.get("table") and os.path.isfile(path):
+    if c.get("table") and _inside(out, os.path.relpath(path, out)) and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             html += markdown(f.read())
     html += ("<p>Lower than random = the part is encoded consistently across images (implicit correspondence). "
@@ -284,10 +272,7 @@ def _correspondence(out: str) -> str:
     return html + _img(out, "correspondence/" + c["figure"], "the masked images as the model sees them", "masks")
 
 
-def _invariance(out: str) -> str:
-    v = _read(out, "invariance/invariance.json")
-    if v is None:
-        return '<p class="note">invariance/invariance.json is missing.</p>'
+def _invariance(out: str, v: dict) -> str:
     classes = v.get("classes") or []
     names = ", ".join(f"{i} ({classes[l] if l is not None and l < len(classes) else l})"
                       for i, l in zip(v["images"], v["labels"]))
@@ -296,16 +281,13 @@ def _invariance(out: str) -> str:
                        "feature distance at the low and high layer, p(true class)", "invariance")
 
 
-def _included(out: str) -> str:
-    inc = _read(out, "included/included.json")
-    if inc is None:
-        return '<p class="note">included/included.json is missing.</p>'
+def _included(out: str, inc: dict) -> str:
     html = ""
     for r in inc["results"]:
         html += f"<h3>{_e(r['experiment'])}</h3><p>from <code>{_e(r['source'])}</code></p>"
         if r.get("summary"):
             html += f"<p>{_e(r['summary'])}</p>"
-        if r.get("table"):
+        if r.get("table") and _inside(out, os.path.join("included", r["table"])):
             with open(os.path.join(out, "included", r["table"]), encoding="utf-8") as f:
                 html += markdown(f.read())
         for fig in r.get("figures", []):
@@ -313,8 +295,21 @@ def _included(out: str) -> str:
     return html
 
 
-RENDER = {"model": _model, "filters": _filters, "atlas": _atlas, "evolution": _evolution, "occlusion": _occlusion,
-          "correspondence": _correspondence, "invariance": _invariance, "included": _included}
+RENDER = {  # section -> (the stage file it reads, its renderer)
+    "model": ("model/model.json", _model),
+    "filters": ("atlas/filters.json", _filters),
+    "atlas": ("atlas/manifest.json", _atlas),
+    "evolution": ("evolution/evolution.json", _evolution),
+    "occlusion": ("occlusion/occlusion.json", _occlusion),
+    "correspondence": ("correspondence/correspondence.json", _correspondence),
+    "invariance": ("invariance/invariance.json", _invariance),
+    "included": ("included/included.json", _included),
+}
+
+
+def _section(out: str, rel: str, render) -> str:
+    result = _read(out, rel)
+    return f'<p class="note">{_e(rel)} is missing.</p>' if result is None else render(out, result)
 
 
 def write_report(out: str) -> str:
@@ -329,7 +324,7 @@ def write_report(out: str) -> str:
         toc.append(f'<li><a href="#{sid}">{_e(title)}</a> <span class="status {badge}">{_e(badge)}</span></li>')
         box = _status_box(entry, stage)
         try:
-            inner = box if box is not None else RENDER[sid](out)
+            inner = box if box is not None else _section(out, *RENDER[sid])
         except (KeyError, TypeError, ValueError, OSError) as e:  # a damaged result file: say so, render the rest
             inner = f'<p class="fail">cannot show this section: {_e(type(e).__name__)}: {_e(e)}</p>'
         body.append(f'<section id="{sid}"><h2>{_e(title)}</h2><p class="paper">{_e(sentence)}</p>{inner}</section>')
