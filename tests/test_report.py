@@ -171,7 +171,7 @@ def test_any_model_and_data(tmp_path):
                  classes=json.dumps(["cat", "dog"]))
     out = tmp_path / "rep"
     r = run_cli("report", "--model", "zfnet-small-rgb", "--weights", str(weights), "--data", f"folder:{root}",
-                "--examples", "2", "--out", str(out))
+                "--examples", "2", "--layers", "conv1,conv3", "--out", str(out))
     assert r.returncode == 0, r.stderr
     st = {n: e["status"] for n, e in json.loads((out / "report.json").read_text())["stages"].items()}
     assert st == {"model": "done", "atlas": "done", "evolution": "skipped", "occlusion": "done",
@@ -183,7 +183,7 @@ def test_any_model_and_data(tmp_path):
     for e in (1, 2):
         shutil.copyfile(weights, weights.parent / "snapshots" / f"epoch-{e:03d}.safetensors")
     r = run_cli("report", "--model", "zfnet-small-rgb", "--weights", str(weights), "--data", f"folder:{root}",
-                "--examples", "2", "--out", str(out))
+                "--examples", "2", "--layers", "conv1,conv3", "--out", str(out))
     assert r.returncode == 0, r.stderr
     evo = json.loads((out / "evolution" / "evolution.json").read_text())
     assert evo["epochs"] == [1, 2] and evo["dataset"]["split"] == "train"
