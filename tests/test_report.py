@@ -259,3 +259,25 @@ def test_page_never_links_outside_the_folder(tmp_path):
     page = open(write_report(str(out))).read()
     assert page.count("outside.png") == 1 and "missing file occlusion/../../outside.png" in page
     assert "src=\"occlusion/../" not in page and "href=\"occlusion/../" not in page
+
+
+def test_accuracy_not_measurable_keeps_the_model_section(tmp_path):
+    """Data with more classes than the model: the accuracy row says why, the rest of the section stands."""
+    root = tmp_path / "imgs"
+    for k, cls in enumerate(["a", "b", "c"]):
+        os.makedirs(root / cls)
+        for i in range(2):
+            Image.new("RGB", (36, 36), (70 * k, 30 * i, 90)).save(root / cls / f"{i}.png")
+    from zfnet.checkpoints import default_preprocess, save_weights
+
+    net = models.build("zfnet-small-rgb", num_classes=2)
+    pp = default_preprocess(net)
+    weights = tmp_path / "w.safetensors"
+    save_weights(net, str(weights), pp.with_mean(torch.full((3, pp.base_size, pp.base_size), 90.0)))
+    out = tmp_path / "rep"
+    r = run_cli("report", "--model", "zfnet-small-rgb", "--weights", str(weights), "--data", f"folder:{root}",
+                "--only", "model", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "model" / "model.json").read_text())
+    assert m["measured"] is None and "3 classes but the model predicts 2" in m["unmeasured"]
+    assert "not measured: " in (out / "index.html").read_text()

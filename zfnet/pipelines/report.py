@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -27,7 +28,7 @@ from ..io import atomic_write_json
 from ..methods.atlas import default_layers, fingerprint
 from ..provenance import changed_keys, environment, file_sha256
 from ..registry import Registry
-from ..runtime import resolve_device
+from ..runtime import Dist, resolve_device
 
 EMBEDDED_DATA = "fashion-mnist-mini"
 
@@ -82,6 +83,14 @@ class Context:
     def folder(self, stage: str) -> str:
         return os.path.join(self.cfg.out, stage)
 
+    @cached_property
+    def arch(self):
+        """Fig. 3's reading of the model (one forward), shared by the stages that need its layers."""
+        from ..methods.architecture import architecture
+
+        pp = self.opened.preprocess
+        return architecture(self.opened.model, (pp.channels, pp.input_size, pp.input_size))
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -109,7 +118,6 @@ class Skip(Exception):
 
 @stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)")
 def _model(ctx: Context) -> dict:
-    from ..methods.architecture import architecture
     from ..report.architecture import architecture_figure
     from ..report.plots import training_curves
     from ..train import evaluate
@@ -117,13 +125,17 @@ def _model(ctx: Context) -> dict:
     out = ctx.folder("model")
     os.makedirs(out, exist_ok=True)
     pp, model = ctx.opened.preprocess, ctx.opened.model
-    arch = architecture(model, (pp.channels, pp.input_size, pp.input_size)).to_json()
+    arch = ctx.arch.to_json()
     name = ctx.opened.name
     architecture_figure(arch, os.path.join(out, "fig3.png"),
                         f"{name}: {arch['params']:,} parameters, {pp.channels}x{pp.input_size}x{pp.input_size} "
                         "input (drawn as Fig. 3)")
-    measured = evaluate(model, ctx.dataset, pp, workers=ctx.cfg.workers,
-                        dist=_dist(ctx.device)) if _labelled(ctx.dataset) else None
+    measured, unmeasured = None, None
+    if _labelled(ctx.dataset):
+        try:
+            measured = evaluate(model, ctx.dataset, pp, workers=ctx.cfg.workers, dist=Dist(device=ctx.device))
+        except UsageError as e:  # e.g. other classes than the model's: the rest of the section still stands
+            unmeasured = str(e)
     source = os.path.dirname(os.path.abspath(ctx.opened.weights)) if ctx.opened.weights else None
     stored, history, recipe = _run_files(source)
     curves = None
@@ -136,16 +148,11 @@ def _model(ctx: Context) -> dict:
         "preprocess": pp.to_dict(), "architecture": arch, "figure": "fig3.png", "curves": curves,
         "measured": None if measured is None else {**measured, "data": ctx.dataset.name,
                                                    "split": ctx.dataset.split, "crop": "centre"},
-        "stored_metrics": _stored_summary(stored), "recipe": recipe, "epochs_logged": len(history),
+        "unmeasured": unmeasured, "stored_metrics": _stored_summary(stored), "recipe": recipe,
+        "epochs_logged": len(history),
     }
     atomic_write_json(os.path.join(out, "model.json"), body)
     return {"json": "model/model.json"}
-
-
-def _dist(device):
-    from ..runtime import Dist
-
-    return Dist(device=device)
 
 
 def _labelled(ds: zdata.ImageSet) -> bool:
@@ -307,12 +314,8 @@ def _sha(path: str | None) -> str | None:
 def _low_high(ctx: Context) -> tuple[str, str]:
     """The first conv layer and the highest hidden layer (fc7 in the paper: the last fc before the classifier,
     else the last conv layer)."""
-    from ..methods.architecture import architecture
-
-    pp = ctx.opened.preprocess
-    arch = architecture(ctx.opened.model, (pp.channels, pp.input_size, pp.input_size))
-    convs = [l.name for l in arch.layers if l.kind == "conv"]
-    fcs = [l.name for l in arch.layers if l.kind == "fc"]
+    convs = [l.name for l in ctx.arch.layers if l.kind == "conv"]
+    fcs = [l.name for l in ctx.arch.layers if l.kind == "fc"]
     return convs[0], (fcs[-2] if len(fcs) >= 2 else convs[-1])
 
 

@@ -167,6 +167,8 @@ def _model(out: str, m: dict) -> str:
     if meas:
         rows.append((f"top-1 accuracy on {meas['data']} {meas['split']} ({meas['images']:,} images, centre crop)",
                      f"{_pct(meas['top1_err'])} (top-5 {_pct(meas['top5_err'])})"))
+    if m.get("unmeasured"):
+        rows.append(("accuracy on the report's data", f"not measured: {m['unmeasured']}"))
     st = m.get("stored_metrics")
     if st:
         for crop, label in (("centre", "centre crop"), ("ten_crop", "10 crops, Sec. 3")):
