@@ -216,7 +216,7 @@ def _evolution(ctx: Context) -> dict:
     from ..report import atlas_site
 
     c, model, pp = ctx.cfg, ctx.opened.model, ctx.opened.preprocess
-    snaps = _snapshots(ctx)
+    snaps = _find(c)
     try:
         train = zdata.open_dataset(_data(c), c.train_split, pp)
     except UsageError as e:
@@ -240,10 +240,6 @@ def _snapshot_stamp(c: ReportConfig) -> list:
         return [[e, os.path.getsize(p)] for e, p in _find(c)]
     except (Skip, UsageError, OSError):
         return []
-
-
-def _snapshots(ctx: Context) -> list[tuple[int, str]]:
-    return _find(ctx.cfg)
 
 
 def _find(c: ReportConfig) -> list[tuple[int, str]]:
@@ -424,9 +420,8 @@ def _check(cfg: ReportConfig) -> None:
         raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
     if not cfg.embedded and not cfg.data:
         raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
-    for name in ("examples",):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name} {getattr(cfg, name)} must be at least 1")
+    if cfg.examples < 1:
+        raise UsageError(f"--examples {cfg.examples} must be at least 1")
     for name in ("limit", "evolution_limit", "window", "stride"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
