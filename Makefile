@@ -4,16 +4,21 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test lint test-all bench clean
 
 demo:
 	@scripts/setup.sh demo
 	$(BIN)/zfnet report --out report/
 	@echo "open report/index.html in a browser (or: $(BIN)/zfnet serve report)"
 
-test:
-	@scripts/setup.sh test
+test: lint
 	$(BIN)/python -m pytest -q
+
+lint:  # ruff (lint + format) and mypy, as CI runs them
+	@scripts/setup.sh test
+	$(BIN)/ruff check zfnet tests bench scripts
+	$(BIN)/ruff format --check zfnet tests bench scripts
+	$(BIN)/mypy
 
 test-all:  # also the slow real-data runs
 	@scripts/setup.sh test

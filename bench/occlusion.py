@@ -64,7 +64,8 @@ def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau:
         rows["captum"].append(captum_seconds(model, x, t, window, stride, best))
         results = {}
         for mode in ("naive", "exact", "approx"):
-            results[mode] = occlusion(model, x, t, window, stride, 0.0, "conv5", mode, tau, drill=drill)
+            results[mode] = occlusion(model, x[None], target=t, window=window, stride=stride, fill=0.0,
+                                      layer="conv5", mode=mode, tau=tau, drill=drill)[0]
             rows[mode].append(results[mode].seconds)
         d = deviation(results["approx"], results["exact"])
         d["exact_vs_naive_max_abs_prob"] = float((results["exact"].prob - results["naive"].prob).abs().max())

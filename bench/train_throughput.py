@@ -24,7 +24,7 @@ from _common import finish
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.checkpoints import default_preprocess
+from zfnet.weights import default_preprocess
 from zfnet.recipe import Recipe, RunOptions
 from zfnet.train import fit
 

@@ -16,9 +16,9 @@ import sys
 
 
 from zfnet import data as zdata
-from zfnet.checkpoints import find_snapshots, open_model
-from zfnet.io import atomic_save_tensors, atomic_write_json, load_tensors
-from zfnet.models import weights_metadata
+from zfnet.checkpoints import find_snapshots
+from zfnet.io import atomic_save_tensors, atomic_write_json, load_tensors, safetensors_metadata
+from zfnet.weights import open_model
 from zfnet.provenance import Timer, environment
 from zfnet.train import evaluate
 
@@ -49,7 +49,7 @@ def main(run: str) -> int:
             continue  # model.safetensors is the last epoch
         tensors = load_tensors(path)
         keep = {k: v for k, v in tensors.items() if k.startswith("conv") or k.startswith("preprocess/")}
-        atomic_save_tensors(keep, os.path.join(DEST, "snapshots", os.path.basename(path)), weights_metadata(path))
+        atomic_save_tensors(keep, os.path.join(DEST, "snapshots", os.path.basename(path)), safetensors_metadata(path))
     atomic_write_json(os.path.join(DEST, "metrics.json"), {
         "test": {"images": len(test), "centre": centre, "ten_crop": ten, "top1_accuracy": 1 - centre["top1_err"],
                  "seconds": t.seconds},

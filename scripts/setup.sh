@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh checkout: Debian packages (when root), a virtual environment in .venv, zfnet and its deps.
 #   scripts/setup.sh demo   what `make demo` needs: Python packages only (the report's data ships with zfnet)
-#   scripts/setup.sh test   what `make test` needs: also Debian's Fashion-MNIST, Chromium and ChromeDriver
+#   scripts/setup.sh test   what `make test` needs: also Debian's Fashion-MNIST, Chromium, ChromeDriver and strace
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-demo}"
@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 
 debs=""
-[ "$what" = "test" ] && debs="dataset-fashion-mnist chromium chromium-driver"
+[ "$what" = "test" ] && debs="dataset-fashion-mnist chromium chromium-driver strace"
 missing=""
 for p in $debs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -113,7 +113,7 @@ def test_archselect_end_to_end(tmp_path, capsys):
     assert [r["name"] for r in res["runs"]] == ["krizhevsky-like", "krizhevsky-like-noclip", "zfnet-like",
                                                 "zfnet-like-noclip"]
     # the runs trained what they say: conv1's shape, and clipping bounds the filters' RMS only where it was on
-    from zfnet.checkpoints import open_model
+    from zfnet.weights import open_model
 
     for r in res["runs"]:
         k, s = r["first_layer"]["kernel"], r["first_layer"]["stride"]

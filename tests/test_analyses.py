@@ -19,6 +19,7 @@ from zfnet.layers import features
 from zfnet.methods.correspondence import correspondence, sign_change
 from zfnet.methods.invariance import invariance, transform_images
 from zfnet.pipelines.analyses import read_parts
+from zfnet.pretrained import folder as pretrained_folder
 
 
 def slow_delta(eps: list[list[float]]) -> tuple[float, float]:
@@ -46,7 +47,7 @@ def test_sign_change_hand_worked():
 @pytest.fixture(scope="module")
 def boots():
     p = zfnet.pretrained()
-    spec = read_parts(f"{zfnet.checkpoints.embedded_folder()}/parts-ankle-boot.json")
+    spec = read_parts(f"{pretrained_folder()}/parts-ankle-boot.json")
     ds = zdata.open_dataset("fashion-mnist", "test", p.preprocess)
     idx = spec["images"][:4]
     x = p.preprocess.eval_input(ds.bases[idx])
@@ -56,7 +57,7 @@ def boots():
 
 def test_delta_equals_the_definition_on_the_real_model(boots):
     p, x, parts = boots
-    res = correspondence(p.model, x, parts, layers=("conv5", "fc7"), random_draws=3, seed=1)
+    res = correspondence(p.model, x, parts=parts, layers=("conv5", "fc7"), random_draws=3, seed=1)
     for layer in ("conv5", "fc7"):
         with torch.no_grad():
             base = [features(p.model.eval(), x[i:i + 1], [layer])[layer].flatten().tolist() for i in range(4)]
@@ -80,7 +81,8 @@ def test_invariance_identity_and_transforms(boots):
     p, x, _ = boots
     labels = [9, 9, 9, 9]
     for t, ident in (("translate", 0), ("scale", 1.0), ("rotate", 0)):
-        res = invariance(p.model, x, labels, t, [ident, ident], layers=("conv1", "fc7"))
+        res = invariance(p.model, x, labels=labels, transforms=[t], values={t: [ident, ident]},
+                        layers=("conv1", "fc7")).curve(t)
         assert float(res.distance["conv1"].abs().max()) == 0 and float(res.distance["fc7"].abs().max()) == 0
         with torch.no_grad():
             plain = F.softmax(p.model(x), 1)[:, 9]
@@ -89,7 +91,8 @@ def test_invariance_identity_and_transforms(boots):
     torch.testing.assert_close(transform_images(x, "rotate", 90), torch.rot90(x, 1, (-2, -1)), atol=1e-4, rtol=0)
     shifted = transform_images(x, "translate", 3, fill=-1.0)
     assert torch.equal(shifted[:, :, 3:], x[:, :, :-3]) and bool((shifted[:, :, :3] == -1.0).all())
-    res = invariance(p.model, x, labels, "rotate", [0, 90], layers=("conv1", "fc7"))
+    res = invariance(p.model, x, labels=labels, transforms=["rotate"], values={"rotate": [0, 90]},
+                    layers=("conv1", "fc7")).curves[0]
     with torch.no_grad():
         f = features(p.model, torch.rot90(x, 1, (-2, -1)), ["fc7"])["fc7"].flatten(1)
         f0 = features(p.model, x, ["fc7"])["fc7"].flatten(1)
@@ -100,11 +103,11 @@ def test_no_hook_left_also_after_errors(boots):
     p, x, parts = boots
     p.model.train()
     with pytest.raises(UsageError, match="not inside"):
-        correspondence(p.model, x, {"bad": [(0, 0, 40, 4)] * 4})
+        correspondence(p.model, x, parts={"bad": [(0, 0, 40, 4)] * 4})
     with pytest.raises(UsageError, match="does not exist"):
-        invariance(p.model, x, [99] * 4, "rotate", [10])
-    correspondence(p.model, x, parts, random_draws=1)
-    invariance(p.model, x, [9] * 4, "scale", [1.2])
+        invariance(p.model, x, labels=[99] * 4, transforms=["rotate"], values={"rotate": [10]})
+    correspondence(p.model, x, parts=parts, random_draws=1)
+    invariance(p.model, x, labels=[9] * 4, transforms=["scale"], values={"scale": [1.2]})
     assert hook_count(p.model) == 0 and p.model.training
     p.model.eval()
 

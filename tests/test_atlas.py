@@ -15,10 +15,11 @@ from conftest import REPO, run_cli
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.checkpoints import default_preprocess
+from zfnet.weights import default_preprocess
 from zfnet.methods.atlas import TopK, scan
 from zfnet.errors import UsageError
 from zfnet.methods.filters import analyse, radial_frequency
+from zfnet.io import safetensors_metadata
 from zfnet.layers import features
 
 LAYERS = ["conv1", "conv3", "fc6"]
@@ -55,7 +56,7 @@ def brute_force_topk(model, pp, ds, layer, k):
 
 def test_topk_equals_brute_force_and_fresh_forwards(setup):
     model, pp, ds = setup
-    result = scan(model, ds, pp, LAYERS, k=5, batch_size=16, workers=0, progress=False)
+    result = scan(model, ds, preprocess=pp, layers=LAYERS, k=5, batch_size=16, workers=0, progress=False)
     assert result.images == 70
     for layer in LAYERS:
         tk = result.top[layer]
@@ -75,8 +76,8 @@ def test_topk_equals_brute_force_and_fresh_forwards(setup):
 
 def test_batch_size_does_not_change_the_result(setup):
     model, pp, ds = setup
-    a = scan(model, ds, pp, LAYERS, k=4, batch_size=7, workers=0, progress=False)
-    b = scan(model, ds, pp, LAYERS, k=4, batch_size=64, workers=0, progress=False)
+    a = scan(model, ds, preprocess=pp, layers=LAYERS, k=4, batch_size=7, workers=0, progress=False)
+    b = scan(model, ds, preprocess=pp, layers=LAYERS, k=4, batch_size=64, workers=0, progress=False)
     for layer in LAYERS:
         assert torch.equal(a.top[layer].images, b.top[layer].images)
 
@@ -90,7 +91,7 @@ def test_merge_breaks_ties_by_image():
 def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
     model, pp, ds = setup
     state = str(tmp_path / "state.safetensors")
-    whole = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False)
+    whole = scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False)
     from zfnet.methods import atlas
 
     real = atlas.features
@@ -104,10 +105,10 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(atlas, "features", crashing)
     with pytest.raises(KeyboardInterrupt):
-        scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x",
+        scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x",
              save_every=0)
     monkeypatch.setattr(atlas, "features", real)
-    saved = models.weights_metadata(state)
+    saved = safetensors_metadata(state)
     assert saved["done"] == "30"
     counted = {"n": 0}
 
@@ -116,13 +117,13 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(atlas, "features", counting)
-    resumed = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x")
+    resumed = scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x")
     assert counted["n"] == 4  # 40 images left, batches of 10
     for layer in LAYERS:
         for f in ("values", "images", "ys", "xs"):
             assert torch.equal(getattr(resumed.top[layer], f), getattr(whole.top[layer], f))
     # another key starts afresh
-    fresh = scan(model, ds, pp, LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="y")
+    fresh = scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="y")
     assert fresh.images == 70
 
 
@@ -237,7 +238,8 @@ def test_evolution_from_a_training_run(tmp_path):
     pp = default_preprocess(model)
     train = zdata.open_dataset("synthetic", "train", pp).head(40)
     chans = choose_channels(model, ["conv1", "conv4"], 3, 0, (1, 28, 28))
-    evo = evolution(model, snaps, train, ["conv1", "conv4"], chans, batch_size=16, workers=0, progress=False)
+    evo = evolution(model, train, snapshots=snaps, layers=["conv1", "conv4"], channels=chans, batch_size=16,
+                    workers=0, progress=False)
     assert evo.epochs == [1, 3]
     for layer, cs in chans.items():
         for c in cs:

@@ -91,7 +91,7 @@ def _jpeg(path, size, colour):
     Image.new("RGB", size, colour).save(path)
 
 
-def test_imagenet_folders_resize_crop_and_mean_beside_data(tmp_path):
+def test_imagenet_folders_resize_crop_and_mean_in_the_user_cache(tmp_path, monkeypatch):
     root = tmp_path / "imagenet"
     for split in ("train", "val"):
         for k, wnid in enumerate(("n01440764", "n01443537")):
@@ -102,10 +102,21 @@ def test_imagenet_folders_resize_crop_and_mean_beside_data(tmp_path):
     assert len(train) == 6 and train.classes == ["n01440764", "n01443537"]
     base, label, _ = train[4]
     assert base.shape == (3, 256, 256) and label == 1
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ZFNET_CACHE", str(cache))
+    before = sorted(p for p in root.rglob("*"))
     mean = zdata.mean_image(train, progress=False)
     assert mean.shape == (3, 256, 256)
-    stored = [f for f in os.listdir(train.root) if f.startswith(".zfnet-mean")]
-    assert stored, "the mean image is stored beside the data"
+    assert sorted(p for p in root.rglob("*")) == before, "nothing is written inside the dataset"
+    cached = list((cache / "means").iterdir())
+    assert len(cached) == 1
+    # the cache is keyed by the dataset's identity: the same set reads it back, another split computes its own
+    assert torch.equal(zdata.mean_image(train, progress=False), mean)
+    zdata.mean_image(zdata.open_dataset(f"imagenet:{root}", "val", pp), progress=False)
+    assert len(list((cache / "means").iterdir())) == 2
+    # a damaged cache entry is recomputed, not trusted
+    cached[0].write_bytes(b"not a safetensors file")
+    assert torch.equal(zdata.mean_image(train, progress=False), mean)
     direct = torch.stack([train[i][0].double() for i in range(len(train))]).mean(0)
     torch.testing.assert_close(mean.double(), direct, atol=1e-4, rtol=0)
     # and it is the colours drawn (within JPEG's rounding)

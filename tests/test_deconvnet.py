@@ -132,13 +132,13 @@ def test_hand_worked_rectification_modes():
     m = _two_layer([1.0, -1.0], [2.0, 3.0])
     expect = {"deconvnet": [0.0, -6.0], "backprop": [0.0, -18.0], "guided": [0.0, -18.0]}
     for mode, want in expect.items():
-        got = project(m, x, "conv2", 0, position=(0, 1), mode=mode)
+        got = project(m, x, layer="conv2", channel=0, position=(0, 1), mode=mode).images
         assert got.flatten().tolist() == want, mode
     # conv1 = (x, 2x) -> ([1,0], [2,0]); conv2 = 3a - b = [1, 0]; unit 0 (value 1): conv2^T = (3, -1);
     # deconvnet: relu -> (3, 0) -> 3; backprop: mask (1, 1) -> 3 - 2 = 1; guided: relu and mask -> 3.
     m = _two_layer([1.0, 2.0], [3.0, -1.0])
     for mode, want in {"deconvnet": [3.0, 0.0], "backprop": [1.0, 0.0], "guided": [3.0, 0.0]}.items():
-        assert project(m, x, "conv2", 0, position=(0, 0), mode=mode).flatten().tolist() == want, mode
+        assert project(m, x, layer="conv2", channel=0, position=(0, 0), mode=mode).images.flatten().tolist() == want, mode
 
 
 def test_hand_worked_conv_pool_projection():
@@ -154,12 +154,12 @@ def test_hand_worked_conv_pool_projection():
     # conv: out[i,j] = x[i,j] - x[i,j+1] + 2 x[i+1,j] + 5 -> [[10, 12], [16, 18]]; relu keeps them;
     # pool (2x2 stride 1 on a 2x2 map) -> one unit = 18, switch at (1, 1).
     # down: unpool puts 18 at (1,1); relu keeps it; transposed filter places 18 * w at x[1:3, 1:3].
-    got = project(m, x, "pool1", 0, position=(0, 0))[0, 0]
+    got = project(m, x, layer="pool1", channel=0, position=(0, 0)).images[0, 0]
     want = torch.zeros(3, 3)
     want[1:3, 1:3] = 18 * torch.tensor([[1.0, -1.0], [2.0, 0.0]])
     assert torch.equal(got, want)
     # unit seed: the same divided by the value
-    assert torch.equal(project(m, x, "pool1", 0, position=(0, 0), unit=True)[0, 0], want / 18)
+    assert torch.equal(project(m, x, layer="pool1", channel=0, position=(0, 0), unit=True).images[0, 0], want / 18)
 
 
 # --- Captum, where the semantics coincide (no contrast normalization) --------------------------------------
@@ -236,7 +236,7 @@ def test_field_output_is_the_receptive_field_box():
     torch.manual_seed(5)
     model = models.build("zfnet-small")
     x = torch.randn(1, 1, 28, 28)
-    rf = receptive_field(model, "conv3")
+    rf = receptive_field(model, x, layer="conv3")
     targets = [Target(0, "conv3", 2, 0, 0), Target(0, "conv3", 2, 3, 4), Target(0, "conv3", 2, 6, 6)]
     with Deconvnet(model) as dn:
         full = dn.project_targets(x, targets, unit=True)

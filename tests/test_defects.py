@@ -14,7 +14,7 @@ from conftest import run_cli
 from PIL import Image
 
 from zfnet import models
-from zfnet.checkpoints import save_weights
+from zfnet.weights import save_weights
 from zfnet.cli import main
 
 
@@ -68,18 +68,18 @@ def test_folder_atlas_reruns(tmp_path, capsys):
 
 def test_interrupted_folder_atlas_resumes(tmp_path, capsys):
     from zfnet import data as zdata
-    from zfnet.checkpoints import open_model
+    from zfnet.weights import open_model
     from zfnet.methods.atlas import scan
 
     data = _folder(tmp_path)
     opened = open_model("zfnet-small-64")
     ds = zdata.open_dataset(f"folder:{data}", "all", opened.preprocess)
     state = str(tmp_path / "state.safetensors")
-    full = scan(opened.model, ds, opened.preprocess, ["conv2"], k=2, batch_size=3, workers=0, progress=False)
+    full = scan(opened.model, ds, preprocess=opened.preprocess, layers=["conv2"], k=2, batch_size=3, workers=0, progress=False)
     # a scan killed after its first saved batch, then rerun: continues from there and ends the same
-    scan(opened.model, ds.head(3), opened.preprocess, ["conv2"], k=2, batch_size=3, workers=0, progress=False,
+    scan(opened.model, ds.head(3), preprocess=opened.preprocess, layers=["conv2"], k=2, batch_size=3, workers=0, progress=False,
          state_path=state, key="k")
-    resumed = scan(opened.model, ds, opened.preprocess, ["conv2"], k=2, batch_size=3, workers=0, progress=False,
+    resumed = scan(opened.model, ds, preprocess=opened.preprocess, layers=["conv2"], k=2, batch_size=3, workers=0, progress=False,
                    state_path=state, key="k")
     assert torch.equal(resumed.top["conv2"].images, full.top["conv2"].images)
     assert torch.equal(resumed.top["conv2"].values, full.top["conv2"].values)

@@ -19,9 +19,10 @@ from test_defects import _png_claiming, assert_one_line_error, cli
 
 import zfnet
 from zfnet import models
-from zfnet.checkpoints import save_weights
+from zfnet.weights import save_weights
 from zfnet.data import for_model
 from zfnet.errors import UsageError
+from zfnet.weights import read_weights
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +184,13 @@ def test_api_errors_are_one_line():
     p = zfnet.pretrained()
     x = p.preprocess([Image.new("L", (28, 28), 128)])
     calls = {
-        "occlusion window": lambda: zfnet.occlusion(p.model, x[0], window=29),
-        "occlusion stride": lambda: zfnet.occlusion(p.model, x[0], window=8, stride=0),
-        "occlusion layer": lambda: zfnet.occlusion(p.model, x[0], window=8, layer="conv8"),
-        "invariance transform": lambda: zfnet.invariance(p.model, x, [0], "spin", [0, 1]),
-        "correspondence box": lambda: zfnet.correspondence(p.model, x, {"toe": [(0, 0, 40, 40)]}),
-        "project channel": lambda: zfnet.project(p.model, x, "conv1", 480),
-        "receptive field layer": lambda: zfnet.receptive_field(p.model, "conv7"),
+        "occlusion window": lambda: zfnet.occlusion(p.model, x[:1], window=29),
+        "occlusion stride": lambda: zfnet.occlusion(p.model, x[:1], window=8, stride=0),
+        "occlusion layer": lambda: zfnet.occlusion(p.model, x[:1], window=8, layer="conv8"),
+        "invariance transform": lambda: zfnet.invariance(p.model, x, labels=[0], transforms=["spin"]),
+        "correspondence box": lambda: zfnet.correspondence(p.model, x, parts={"toe": [(0, 0, 40, 40)]}),
+        "project channel": lambda: zfnet.project(p.model, x, layer="conv1", channel=480),
+        "receptive field layer": lambda: zfnet.receptive_field(p.model, x, layer="conv7"),
         "build model": lambda: zfnet.models.build("zfnet-huge"),
         "open model": lambda: zfnet.open_model("zfnet-small", "/nonexistent/w.safetensors"),
     }
@@ -258,7 +259,7 @@ def test_malicious_pickle_runs_nothing(tmp_path, capsys):
         code, _, err = cli(capsys, *argv)
         assert_one_line_error(code, err, "weights.pt", "cannot read weights")
     with pytest.raises(UsageError):
-        models.read_weights(evil)
+        read_weights(evil)
     assert not marker.exists()
     # the same file unpickled the unsafe way does run code: the test's payload is real
     subprocess.run([sys.executable, "-c", f"import pickle; pickle.load(open({str(evil)!r}, 'rb'))"], check=False,
@@ -281,7 +282,7 @@ def hostile_report(tmp_path_factory):
             for i in range(3):
                 Image.new("RGB", (36, 36), (60 * k, 40 * i, 90)).save(data / split / cls / f"<b>{i}\".png")
     net = models.build("zfnet-small-rgb", num_classes=4)
-    from zfnet.checkpoints import default_preprocess
+    from zfnet.weights import default_preprocess
 
     pp = default_preprocess(net)
     weights = root / "w.safetensors"
@@ -376,30 +377,30 @@ def _analyses():
     from zfnet.methods.deconvnet import Deconvnet, Target
 
     def atlas(m, x, y, ds):
-        res = scan(m, ds, ds.preprocess, ["conv2", "conv5"], k=2, batch_size=8, workers=0, progress=False)
+        res = scan(m, ds, layers=["conv2", "conv5"], k=2, batch_size=8, workers=0, progress=False)
         with Deconvnet(m) as dn:
             top_projections(dn, ds, ds.preprocess, res.top["conv5"], "conv5", [0, 1],
-                            zfnet.receptive_field(m, "conv5"))
+                            zfnet.receptive_field(m, x, layer="conv5"))
 
     def deconv_many(m, x, y, ds):
         with Deconvnet(m, mode="guided") as dn:
             dn.project_targets(x, dn.targets(x, "conv4", [3, 1, 0]) + [Target(0, "conv2", 1, 2, 2)])
 
     return {
-        "deconvnet": lambda m, x, y, ds: zfnet.project(m, x, "conv3", 5),
+        "deconvnet": lambda m, x, y, ds: zfnet.project(m, x, layer="conv3", channel=5),
         "deconvnet targets": deconv_many,
-        "unit projection": lambda m, x, y, ds: zfnet.project_unit(m, x[0], "conv5", 2),
+        "unit projection": lambda m, x, y, ds: zfnet.project(m, x[:1], layer="conv5", channel=2, unit=True),
         "atlas": atlas,
-        "occlusion exact": lambda m, x, y, ds: zfnet.occlusion(m, x[0], y[0], window=8, stride=4),
-        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(m, x[0], y[0], window=8, stride=4, mode="approx"),
-        "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(m, x[0], y[0], window=8, stride=4, mode="naive"),
-        "correspondence": lambda m, x, y, ds: zfnet.correspondence(m, x, {"toe": [(20, 0, 28, 8)] * len(x)},
+        "occlusion exact": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4),
+        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4, mode="approx"),
+        "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4, mode="naive"),
+        "correspondence": lambda m, x, y, ds: zfnet.correspondence(m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)},
                                                                    random_draws=2),
-        "invariance": lambda m, x, y, ds: zfnet.invariance(m, x, y, "rotate", [0, 30], ("conv1", "fc7")),
-        "layer probe / transfer features": lambda m, x, y, ds: extract(m, ds, ds.preprocess,
-                                                                       ["conv1", "conv5", "fc7"], progress=False),
-        "receptive field": lambda m, x, y, ds: zfnet.receptive_field(m, "conv4"),
-        "architecture (Fig. 3)": lambda m, x, y, ds: architecture(m, (1, 28, 28)),
+        "invariance": lambda m, x, y, ds: zfnet.invariance(m, x, labels=y, transforms=["rotate"], values={"rotate": [0, 30]}, layers=("conv1", "fc7")),
+        "layer probe / transfer features": lambda m, x, y, ds: extract(m, ds, layers=["conv1", "conv5", "fc7"],
+                                                                       progress=False),
+        "receptive field": lambda m, x, y, ds: zfnet.receptive_field(m, x, layer="conv4"),
+        "architecture (Fig. 3)": lambda m, x, y, ds: architecture(m, x),
     }
 
 

@@ -41,8 +41,8 @@ def _complete(out) -> None:
 
 
 def kill_when(argv: list[str], ready, out, timeout: float = 300, meanwhile=None) -> None:
-    """Start `zfnet ARGV`, watch `out` until `ready()` is true, call `meanwhile()` (if given), SIGKILL the
-    process."""
+    """Start `zfnet ARGV`, watch `out` until `ready()` is true, stop the process and call `meanwhile(pid)` (if
+    given), SIGKILL the process."""
     proc = subprocess.Popen([sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
@@ -55,7 +55,8 @@ def kill_when(argv: list[str], ready, out, timeout: float = 300, meanwhile=None)
             if os.path.isdir(out):
                 _complete(out)
             time.sleep(0.05)
-        if meanwhile is not None:
+        if meanwhile is not None:  # the run is frozen (SIGSTOP) while it holds its folder: no race with it
+            proc.send_signal(signal.SIGSTOP)
             meanwhile(proc.pid)
         proc.send_signal(signal.SIGKILL)
     finally:

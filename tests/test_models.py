@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from zfnet import models
 from zfnet.errors import UsageError
 from zfnet.models.convnet import TABLE2_VARIANTS
+from zfnet.weights import WeightsFile, open_model
 
 FIG3 = {  # Fig. 3, layer by layer
     "conv1": (96, 110, 110), "pool1": (96, 55, 55), "norm1": (96, 55, 55),
@@ -112,23 +113,23 @@ def test_weights_round_trip_and_mismatch(tmp_path):
     a = models.build("zfnet-small", seed=1)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(path), metadata={"model": "zfnet-small"})
-    b = models.build("zfnet-small", weights=str(path))
+    b = open_model("zfnet-small", str(path), mean="none").model
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     with pytest.raises(UsageError, match="do not fit model 'zfnet-small-rgb'.*made for model 'zfnet-small'"):
-        models.build("zfnet-small-rgb", weights=str(path))
+        open_model("zfnet-small-rgb", str(path), mean="none")
     with pytest.raises(UsageError, match="does not exist"):
-        models.build("zfnet-small", weights=str(tmp_path / "missing.safetensors"))
+        open_model("zfnet-small", str(tmp_path / "missing.safetensors"))
     bad = tmp_path / "bad.pt"
     torch.save({"evil": object()}, str(bad))  # not loadable with weights_only=True
     with pytest.raises(UsageError, match="cannot read weights"):
-        models.read_weights(str(bad))
+        WeightsFile.read(str(bad))
 
 
 def test_torchvision_models_and_local_weights(tmp_path):
     ref = models.build("torchvision:alexnet", num_classes=10)
     path = tmp_path / "alex.pth"
     torch.save(ref.state_dict(), str(path))
-    net = models.build("torchvision:alexnet", weights=str(path))
+    net = open_model("torchvision:alexnet", str(path)).model
     assert net.classifier[6].out_features == 10  # class count read from the file
     assert torch.equal(net.features[0].weight, ref.features[0].weight)
     with pytest.raises(UsageError, match="unknown torchvision model"):

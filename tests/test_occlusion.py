@@ -33,7 +33,7 @@ def test_hand_worked_activity():
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
     x = torch.ones(1, 6, 6)
     for mode in ("exact", "naive"):
-        r = occlusion(model, x, window=2, stride=2, layer="conv1", mode=mode)
+        r = occlusion(model, x[None], window=2, stride=2, layer="conv1", mode=mode)[0]
         assert r.base_activity == 256.0
         assert float(r.activity[0, 0]) == pytest.approx(231.0) and float(r.activity[2, 2]) == pytest.approx(231.0)
         assert float(r.activity[1, 1]) == pytest.approx(256.0 - 9 * 4)  # the centre: each pixel in 9 windows
@@ -59,8 +59,8 @@ def test_exact_equals_naive_at_every_position(name, size, window, stride):
     channels = models.model_input_shape(model)[0]
     x = torch.randn(channels, size, size) * (1.0 if "small" in name or "torchvision" in name else 60.0)
     fill = 0.0 if window != 5 else 0.7
-    exact = occlusion(model, x, window=window, stride=stride, fill=fill, mode="exact")
-    naive = occlusion(model, x, window=window, stride=stride, fill=fill, mode="naive")
+    exact = occlusion(model, x[None], window=window, stride=stride, fill=fill, mode="exact")[0]
+    naive = occlusion(model, x[None], window=window, stride=stride, fill=fill, mode="naive")[0]
     assert exact.mode == "exact" and naive.mode == "naive"
     assert exact.channel == naive.channel and exact.target == naive.target
     scale = float(naive.activity.abs().max())
@@ -76,8 +76,8 @@ def test_exact_equals_naive_at_every_position(name, size, window, stride):
 def test_resnet_falls_back_to_whole_forwards():
     model = models.build("torchvision:resnet18").eval()
     x = torch.randn(3, 64, 64)
-    r = occlusion(model, x, window=16, stride=12, layer="layer4.1.conv2", mode="exact")
-    n = occlusion(model, x, window=16, stride=12, layer="layer4.1.conv2", mode="naive")
+    r = occlusion(model, x[None], window=16, stride=12, layer="layer4.1.conv2", mode="exact")[0]
+    n = occlusion(model, x[None], window=16, stride=12, layer="layer4.1.conv2", mode="naive")[0]
     assert r.mode == "naive"  # residual additions are no chain: whole forwards
     torch.testing.assert_close(r.prob, n.prob)
 
@@ -85,13 +85,13 @@ def test_resnet_falls_back_to_whole_forwards():
 def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
     model = models.build("alexnet", seed=0).eval()
     x = torch.randn(3, 224, 224) * 60
-    exact = occlusion(model, x, window=32, stride=64, mode="exact")
-    full = occlusion(model, x, window=32, stride=64, mode="approx", tau=1.0, drill=None)
+    exact = occlusion(model, x[None], window=32, stride=64, mode="exact")[0]
+    full = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=None)[0]
     torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
-    drilled = occlusion(model, x, window=32, stride=64, mode="approx", tau=1.0, drill=1.0)  # every position computed
+    drilled = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=1.0)[0]  # every position
     torch.testing.assert_close(drilled.prob, exact.prob, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(drilled.activity, exact.activity, rtol=1e-5, atol=1e-3)
-    capped = occlusion(model, x, window=32, stride=64, mode="approx", tau=0.3, compare_exact=True)
+    capped = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=0.3, compare_exact=True)[0]
     d = capped.deviation
     assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "ssim_activity", "top_class_agreement"}
     assert d["max_abs_prob"] == pytest.approx(float((capped.prob - exact.prob).abs().max()))
@@ -105,7 +105,7 @@ def test_p_true_equals_captums_occlusion():
 
     model = models.build("zfnet-small", seed=0).eval()
     x = torch.randn(1, 1, 28, 28)
-    ours = occlusion(model, x[0], target=3, window=7, stride=7, fill=0.0, mode="exact")
+    ours = occlusion(model, x[:1], target=3, window=7, stride=7, fill=0.0, mode="exact")[0]
     attr = Occlusion(lambda t: F.softmax(model(t), 1)).attribute(
         x, sliding_window_shapes=(1, 7, 7), strides=(1, 7, 7), baselines=0.0, target=3, perturbations_per_eval=16)
     from_captum = ours.base_prob - attr[0, 0, ::7, ::7]
@@ -119,11 +119,11 @@ def test_no_hook_left_and_model_unchanged_also_after_an_error():
     with torch.no_grad():
         before = model.eval()(x[None])
     model.train()
-    occlusion(model, x, window=8, stride=4)
+    occlusion(model, x[None], window=8, stride=4)
     with pytest.raises(UsageError):
-        occlusion(model, x, window=8, stride=4, target=99)
+        occlusion(model, x[None], window=8, stride=4, target=99)
     with pytest.raises(UsageError):
-        occlusion(model, x, window=8, stride=4, layer="fc6")
+        occlusion(model, x[None], window=8, stride=4, layer="fc6")
     assert hook_count(model) == 0 and model.training and all(m.training for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model.eval()(x[None]), before)

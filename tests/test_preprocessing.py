@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import zfnet
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.checkpoints import open_model, stored_preprocess
+from zfnet.weights import WeightsFile, open_model
 from zfnet.data.idx import read_idx
 from zfnet.data.mnist import find_fashion_mnist
 from zfnet.errors import UsageError
@@ -38,10 +38,10 @@ def embedded():
 def test_stored_preprocessing_is_what_the_model_was_trained_with(embedded):
     pp = embedded.preprocess
     assert (pp.fit, pp.input_size, pp.base_size, pp.channels, pp.scale) == ("pad", 28, 32, 1, 1.0)
-    assert stored_preprocess(embedded.weights_path).to_dict() == pp.to_dict()
+    assert WeightsFile.read(embedded.weights_path).preprocess().to_dict() == pp.to_dict()
     # the snapshots carry the same record (Fig. 4 feeds each with its own mean image)
     for _, path in embedded.snapshots:
-        assert stored_preprocess(path).fit == "pad"
+        assert WeightsFile.read(path).preprocess().fit == "pad"
 
 
 def test_callable_accepts_every_image_form(embedded):

@@ -60,7 +60,7 @@ def test_pretrained_deconvnet_projection():
         whole = dn.project(x, "conv5", 3)
     assert rec.shape == x.shape and float(rec.abs().max()) > 0
     torch.testing.assert_close(rec, whole, rtol=1e-5, atol=1e-6 * float(whole.abs().max()))
-    rf = zfnet.receptive_field(p.model, "conv5")
+    rf = zfnet.receptive_field(p.model, x, layer="conv5")
     for i, t in enumerate(targets):
         top, left, bottom, right = rf.box(t.y, t.x)
         outside = rec[i].clone()

@@ -7,7 +7,7 @@ import torch
 
 from zfnet import models
 from zfnet.layers import features
-from zfnet.receptive_field import crop_plan, receptive_field
+from zfnet.receptive_field import crop_plan, layer_field
 
 
 def brute_force_field(model, layer, shape, y, x):
@@ -37,7 +37,7 @@ def brute_force_field(model, layer, shape, y, x):
                                          ("conv3", [(0, 6), (3, 3)]), ("conv5", [(0, 0), (3, 4), (6, 6)])])
 def test_small_model_fields_match_brute_force(layer, spots):
     model = models.build("zfnet-small", seed=0)
-    rf = receptive_field(model, layer)
+    rf = layer_field(model, layer)
     for y, x in spots:
         assert brute_force_field(models.build("zfnet-small", seed=0), layer, (1, 28, 28), y, x) == \
             rf.clipped_box(y, x), (layer, y, x)
@@ -45,29 +45,29 @@ def test_small_model_fields_match_brute_force(layer, spots):
 
 def test_zfnet_fields_are_the_papers_and_match_brute_force():
     model = models.build("zfnet", init="torch")
-    sizes = {l: receptive_field(model, l).size[0] for l in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    sizes = {l: layer_field(model, l).size[0] for l in ("conv1", "conv2", "conv3", "conv4", "conv5")}
     assert sizes == {"conv1": 7, "conv2": 27, "conv3": 75, "conv4": 107, "conv5": 139}
     small = models.build("zfnet", init="torch", input_size=67, remove=("fc6", "fc7"))  # conv2 maps: 6x6
-    rf = receptive_field(small, "conv2", (3, 67, 67))
+    rf = layer_field(small, "conv2", (3, 67, 67))
     for y, x in [(0, 0), (3, 4), (5, 5)]:
         assert brute_force_field(small, "conv2", (3, 67, 67), y, x) == rf.clipped_box(y, x)
 
 
 def test_resnet_field_with_residual_branches():
     model = models.build("torchvision:resnet18")
-    rf = receptive_field(model, "layer1.0", (3, 40, 40))
+    rf = layer_field(model, "layer1.0", (3, 40, 40))
     for y, x in [(0, 0), (5, 5), (9, 2)]:
         assert brute_force_field(models.build("torchvision:resnet18"), "layer1.0", (3, 40, 40), y, x) == \
             rf.clipped_box(y, x)
-    assert receptive_field(model, "layer4").size == (435, 435)  # the textbook value
-    assert receptive_field(model, "avgpool").is_global
+    assert layer_field(model, "layer4").size == (435, 435)  # the textbook value
+    assert layer_field(model, "avgpool").is_global
 
 
 def test_crop_with_zero_padding_and_plan():
     model = models.build("zfnet-small")
     # by hand: conv1 (5x5, pad 2) starts at -2; pool1 keeps it; conv2 (3x3, pad 1 unit of 2 px) at -2 - 2 = -4;
     # size 5 + 2*1 (pool) + 2*2 (conv2) = 11, jump 2
-    rf = receptive_field(model, "conv2")
+    rf = layer_field(model, "conv2")
     assert (rf.rows.size, rf.rows.jump, rf.rows.start) == (11, 2, -4)
     img = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28)
     patch = rf.crop(img, 0, 0)[0, 0]

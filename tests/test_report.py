@@ -16,7 +16,7 @@ from zfnet import data as zdata
 from zfnet import models
 from zfnet.methods.architecture import architecture
 from zfnet.pipelines.report import STAGES, pick_examples
-from zfnet.report.page import SECTIONS, markdown
+from zfnet.render.page import SECTIONS, markdown
 
 SMALL = ("--limit", "300", "--evolution-limit", "200", "--examples", "3")
 
@@ -162,7 +162,7 @@ def test_any_model_and_data(tmp_path):
             for split in ("val", "train"):
                 Image.new("RGB", (40, 40), (40 * k + 30 * i, 90, 200 - 25 * i)).save(root / split / cls / f"{i}.png")
     net = models.build("zfnet-small-rgb", num_classes=2)
-    from zfnet.checkpoints import default_preprocess, save_weights
+    from zfnet.weights import default_preprocess, save_weights
 
     weights = tmp_path / "run" / "model.safetensors"
     os.makedirs(weights.parent)
@@ -192,7 +192,7 @@ def test_any_model_and_data(tmp_path):
 def test_architecture_is_fig3():
     """ZFNet read from the model matches Fig. 3: maps, filter sizes, strides and output sizes."""
     net = models.build("zfnet")
-    arch = architecture(net, (3, 224, 224))
+    arch = architecture(net, torch.zeros(1, 3, 224, 224))
     got = [(l.name, l.out_shape, l.kernel, l.stride) for l in arch.layers if l.kind in ("conv", "pool")]
     assert got == [
         ("conv1", [96, 110, 110], [7, 7], [2, 2]), ("pool1", [96, 55, 55], [3, 3], [2, 2]),
@@ -208,7 +208,7 @@ def test_architecture_is_fig3():
 
 def test_architecture_of_a_torchvision_model_leaves_it_untouched():
     net = models.build("torchvision:resnet18").train()
-    arch = architecture(net, (3, 64, 64))
+    arch = architecture(net, torch.zeros(1, 3, 64, 64))
     assert [l.name for l in arch.layers][:3] == ["conv1", "bn1", "maxpool"]
     assert arch.layers[-1].name == "fc" and arch.layers[-1].out_shape == [1000]
     assert hook_count(net) == 0 and net.training
@@ -246,7 +246,7 @@ def test_bundled_subset_is_the_real_data():
 
 def test_page_never_links_outside_the_folder(tmp_path):
     """A tampered result file naming ../ paths gets a note, not a link or an image from outside the report."""
-    from zfnet.report.page import write_report
+    from zfnet.render.page import write_report
 
     out = tmp_path / "rep"
     os.makedirs(out / "occlusion")
@@ -268,7 +268,7 @@ def test_accuracy_not_measurable_keeps_the_model_section(tmp_path):
         os.makedirs(root / cls)
         for i in range(2):
             Image.new("RGB", (36, 36), (70 * k, 30 * i, 90)).save(root / cls / f"{i}.png")
-    from zfnet.checkpoints import default_preprocess, save_weights
+    from zfnet.weights import default_preprocess, save_weights
 
     net = models.build("zfnet-small-rgb", num_classes=2)
     pp = default_preprocess(net)

@@ -17,7 +17,8 @@ from zfnet import data as zdata
 from zfnet import models
 from zfnet.errors import UsageError
 from zfnet.io import load_tensors
-from zfnet.checkpoints import open_model
+from zfnet.io import safetensors_metadata
+from zfnet.weights import open_model
 from zfnet.recipe import PAPER_SNAPSHOTS, Recipe, RunOptions, resolve, snapshot_epochs
 from zfnet.pipelines.train import train as train_run
 from zfnet.train import clip_filters, evaluate, fit
@@ -152,7 +153,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     while time.time() < deadline:
         if ckpt.is_file():
             try:
-                meta = models.weights_metadata(str(ckpt))
+                meta = safetensors_metadata(str(ckpt))
             except Exception:
                 meta = {}
             if meta.get("epoch") == "1" and int(meta.get("step", 0)) >= 4:
@@ -160,7 +161,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    meta = models.weights_metadata(str(ckpt))
+    meta = safetensors_metadata(str(ckpt))
     assert meta["epoch"] == "1" and int(meta["step"]) >= 4, "killed mid-epoch 2"
     r = subprocess.run(_train_cmd(killed, "--resume"), env=env, cwd=REPO, capture_output=True, text=True,
                        timeout=600)
@@ -178,22 +179,44 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    # 4 steps over 2 epochs: equal up to float summation order. (Longer runs drift apart by ~1e-4 once a
-    # max-pool or ReLU decision flips on a 1e-8 difference; that is chaos, not a sharding error.)
+    """Two processes (each half of every batch, gradients all-reduced) train the same weights as one process.
+
+    The tolerance comes from what can differ. Both runs start from the same seeded initialization and see the
+    same batches; only the order of float32 sums differs (per-process batch reductions, the 2-way all-reduce,
+    conv kernels summing 16 instead of 32 images). Each such sum of n terms is off by at most ~n*2^-24 of its
+    absolute sum (n <= 32 * 28 * 28 here, so <= 1.5e-3), and a few ReLU / max-pool decisions may flip on those
+    differences over 4 steps; the observed gap is ~1e-3 of how far the weights moved. A sharding error - a
+    shard left out, gradients not averaged, a batch seen twice - changes the update itself, by tens of percent.
+    So each tensor must agree to 1e-2 of its own update (w_final - w_init), and the test checks that a run on
+    other data (the second half of each batch only) is caught by the same bound."""
     common = ["--model", "zfnet-small", "--data", "synthetic", "--val-split", "val", "--epochs", "2",
-              "--batch-size", "32", "--limit-train", "64", "--limit-val", "32", "--workers", "0", "--threads", "1",
+              "--batch-size", "32", "--limit-val", "32", "--workers", "0", "--threads", "1",
               "--dropout", "0", "--no-progress"]
     env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "zfnet", "train", *common, "--out", str(tmp_path / "one")],
-                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr
+
+    one = subprocess.run([sys.executable, "-m", "zfnet", "train", *common, "--limit-train", "64", "--out",
+                          str(tmp_path / "one")], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29517", "-m", "zfnet", "train", *common, "--out", str(tmp_path / "two")],
+                            "--master_port", "29517", "-m", "zfnet", "train", *common, "--limit-train", "64",
+                            "--out", str(tmp_path / "two")],
                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert multi.returncode == 0, multi.stderr[-3000:]
     a, b = load_tensors(tmp_path / "one" / "model.safetensors"), load_tensors(tmp_path / "two" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    classes = int(a["fc8.weight"].shape[0])
+    torch.manual_seed(Recipe().seed)  # the run's initialization, as build_run makes it
+    init = models.build("zfnet-small", num_classes=classes, init=Recipe().init, dropout=0.0).state_dict()
+    moved = {k: float((a[k] - init[k]).abs().max()) for k in a if a[k].is_floating_point()}
+    scale = {k: float(init[k].abs().max()) for k in moved}
+    # the reconstruction is the run's start: 4 small SGD steps moved every weight tensor by far less than
+    # its size (an unrelated initialization would be off by the weights' own magnitude)
+    assert all(moved[k] < 0.5 * scale[k] for k in moved if "weight" in k), moved
+    for k in moved:
+        assert float((a[k] - b[k]).abs().max()) <= 1e-2 * moved[k] + 1e-12, (k, moved[k])
+    # the bound has teeth: a single process that saw only the first 32 images of each epoch is far outside it
+    other = subprocess.run([sys.executable, "-m", "zfnet", "train", *common, "--limit-train", "32", "--out",
+                            str(tmp_path / "other")], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr
+    c = load_tensors(tmp_path / "other" / "model.safetensors")
+    assert any(float((a[k] - c[k]).abs().max()) > 1e-2 * moved[k] + 1e-12 for k in moved)
     assert m2["processes"] == 2 and m1["val"]["centre"]["images"] == m2["val"]["centre"]["images"] == 32

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.checkpoints import default_preprocess
+from zfnet.weights import default_preprocess
 from zfnet.cli import main
 from zfnet.errors import UsageError
 from zfnet.experiments import transfer as tx
@@ -37,7 +37,7 @@ def test_features_once_equal_per_image_forwards_and_probe_equals_sklearn():
     model = models.build("zfnet-small", seed=0).eval()
     pp = default_preprocess(model).with_mean(torch.full((1, 32, 32), 30.0))
     ds = zdata.open_dataset("synthetic:60,3", "test", pp)
-    feats, pos = tx.extract(model, ds, pp, ["conv3", "fc7"], batch_size=7, progress=False)
+    feats, pos = tx.extract(model, ds, layers=["conv3", "fc7"], batch_size=7, progress=False)
     with torch.no_grad():
         one = features(model, pp.eval_input(ds.bases[5:6]), ["conv3", "fc7"])
     torch.testing.assert_close(feats["conv3"][5], one["conv3"].flatten(), rtol=1e-5, atol=1e-5)

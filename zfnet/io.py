@@ -71,6 +71,54 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(os.fspath(path))
 
 
+def parse_safetensors_header(head: bytes, path: str) -> dict[str, str]:
+    """The string metadata of a safetensors file from its first bytes (8-byte length, then a JSON header);
+    ValueError when they are not a safetensors header."""
+    if len(head) < 8:
+        raise ValueError(f"{path!r} is too short for a safetensors file")
+    n = int.from_bytes(head[:8], "little")
+    if n <= 0 or n > 100_000_000 or len(head) < 8 + n:
+        raise ValueError(f"{path!r} has no valid safetensors header")
+    header = json.loads(head[8:8 + n])
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ValueError(f"{path!r} has metadata that is not strings")
+    return dict(meta or {})
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file, reading its header only (one open, a few kB)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise ValueError(f"{path!r} has no valid safetensors header")
+        f.seek(0)
+        head = f.read(8 + n)
+    return parse_safetensors_header(head, path)
+
+
+def read_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    """A whole safetensors file read with one open: (tensors, string metadata, sha256 of its bytes)."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    meta = parse_safetensors_header(data, path)
+    return load(data), meta, hashlib.sha256(data).hexdigest()
+
+
+def cache_dir(*parts: str) -> str:
+    """zfnet's folder in the user cache: $ZFNET_CACHE, else $XDG_CACHE_HOME/zfnet, else ~/.cache/zfnet. Nothing
+    zfnet caches (mean images, converted datasets, locks) is ever written inside a dataset folder."""
+    root = os.environ.get("ZFNET_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zfnet")
+    return os.path.join(os.path.expanduser(root), *parts)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -148,7 +196,7 @@ def folder_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
         return
     real = _real(os.fspath(path))
-    folder = os.path.join(os.path.expanduser(os.environ.get("ZFNET_CACHE", "~/.cache/zfnet")), "locks")
+    folder = cache_dir("locks")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:

@@ -14,7 +14,7 @@ import torch
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     import numpy
 
-    from . import __version__
+    from ._version import __version__
 
     dev = torch.device(device)
     info: dict[str, Any] = {

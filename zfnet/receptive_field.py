@@ -7,7 +7,7 @@ padding, dilation) and spatially pointwise ops (ReLU, additions, BatchNorm, cont
 ...). Branches that meet (residual additions) take the hull of their fields. Any other op on spatial data
 (flatten, adaptive pooling, resizing) makes the field global: the whole image.
 
-    >>> rf = zfnet.receptive_field(model, "conv5")     # ZFNet: size 139, jump 16
+    >>> rf = zfnet.layer_field(model, "conv5")     # ZFNet: size 139, jump 16
     >>> top, left, bottom, right = rf.box(3, 4)         # half-open, may extend past the image
     >>> patches = rf.crop(images, 3, 4)                 # N x C x 139 x 139, zero past the border
 """
@@ -58,16 +58,30 @@ class ReceptiveField:
         return self.rows is None or self.cols is None
 
     @property
+    def axes(self) -> tuple[Axis, Axis]:
+        """(rows, cols) of a local field; a global field has none."""
+        if self.rows is None or self.cols is None:
+            raise ValueError(f"the receptive field of {self.layer} is global (the whole image)")
+        return self.rows, self.cols
+
+    @property
+    def jump(self) -> list[int] | None:
+        """The spacing of neighbouring units' fields in input pixels, (rows, cols); None when global."""
+        return None if self.is_global else [self.axes[0].jump, self.axes[1].jump]
+
+    @property
     def size(self) -> tuple[int, int]:
         if self.is_global:
             return self.input_size
-        return self.rows.size, self.cols.size
+        rows, cols = self.axes
+        return rows.size, cols.size
 
     def box(self, y: int = 0, x: int = 0) -> tuple[int, int, int, int]:
         """(top, left, bottom, right), half-open, in input pixels; may reach past the image border."""
         if self.is_global:
             return 0, 0, self.input_size[0], self.input_size[1]
-        (t, b), (l, r) = self.rows.span(y), self.cols.span(x)
+        rows, cols = self.axes
+        (t, b), (l, r) = rows.span(y), cols.span(x)
         return t, l, b, r
 
     def clipped_box(self, y: int = 0, x: int = 0) -> tuple[int, int, int, int]:
@@ -82,10 +96,9 @@ class ReceptiveField:
         xs = torch.as_tensor(x).expand(n) if torch.as_tensor(x).dim() == 0 else torch.as_tensor(x)
         return torch.stack([cut_box(images[i], (0, 0), self.box(int(ys[i]), int(xs[i]))) for i in range(n)])
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return {"layer": self.layer, "size": list(self.size), "global": self.is_global,
-                "jump": None if self.is_global else [self.rows.jump, self.cols.jump],
-                "start": None if self.is_global else [self.rows.start, self.cols.start]}
+                "jump": self.jump, "start": None if self.is_global else [self.axes[0].start, self.axes[1].start]}
 
 
 def cut_box(src: torch.Tensor, origin: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -217,7 +230,7 @@ def _cat_dim(args, kwargs) -> int:
     return int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
 
 
-def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int, int, int]) \
+def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int, ...]) \
         -> dict[str, tuple[Axis, Axis] | None]:
     """Grid geometry of each named layer's output for an input of `input_shape` (C, H, W): one traced
     forward in eval mode that stops after the last of `layers`."""
@@ -257,15 +270,23 @@ def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int
     return found
 
 
-def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, int] | None = None) \
-        -> ReceptiveField:
-    """The receptive field of units of `layer` (a module name, or convN/fcN aliases) for `input_shape`."""
+def layer_field(model: nn.Module, layer: str, input_shape: tuple[int, ...] | None = None) -> ReceptiveField:
+    """The receptive field of units of `layer` (a module name, or convN/fcN aliases) for `input_shape`
+    (C x H x W; default: the model's own input size)."""
     from .models import model_input_shape
 
-    shape = input_shape or model_input_shape(model)
+    shape = tuple(input_shape or model_input_shape(model))
     g = layer_geometries(model, [layer], shape)[layer]
     rows, cols = (None, None) if g is None else g
     return ReceptiveField(layer, rows, cols, (shape[1], shape[2]))
+
+
+def receptive_field(model: nn.Module, images: torch.Tensor, *, layer: str) -> ReceptiveField:
+    """The receptive field (Fig. 2's patch sizes, Sec. 2.1) of every unit of `layer` for a batch of model
+    input `images` shaped like N x C x H x W (only the shape is used: the field depends on the geometry)."""
+    if images.dim() != 4:
+        raise UsageError(f"receptive_field takes a batch N x C x H x W (got shape {tuple(images.shape)})")
+    return layer_field(model, layer, tuple(images.shape[1:]))
 
 
 def crop_plan(rf: ReceptiveField, y: int, x: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
@@ -279,7 +300,8 @@ def crop_plan(rf: ReceptiveField, y: int, x: int) -> tuple[tuple[int, int, int, 
     """
     h, w = rf.input_size
     t, l, b, r = rf.box(y, x)
-    top = max(0, math.floor(t / rf.rows.jump) * rf.rows.jump)
-    left = max(0, math.floor(l / rf.cols.jump) * rf.cols.jump)
+    rows, cols = rf.axes
+    top = max(0, math.floor(t / rows.jump) * rows.jump)
+    left = max(0, math.floor(l / cols.jump) * cols.jump)
     bottom, right = min(b, h), min(r, w)
-    return (top, left, bottom, right), (y - top // rf.rows.jump, x - left // rf.cols.jump)
+    return (top, left, bottom, right), (y - top // rows.jump, x - left // cols.jump)

@@ -74,7 +74,12 @@ class Recipe:
         d["anneal_at"] = list(self.anneal_at)
         return d
 
-    def to_json(self) -> str:
+    def to_json(self) -> dict[str, Any]:
+        """The recipe as a JSON-ready dict (what recipe.json holds)."""
+        return self.to_dict()
+
+    def dumps(self) -> str:
+        """recipe.json's text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **changes: Any) -> Recipe:
@@ -138,7 +143,7 @@ def _coerce_one(name: str, value: Any) -> Any:
     return value
 
 
-def coerce(changes: dict[str, Any], cls: type = None) -> dict[str, Any]:
+def coerce(changes: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
     known = {f.name for f in fields(cls or Recipe)}
     unknown = [k for k in changes if k not in known]
     if unknown:

@@ -88,15 +88,6 @@ def all_sum(values: list[float], dist: Dist) -> list[float]:
     return t.tolist()
 
 
-def all_gather_cat(tensor: torch.Tensor, dist: Dist, dim: int = 0) -> torch.Tensor:
-    """Every process's `tensor` (same shape everywhere), concatenated in rank order."""
-    if dist.world == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.world)]
-    torch_dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

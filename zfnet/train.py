@@ -28,20 +28,13 @@ from torch import nn
 
 from . import data as zdata
 from . import models
-from .checkpoints import (
-    CHECKPOINT,
-    default_preprocess,
-    load_checkpoint,
-    restore,
-    rng_states,
-    save_checkpoint,
-    save_weights,
-)
+from .checkpoints import CHECKPOINT, load_checkpoint, restore, rng_states, save_checkpoint
 from .errors import UsageError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, safetensors_metadata
 from .provenance import environment
 from .recipe import Recipe, RunOptions, snapshot_epochs
 from .runtime import Dist, all_sum, eval_mode, setup_processes, teardown, unwrap
+from .weights import default_preprocess, save_weights
 
 # --- Sec. 3 pieces -------------------------------------------------------------------------------------
 
@@ -101,11 +94,13 @@ def predict(model_list: list[nn.Module], bases: torch.Tensor, pp: zdata.Preproce
     bases = bases.to(device)
     x = pp.ten_crop_input(bases) if ten_crop else pp.eval_input(bases)
     n = bases.shape[0]
-    probs = 0
+    total: torch.Tensor | None = None
     for m in model_list:
         p = F.softmax(m(x).float(), dim=1)
-        probs = probs + (p.view(10, n, -1).mean(0) if ten_crop else p)
-    return probs / len(model_list)
+        p = p.view(10, n, -1).mean(0) if ten_crop else p
+        total = p if total is None else total + p
+    assert total is not None, "no model to predict with"
+    return total / len(model_list)
 
 
 def evaluate(model: nn.Module | list[nn.Module], dataset: zdata.ImageSet, pp: zdata.Preprocess,
@@ -117,7 +112,7 @@ def evaluate(model: nn.Module | list[nn.Module], dataset: zdata.ImageSet, pp: zd
     share = torch.tensor_split(idx, dist.world)[dist.rank]
     if ten_crop:  # 10 crops per image go through the model at once
         batch_size = max(1, batch_size // 10)
-    totals = [0.0, 0.0, 0.0, 0.0]  # err1, err5, nll, n
+    totals: list[float] = [0.0, 0.0, 0.0, 0.0]  # err1, err5, nll, n
     with eval_mode(*model_list):
         for bases, labels, _ in zdata.batches(dataset, zdata.chunked(share, batch_size), workers=workers,
                                               progress=progress and dist.main, desc="evaluate"):
@@ -129,9 +124,9 @@ def evaluate(model: nn.Module | list[nn.Module], dataset: zdata.ImageSet, pp: zd
             e1, e5 = topk_errors(probs, labels)
             nll = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
             totals = [totals[0] + e1, totals[1] + e5, totals[2] + nll, totals[3] + len(labels)]
-    e1, e5, nll, n = all_sum(totals, dist)
-    n = max(n, 1)
-    return {"top1_err": e1 / n, "top5_err": e5 / n, "loss": nll / n, "images": int(n)}
+    err1, err5, loss, count = (float(v) for v in all_sum(totals, dist))
+    n = max(count, 1.0)
+    return {"top1_err": err1 / n, "top5_err": err5 / n, "loss": loss / n, "images": int(n)}
 
 
 # --- one epoch -----------------------------------------------------------------------------------------
@@ -244,7 +239,10 @@ def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progres
     ckpt_path = os.path.join(options.out, CHECKPOINT)
     have_ckpt = os.path.isfile(ckpt_path)
     if have_ckpt and not resume:
-        meta = models.weights_metadata(ckpt_path)
+        try:
+            meta = safetensors_metadata(ckpt_path)
+        except (OSError, ValueError):
+            meta = {}
         raise UsageError(f"{options.out!r} already holds a run (epoch {meta.get('epoch', '?')} done); pass --resume "
                          "to continue it, or choose another --out")
     tensors, meta = load_checkpoint(ckpt_path) if (resume and have_ckpt) else ({}, {})
@@ -273,7 +271,7 @@ def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progres
         restore(tensors, meta, model, optimizer, scheduler, dist.rank)
         run.epoch, run.step = int(meta["epoch"]), int(meta["step"])
         run.history, run.partial = json.loads(meta["history"]), json.loads(meta["partial"]) or None
-        if run.step == 0 and run.epoch in recipe.anneal_at and run.epoch not in saved.anneal_at:
+        if saved and run.step == 0 and run.epoch in recipe.anneal_at and run.epoch not in saved.anneal_at:
             _anneal(optimizer, scheduler, recipe)
         if dist.main:
             print(f"resuming {options.out}: epoch {run.epoch} done"
@@ -296,7 +294,7 @@ def save_run_checkpoint(run: Run, partial: dict | None = None) -> None:
     """Checkpoint at `run.epoch` / `run.step` (every process takes part: the RNG states are gathered)."""
     rngs = rng_states(run.dist)
     if run.dist.main:
-        save_checkpoint(run.checkpoint_path, run.model, run.optimizer, run.scheduler, run.pp, run.recipe.to_json(),
+        save_checkpoint(run.checkpoint_path, run.model, run.optimizer, run.scheduler, run.pp, run.recipe.dumps(),
                         run.epoch, run.step, run.history, partial or {}, run.train_set.classes, rngs)
     run.last_save = time.monotonic()
 
@@ -333,7 +331,7 @@ def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float, on_log
             on_logs(out, run.history)
         if run.epoch in snapshot_epochs(recipe):
             save_weights(run.model, os.path.join(out, "snapshots", f"epoch-{run.epoch:03d}.safetensors"), run.pp,
-                         epoch=str(run.epoch), recipe=recipe.to_json(), metrics=json.dumps(row),
+                         epoch=str(run.epoch), recipe=recipe.dumps(), metrics=json.dumps(row),
                          classes=json.dumps(run.train_set.classes))
         print(f"epoch {run.epoch}/{recipe.epochs}  lr {lr:.0e}  train err {tr['train_top1_err']:.4f}  "
               f"val top-1 {va['top1_err']:.4f} top-5 {va['top5_err']:.4f}  {tr['images_per_s']:.0f} img/s",
@@ -351,7 +349,7 @@ def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
     dist, out, workers = run.dist, options.out, options.workers
     if dist.main:
         os.makedirs(out, exist_ok=True)
-        atomic_write_text(os.path.join(out, "recipe.json"), recipe.to_json() + "\n")
+        atomic_write_text(os.path.join(out, "recipe.json"), recipe.dumps() + "\n")
     started = time.perf_counter() - (run.history[-1]["wall_seconds"] if run.history else 0.0)
     while run.epoch < recipe.epochs:
         plan = epoch_plan(len(run.train_set), run.epoch + 1, recipe, run.pp)
@@ -378,7 +376,7 @@ def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
         "skipped": {"train": run.train_set.skipped_report(), "val": run.val_set.skipped_report()},
     }
     if dist.main:
-        save_weights(run.model, os.path.join(out, "model.safetensors"), run.pp, recipe=recipe.to_json(),
+        save_weights(run.model, os.path.join(out, "model.safetensors"), run.pp, recipe=recipe.dumps(),
                      metrics=json.dumps({k: result[k] for k in ("train_top1_err", "val")}),
                      classes=json.dumps(run.train_set.classes))
         atomic_write_json(os.path.join(out, "metrics.json"), result)

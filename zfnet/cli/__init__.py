@@ -16,7 +16,7 @@ from .registry import COMMANDS, Parser
 
 
 def build_parser() -> Parser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = Parser(prog="zfnet", description="Zeiler & Fergus (ECCV 2014) for any PyTorch CNN. "
                     "Run `zfnet <command> --help` for each command's options and an example.")

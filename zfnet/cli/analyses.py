@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..methods.invariance import TRANSFORMS
 from .args import add_device, add_images, add_model, positive
 from .registry import command
 
@@ -31,13 +32,32 @@ def _corr_args(p) -> None:
          "  zfnet correspondence --model zfnet --weights zf.safetensors --parts dogs.json --images dogs/ --out corr",
          arguments=_corr_args, locks_out=True)
 def _corr_run(args) -> int:
+    from ..errors import UsageError
     from ..io import check_output_dir
-    from ..pipelines.analyses import run_correspondence
+    from ..pipelines.analyses import parts_inputs, read_parts, run_correspondence
+    from ..pipelines.inputs import check_files
+    from ..pretrained import EMBEDDED_PARTS, folder
+    from ..runtime import resolve_device
+    from .args import open_from_args
 
     check_output_dir(args.out)
-    r = run_correspondence(args.out, args.parts, args.images, args.model, args.weights, args.pretrained, args.mean,
-                           args.data, args.split, tuple(l for l in args.layers.split(",") if l), args.fill,
-                           args.random_draws, args.seed, args.device)
+    parts_file = args.parts
+    if parts_file is None:
+        if not args.pretrained:
+            raise UsageError("pass --parts FILE (which part sits where in each image)")
+        parts_file = os.path.join(folder(), EMBEDDED_PARTS)
+    spec = read_parts(parts_file)
+    files = [os.path.join(args.images, str(n)) for n in spec["images"]] if args.images else []
+    pil = check_files(files)  # unreadable images are refused before the model is loaded
+    dev = resolve_device(args.device)
+    if not args.images and not (args.data or spec.get("data")):
+        raise UsageError("the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR "
+                         "for files)")
+    opened = open_from_args(args, dev, data=args.data or spec.get("data"), split=args.split or spec.get("split"))
+    inputs = parts_inputs(spec, opened, pil, files, args.data, args.split)
+    r = run_correspondence(opened, inputs, spec, args.out, layers=tuple(l for l in args.layers.split(",") if l),
+                           fill=args.fill, random_draws=args.random_draws, seed=args.seed, parts_file=parts_file,
+                           device=dev)
     print(json.dumps({"out": args.out, "delta": r["delta"], "std": r["std"],
                       "table": os.path.join(args.out, r["table"])}, indent=2))
     return 0
@@ -62,14 +82,22 @@ def _inv_run(args) -> int:
     from ..errors import UsageError
     from ..io import check_output_dir
     from ..pipelines.analyses import run_invariance
+    from ..runtime import resolve_device
+    from .args import check_images, inputs_from_args, open_from_args
 
     check_output_dir(args.out)
     layers = tuple(l for l in args.layers.split(",") if l)
     if len(layers) != 2:
         raise UsageError(f"--layers {args.layers!r}: give two layers, the low and the high one (e.g. conv1,fc7)")
-    r = run_invariance(args.out, args.image, args.label, args.data, args.split, args.index, args.model,
-                       args.weights, args.pretrained, args.mean, tuple(t for t in args.transforms.split(",") if t),
-                       layers, args.fill, args.device)
+    transforms = tuple(t for t in args.transforms.split(",") if t)
+    bad = [t for t in transforms if t not in TRANSFORMS]
+    if bad:
+        raise UsageError(f"unknown transform {bad[0]!r}; choose from {', '.join(TRANSFORMS)}")
+    pil = check_images(args)
+    dev = resolve_device(args.device)
+    opened = open_from_args(args, dev)
+    inputs = inputs_from_args(args, opened, pil)
+    r = run_invariance(opened, inputs, args.out, transforms=transforms, layers=layers, fill=args.fill, device=dev)
     print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]},
                      indent=2))
     return 0

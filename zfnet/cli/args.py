@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+import torch
+
+from ..errors import UsageError
 from ..methods.deconvnet import MODES
+from ..pretrained import open_embedded
+from .. import data as zdata
+from ..pipelines.inputs import Inputs, check_files, load_inputs
+from ..weights import Opened, open_model
 
 
 def _at_least(lo: int):
@@ -78,9 +86,26 @@ def add_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="deconvnet", choices=MODES, help="rectification on the way down (footnote 1)")
 
 
-def model_kwargs(args: argparse.Namespace) -> dict:
-    """open_model's keyword arguments from the model group (and --data/--split/--workers when the command has
-    them, for --mean data)."""
-    return {"model_name": args.model, "weights": args.weights, "pretrained": args.pretrained, "mean": args.mean,
-            "data": getattr(args, "data", None), "split": getattr(args, "split", None),
-            "workers": getattr(args, "workers", 0) or 0, "seed": getattr(args, "seed", 0) or 0}
+def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu", **overrides: Any) -> Opened:
+    """The model the flags name, opened once (weights read once): --pretrained, or --model with --weights (and
+    --mean; --data/--split/--workers for --mean data). `overrides` replace flag values (a second model)."""
+    v = {**vars(args), **overrides}
+    common: dict[str, Any] = {"mean": v.get("mean"), "data": v.get("data"), "split": v.get("split"),
+                              "workers": v.get("workers") or 0}
+    if v.get("pretrained"):
+        if v.get("model") or v.get("weights"):
+            raise UsageError("--pretrained is the embedded model; drop --model/--weights, or drop --pretrained")
+        return open_embedded(device, **common)
+    return open_model(v.get("model"), v.get("weights"), device=device, seed=v.get("seed") or 0, **common)
+
+
+def check_images(args: argparse.Namespace) -> list:
+    """Open every --image file now, so that an unreadable one is refused before any model is loaded."""
+    return check_files(list(args.image))
+
+
+def inputs_from_args(args: argparse.Namespace, opened: Opened, pil: list) -> Inputs:
+    """The --image files (opened by `check_images`) and --data/--index images as the model's input."""
+    dataset = zdata.open_dataset(args.data, args.split, opened.preprocess) if args.data and args.index else None
+    return load_inputs(opened.preprocess, pil, list(args.image), list(args.label), dataset, list(args.index),
+                       opened.classes)

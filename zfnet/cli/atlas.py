@@ -1,12 +1,11 @@
 """`zfnet atlas` (Fig. 2, with Fig. 4 and 5), `zfnet evolution` (Fig. 4) and `zfnet filters` (Fig. 5, Sec. 4.1)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 from ..errors import UsageError
-from .args import add_data, add_device, add_mode, add_model, model_kwargs, nonnegative, positive
+from .args import add_data, add_device, add_mode, add_model, nonnegative, positive
 from .registry import command
 
 
@@ -39,17 +38,33 @@ def _atlas_args(p) -> None:
          "  torchrun --nproc_per_node 2 -m zfnet atlas --model torchvision:vgg16 --weights vgg16.safetensors "
          "--data folder:photos --split all --layers conv5,conv10,conv13 --out atlas-vgg", arguments=_atlas_args, locks_out=True)
 def _atlas_run(args) -> int:
+    from .. import data as zdata
+    from ..checkpoints import find_snapshots
     from ..io import check_output_dir
     from ..pipelines.atlas import AtlasConfig, build_atlas
+    from ..pretrained import snapshots as embedded_snapshots
+    from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
+    from .args import open_from_args
 
     check_output_dir(args.out)
-    cfg = AtlasConfig(out=args.out, data=args.data, model=args.model, weights=args.weights,
-                      pretrained=args.pretrained, mean=args.mean, split=args.split, exclude=args.exclude,
-                      layers=tuple(l for l in (args.layers or "").split(",") if l), k=args.k, mode=args.mode,
-                      limit=args.limit, batch_size=args.batch_size, workers=args.workers,
-                      panel_maps=args.panel_maps, evolution=args.evolution, evolution_maps=args.evolution_maps,
-                      evolution_limit=args.evolution_limit, seed=args.seed, device=args.device)
-    manifest = build_atlas(cfg, progress=not args.no_progress)
+    if args.evolution == "pretrained" and not args.pretrained:
+        raise UsageError("--evolution pretrained goes with --pretrained; for another model pass its run folder")
+    cfg = AtlasConfig(out=args.out, layers=tuple(l for l in (args.layers or "").split(",") if l), k=args.k,
+                      mode=args.mode, limit=args.limit, batch_size=args.batch_size, workers=args.workers,
+                      panel_maps=args.panel_maps, evolution_limit=args.evolution_limit,
+                      evolution=None if args.evolution is None else ("pretrained" if args.evolution == "pretrained"
+                                                                     else os.path.abspath(args.evolution)),
+                      evolution_maps=args.evolution_maps, seed=args.seed, device=args.device)
+    dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
+    snaps = None
+    if args.evolution:
+        snaps = embedded_snapshots() if args.evolution == "pretrained" else find_snapshots(args.evolution)
+    opened = open_from_args(args, dist.device)
+    dataset = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
+    train = zdata.open_dataset(args.data, "train", opened.preprocess) if snaps else None
+    manifest = build_atlas(opened, dataset, cfg, snapshots=snaps, train=train, dist=dist,
+                           progress=not args.no_progress)
+    teardown(dist)
     if manifest is not None:
         print(json.dumps({"out": args.out, "page": os.path.join(args.out, "index.html"),
                           "layers": {l: manifest["layers"][l]["channels"] for l in manifest["layer_order"]},
@@ -78,33 +93,24 @@ def _filters_args(p) -> None:
          "--data fashion-mnist --out filt", arguments=_filters_args, locks_out=True)
 def _filters_run(args) -> int:
     from .. import data as zdata
-    from ..checkpoints import open_model
     from ..io import check_output_dir
-    from ..methods.atlas import scan
-    from ..methods.filters import analyse, first_conv
-    from ..pipelines.atlas import first_conv_layer
-    from ..layers import layer_names
-    from ..report.atlas_site import write_filters
+    from ..methods.filters import filters
+    from ..render.atlas_site import write_filters
     from ..runtime import resolve_device
+    from .args import open_from_args
 
     check_output_dir(args.out)
     dev = resolve_device(args.device)
-    entries = [(open_model(device=dev, **model_kwargs(args)), args.title or ("embedded" if args.pretrained else args.model))]
+    entries = [(open_from_args(args, dev), args.title or ("embedded" if args.pretrained else args.model))]
     if args.compare_model:
-        other = argparse.Namespace(**{**vars(args), "model": args.compare_model, "weights": args.compare_weights,
-                                      "pretrained": False})
-        entries.append((open_model(device=dev, **model_kwargs(other)), args.compare_title or args.compare_model))
+        other = open_from_args(args, dev, model=args.compare_model, weights=args.compare_weights, pretrained=False)
+        entries.append((other, args.compare_title or args.compare_model))
     reports = []
     for opened, title in entries:
-        conv = first_conv(opened.model)
-        max_resp = None
+        ds = None
         if args.data:
-            name = first_conv_layer(opened.model, layer_names(opened.model))
             ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude).head(args.limit)
-            result = scan(opened.model, ds, opened.preprocess, [name], k=1, workers=0, progress=True)
-            ds.check_readable()
-            max_resp = result.top[name].values[0]
-        reports.append((title, analyse(conv.weight, max_resp)))
+        reports.append((title, filters(opened.model, ds, progress=True)))
     info = write_filters(args.out, reports)
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0
@@ -131,34 +137,31 @@ def _evolution_args(p) -> None:
          arguments=_evolution_args, locks_out=True)
 def _evolution_run(args) -> int:
     from .. import data as zdata
-    from ..checkpoints import find_snapshots, open_model
+    from ..checkpoints import find_snapshots
     from ..io import check_output_dir
-    from ..methods.atlas import default_layers
-    from ..methods.evolution import choose_channels, evolution
-    from ..report.atlas_site import write_evolution
+    from ..pipelines.atlas import run_evolution
+    from ..pretrained import open_embedded
+    from ..pretrained import snapshots as embedded_snapshots
     from ..runtime import resolve_device
+    from ..weights import WeightsFile, open_model
 
     check_output_dir(args.out)
     dev = resolve_device(args.device)
     if args.pretrained:
         if args.model or args.run:
             raise UsageError("--pretrained uses the embedded model's snapshots; drop --model/--run")
-        from ..pretrained import pretrained
-
-        p = pretrained(dev)
-        model, pp, snaps = p.model, p.preprocess, p.snapshots
+        opened = open_embedded(dev)
+        snaps: list = embedded_snapshots()
     else:
         if not (args.model and args.run):
             raise UsageError("evolution needs --model and --run (or --pretrained)")
-        snaps = find_snapshots(args.run)
-        opened = open_model(args.model, snaps[-1][1], device=dev)
-        model, pp = opened.model, opened.preprocess
-    train = zdata.open_dataset(args.data, args.split, pp).head(args.limit)
-    layers = [l for l in (args.layers or "").split(",") if l] or default_layers(model)
-    channels = choose_channels(model, layers, args.maps, args.seed, (pp.channels, pp.input_size, pp.input_size))
-    evo = evolution(model, snaps, train, layers, channels, mode=args.mode, device=dev)
-    train.check_readable()
-    info = write_evolution(args.out, evo, {"spec": train.name, "split": train.split, "images": len(train)},
-                           evo.to_json(train))
+        found = find_snapshots(args.run)
+        last = WeightsFile.read(found[-1][1])  # the architecture and preprocessing, read once
+        opened = open_model(args.model, last, device=dev)
+        snaps = [*found[:-1], (found[-1][0], last)]
+    train = zdata.open_dataset(args.data, args.split, opened.preprocess).head(args.limit)
+    layers = [l for l in (args.layers or "").split(",") if l] or None
+    info = run_evolution(opened.model, train, snaps, args.out, layers=layers, maps=args.maps, seed=args.seed,
+                         mode=args.mode, device=dev)
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .args import add_model
 from .registry import command
@@ -38,21 +39,22 @@ def _layers_args(p) -> None:
 @command("layers", "a model's layers: output size, receptive field and its spacing (Sec. 2.1)",
          "zfnet layers --model zfnet\n  zfnet layers --model torchvision:resnet18 --json", arguments=_layers_args)
 def _layers_run(args) -> int:
-    from ..checkpoints import open_model
     from ..layers import layer_names, output_shapes
     from ..models import model_input_shape
     from ..receptive_field import layer_geometries
-    from .args import model_kwargs
+    from .args import open_from_args
 
-    model = open_model(**model_kwargs(args)).model
+    model = open_from_args(args).model
     shape = model_input_shape(model)
     shapes = output_shapes(model, layer_names(model), shape)
     names = list(shapes)
     geos = layer_geometries(model, names, shape)
     modules = dict(model.named_modules())
-    rows = [{"layer": n, "type": type(modules[n]).__name__, "output": list(shapes[n]),
-             "field": None if geos[n] is None else geos[n][0].size,
-             "jump": None if geos[n] is None else geos[n][0].jump} for n in names]
+    rows: list[dict[str, Any]] = []
+    for n in names:
+        g = geos[n]
+        rows.append({"layer": n, "type": type(modules[n]).__name__, "output": list(shapes[n]),
+                     "field": None if g is None else g[0].size, "jump": None if g is None else g[0].jump})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

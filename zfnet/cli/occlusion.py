@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from .args import add_device, add_images, add_model, positive
+from ..methods.occlusion import MODES
+from .args import add_device, add_images, add_model, check_images, positive
 from .registry import command
 
 
@@ -15,7 +16,7 @@ def _occlusion_args(p) -> None:
     p.add_argument("--stride", type=positive, default=8, help="occluder step, px")
     p.add_argument("--fill", type=float, default=0.0, help="occluder value in model-input units (0 = the mean: grey)")
     p.add_argument("--layer", default="conv5", help="layer whose strongest map (b) and (c) show")
-    p.add_argument("--mode", default="exact", choices=("exact", "naive", "approx"),
+    p.add_argument("--mode", default="exact", choices=MODES,
                    help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold")
     p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
     p.add_argument("--drill", type=float, default=0.5, help="approx: share of the in-between positions computed "
@@ -34,13 +35,18 @@ def _occlusion_args(p) -> None:
          arguments=_occlusion_args, locks_out=True)
 def _occlusion_run(args) -> int:
     from ..io import check_output_dir
-    from ..pipelines.occlusion import run_occlusion
+    from ..pipelines.occlusion import OcclusionOptions, run_occlusion
+    from ..runtime import resolve_device
+    from .args import inputs_from_args, open_from_args
 
     check_output_dir(args.out)
-    result = run_occlusion(args.out, args.image, args.label, args.data, args.split, args.index, args.model,
-                           args.weights, args.pretrained, args.mean, args.window, args.stride, args.fill,
-                           args.layer, args.mode, args.tau, args.compare_exact, args.device, args.drill,
-                           progress=not args.no_progress)
+    pil = check_images(args)  # unreadable images are refused before the model is loaded
+    dev = resolve_device(args.device)
+    opened = open_from_args(args, dev)
+    inputs = inputs_from_args(args, opened, pil)
+    options = OcclusionOptions(window=args.window, stride=args.stride, fill=args.fill, layer=args.layer,
+                               mode=args.mode, tau=args.tau, drill=args.drill, compare_exact=args.compare_exact)
+    result = run_occlusion(opened, inputs, args.out, options=options, device=dev, progress=not args.no_progress)
     print(json.dumps({"out": args.out, "json": os.path.join(args.out, "occlusion.json"),
                       "figures": [r["figure"] for r in result["images"]],
                       "seconds": [round(r["seconds"], 3) for r in result["images"]]}, indent=2))

@@ -24,25 +24,26 @@ def _project_args(p) -> None:
          "  zfnet project --model zfnet --weights zf.safetensors --image dog.jpg --layer conv3 --channel 40 "
          "--position 6,7 --out dog.png", arguments=_project_args)
 def _project_run(args) -> int:
-    from ..checkpoints import open_model
     from ..data.base import open_image
     from ..io import atomic_save_image, check_output_file
-    from ..methods.deconvnet import project_unit
-    from ..receptive_field import receptive_field
-    from ..report.render import display_scale, pair
+    from ..methods.deconvnet import project
+    from ..receptive_field import layer_field
+    from ..render.render import display_scale, pair
     from ..runtime import resolve_device
-    from .args import model_kwargs
+    from .args import open_from_args
 
     check_output_file(args.out, extensions=(".png", ".jpg", ".jpeg"))
     dev = resolve_device(args.device)
     image = open_image(args.image)  # a missing or broken image is refused before the model is loaded
-    opened = open_model(device=dev, **model_kwargs(args))
+    opened = open_from_args(args, dev)
     pp = opened.preprocess
     x = pp(image).to(dev)
-    res = project_unit(opened.model, x, args.layer, args.channel, args.position, args.mode, args.unit)
-    y, xx = res.position or (0, 0)
-    patch = receptive_field(opened.model, args.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
-    atomic_save_image(pair(patch.cpu(), res.field.cpu(), scale=display_scale(patch.shape[-1], 160)), args.out)
-    print(json.dumps({"out": args.out, **res.to_json()}))
+    res = project(opened.model, x, layer=args.layer, channel=args.channel, position=args.position, mode=args.mode,
+                  unit=args.unit)
+    y, xx = res.positions[0] or (0, 0)
+    patch = layer_field(opened.model, args.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
+    atomic_save_image(pair(patch.cpu(), res.field(0).cpu(), scale=display_scale(patch.shape[-1], 160)), args.out)
+    print(json.dumps({"out": args.out, "layer": res.layer, "channel": res.channels[0],
+                      "position": list(res.positions[0]) if res.positions[0] else [None, None],
+                      "activation": float(res.activations[0]), "mode": res.mode, "field_box": list(res.boxes[0])}))
     return 0
-

@@ -45,24 +45,38 @@ def _args(p) -> None:
          "--limit 5000 --out rep",
          arguments=_args, locks_out=True)
 def _run(args) -> int:
+    from .. import data as zdata
     from ..errors import UsageError
     from ..io import check_output_dir
-    from ..pipelines.report import STAGES, ReportConfig, build_report
+    from ..pipelines.report import STAGES, ReportConfig, build_report, check_config
+    from ..pretrained import EMBEDDED_DATA, open_embedded
+    from ..runtime import resolve_device
+    from ..weights import open_model
 
     check_output_dir(args.out)
     only = tuple(s for s in args.only.split(",") if s)
     for s in only:
         if s not in STAGES:
             raise UsageError(f"--only {s!r} is not a stage; choose from {', '.join(STAGES)}")
-    if args.workers < 0:
-        raise UsageError(f"--workers {args.workers} must be 0 (decode in this process) or more")
-    cfg = ReportConfig(out=args.out, model=args.model, weights=args.weights, data=args.data, split=args.split,
-                       train_split=args.train_split, mean=args.mean, snapshots=args.snapshots, parts=args.parts,
-                       parts_images=args.parts_images, include=tuple(args.include),
-                       layers=tuple(l for l in args.layers.split(",") if l), limit=args.limit,
-                       evolution_limit=args.evolution_limit, examples=args.examples, window=args.window,
-                       stride=args.stride, seed=args.seed, workers=args.workers, device=args.device)
-    state = build_report(cfg, only=only)
+    embedded = args.model is None and args.weights is None
+    if args.weights and not args.model:
+        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
+    if not embedded and not args.data:
+        raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
+    cfg = ReportConfig(out=args.out, train_split=args.train_split, embedded=embedded,
+                       snapshots=args.snapshots, parts=args.parts, parts_images=args.parts_images,
+                       include=tuple(args.include), layers=tuple(l for l in args.layers.split(",") if l),
+                       limit=args.limit, evolution_limit=args.evolution_limit, examples=args.examples,
+                       window=args.window, stride=args.stride, seed=args.seed, workers=args.workers,
+                       device=args.device)
+    check_config(cfg)
+    dev = resolve_device(args.device)
+    data = args.data or EMBEDDED_DATA
+    common = {"mean": args.mean, "data": data, "split": args.split, "workers": args.workers}
+    opened = open_embedded(dev, **common) if embedded else \
+        open_model(args.model, args.weights, device=dev, seed=args.seed, **common)
+    dataset = zdata.open_dataset(data, args.split, opened.preprocess)
+    state = build_report(opened, dataset, cfg, only=only)
     page = os.path.join(args.out, "index.html")
     failed = {n: e for n, e in state["stages"].items() if e["status"] == "failed"}
     print(f"report: {page} ({state['wall_seconds']:.0f} s; "

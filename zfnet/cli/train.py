@@ -84,12 +84,12 @@ def _evaluate_args(p) -> None:
          arguments=_evaluate_args)
 def _evaluate_run(args) -> int:
     from .. import data as zdata
-    from ..checkpoints import open_model
     from ..io import atomic_write_json, check_output_file
     from ..models import num_outputs
     from ..provenance import Timer, environment
     from ..runtime import resolve_device
     from ..train import evaluate
+    from .args import open_from_args
 
     if args.out:
         check_output_file(args.out, extensions=(".json",))
@@ -97,8 +97,7 @@ def _evaluate_run(args) -> int:
     if not args.pretrained and not (args.model and args.weights):
         raise UsageError("evaluate needs --model and --weights (or --pretrained)")
     weights = [None] if args.pretrained else args.weights
-    opened = [open_model(args.model, w, args.pretrained, dev, mean=args.mean, data=args.data, split=args.split,
-                         workers=args.workers) for w in weights]
+    opened = [open_from_args(args, dev, weights=w) for w in weights]
     nets, pp = [o.model for o in opened], opened[0].preprocess
     dataset = zdata.open_dataset(args.data, args.split, pp, args.exclude).head(args.limit)
     if dataset.labels.dim() != 1:

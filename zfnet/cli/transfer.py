@@ -36,13 +36,27 @@ def _transfer_args(p) -> None:
          "  zfnet transfer --model zfnet --weights zf.safetensors --data caltech101:/data/caltech --protocol "
          "caltech101 --out tr101", arguments=_transfer_args, locks_out=True)
 def _transfer_run(args) -> int:
-    from ..pipelines.transfer import run_transfer
-    from .args import positive as _pos
+    from .. import data as zdata
+    from ..pipelines.transfer import TransferOptions, check_protocol, run_pascal, run_transfer
+    from ..runtime import resolve_device
+    from .args import open_from_args
 
-    per = [_pos(v) for v in args.per_class.split(",")] if args.per_class else None
-    r = run_transfer(args.out, args.data, args.protocol, per, args.folds, args.model, args.weights, args.pretrained,
-                     args.mean, args.split, args.layer, args.scratch_epochs, args.no_scratch, args.test_per_class,
-                     args.exclude, args.device, not args.no_progress)
+    per = tuple(positive(v) for v in args.per_class.split(",")) if args.per_class else None
+    check_protocol(args.protocol)
+    dev = resolve_device(args.device)
+    progress = not args.no_progress
+    if args.protocol == "pascal2012":
+        opened = open_from_args(args, dev, split="train")
+        train = zdata.open_dataset(args.data, "train", opened.preprocess, args.exclude)
+        val = zdata.open_dataset(args.data, "val", opened.preprocess, args.exclude)
+        r = run_pascal(opened, train, val, args.out, layer=args.layer, device=dev, progress=progress)
+    else:
+        opened = open_from_args(args, dev)
+        ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
+        options = TransferOptions(protocol=args.protocol, per_class=per, folds=args.folds, layer=args.layer,
+                                  scratch_epochs=args.scratch_epochs, no_scratch=args.no_scratch,
+                                  test_per_class=args.test_per_class)
+        r = run_transfer(opened, ds, args.out, options=options, device=dev, progress=progress)
     print(json.dumps({"out": args.out, "table": os.path.join(args.out, "table.md"),
                       "summary": {k: round(v["mean"], 4) for k, v in r.get("summary", {}).items()}}, indent=2))
     return 0
@@ -58,12 +72,19 @@ def _probe_args(p) -> None:
          "zfnet layerprobe --pretrained --data mnist5k --split trainval --per-class 30 --out probe",
          arguments=_probe_args, locks_out=True)
 def _probe_run(args) -> int:
-    from ..pipelines.transfer import run_layerprobe
+    from .. import data as zdata
+    from ..pipelines.transfer import ProbeOptions, check_protocol, run_layerprobe
+    from ..runtime import resolve_device
+    from .args import open_from_args
 
-    layers = [l for l in args.layers.split(",") if l] if args.layers else None
-    r = run_layerprobe(args.out, args.data, args.protocol, args.per_class, args.folds, args.model, args.weights,
-                       args.pretrained, args.mean, args.split, layers, args.test_per_class, args.exclude, args.device,
-                       not args.no_progress)
+    check_protocol(args.protocol, probe=True)
+    layers = tuple(l for l in args.layers.split(",") if l) if args.layers else None
+    dev = resolve_device(args.device)
+    opened = open_from_args(args, dev)
+    ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
+    options = ProbeOptions(protocol=args.protocol, per_class=args.per_class, folds=args.folds, layers=layers,
+                           test_per_class=args.test_per_class)
+    r = run_layerprobe(opened, ds, args.out, options=options, device=dev, progress=not args.no_progress)
     print(json.dumps({"out": args.out, "table": os.path.join(args.out, "table.md"),
                       "summary": {k: round(v["mean"], 4) for k, v in r["summary"].items()}}, indent=2))
     return 0

@@ -14,7 +14,9 @@ A dataset spec is `KIND[:ARG]` or a folder path (its layout is recognised):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -22,7 +24,7 @@ import torch
 
 from ..errors import UsageError
 from ..registry import Registry
-from .base import FileImageSet, ImageSet, TensorImageSet
+from .base import FileImageSet, ImageSet, InputSet, TensorImageSet, as_image_set
 from .folders import caltech101, caltech256, imagefolder, imagenet
 from .mnist import fashion_mnist, fashion_mnist_mini, mnist5k
 from .preprocess import Preprocess, for_model
@@ -33,8 +35,10 @@ __all__ = [
     "DATASETS",
     "FileImageSet",
     "ImageSet",
+    "InputSet",
     "Preprocess",
     "TensorImageSet",
+    "as_image_set",
     "batches",
     "chunked",
     "default_split",
@@ -121,8 +125,10 @@ def open_dataset(spec: str, split: str | None, preprocess: Preprocess, exclude: 
     if preprocess.fit is None:
         preprocess = replace(preprocess, fit=k.fit)
     ds = k.loader(split or default_split(spec), preprocess, arg)
+    ds.spec = spec
     if exclude:
         ds = ds.without(read_exclusions(exclude))
+        ds.exclude = os.path.abspath(exclude)
         if len(ds) == 0:
             raise UsageError(f"the exclusion list {exclude!r} removes every image of {spec} split {ds.split!r}")
     return ds
@@ -130,39 +136,40 @@ def open_dataset(spec: str, split: str | None, preprocess: Preprocess, exclude: 
 
 # --- per-pixel mean image (Sec. 3) ---------------------------------------------------------------------
 
-def _cache_dir() -> str:
-    return os.path.join(os.path.expanduser(os.environ.get("ZFNET_CACHE", "~/.cache/zfnet")), "means")
-
-
 def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> torch.Tensor:
-    """The per-pixel mean (C x B x B, raw [0, 255] pixel units) over every image of `dataset`,
-    computed once and stored beside the data (or in ~/.cache/zfnet/means when that folder is read-only)."""
-    from ..io import atomic_save_tensors, load_tensors
+    """The per-pixel mean (C x B x B, raw [0, 255] pixel units) over every image of `dataset` (Sec. 3's mean
+    subtraction), computed once and cached in the user cache (`zfnet.io.cache_dir("means")`), keyed by the
+    dataset's identity: its real path, split, size, image ids and the preprocessing. Nothing is written inside
+    the dataset's folder; a damaged cache file is recomputed."""
+    from ..io import atomic_save_tensors, cache_dir, load_tensors
 
     pp = dataset.preprocess
     root = getattr(dataset, "root", None)
-    key = f"{dataset.name}-{dataset.split}-{len(dataset)}-{pp.channels}x{pp.base_size}-{pp.fit}"
-    places = []
-    if root and os.access(root, os.W_OK):
-        places.append(os.path.join(root, f".zfnet-mean-{key}.safetensors"))
-    digest = hashlib.sha1(f"{os.path.abspath(root) if root else ''}|{key}".encode()).hexdigest()[:12]
-    places.append(os.path.join(_cache_dir(), f"{key}-{digest}.safetensors"))
-    for p in places:
-        if os.path.isfile(p):
-            return load_tensors(p)["mean"]
+    n = len(dataset)
+    ids = [dataset.image_id(i) for i in [*range(min(n, 100)), *range(max(100, n - 100), n)]]
+    identity = json.dumps([os.path.realpath(root) if root else None, dataset.name, dataset.split, n, ids,
+                           pp.channels, pp.base_size, pp.fit])
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset.name}-{dataset.split}")[:80]
+    path = cache_dir("means", f"{safe}-{digest}.safetensors")
+    if os.path.isfile(path):
+        try:
+            mean = load_tensors(path)["mean"]
+            if tuple(mean.shape) == (pp.channels, pp.base_size, pp.base_size) and bool(torch.isfinite(mean).all()):
+                return mean
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            pass
     total = torch.zeros(pp.channels, pp.base_size, pp.base_size, dtype=torch.float64)
     count = 0
-    for base, _, _ in batches(dataset, chunked(range(len(dataset)), 256), workers=workers, progress=progress,
+    for base, _, _ in batches(dataset, chunked(range(n), 256), workers=workers, progress=progress,
                               desc="mean image"):
         total += base.double().sum(0)
         count += len(base)
     mean = (total / max(count, 1)).float()
-    for p in places:
-        try:
-            atomic_save_tensors({"mean": mean}, p, {"dataset": key})
-            break
-        except OSError:
-            continue
+    try:
+        atomic_save_tensors({"mean": mean}, path, {"dataset": identity})
+    except Exception:  # noqa: BLE001 - an unwritable cache costs a recompute next time, nothing else
+        pass
     return mean
 
 

@@ -23,6 +23,12 @@ class ImageSet(torch.utils.data.Dataset):
     labels: torch.Tensor
     preprocess: Preprocess
     skipped: dict[int, str]  # index -> why the file could not be read (files met so far; see `batches`)
+    spec: str | None = None  # the dataset spec it was opened from (`open_dataset`)
+    _ids: list[str] | None = None  # image ids kept by `subset` (else each kind names its images)
+    exclude: str | None = None  # the exclusion list applied (`open_dataset`)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def image_id(self, i: int) -> str:
         raise NotImplementedError
@@ -56,10 +62,11 @@ class ImageSet(torch.utils.data.Dataset):
         sub = copy.copy(self)
         sub._ids = [self.image_id(i) for i in keep]
         sub.labels = self.labels[keep] if keep else self.labels[:0]
-        if getattr(self, "bases", None) is not None:
-            sub.bases = self.bases[keep] if keep else self.bases[:0]
-        if getattr(self, "files", None) is not None:
-            sub.files = [self.files[i] for i in keep]
+        bases, files = getattr(self, "bases", None), getattr(self, "files", None)
+        if bases is not None:
+            setattr(sub, "bases", bases[keep] if keep else bases[:0])  # noqa: B010 - the in-memory kinds only
+        if files is not None:
+            setattr(sub, "files", [files[i] for i in keep])  # noqa: B010 - the file kinds only
         sub.skipped = {}
         return sub
 
@@ -67,9 +74,6 @@ class ImageSet(torch.utils.data.Dataset):
         """The set less the images whose id is in `ids` (an exclusion list, e.g. from `zfnet dedupe`)."""
         keep = [i for i in range(len(self)) if self.image_id(i) not in ids]
         return self if len(keep) == len(self) else self.subset(keep)
-
-    def describe(self) -> dict:
-        return {"name": self.name, "split": self.split, "images": len(self), "classes": len(self.classes)}
 
     def skipped_report(self) -> list[dict]:
         """The unreadable files met so far, for a result's provenance: [{image, id, reason}]."""
@@ -116,6 +120,31 @@ class TensorImageSet(ImageSet):
         return self.bases
 
 
+class InputSet(TensorImageSet):
+    """A batch of model input (N x C x S x S float, already preprocessed) as an image set, so that the methods
+    that stream a dataset (atlas, evolution, filters) take a plain batch too. Its preprocessing is the identity:
+    patches are shown in input units."""
+
+    def __init__(self, inputs: torch.Tensor, labels=None, classes: list[str] | None = None) -> None:
+        if inputs.dim() != 4:
+            raise UsageError(f"expected a batch N x C x H x W of model input (got shape {tuple(inputs.shape)})")
+        n, c, h, w = inputs.shape
+        if h != w:
+            raise UsageError(f"expected square model input (got {h}x{w})")
+        self.name, self.split = "inputs", "batch"
+        self.classes = list(classes or [])
+        self.preprocess = Preprocess(h, h, c, "pad", 255.0)
+        self.bases = inputs.detach().float().cpu()
+        self.labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self._ids = None
+        self.skipped = {}
+
+
+def as_image_set(images) -> ImageSet:
+    """An `ImageSet` as it is; a batch of model input as an `InputSet`."""
+    return images if isinstance(images, ImageSet) else InputSet(images)
+
+
 class FileImageSet(ImageSet):
     """Images read from files on demand (class folders, Caltech, PASCAL VOC)."""
 
@@ -134,8 +163,8 @@ class FileImageSet(ImageSet):
 
     def __getitem__(self, i: int):
         """(base square, label, None), or (None, label, reason) for a file that cannot be read."""
-        label = self.labels[i]
-        label = int(label) if label.dim() == 0 else label
+        t = self.labels[i]
+        label: int | torch.Tensor = int(t) if t.dim() == 0 else t
         try:
             return read_image(os.path.join(self.root, self.files[i]), self.preprocess), label, None
         except UsageError as e:

@@ -18,7 +18,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path} is not an IDX file")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(_DTYPES[data[2]])
+    dtype = np.dtype(_DTYPES[data[2]])  # type: ignore[call-overload]
     count = int(np.prod(dims)) if dims else 1
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=4 + 4 * ndim)
     return arr.reshape(dims).copy()  # writable, independent of the file buffer

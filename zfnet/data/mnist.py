@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..errors import UsageError
+from ..io import cache_dir
 from .base import TensorImageSet
 from .idx import read_idx
 from .preprocess import Preprocess
@@ -54,7 +55,7 @@ def find_fashion_mnist(path: str | None = None) -> dict[str, str]:
         files = _idx_files(DEBIAN_FASHION)
         if files:
             return files
-        cache = os.path.join(os.path.expanduser(os.environ.get("ZFNET_CACHE", "~/.cache/zfnet")), "fashion-mnist")
+        cache = cache_dir("fashion-mnist")
         files = _idx_files(os.path.join(cache, "FashionMNIST", "raw"))
         if files:
             return files

@@ -59,9 +59,6 @@ class Preprocess:
                              f"{want}; pass a mean image of that shape (or --mean data)")
         return replace(self, mean_image=mean_image.float().cpu(), channel_mean=None, channel_std=None)
 
-    def with_fit(self, fit: str) -> Preprocess:
-        return replace(self, fit=fit)
-
     # --- images -> model input -------------------------------------------------------------------------
     def __call__(self, images) -> torch.Tensor:
         """Images -> the model's centre-crop input, N x C x S x S float (like torchvision's
@@ -105,7 +102,7 @@ class Preprocess:
         else:
             s = b / min(w, h)
             nw, nh = max(b, round(w * s)), max(b, round(h * s))
-            image = image.resize((nw, nh), Image.BILINEAR)
+            image = image.resize((nw, nh), Image.Resampling.BILINEAR)
             left, top = (nw - b) // 2, (nh - b) // 2
             image = image.crop((left, top, left + b, top + b))
         arr = np.array(image, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
@@ -145,7 +142,7 @@ class Preprocess:
 
     def _channel_stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.channel_mean, device=device).view(1, -1, 1, 1) * self.scale
-        std = torch.tensor(self.channel_std or (1.0,) * len(self.channel_mean), device=device)
+        std = torch.tensor(self.channel_std or (1.0,) * len(self.channel_mean or ()), device=device)
         return mean, std.view(1, -1, 1, 1) * self.scale
 
     @property

@@ -30,7 +30,7 @@ def _labels_from_xml(root: str, image_id: str) -> list[int]:
     row = [-1] * len(VOC_CLASSES)
     tree = ET.parse(os.path.join(root, "Annotations", image_id + ".xml"))
     for obj in tree.findall("object"):
-        k = VOC_CLASSES.index(obj.findtext("name").strip())
+        k = VOC_CLASSES.index((obj.findtext("name") or "").strip())
         difficult = obj.findtext("difficult", "0").strip() == "1"
         row[k] = max(row[k], 0 if difficult else 1)
     return row

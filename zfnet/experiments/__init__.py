@@ -1,2 +1,2 @@
 """Experiments: many training runs or classifiers -> tables (Table 2's ablations, ...). Compute only; the tables'
-Markdown and plots are drawn by `zfnet.report`."""
+Markdown and plots are drawn by `zfnet.render`."""

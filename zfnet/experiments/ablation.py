@@ -80,7 +80,7 @@ def run_folder(out: str, variant: str) -> str:
 def collect(out: str, base: str, variants: list[str]) -> list[Row]:
     """The table's rows from whatever the run folders hold."""
     from .. import models
-    from ..models import weights_metadata
+    from ..io import safetensors_metadata
 
     rows = []
     for v in ["base", *variants]:
@@ -95,7 +95,10 @@ def collect(out: str, base: str, variants: list[str]) -> list[Row]:
                             m["val"]["centre"]["top5_err"], m["val"]["ten_crop"]["top1_err"],
                             m["train_wall_seconds"], params))
         elif os.path.isfile(os.path.join(folder, "checkpoint.safetensors")):
-            meta = weights_metadata(os.path.join(folder, "checkpoint.safetensors"))
+            try:
+                meta = safetensors_metadata(os.path.join(folder, "checkpoint.safetensors"))
+            except (OSError, ValueError):  # a damaged checkpoint: the row is partial at an unknown epoch
+                meta = {}
             rows.append(Row(v, name, "partial", int(meta.get("epoch", 0)), parameters=params))
         else:
             rows.append(Row(v, name, "missing", parameters=params))

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import data as zdata
-from ..checkpoints import open_model
+from ..weights import open_model
 from ..layers import layer_names
 from ..methods.atlas import scan, top_projections
 from ..methods.deconvnet import Deconvnet
 from ..methods.filters import FilterReport, analyse, first_conv
-from ..receptive_field import receptive_field
+from ..receptive_field import layer_field
 from ..recipe import Recipe, RunOptions
 from .runs import finished, train_runs
 
@@ -97,11 +97,11 @@ def analyse_run(folder: str, name: str, recipe: Recipe, limit: int = 2000, devic
     names = layer_names(model)
     convs = [n for n in names if isinstance(dict(model.named_modules())[n], torch.nn.Conv2d)]
     first, second = convs[0], convs[1]
-    result = scan(model, ds, pp, [first, second], k=1, workers=0, progress=False)
+    result = scan(model, ds, layers=[first, second], k=1, workers=0, progress=False)
     conv = first_conv(model)
     report = analyse(conv.weight, result.top[first].values[0])
     tk = result.top[second]
-    rf = receptive_field(model, second, (pp.channels, pp.input_size, pp.input_size))
+    rf = layer_field(model, second, (pp.channels, pp.input_size, pp.input_size))
     chans = list(range(tk.values.shape[1]))
     with Deconvnet(model) as dn:
         proj = top_projections(dn, ds, pp, tk, second, chans, rf, torch.device(device))

@@ -18,6 +18,8 @@ The softmax is scikit-learn's multinomial `LogisticRegression` (L2, C = 1) on st
 """
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,9 +40,11 @@ PROTOCOLS = {  # name -> (default training images per class, test images per cla
 }
 
 
-def extract(model: nn.Module, ds: zdata.ImageSet, pp: zdata.Preprocess, layers: list[str], batch_size: int = 256,
-            workers: int = 0, device: torch.device | str = "cpu", progress: bool = True) -> tuple[dict, torch.Tensor]:
-    """Every layer's features for every readable image, from one forward per image: ({layer: N x D}, indices)."""
+def extract(model: nn.Module, ds: zdata.ImageSet, *, layers: list[str], batch_size: int = 256, workers: int = 0,
+            device: torch.device | str = "cpu", progress: bool = True) -> tuple[dict, torch.Tensor]:
+    """Every layer's features for every readable image of `ds` (fed through its own preprocessing), from one
+    forward per image: ({layer: N x D}, indices)."""
+    pp = ds.preprocess
     out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
     kept = []
     with torch.no_grad(), eval_mode(model):
@@ -101,7 +105,7 @@ class FoldScores:
     def add(self, key: str, value: float) -> None:
         self.scores.setdefault(key, []).append(value)
 
-    def summary(self) -> dict[str, dict[str, float]]:
+    def summary(self) -> dict[str, dict[str, Any]]:
         return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                     "folds": v} for k, v in self.scores.items()}
 
@@ -121,10 +125,10 @@ def probe(feats: dict[str, torch.Tensor], labels: np.ndarray, per_class: list[in
     return out
 
 
-def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Preprocess, labels: np.ndarray,
-            positions: np.ndarray, per_class: list[int], test_per_class: int, folds: int, epochs: int = 30,
-            lr: float = 1e-2, batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
-            state: str | None = None, key: str = "") -> FoldScores:
+def scratch(model_name: str, ds: zdata.ImageSet, *, labels: np.ndarray, positions: np.ndarray,
+            per_class: list[int], test_per_class: int, folds: int, epochs: int = 30, lr: float = 1e-2,
+            batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0, state: str | None = None,
+            key: str = "") -> FoldScores:
     """The paper's non-pretrained rows: the architecture at random, trained on each fold's training images.
     With `state` (a folder), each finished fold's accuracy is kept there under `key`, and a rerun (after a kill)
     trains only the folds not yet finished - each fold is seeded on its own, so the result is the same."""
@@ -136,6 +140,7 @@ def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Pre
     from ..runtime import Dist
     from ..train import epoch_plan, predict, train_one_epoch
 
+    pp, num_classes = ds.preprocess, len(ds.classes)
     out = FoldScores()
     recipe = Recipe(model=model_name, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     dist = Dist(device=torch.device(device))
@@ -157,8 +162,9 @@ def scratch(model_name: str, num_classes: int, ds: zdata.ImageSet, pp: zdata.Pre
                 plan = epoch_plan(len(train_set), e + 1, recipe, pp)
                 train_one_epoch(net, opt, train_set, pp, plan, recipe, dist, e + 1, progress=False)
             test_set = ds.subset(positions[te])
-            probs = predict([net.eval()], test_set.in_memory() if test_set.in_memory() is not None else
-                            torch.stack([test_set.base(i) for i in range(len(test_set))]), pp, False, dist.device)
+            held = test_set.in_memory()
+            bases = held if held is not None else torch.stack([test_set.base(i) for i in range(len(test_set))])
+            probs = predict([net.eval()], bases, pp, False, dist.device)
             acc = mean_class_accuracy(probs.argmax(1).cpu().numpy(), labels[te])
             if done:
                 atomic_write_json(done, {"key": key, "accuracy": acc, "n": n, "fold": f})

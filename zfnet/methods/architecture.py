@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..errors import UsageError
+from ..receptive_field import layer_field
 from ..runtime import eval_mode
 
 # module kinds Fig. 3 shows (others - ReLU, dropout, flatten - are folded into the layer before them)
@@ -73,11 +75,13 @@ def _info(name: str, m: nn.Module, out: torch.Tensor) -> LayerInfo | None:
     return None
 
 
-def architecture(model: nn.Module, input_shape: tuple[int, int, int]) -> Architecture:
-    """One forward of zeros (eval mode, no grad) records every conv / pool / norm / fc layer the input passes
-    through, in order; a module that runs twice is listed once. Hooks and mode are restored on exit."""
-    from ..receptive_field import receptive_field
-
+def architecture(model: nn.Module, images: torch.Tensor) -> Architecture:
+    """Fig. 3 read off the model: one forward of a batch of model input shaped like `images` (zeros; eval
+    mode, no grad) records every conv / pool / norm / fc layer it passes through, in order; a module that runs
+    twice is listed once. Hooks and mode are restored on exit."""
+    if images.dim() != 4:
+        raise UsageError(f"architecture takes a batch N x C x H x W (got shape {tuple(images.shape)})")
+    input_shape = tuple(int(v) for v in images.shape[1:])
     seen: dict[str, LayerInfo] = {}
     names = {m: n for n, m in model.named_modules() if n}
     handles = []
@@ -104,7 +108,7 @@ def architecture(model: nn.Module, input_shape: tuple[int, int, int]) -> Archite
     for info in layers:
         if info.kind == "conv":
             try:
-                info.receptive_field = list(receptive_field(model, info.name, tuple(input_shape)).size)
+                info.receptive_field = list(layer_field(model, info.name, tuple(input_shape)).size)
             except Exception:  # a layer whose geometry cannot be traced keeps no field
                 info.receptive_field = None
     total = sum(p.numel() for p in model.parameters())

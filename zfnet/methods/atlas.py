@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,9 +22,8 @@ from torch import nn
 
 from .. import data as zdata
 from ..errors import UsageError
-from ..io import atomic_save_tensors, load_tensors
+from ..io import atomic_save_tensors, load_tensors, safetensors_metadata
 from ..layers import features
-from ..models import weights_metadata
 from ..runtime import Dist, eval_mode
 
 
@@ -87,6 +87,19 @@ class Scan:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    def to_json(self) -> dict:
+        """Per layer and channel the top-k [{image, value, y, x}] (y, x None for fc layers)."""
+        out = {}
+        for name, tk in self.top.items():
+            maps = []
+            for c in range(tk.values.shape[1]):
+                maps.append([{"image": int(tk.images[r, c]), "value": float(tk.values[r, c]),
+                              "y": int(tk.ys[r, c]) if tk.ys[r, c] >= 0 else None,
+                              "x": int(tk.xs[r, c]) if tk.xs[r, c] >= 0 else None}
+                             for r in range(tk.k) if tk.images[r, c] >= 0])
+            out[name] = {"shape": list(self.shapes[name]), "maps": maps}
+        return {"images": self.images, "seconds": self.seconds, "layers": out}
+
 
 def default_layers(model: nn.Module) -> list[str]:
     """conv1..conv5 when the model has the paper's names, else every Conv2d (as conv1..convN)."""
@@ -102,12 +115,25 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers: list[str], k: int = 9,
-         batch_size: int = 128, workers: int = 4, state_path: str | None = None, key: str = "",
-         dist: Dist = Dist(), progress: bool = True, save_every: float = 30.0, desc: str = "atlas scan") -> Scan:
-    """One pass over `dataset` keeping each map's top-k (Fig. 2). With `state_path`, resumable: a rerun with
-    the same `key` continues from the saved state. Under torchrun, each process scans its shard; all get the
-    merged result."""
+def atlas(model: nn.Module, images: torch.Tensor | zdata.ImageSet, *, layers: Sequence[str] | None = None,
+          k: int = 9, batch_size: int = 128, progress: bool = False) -> Scan:
+    """Fig. 2's selection: for every feature map of `layers` (default `default_layers`), its `k` strongest
+    activations over `images` - a batch of model input, or a dataset (`ImageSet`, read in batches with its own
+    preprocessing) - each from a different image, ties to the lower image index."""
+    ds = zdata.as_image_set(images)
+    return scan(model, ds, layers=list(layers or default_layers(model)), k=k, batch_size=batch_size, workers=0,
+                progress=progress)
+
+
+def scan(model: nn.Module, dataset: zdata.ImageSet, *, layers: list[str], k: int = 9,
+         preprocess: zdata.Preprocess | None = None, batch_size: int = 128, workers: int = 4,
+         state_path: str | None = None, key: str = "", dist: Dist | None = None, progress: bool = True,
+         save_every: float = 30.0, desc: str = "atlas scan") -> Scan:
+    """One pass over `dataset` keeping each map's top-k (Fig. 2), fed through `preprocess` (default: the
+    dataset's own). With `state_path`, resumable: a rerun with the same `key` continues from the saved state.
+    Under torchrun, each process scans its shard; all get the merged result."""
+    dist = dist or Dist()
+    pp = preprocess or dataset.preprocess
     if k < 1:
         raise UsageError("--k must be at least 1")
     share = torch.tensor_split(torch.arange(len(dataset)), dist.world)[dist.rank]
@@ -118,12 +144,15 @@ def scan(model: nn.Module, dataset: zdata.ImageSet, pp: zdata.Preprocess, layers
     if state_path:
         path = state_path if dist.world == 1 else f"{state_path}.rank{dist.rank}-of-{dist.world}"
         if os.path.isfile(path):
-            meta = weights_metadata(path)
-            if meta.get("key") == key:
-                t = load_tensors(path)
-                shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
-                top = {n: TopK.from_tensors(t, n) for n in shapes}
-                done = int(meta["done"])
+            try:
+                meta = safetensors_metadata(path)
+                if meta.get("key") == key:
+                    t = load_tensors(path)
+                    shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
+                    top = {n: TopK.from_tensors(t, n) for n in shapes}
+                    done = int(meta["done"])
+            except (OSError, ValueError, KeyError):  # a damaged state file: scan from the start
+                top, shapes, done = {}, {}, 0
     last = time.monotonic()
 
     def save() -> None:
@@ -219,6 +248,7 @@ def top_projections(dn, dataset: zdata.ImageSet, pp: zdata.Preprocess, tk: TopK,
             owners.append(c)
     out: dict[int, tuple[list, list]] = {c: ([], []) for c in channels}
     if targets:
+        assert x is not None  # there are targets, so images
         fields_ = dn.project_targets(x, targets, output="field")
         shown = pp.display(x)
         for t, c, f in zip(targets, owners, fields_):

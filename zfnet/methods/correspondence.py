@@ -15,6 +15,7 @@ pairs of all draws.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -68,10 +69,12 @@ def _check_boxes(name: str, boxes: list[Box], n: int, h: int, w: int) -> None:
                              "(y0, x0, y1, x1; end-exclusive, 0 <= y0 < y1 <= H)")
 
 
-def correspondence(model: nn.Module, images: torch.Tensor, boxes: dict[str, list[Box]],
-                   layers: tuple[str, ...] = ("conv5", "fc7"), fill: float = 0.0, random_draws: int = 10,
+def correspondence(model: nn.Module, images: torch.Tensor, *, parts: dict[str, list[Box]],
+                   layers: Sequence[str] = ("conv5", "fc7"), fill: float = 0.0, random_draws: int = 10,
                    seed: int = 0, batch_size: int = 256) -> CorrespondenceResult:
-    """Delta (see the module docstring) per layer for each part of `boxes` and for random boxes."""
+    """Delta (see the module docstring) per layer for each part (`parts`: name -> one box per image of the
+    batch) and for random boxes (arXiv Sec. 4.3)."""
+    boxes = parts
     if images.dim() != 4 or images.shape[0] < 2:
         raise UsageError("correspondence needs N x C x H x W model input with at least 2 images")
     n, _, h, w = images.shape

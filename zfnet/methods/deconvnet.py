@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import UsageError
 from ..layers import StopForward, capture, feature_module
-from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_geometries, receptive_field
+from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_geometries, layer_field
 from ..runtime import eval_mode
 
 MODES = ("deconvnet", "backprop", "guided")
@@ -189,23 +189,24 @@ class Deconvnet:
         receptive field), `output="field"` gives just the receptive-field box of each (zero past the border),
         as for the patches of Fig. 2. With `unit`, the seed is 1 instead of the activation's value."""
         self._check_open()
-        targets = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        todo = [t if isinstance(t, Target) else Target(*t) for t in targets]
         if output not in ("full", "field"):
             raise UsageError("output must be 'full' or 'field'")
         by_layer: dict[str, list[int]] = defaultdict(list)
-        for k, t in enumerate(targets):
+        for k, t in enumerate(todo):
             by_layer[t.layer].append(k)
-        shape = tuple(images.shape[1:])
+        c, h, w = (int(v) for v in images.shape[1:])
+        shape = (c, h, w)
         missing = [l for l in by_layer if (l, shape) not in self._geometry]
         if missing:
             for l, g in layer_geometries(self.model, missing, shape).items():
                 self._geometry[(l, shape)] = g
         geos = {l: self._geometry[(l, shape)] for l in by_layer}
-        results: list[torch.Tensor | None] = [None] * len(targets)
+        results: list[torch.Tensor] = [images.new_zeros(0)] * len(todo)
         for layer, ks in by_layer.items():
             g = geos[layer]
-            rf = ReceptiveField(layer, *(g if g is not None else (None, None)), (shape[1], shape[2]))
-            group = [targets[k] for k in ks]
+            rf = ReceptiveField(layer, g[0] if g else None, g[1] if g else None, (h, w))
+            group = [todo[k] for k in ks]
             if g is None or not self.fast or group[0].y is None:
                 outs = self._project_whole(images, group, unit)
                 outs = [rf.crop(o[None], t.y or 0, t.x or 0)[0] if output == "field" else o
@@ -231,10 +232,9 @@ class Deconvnet:
             n = x.shape[0]
             seed = torch.zeros_like(act)
             rows = torch.arange(n, device=act.device)
+            idx: tuple[torch.Tensor, ...] = (rows, chans)
             if act.dim() == 4:
                 idx = (rows, chans, torch.as_tensor(ys, device=act.device), torch.as_tensor(xs, device=act.device))
-            else:
-                idx = (rows, chans)
             seed[idx] = 1.0 if unit else act.detach()[idx]
             (grad,) = torch.autograd.grad(act, x, grad_outputs=seed)
         return grad
@@ -251,11 +251,11 @@ class Deconvnet:
 
     def _project_cropped(self, images: torch.Tensor, group: list[Target], rf: ReceptiveField, unit: bool,
                          output: str) -> list[torch.Tensor]:
-        plans = [crop_plan(rf, t.y, t.x) for t in group]
+        plans = [crop_plan(rf, t.y or 0, t.x or 0) for t in group]  # cropped targets are spatial
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, ((t, l, b, r), _) in enumerate(plans):
             by_shape[(b - t, r - l)].append(i)
-        outs: list[torch.Tensor | None] = [None] * len(group)
+        outs: list[torch.Tensor] = [images.new_zeros(0)] * len(group)
         c, h, w = images.shape[1:]
         for (ch, cw), members in by_shape.items():
             per = max(1, self.max_batch_pixels // (ch * cw))
@@ -273,49 +273,55 @@ class Deconvnet:
                         full[:, top:bottom, left:right] = g
                         outs[i] = full
                     else:  # the receptive-field box, zero past the image border
-                        outs[i] = cut_box(g, (top, left), rf.box(group[i].y, group[i].x))
+                        outs[i] = cut_box(g, (top, left), rf.box(group[i].y or 0, group[i].x or 0))
         return outs
 
 
-def project(model: nn.Module, images: torch.Tensor, layer: str, channel: int | Sequence[int],
-            position: tuple[int, int] | None = None, mode: str = "deconvnet", unit: bool = False) -> torch.Tensor:
-    """One-call form of `Deconvnet(model, mode).project(...)`."""
-    with Deconvnet(model, mode) as dn:
-        return dn.project(images, layer, channel, position, unit)
-
-
 @dataclass
-class UnitProjection:
-    """One activation of one image and its projection over the unit's receptive field (Fig. 2's pairs)."""
+class Projection:
+    """Sec. 2.1 on a batch: per image, one activation of `layer` (its map `channels[i]` at `positions[i]`)
+    projected down to pixel space by the deconvnet (Fig. 1), and the unit's receptive field."""
 
     layer: str
-    channel: int
-    position: tuple[int, int] | None  # (y, x) in the layer's maps; None for fc layers
-    activation: float
     mode: str
-    box: tuple[int, int, int, int]  # receptive field (top, left, bottom, right) in input pixels, end-exclusive
-    field: torch.Tensor  # C x h x w projection over the box (zero past the image border)
+    channels: list[int]
+    positions: list[tuple[int, int] | None]  # (y, x) in the layer's maps; None for fc layers
+    activations: torch.Tensor  # N: the projected activation's value
+    boxes: list[tuple[int, int, int, int]]  # receptive field (top, left, bottom, right), input px, end-exclusive
+    images: torch.Tensor  # N x C x H x W projections, zero outside each unit's receptive field
+
+    def field(self, i: int) -> torch.Tensor:
+        """Image `i`'s projection over its unit's receptive-field box (zero past the image border)."""
+        return cut_box(self.images[i], (0, 0), self.boxes[i])
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "channel": self.channel,
-                "position": list(self.position) if self.position else [None, None],
-                "activation": self.activation, "mode": self.mode, "field_box": list(self.box)}
+        return {"layer": self.layer, "mode": self.mode, "channels": self.channels,
+                "positions": [list(p) if p else None for p in self.positions],
+                "activations": self.activations.tolist(), "boxes": [list(b) for b in self.boxes],
+                "shape": list(self.images.shape)}
 
 
-def project_unit(model: nn.Module, image: torch.Tensor, layer: str, channel: int,
-                 position: tuple[int, int] | None = None, mode: str = "deconvnet", unit: bool = False) \
-        -> UnitProjection:
-    """Project map `channel` of `layer` at `position` (default: where it is strongest) for one model-input
-    image (C x H x W or 1 x C x H x W), Sec. 2.1."""
-    x = image[None] if image.dim() == 3 else image
+def project(model: nn.Module, images: torch.Tensor, *, layer: str, channel: int | Sequence[int],
+            position: tuple[int, int] | None = None, mode: str = "deconvnet", unit: bool = False) -> Projection:
+    """Project map `channel` of `layer` (one for all images, or one per image) at `position` (y, x), or where
+    each image's map is strongest, back to pixels for a batch of model input `images` (Sec. 2.1). `unit`
+    seeds 1 instead of the activation's value."""
+    if images.dim() != 4:
+        raise UsageError(f"project takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
+                         "add a batch dimension with images[None]")
+    n = images.shape[0]
+    chans = [int(channel)] * n if isinstance(channel, int) else [int(c) for c in channel]
+    if len(chans) != n:
+        raise UsageError(f"{len(chans)} channels for {n} images; give one channel or one per image")
     with Deconvnet(model, mode) as dn:
-        acts = dn.activations(x, layer)
-        (t,) = dn.targets(x, layer, [int(channel)], position, acts)
-        value = float(acts[0, t.channel, t.y, t.x] if t.y is not None else acts[0, t.channel])
-        field = dn.project_targets(x, [t], unit=unit, output="field")[0]
-    rf = receptive_field(model, layer, tuple(x.shape[1:]))
-    pos = (t.y, t.x) if t.y is not None else None
-    return UnitProjection(layer, t.channel, pos, value, mode, tuple(rf.box(t.y or 0, t.x or 0)), field)
+        acts = dn.activations(images, layer)
+        targets = dn.targets(images, layer, chans, position, acts)
+        values = torch.stack([acts[t.image, t.channel, t.y, t.x] if t.y is not None else acts[t.image, t.channel]
+                              for t in targets]).detach().float().cpu()
+        out = dn.project_targets(images, targets, unit=unit)
+    rf = layer_field(model, layer, tuple(images.shape[1:]))
+    return Projection(layer, mode, chans, [(t.y, t.x or 0) if t.y is not None else None for t in targets], values,
+                      [rf.box(t.y or 0, t.x or 0) for t in targets], out)
 
 
-__all__ = ["MODES", "Deconvnet", "Target", "UnitProjection", "feature_module", "project", "project_unit"]
+__all__ = ["MODES", "Deconvnet", "Projection", "Target", "feature_module", "project"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import data as zdata
 from ..errors import UsageError
 
 DOMINANT_RATIO = 2.0
@@ -66,15 +67,19 @@ class FilterReport:
         if self.dead is not None:
             out["dead"] = int(self.dead.sum())
             out["dead_share"] = float(self.dead.float().mean())
+            assert self.max_response is not None  # dead is computed from it
             out["never_fired"] = int((self.max_response <= 0).sum())
         return out
+
+    def to_json(self) -> dict:
+        return {"summary": self.summary(), "filters": self.per_filter()}
 
     def per_filter(self) -> list[dict]:
         rows = []
         for i in range(len(self.rms)):
             r = {"filter": i, "rms": float(self.rms[i]), "dominant": bool(self.dominant[i]),
                  "frequency": float(self.frequency[i])}
-            if self.dead is not None:
+            if self.dead is not None and self.max_response is not None:
                 r["max_response"] = float(self.max_response[i])
                 r["dead"] = bool(self.dead[i])
             rows.append(r)
@@ -91,3 +96,31 @@ def analyse(weight: torch.Tensor, max_response: torch.Tensor | None = None) -> F
         max_response = max_response.detach().float().cpu()
         dead = max_response <= DEAD_RATIO * max_response.median().clamp_min(0)
     return FilterReport(w, rms, dominant, radial_frequency(w), max_response, dead)
+
+
+def first_conv_name(model: nn.Module) -> str:
+    """The layer name (as the atlas names layers) of the model's first convolution."""
+    from ..layers import layer_names, resolve_layer
+
+    conv = first_conv(model)
+    name = next((n for n in layer_names(model) if resolve_layer(model, n) is conv), None)
+    if name is None:  # pragma: no cover - every Conv2d has a name
+        raise UsageError("the first Conv2d of the model has no layer name")
+    return name
+
+
+def filters(model: nn.Module, images: torch.Tensor | zdata.ImageSet | None = None, *,
+            batch_size: int = 128, workers: int = 0, progress: bool = False) -> FilterReport:
+    """Fig. 5 / Sec. 4.1: the first layer's filters and their diagnostics; with `images` (a batch of model input
+    or a dataset) also each filter's largest rectified response over them, which tells the dead ones."""
+    conv = first_conv(model)
+    max_resp = None
+    if images is not None:
+        from .atlas import scan
+
+        ds = zdata.as_image_set(images)
+        name = first_conv_name(model)
+        result = scan(model, ds, layers=[name], k=1, batch_size=batch_size, workers=workers, progress=progress)
+        ds.check_readable()
+        max_resp = result.top[name].values[0]
+    return analyse(conv.weight, max_resp)

@@ -13,6 +13,7 @@ is the plain forward's.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from ..runtime import eval_mode
 TRANSFORMS = ("translate", "scale", "rotate")
 IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
 # the paper's figure spans about these ranges (its x axes)
-DEFAULT_VALUES = {
+DEFAULT_VALUES: dict[str, list[float]] = {
     "translate": [-60, -40, -20, -10, 0, 10, 20, 40, 60],  # px of a 224 px input
     "scale": [0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8],
     "rotate": [0, 45, 90, 135, 180, 225, 270, 315, 360],
@@ -34,19 +35,35 @@ DEFAULT_VALUES = {
 
 
 @dataclass
-class InvarianceResult:
+class TransformCurve:
+    """One transformation's sweep: per layer the distance to the untransformed features, and p(true class)."""
+
     transform: str
     values: list[float]
-    layers: list[str]
     distance: dict[str, torch.Tensor]  # layer -> N x V Euclidean distance to the untransformed features
     prob: torch.Tensor  # N x V probability of the true class
-    labels: torch.Tensor  # N
-    fill: float
 
     def to_json(self) -> dict:
-        return {"transform": self.transform, "values": self.values, "layers": self.layers, "fill": self.fill,
-                "labels": self.labels.tolist(), "distance": {l: d.tolist() for l, d in self.distance.items()},
-                "prob": self.prob.tolist()}
+        return {"transform": self.transform, "values": self.values,
+                "distance": {l: d.tolist() for l, d in self.distance.items()}, "prob": self.prob.tolist()}
+
+
+@dataclass
+class InvarianceResult:
+    """The invariance figure's curves for a batch: one `TransformCurve` per transformation."""
+
+    layers: list[str]
+    labels: torch.Tensor  # N
+    fill: float
+    curves: list[TransformCurve]
+
+    def curve(self, transform: str) -> TransformCurve:
+        return next(c for c in self.curves if c.transform == transform)
+
+    def to_json(self) -> dict:
+        return {"layers": self.layers, "labels": self.labels.tolist(), "fill": self.fill,
+                "transforms": [{**c.to_json(), "layers": self.layers, "fill": self.fill,
+                                "labels": self.labels.tolist()} for c in self.curves]}
 
 
 def transform_images(images: torch.Tensor, transform: str, value: float, fill: float = 0.0) -> torch.Tensor:
@@ -76,37 +93,43 @@ def transform_images(images: torch.Tensor, transform: str, value: float, fill: f
         # counter-clockwise on screen (y down): sample the source at R(-a) applied to the output position,
         # with the aspect ratio of non-square inputs kept
         theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]])
-    grid = F.affine_grid(theta[None].expand(n, 2, 3).to(images), (n, c, h, w), align_corners=False)
+    grid = F.affine_grid(theta[None].expand(n, 2, 3).to(images), [n, c, h, w], align_corners=False)
     shifted = images - fill  # sample with zeros outside, then add the fill back: uncovered pixels = fill
     return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
-def invariance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | list[int], transform: str = "rotate",
-               values: list[float] | None = None, layers: tuple[str, ...] = ("conv1", "fc7"),
-               fill: float = 0.0) -> InvarianceResult:
-    """Distances to the untransformed features per layer, and p(true class), for every image and value."""
-    if transform not in TRANSFORMS:
-        raise UsageError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
-    values = list(DEFAULT_VALUES[transform] if values is None else values)
-    if not values:
-        raise UsageError("invariance needs at least one transformation value")
+def invariance(model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | Sequence[int],
+               transforms: Sequence[str] = TRANSFORMS, values: dict[str, Sequence[float]] | None = None,
+               layers: Sequence[str] = ("conv1", "fc7"), fill: float = 0.0) -> InvarianceResult:
+    """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
+    (`values[t]`, default `DEFAULT_VALUES[t]`), the distance to the untransformed features per layer and
+    p(true class) (arXiv Sec. 4.4)."""
+    bad = [t for t in transforms if t not in TRANSFORMS]
+    if bad:
+        raise UsageError(f"unknown transform {bad[0]!r}; choose one of {', '.join(TRANSFORMS)}")
     labels = torch.as_tensor(labels, dtype=torch.long)
     if images.dim() != 4 or len(labels) != len(images):
         raise UsageError(f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "
                          f"{len(labels)} labels)")
     layers = list(layers)
-    dist = {l: torch.zeros(len(images), len(values)) for l in layers}
-    prob = torch.zeros(len(images), len(values))
+    curves = []
     with torch.no_grad(), eval_mode(model):
         base = {l: f.flatten(1) for l, f in features(model, images, layers).items()}
-        for k, v in enumerate(values):
-            x = transform_images(images, transform, v, fill)
-            with capture(model, layers, stop=False) as found:
-                logits = model(x)
-            p = F.softmax(logits.float(), 1)
-            if int(labels.max()) >= p.shape[1]:
-                raise UsageError(f"label {int(labels.max())} does not exist: the model has {p.shape[1]} classes")
-            prob[:, k] = p[torch.arange(len(labels)), labels]
-            for l in layers:
-                dist[l][:, k] = (found[l].flatten(1) - base[l]).norm(dim=1)
-    return InvarianceResult(transform, values, layers, dist, prob, labels, fill)
+        for t in transforms:
+            vals = list(DEFAULT_VALUES[t] if values is None or t not in values else values[t])
+            if not vals:
+                raise UsageError(f"invariance needs at least one value for {t}")
+            dist = {l: torch.zeros(len(images), len(vals)) for l in layers}
+            prob = torch.zeros(len(images), len(vals))
+            for k, v in enumerate(vals):
+                x = transform_images(images, t, v, fill)
+                with capture(model, layers, stop=False) as found:
+                    logits = model(x)
+                p = F.softmax(logits.float(), 1)
+                if int(labels.max()) >= p.shape[1]:
+                    raise UsageError(f"label {int(labels.max())} does not exist: the model has {p.shape[1]} classes")
+                prob[:, k] = p[torch.arange(len(labels)), labels].cpu()
+                for l in layers:
+                    dist[l][:, k] = (found[l].flatten(1) - base[l]).norm(dim=1).cpu()
+            curves.append(TransformCurve(t, vals, dist, prob))
+    return InvarianceResult(layers, labels, fill, curves)

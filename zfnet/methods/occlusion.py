@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -266,16 +268,54 @@ def _incremental_batch(steps: list[_Step], feature_step: int, channel: int, box:
                 activity = (base.sum() - inside + patch[:, channel].double().flatten(1).sum(1)).float()
     if full is None:
         full = _materialize(steps[-1].base_out, box, patch)
+    assert activity is not None, "the feature step is part of the chain"
     return full, activity
 
 
 # --- the method ---------------------------------------------------------------------------------------------
 
-def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, window: int = 32, stride: int = 8,
-              fill: float = 0.0, layer: str = "conv5", mode: str = "exact", tau: float = 0.5,
-              batch_size: int | None = None, compare_exact: bool = False,
-              projection_mode: str = "deconvnet", drill: float | None = 0.5) -> OcclusionResult:
-    """Fig. 6 for one preprocessed image (C x H x W or 1 x C x H x W): see the module docstring."""
+@dataclass
+class OcclusionResults:
+    """Fig. 6 for a batch: one `OcclusionResult` per image, in order."""
+
+    results: list[OcclusionResult]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> OcclusionResult:
+        return self.results[i]
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def to_json(self) -> dict:
+        return {"images": [r.to_json() for r in self.results]}
+
+
+def occlusion(model: nn.Module, images: torch.Tensor, *, target: int | Sequence[int | None] | None = None,
+              window: int = 32, stride: int = 8, fill: float = 0.0, layer: str = "conv5", mode: str = "exact",
+              tau: float = 0.5, batch_size: int | None = None, compare_exact: bool = False,
+              projection_mode: str = "deconvnet", drill: float | None = 0.5) -> OcclusionResults:
+    """Fig. 6 for each image of a batch of model input (N x C x H x W): see the module docstring. `target`: the
+    class whose probability (d) maps - one for all images, one per image, or None (each image's predicted
+    class)."""
+    if images.dim() != 4:
+        raise UsageError(f"occlusion takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
+                         "add a batch dimension with images[None]")
+    n = images.shape[0]
+    targets: list[Any] = list(target) if isinstance(target, (list, tuple, torch.Tensor)) else [target] * n
+    if len(targets) != n:
+        raise UsageError(f"{len(targets)} targets for {n} images; give one target, one per image, or none")
+    return OcclusionResults([
+        _occlude(model, images[i:i + 1], None if t is None else int(t), window, stride, fill, layer, mode, tau,
+                 batch_size, compare_exact, projection_mode, drill) for i, t in enumerate(targets)])
+
+
+def _occlude(model: nn.Module, image: torch.Tensor, target: int | None, window: int, stride: int, fill: float,
+             layer: str, mode: str, tau: float, batch_size: int | None, compare_exact: bool,
+             projection_mode: str, drill: float | None) -> OcclusionResult:
+    """Fig. 6 for one image (1 x C x H x W)."""
     if mode not in MODES:
         raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < tau <= 1:
@@ -298,7 +338,8 @@ def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, 
         base_class = int(probs.argmax())
         target = base_class if target is None else int(target)
         feature_step = next((i for i, s in enumerate(steps or []) if s.module is feat), None)
-        feat_out = steps[feature_step].base_out if feature_step is not None else features(model, x, [layer])[layer]
+        feat_out = steps[feature_step].base_out if steps and feature_step is not None else \
+            features(model, x, [layer])[layer]
         if feat_out.dim() != 4:
             raise UsageError(f"layer {layer!r} has no feature maps (it is fully connected); pick a conv layer")
         channel = int(feat_out[0].flatten(1).max(1).values.argmax())
@@ -317,6 +358,7 @@ def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, 
                 else:
                     box = torch.tensor([[y, xx, window, window] for y, xx in part])
                     patch = x.new_full((len(part), c_in, window, window), fill)
+                    assert steps is not None and feature_step is not None  # a traced chain
                     lg, act = _incremental_batch(steps, feature_step, channel, box, patch,
                                                  tau if run_mode == "approx" else None)
                 out_logits.append(lg.float())
@@ -339,8 +381,8 @@ def occlusion(model: nn.Module, image: torch.Tensor, target: int | None = None, 
         float(probs[target]), float(feat_out[0, channel].sum()), base_class, window, stride, float(fill), run_mode,
         tau if run_mode == "approx" else None, drill if run_mode == "approx" else None, seconds)
     if compare_exact and run_mode == "approx":
-        exact = occlusion(model, image, target, window, stride, fill, layer, "exact", batch_size=batch_size,
-                          drill=None)
+        exact = _occlude(model, image, target, window, stride, fill, layer, "exact", tau, batch_size, False,
+                         projection_mode, None)
         result.deviation = deviation(result, exact)
     return result
 

@@ -4,12 +4,11 @@
     >>> net = models.build("zfnet", num_classes=1000)          # Fig. 3
     >>> net = models.build("alexnet-rm34")                       # Table 2: AlexNet without layers 3,4
     >>> net = models.build("zfnet", conv_channels=(96, 256, 512, 1024, 512), fc_units=8192)
-    >>> net = models.build("torchvision:vgg16", weights="vgg16.safetensors")
+    >>> net = models.build("torchvision:vgg16")
+Weights are read and loaded by `zfnet.weights` (`open_model`, `WeightsFile.load_into`); this room only builds.
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -40,12 +39,10 @@ __all__ = [
     "build",
     "describe",
     "init_weights",
-    "load_weights",
     "model_input_shape",
     "names",
-    "read_weights",
+    "num_outputs",
     "register",
-    "weights_metadata",
 ]
 
 REGISTRY: Registry[Callable[..., nn.Module]] = Registry(
@@ -73,7 +70,9 @@ def _arch_builder(base: Arch, default_classes: int, transform=None):
         arch = transform(base) if transform else base
         if first_layer is not None:  # (kernel, stride, padding) of conv1: Sec. 4.1's architecture selection
             k, s, pad = (int(v) for v in first_layer)
-            arch = arch.with_(convs=(replace(arch.convs[0], kernel=k, stride=s, padding=pad), *arch.convs[1:]))
+            conv1 = arch.convs[0]
+            assert conv1 is not None  # conv1 is never removed
+            arch = arch.with_(convs=(replace(conv1, kernel=k, stride=s, padding=pad), *arch.convs[1:]))
         if in_channels is not None:
             arch = arch.with_(in_channels=int(in_channels))
         if input_size is not None:
@@ -132,17 +131,14 @@ def _torchvision(name: str, num_classes: int | None, **overrides: Any) -> nn.Mod
     return model
 
 
-def build(name: str, num_classes: int | None = None, weights: str | os.PathLike | None = None,
-          **overrides: Any) -> nn.Module:
-    """Build model `name` (a registry name or 'torchvision:<name>'), optionally loading `weights`.
+def build(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+    """Build model `name` (a registry name or 'torchvision:<name>') at its initialization.
 
     Overrides for the Fig. 3 family: in_channels, input_size, conv_channels (5 ints), fc_units (int or pair),
     remove (layer names), first_layer ((kernel, stride, padding) of conv1, Sec. 4.1), norm (contrast
     normalization on/off), dropout, init ('paper' | 'kaiming' | 'torch';
-    default: the family's, 'paper' for zfnet/alexnet and 'kaiming' for the small family), seed. With `weights` and no `num_classes`, the class count is read from the file.
+    default: the family's, 'paper' for zfnet/alexnet and 'kaiming' for the small family), seed.
     """
-    if weights is not None and num_classes is None:
-        num_classes = _classes_in_weights(weights)
     if name.startswith("torchvision:"):
         model = _torchvision(name.split(":", 1)[1], num_classes, **overrides)
     else:
@@ -151,9 +147,7 @@ def build(name: str, num_classes: int | None = None, weights: str | os.PathLike 
             model = builder(num_classes, **overrides)
         except TypeError as e:  # an unknown override keyword
             raise UsageError(f"bad override for model {name!r}: {e}; see `zfnet models --help`") from None
-        model.zfnet_name = name
-    if weights is not None:
-        load_weights(model, weights, model_name=name)
+        setattr(model, "zfnet_name", name)  # noqa: B010 - a plain attribute on the module, not a submodule
     return model
 
 
@@ -176,106 +170,6 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
         row["layers"] = {k: list(v) for k, v in model.layer_shapes().items()
                          if k.startswith(("conv", "pool", "fc"))}
     return row
-
-
-# --- weights files ------------------------------------------------------------------------------------
-
-def _existing(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UsageError(f"weights file {path!r} does not exist; check the path passed to --weights")
-    return path
-
-
-def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata of a safetensors file (empty for other formats)."""
-    path = _existing(path)
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                return dict(f.metadata() or {})
-        except Exception as e:  # truncated, empty or not a safetensors file at all
-            raise UsageError(f"cannot read weights {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
-                             "the file is damaged or not safetensors - copy it again") from None
-    return {}
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A model state dict from a .safetensors file or a torch file (loaded with weights_only=True, never
-    unpickling arbitrary objects). Training checkpoints (keys 'model/...') give their model part."""
-    path = _existing(path)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-            elif isinstance(state, dict) and isinstance(state.get("model"), dict):
-                state = state["model"]
-    except Exception as e:  # corrupt file, pickled objects refused by weights_only, ...
-        raise UsageError(f"cannot read weights {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                         "pass a .safetensors file or a plain torch state dict") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{path!r} holds no state dict of tensors; pass a .safetensors weights file")
-    if any(k.startswith("model/") for k in state):
-        state = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
-    # zfnet weights files also carry the preprocessing (mean image) under 'preprocess/'
-    state = {k: v for k, v in state.items() if not k.startswith("preprocess/")}
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
-        raise UsageError(f"weights {path!r} hold NaN or Inf in tensor {bad!r}; the training run diverged or the file "
-                         "is damaged - use an earlier snapshot")
-    return state
-
-
-def _classes_in_weights(path: str | os.PathLike) -> int | None:
-    meta = weights_metadata(path)
-    if "num_classes" in meta:
-        return int(meta["num_classes"])
-    state = read_weights(path)
-    for key in ("fc8.weight", "fc.weight", "classifier.6.weight", "classifier.weight", "head.weight"):
-        if key in state:
-            return int(state[key].shape[0])
-    return None
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, model_name: str | None = None,
-                 strict: bool = True) -> nn.Module:
-    """Load a weights file into `model`; a file made for another architecture is a one-line UsageError."""
-    state = read_weights(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    if wrong or (strict and (missing or unexpected)):
-        meta = weights_metadata(path)
-        made_for = f" (the file says it was made for model {meta['model']!r})" if "model" in meta else ""
-        detail = "; ".join(x for x in (
-            f"shape mismatch: {', '.join(wrong[:2])}" if wrong else "",
-            f"missing: {', '.join(missing[:3])}" if missing and strict else "",
-            f"unexpected: {', '.join(unexpected[:3])}" if unexpected and strict else "") if x)
-        name = model_name or getattr(model, "zfnet_name", type(model).__name__)
-        raise UsageError(f"weights {os.fspath(path)!r} do not fit model {name!r}{made_for}: {detail}; "
-                         "pass the --model (and --num-classes) the weights were trained with")
-    model.load_state_dict(state, strict=strict)
-    return model
-
-
-def save_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
-    """String metadata stored in every weights file zfnet writes (model name, class count, provenance)."""
-    meta = {"model": str(getattr(model, "zfnet_name", type(model).__name__))}
-    if isinstance(model, ConvNet):
-        meta["num_classes"] = str(model.num_classes)
-        meta["arch"] = json.dumps(model.arch.__dict__, default=lambda o: getattr(o, "__dict__", str(o)))
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
-    return meta
-
 
 
 def num_outputs(model: nn.Module) -> int | None:

@@ -178,8 +178,7 @@ def set_fc_units(arch: Arch, units: int | tuple[int, int]) -> Arch:
 def scale_conv345(arch: Arch) -> Arch:
     """Table 2 'layers 3,4,5: 512,1024,512 maps' = 384->512, 384->1024, 256->512 (x4/3, x8/3, x2)."""
     factors = (1, 1, 4 / 3, 8 / 3, 2)
-    chans = tuple(None if c is None else round(c.out * f) for c, f in zip(arch.convs, factors))
-    convs = tuple(None if c is None else replace(c, out=n) for c, n in zip(arch.convs, chans))
+    convs = tuple(None if c is None else replace(c, out=round(c.out * f)) for c, f in zip(arch.convs, factors))
     return arch.with_(convs=convs)
 
 

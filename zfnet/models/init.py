@@ -11,13 +11,13 @@ from torch import nn
 from ..errors import UsageError
 
 
-def _paper(m: nn.Module) -> None:
+def _paper(m: nn.Conv2d | nn.Linear) -> None:
     nn.init.normal_(m.weight, mean=0.0, std=1e-2)
     if m.bias is not None:
         nn.init.zeros_(m.bias)
 
 
-def _kaiming(m: nn.Module) -> None:
+def _kaiming(m: nn.Conv2d | nn.Linear) -> None:
     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     if m.bias is not None:
         nn.init.zeros_(m.bias)

@@ -12,7 +12,7 @@ from ..experiments.ablation import collect, paper_row, train_variants, variant_n
 from ..io import atomic_write_json, atomic_write_text
 from ..provenance import environment
 from ..recipe import Recipe, RunOptions
-from ..report.ablation import ablation_markdown, ablation_plot
+from ..render.ablation import ablation_markdown, ablation_plot
 from .train import draw_curves
 
 

@@ -5,24 +5,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 
+import torch
 
-from ..checkpoints import embedded_folder, open_model
+from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
 from ..methods.correspondence import correspondence
 from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, invariance, transform_images
-from ..provenance import environment, file_sha256
-from ..report.analyses import correspondence_figure, correspondence_markdown, invariance_figure
-from ..runtime import resolve_device
-from .inputs import check_files, load_inputs
-
-EMBEDDED_PARTS = "parts-ankle-boot.json"
-
-
-def _model_info(opened) -> dict:
-    return {"name": opened.name, "weights": opened.weights,
-            "weights_sha256": file_sha256(opened.weights) if opened.weights else None}
+from ..provenance import environment
+from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
+from ..weights import Opened
+from .inputs import Inputs, load_inputs
 
 
 def read_parts(path: str) -> dict:
@@ -45,30 +40,28 @@ def read_parts(path: str) -> dict:
     return {**spec, "parts": parts, "images": images}
 
 
-def run_correspondence(out: str, parts_file: str | None = None, images_dir: str | None = None,
-                       model: str | None = None, weights: str | None = None, pretrained: bool = False,
-                       mean: str | None = None, data: str | None = None, split: str | None = None,
-                       layers: tuple[str, ...] = ("conv5", "fc7"), fill: float = 0.0, random_draws: int = 10,
-                       seed: int = 0, device: str = "auto") -> dict:
-    """The correspondence table (Markdown + JSON) and the masked-images figure. Images are the parts file's
-    dataset indices (its "data"/"split", or `data`/`split`), or with `images_dir` its file names there."""
-    if parts_file is None:
-        if not pretrained:
-            raise UsageError("pass --parts FILE (which part sits where in each image)")
-        parts_file = os.path.join(embedded_folder(), EMBEDDED_PARTS)
-    spec = read_parts(parts_file)
-    files = [os.path.join(images_dir, str(n)) for n in spec["images"]] if images_dir else []
-    pil = check_files(files)
-    started = time.perf_counter()
-    dev = resolve_device(device)
-    data, split = (None, None) if images_dir else (data or spec.get("data"), split or spec.get("split"))
-    if not images_dir and not data:
+def parts_inputs(spec: dict, opened: Opened, pil: list, files: list[str], data: str | None = None,
+                 split: str | None = None) -> Inputs:
+    """The parts file's images as the model's input: files (opened with `check_files`) when `files` are given,
+    else its dataset indices into `data`/`split` (default: the file's own "data"/"split")."""
+    if files:
+        return load_inputs(opened.preprocess, pil, files, [], None, [], opened.classes)
+    data, split = data or spec.get("data"), split or spec.get("split")
+    if not data:
         raise UsageError("the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR "
                          "for files)")
-    opened = open_model(model, weights, pretrained, dev, mean=mean, data=data, split=split)
-    indices = [] if images_dir else [int(i) for i in spec["images"]]
-    inputs = load_inputs(opened.preprocess, pil, files, [], data, split, indices, opened.classes)
-    res = correspondence(opened.model, inputs.x.to(dev), spec["parts"], tuple(layers), fill, random_draws, seed)
+    dataset = zdata.open_dataset(data, split, opened.preprocess)
+    return load_inputs(opened.preprocess, [], [], [], dataset, [int(i) for i in spec["images"]], opened.classes)
+
+
+def run_correspondence(opened: Opened, inputs: Inputs, spec: dict, out: str, *,
+                       layers: tuple[str, ...] = ("conv5", "fc7"), fill: float = 0.0, random_draws: int = 10,
+                       seed: int = 0, parts_file: str | None = None, device: torch.device | str = "cpu") -> dict:
+    """The correspondence table (Markdown + JSON) and the masked-images figure for the parts file `spec`
+    (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
+    started = time.perf_counter()
+    res = correspondence(opened.model, inputs.x.to(device), parts=spec["parts"], layers=tuple(layers), fill=fill,
+                         random_draws=random_draws, seed=seed)
     os.makedirs(out, exist_ok=True)
     body = res.to_json()
     title = f"{opened.name} on {len(inputs.names)} images ({spec.get('class', 'parts file')})"
@@ -86,43 +79,40 @@ def run_correspondence(out: str, parts_file: str | None = None, images_dir: str 
     correspondence_figure(panels, titles, inputs.names[:len(panels)], os.path.join(out, "correspondence.png"),
                           f"Correspondence (arXiv Sec. 4.3): {title}, each part masked (fill {fill:g}) as the model sees it")
     result = {"method": "correspondence (arXiv Sec. 4.3)", **body, "images": inputs.names,
-              "parts_file": os.path.abspath(parts_file), "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
+              "parts_file": os.path.abspath(parts_file) if parts_file else None,
+              "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
               "settings": {"random_draws": random_draws, "seed": seed, "fill": fill, "layers": list(layers)},
-              "model": _model_info(opened), "table": "correspondence.md", "figure": "correspondence.png",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(dev)}
+              "model": opened.info(), "table": "correspondence.md", "figure": "correspondence.png",
+              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
     atomic_write_json(os.path.join(out, "correspondence.json"), result)
     return result
 
 
-def run_invariance(out: str, images: list[str] = (), labels: list[str] = (), data: str | None = None,
-                   split: str | None = None, indices: list[int] = (), model: str | None = None,
-                   weights: str | None = None, pretrained: bool = False, mean: str | None = None,
-                   transforms: tuple[str, ...] = TRANSFORMS, layers: tuple[str, ...] = ("conv1", "fc7"),
-                   fill: float = 0.0, device: str = "auto") -> dict:
+def run_invariance(opened: Opened, inputs: Inputs, out: str, *, transforms: tuple[str, ...] = TRANSFORMS,
+                   layers: tuple[str, ...] = ("conv1", "fc7"), fill: float = 0.0,
+                   device: torch.device | str = "cpu") -> dict:
     """The invariance figure (one row per transformation) and invariance.json. Translations are the paper's
     range scaled to the input size (its 224 px -> ours)."""
     bad = [t for t in transforms if t not in TRANSFORMS]
     if bad:
         raise UsageError(f"unknown transform {bad[0]!r}; choose from {', '.join(TRANSFORMS)}")
-    pil = check_files(list(images))
-    started = time.perf_counter()
-    dev = resolve_device(device)
-    opened = open_model(model, weights, pretrained, dev, mean=mean, data=data, split=split)
-    inputs = load_inputs(opened.preprocess, pil, list(images), list(labels), data, split, list(indices),
-                         opened.classes)
-    if any(l is None for l in inputs.labels):
+    if any(label is None for label in inputs.labels):
         raise UsageError("invariance needs each image's true class: pass --label for every --image")
-    x = inputs.x.to(dev)
+    started = time.perf_counter()
+    x = inputs.x.to(device)
     size = x.shape[-1]
+    values: dict[str, Sequence[float]] = {t: list(DEFAULT_VALUES[t]) for t in transforms}
+    if "translate" in values:
+        values["translate"] = sorted({int(round(v * size / 224)) for v in values["translate"]})
+    labels = [int(label) for label in inputs.labels if label is not None]
+    res = invariance(opened.model, x, labels=labels, transforms=transforms, values=values,
+                     layers=tuple(layers), fill=fill)
     rows, examples = [], {}
-    for t in transforms:
-        values = DEFAULT_VALUES[t]
-        if t == "translate":
-            values = sorted({int(round(v * size / 224)) for v in values})
-        res = invariance(opened.model, x, inputs.labels, t, values, tuple(layers), fill)
-        shown = values[:: max(1, len(values) // 5)]
-        examples[t] = [opened.preprocess.display(transform_images(x[:1], t, v, fill))[0].cpu() for v in shown]
-        rows.append({**res.to_json(), "shown_values": shown})
+    for curve, row in zip(res.curves, res.to_json()["transforms"]):
+        shown = curve.values[:: max(1, len(curve.values) // 5)]
+        examples[curve.transform] = [opened.preprocess.display(transform_images(x[:1], curve.transform, v, fill))[0]
+                                     .cpu() for v in shown]
+        rows.append({**row, "shown_values": shown})
     classes = inputs.classes or []
     os.makedirs(out, exist_ok=True)
     invariance_figure(rows, examples, classes, os.path.join(out, "invariance.png"),
@@ -130,10 +120,10 @@ def run_invariance(out: str, images: list[str] = (), labels: list[str] = (), dat
     result = {"method": "feature invariance (arXiv 'Feature Invariance' figure)", "images": inputs.names,
               "labels": inputs.labels, "classes": classes, "transforms": rows,
               "interpolation": "translate: integer shift; scale, rotate: bilinear about the centre",
-              "fill": fill, "layers": list(layers), "model": _model_info(opened), "figure": "invariance.png",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(dev)}
+              "fill": fill, "layers": list(layers), "model": opened.info(), "figure": "invariance.png",
+              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
     atomic_write_json(os.path.join(out, "invariance.json"), result)
     return result
 
 
-__all__ = ["read_parts", "run_correspondence", "run_invariance"]
+__all__ = ["parts_inputs", "read_parts", "run_correspondence", "run_invariance"]

@@ -9,7 +9,7 @@ from ..experiments import archselect
 from ..io import atomic_write_json, atomic_write_text
 from ..provenance import environment
 from ..recipe import Recipe, RunOptions
-from ..report.archselect import archselect_figure, archselect_markdown
+from ..render.archselect import archselect_figure, archselect_markdown
 from .ablation import _claim
 from .train import draw_curves
 

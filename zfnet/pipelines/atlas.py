@@ -1,5 +1,5 @@
 """`zfnet atlas` as a library call: open the model and data, scan (Fig. 2 top-k), project, and hand the results to
-`zfnet.report.atlas_site`, which writes the folder's pictures and page.
+`zfnet.render.atlas_site`, which writes the folder's pictures and page.
 
 OUT/manifest.json   per layer and channel the top-k {image, id, label, value, y, x}, plus model, weights hash,
                     dataset, settings, versions, wall time and the files that could not be read
@@ -8,31 +8,31 @@ OUT/settings.json   the settings that change results, and their key: a rerun wit
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .. import data as zdata
-from ..checkpoints import find_snapshots, open_model
 from ..errors import UsageError
 from ..io import atomic_write_json
+from ..layers import resolve_layer
 from ..methods.atlas import Scan, default_layers, fingerprint, manifest_layers, scan, top_projections
 from ..methods.deconvnet import MODES, Deconvnet
-from ..methods.evolution import choose_channels, evolution
+from ..methods.evolution import evolution
 from ..methods.filters import analyse, first_conv
-from ..layers import resolve_layer
 from ..progress import bar
-from ..provenance import changed_keys, environment, file_sha256
-from ..receptive_field import receptive_field
-from ..report import atlas_site
-from ..report.render import display_scale
-from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
+from ..provenance import changed_keys, environment
+from ..receptive_field import layer_field
+from ..render import atlas_site
+from ..render.render import display_scale
+from ..runtime import Dist
+from ..weights import Opened, WeightsFile
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,6 @@ class AtlasConfig:
     """Settings of one atlas (written into the manifest). `RUN_ONLY` fields never change a result."""
 
     out: str
-    data: str
-    model: str | None = None
-    weights: str | None = None
-    pretrained: bool = False
-    mean: str | None = None  # None: the weights' stored mean; "data", "none" or a file (see checkpoints)
-    split: str | None = None  # None: the dataset's evaluation split
-    exclude: str | None = None  # exclusion list file (image ids) left out of the scan
     layers: tuple[str, ...] = ()  # () = conv1..conv5 (or every conv layer)
     k: int = 9  # top-k per map (Fig. 2: 9)
     mode: str = "deconvnet"
@@ -54,8 +47,7 @@ class AtlasConfig:
     batch_size: int = 128
     workers: int = 4
     panel_maps: int = 16  # maps per Fig. 2 panel
-    evolution: str | None = None  # training run folder with snapshots; "pretrained" for the embedded model's
-    evolution_split: str = "train"  # Fig. 4 looks across the training set
+    evolution: str | None = None  # where Fig. 4's snapshots come from (a run folder; "pretrained")
     evolution_maps: int = 8  # maps per layer in Fig. 4
     evolution_limit: int | None = None  # training images scanned per snapshot (None: all)
     seed: int = 0  # which maps the panels and Fig. 4 show
@@ -71,13 +63,11 @@ def _check(cfg: AtlasConfig) -> None:
     for name in ("k", "batch_size", "panel_maps", "evolution_maps"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
+    if cfg.workers < 0:
+        raise UsageError(f"--workers {cfg.workers} must be 0 (decode in this process) or more")
     for name in ("limit", "evolution_limit"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1 (or left out)")
-    if cfg.workers < 0:
-        raise UsageError(f"--workers {cfg.workers} must be 0 (decode in this process) or more")
-    if cfg.evolution == "pretrained" and not cfg.pretrained:
-        raise UsageError("--evolution pretrained goes with --pretrained; for another model pass its run folder")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UsageError(f"--out {cfg.out!r} is a file; pass a folder")
 
@@ -102,34 +92,43 @@ def _claim_folder(out: str, key: str, settings: dict) -> None:
     atomic_write_json(path, {"key": key, "settings": settings})
 
 
-def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:
-    """Run the whole atlas; returns the manifest (None on processes other than rank 0 under torchrun)."""
+def dataset_info(ds: zdata.ImageSet) -> dict:
+    """How results name the images they were computed on."""
+    info = {"spec": ds.spec or ds.name, "split": ds.split, "images": len(ds)}
+    return {**info, "exclude": ds.exclude} if ds.exclude else info
+
+
+def build_atlas(opened: Opened, dataset: zdata.ImageSet, cfg: AtlasConfig, *,
+                snapshots: Sequence[tuple[int, str | WeightsFile]] | None = None,
+                train: zdata.ImageSet | None = None, dist: Dist | None = None, progress: bool = True) -> dict | None:
+    """The whole atlas of `opened` over `dataset` (Fig. 2, with Fig. 5's filters; Fig. 4 from `snapshots` on
+    `train`, the training images, when given). Returns the manifest (None on processes other than rank 0 under
+    torchrun, where `dist` is the process group the caller joined before opening the model)."""
     _check(cfg)
+    if snapshots is not None and train is None:
+        raise UsageError("Fig. 4 needs the training images the snapshots are scanned on")
     started = time.perf_counter()
-    dist = setup_processes(cfg.device) if under_torchrun() else Dist(device=resolve_device(cfg.device))
-    opened = open_model(cfg.model, cfg.weights, cfg.pretrained, dist.device, cfg.seed, cfg.mean, cfg.data, cfg.split,
-                        cfg.workers)
-    model, pp = opened.model, opened.preprocess
-    dataset = zdata.open_dataset(cfg.data, cfg.split, pp, cfg.exclude).head(cfg.limit)
+    dist = dist or Dist(device=next(opened.model.parameters()).device)
+    dataset = dataset.head(cfg.limit)
+    train = train.head(cfg.evolution_limit) if train is not None else None
+    model, pp = opened.model, dataset.preprocess
     layers = list(cfg.layers) or default_layers(model)
     for layer in layers:
         resolve_layer(model, layer)  # an unknown layer is refused before anything is written
-    snaps = None
-    if cfg.evolution:
-        snaps = find_snapshots(cfg.evolution) if cfg.evolution != "pretrained" else None
-    weights_hash = file_sha256(opened.weights) if opened.weights else None
-    scan_key = fingerprint({"model": opened.name, "weights": weights_hash, "data": cfg.data, "split": dataset.split,
-                            "images": len(dataset), "layers": layers, "k": cfg.k, "pp": pp.to_dict(),
+    ident = {"model": opened.name, "weights": opened.weights_sha256, "data": dataset.spec, "split": dataset.split,
+             "images": len(dataset), **({"exclude": dataset.exclude} if dataset.exclude else {})}
+    scan_key = fingerprint({**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(),
                             "mean": _tensor_hash(pp.mean_image)})
     settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
-    settings.update(layers=layers, split=dataset.split, images=len(dataset), weights_sha256=weights_hash,
-                    mean_sha256=_tensor_hash(pp.mean_image))
+    settings.update(model=opened.name, mean=opened.mean, data=dataset.spec, exclude=dataset.exclude, layers=layers, split=dataset.split, images=len(dataset),
+                    weights_sha256=opened.weights_sha256, mean_sha256=_tensor_hash(pp.mean_image),
+                    evolution_images=None if train is None else dataset_info(train))
     key = fingerprint(settings)
     created = not os.path.isdir(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     try:
         _claim_folder(cfg.out, key, settings)
-        manifest = _build(cfg, dist, opened, dataset, layers, scan_key, key, snaps, progress)
+        manifest = _build(cfg, dist, opened, dataset, layers, scan_key, key, snapshots, train, progress)
     except BaseException as e:
         if created and (isinstance(e, UsageError) or set(os.listdir(cfg.out)) <= {"settings.json"}):
             # a refused first run leaves no folder behind; an interrupted one keeps its scan state to resume
@@ -139,32 +138,29 @@ def build_atlas(cfg: AtlasConfig, progress: bool = True) -> dict | None:
         manifest["wall_seconds"] = time.perf_counter() - started
         atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
         atlas_site.write_page(cfg.out, manifest)
-    teardown(dist)
     return manifest
 
 
-def _build(cfg: AtlasConfig, dist: Dist, opened, dataset: zdata.ImageSet, layers: list[str], scan_key: str,
-           key: str, snaps, progress: bool) -> dict | None:
-    model, pp = opened.model, opened.preprocess
-    result = scan(model, dataset, pp, layers, k=cfg.k, batch_size=cfg.batch_size, workers=cfg.workers,
+def _build(cfg: AtlasConfig, dist: Dist, opened: Opened, dataset: zdata.ImageSet, layers: list[str], scan_key: str,
+           key: str, snapshots, train, progress: bool) -> dict | None:
+    model, pp = opened.model, dataset.preprocess
+    result = scan(model, dataset, layers=layers, k=cfg.k, batch_size=cfg.batch_size, workers=cfg.workers,
                   state_path=os.path.join(cfg.out, ".scan-state.safetensors"), key=scan_key, dist=dist,
                   progress=progress)
     if not dist.main:
         return None
     dataset.check_readable()
     shape = (pp.channels, pp.input_size, pp.input_size)
-    rfs = {layer: receptive_field(model, layer, shape) for layer in layers}
+    rfs = {layer: layer_field(model, layer, shape) for layer in layers}
     tiles, fields = {}, {}
     for layer, rf in rfs.items():
         h, w = rf.size
         tiles[layer] = display_scale(max(h, w), 64)
-        fields[layer] = {"field": list(rf.size), "jump": None if rf.is_global else [rf.rows.jump, rf.cols.jump],
+        fields[layer] = {"field": list(rf.size), "jump": rf.jump,
                          "k": cfg.k, "tile": [h * tiles[layer], w * tiles[layer]]}
     manifest = {
-        "key": key, "complete": False,
-        "model": {"name": opened.name, "weights": opened.weights,
-                  "weights_sha256": file_sha256(opened.weights) if opened.weights else None},
-        "dataset": {"spec": cfg.data, "split": dataset.split, "images": len(dataset), "classes": dataset.classes},
+        "key": key, "complete": False, "model": opened.info(),
+        "dataset": {**dataset_info(dataset), "classes": dataset.classes},
         "mode": cfg.mode, "settings": asdict(cfg), "layer_order": layers,
         "layers": manifest_layers(result, dataset, fields),
         "preprocess": pp.to_dict(), "scan_seconds": result.seconds, "skipped": dataset.skipped_report(),
@@ -177,11 +173,27 @@ def _build(cfg: AtlasConfig, dist: Dist, opened, dataset: zdata.ImageSet, layers
                            for layer in layers}
     manifest["panel_maps"] = panel_choice
     manifest["filters"] = _filters(model, result, layers, cfg.out, opened.name, manifest)
-    if cfg.evolution:
-        manifest["evolution"] = _evolution(cfg, model, pp, layers, snaps, dist.device, progress)
+    if snapshots is not None:
+        manifest["evolution"] = run_evolution(model, train, snapshots, cfg.out, layers=layers,
+                                              maps=cfg.evolution_maps, seed=cfg.seed, mode=cfg.mode,
+                                              batch_size=max(cfg.batch_size, 256), workers=cfg.workers,
+                                              device=dist.device, progress=progress)
     manifest["complete"] = True
     manifest["provenance"] = environment(dist.device)
     return manifest
+
+
+def run_evolution(model: torch.nn.Module, train: zdata.ImageSet, snapshots: Sequence[tuple[int, str | WeightsFile]],
+                  out: str, *, layers: Sequence[str] | None = None, maps: int = 8, seed: int = 0,
+                  mode: str = "deconvnet", batch_size: int = 256, workers: int = 0,
+                  device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Fig. 4 (`zfnet evolution`, the atlas's and the report's): the evolution of `maps` randomly chosen maps per
+    layer across `snapshots`, scanned on the training images `train`; writes OUT/evolution/ and returns its
+    entry."""
+    evo = evolution(model, train, snapshots=snapshots, layers=layers, maps=maps, seed=seed, mode=mode,
+                    batch_size=batch_size, workers=workers, progress=progress, device=device)
+    train.check_readable()
+    return atlas_site.write_evolution(out, evo, dataset_info(train), evo.to_json())
 
 
 def _project_maps(cfg: AtlasConfig, model, pp, dataset, result: Scan, layers, rfs, tiles, panel_choice, device,
@@ -223,33 +235,13 @@ def _panel_maps(result: Scan, layers: list[str], cfg: AtlasConfig) -> dict[str, 
     return out
 
 
-def first_conv_layer(model, layers: list[str]) -> str | None:
-    """The atlas layer that is the model's first convolution (Fig. 2 shows its filters beside its maps)."""
-    conv = first_conv(model)
-    return next((l for l in layers if resolve_layer(model, l) is conv), None)
-
-
 def _filters(model, result: Scan, layers: list[str], out: str, title: str, manifest: dict) -> dict:
-    """Fig. 5's filter analysis; when the first conv layer is in the atlas, also its filter strip."""
+    """Fig. 5's filter analysis (`zfnet.methods.filters`) with the per-filter maxima the scan already found when
+    the first conv layer is in the atlas; then also its filter strip."""
     conv = first_conv(model)
-    first = first_conv_layer(model, layers)
+    first = next((l for l in layers if resolve_layer(model, l) is conv), None)
+    max_resp = None
     if first is not None:
         manifest["layers"][first]["filter"] = atlas_site.write_filter_strip(out, first, conv.weight.detach().cpu())
-    max_resp = result.top[first].values[0] if first is not None else None
+        max_resp = result.top[first].values[0]
     return atlas_site.write_filters(out, [(title, analyse(conv.weight, max_resp))])
-
-
-def _evolution(cfg: AtlasConfig, model, pp, layers: list[str], snaps, device, progress: bool) -> dict:
-    """Fig. 4 from training snapshots, on the training split of the atlas's dataset."""
-    if snaps is None:  # --evolution pretrained
-        from ..pretrained import pretrained
-
-        snaps = pretrained().snapshots
-    evo_model = copy.deepcopy(model)  # same architecture; each snapshot's weights are loaded into it
-    train = zdata.open_dataset(cfg.data, cfg.evolution_split, pp).head(cfg.evolution_limit)
-    shape = (pp.channels, pp.input_size, pp.input_size)
-    channels = choose_channels(evo_model, layers, cfg.evolution_maps, cfg.seed, shape)
-    evo = evolution(evo_model, snaps, train, layers, channels, batch_size=max(cfg.batch_size, 256),
-                    workers=cfg.workers, mode=cfg.mode, progress=progress, device=device)
-    return atlas_site.write_evolution(cfg.out, evo, {"spec": train.name, "split": train.split, "images": len(train)},
-                                      evo.to_json(train))

@@ -3,6 +3,8 @@ OUT/dedupe.json (pairs with ids and scores, settings, timings), OUT/pairs.csv, O
 leave out: `--exclude OUT/exclude.txt` on any command that takes --data), OUT/pairs.png and OUT/scores.png."""
 from __future__ import annotations
 
+from typing import Any
+
 import csv
 import io
 import os
@@ -13,7 +15,7 @@ from ..errors import UsageError
 from ..experiments.dedupe import dedupe
 from ..io import atomic_write_json, atomic_write_text
 from ..provenance import environment
-from ..report.dedupe import pairs_sheet, score_histogram
+from ..render.dedupe import pairs_sheet, score_histogram
 from ..runtime import resolve_device
 
 
@@ -33,7 +35,7 @@ def run_dedupe(out: str, set_a: str, set_b: str, split_a: str | None = None, spl
     wall = time.perf_counter() - started
     for ds in (a, b):
         ds.check_readable()
-    pairs = [{"a": ia, "a_id": a.image_id(ia), "b": ib, "b_id": b.image_id(ib), "score": s}
+    pairs: list[dict[str, Any]] = [{"a": ia, "a_id": a.image_id(ia), "b": ib, "b_id": b.image_id(ib), "score": s}
              for ia, ib, s in m.pairs(threshold)]
     os.makedirs(out, exist_ok=True)
     buf = io.StringIO()

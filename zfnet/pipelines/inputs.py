@@ -1,6 +1,7 @@
 """The images an analysis command runs on: image files (with optional labels) and dataset images by index."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -37,26 +38,30 @@ def check_files(images: list[str]) -> list:
 
 
 def load_inputs(pp: zdata.Preprocess, opened_images: list, files: list[str], labels: list[str],
-                data: str | None, split: str | None, indices: list[int], classes: list[str] | None) -> Inputs:
-    """Files (already opened, see `check_files`) and dataset images by index -> model input, names, labels."""
-    import os
-
+                dataset: zdata.ImageSet | None, indices: list[int], classes: list[str] | None) -> Inputs:
+    """Files (already opened, see `check_files`) and images of `dataset` by index -> model input, names,
+    labels. `dataset` is opened by the caller with `pp` (its images are fed through `pp`)."""
     if not files and not indices:
         raise UsageError("pass --image FILE (repeatable) or --data SPEC with --index N (repeatable)")
     if labels and len(labels) != len(files):
         raise UsageError(f"{len(labels)} --label for {len(files)} --image; give one label per image, or none")
-    if indices and not data:
+    if indices and dataset is None:
         raise UsageError("--index needs --data (the dataset the indices point into)")
     names = [os.path.basename(p) for p in files]
     xs = [pp(img)[0] for img in opened_images]
     labs = [label_index(labels[i] if labels else None, classes) for i in range(len(files))]
-    if indices:
-        ds = zdata.open_dataset(data, split, pp)
-        classes = classes or ds.classes
+    if indices and dataset is not None:
+        classes = classes or dataset.classes
         for i in indices:
-            if not 0 <= i < len(ds):
-                raise UsageError(f"--index {i} is outside {data} split {ds.split!r} (0..{len(ds) - 1})")
-            names.append(ds.image_id(i))
-            xs.append(pp.eval_input(ds.base(i)[None])[0])
-            labs.append(int(ds.labels[i]))
+            if not 0 <= i < len(dataset):
+                raise UsageError(f"--index {i} is outside {dataset.spec or dataset.name} split {dataset.split!r} "
+                                 f"(0..{len(dataset) - 1})")
+            names.append(dataset.image_id(i))
+            xs.append(pp.eval_input(dataset.base(i)[None])[0])
+            labs.append(int(dataset.labels[i]))
     return Inputs(names, torch.stack(xs), labs, classes)
+
+
+def dataset_inputs(dataset: zdata.ImageSet, indices: list[int], classes: list[str] | None = None) -> Inputs:
+    """Images of an opened dataset by index, fed through the dataset's own preprocessing."""
+    return load_inputs(dataset.preprocess, [], [], [], dataset, list(indices), classes)

@@ -1,43 +1,51 @@
-"""`zfnet occlusion` as a library call: open the model and the images, run `zfnet.methods.occlusion` on each, and
-write OUT/occlusion.json (every map, the settings, timings, provenance) and one Fig. 6 row per image
+"""`zfnet occlusion` as a library call: run `zfnet.methods.occlusion` on each image of an opened model's inputs
+and write OUT/occlusion.json (every map, the settings, timings, provenance) and one Fig. 6 row per image
 (OUT/occlusion-<k>.png)."""
+
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 
-from ..checkpoints import open_model
+import torch
+
 from ..io import atomic_write_json
 from ..methods.occlusion import occlusion
 from ..progress import bar
-from ..provenance import environment, file_sha256
-from ..report.occlusion import occlusion_figure
-from ..runtime import resolve_device
-from .inputs import check_files, load_inputs
+from ..provenance import environment
+from ..render.occlusion import occlusion_figure
+from ..weights import Opened
+from .inputs import Inputs
 
 
-def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data: str | None = None,
-                  split: str | None = None, indices: list[int] = (), model: str | None = None,
-                  weights: str | None = None, pretrained: bool = False, mean: str | None = None,
-                  window: int = 32, stride: int = 8, fill: float = 0.0, layer: str = "conv5", mode: str = "exact",
-                  tau: float = 0.5, compare_exact: bool = False, device: str = "auto", drill: float = 0.5,
-                  progress: bool = True) -> dict:
-    """Fig. 6 for each image file (`images`, with optional `labels`) and each dataset image (`indices` of
-    `data`/`split`, labelled by the dataset)."""
-    pil = check_files(images)  # unreadable images are refused before the model is loaded
-    dev = resolve_device(device)
-    opened = open_model(model, weights, pretrained, dev, mean=mean, data=data, split=split)
-    pp = opened.preprocess
-    inputs = load_inputs(pp, pil, images, labels, data, split, indices, opened.classes)
-    classes = inputs.classes
+@dataclass(frozen=True)
+class OcclusionOptions:
+    """Fig. 6's settings (Sec. 4.2); units are model-input pixels."""
+
+    window: int = 32  # occluder side
+    stride: int = 8  # occluder step
+    fill: float = 0.0  # occluder value in model-input units
+    layer: str = "conv5"  # the layer whose strongest map (b) and (c) show
+    mode: str = "exact"  # exact | naive | approx (zfnet.methods.occlusion.MODES)
+    tau: float = 0.5  # approx: projective-field threshold
+    drill: float = 0.5  # approx: share of the in-between positions computed
+    compare_exact: bool = False  # approx: also run exact and report the deviation
+
+
+def run_occlusion(opened: Opened, inputs: Inputs, out: str, *, options: OcclusionOptions = OcclusionOptions(),
+                  device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Fig. 6 for every image of `inputs` (made with `opened.preprocess`); returns occlusion.json's content."""
+    o, pp, classes = options, opened.preprocess, inputs.classes
     items = list(zip(inputs.names, inputs.x, inputs.labels))
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
     rows = []
     with bar(total=len(items), desc="occlusion", unit="image", disable=not progress) as pbar:
         for k, (name, x, label) in enumerate(items):
-            res = occlusion(opened.model, x.to(dev), label, window, stride, fill, layer, mode, tau,
-                            compare_exact=compare_exact, drill=drill)
+            res = occlusion(opened.model, x[None].to(device), target=label, window=o.window, stride=o.stride,
+                            fill=o.fill, layer=o.layer, mode=o.mode, tau=o.tau, compare_exact=o.compare_exact,
+                            drill=o.drill)[0]
             figure = f"occlusion-{k}.png"
             occlusion_figure(res, pp.display(x[None])[0].cpu(), classes, os.path.join(out, figure),
                              title=f"{name}: Fig. 6 ({opened.name}, {res.mode})")
@@ -46,13 +54,10 @@ def run_occlusion(out: str, images: list[str] = (), labels: list[str] = (), data
             pbar.update(1)
     result = {
         "method": "occlusion (Sec. 4.2, Fig. 6)",
-        "settings": {"window": window, "stride": stride, "fill": fill, "layer": layer, "mode": mode, "tau": tau,
-                     "drill": drill,
+        "settings": {**asdict(o),
                      "positions": "top-left corners 0, S, 2S, ... <= H - W, plus the flush last one H - W"},
-        "model": {"name": opened.name, "weights": opened.weights,
-                  "weights_sha256": file_sha256(opened.weights) if opened.weights else None},
-        "preprocess": pp.to_dict(), "classes": classes, "images": rows,
-        "wall_seconds": time.perf_counter() - started, "environment": environment(dev),
+        "model": opened.info(), "preprocess": pp.to_dict(), "classes": classes, "images": rows,
+        "wall_seconds": time.perf_counter() - started, "environment": environment(device),
     }
     atomic_write_json(os.path.join(out, "occlusion.json"), result)
     return result

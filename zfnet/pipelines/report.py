@@ -13,37 +13,47 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 
 import torch
+from torch import nn
 
 from .. import data as zdata
-from ..checkpoints import Opened, find_snapshots, open_model
+from ..checkpoints import find_snapshots
 from ..errors import UsageError
 from ..io import atomic_write_json
+from ..layers import resolve_layer
+from ..methods.architecture import Architecture, architecture
 from ..methods.atlas import default_layers, fingerprint
+from ..pretrained import EMBEDDED_DATA, EMBEDDED_PARTS, folder, open_embedded
+from ..pretrained import snapshots as embedded_snapshots
 from ..provenance import changed_keys, environment, file_sha256
 from ..registry import Registry
+from ..render.architecture import architecture_figure
+from ..render.page import write_report
+from ..render.plots import training_curves
 from ..runtime import Dist, resolve_device
-
-EMBEDDED_DATA = "fashion-mnist-mini"
+from ..train import evaluate
+from ..weights import Opened, opened_module
+from .analyses import parts_inputs, read_parts, run_correspondence, run_invariance
+from .atlas import AtlasConfig, build_atlas, run_evolution
+from .inputs import check_files, dataset_inputs
+from .occlusion import OcclusionOptions, run_occlusion
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What the report runs on and how; `RUN_ONLY` fields never change a result."""
+    """How the report runs (the model and the images come opened, see `build_report`); `RUN_ONLY` fields never
+    change a result."""
 
-    out: str
-    model: str | None = None  # None (and no weights): the embedded Fashion-MNIST model
-    weights: str | None = None
-    data: str | None = None  # None with the embedded model: the bundled Fashion-MNIST subset
-    split: str | None = None  # the images analysed (None: the dataset's evaluation split)
+    out: str = "report"
     train_split: str = "train"  # Fig. 4 scans training images
-    mean: str | None = None
+    embedded: bool = False  # the model is the embedded one (its snapshots and parts file are used)
     snapshots: str | None = None  # a run folder with snapshots/ (default: beside the weights)
     parts: str | None = None  # correspondence parts file (default with the embedded model: the shipped one)
     parts_images: str | None = None  # folder of the parts file's images (else dataset indices)
@@ -58,10 +68,6 @@ class ReportConfig:
     workers: int = 0
     device: str = "auto"
 
-    @property
-    def embedded(self) -> bool:
-        return self.model is None and self.weights is None
-
 
 RUN_ONLY = ("out", "workers", "device", "include")
 
@@ -72,24 +78,20 @@ class Context:
     opened: Opened
     dataset: zdata.ImageSet
     device: torch.device
-    weights_sha256: str | None
     picks: list[int] = field(default_factory=list)  # dataset indices of the example images, distinct classes
-
-    @property
-    def model_args(self) -> dict:
-        c = self.cfg
-        return {"model": c.model, "weights": c.weights, "pretrained": c.embedded, "mean": c.mean}
 
     def folder(self, stage: str) -> str:
         return os.path.join(self.cfg.out, stage)
 
-    @cached_property
-    def arch(self):
-        """Fig. 3's reading of the model (one forward), shared by the stages that need its layers."""
-        from ..methods.architecture import architecture
+    @property
+    def data(self) -> str:
+        return self.dataset.spec or self.dataset.name
 
+    @cached_property
+    def arch(self) -> Architecture:
+        """Fig. 3's reading of the model (one forward), shared by the stages that need its layers."""
         pp = self.opened.preprocess
-        return architecture(self.opened.model, (pp.channels, pp.input_size, pp.input_size))
+        return architecture(self.opened.model, torch.zeros(1, pp.channels, pp.input_size, pp.input_size))
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,14 @@ class Stage:
     title: str
     paper: str
     run: Callable[[Context], dict]  # writes OUT/<stage>/ and returns its summary for report.json
-    settings: Callable[[ReportConfig], dict]  # what its result depends on besides the model and data
+    settings: Callable[[ReportConfig, Opened], dict]  # what its result depends on besides the model and data
 
 
 STAGES: Registry[Stage] = Registry("report stage")
 
 
-def stage(name: str, title: str, paper: str, settings: Callable[[ReportConfig], dict] = lambda c: {}):
+def stage(name: str, title: str, paper: str,
+          settings: Callable[[ReportConfig, Opened], dict] = lambda c, o: {}):
     def wrap(run):
         STAGES.register(name, Stage(title, paper, run, settings))
         return run
@@ -118,10 +121,6 @@ class Skip(Exception):
 
 @stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)")
 def _model(ctx: Context) -> dict:
-    from ..report.architecture import architecture_figure
-    from ..report.plots import training_curves
-    from ..train import evaluate
-
     out = ctx.folder("model")
     os.makedirs(out, exist_ok=True)
     pp, model = ctx.opened.preprocess, ctx.opened.model
@@ -143,7 +142,7 @@ def _model(ctx: Context) -> dict:
         training_curves(history, os.path.join(out, "curves.png"), title=f"{name}: training (Sec. 3 recipe)")
         curves = "curves.png"
     body = {
-        "name": name, "weights": ctx.opened.weights, "weights_sha256": ctx.weights_sha256,
+        "name": name, "weights": ctx.opened.weights, "weights_sha256": ctx.opened.weights_sha256,
         "embedded": ctx.cfg.embedded, "classes": ctx.opened.classes or ctx.dataset.classes,
         "preprocess": pp.to_dict(), "architecture": arch, "figure": "fig3.png", "curves": curves,
         "measured": None if measured is None else {**measured, "data": ctx.dataset.name,
@@ -194,64 +193,49 @@ def _stored_summary(m: dict) -> dict | None:
 
 
 @stage("atlas", "Top-9 atlas and layer-1 filters", "Fig. 2 (top-9 per map, conv1-conv5), Fig. 5 (filters)",
-       lambda c: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed})
+       lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed})
 def _atlas(ctx: Context) -> dict:
-    from .atlas import AtlasConfig, build_atlas
-
     c = ctx.cfg
-    manifest = build_atlas(AtlasConfig(out=ctx.folder("atlas"), data=_data(c), split=c.split, layers=c.layers,
-                                       limit=c.limit, workers=c.workers, seed=c.seed, device=c.device,
-                                       **ctx.model_args), progress=_progress())
+    manifest = build_atlas(ctx.opened, ctx.dataset,
+                           AtlasConfig(out=ctx.folder("atlas"), layers=c.layers, limit=c.limit, workers=c.workers,
+                                       seed=c.seed, device=c.device), progress=_progress())
+    assert manifest is not None  # a single process
     return {"json": "atlas/manifest.json", "images": manifest["dataset"]["images"],
             "layers": manifest["layer_order"]}
 
 
 @stage("evolution", "Feature evolution during training", "Fig. 4",
-       lambda c: {"snapshots": c.snapshots, "train_split": c.train_split, "limit": c.evolution_limit,
-                  "layers": list(c.layers), "seed": c.seed, "found": _snapshot_stamp(c)})
+       lambda c, o: {"snapshots": c.snapshots, "train_split": c.train_split, "limit": c.evolution_limit,
+                  "layers": list(c.layers), "seed": c.seed, "found": _snapshot_stamp(c, o)})
 def _evolution(ctx: Context) -> dict:
-    import copy
-
-    from ..methods.evolution import choose_channels, evolution
-    from ..report import atlas_site
-
-    c, model, pp = ctx.cfg, ctx.opened.model, ctx.opened.preprocess
-    snaps = _find(c)
+    c, pp = ctx.cfg, ctx.opened.preprocess
+    snaps = _find(c, ctx.opened)
     try:
-        train = zdata.open_dataset(_data(c), c.train_split, pp)
+        train = zdata.open_dataset(ctx.data, c.train_split, pp)
     except UsageError as e:
         raise Skip(f"no training split to scan ({e})") from None
-    train = train.head(c.evolution_limit)
-    layers = list(c.layers) or default_layers(model)
-    evo_model = copy.deepcopy(model)
-    shape = (pp.channels, pp.input_size, pp.input_size)
-    channels = choose_channels(evo_model, layers, 8, c.seed, shape)
-    evo = evolution(evo_model, snaps, train, layers, channels, workers=c.workers, progress=_progress(),
-                    device=ctx.device)
-    info = atlas_site.write_evolution(ctx.folder("evolution"), evo,
-                                      {"spec": train.name, "split": train.split, "images": len(train)},
-                                      evo.to_json(train))
+    info = run_evolution(ctx.opened.model, train.head(c.evolution_limit), snaps, ctx.folder("evolution"),
+                         layers=list(c.layers) or None, maps=8, seed=c.seed, workers=c.workers, device=ctx.device,
+                         progress=_progress())
     return {"json": "evolution/evolution.json", "epochs": info["epochs"]}
 
 
-def _snapshot_stamp(c: ReportConfig) -> list:
+def _snapshot_stamp(c: ReportConfig, opened: Opened) -> list:
     """Epochs and sizes of the snapshots the stage would read (new snapshots redo Fig. 4)."""
     try:
-        return [[e, os.path.getsize(p)] for e, p in _find(c)]
+        return [[e, os.path.getsize(p)] for e, p in _find(c, opened)]
     except (Skip, UsageError, OSError):
         return []
 
 
-def _find(c: ReportConfig) -> list[tuple[int, str]]:
+def _find(c: ReportConfig, opened: Opened) -> list[tuple[int, str]]:
     if c.embedded and not c.snapshots:
-        from ..pretrained import pretrained
-
-        return pretrained().snapshots
+        return embedded_snapshots()
     if c.snapshots:
         return find_snapshots(c.snapshots)  # asked for: none there is an error
-    folder = os.path.dirname(os.path.abspath(c.weights)) if c.weights else None
+    run = os.path.dirname(os.path.abspath(opened.weights)) if opened.weights else None
     try:
-        snaps = find_snapshots(folder) if folder else []
+        snaps = find_snapshots(run) if run else []
     except UsageError:
         snaps = []
     if not snaps:
@@ -261,34 +245,34 @@ def _find(c: ReportConfig) -> list[tuple[int, str]]:
 
 
 @stage("occlusion", "Occlusion sensitivity", "Sec. 4.2, Fig. 6",
-       lambda c: {"examples": c.examples, "window": c.window, "stride": c.stride})
+       lambda c, o: {"examples": c.examples, "window": c.window, "stride": c.stride})
 def _occlusion(ctx: Context) -> dict:
-    from .occlusion import run_occlusion
-
     c, pp = ctx.cfg, ctx.opened.preprocess
     window = c.window or max(2, round(pp.input_size * 2 / 7))
     stride = c.stride or max(1, window // 4)
     layer = default_layers(ctx.opened.model)[-1]
-    res = run_occlusion(ctx.folder("occlusion"), data=_data(c), split=ctx.dataset.split,
-                        indices=ctx.picks[:c.examples], window=window, stride=stride, layer=layer,
-                        device=c.device, progress=_progress(), **ctx.model_args)
+    inputs = dataset_inputs(ctx.dataset, ctx.picks[:c.examples], ctx.opened.classes)
+    res = run_occlusion(ctx.opened, inputs, ctx.folder("occlusion"),
+                        options=OcclusionOptions(window=window, stride=stride, layer=layer), device=ctx.device,
+                        progress=_progress())
     return {"json": "occlusion/occlusion.json", "images": len(res["images"])}
 
 
 @stage("correspondence", "Correspondence analysis", "arXiv Sec. 4.3 (Table 7)",
-       lambda c: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images})
+       lambda c, o: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images})
 def _correspondence(ctx: Context) -> dict:
-    from .analyses import run_correspondence
-
     c = ctx.cfg
     parts = _parts_file(c)
     if parts is None:
         raise Skip("needs a parts file: pass --parts FILE (which part sits where in each image)")
+    spec = read_parts(parts)
+    files = [os.path.join(c.parts_images, str(n)) for n in spec["images"]] if c.parts_images else []
+    inputs = parts_inputs(spec, ctx.opened, check_files(files), files, None if files else ctx.data,
+                          None if files else ctx.dataset.split)
     _, high = _low_high(ctx)
-    res = run_correspondence(ctx.folder("correspondence"), parts, c.parts_images, data=None if c.parts_images
-                             else _data(c), split=None if c.parts_images else ctx.dataset.split,
-                             layers=(default_layers(ctx.opened.model)[-1], high), seed=c.seed, device=c.device,
-                             **ctx.model_args)
+    res = run_correspondence(ctx.opened, inputs, spec, ctx.folder("correspondence"),
+                             layers=(default_layers(ctx.opened.model)[-1], high), seed=c.seed, parts_file=parts,
+                             device=ctx.device)
     return {"json": "correspondence/correspondence.json", "images": len(res["images"])}
 
 
@@ -296,10 +280,7 @@ def _parts_file(c: ReportConfig) -> str | None:
     if c.parts:
         return os.path.abspath(c.parts)
     if c.embedded:
-        from ..checkpoints import embedded_folder
-        from .analyses import EMBEDDED_PARTS
-
-        return os.path.join(embedded_folder(), EMBEDDED_PARTS)
+        return os.path.join(folder(), EMBEDDED_PARTS)
     return None
 
 
@@ -316,18 +297,15 @@ def _low_high(ctx: Context) -> tuple[str, str]:
 
 
 @stage("invariance", "Feature invariance", "arXiv Sec. 4.4 (translation, scale, rotation)",
-       lambda c: {"examples": 5})
+       lambda c, o: {"examples": 5})
 def _invariance(ctx: Context) -> dict:
-    from .analyses import run_invariance
-
-    c = ctx.cfg
-    res = run_invariance(ctx.folder("invariance"), data=_data(c), split=ctx.dataset.split, indices=ctx.picks[:5],
-                         layers=_low_high(ctx), device=c.device, **ctx.model_args)
+    inputs = dataset_inputs(ctx.dataset, ctx.picks[:5], ctx.opened.classes)
+    res = run_invariance(ctx.opened, inputs, ctx.folder("invariance"), layers=_low_high(ctx), device=ctx.device)
     return {"json": "invariance/invariance.json", "images": len(res["images"])}
 
 
 @stage("included", "Transfer, per-layer and ablation results", "Tables 2-6, Fig. 7 (from --include)",
-       lambda c: {"include": [os.path.abspath(d) for d in c.include],
+       lambda c, o: {"include": [os.path.abspath(d) for d in c.include],
                   "stamps": [_stamp(d) for d in c.include]})
 def _included(ctx: Context) -> dict:
     if not ctx.cfg.include:
@@ -381,7 +359,7 @@ def _result_entry(path: str, name: str) -> dict | None:
     if not isinstance(r, dict):
         return None
     if name == "dedupe.json":
-        files = r.get("files") if isinstance(r.get("files"), dict) else {}
+        files: dict = r["files"] if isinstance(r.get("files"), dict) else {}
         a, b = r.get("a") or {}, r.get("b") or {}
         summary = (f"{b.get('spec')} {b.get('split')} vs {a.get('spec')} {a.get('split')}: "
                    f"{r.get('b_images_with_a_match')} images with a near-duplicate, "
@@ -407,25 +385,20 @@ def _stamp(folder: str) -> list:
 
 # --- running them -----------------------------------------------------------------------------------------
 
-def _data(c: ReportConfig) -> str:
-    return c.data or EMBEDDED_DATA
-
-
 def _progress() -> bool:
     return os.environ.get("ZFNET_PROGRESS", "1") != "0"
 
 
-def _check(cfg: ReportConfig) -> None:
-    if cfg.weights and not cfg.model:
-        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
-    if not cfg.embedded and not cfg.data:
-        raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
+def check_config(cfg: ReportConfig) -> None:
+    """The report's options, refused before any model is opened."""
     if cfg.examples < 1:
         raise UsageError(f"--examples {cfg.examples} must be at least 1")
     for name in ("limit", "evolution_limit", "window", "stride"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} {v} must be at least 1 (or left out)")
+    if cfg.workers < 0:
+        raise UsageError(f"--workers {cfg.workers} must be 0 (decode in this process) or more")
     for d in cfg.include:
         if not os.path.isdir(d):
             raise UsageError(f"--include {d!r} is not a folder; pass a folder a zfnet experiment wrote")
@@ -467,41 +440,37 @@ def _claim(out: str, identity: dict) -> dict:
     return {"identity": identity, "stages": {}}
 
 
-def build_report(cfg: ReportConfig, progress: bool = True, only: tuple[str, ...] = ()) -> dict:
-    """Run every stage (or `only` these) that is not already done with the same settings, record each one's
-    status in OUT/report.json, and write OUT/index.html. Returns report.json's content."""
-    from ..report.page import write_report
-
-    _check(cfg)
+def build_report(opened: Opened, dataset: zdata.ImageSet, cfg: ReportConfig, *, progress: bool = True,
+                 only: tuple[str, ...] = ()) -> dict:
+    """Run every stage (or `only` these) on the opened model and dataset that is not already done with the same
+    settings, record each one's status in OUT/report.json, and write OUT/index.html. The model is opened once,
+    by the caller; every stage uses that object. Returns report.json's content."""
+    check_config(cfg)
     started = time.perf_counter()
-    device = resolve_device(cfg.device)
-    opened = open_model(cfg.model, cfg.weights, cfg.embedded, device, cfg.seed, cfg.mean, _data(cfg), cfg.split,
-                        cfg.workers)
-    dataset = zdata.open_dataset(_data(cfg), cfg.split, opened.preprocess)
+    device = next(opened.model.parameters()).device
     for layer in cfg.layers:
-        from ..layers import resolve_layer
-
         resolve_layer(opened.model, layer)
-    sha = file_sha256(opened.weights) if opened.weights else None
-    identity = {"model": opened.name, "weights_sha256": sha, "data": _data(cfg), "split": dataset.split,
-                "mean": cfg.mean, "images": len(dataset)}
+    identity = {"model": opened.name, "weights_sha256": opened.weights_sha256,
+                "data": dataset.spec or dataset.name, "split": dataset.split, "mean": opened.mean,
+                "images": len(dataset)}
     state = _claim(cfg.out, identity)
     os.makedirs(cfg.out, exist_ok=True)
-    ctx = Context(cfg, opened, dataset, device, sha, pick_examples(dataset, max(cfg.examples, 5)))
+    ctx = Context(cfg, opened, dataset, device, pick_examples(dataset, max(cfg.examples, 5)))
     settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
     state.update(settings=settings, title=f"{opened.name} on {dataset.name} ({dataset.split})")
     names = [n for n in STAGES if not only or n in only]
     for i, name in enumerate(names, 1):
         st = STAGES.get(name)
-        key = fingerprint({"identity": identity, "stage": name, **st.settings(cfg)})
+        key = fingerprint({"identity": identity, "stage": name, **st.settings(cfg, opened)})
         prev = state["stages"].get(name, {})
         head = f"[{i}/{len(names)}] {name}: {st.paper}"
         if prev.get("key") == key and prev.get("status") == "done" and _present(cfg.out, prev):
             _say(progress, f"{head} - reused ({prev['status']})")
             continue
-        folder = os.path.join(cfg.out, name)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)  # results of other settings, or of a failed try
+        folder_ = os.path.join(cfg.out, name)
+        if os.path.isdir(folder_):
+            shutil.rmtree(folder_)  # results of other settings, or of a failed try
+        os.makedirs(folder_)  # the stage's folder exists while it runs
         _say(progress, head)
         t0 = time.perf_counter()
         try:
@@ -512,8 +481,8 @@ def build_report(cfg: ReportConfig, progress: bool = True, only: tuple[str, ...]
         except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others go on
             reason = str(e).strip().splitlines()[0] if isinstance(e, UsageError) and str(e).strip() else \
                 f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, "error.txt"), "w", encoding="utf-8") as f:
+            os.makedirs(folder_, exist_ok=True)
+            with open(os.path.join(folder_, "error.txt"), "w", encoding="utf-8") as f:
                 f.write(traceback.format_exc())
             entry = {"status": "failed", "reason": reason, "traceback": f"{name}/error.txt"}
         entry.update(key=key, seconds=round(time.perf_counter() - t0, 2), title=st.title, paper=st.paper)
@@ -529,15 +498,41 @@ def build_report(cfg: ReportConfig, progress: bool = True, only: tuple[str, ...]
     return state
 
 
+def report(model: nn.Module | Opened | None = None, data: str | zdata.ImageSet | None = None, *,
+           out: str = "report", preprocess: zdata.Preprocess | None = None, classes: list[str] | None = None,
+           split: str | None = None, device: str = "auto", progress: bool = True, only: tuple[str, ...] = (),
+           **options) -> dict:
+    """`zfnet report` from Python: every analysis of the paper on `model` - any `nn.Module` (with its
+    `preprocess`, default the model's own: the Fig. 3 family's table, else torchvision's ImageNet
+    normalisation, and its class names), an `Opened`, or None for the embedded model - over `data` (a dataset
+    spec, a folder of images, or an opened `ImageSet`; default with the embedded model: the bundled subset).
+    `options` are `ReportConfig` fields (layers, limit, examples, window, ...). Returns report.json's content."""
+    dev = resolve_device(device)
+    cfg = replace(ReportConfig(out=out, device=device), **options)
+    check_config(cfg)
+    if model is None:
+        opened, cfg = open_embedded(dev), replace(cfg, embedded=True)
+        data = EMBEDDED_DATA if data is None else data
+    elif isinstance(model, Opened):
+        opened = model
+    else:
+        opened = opened_module(model.to(dev), preprocess, classes)
+    if data is None:
+        raise UsageError("pass data=: the images the report analyses (a dataset spec, a folder or an ImageSet)")
+    if isinstance(data, zdata.ImageSet):
+        dataset = data
+    else:
+        dataset = zdata.open_dataset(str(data), split, opened.preprocess)
+    return build_report(opened, dataset, cfg, progress=progress, only=only)
+
+
 def _present(out: str, entry: dict) -> bool:
     return os.path.isfile(os.path.join(out, entry.get("json", "")))
 
 
 def _say(progress: bool, line: str) -> None:
     if progress:
-        import sys
-
         print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["ReportConfig", "STAGES", "build_report", "collect_results", "pick_examples"]
+__all__ = ["STAGES", "ReportConfig", "build_report", "check_config", "collect_results", "pick_examples", "report"]

@@ -5,7 +5,7 @@ import os
 from typing import Any
 
 from ..recipe import Recipe, RunOptions
-from ..report.plots import training_curves
+from ..render.plots import training_curves
 from ..train import fit
 
 

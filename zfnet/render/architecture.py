@@ -41,7 +41,7 @@ def blocks(arch: dict) -> list[dict]:
                     text += f" -> {shape[1]}x{shape[2]}"
             else:
                 text = layer["detail"]
-            out[-1]["lines"].append(text)
+            out[-1]["lines"] = [*out[-1]["lines"], text]
             out[-1]["shape"] = shape
         elif layer["kind"] == "fc":
             out.append({"title": layer["name"], "lines": [f"{shape[-1]} units"], "shape": shape, "kind": "fc"})

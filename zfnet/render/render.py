@@ -27,7 +27,7 @@ def to_pil(x: torch.Tensor, scale: int = 1) -> Image.Image:
     arr = x.detach().float().clamp(0, 255).round().to(torch.uint8).cpu().numpy()
     img = Image.fromarray(arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0)))
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     return img
 
 

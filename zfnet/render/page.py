@@ -28,34 +28,6 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f1f4f
 .grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{flex:1 1 420px}footer{padding:0 28px 30px;color:#666;font-size:12px}
 """
 
-SECTIONS = [  # id, title, stage, the sentence naming the part of the paper
-    ("model", "The model", "model",
-     "The architecture drawn as Fig. 3 draws ZFNet, read from the model itself, with its parameters, accuracy "
-     "and training curves (Sec. 3)."),
-    ("filters", "Layer-1 filters", "atlas",
-     "The first layer's filters and their diagnostics, as Fig. 5 uses them to choose the architecture "
-     "(dominant filters, dead filters, frequency coverage; Sec. 4.1)."),
-    ("atlas", "Top-9 atlas, conv1 to conv5", "atlas",
-     "Fig. 2: for each feature map its 9 strongest activations over the images, projected to pixels by the "
-     "deconvnet (Sec. 2.1), beside the image patches they see."),
-    ("evolution", "Feature evolution during training", "evolution",
-     "Fig. 4: the strongest activation of a few maps per layer at each training snapshot, projected to pixels "
-     "(Sec. 4.1)."),
-    ("occlusion", "Occlusion sensitivity", "occlusion",
-     "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and the "
-     "classifier's probability and label as a function of where the square is (Sec. 4.2)."),
-    ("correspondence", "Correspondence analysis", "correspondence",
-     "The arXiv version's correspondence table (Sec. 4.3): how consistently masking the same part changes the "
-     "features across different images, against random masks."),
-    ("invariance", "Feature invariance", "invariance",
-     "The arXiv version's invariance figure (Sec. 4.4): feature distance at a low and a high layer and the "
-     "true-class probability as the image is translated, scaled and rotated."),
-    ("included", "Transfer, per-layer and ablation results", "included",
-     "Tables 2-6 and Fig. 7: architecture ablations, transfer to other datasets and per-layer probes (Sec. 5), "
-     "from the result folders given with --include."),
-]
-
-
 def _e(v) -> str:
     return escape(str(v), quote=True)
 
@@ -105,7 +77,9 @@ def markdown(text: str) -> str:
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
         return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
 
-    html, para, table = [], [], []
+    html: list[str] = []
+    para: list[str] = []
+    table: list[str] = []
 
     def flush():
         if para:
@@ -297,16 +271,33 @@ def _included(out: str, inc: dict) -> str:
     return html
 
 
-RENDER = {  # section -> (the stage file it reads, its renderer)
-    "model": ("model/model.json", _model),
-    "filters": ("atlas/filters.json", _filters),
-    "atlas": ("atlas/manifest.json", _atlas),
-    "evolution": ("evolution/evolution.json", _evolution),
-    "occlusion": ("occlusion/occlusion.json", _occlusion),
-    "correspondence": ("correspondence/correspondence.json", _correspondence),
-    "invariance": ("invariance/invariance.json", _invariance),
-    "included": ("included/included.json", _included),
-}
+SECTIONS = [  # id, title, the stage it reads, the file, its renderer, the sentence naming the part of the paper
+    ("model", "The model", "model", "model/model.json", _model,
+     "The architecture drawn as Fig. 3 draws ZFNet, read from the model itself, with its parameters, accuracy "
+     "and training curves (Sec. 3)."),
+    ("filters", "Layer-1 filters", "atlas", "atlas/filters.json", _filters,
+     "The first layer's filters and their diagnostics, as Fig. 5 uses them to choose the architecture "
+     "(dominant filters, dead filters, frequency coverage; Sec. 4.1)."),
+    ("atlas", "Top-9 atlas, conv1 to conv5", "atlas", "atlas/manifest.json", _atlas,
+     "Fig. 2: for each feature map its 9 strongest activations over the images, projected to pixels by the "
+     "deconvnet (Sec. 2.1), beside the image patches they see."),
+    ("evolution", "Feature evolution during training", "evolution", "evolution/evolution.json", _evolution,
+     "Fig. 4: the strongest activation of a few maps per layer at each training snapshot, projected to pixels "
+     "(Sec. 4.1)."),
+    ("occlusion", "Occlusion sensitivity", "occlusion", "occlusion/occlusion.json", _occlusion,
+     "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and the "
+     "classifier's probability and label as a function of where the square is (Sec. 4.2)."),
+    ("correspondence", "Correspondence analysis", "correspondence", "correspondence/correspondence.json",
+     _correspondence,
+     "The arXiv version's correspondence table (Sec. 4.3): how consistently masking the same part changes the "
+     "features across different images, against random masks."),
+    ("invariance", "Feature invariance", "invariance", "invariance/invariance.json", _invariance,
+     "The arXiv version's invariance figure (Sec. 4.4): feature distance at a low and a high layer and the "
+     "true-class probability as the image is translated, scaled and rotated."),
+    ("included", "Transfer, per-layer and ablation results", "included", "included/included.json", _included,
+     "Tables 2-6 and Fig. 7: architecture ablations, transfer to other datasets and per-layer probes (Sec. 5), "
+     "from the result folders given with --include."),
+]
 
 
 def _section(out: str, rel: str, render) -> str:
@@ -320,13 +311,13 @@ def write_report(out: str) -> str:
     state = _read(out, "report.json") or {"stages": {}}
     stages = state.get("stages", {})
     toc, body = [], []
-    for sid, title, stage, sentence in SECTIONS:
+    for sid, title, stage, rel, render, sentence in SECTIONS:
         entry = stages.get(stage)
         badge = (entry or {}).get("status", "missing")
         toc.append(f'<li><a href="#{sid}">{_e(title)}</a> <span class="status {badge}">{_e(badge)}</span></li>')
         box = _status_box(entry, stage)
         try:
-            inner = box if box is not None else _section(out, *RENDER[sid])
+            inner = box if box is not None else _section(out, rel, render)
         except (KeyError, TypeError, ValueError, OSError) as e:  # a damaged result file: say so, render the rest
             inner = f'<p class="fail">cannot show this section: {_e(type(e).__name__)}: {_e(e)}</p>'
         body.append(f'<section id="{sid}"><h2>{_e(title)}</h2><p class="paper">{_e(sentence)}</p>{inner}</section>')

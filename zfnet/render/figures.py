@@ -2,6 +2,8 @@
 filter panels. Inputs are tensors and result objects; outputs are PIL images or PNG files."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 
 import matplotlib
@@ -47,7 +49,7 @@ def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int
     from PIL import ImageDraw
 
     if scale > 1:
-        cells = [c.resize((c.width * scale, c.height * scale), Image.NEAREST) for c in cells]
+        cells = [c.resize((c.width * scale, c.height * scale), Image.Resampling.NEAREST) for c in cells]
     w, h = cells[0].size
     gap, label = 10, 18
     rows = math.ceil(len(cells) / maps_per_row)
@@ -61,8 +63,8 @@ def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int
     return labelled(out, title) if title else out
 
 
-def evolution_grid(rows: list[list[torch.Tensor]], scale: int, title: str = "", epochs: list[int] = (),
-                   channels: list[int] = ()) -> Image.Image:
+def evolution_grid(rows: list[list[torch.Tensor]], scale: int, title: str = "", epochs: Sequence[int] = (),
+                   channels: Sequence[int] = ()) -> Image.Image:
     """Fig. 4: one row per feature map, one column per snapshot epoch, each the projection of that epoch's
     strongest activation (contrast-stretched); with `title`, `epochs` and `channels` the grid is labelled
     (epoch over each column, map number beside each row)."""
@@ -84,7 +86,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def labelled(image: Image.Image, title: str, columns: list[str] = (), rows: list[str] = (),
+def labelled(image: Image.Image, title: str, columns: Sequence[str] = (), rows: Sequence[str] = (),
              pitch: tuple[int, int] = (0, 0), offset: tuple[int, int] = (0, 0), size: int = 13) -> Image.Image:
     """`image` with a title line above, a label over each column and beside each row of its grid of cells
     (`pitch`: the cells' spacing in pixels, `offset`: where the first cell starts), so the PNG reads on its own."""

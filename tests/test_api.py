@@ -1,0 +1,125 @@
+"""The house rules of the public API: one method convention, one version, the report opens its weights once."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO
+from torch import nn
+
+import zfnet
+from zfnet import models
+from zfnet.data import InputSet
+from zfnet.pretrained import folder as pretrained_folder
+
+
+class UserNet(nn.Module):
+    """A CNN as a user writes it: functional and in-place ReLUs, a residual addition, a concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 12, 3, stride=2, padding=1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.conv1(x))
+        b = self.conv2(a).relu_() + a  # in-place ReLU, residual addition
+        c = F.relu(self.conv3(torch.cat([a, b], 1)))  # concatenation
+        return self.fc(F.adaptive_avg_pool2d(c, 1).flatten(1))
+
+
+def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
+    """One call of every public method, as the README's API section writes it."""
+    return {
+        "architecture": lambda: zfnet.architecture(model, x),
+        "atlas": lambda: zfnet.atlas(model, x, layers=[layer], k=2),
+        "correspondence": lambda: zfnet.correspondence(model, x, parts={"corner": [(0, 0, 4, 4)] * len(x)},
+                                                       layers=[layer], random_draws=2),
+        "evolution": lambda: zfnet.evolution(model, x, snapshots=snaps, layers=[layer], maps=2),
+        "filters": lambda: zfnet.filters(model, x),
+        "invariance": lambda: zfnet.invariance(model, x, labels=[0] * len(x), transforms=["translate", "rotate"],
+                                               values={"translate": [0, 2], "rotate": [0, 90]}, layers=[layer]),
+        "occlusion": lambda: zfnet.occlusion(model, x, window=4, stride=4, layer=layer, mode="naive"),
+        "project": lambda: zfnet.project(model, x, layer=layer, channel=1),
+        "receptive_field": lambda: zfnet.receptive_field(model, x, layer=layer),
+    }
+
+
+@pytest.mark.parametrize("which", ["zfnet-small", "user"])
+def test_every_public_method_takes_a_batch_and_returns_a_json_dict(which, tmp_path):
+    torch.manual_seed(0)
+    if which == "user":
+        model, x, layer = UserNet().eval(), torch.randn(3, 3, 16, 16), "conv3"
+    else:
+        model, x, layer = models.build("zfnet-small").eval(), torch.randn(3, 1, 28, 28) * 50, "conv2"
+    path = str(tmp_path / "epoch-001.safetensors")
+    zfnet.weights.save_weights(model, path, None)
+    calls = _calls(model, x, layer, [(1, path)])
+    assert sorted(calls) == sorted(zfnet.METHODS)  # every public method is exercised
+    for name, call in calls.items():
+        fn = getattr(zfnet, name)
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == ["model", "images"], name
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:] if p.kind is not p.VAR_KEYWORD), name
+        result = call()
+        body = result.to_json()
+        assert isinstance(body, dict) and body, name
+        json.dumps(body)  # JSON-ready: no tensors, no NaN tokens needed
+    # occlusion on a batch: one result per image, in order
+    occ = calls["occlusion"]()
+    assert len(occ) == len(x) and [r.target for r in occ] == model(x).argmax(1).tolist()
+
+
+def test_a_method_refuses_a_single_unbatched_image():
+    model = models.build("zfnet-small").eval()
+    for call in (lambda: zfnet.project(model, torch.zeros(1, 28, 28), layer="conv1", channel=0),
+                 lambda: zfnet.occlusion(model, torch.zeros(1, 28, 28)),
+                 lambda: zfnet.receptive_field(model, torch.zeros(1, 28, 28), layer="conv1")):
+        with pytest.raises(zfnet.UsageError, match="batch N x C x H x W"):
+            call()
+
+
+def test_atlas_on_a_batch_equals_atlas_on_its_dataset():
+    torch.manual_seed(1)
+    model = models.build("zfnet-small").eval()
+    x = torch.randn(10, 1, 28, 28) * 40
+    a = zfnet.atlas(model, x, layers=["conv3"], k=3)
+    b = zfnet.atlas(model, InputSet(x), layers=["conv3"], k=3, batch_size=4)
+    assert torch.equal(a.top["conv3"].images, b.top["conv3"].images)
+    torch.testing.assert_close(a.top["conv3"].values, b.top["conv3"].values)
+
+
+def test_one_version():
+    assert importlib.metadata.version("zfnet") == zfnet.__version__
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed (scripts/setup.sh test installs it)")
+def test_default_report_opens_the_embedded_weights_at_most_twice(tmp_path):
+    """Counted at the OS level (strace sees safetensors' own reads, which a Python audit hook does not): the
+    model is opened once; the whole default report reads the weights file for the model and for Fig. 4's last
+    snapshot (the model itself)."""
+    weights = os.path.join(pretrained_folder(), "model.safetensors")
+    log = tmp_path / "trace.txt"
+    env = dict(os.environ, ZFNET_PROGRESS="0")
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(log), sys.executable,
+                        "-m", "zfnet", "report", "--out", str(tmp_path / "rep"), "--limit", "300",
+                        "--evolution-limit", "200", "--examples", "2"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    real = os.path.realpath(weights)
+    opens = [line for line in log.read_text().splitlines()
+             if (weights in line or real in line) and "ENOENT" not in line]
+    assert 1 <= len(opens) <= 2, opens
+    state = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert all(e["status"] in ("done", "skipped") for e in state["stages"].values())

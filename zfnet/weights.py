@@ -1,0 +1,359 @@
+"""The zfnet weights file, and opening a model for analysis (the one room both live in).
+
+A weights file written by zfnet (`save_weights`) is safetensors: the state dict, string metadata (model name,
+class count and names, the run's recipe) and the Sec. 3 preprocessing the model was trained with - fit (pad or
+resize), base and input size, channels, pixel scale as metadata, the per-pixel mean image as the tensor
+`preprocess/mean_image`. `WeightsFile.read` reads all of it with one open of the file (and hashes the same
+bytes), so opening a model never goes back to the file. Plain torch state dicts (`torch.load(weights_only=True)`,
+never unpickling objects) are read too; they carry no preprocessing, which then comes from the model's defaults
+and `mean=` ("data", a file, or "none").
+
+    opened = open_model("zfnet", "zf.safetensors")          # -> Opened(model, preprocess, classes, ...)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as zdata
+from . import models
+from .errors import UsageError, note
+from .io import atomic_save_tensors, load_tensors, read_tensor_file
+from .runtime import unwrap
+
+MEAN_KEY = "preprocess/mean_image"
+MEAN_CHOICES = "--mean data (the mean image of --data's training split), --mean FILE (.safetensors or .npy) or --mean none"
+_CLASSIFIER_KEYS = ("fc8.weight", "fc.weight", "classifier.6.weight", "classifier.weight", "head.weight")
+
+
+# --- the file -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """Everything in one weights file, read once: the state dict, the string metadata, the stored mean image
+    and the sha256 of the file's bytes (what results record as the weights' identity)."""
+
+    path: str
+    state: dict[str, torch.Tensor] = field(repr=False)
+    metadata: dict[str, str]
+    mean: torch.Tensor | None = field(repr=False)
+    sha256: str
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> WeightsFile:
+        """Read `path` (.safetensors, or a torch state dict / checkpoint with 'state_dict' or 'model')."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise UsageError(f"weights file {path!r} does not exist; check the path passed to --weights")
+        meta: dict[str, str] = {}
+        try:
+            if path.endswith(".safetensors"):
+                state, meta, sha = read_tensor_file(path)
+            else:
+                import hashlib
+
+                with open(path, "rb") as f:
+                    raw = f.read()
+                sha = hashlib.sha256(raw).hexdigest()
+                loaded: Any = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+                if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+                    loaded = loaded["state_dict"]
+                elif isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+                    loaded = loaded["model"]
+                state = loaded
+        except Exception as e:  # noqa: BLE001 - truncated, empty, not safetensors, pickled objects refused ...
+            first = str(e).splitlines()[0][:120] if str(e) else ""
+            raise UsageError(
+                f"cannot read weights {path!r} ({type(e).__name__}: {first}); the file is damaged or not a "
+                "weights file - pass a .safetensors file or a plain torch state dict"
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UsageError(f"{path!r} holds no state dict of tensors; pass a .safetensors weights file")
+        mean = state.get(MEAN_KEY)
+        if any(k.startswith("model/") for k in state):  # a training checkpoint: its model part
+            state = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
+        state = {k: v for k, v in state.items() if not k.startswith("preprocess/")}
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise UsageError(
+                f"weights {path!r} hold NaN or Inf in tensor {bad!r}; the training run diverged or the file "
+                "is damaged - use an earlier snapshot"
+            )
+        return cls(path, state, meta, mean, sha)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The class count the file was trained for (metadata, else the classifier's rows)."""
+        if "num_classes" in self.metadata:
+            return int(self.metadata["num_classes"])
+        key = next((k for k in _CLASSIFIER_KEYS if k in self.state), None)
+        return int(self.state[key].shape[0]) if key else None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names stored with the weights (None when the file carries none)."""
+        try:
+            names = json.loads(self.metadata["classes"]) if "classes" in self.metadata else None
+        except ValueError:
+            raise UsageError(f"{self.path!r} has a damaged 'classes' record; re-save the weights with zfnet") from None
+        return [str(c) for c in names] if isinstance(names, list) else None
+
+    def preprocess(self, model: nn.Module | None = None) -> zdata.Preprocess | None:
+        """The stored Sec. 3 preprocessing (None when the file carries none). Files from before the fit was
+        stored fall back to the model's defaults with the stored mean image."""
+        if "preprocess" in self.metadata:
+            try:
+                return zdata.Preprocess.from_dict(json.loads(self.metadata["preprocess"]), self.mean)
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(
+                    f"{self.path!r} has a damaged 'preprocess' record; re-save the weights with zfnet"
+                ) from None
+        if self.mean is not None and model is not None:
+            return default_preprocess(model).with_mean(self.mean)
+        return None
+
+    def load_into(self, model: nn.Module, model_name: str | None = None, strict: bool = True) -> nn.Module:
+        """Load the state dict into `model`; a file made for another architecture is a one-line UsageError."""
+        own = model.state_dict()
+        missing = [k for k in own if k not in self.state]
+        unexpected = [k for k in self.state if k not in own]
+        wrong = [
+            f"{k} {tuple(self.state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in self.state and self.state[k].shape != v.shape
+        ]
+        if wrong or (strict and (missing or unexpected)):
+            made_for = f" (the file says it was made for model {self.metadata['model']!r})" if "model" in self.metadata else ""
+            parts = (
+                f"shape mismatch: {', '.join(wrong[:2])}" if wrong else "",
+                f"missing: {', '.join(missing[:3])}" if missing and strict else "",
+                f"unexpected: {', '.join(unexpected[:3])}" if unexpected and strict else "",
+            )
+            name = model_name or getattr(model, "zfnet_name", type(model).__name__)
+            raise UsageError(
+                f"weights {self.path!r} do not fit model {name!r}{made_for}: {'; '.join(p for p in parts if p)}; "
+                "pass the --model (and --num-classes) the weights were trained with"
+            )
+        model.load_state_dict(self.state, strict=strict)
+        return model
+
+
+def read_weights(path: str | os.PathLike) -> WeightsFile:
+    """`WeightsFile.read(path)`: the state dict, metadata, mean image and hash of a weights file, one open."""
+    return WeightsFile.read(path)
+
+
+def save_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
+    """String metadata stored in every weights file zfnet writes (model name, class count, provenance)."""
+    meta = {"model": str(getattr(model, "zfnet_name", type(model).__name__))}
+    if isinstance(model, models.ConvNet):
+        meta["num_classes"] = str(model.num_classes)
+        meta["arch"] = json.dumps(model.arch.__dict__, default=lambda o: getattr(o, "__dict__", str(o)))
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return meta
+
+
+def save_weights(model: nn.Module, path: str, pp: zdata.Preprocess | None, **meta: Any) -> None:
+    """Weights as safetensors with the preprocessing (mean image as a tensor, the rest as metadata) and string
+    metadata (model, classes, ...), written atomically."""
+    net = unwrap(model)
+    tensors = dict(net.state_dict())
+    metadata = save_metadata(net, **meta)
+    if pp is not None:
+        if pp.mean_image is not None:
+            tensors[MEAN_KEY] = pp.mean_image
+        metadata["preprocess"] = json.dumps(pp.to_dict())
+    atomic_save_tensors(tensors, path, metadata)
+
+
+# --- preprocessing ------------------------------------------------------------------------------------------
+
+
+def default_preprocess(model: nn.Module) -> zdata.Preprocess:
+    """A fresh model's Sec. 3 preprocessing from its layer table (input size, channels, pixel range), no mean
+    yet and `fit` left to the training data; other models get torchvision's ImageNet normalisation."""
+    c, s, _ = models.model_input_shape(model)
+    if not isinstance(model, models.ConvNet):
+        return zdata.Preprocess.torchvision(s, round(s * 256 / 224))
+    return zdata.for_model(s, c, scale=model.arch.pixel_scale)
+
+
+def read_mean_file(path: str) -> torch.Tensor:
+    """A mean image from a .safetensors file (its one tensor, or 'mean' / 'preprocess/mean_image') or a .npy
+    array (C x H x W, or H x W (x C)), in raw [0, 255] pixel units."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--mean {path!r}: no such file; pass data, none or an existing .safetensors/.npy file")
+    try:
+        if path.endswith(".npy"):
+            import numpy as np
+
+            arr = np.load(path, allow_pickle=False)
+            t = torch.from_numpy(np.array(arr, dtype=np.float32))
+            if t.dim() == 2:
+                t = t[None]
+            elif t.dim() == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
+                t = t.permute(2, 0, 1)
+        else:
+            tensors = load_tensors(path)
+            found = next((tensors[k] for k in ("mean", MEAN_KEY) if k in tensors), None)
+            if found is None and len(tensors) == 1:
+                found = next(iter(tensors.values()))
+            if found is None:
+                raise UsageError(
+                    f"--mean {path!r} holds {len(tensors)} tensors and none named 'mean'; "
+                    "save the mean image alone or under 'mean'"
+                )
+            t = found
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(
+            f"cannot read mean image {path!r} ({type(e).__name__}); pass a .safetensors or .npy file"
+        ) from None
+    if t.dim() != 3 or not torch.isfinite(t).all():
+        raise UsageError(f"--mean {path!r} is not a finite C x H x W image (shape {tuple(t.shape)})")
+    return t.float()
+
+
+def data_mean(
+    pp: zdata.Preprocess, data: str | None, split: str | None = None, workers: int = 0, progress: bool = True
+) -> torch.Tensor:
+    """The per-pixel mean image of `data`'s training split (else of `split`), as `zfnet train` computes it."""
+    if not data:
+        raise UsageError(
+            "--mean data needs --data (the dataset whose training-split mean to use); or pass --mean FILE"
+        )
+    try:
+        ds = zdata.open_dataset(data, "train", pp)
+    except UsageError:
+        ds = zdata.open_dataset(data, split, pp)
+        note(f"--mean data: {data} has no train split; the mean image is that of split {ds.split!r}")
+    return zdata.mean_image(ds, workers=workers, progress=progress)
+
+
+def apply_mean(
+    pp: zdata.Preprocess, mean: str | None, data: str | None = None, split: str | None = None, workers: int = 0
+) -> zdata.Preprocess:
+    """`pp` with the mean asked for: None keeps it, 'none' drops it, 'data' computes it, else a file."""
+    if mean is None:
+        return pp
+    if mean == "none":
+        return pp.with_mean(None)
+    if mean == "data":
+        return pp.with_mean(data_mean(pp, data, split, workers))
+    try:
+        return pp.with_mean(read_mean_file(mean))
+    except UsageError as e:
+        if mean in str(e):
+            raise
+        raise UsageError(f"--mean {mean!r}: {e}") from None
+
+
+# --- opening a model ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Opened:
+    """A model ready for analysis with what it came with: its preprocessing, class names and where its
+    weights came from. Every pipeline takes one of these; the CLI opens it once from its flags."""
+
+    model: nn.Module
+    preprocess: zdata.Preprocess
+    name: str
+    weights: str | None = None  # the weights file's path (None: initialization, or a module handed in)
+    classes: list[str] | None = None
+    weights_sha256: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # the weights file's string metadata
+    mean: str | None = None  # the `mean=` it was opened with (None: the weights' own)
+
+    def info(self) -> dict[str, Any]:
+        """The model part of every result's provenance."""
+        return {"name": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256}
+
+    def to(self, device: torch.device | str) -> Opened:
+        self.model.to(device)
+        return self
+
+
+def open_model(
+    name: str | None,
+    weights: str | os.PathLike | WeightsFile | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    mean: str | None = None,
+    data: str | None = None,
+    split: str | None = None,
+    workers: int = 0,
+    overrides: dict | None = None,
+) -> Opened:
+    """Model `name` with its weights and their stored preprocessing and class names, or (no weights) at its
+    initialization, seeded so that every torchrun rank and every rerun sees the same network. The weights file
+    is read once. `mean` overrides the mean image (see `apply_mean`); weights of a paper-style model that carry
+    none must be given one. `overrides` are the architecture overrides the weights were trained with (a recipe's
+    model_overrides). The embedded model: `zfnet.pretrained.open_embedded`."""
+    device = torch.device(device)
+    if not name:
+        raise UsageError(
+            "pass --model NAME (see `zfnet models`), with --weights FILE for a trained model, or --pretrained"
+        )
+    if weights is not None:
+        wf = weights if isinstance(weights, WeightsFile) else WeightsFile.read(weights)
+        model = models.build(name, num_classes=wf.num_classes, **(overrides or {}))
+        wf.load_into(model, model_name=name)
+        model = model.to(device).eval()
+        pp = wf.preprocess(model)
+        if pp is None:
+            pp = default_preprocess(model)
+            if mean is None and isinstance(model, models.ConvNet):
+                raise UsageError(f"{wf.path!r} carries no mean image (Sec. 3 preprocessing); pass {MEAN_CHOICES}")
+        pp = apply_mean(pp, mean, data, split, workers)
+        return Opened(model, pp, name, wf.path, wf.classes, wf.sha256, dict(wf.metadata), mean)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.build(name, **(overrides or {}))
+    model = model.to(device).eval()
+    pp = apply_mean(default_preprocess(model), mean, data, split, workers)
+    note(
+        f"no --weights: {name} at its random initialization (seed {seed})"
+        + ("" if pp.mean_image is not None or pp.channel_mean is not None else ", no mean image")
+    )
+    return Opened(model, pp, name, mean=mean)
+
+
+def opened_module(
+    model: nn.Module,
+    preprocess: zdata.Preprocess | None = None,
+    classes: list[str] | None = None,
+    name: str | None = None,
+) -> Opened:
+    """Any `nn.Module` a Python user holds, as an `Opened` (eval mode; its preprocessing defaults to the model's:
+    the Fig. 3 family's table, else torchvision's ImageNet normalisation at 224 px)."""
+    model = model.eval()
+    pp = preprocess or default_preprocess(model)
+    return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, classes)
+
+
+__all__ = [
+    "MEAN_CHOICES",
+    "MEAN_KEY",
+    "Opened",
+    "WeightsFile",
+    "apply_mean",
+    "data_mean",
+    "default_preprocess",
+    "open_model",
+    "opened_module",
+    "read_mean_file",
+    "read_weights",
+    "save_metadata",
+    "save_weights",
+]
