@@ -5,6 +5,7 @@ over the 55,000 training images at 8 snapshot epochs).
 
     python bench/atlas.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,6 @@ import tempfile
 import time
 
 import torch
-
 from _common import finish
 
 from zfnet import data as zdata
@@ -47,11 +47,17 @@ def main() -> int:
         plain.append(plain_forward(model, test, pp, args.batch))
         res = scan(model, test, layers=layers, k=9, batch_size=args.batch, workers=0, progress=False)
         ours.append(res.images / res.seconds)
-    result = {"images": len(test), "layers": layers, "plain_forward_img_per_s": statistics.median(plain),
-              "scan_img_per_s": statistics.median(ours)}
+    result = {
+        "images": len(test),
+        "layers": layers,
+        "plain_forward_img_per_s": statistics.median(plain),
+        "scan_img_per_s": statistics.median(ours),
+    }
     result["ratio"] = result["scan_img_per_s"] / result["plain_forward_img_per_s"]
-    print(f"scan {result['scan_img_per_s']:.0f} img/s vs plain forward {result['plain_forward_img_per_s']:.0f} img/s"
-          f" = {result['ratio']:.2f}x")
+    print(
+        f"scan {result['scan_img_per_s']:.0f} img/s vs plain forward {result['plain_forward_img_per_s']:.0f} img/s"
+        f" = {result['ratio']:.2f}x"
+    )
     if not args.skip_whole:
         for evo in (None, "pretrained"):
             with tempfile.TemporaryDirectory() as out:
@@ -59,8 +65,14 @@ def main() -> int:
                 opened = open_embedded()
                 data = zdata.open_dataset("fashion-mnist", None, opened.preprocess)
                 train = zdata.open_dataset("fashion-mnist", "train", opened.preprocess) if evo else None
-                build_atlas(opened, data, AtlasConfig(out=out, evolution=evo, workers=0),
-                            snapshots=snapshots() if evo else None, train=train, progress=False)
+                build_atlas(
+                    opened,
+                    data,
+                    AtlasConfig(out=out, evolution=evo, workers=0),
+                    snapshots=snapshots() if evo else None,
+                    train=train,
+                    progress=False,
+                )
                 key = "whole_atlas_seconds" + ("_with_evolution" if evo else "")
                 result[key] = time.perf_counter() - t0
                 print(f"{key}: {result[key]:.1f} s", flush=True)

@@ -10,6 +10,7 @@ gradient in both, since Captum cannot skip it). Prints projections/s and the rat
     python bench/deconv.py                   # full workload (about 10 minutes on 2 cores)
     python bench/deconv.py --maps 8          # 8 maps per layer, for a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ import sys
 import time
 
 import torch
-
 from _common import finish
 
 from zfnet import models
@@ -58,7 +58,7 @@ def time_ours(model, images, targets, chunk=1024):
     with Deconvnet(model, norm="gradient") as dn:
         t0 = time.perf_counter()
         for s in range(0, len(targets), chunk):
-            dn.project_targets(images, targets[s:s + chunk], unit=True)
+            dn.project_targets(images, targets[s : s + chunk], unit=True)
         return time.perf_counter() - t0
 
 
@@ -78,8 +78,9 @@ def time_captum(model, images, targets):
     times, outs = {}, []
     for t in targets:
         t0 = time.perf_counter()
-        a = NeuronDeconvolution(model, feature[t.layer]).attribute(images[t.image:t.image + 1],
-                                                                    neuron_selector=(t.channel, t.y, t.x))
+        a = NeuronDeconvolution(model, feature[t.layer]).attribute(
+            images[t.image : t.image + 1], neuron_selector=(t.channel, t.y, t.x)
+        )
         times.setdefault(t.layer, []).append(time.perf_counter() - t0)
         outs.append(a[0].detach())
     return times, outs
@@ -124,14 +125,21 @@ def main() -> int:
     captum_s = sum(counts[l] * sum(v) / len(v) for l, v in cap_times.items())
     whole_s = sum(counts[l] * whole_times[l] for l in LAYERS)
     result = {
-        "projections": len(targets), "per_layer": counts,
-        "zfnet_seconds": ours_s, "zfnet_proj_per_s": len(targets) / ours_s,
-        "captum_seconds_est": captum_s, "captum_proj_per_s": len(targets) / captum_s,
-        "whole_seconds_est": whole_s, "whole_proj_per_s": len(targets) / whole_s,
-        "speedup_vs_captum": captum_s / ours_s, "speedup_vs_whole": whole_s / ours_s,
+        "projections": len(targets),
+        "per_layer": counts,
+        "zfnet_seconds": ours_s,
+        "zfnet_proj_per_s": len(targets) / ours_s,
+        "captum_seconds_est": captum_s,
+        "captum_proj_per_s": len(targets) / captum_s,
+        "whole_seconds_est": whole_s,
+        "whole_proj_per_s": len(targets) / whole_s,
+        "speedup_vs_captum": captum_s / ours_s,
+        "speedup_vs_whole": whole_s / ours_s,
         "captum_per_layer_ms": {l: 1e3 * sum(v) / len(v) for l, v in cap_times.items()},
         "whole_per_layer_ms": {l: 1e3 * v for l, v in whole_times.items()},
-        "max_abs_diff_vs_captum": max_diff, "captum_max_abs": scale, "sampled": len(picked),
+        "max_abs_diff_vs_captum": max_diff,
+        "captum_max_abs": scale,
+        "sampled": len(picked),
         "cpu": platform.processor() or platform.machine(),
     }
     print(f"zfnet   {result['zfnet_proj_per_s']:8.1f} projections/s  ({ours_s:.1f} s, measured on all)")

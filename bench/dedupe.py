@@ -7,6 +7,7 @@ is not what is measured). Prints comparisons/s for both and the ratio (goal >= 0
 
     python bench/dedupe.py [--repeats 3] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import sys
 import time
 
 import torch
-
 from _common import finish
 
 from zfnet import data as zdata
@@ -35,7 +35,7 @@ def main() -> int:
     b = zdata.open_dataset("fashion-mnist", "test", pp)
     da, ia = dataset_descriptors(a, 16, device=dev, progress=False)
     db, ib = dataset_descriptors(b, 16, device=dev, progress=False)
-    blocks = [(da[s:s + args.block], ia[s:s + args.block]) for s in range(0, len(da), args.block)]
+    blocks = [(da[s : s + args.block], ia[s : s + args.block]) for s in range(0, len(da), args.block)]
     ours, bare = [], []
     for r in range(args.repeats):
         m = match(iter(blocks), db, ib, k=5)
@@ -46,12 +46,24 @@ def main() -> int:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         bare.append(m.comparisons / (time.perf_counter() - t0))
-        print(f"run {r + 1}: match {ours[-1] / 1e6:.1f} M comparisons/s, bare matmul {bare[-1] / 1e6:.1f} M/s", flush=True)
+        print(
+            f"run {r + 1}: match {ours[-1] / 1e6:.1f} M comparisons/s, bare matmul {bare[-1] / 1e6:.1f} M/s", flush=True
+        )
     o, b_ = statistics.median(ours), statistics.median(bare)
     print(f"dedupe / matmul = {o / 1e6:.1f} / {b_ / 1e6:.1f} M comparisons/s = {o / b_:.2f}x")
-    return finish({"a_images": len(da), "b_images": len(db), "comparisons": m.comparisons, "block": args.block,
-                   "device": str(dev), "match_comparisons_per_s": o, "matmul_comparisons_per_s": b_,
-                   "ratio": o / b_}, args.json)
+    return finish(
+        {
+            "a_images": len(da),
+            "b_images": len(db),
+            "comparisons": m.comparisons,
+            "block": args.block,
+            "device": str(dev),
+            "match_comparisons_per_s": o,
+            "matmul_comparisons_per_s": b_,
+            "ratio": o / b_,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

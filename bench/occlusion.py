@@ -14,6 +14,7 @@ the ratios to Captum, and how far approx is from exact (SSIM of the p(true) and 
     python bench/occlusion.py                      # about 15 minutes on 2 cores
     python bench/occlusion.py --images 1 --quick   # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import finish
 
 from zfnet import models
@@ -46,13 +46,20 @@ def captum_seconds(model, x, target, window, stride, ppe) -> float:
     occ = Occlusion(lambda t: F.softmax(model(t), 1))
     t0 = time.perf_counter()
     with torch.no_grad():
-        occ.attribute(x[None], sliding_window_shapes=(x.shape[0], window, window), strides=(x.shape[0], stride, stride),
-                      baselines=0.0, target=target, perturbations_per_eval=ppe)
+        occ.attribute(
+            x[None],
+            sliding_window_shapes=(x.shape[0], window, window),
+            strides=(x.shape[0], stride, stride),
+            baselines=0.0,
+            target=target,
+            perturbations_per_eval=ppe,
+        )
     return time.perf_counter() - t0
 
 
-def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep,
-          drill: float = 0.5) -> dict:
+def bench(
+    name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep, drill: float = 0.5
+) -> dict:
     model.eval()
     with torch.no_grad():
         targets = model(images).argmax(1).tolist()
@@ -64,29 +71,55 @@ def bench(name: str, model, images: torch.Tensor, window: int, stride: int, tau:
         rows["captum"].append(captum_seconds(model, x, t, window, stride, best))
         results = {}
         for mode in ("naive", "exact", "approx"):
-            results[mode] = occlusion(model, x[None], target=t, window=window, stride=stride, fill=0.0,
-                                      layer="conv5", mode=mode, tau=tau, drill=drill)[0]
+            results[mode] = occlusion(
+                model,
+                x[None],
+                target=t,
+                window=window,
+                stride=stride,
+                fill=0.0,
+                layer="conv5",
+                mode=mode,
+                tau=tau,
+                drill=drill,
+            )[0]
             rows[mode].append(results[mode].seconds)
         d = deviation(results["approx"], results["exact"])
         d["exact_vs_naive_max_abs_prob"] = float((results["exact"].prob - results["naive"].prob).abs().max())
         devs.append(d)
-        print(f"  {name}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items())
-              + f"; approx SSIM {d['ssim_prob']:.4f} (p), {d['ssim_activity']:.4f} (activity)", flush=True)
+        print(
+            f"  {name}: "
+            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items())
+            + f"; approx SSIM {d['ssim_prob']:.4f} (p), {d['ssim_activity']:.4f} (activity)",
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in rows.items()}
     n_pos = results["exact"].prob.numel()
-    out = {"model": name, "window": window, "stride": stride, "positions": n_pos, "tau": tau, "drill": drill,
-           "captum_perturbations_per_eval": best, "seconds_per_image": med,
-           "speedup_vs_captum": {k: med["captum"] / med[k] for k in ("naive", "exact", "approx")},
-           "approx_ssim_min": min(d["ssim_prob"] for d in devs),
-           "approx_ssim_activity_min": min(d["ssim_activity"] for d in devs),
-           "approx_max_abs_prob": max(d["max_abs_prob"] for d in devs),
-           "approx_top_class_agreement_min": min(d["top_class_agreement"] for d in devs),
-           "exact_vs_naive_max_abs_prob": max(d["exact_vs_naive_max_abs_prob"] for d in devs),
-           "images": len(images)}
-    print(f"{name}: seconds/image " + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
-          + " | vs Captum " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_captum"].items())
-          + f" | approx SSIM >= {out['approx_ssim_min']:.4f} (p), {out['approx_ssim_activity_min']:.4f} (activity)",
-          flush=True)
+    out = {
+        "model": name,
+        "window": window,
+        "stride": stride,
+        "positions": n_pos,
+        "tau": tau,
+        "drill": drill,
+        "captum_perturbations_per_eval": best,
+        "seconds_per_image": med,
+        "speedup_vs_captum": {k: med["captum"] / med[k] for k in ("naive", "exact", "approx")},
+        "approx_ssim_min": min(d["ssim_prob"] for d in devs),
+        "approx_ssim_activity_min": min(d["ssim_activity"] for d in devs),
+        "approx_max_abs_prob": max(d["max_abs_prob"] for d in devs),
+        "approx_top_class_agreement_min": min(d["top_class_agreement"] for d in devs),
+        "exact_vs_naive_max_abs_prob": max(d["exact_vs_naive_max_abs_prob"] for d in devs),
+        "images": len(images),
+    }
+    print(
+        f"{name}: seconds/image "
+        + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+        + " | vs Captum "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_captum"].items())
+        + f" | approx SSIM >= {out['approx_ssim_min']:.4f} (p), {out['approx_ssim_activity_min']:.4f} (activity)",
+        flush=True,
+    )
     return out
 
 
@@ -111,8 +144,9 @@ def main() -> int:
 
     p = pretrained()
     test = zdata.open_dataset("fashion-mnist", "test", p.preprocess).head(args.images)
-    res["embedded"] = bench("embedded (zfnet-small 28 px)", p.model, p.preprocess.eval_input(test.bases), 8, 2,
-                            args.tau, sweep, args.drill)
+    res["embedded"] = bench(
+        "embedded (zfnet-small 28 px)", p.model, p.preprocess.eval_input(test.bases), 8, 2, args.tau, sweep, args.drill
+    )
     return finish({"results": res}, args.json)
 
 

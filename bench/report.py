@@ -6,6 +6,7 @@ to the budget.
 
     python bench/report.py [--json bench/results/report.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ BUDGET_S = 300.0
 
 def run(out: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "zfnet", "report", "--out", out], check=True,
-                   env=dict(os.environ, ZFNET_PROGRESS="0"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "zfnet", "report", "--out", out],
+        check=True,
+        env=dict(os.environ, ZFNET_PROGRESS="0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0
 
 
@@ -41,11 +47,21 @@ def main() -> int:
     stages = {n: e["seconds"] for n, e in state["stages"].items()}
     for n, s in stages.items():
         print(f"  {n:15s} {s:7.1f} s")
-    print(f"zfnet report (fresh process, fresh folder): {first:.1f} s = {first / BUDGET_S:.2f} of the 5-minute budget; "
-          f"rerun (all stages reused): {again:.1f} s; cpu_count {os.cpu_count()}")
-    return finish({"report_seconds": first, "rerun_seconds": again, "budget_seconds": BUDGET_S,
-                   "fraction_of_budget": first / BUDGET_S, "stage_seconds": stages,
-                   "cpu_count": os.cpu_count()}, args.json)
+    print(
+        f"zfnet report (fresh process, fresh folder): {first:.1f} s = {first / BUDGET_S:.2f} of the 5-minute budget; "
+        f"rerun (all stages reused): {again:.1f} s; cpu_count {os.cpu_count()}"
+    )
+    return finish(
+        {
+            "report_seconds": first,
+            "rerun_seconds": again,
+            "budget_seconds": BUDGET_S,
+            "fraction_of_budget": first / BUDGET_S,
+            "stage_seconds": stages,
+            "cpu_count": os.cpu_count(),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

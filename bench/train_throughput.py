@@ -8,6 +8,7 @@ Runs alternate (bare, fit, bare, fit, ...) and the median of each is reported.
 
     python bench/train_throughput.py                  # zfnet-small on Fashion-MNIST, 12,800 images per run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,14 +20,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import finish
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.weights import default_preprocess
 from zfnet.recipe import Recipe, RunOptions
 from zfnet.train import fit
+from zfnet.weights import default_preprocess
 
 
 def bare_loop(model, x, y, batch):
@@ -34,7 +34,7 @@ def bare_loop(model, x, y, batch):
     model.train()
     t0 = time.perf_counter()
     for s in range(0, len(x), batch):
-        xb, yb = x[s:s + batch], y[s:s + batch]
+        xb, yb = x[s : s + batch], y[s : s + batch]
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
@@ -61,15 +61,33 @@ def main() -> int:
     for r in range(args.repeats):
         bare.append(bare_loop(models.build(args.model, seed=r), x, y, args.batch))
         with tempfile.TemporaryDirectory() as out:
-            fit(Recipe(model=args.model, data=args.data, epochs=1, batch_size=args.batch,
-                       limit_train=args.images, limit_val=256, snapshots=(), seed=r),
-                RunOptions(out=out, workers=0), progress=False)
+            fit(
+                Recipe(
+                    model=args.model,
+                    data=args.data,
+                    epochs=1,
+                    batch_size=args.batch,
+                    limit_train=args.images,
+                    limit_val=256,
+                    snapshots=(),
+                    seed=r,
+                ),
+                RunOptions(out=out, workers=0),
+                progress=False,
+            )
             with open(f"{out}/metrics.jsonl") as f:
                 ours.append(json.loads(f.readline())["images_per_s"])
         print(f"run {r + 1}: bare {bare[-1]:.0f} img/s, fit {ours[-1]:.0f} img/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)
-    result = {"model": args.model, "data": args.data, "images": args.images, "batch": args.batch,
-              "bare_img_per_s": b, "fit_img_per_s": o, "ratio": o / b}
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "images": args.images,
+        "batch": args.batch,
+        "bare_img_per_s": b,
+        "fit_img_per_s": o,
+        "ratio": o / b,
+    }
     print(f"fit / bare loop = {o:.0f} / {b:.0f} img/s = {o / b:.3f}x")
     return finish(result, args.json)
 

@@ -9,6 +9,7 @@ The boxes are drawn on the images in the command's figure (correspondence.png), 
 
     python scripts/make_boot_parts.py
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ from zfnet.data.mnist import find_fashion_mnist
 
 SIDE = 6
 N = 12
-DEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zfnet", "pretrained",
-                    "fashion_mnist", "parts-ankle-boot.json")
+DEST = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "zfnet",
+    "pretrained",
+    "fashion_mnist",
+    "parts-ankle-boot.json",
+)
 
 
 def boxes(img: np.ndarray) -> dict[str, list[int]]:
@@ -36,8 +42,11 @@ def boxes(img: np.ndarray) -> dict[str, list[int]]:
         x0 = min(max(x0, 0), 28 - SIDE)
         return [y0, x0, y0 + SIDE, x0 + SIDE]
 
-    return {"toe": box(r1 + 1 - SIDE, c0), "heel": box(r1 + 1 - SIDE, c1 + 1 - SIDE),
-            "shaft opening": box(r0, cx - SIDE // 2)}
+    return {
+        "toe": box(r1 + 1 - SIDE, c0),
+        "heel": box(r1 + 1 - SIDE, c1 + 1 - SIDE),
+        "shaft opening": box(r0, cx - SIDE // 2),
+    }
 
 
 def main() -> None:
@@ -45,10 +54,15 @@ def main() -> None:
     x, y = read_idx(files["test_x"]), read_idx(files["test_y"])
     idx = [int(i) for i in np.nonzero(y == 9)[0][:N]]
     per = [boxes(x[i]) for i in idx]
-    out = {"data": "fashion-mnist", "split": "test", "images": idx, "class": "Ankle boot",
-           "box": "y0, x0, y1, x1 in model-input pixels, end-exclusive",
-           "rule": "placed on each boot's silhouette by scripts/make_boot_parts.py",
-           "parts": {p: [b[p] for b in per] for p in ("toe", "heel", "shaft opening")}}
+    out = {
+        "data": "fashion-mnist",
+        "split": "test",
+        "images": idx,
+        "class": "Ankle boot",
+        "box": "y0, x0, y1, x1 in model-input pixels, end-exclusive",
+        "rule": "placed on each boot's silhouette by scripts/make_boot_parts.py",
+        "parts": {p: [b[p] for b in per] for p in ("toe", "heel", "shaft opening")},
+    }
     with open(DEST, "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")

@@ -4,6 +4,7 @@ their labels and original indices (the image ids stay those of the full set).
 
     python scripts/make_fashion_mini.py [IDX_DIR]     # default: Debian's /usr/share/datasets/fashion-mnist
 """
+
 import os
 import sys
 

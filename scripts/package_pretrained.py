@@ -7,6 +7,7 @@ Copies the final weights (with their mean image), the run's resolved recipe, per
 evaluates on the 10,000-image test set (centre crop and 10 crops), and keeps the snapshots' conv layers only
 (all that Fig. 4 needs; the fc layers would make each snapshot 3x larger).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,14 @@ import os
 import shutil
 import sys
 
-
 from zfnet import data as zdata
 from zfnet.checkpoints import find_snapshots
 from zfnet.io import atomic_save_tensors, atomic_write_json, load_tensors, safetensors_metadata
-from zfnet.weights import open_model
 from zfnet.provenance import Timer, environment
 from zfnet.train import evaluate
+from zfnet.weights import open_model
 
-DEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zfnet", "pretrained",
-                    "fashion_mnist")
+DEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zfnet", "pretrained", "fashion_mnist")
 
 
 def main(run: str) -> int:
@@ -50,14 +49,25 @@ def main(run: str) -> int:
         tensors = load_tensors(path)
         keep = {k: v for k, v in tensors.items() if k.startswith("conv") or k.startswith("preprocess/")}
         atomic_save_tensors(keep, os.path.join(DEST, "snapshots", os.path.basename(path)), safetensors_metadata(path))
-    atomic_write_json(os.path.join(DEST, "metrics.json"), {
-        "test": {"images": len(test), "centre": centre, "ten_crop": ten, "top1_accuracy": 1 - centre["top1_err"],
-                 "seconds": t.seconds},
-        "val": run_metrics["val"], "train_top1_err": run_metrics["train_top1_err"],
-        "train_wall_seconds": run_metrics["train_wall_seconds"], "epochs": final_epoch,
-        "recipe": run_metrics["recipe"], "training_environment": run_metrics["environment"],
-        "packaging_environment": environment(),
-    })
+    atomic_write_json(
+        os.path.join(DEST, "metrics.json"),
+        {
+            "test": {
+                "images": len(test),
+                "centre": centre,
+                "ten_crop": ten,
+                "top1_accuracy": 1 - centre["top1_err"],
+                "seconds": t.seconds,
+            },
+            "val": run_metrics["val"],
+            "train_top1_err": run_metrics["train_top1_err"],
+            "train_wall_seconds": run_metrics["train_wall_seconds"],
+            "epochs": final_epoch,
+            "recipe": run_metrics["recipe"],
+            "training_environment": run_metrics["environment"],
+            "packaging_environment": environment(),
+        },
+    )
     print(json.dumps({"test_top1_accuracy": 1 - centre["top1_err"], "ten_crop_accuracy": 1 - ten["top1_err"]}))
     return 0
 

@@ -1,4 +1,5 @@
 """Shared test fixtures. Tests run on CPU, with a fixed seed, progress bars off."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,13 @@ def _seed_and_cache(tmp_path_factory, monkeypatch):
 
 def hook_count(model: torch.nn.Module) -> int:
     """Every forward/backward hook on every module of `model`."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
@@ -30,14 +36,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
     import subprocess
 
     e = dict(os.environ, ZFNET_PROGRESS="0", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "zfnet", *args], capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "zfnet", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=REPO
+    )
 
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
-                                    reason="needs Debian chromium and chromium-driver (installed by `make test`)")
+needs_chromium = pytest.mark.skipif(
+    not (os.path.exists(CHROMEDRIVER) and os.path.exists(CHROMIUM)),
+    reason="needs Debian chromium and chromium-driver (installed by `make test`)",
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +56,18 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--allow-file-access-from-files"):
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--allow-file-access-from-files",
+    ):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
     driver.quit()
-
-

@@ -1,6 +1,7 @@
 """Table 2 as a command: every row trained with one recipe in its own resumable run folder, the table laid out
 as the paper's; a killed ablation, rerun, ends with the same table as an uninterrupted one; finished rows are
 never retrained; another recipe into the same folder is refused."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,33 @@ from zfnet.models import TABLE2_VARIANTS
 
 
 def _cmd(out, *extra):
-    return ["ablate", "--base", "zfnet-small", "--variants", "rm34,fc2048", "--data", "synthetic", "--val-split",
-            "val", "--epochs", "2", "--batch-size", "16", "--limit-train", "96", "--limit-val", "32", "--workers", "0",
-            "--threads", "1", "--out", str(out), "--no-progress", *extra]
+    return [
+        "ablate",
+        "--base",
+        "zfnet-small",
+        "--variants",
+        "rm34,fc2048",
+        "--data",
+        "synthetic",
+        "--val-split",
+        "val",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--limit-train",
+        "96",
+        "--limit-val",
+        "32",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _table(out) -> list[tuple]:
@@ -55,8 +80,22 @@ def test_ablate_runs_resumes_and_refuses_another_recipe(tmp_path, capsys):
     assert main(_cmd(out)[:-3] + ["--lr", "0.05", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "another recipe" in err and "lr" in err and len(err.strip().splitlines()) == 1
-    assert main(["ablate", "--base", "zfnet-small", "--variants", "rm99", "--data", "synthetic", "--out",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "ablate",
+                "--base",
+                "zfnet-small",
+                "--variants",
+                "rm99",
+                "--data",
+                "synthetic",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_killed_ablation_resumes_to_the_same_table(tmp_path):
@@ -65,8 +104,13 @@ def test_killed_ablation_resumes_to_the_same_table(tmp_path):
     args = [sys.executable, "-m", "zfnet"]
     subprocess.run(args + _cmd(straight), check=True, env=env, cwd=REPO, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + _cmd(killed, "--checkpoint-minutes", "0.0001"), env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + _cmd(killed, "--checkpoint-minutes", "0.0001"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = killed / "rm34" / "checkpoint.safetensors"  # the base is done, the first variant is under way
     deadline = time.time() + 300
     while time.time() < deadline and not ckpt.is_file():
@@ -90,8 +134,9 @@ def test_table_only_collects_whatever_finished(tmp_path, capsys, flag):
 def test_high_frequency_share_hand_worked():
     from zfnet.experiments.archselect import high_frequency_share
 
-    yy, xx = torch.meshgrid(torch.arange(16.0, dtype=torch.float64), torch.arange(16.0, dtype=torch.float64),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(16.0, dtype=torch.float64), torch.arange(16.0, dtype=torch.float64), indexing="ij"
+    )
     checker = ((yy + xx) % 2 * 2 - 1)[None, None]  # all power at (0.5, 0.5) cycles/px
     slow = torch.cos(2 * torch.pi * xx / 8)[None, None]  # 0.125 cycles/px
     both = checker + slow  # Parseval: the checker carries 256 of the 256 + 128 units of power
@@ -105,20 +150,49 @@ def test_archselect_end_to_end(tmp_path, capsys):
     assert configs("zfnet-small")["krizhevsky-like"] == ((7, 2, 3), True)
     assert configs("zfnet")["krizhevsky-like-noclip"] == ((11, 4, 2), False)
     out = tmp_path / "arch"
-    assert main(["archselect", "--data", "synthetic", "--val-split", "val", "--epochs", "1", "--batch-size", "32",
-                 "--limit-train", "64", "--limit-val", "32", "--workers", "0", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "archselect",
+                "--data",
+                "synthetic",
+                "--val-split",
+                "val",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--limit-train",
+                "64",
+                "--limit-val",
+                "32",
+                "--workers",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     res = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in res["runs"]] == ["krizhevsky-like", "krizhevsky-like-noclip", "zfnet-like",
-                                                "zfnet-like-noclip"]
+    assert [r["name"] for r in res["runs"]] == [
+        "krizhevsky-like",
+        "krizhevsky-like-noclip",
+        "zfnet-like",
+        "zfnet-like-noclip",
+    ]
     # the runs trained what they say: conv1's shape, and clipping bounds the filters' RMS only where it was on
     from zfnet.weights import open_model
 
     for r in res["runs"]:
         k, s = r["first_layer"]["kernel"], r["first_layer"]["stride"]
-        opened = open_model("zfnet-small", str(out / r["name"] / "model.safetensors"),
-                            overrides={"first_layer": (k, s, r["first_layer"]["padding"])})
+        opened = open_model(
+            "zfnet-small",
+            str(out / r["name"] / "model.safetensors"),
+            overrides={"first_layer": (k, s, r["first_layer"]["padding"])},
+        )
         assert opened.model.conv1.kernel_size == (k, k) and opened.model.conv1.stride == (s, s)
         if r["clipping"]:
             assert r["filters"]["rms_max"] <= 0.1 + 1e-6

@@ -1,5 +1,6 @@
 """Correspondence (arXiv Sec. 4.3) and feature invariance: the sign-change measure against a slow reference
 written here from the definition, hand-worked values, identity checks, the commands' files, no hook left."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,6 +26,7 @@ from zfnet.pretrained import folder as pretrained_folder
 def slow_delta(eps: list[list[float]]) -> tuple[float, float]:
     """The definition, entry by entry: mean and std over ordered pairs i != j of the fraction of entries whose
     signs (-1, 0, +1) differ."""
+
     def sgn(v):
         return (v > 0) - (v < 0)
 
@@ -60,11 +62,11 @@ def test_delta_equals_the_definition_on_the_real_model(boots):
     res = correspondence(p.model, x, parts=parts, layers=("conv5", "fc7"), random_draws=3, seed=1)
     for layer in ("conv5", "fc7"):
         with torch.no_grad():
-            base = [features(p.model.eval(), x[i:i + 1], [layer])[layer].flatten().tolist() for i in range(4)]
+            base = [features(p.model.eval(), x[i : i + 1], [layer])[layer].flatten().tolist() for i in range(4)]
         for name, boxes in parts.items():
             eps = []
             for i, (y0, x0, y1, x1) in enumerate(boxes):  # a fresh forward per masked image
-                m = x[i:i + 1].clone()
+                m = x[i : i + 1].clone()
                 m[:, :, y0:y1, x0:x1] = 0.0
                 with torch.no_grad():
                     f = features(p.model, m, [layer])[layer].flatten().tolist()
@@ -81,8 +83,9 @@ def test_invariance_identity_and_transforms(boots):
     p, x, _ = boots
     labels = [9, 9, 9, 9]
     for t, ident in (("translate", 0), ("scale", 1.0), ("rotate", 0)):
-        res = invariance(p.model, x, labels=labels, transforms=[t], values={t: [ident, ident]},
-                        layers=("conv1", "fc7")).curve(t)
+        res = invariance(
+            p.model, x, labels=labels, transforms=[t], values={t: [ident, ident]}, layers=("conv1", "fc7")
+        ).curve(t)
         assert float(res.distance["conv1"].abs().max()) == 0 and float(res.distance["fc7"].abs().max()) == 0
         with torch.no_grad():
             plain = F.softmax(p.model(x), 1)[:, 9]
@@ -91,8 +94,9 @@ def test_invariance_identity_and_transforms(boots):
     torch.testing.assert_close(transform_images(x, "rotate", 90), torch.rot90(x, 1, (-2, -1)), atol=1e-4, rtol=0)
     shifted = transform_images(x, "translate", 3, fill=-1.0)
     assert torch.equal(shifted[:, :, 3:], x[:, :, :-3]) and bool((shifted[:, :, :3] == -1.0).all())
-    res = invariance(p.model, x, labels=labels, transforms=["rotate"], values={"rotate": [0, 90]},
-                    layers=("conv1", "fc7")).curves[0]
+    res = invariance(
+        p.model, x, labels=labels, transforms=["rotate"], values={"rotate": [0, 90]}, layers=("conv1", "fc7")
+    ).curves[0]
     with torch.no_grad():
         f = features(p.model, torch.rot90(x, 1, (-2, -1)), ["fc7"])["fc7"].flatten(1)
         f0 = features(p.model, x, ["fc7"])["fc7"].flatten(1)
@@ -119,16 +123,43 @@ def test_commands_write_tables_and_figures(tmp_path, capsys):
     md = (tmp_path / "c" / "correspondence.md").read_text()
     assert "| toe |" in md and "0.067 ± 0.007" in md  # ours and the paper's
     assert (tmp_path / "c" / "correspondence.png").stat().st_size > 10_000
-    assert main(["invariance", "--pretrained", "--data", "fashion-mnist", "--split", "test", "--index", "0",
-                 "--index", "2", "--transforms", "translate,rotate", "--out", str(tmp_path / "i")]) == 0
+    assert (
+        main(
+            [
+                "invariance",
+                "--pretrained",
+                "--data",
+                "fashion-mnist",
+                "--split",
+                "test",
+                "--index",
+                "0",
+                "--index",
+                "2",
+                "--transforms",
+                "translate,rotate",
+                "--out",
+                str(tmp_path / "i"),
+            ]
+        )
+        == 0
+    )
     inv = json.loads((tmp_path / "i" / "invariance.json").read_text())
     assert [t["transform"] for t in inv["transforms"]] == ["translate", "rotate"]
     assert inv["transforms"][0]["values"] == [-8, -5, -2, -1, 0, 1, 2, 5, 8]  # the paper's +-60 px of 224, scaled
     assert (tmp_path / "i" / "invariance.png").is_file()
     capsys.readouterr()
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"data": "fashion-mnist", "split": "test", "images": [0, 23],
-                               "parts": {"toe": [[0, 0, 6, 6], [20, 20, 40, 26]]}}))
+    bad.write_text(
+        json.dumps(
+            {
+                "data": "fashion-mnist",
+                "split": "test",
+                "images": [0, 23],
+                "parts": {"toe": [[0, 0, 6, 6], [20, 20, 40, 26]]},
+            }
+        )
+    )
     assert main(["correspondence", "--pretrained", "--parts", str(bad), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "not inside" in err and len(err.strip().splitlines()) == 1

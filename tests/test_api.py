@@ -44,12 +44,19 @@ def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
     return {
         "architecture": lambda: zfnet.architecture(model, x),
         "atlas": lambda: zfnet.atlas(model, x, layers=[layer], k=2),
-        "correspondence": lambda: zfnet.correspondence(model, x, parts={"corner": [(0, 0, 4, 4)] * len(x)},
-                                                       layers=[layer], random_draws=2),
+        "correspondence": lambda: zfnet.correspondence(
+            model, x, parts={"corner": [(0, 0, 4, 4)] * len(x)}, layers=[layer], random_draws=2
+        ),
         "evolution": lambda: zfnet.evolution(model, x, snapshots=snaps, layers=[layer], maps=2),
         "filters": lambda: zfnet.filters(model, x),
-        "invariance": lambda: zfnet.invariance(model, x, labels=[0] * len(x), transforms=["translate", "rotate"],
-                                               values={"translate": [0, 2], "rotate": [0, 90]}, layers=[layer]),
+        "invariance": lambda: zfnet.invariance(
+            model,
+            x,
+            labels=[0] * len(x),
+            transforms=["translate", "rotate"],
+            values={"translate": [0, 2], "rotate": [0, 90]},
+            layers=[layer],
+        ),
         "occlusion": lambda: zfnet.occlusion(model, x, window=4, stride=4, layer=layer, mode="naive"),
         "project": lambda: zfnet.project(model, x, layer=layer, channel=1),
         "receptive_field": lambda: zfnet.receptive_field(model, x, layer=layer),
@@ -83,9 +90,11 @@ def test_every_public_method_takes_a_batch_and_returns_a_json_dict(which, tmp_pa
 
 def test_a_method_refuses_a_single_unbatched_image():
     model = models.build("zfnet-small").eval()
-    for call in (lambda: zfnet.project(model, torch.zeros(1, 28, 28), layer="conv1", channel=0),
-                 lambda: zfnet.occlusion(model, torch.zeros(1, 28, 28)),
-                 lambda: zfnet.receptive_field(model, torch.zeros(1, 28, 28), layer="conv1")):
+    for call in (
+        lambda: zfnet.project(model, torch.zeros(1, 28, 28), layer="conv1", channel=0),
+        lambda: zfnet.occlusion(model, torch.zeros(1, 28, 28)),
+        lambda: zfnet.receptive_field(model, torch.zeros(1, 28, 28), layer="conv1"),
+    ):
         with pytest.raises(zfnet.UsageError, match="batch N x C x H x W"):
             call()
 
@@ -112,14 +121,39 @@ def test_default_report_opens_the_embedded_weights_at_most_twice(tmp_path):
     weights = os.path.join(pretrained_folder(), "model.safetensors")
     log = tmp_path / "trace.txt"
     env = dict(os.environ, ZFNET_PROGRESS="0")
-    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(log), sys.executable,
-                        "-m", "zfnet", "report", "--out", str(tmp_path / "rep"), "--limit", "300",
-                        "--evolution-limit", "200", "--examples", "2"],
-                       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=open,openat,openat2",
+            "-o",
+            str(log),
+            sys.executable,
+            "-m",
+            "zfnet",
+            "report",
+            "--out",
+            str(tmp_path / "rep"),
+            "--limit",
+            "300",
+            "--evolution-limit",
+            "200",
+            "--examples",
+            "2",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     real = os.path.realpath(weights)
-    opens = [line for line in log.read_text().splitlines()
-             if (weights in line or real in line) and "ENOENT" not in line]
+    opens = [
+        line for line in log.read_text().splitlines() if (weights in line or real in line) and "ENOENT" not in line
+    ]
     assert 1 <= len(opens) <= 2, opens
     state = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert all(e["status"] in ("done", "skipped") for e in state["stages"].values())

@@ -1,5 +1,6 @@
 """Atlas (Fig. 2): top-k against brute force, stored values against fresh forwards, resume, torchrun shards,
 the whole `zfnet atlas` folder, filters (Fig. 5) and evolution (Fig. 4)."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,12 @@ from conftest import REPO, run_cli
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.weights import default_preprocess
-from zfnet.methods.atlas import TopK, scan
 from zfnet.errors import UsageError
-from zfnet.methods.filters import analyse, radial_frequency
 from zfnet.io import safetensors_metadata
 from zfnet.layers import features
+from zfnet.methods.atlas import TopK, scan
+from zfnet.methods.filters import analyse, radial_frequency
+from zfnet.weights import default_preprocess
 
 LAYERS = ["conv1", "conv3", "fc6"]
 
@@ -62,14 +63,15 @@ def test_topk_equals_brute_force_and_fresh_forwards(setup):
         tk = result.top[layer]
         want = brute_force_topk(model, pp, ds, layer, 5)
         for c, entries in enumerate(want):
-            got = [(int(tk.images[r, c]), float(tk.values[r, c]), (int(tk.ys[r, c]), int(tk.xs[r, c])))
-                   for r in range(5)]
+            got = [
+                (int(tk.images[r, c]), float(tk.values[r, c]), (int(tk.ys[r, c]), int(tk.xs[r, c]))) for r in range(5)
+            ]
             assert [g[0] for g in got] == [w[0] for w in entries], (layer, c)
             assert [g[2] for g in got] == [w[2] for w in entries]
             assert len({g[0] for g in got}) == 5  # k distinct images
             for image, value, (y, x) in got:  # each stored value = a fresh forward at that place
                 with torch.no_grad():
-                    a = features(model, pp.eval_input(ds.bases[image:image + 1]), [layer])[layer][0, c]
+                    a = features(model, pp.eval_input(ds.bases[image : image + 1]), [layer])[layer][0, c]
                 fresh = float(a[y, x]) if y >= 0 else float(a)
                 assert value == pytest.approx(fresh, rel=1e-5, abs=1e-6)
 
@@ -83,8 +85,12 @@ def test_batch_size_does_not_change_the_result(setup):
 
 
 def test_merge_breaks_ties_by_image():
-    tk = TopK.empty(2, 1).merge(torch.tensor([[1.0], [1.0], [0.5]]), torch.tensor([[7], [3], [1]]),
-                                torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long))
+    tk = TopK.empty(2, 1).merge(
+        torch.tensor([[1.0], [1.0], [0.5]]),
+        torch.tensor([[7], [3], [1]]),
+        torch.zeros(3, 1, dtype=torch.long),
+        torch.zeros(3, 1, dtype=torch.long),
+    )
     assert tk.images.flatten().tolist() == [3, 7]
 
 
@@ -105,8 +111,19 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(atlas, "features", crashing)
     with pytest.raises(KeyboardInterrupt):
-        scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x",
-             save_every=0)
+        scan(
+            model,
+            ds,
+            preprocess=pp,
+            layers=LAYERS,
+            k=3,
+            batch_size=10,
+            workers=0,
+            progress=False,
+            state_path=state,
+            key="x",
+            save_every=0,
+        )
     monkeypatch.setattr(atlas, "features", real)
     saved = safetensors_metadata(state)
     assert saved["done"] == "30"
@@ -117,29 +134,85 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(atlas, "features", counting)
-    resumed = scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="x")
+    resumed = scan(
+        model,
+        ds,
+        preprocess=pp,
+        layers=LAYERS,
+        k=3,
+        batch_size=10,
+        workers=0,
+        progress=False,
+        state_path=state,
+        key="x",
+    )
     assert counted["n"] == 4  # 40 images left, batches of 10
     for layer in LAYERS:
         for f in ("values", "images", "ys", "xs"):
             assert torch.equal(getattr(resumed.top[layer], f), getattr(whole.top[layer], f))
     # another key starts afresh
-    fresh = scan(model, ds, preprocess=pp, layers=LAYERS, k=3, batch_size=10, workers=0, progress=False, state_path=state, key="y")
+    fresh = scan(
+        model,
+        ds,
+        preprocess=pp,
+        layers=LAYERS,
+        k=3,
+        batch_size=10,
+        workers=0,
+        progress=False,
+        state_path=state,
+        key="y",
+    )
     assert fresh.images == 70
 
 
 def _atlas_cmd(out, *extra):
-    return ["atlas", "--model", "zfnet-small", "--data", "synthetic:48", "--split", "test", "--layers",
-            "conv1,conv2,conv5", "--k", "4", "--out", str(out), "--workers", "0", "--batch-size", "16",
-            "--no-progress", *extra]
+    return [
+        "atlas",
+        "--model",
+        "zfnet-small",
+        "--data",
+        "synthetic:48",
+        "--split",
+        "test",
+        "--layers",
+        "conv1,conv2,conv5",
+        "--k",
+        "4",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_torchrun_sharded_scan_equals_single(tmp_path):
     env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
     one = run_cli(*_atlas_cmd(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29518", "-m", "zfnet", *_atlas_cmd(tmp_path / "two")], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29518",
+            "-m",
+            "zfnet",
+            *_atlas_cmd(tmp_path / "two"),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())
     m2 = json.loads((tmp_path / "two" / "manifest.json").read_text())
@@ -156,7 +229,10 @@ def test_atlas_folder_end_to_end(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] and m["layer_order"] == ["conv1", "conv2", "conv5"]
     assert m["model"]["name"] == "zfnet-small" and m["dataset"]["images"] == 48 and "torch" in m["provenance"]
-    assert m["layers"]["conv2"]["channels"] == models.build("zfnet-small").conv2.out_channels and len(m["layers"]["conv2"]["maps"][0]) == 4
+    assert (
+        m["layers"]["conv2"]["channels"] == models.build("zfnet-small").conv2.out_channels
+        and len(m["layers"]["conv2"]["maps"][0]) == 4
+    )
     assert {"image", "id", "label", "value", "y", "x"} <= set(m["layers"]["conv5"]["maps"][3][0])
     for layer in m["layer_order"]:
         sprites = [f for f in os.listdir(out / "maps" / layer) if f != "filters.png"]
@@ -175,7 +251,7 @@ def test_atlas_folder_end_to_end(tmp_path):
         torch.manual_seed(0)
         w = models.build("zfnet-small").conv1.weight.detach()
     scale = f1["tile"][1] // w.shape[-1]
-    first = np.asarray(strip.convert("L"))[::scale, :w.shape[-1] * scale:scale].astype(float)
+    first = np.asarray(strip.convert("L"))[::scale, : w.shape[-1] * scale : scale].astype(float)
     want = (w[0, 0] - w[0, 0].min()) * 255 / (w[0, 0].max() - w[0, 0].min())
     assert np.abs(first - want.numpy()).max() <= 1.0
     assert "filter" not in m["layers"]["conv2"]
@@ -215,8 +291,16 @@ def test_filter_diagnostics_by_construction():
                 p = 0.0
                 for c in range(3):
                     x = w[o, c] - w[o, c].mean()
-                    re = sum(float(x[a, b]) * math.cos(2 * math.pi * (u * a / 3 + v * b / 5)) for a in range(3) for b in range(5))
-                    im = sum(float(x[a, b]) * math.sin(2 * math.pi * (u * a / 3 + v * b / 5)) for a in range(3) for b in range(5))
+                    re = sum(
+                        float(x[a, b]) * math.cos(2 * math.pi * (u * a / 3 + v * b / 5))
+                        for a in range(3)
+                        for b in range(5)
+                    )
+                    im = sum(
+                        float(x[a, b]) * math.sin(2 * math.pi * (u * a / 3 + v * b / 5))
+                        for a in range(3)
+                        for b in range(5)
+                    )
                     p += re * re + im * im
                 fu, fv = (u if u <= 1 else u - 3) / 3, (v if v <= 2 else v - 5) / 5
                 num, den = num + p * math.hypot(fu, fv), den + p
@@ -230,16 +314,36 @@ def test_evolution_from_a_training_run(tmp_path):
     from zfnet.train import fit
 
     run = tmp_path / "run"
-    fit(Recipe(model="zfnet-small", data="synthetic", val_split="val", epochs=3, batch_size=32,
-               limit_train=96, limit_val=32, snapshots=(1, 3)), RunOptions(out=str(run), workers=0), progress=False)
+    fit(
+        Recipe(
+            model="zfnet-small",
+            data="synthetic",
+            val_split="val",
+            epochs=3,
+            batch_size=32,
+            limit_train=96,
+            limit_val=32,
+            snapshots=(1, 3),
+        ),
+        RunOptions(out=str(run), workers=0),
+        progress=False,
+    )
     snaps = find_snapshots(str(run))
     assert [e for e, _ in snaps] == [1, 3]
     model = models.build("zfnet-small")  # a 10-way head; the run had 8 classes: conv visualizations never read it
     pp = default_preprocess(model)
     train = zdata.open_dataset("synthetic", "train", pp).head(40)
     chans = choose_channels(model, ["conv1", "conv4"], 3, 0, (1, 28, 28))
-    evo = evolution(model, train, snapshots=snaps, layers=["conv1", "conv4"], channels=chans, batch_size=16,
-                    workers=0, progress=False)
+    evo = evolution(
+        model,
+        train,
+        snapshots=snaps,
+        layers=["conv1", "conv4"],
+        channels=chans,
+        batch_size=16,
+        workers=0,
+        progress=False,
+    )
     assert evo.epochs == [1, 3]
     for layer, cs in chans.items():
         for c in cs:
@@ -254,8 +358,23 @@ def test_evolution_from_a_training_run(tmp_path):
                 p2 = default_preprocess(model).with_mean(mean)
                 acts = features(model.eval(), p2.eval_input(train.bases), [layer])[layer][:, c]
             assert cells[-1][2] == pytest.approx(float(acts.max()), rel=1e-5)
-    r = run_cli("evolution", "--model", "zfnet-small", "--run", str(run), "--data", "synthetic", "--limit", "32",
-                "--maps", "2", "--layers", "conv2", "--out", str(tmp_path / "evo"))
+    r = run_cli(
+        "evolution",
+        "--model",
+        "zfnet-small",
+        "--run",
+        str(run),
+        "--data",
+        "synthetic",
+        "--limit",
+        "32",
+        "--maps",
+        "2",
+        "--layers",
+        "conv2",
+        "--out",
+        str(tmp_path / "evo"),
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "evo" / "evolution" / "conv2.png").is_file()
     with pytest.raises(UsageError, match="no snapshots"):

@@ -1,4 +1,5 @@
 """The command line: every subcommand has --help with an example; user errors are one line, exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -20,20 +21,51 @@ def test_help_lists_every_command_with_an_example():
         assert h.returncode == 0 and "example:" in h.stdout and "zfnet " + c in h.stdout, c
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--model", "nope", "--data", "synthetic", "--out", "{tmp}/r"], "unknown model 'nope'"),
-    (["train", "--model", "zfnet-small", "--data", "imagenet:{tmp}/missing", "--out", "{tmp}/r"], "does not exist"),
-    (["train", "--model", "zfnet-small", "--data", "synthetic", "--out", "{tmp}/r", "--model-overrides",
-      '{"input_size": 6}'], "too small"),
-    (["train", "--model", "zfnet-small", "--data", "synthetic", "--out", "{tmp}/r", "--epochs", "0"], "epochs"),
-    (["atlas", "--model", "zfnet-small", "--data", "{tmp}/missing", "--out", "{tmp}/a"], "neither a known name"),
-    (["project", "--model", "zfnet-small", "--image", "{tmp}/none.png", "--layer", "conv1", "--channel", "0",
-      "--out", "{tmp}/p.png"], "does not exist"),
-    (["evaluate", "--model", "zfnet-small"], "required: --data"),
-    (["serve", "{tmp}"], "holds no page"),
-    (["filters", "--model", "zfnet-small-rgb", "--weights", "{tmp}/w.safetensors", "--out", "{tmp}/f"],
-     "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--model", "nope", "--data", "synthetic", "--out", "{tmp}/r"], "unknown model 'nope'"),
+        (["train", "--model", "zfnet-small", "--data", "imagenet:{tmp}/missing", "--out", "{tmp}/r"], "does not exist"),
+        (
+            [
+                "train",
+                "--model",
+                "zfnet-small",
+                "--data",
+                "synthetic",
+                "--out",
+                "{tmp}/r",
+                "--model-overrides",
+                '{"input_size": 6}',
+            ],
+            "too small",
+        ),
+        (["train", "--model", "zfnet-small", "--data", "synthetic", "--out", "{tmp}/r", "--epochs", "0"], "epochs"),
+        (["atlas", "--model", "zfnet-small", "--data", "{tmp}/missing", "--out", "{tmp}/a"], "neither a known name"),
+        (
+            [
+                "project",
+                "--model",
+                "zfnet-small",
+                "--image",
+                "{tmp}/none.png",
+                "--layer",
+                "conv1",
+                "--channel",
+                "0",
+                "--out",
+                "{tmp}/p.png",
+            ],
+            "does not exist",
+        ),
+        (["evaluate", "--model", "zfnet-small"], "required: --data"),
+        (["serve", "{tmp}"], "holds no page"),
+        (
+            ["filters", "--model", "zfnet-small-rgb", "--weights", "{tmp}/w.safetensors", "--out", "{tmp}/f"],
+            "does not exist",
+        ),
+    ],
+)
 def test_errors_are_one_line(tmp_path, args, needle):
     r = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert r.returncode == 2, r.stderr
@@ -45,14 +77,40 @@ def test_project_writes_patch_and_projection(tmp_path):
     img = tmp_path / "in.png"
     Image.new("L", (40, 30), 90).save(img)
     out = tmp_path / "p.png"
-    r = run_cli("project", "--model", "zfnet-small", "--image", str(img), "--layer", "conv3", "--channel", "2",
-                "--position", "3,3", "--mode", "guided", "--out", str(out))
+    r = run_cli(
+        "project",
+        "--model",
+        "zfnet-small",
+        "--image",
+        str(img),
+        "--layer",
+        "conv3",
+        "--channel",
+        "2",
+        "--position",
+        "3,3",
+        "--mode",
+        "guided",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["position"] == [3, 3] and info["mode"] == "guided" and len(info["field_box"]) == 4
     assert Image.open(out).width > 2 * 23  # two tiles of the 23 px conv3 field, enlarged
-    bad = run_cli("project", "--model", "zfnet-small", "--image", str(img), "--layer", "conv3", "--channel", "999",
-                  "--out", str(out))
+    bad = run_cli(
+        "project",
+        "--model",
+        "zfnet-small",
+        "--image",
+        str(img),
+        "--layer",
+        "conv3",
+        "--channel",
+        "999",
+        "--out",
+        str(out),
+    )
     assert bad.returncode == 2 and "does not exist in conv3" in bad.stderr
 
 

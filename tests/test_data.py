@@ -1,4 +1,5 @@
 """Data readers on fixtures the tests build in each official layout, and Sec. 3 preprocessing."""
+
 from __future__ import annotations
 
 import gzip
@@ -20,7 +21,7 @@ from zfnet.errors import UsageError
 def write_idx(path, arr: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     payload = header + arr.astype(np.uint8).tobytes()
-    with (gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb") as f:
         f.write(payload)
 
 
@@ -172,7 +173,10 @@ def test_voc2012_layout(tmp_path):
     from zfnet.data.voc import VOC_CLASSES
 
     for c in VOC_CLASSES:
-        rows = {"2008_000001": 1 if c == "dog" else -1, "2008_000002": 0 if c == "dog" else (1 if c == "person" else -1)}
+        rows = {
+            "2008_000001": 1 if c == "dog" else -1,
+            "2008_000002": 0 if c == "dog" else (1 if c == "person" else -1),
+        }
         (main / f"{c}_train.txt").write_text("".join(f"{i} {rows[i]:2d}\n" for i in ids))
     voc = zdata.open_dataset(str(tmp_path), "train", for_model(224, 3))
     assert voc.name == "voc2012" and len(voc) == 2
@@ -184,10 +188,12 @@ def test_voc2012_layout(tmp_path):
         os.remove(main / f"{c}_train.txt")
     os.makedirs(root / "Annotations")
     (root / "Annotations" / "2008_000001.xml").write_text(
-        "<annotation><object><name>dog</name><difficult>0</difficult></object></annotation>")
+        "<annotation><object><name>dog</name><difficult>0</difficult></object></annotation>"
+    )
     (root / "Annotations" / "2008_000002.xml").write_text(
         "<annotation><object><name>dog</name><difficult>1</difficult></object>"
-        "<object><name>person</name><difficult>0</difficult></object></annotation>")
+        "<object><name>person</name><difficult>0</difficult></object></annotation>"
+    )
     assert torch.equal(zdata.open_dataset(f"voc2012:{tmp_path}", "train", for_model(224, 3)).labels, voc.labels)
 
 

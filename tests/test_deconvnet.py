@@ -1,6 +1,7 @@
 """The deconvnet (Sec. 2.1) against independent references: a slow implementation written from the paper
 (explicit switches, unpooling by summing, rectify, transposed filters by flipping, contrast normalization
 skipped), a hand-worked example, Captum's NeuronDeconvolution, and the whole-image projection (fast path)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,11 @@ from conftest import hook_count
 from torch import nn
 
 from zfnet import models
-from zfnet.methods.deconvnet import Deconvnet, Target, project
 from zfnet.errors import UsageError
+from zfnet.methods.deconvnet import Deconvnet, Target, project
 
 # --- slow reference, straight from Sec. 2.1 --------------------------------------------------------------
+
 
 def _transposed_filter(signal: torch.Tensor, conv: nn.Conv2d, in_hw: tuple[int, int]) -> torch.Tensor:
     """'filter with transposed versions of the same filters ... flipping each filter vertically and
@@ -25,7 +27,7 @@ def _transposed_filter(signal: torch.Tensor, conv: nn.Conv2d, in_hw: tuple[int, 
     z = F.pad(z, (k - 1, k - 1, k - 1, k - 1))
     full = F.conv2d(z, conv.weight.flip(-1, -2).transpose(0, 1))  # covers the padded input
     full = F.pad(full, (0, in_hw[1] + 2 * p - full.shape[-1], 0, in_hw[0] + 2 * p - full.shape[-2]))
-    return full[:, :, p:p + in_hw[0], p:p + in_hw[1]]
+    return full[:, :, p : p + in_hw[0], p : p + in_hw[1]]
 
 
 def _unpool_sum(signal: torch.Tensor, switches: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
@@ -36,8 +38,9 @@ def _unpool_sum(signal: torch.Tensor, switches: torch.Tensor, in_hw: tuple[int, 
     return out.view(n, c, *in_hw)
 
 
-def reference_projection(model: nn.Sequential, x: torch.Tensor, layer: str, channel: int, y: int, xx: int,
-                         mode: str = "deconvnet") -> torch.Tensor:
+def reference_projection(
+    model: nn.Sequential, x: torch.Tensor, layer: str, channel: int, y: int, xx: int, mode: str = "deconvnet"
+) -> torch.Tensor:
     """Slow deconvnet for a flat Sequential of conv/relu/pool/LRN layers (the Fig. 3 family)."""
     with torch.no_grad():
         return _reference(model, x, layer, channel, y, xx, mode)
@@ -47,11 +50,12 @@ def _reference(model, x, layer, channel, y, xx, mode):
     names = [n for n, _ in model.named_children()]
     stop = names.index(layer) + (1 if isinstance(model[names.index(layer) + 1], nn.ReLU) else 0)
     record, h = [], x
-    for name in names[:stop + 1]:
+    for name in names[: stop + 1]:
         m = getattr(model, name)
         if isinstance(m, nn.MaxPool2d):
-            out, switches = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode,
-                                         return_indices=True)
+            out, switches = F.max_pool2d(
+                h, m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, return_indices=True
+            )
             record.append((m, h.shape[-2:], switches, out))
         else:
             out = m(h)
@@ -112,6 +116,7 @@ def test_overlapping_pools_sum_rather_than_overwrite():
 
 # --- hand-worked examples ----------------------------------------------------------------------------
 
+
 def _two_layer(w1, w2):
     m = nn.Sequential()
     m.add_module("conv1", nn.Conv2d(1, 2, 1, bias=False))
@@ -138,7 +143,9 @@ def test_hand_worked_rectification_modes():
     # deconvnet: relu -> (3, 0) -> 3; backprop: mask (1, 1) -> 3 - 2 = 1; guided: relu and mask -> 3.
     m = _two_layer([1.0, 2.0], [3.0, -1.0])
     for mode, want in {"deconvnet": [3.0, 0.0], "backprop": [1.0, 0.0], "guided": [3.0, 0.0]}.items():
-        assert project(m, x, layer="conv2", channel=0, position=(0, 0), mode=mode).images.flatten().tolist() == want, mode
+        assert project(m, x, layer="conv2", channel=0, position=(0, 0), mode=mode).images.flatten().tolist() == want, (
+            mode
+        )
 
 
 def test_hand_worked_conv_pool_projection():
@@ -163,6 +170,7 @@ def test_hand_worked_conv_pool_projection():
 
 
 # --- Captum, where the semantics coincide (no contrast normalization) --------------------------------------
+
 
 def _captum_deconv(model, module, x, neuron):
     from captum.attr import NeuronDeconvolution
@@ -203,18 +211,22 @@ def test_matches_captum_neuron_deconvolution(name):
 
 # --- the fast path: receptive-field crops equal whole-image projections ------------------------------------
 
+
 def _corner_and_interior_targets(layer, h, w, channels, images):
     spots = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2), (1, w // 3), (h - 2, 1)]
     return [Target(i, layer, c, y, x) for i in range(images) for c in channels for y, x in spots]
 
 
-@pytest.mark.parametrize("name,shape,layers", [
-    ("zfnet", (3, 224, 224), ["conv1", "conv2", "pool2", "conv4", "conv5"]),
-    ("alexnet", (3, 224, 224), ["conv2", "conv5"]),
-    ("zfnet-small", (1, 28, 28), ["conv1", "conv2", "conv3", "conv5"]),
-    ("torchvision:vgg11", (3, 64, 64), ["features.3", "features.13"]),
-    ("torchvision:resnet18", (3, 96, 96), ["layer1.0", "layer2", "layer3.1.conv1"]),
-])
+@pytest.mark.parametrize(
+    "name,shape,layers",
+    [
+        ("zfnet", (3, 224, 224), ["conv1", "conv2", "pool2", "conv4", "conv5"]),
+        ("alexnet", (3, 224, 224), ["conv2", "conv5"]),
+        ("zfnet-small", (1, 28, 28), ["conv1", "conv2", "conv3", "conv5"]),
+        ("torchvision:vgg11", (3, 64, 64), ["features.3", "features.13"]),
+        ("torchvision:resnet18", (3, 96, 96), ["layer1.0", "layer2", "layer3.1.conv1"]),
+    ],
+)
 def test_cropped_projection_equals_whole_image(name, shape, layers):
     torch.manual_seed(4)
     model = models.build(name, init="kaiming") if not name.startswith("torchvision") else models.build(name)
@@ -252,6 +264,7 @@ def test_field_output_is_the_receptive_field_box():
 
 # --- the model is left exactly as found ---------------------------------------------------------------
 
+
 def test_no_hook_left_and_modes_restored_even_after_errors():
     model = models.build("torchvision:resnet18")
     model.train()
@@ -288,7 +301,7 @@ def test_strongest_position_and_fc_targets():
         rec = dn.project(x, "conv4", [1, 2, 3])
         for i, c in enumerate([1, 2, 3]):
             y, xx = divmod(int(acts[i, c].argmax()), acts.shape[-1])
-            one = dn.project(x[i:i + 1], "conv4", c, position=(y, xx))[0]
+            one = dn.project(x[i : i + 1], "conv4", c, position=(y, xx))[0]
             torch.testing.assert_close(rec[i], one)
         fc = dn.project(x, "fc6", 7)
         assert fc.shape == x.shape

@@ -1,6 +1,7 @@
 """Overlap removal (Sec. 5.2 footnote): planted duplicates (resized, re-encoded, lightly cropped) are all found
 and nothing else passes the threshold; the streaming top-k equals a brute-force search; every data reader honours
 the exclusion list."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ def _photo(rng, h=96, w=120) -> np.ndarray:
     """A natural-ish image: smooth noise at several scales, RGB uint8."""
     x = torch.zeros(1, 3, h, w)
     for s in (3, 8, 24):
-        x += F.interpolate(torch.from_numpy(rng.standard_normal((1, 3, s, s)).astype(np.float32)), size=(h, w),
-                           mode="bilinear", align_corners=False)
+        x += F.interpolate(
+            torch.from_numpy(rng.standard_normal((1, 3, s, s)).astype(np.float32)),
+            size=(h, w),
+            mode="bilinear",
+            align_corners=False,
+        )
     x = (x - x.min()) / (x.max() - x.min()) * 255
     return x[0].permute(1, 2, 0).round().byte().numpy()
 
@@ -58,8 +63,26 @@ def planted(tmp_path_factory):
 
 def test_planted_duplicates_are_found_and_nothing_else(planted, tmp_path, capsys):
     a, b, want = planted
-    assert main(["dedupe", f"folder:{a}", f"folder:{b}", "--split-a", "all", "--split-b", "all", "--workers", "0",
-                 "--block", "7", "--out", str(tmp_path / "dd")]) == 0
+    assert (
+        main(
+            [
+                "dedupe",
+                f"folder:{a}",
+                f"folder:{b}",
+                "--split-a",
+                "all",
+                "--split-b",
+                "all",
+                "--workers",
+                "0",
+                "--block",
+                "7",
+                "--out",
+                str(tmp_path / "dd"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     res = json.loads((tmp_path / "dd" / "dedupe.json").read_text())
     found = {p["b_id"]: p["a_id"] for p in res["pairs"]}
@@ -78,7 +101,7 @@ def test_streaming_topk_equals_brute_force():
     da = F.normalize(torch.randn(103, 16, generator=g), dim=1)
     db = F.normalize(torch.randn(37, 16, generator=g), dim=1)
     ia = torch.arange(103) + 1000
-    m = match(((da[s:s + 10], ia[s:s + 10]) for s in range(0, 103, 10)), db, torch.arange(37), k=3)
+    m = match(((da[s : s + 10], ia[s : s + 10]) for s in range(0, 103, 10)), db, torch.arange(37), k=3)
     full = db @ da.t()
     top = full.topk(3, dim=1)
     torch.testing.assert_close(m.scores, top.values.t())
@@ -101,8 +124,25 @@ def test_descriptor_is_normalized_correlation():
 def test_exclude_on_the_commands(tmp_path, capsys):
     ex = tmp_path / "ex.txt"
     ex.write_text("# two test images out\nfashion-mnist/test/00000\nfashion-mnist/test/00001\n")
-    assert main(["evaluate", "--pretrained", "--data", "fashion-mnist", "--split", "test", "--limit", "10",
-                 "--exclude", str(ex), "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pretrained",
+                "--data",
+                "fashion-mnist",
+                "--split",
+                "test",
+                "--limit",
+                "10",
+                "--exclude",
+                str(ex),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["images"] == 10  # the first 10 after the two left out
     pp = zdata.for_model(28, 1)
     ds = zdata.open_dataset("fashion-mnist", "test", pp, exclude=str(ex))

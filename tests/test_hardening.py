@@ -1,6 +1,7 @@
 """Hardening (issue 15): a table of bad inputs across the CLI and the API (one line naming the problem and the
 fix, exit code 2, no traceback, nothing half-written left), the image kinds that must work, a full disk while
 checkpointing, untrusted weights (a malicious pickle runs nothing), hostile names in every page, folder locks."""
+
 from __future__ import annotations
 
 import errno
@@ -19,10 +20,9 @@ from test_defects import _png_claiming, assert_one_line_error, cli
 
 import zfnet
 from zfnet import models
-from zfnet.weights import save_weights
 from zfnet.data import for_model
 from zfnet.errors import UsageError
-from zfnet.weights import read_weights
+from zfnet.weights import read_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +39,16 @@ def files(tmp_path_factory):
     (d / "notes.txt").write_text("hello\n")
     _png_claiming(d / "huge.png", 12000, 9000)  # 108 MP claimed in the header
     Image.fromarray(rng.integers(0, 256, (28, 28, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
-    Image.fromarray((grey.astype(np.uint16) * 257)).save(d / "grey16.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(d / "grey16.png")
     Image.fromarray(grey).convert("P").save(d / "palette.png")
     Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).convert("CMYK").save(d / "cmyk.jpg")
     Image.fromarray(rng.integers(0, 256, (3, 3), dtype=np.uint8)).save(d / "tiny.png")  # < every receptive field
     Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(d / "large.jpg")
     # weights: another architecture, truncated, NaN, Inf
     other = models.build("zfnet-small-64")
-    save_weights(other, str(d / "other.safetensors"),
-                 for_model(64, 3, "resize", 1.0).with_mean(torch.full((3, 73, 73), 100.0)))
+    save_weights(
+        other, str(d / "other.safetensors"), for_model(64, 3, "resize", 1.0).with_mean(torch.full((3, 73, 73), 100.0))
+    )
     small = models.build("zfnet-small")
     pp = zfnet.pretrained().preprocess
     save_weights(small, str(d / "small.safetensors"), pp)
@@ -61,8 +62,16 @@ def files(tmp_path_factory):
     os.makedirs(d / "empty")
     os.makedirs(d / "nothing-but-text" / "a")
     (d / "nothing-but-text" / "a" / "x.png").write_text("no")
-    (d / "parts-outside.json").write_text(json.dumps({"data": "fashion-mnist-mini", "split": "test", "images": [0, 1],
-                                                      "parts": {"toe": [[20, 20, 40, 40], [0, 0, 4, 4]]}}))
+    (d / "parts-outside.json").write_text(
+        json.dumps(
+            {
+                "data": "fashion-mnist-mini",
+                "split": "test",
+                "images": [0, 1],
+                "parts": {"toe": [[20, 20, 40, 40], [0, 0, 4, 4]]},
+            }
+        )
+    )
     (d / "parts-broken.json").write_text("{not json")
     (d / "recipe-bad.json").write_text(json.dumps({"lr": -1}))
     (d / "afile").write_text("x")
@@ -85,8 +94,23 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         ("text file named .png", [*proj, "--image", str(d / "text.png")], ("text.png",)),
         ("non-image file", [*occ[:3], str(d / "notes.txt"), *occ[4:]], ("notes.txt",)),
         ("image over 100 megapixels", [*proj, "--image", str(d / "huge.png")], ("downscale it",)),
-        ("unknown model", ["project", "--model", "zfnet-nope", "--image", img, "--layer", "conv1", "--channel",
-                           "0", "--out", "OUT.png"], ("zfnet-nope",)),
+        (
+            "unknown model",
+            [
+                "project",
+                "--model",
+                "zfnet-nope",
+                "--image",
+                img,
+                "--layer",
+                "conv1",
+                "--channel",
+                "0",
+                "--out",
+                "OUT.png",
+            ],
+            ("zfnet-nope",),
+        ),
         ("unknown torchvision model", ["atlas", "--model", "torchvision:nope", *mini, "--out", "OUT"], ("nope",)),
         ("unknown layer", [*proj[:3], "conv9", *proj[4:], "--image", img], ("no layer 'conv9'",)),
         ("unknown layer in the report", ["report", "--layers", "conv1,fc99", "--out", "OUT"], ("fc99",)),
@@ -102,50 +126,117 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         ("occluder larger than the image", [*occ, "--window", "40"], ("40",)),
         ("occluder stride 0", [*occ, "--stride", "0"], ("at least 1",)),
         ("occluder window 0 in the report", ["report", "--window", "0", "--out", "OUT"], ("at least 1",)),
-        ("weights of another architecture", ["atlas", *small, "--weights", str(d / "other.safetensors"), *mini,
-                                             "--out", "OUT"], ("other.safetensors",)),
-        ("truncated weights", ["report", *small, "--weights", str(d / "cut.safetensors"), *mini, "--out", "OUT"],
-         ("cut.safetensors", "damaged")),
-        ("NaN weights", ["occlusion", *small, "--weights", str(d / "nan.safetensors"), "--image", img, "--out",
-                         "OUT"], ("NaN or Inf", "fc6.bias")),
-        ("Inf weights", ["invariance", *small, "--weights", str(d / "inf.safetensors"), "--image", img,
-                         "--label", "1", "--out", "OUT"], ("NaN or Inf",)),
-        ("weights file missing", ["atlas", *small, "--weights", str(d / "nope.safetensors"), *mini, "--out", "OUT"],
-         ("does not exist",)),
-        ("--weights without --model", ["report", "--weights", str(d / "small.safetensors"), "--out", "OUT"],
-         ("--model",)),
-        ("empty dataset folder", ["atlas", "--pretrained", "--data", f"folder:{d / 'empty'}", "--out", "OUT"],
-         ("empty",)),
-        ("folder where no file is an image", ["atlas", "--pretrained", "--data", f"folder:{d / 'nothing-but-text'}",
-                                              "--split", "all", "--out", "OUT"], ("could be read",)),
-        ("dataset path that is a file", ["atlas", "--pretrained", "--data", str(d / "afile"), "--out", "OUT"],
-         ("is a file",)),
-        ("parts boxes outside the image", ["correspondence", "--pretrained", "--parts",
-                                           str(d / "parts-outside.json"), "--out", "OUT"], ("not inside the 28x28",)),
-        ("parts file not JSON", ["correspondence", "--pretrained", "--parts", str(d / "parts-broken.json"),
-                                 "--out", "OUT"], ("parts-broken.json",)),
+        (
+            "weights of another architecture",
+            ["atlas", *small, "--weights", str(d / "other.safetensors"), *mini, "--out", "OUT"],
+            ("other.safetensors",),
+        ),
+        (
+            "truncated weights",
+            ["report", *small, "--weights", str(d / "cut.safetensors"), *mini, "--out", "OUT"],
+            ("cut.safetensors", "damaged"),
+        ),
+        (
+            "NaN weights",
+            ["occlusion", *small, "--weights", str(d / "nan.safetensors"), "--image", img, "--out", "OUT"],
+            ("NaN or Inf", "fc6.bias"),
+        ),
+        (
+            "Inf weights",
+            [
+                "invariance",
+                *small,
+                "--weights",
+                str(d / "inf.safetensors"),
+                "--image",
+                img,
+                "--label",
+                "1",
+                "--out",
+                "OUT",
+            ],
+            ("NaN or Inf",),
+        ),
+        (
+            "weights file missing",
+            ["atlas", *small, "--weights", str(d / "nope.safetensors"), *mini, "--out", "OUT"],
+            ("does not exist",),
+        ),
+        (
+            "--weights without --model",
+            ["report", "--weights", str(d / "small.safetensors"), "--out", "OUT"],
+            ("--model",),
+        ),
+        (
+            "empty dataset folder",
+            ["atlas", "--pretrained", "--data", f"folder:{d / 'empty'}", "--out", "OUT"],
+            ("empty",),
+        ),
+        (
+            "folder where no file is an image",
+            ["atlas", "--pretrained", "--data", f"folder:{d / 'nothing-but-text'}", "--split", "all", "--out", "OUT"],
+            ("could be read",),
+        ),
+        (
+            "dataset path that is a file",
+            ["atlas", "--pretrained", "--data", str(d / "afile"), "--out", "OUT"],
+            ("is a file",),
+        ),
+        (
+            "parts boxes outside the image",
+            ["correspondence", "--pretrained", "--parts", str(d / "parts-outside.json"), "--out", "OUT"],
+            ("not inside the 28x28",),
+        ),
+        (
+            "parts file not JSON",
+            ["correspondence", "--pretrained", "--parts", str(d / "parts-broken.json"), "--out", "OUT"],
+            ("parts-broken.json",),
+        ),
         ("output folder under a file", ["report", "--out", str(d / "afile" / "rep")], ("not a writable folder",)),
-        ("output folder that is a file", ["occlusion", "--pretrained", "--image", img, "--out", str(d / "afile")],
-         ("is a file",)),
-        ("index outside the split", ["occlusion", "--pretrained", *mini, "--index", "5000", "--out", "OUT"],
-         ("5000",)),
+        (
+            "output folder that is a file",
+            ["occlusion", "--pretrained", "--image", img, "--out", str(d / "afile")],
+            ("is a file",),
+        ),
+        ("index outside the split", ["occlusion", "--pretrained", *mini, "--index", "5000", "--out", "OUT"], ("5000",)),
         ("index without data", ["occlusion", "--pretrained", "--index", "3", "--out", "OUT"], ("--data",)),
-        ("label that is no class", ["occlusion", "--pretrained", "--image", img, "--label", "Zebra", "--out", "OUT"],
-         ("Zebra",)),
-        ("mean image of the wrong shape", ["atlas", *small, "--weights", str(d / "small.safetensors"), "--mean",
-                                           str(d / "mean-wrong.npy"), *mini, "--out", "OUT"], ("mean-wrong.npy",)),
-        ("exclusion list missing", ["atlas", "--pretrained", *mini, "--exclude", str(d / "nope.txt"), "--out",
-                                    "OUT"], ("nope.txt",)),
-        ("bad recipe value", ["train", "--recipe", str(d / "recipe-bad.json"), *small, *mini, "--out", "OUT"],
-         ("lr",)),
+        (
+            "label that is no class",
+            ["occlusion", "--pretrained", "--image", img, "--label", "Zebra", "--out", "OUT"],
+            ("Zebra",),
+        ),
+        (
+            "mean image of the wrong shape",
+            [
+                "atlas",
+                *small,
+                "--weights",
+                str(d / "small.safetensors"),
+                "--mean",
+                str(d / "mean-wrong.npy"),
+                *mini,
+                "--out",
+                "OUT",
+            ],
+            ("mean-wrong.npy",),
+        ),
+        (
+            "exclusion list missing",
+            ["atlas", "--pretrained", *mini, "--exclude", str(d / "nope.txt"), "--out", "OUT"],
+            ("nope.txt",),
+        ),
+        ("bad recipe value", ["train", "--recipe", str(d / "recipe-bad.json"), *small, *mini, "--out", "OUT"], ("lr",)),
         ("zero epochs", ["train", *small, *mini, "--epochs", "0", "--out", "OUT"], ("epochs",)),
         ("negative workers", ["report", "--workers", "-2", "--out", "OUT"], ("--workers",)),
         ("k of zero", ["atlas", "--pretrained", *mini, "--k", "0", "--out", "OUT"], ("--k",)),
         ("--include not a folder", ["report", "--include", str(d / "afile"), "--out", "OUT"], ("--include",)),
         ("--snapshots not a folder", ["report", "--snapshots", str(d / "nope"), "--out", "OUT"], ("--snapshots",)),
         ("report of a model without data", ["report", *small, "--out", "OUT"], ("--data",)),
-        ("transfer layer unknown", ["transfer", "--pretrained", "--data", "mnist5k", "--layer", "fc99", "--out",
-                                    "OUT"], ("fc99",)),
+        (
+            "transfer layer unknown",
+            ["transfer", "--pretrained", "--data", "mnist5k", "--layer", "fc99", "--out", "OUT"],
+            ("fc99",),
+        ),
         ("port out of range", ["serve", str(d), "--port", "70000"], ("TCP port",)),
     ]
 
@@ -169,13 +260,25 @@ def test_at_least_40_distinct_bad_inputs():
     assert len({c[0] for c in CASES}) == len(CASES) >= 40
 
 
-@pytest.mark.parametrize("name", ["grey.png", "rgba.png", "grey16.png", "palette.png", "cmyk.jpg", "tiny.png",
-                                  "large.jpg"])
+@pytest.mark.parametrize(
+    "name", ["grey.png", "rgba.png", "grey16.png", "palette.png", "cmyk.jpg", "tiny.png", "large.jpg"]
+)
 def test_odd_images_work(name, files, tmp_path, capsys):
     """Grey, RGBA, 16-bit, palette and CMYK images, one smaller than any receptive field and a large photo are
     converted as documented (README: Images) and analysed."""
-    code, _, err = cli(capsys, "project", "--pretrained", "--image", str(files / name), "--layer", "conv2",
-                       "--channel", "3", "--out", str(tmp_path / "p.png"))
+    code, _, err = cli(
+        capsys,
+        "project",
+        "--pretrained",
+        "--image",
+        str(files / name),
+        "--layer",
+        "conv2",
+        "--channel",
+        "3",
+        "--out",
+        str(tmp_path / "p.png"),
+    )
     assert code == 0, err
     assert Image.open(tmp_path / "p.png").size[0] > 0
 
@@ -208,8 +311,22 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, c
     from zfnet.checkpoints import load_checkpoint
 
     out = tmp_path / "run"
-    args = ["train", "--model", "zfnet-small", "--data", "synthetic:64", "--epochs", "2", "--batch-size", "16",
-            "--workers", "0", "--no-progress", "--out", str(out)]
+    args = [
+        "train",
+        "--model",
+        "zfnet-small",
+        "--data",
+        "synthetic:64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     real = st.save_file
     seen = {"n": 0}
 
@@ -236,6 +353,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, c
 
 # --- untrusted files ------------------------------------------------------------------------------------------
 
+
 class _Evil:
     def __init__(self, marker: str) -> None:
         self.marker = marker
@@ -251,23 +369,50 @@ def test_malicious_pickle_runs_nothing(tmp_path, capsys):
         pickle.dump({"conv1.weight": _Evil(str(marker))}, f)
     img = tmp_path / "x.png"
     Image.new("L", (28, 28)).save(img)
-    for argv in (["project", "--model", "zfnet-small", "--weights", str(evil), "--image", str(img), "--layer",
-                  "conv1", "--channel", "0", "--out", str(tmp_path / "p.png")],
-                 ["report", "--model", "zfnet-small", "--weights", str(evil), "--data", "fashion-mnist-mini",
-                  "--out", str(tmp_path / "rep")],
-                 ["evaluate", "--model", "zfnet-small", "--weights", str(evil), "--data", "fashion-mnist-mini"]):
+    for argv in (
+        [
+            "project",
+            "--model",
+            "zfnet-small",
+            "--weights",
+            str(evil),
+            "--image",
+            str(img),
+            "--layer",
+            "conv1",
+            "--channel",
+            "0",
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
+        [
+            "report",
+            "--model",
+            "zfnet-small",
+            "--weights",
+            str(evil),
+            "--data",
+            "fashion-mnist-mini",
+            "--out",
+            str(tmp_path / "rep"),
+        ],
+        ["evaluate", "--model", "zfnet-small", "--weights", str(evil), "--data", "fashion-mnist-mini"],
+    ):
         code, _, err = cli(capsys, *argv)
         assert_one_line_error(code, err, "weights.pt", "cannot read weights")
     with pytest.raises(UsageError):
         read_weights(evil)
     assert not marker.exists()
     # the same file unpickled the unsafe way does run code: the test's payload is real
-    subprocess.run([sys.executable, "-c", f"import pickle; pickle.load(open({str(evil)!r}, 'rb'))"], check=False,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", f"import pickle; pickle.load(open({str(evil)!r}, 'rb'))"],
+        check=False,
+        capture_output=True,
+    )
     assert marker.exists()
 
 
-HOSTILE = ['<script>window.__pwned=1</script>', 'a"b\'c', "..", "x&amp;<b>"]
+HOSTILE = ["<script>window.__pwned=1</script>", "a\"b'c", "..", "x&amp;<b>"]
 
 
 @pytest.fixture(scope="module")
@@ -276,11 +421,11 @@ def hostile_report(tmp_path_factory):
     hostile; the included result also names files outside its folder."""
     root = tmp_path_factory.mktemp("hostile")
     data = root / "data"
-    for k, cls in enumerate(["<script>window.__pwned=1<", 'cls "quoted" \'q\'', "..dots..", "a&b"]):
+    for k, cls in enumerate(["<script>window.__pwned=1<", "cls \"quoted\" 'q'", "..dots..", "a&b"]):
         for split in ("train", "val"):
             os.makedirs(data / split / cls)
             for i in range(3):
-                Image.new("RGB", (36, 36), (60 * k, 40 * i, 90)).save(data / split / cls / f"<b>{i}\".png")
+                Image.new("RGB", (36, 36), (60 * k, 40 * i, 90)).save(data / split / cls / f'<b>{i}".png')
     net = models.build("zfnet-small-rgb", num_classes=4)
     from zfnet.weights import default_preprocess
 
@@ -288,20 +433,52 @@ def hostile_report(tmp_path_factory):
     weights = root / "w.safetensors"
     save_weights(net, str(weights), pp.with_mean(torch.full((3, pp.base_size, pp.base_size), 90.0)))
     parts = root / "parts.json"
-    parts.write_text(json.dumps({"images": [0, 1], "parts": {HOSTILE[0]: [[0, 0, 8, 8], [2, 2, 9, 9]],
-                                                              HOSTILE[1]: [[4, 4, 12, 12], [4, 4, 12, 12]]}}))
+    parts.write_text(
+        json.dumps(
+            {
+                "images": [0, 1],
+                "parts": {HOSTILE[0]: [[0, 0, 8, 8], [2, 2, 9, 9]], HOSTILE[1]: [[4, 4, 12, 12], [4, 4, 12, 12]]},
+            }
+        )
+    )
     inc = root / "inc" / "res"
     os.makedirs(inc)
     Image.new("RGB", (8, 8)).save(root / "inc" / "secret.png")  # beside the result folder, not in it
-    (inc / "results.json").write_text(json.dumps({"experiment": HOSTILE[0] + " table", "table": "table.md",
-                                                  "plot": "../secret.png", "figure": "/etc/passwd"}))
+    (inc / "results.json").write_text(
+        json.dumps(
+            {"experiment": HOSTILE[0] + " table", "table": "table.md", "plot": "../secret.png", "figure": "/etc/passwd"}
+        )
+    )
     (inc / "table.md").write_text(f"### {HOSTILE[0]}\n\n| a | {HOSTILE[1]} |\n|---|---|\n| {HOSTILE[3]} | 1 |\n")
     out = root / "rep"
-    code = subprocess.run([sys.executable, "-m", "zfnet", "report", "--model", "zfnet-small-rgb", "--weights",
-                           str(weights), "--data", f"folder:{data}", "--parts", str(parts), "--include",
-                           str(root / "inc"), "--examples", "2", "--layers", "conv1,conv2", "--out", str(out)],
-                          capture_output=True, text=True,
-                          env=dict(os.environ, ZFNET_PROGRESS="0"), cwd=REPO)
+    code = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zfnet",
+            "report",
+            "--model",
+            "zfnet-small-rgb",
+            "--weights",
+            str(weights),
+            "--data",
+            f"folder:{data}",
+            "--parts",
+            str(parts),
+            "--include",
+            str(root / "inc"),
+            "--examples",
+            "2",
+            "--layers",
+            "conv1,conv2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ZFNET_PROGRESS="0"),
+        cwd=REPO,
+    )
     assert code.returncode == 0, code.stderr
     return out
 
@@ -314,7 +491,9 @@ def test_hostile_names_are_escaped_in_every_page(hostile_report):
         assert "<script>window.__pwned" not in text and '"quoted"' not in text, page
     # the atlas viewer's data is a JS file (never inline HTML): names are JSON strings there, escaped on display
     data = (hostile_report / "atlas" / "atlas-data.js").read_text()
-    assert "<script>window.__pwned=1<" in json.loads(data[data.index("=") + 1:].strip().rstrip(";"))["dataset"]["classes"]
+    assert (
+        "<script>window.__pwned=1<" in json.loads(data[data.index("=") + 1 :].strip().rstrip(";"))["dataset"]["classes"]
+    )
     html = (hostile_report / "index.html").read_text()
     assert "&lt;script&gt;window.__pwned=1" in html  # shown, as text
 
@@ -338,17 +517,32 @@ def test_hostile_report_runs_no_script(hostile_report, browser):
 
 # --- folder locks ---------------------------------------------------------------------------------------------
 
+
 def test_second_run_into_the_same_folder_is_refused(tmp_path):
     from zfnet.io import folder_lock
 
     out = tmp_path / "rep"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from zfnet.io import folder_lock\n"
-                               f"with folder_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from zfnet.io import folder_lock\n"
+            f"with folder_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        r = subprocess.run([sys.executable, "-m", "zfnet", "report", "--out", str(out)], capture_output=True,
-                           text=True, env=dict(os.environ, ZFNET_PROGRESS="0"), cwd=REPO)
+        r = subprocess.run(
+            [sys.executable, "-m", "zfnet", "report", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, ZFNET_PROGRESS="0"),
+            cwd=REPO,
+        )
         assert_one_line_error(r.returncode, r.stderr, f"pid {holder.pid}", "is writing", "another --out")
         with pytest.raises(UsageError):
             with folder_lock(out):
@@ -369,6 +563,7 @@ def test_second_run_into_the_same_folder_is_refused(tmp_path):
 
 # --- hooks and models -----------------------------------------------------------------------------------------
 
+
 def _analyses():
     """Every analysis that runs the model, as f(model, x, labels, dataset)."""
     from zfnet.experiments.transfer import extract
@@ -379,8 +574,9 @@ def _analyses():
     def atlas(m, x, y, ds):
         res = scan(m, ds, layers=["conv2", "conv5"], k=2, batch_size=8, workers=0, progress=False)
         with Deconvnet(m) as dn:
-            top_projections(dn, ds, ds.preprocess, res.top["conv5"], "conv5", [0, 1],
-                            zfnet.receptive_field(m, x, layer="conv5"))
+            top_projections(
+                dn, ds, ds.preprocess, res.top["conv5"], "conv5", [0, 1], zfnet.receptive_field(m, x, layer="conv5")
+            )
 
     def deconv_many(m, x, y, ds):
         with Deconvnet(m, mode="guided") as dn:
@@ -392,13 +588,19 @@ def _analyses():
         "unit projection": lambda m, x, y, ds: zfnet.project(m, x[:1], layer="conv5", channel=2, unit=True),
         "atlas": atlas,
         "occlusion exact": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4),
-        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4, mode="approx"),
+        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(
+            m, x[:1], target=y[0], window=8, stride=4, mode="approx"
+        ),
         "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4, mode="naive"),
-        "correspondence": lambda m, x, y, ds: zfnet.correspondence(m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)},
-                                                                   random_draws=2),
-        "invariance": lambda m, x, y, ds: zfnet.invariance(m, x, labels=y, transforms=["rotate"], values={"rotate": [0, 30]}, layers=("conv1", "fc7")),
-        "layer probe / transfer features": lambda m, x, y, ds: extract(m, ds, layers=["conv1", "conv5", "fc7"],
-                                                                       progress=False),
+        "correspondence": lambda m, x, y, ds: zfnet.correspondence(
+            m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)}, random_draws=2
+        ),
+        "invariance": lambda m, x, y, ds: zfnet.invariance(
+            m, x, labels=y, transforms=["rotate"], values={"rotate": [0, 30]}, layers=("conv1", "fc7")
+        ),
+        "layer probe / transfer features": lambda m, x, y, ds: extract(
+            m, ds, layers=["conv1", "conv5", "fc7"], progress=False
+        ),
         "receptive field": lambda m, x, y, ds: zfnet.receptive_field(m, x, layer="conv4"),
         "architecture (Fig. 3)": lambda m, x, y, ds: architecture(m, x),
     }

@@ -2,6 +2,7 @@
 `transfer` and `report` (`train`: tests/test_train.py, mid-epoch, bitwise; `ablate`: tests/test_ablation.py),
 then rerun: it continues and ends with the same result as an uninterrupted run. While it runs, every result file
 seen on disk is complete (atomic renames), and a second run into the same folder is refused."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,14 @@ def _complete(out) -> None:
 def kill_when(argv: list[str], ready, out, timeout: float = 300, meanwhile=None) -> None:
     """Start `zfnet ARGV`, watch `out` until `ready()` is true, stop the process and call `meanwhile(pid)` (if
     given), SIGKILL the process."""
-    proc = subprocess.Popen([sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zfnet", *argv],
+        env=ENV,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.monotonic()
     try:
         while not ready():
@@ -66,15 +73,28 @@ def kill_when(argv: list[str], ready, out, timeout: float = 300, meanwhile=None)
 
 
 def run(argv: list[str]) -> None:
-    r = subprocess.run([sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_killed_atlas_resumes_to_the_same_atlas(tmp_path):
     def args(out):
-        return ["atlas", "--pretrained", "--data", "fashion-mnist-mini", "--limit", "800", "--layers",
-                "conv1,conv3,conv5", "--workers", "0", "--out", str(out)]
+        return [
+            "atlas",
+            "--pretrained",
+            "--data",
+            "fashion-mnist-mini",
+            "--limit",
+            "800",
+            "--layers",
+            "conv1,conv3,conv5",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ]
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(args(straight))
@@ -96,9 +116,26 @@ def test_killed_atlas_resumes_to_the_same_atlas(tmp_path):
 
 def test_killed_transfer_resumes_to_the_same_table(tmp_path):
     def args(out):
-        return ["transfer", "--model", "zfnet-small", "--data", "synthetic:120,4", "--split", "test", "--per-class",
-                "4,6", "--folds", "3", "--test-per-class", "6", "--scratch-epochs", "2", "--no-progress", "--out",
-                str(out)]
+        return [
+            "transfer",
+            "--model",
+            "zfnet-small",
+            "--data",
+            "synthetic:120,4",
+            "--split",
+            "test",
+            "--per-class",
+            "4,6",
+            "--folds",
+            "3",
+            "--test-per-class",
+            "6",
+            "--scratch-epochs",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(args(straight))
@@ -124,8 +161,14 @@ def test_killed_report_resumes_to_the_same_report(tmp_path, stage):
         return p.is_file() and "atlas" in json.loads(p.read_text())["stages"] and (killed / stage).is_dir()
 
     def second_run(pid):  # a second run into the same folder at once is refused, naming the first
-        r = subprocess.run([sys.executable, "-m", "zfnet", "report", *small, "--out", str(killed)], env=ENV,
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "zfnet", "report", *small, "--out", str(killed)],
+            env=ENV,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and f"another zfnet run (pid {pid}) is writing" in r.stderr, r.stderr
 
     kill_when(["report", *small, "--out", str(killed)], in_stage, killed, meanwhile=second_run)

@@ -1,4 +1,5 @@
 """Atomic writes: an error mid-write leaves the earlier file as it was, and results get normal permissions."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """The house rules of the layout: every import (lazy ones included) points one way - infrastructure ->
 models/data -> methods -> experiments -> report -> pipelines -> cli - and no module imports itself back."""
+
 from __future__ import annotations
 
 import ast
@@ -38,7 +39,7 @@ def _modules() -> dict[str, str]:
         for f in files:
             if f.endswith(".py"):
                 rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
-                out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
+                out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
     return out
 
 
@@ -51,7 +52,7 @@ def _imports(module: str, path: str, known: set[str]) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -90,5 +91,12 @@ def test_rendering_never_loads_a_model():
     for m, p in _modules().items():
         if m.startswith("zfnet.render"):
             deps = _imports(m, p, set(_modules()))
-            assert not deps & {"zfnet.checkpoints", "zfnet.weights", "zfnet.models", "zfnet.pretrained", "zfnet.train",
-                               "zfnet.runtime", "zfnet.data"}, (m, deps)
+            assert not deps & {
+                "zfnet.checkpoints",
+                "zfnet.weights",
+                "zfnet.models",
+                "zfnet.pretrained",
+                "zfnet.train",
+                "zfnet.runtime",
+                "zfnet.data",
+            }, (m, deps)

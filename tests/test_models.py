@@ -1,4 +1,5 @@
 """Model zoo: Fig. 3 sizes at every named layer, Table 2 variants, registry behaviour, weights files."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,20 @@ from zfnet.models.convnet import TABLE2_VARIANTS
 from zfnet.weights import WeightsFile, open_model
 
 FIG3 = {  # Fig. 3, layer by layer
-    "conv1": (96, 110, 110), "pool1": (96, 55, 55), "norm1": (96, 55, 55),
-    "conv2": (256, 26, 26), "pool2": (256, 13, 13), "norm2": (256, 13, 13),
-    "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
-    "flatten": (9216,), "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+    "conv1": (96, 110, 110),
+    "pool1": (96, 55, 55),
+    "norm1": (96, 55, 55),
+    "conv2": (256, 26, 26),
+    "pool2": (256, 13, 13),
+    "norm2": (256, 13, 13),
+    "conv3": (384, 13, 13),
+    "conv4": (384, 13, 13),
+    "conv5": (256, 13, 13),
+    "pool5": (256, 6, 6),
+    "flatten": (9216,),
+    "fc6": (4096,),
+    "fc7": (4096,),
+    "fc8": (1000,),
 }
 
 
@@ -28,8 +39,10 @@ def test_zfnet_is_fig3():
     assert (named["conv2"].kernel_size, named["conv2"].stride) == ((5, 5), (2, 2))
     assert named["drop6"].p == named["drop7"].p == 0.5
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])) or None)
-             for n, m in net.named_children()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])) or None)
+        for n, m in net.named_children()
+    ]
     with torch.no_grad():
         net.eval()(torch.zeros(1, 3, 224, 224))
     for h in hooks:
@@ -75,8 +88,7 @@ def test_table2_variants_build_and_run(base, variant):
 
 
 def test_overrides_and_small_family():
-    net = models.build("zfnet", conv_channels=(96, 256, 512, 1024, 512), fc_units=8192, num_classes=5,
-                       init="torch")
+    net = models.build("zfnet", conv_channels=(96, 256, 512, 1024, 512), fc_units=8192, num_classes=5, init="torch")
     assert net.conv4.out_channels == 1024 and net.fc7.out_features == 8192 and net.fc8.out_features == 5
     for name, (c, s) in {"zfnet-small": (1, 28), "zfnet-small-rgb": (3, 32), "zfnet-small-64": (3, 64)}.items():
         small = models.build(name).eval()

@@ -1,6 +1,7 @@
 """Occlusion sensitivity (Sec. 4.2, Fig. 6): positions, a hand-worked case, incremental inference equal to whole
 forwards at every position on the paper's models and torchvision ones, Captum's Occlusion where the definitions
 coincide, the command's files, and no hook left behind."""
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,8 @@ def test_p_true_equals_captums_occlusion():
     x = torch.randn(1, 1, 28, 28)
     ours = occlusion(model, x[:1], target=3, window=7, stride=7, fill=0.0, mode="exact")[0]
     attr = Occlusion(lambda t: F.softmax(model(t), 1)).attribute(
-        x, sliding_window_shapes=(1, 7, 7), strides=(1, 7, 7), baselines=0.0, target=3, perturbations_per_eval=16)
+        x, sliding_window_shapes=(1, 7, 7), strides=(1, 7, 7), baselines=0.0, target=3, perturbations_per_eval=16
+    )
     from_captum = ours.base_prob - attr[0, 0, ::7, ::7]
     torch.testing.assert_close(ours.prob, from_captum, rtol=1e-4, atol=1e-6)
 
@@ -130,8 +132,26 @@ def test_no_hook_left_and_model_unchanged_also_after_an_error():
 
 
 def test_command_writes_figure_and_json(tmp_path, capsys):
-    code = main(["occlusion", "--pretrained", "--data", "fashion-mnist", "--split", "test", "--index", "0",
-                 "--index", "2", "--window", "8", "--stride", "4", "--out", str(tmp_path / "occ")])
+    code = main(
+        [
+            "occlusion",
+            "--pretrained",
+            "--data",
+            "fashion-mnist",
+            "--split",
+            "test",
+            "--index",
+            "0",
+            "--index",
+            "2",
+            "--window",
+            "8",
+            "--stride",
+            "4",
+            "--out",
+            str(tmp_path / "occ"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads((tmp_path / "occ" / "occlusion.json").read_text())
@@ -143,6 +163,18 @@ def test_command_writes_figure_and_json(tmp_path, capsys):
     img = Image.open(tmp_path / "occ" / first["figure"])
     assert img.width > 4 * img.height  # five panels side by side
     assert json.loads(out)["figures"] == ["occlusion-0.png", "occlusion-1.png"]
-    code = main(["occlusion", "--pretrained", "--data", "fashion-mnist", "--index", "0", "--window", "40",
-                 "--out", str(tmp_path / "bad")])
+    code = main(
+        [
+            "occlusion",
+            "--pretrained",
+            "--data",
+            "fashion-mnist",
+            "--index",
+            "0",
+            "--window",
+            "40",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert code == 2 and "does not fit" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """One source of truth for preprocessing: the weights file carries what the model was trained with, every entry
 point (API, project, atlas, evaluate) feeds the same image to the model the same way, and weights without a
 mean image take one from --mean."""
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,11 @@ from safetensors.torch import save_file
 import zfnet
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.weights import WeightsFile, open_model
 from zfnet.data.idx import read_idx
 from zfnet.data.mnist import find_fashion_mnist
 from zfnet.errors import UsageError
 from zfnet.layers import features
+from zfnet.weights import WeightsFile, open_model
 
 
 def _raw_test(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +51,14 @@ def test_callable_accepts_every_image_form(embedded):
     want = pp.eval_input(pp.base_batch(raw))
     assert want.shape == (3, 1, 28, 28)
     one = raw[0]
-    forms = [Image.fromarray(one.numpy()), one.numpy(), one.numpy()[:, :, None], one, one[None],
-             [Image.fromarray(one.numpy())]]
+    forms = [
+        Image.fromarray(one.numpy()),
+        one.numpy(),
+        one.numpy()[:, :, None],
+        one,
+        one[None],
+        [Image.fromarray(one.numpy())],
+    ]
     for f in forms:
         torch.testing.assert_close(pp(f), want[:1], rtol=0, atol=0)
     torch.testing.assert_close(pp(raw), want, rtol=0, atol=0)  # N x H x W
@@ -96,19 +103,53 @@ def test_every_entry_point_feeds_the_same_input(embedded, tmp_path):
     channel = int(conv5.flatten(1).max(1).values.argmax())
     strongest = float(conv5[channel].max())
 
-    r = run_cli("project", "--pretrained", "--image", str(png), "--layer", "conv5", "--channel", str(channel),
-                "--out", str(tmp_path / "p.png"))
+    r = run_cli(
+        "project",
+        "--pretrained",
+        "--image",
+        str(png),
+        "--layer",
+        "conv5",
+        "--channel",
+        str(channel),
+        "--out",
+        str(tmp_path / "p.png"),
+    )
     assert r.returncode == 0 and r.stderr == "", r.stderr  # no Python warnings at the user either
     assert json.loads(r.stdout)["activation"] == pytest.approx(strongest, rel=1e-5)
 
-    r = run_cli("atlas", "--pretrained", "--data", f"folder:{folder}", "--split", "all", "--layers", "conv5",
-                "--k", "1", "--workers", "0", "--out", str(tmp_path / "atlas"))
+    r = run_cli(
+        "atlas",
+        "--pretrained",
+        "--data",
+        f"folder:{folder}",
+        "--split",
+        "all",
+        "--layers",
+        "conv5",
+        "--k",
+        "1",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "atlas"),
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "atlas" / "manifest.json").read_text())
     assert manifest["layers"]["conv5"]["maps"][channel][0]["value"] == pytest.approx(strongest, rel=1e-5)
 
-    r = run_cli("evaluate", "--pretrained", "--data", f"folder:{folder}", "--split", "all", "--workers", "0",
-                "--out", str(tmp_path / "eval.json"))
+    r = run_cli(
+        "evaluate",
+        "--pretrained",
+        "--data",
+        f"folder:{folder}",
+        "--split",
+        "all",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "eval.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["centre"]["loss"] == pytest.approx(-float(logp), rel=1e-4)
 
@@ -125,9 +166,23 @@ def test_sixteen_bit_image_gives_the_eight_bit_input(embedded, tmp_path):
     # float images in [0, 1] and 16-bit arrays too
     torch.testing.assert_close(embedded.preprocess(eight.astype(np.float32) / 255), a, rtol=0, atol=0)
     torch.testing.assert_close(embedded.preprocess(eight.astype(np.uint16) * 257), a, rtol=0, atol=0)
-    outs = [json.loads(run_cli("project", "--pretrained", "--image", str(tmp_path / f"{n}.png"), "--layer", "conv3",
-                               "--channel", "5", "--out", str(tmp_path / f"{n}-p.png")).stdout)["activation"]
-            for n in ("eight", "sixteen")]
+    outs = [
+        json.loads(
+            run_cli(
+                "project",
+                "--pretrained",
+                "--image",
+                str(tmp_path / f"{n}.png"),
+                "--layer",
+                "conv3",
+                "--channel",
+                "5",
+                "--out",
+                str(tmp_path / f"{n}-p.png"),
+            ).stdout
+        )["activation"]
+        for n in ("eight", "sixteen")
+    ]
     assert outs[0] == outs[1]
 
 
@@ -154,8 +209,25 @@ def _photo_folder(tmp_path, n=6) -> str:
 
 def test_weights_without_a_mean_take_one_from_mean(tmp_path):
     weights, data = _plain_weights(tmp_path), _photo_folder(tmp_path)
-    base = ["atlas", "--model", "zfnet-small-64", "--weights", weights, "--data", f"folder:{data}", "--split", "val",
-            "--layers", "conv1,conv2", "--k", "2", "--workers", "0", "--panel-maps", "2"]
+    base = [
+        "atlas",
+        "--model",
+        "zfnet-small-64",
+        "--weights",
+        weights,
+        "--data",
+        f"folder:{data}",
+        "--split",
+        "val",
+        "--layers",
+        "conv1,conv2",
+        "--k",
+        "2",
+        "--workers",
+        "0",
+        "--panel-maps",
+        "2",
+    ]
     r = run_cli(*base, "--out", str(tmp_path / "refused"))
     assert r.returncode == 2 and "carries no mean image" in r.stderr and "--mean data" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
@@ -169,8 +241,11 @@ def test_weights_without_a_mean_take_one_from_mean(tmp_path):
     torch.testing.assert_close(opened.preprocess.mean_image, want)
     # a file, and none
     np.save(tmp_path / "mean.npy", np.full((73, 73, 3), 100, np.float32))  # H x W x C, base square 64 * 256/224
-    assert open_model("zfnet-small-64", weights, mean=str(tmp_path / "mean.npy")).preprocess.mean_image.shape == \
-        (3, 73, 73)
+    assert open_model("zfnet-small-64", weights, mean=str(tmp_path / "mean.npy")).preprocess.mean_image.shape == (
+        3,
+        73,
+        73,
+    )
     assert open_model("zfnet-small-64", weights, mean="none").preprocess.mean_image is None
     with pytest.raises(UsageError, match="does not fit"):
         np.save(tmp_path / "bad.npy", np.zeros((3, 10, 10), np.float32))
@@ -182,7 +257,17 @@ def test_weights_without_a_mean_take_one_from_mean(tmp_path):
 def test_pretrained_refuses_extra_model_flags(tmp_path):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
     for extra in (["--model", "zfnet"], ["--weights", "w.safetensors"]):
-        r = run_cli("project", "--pretrained", *extra, "--image", str(tmp_path / "x.png"), "--layer", "conv1",
-                    "--channel", "0",
-                    "--out", str(tmp_path / "o.png"))
+        r = run_cli(
+            "project",
+            "--pretrained",
+            *extra,
+            "--image",
+            str(tmp_path / "x.png"),
+            "--layer",
+            "conv1",
+            "--channel",
+            "0",
+            "--out",
+            str(tmp_path / "o.png"),
+        )
         assert r.returncode == 2 and "--pretrained" in r.stderr and "Traceback" not in r.stderr, r.stderr

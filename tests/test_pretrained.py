@@ -1,6 +1,7 @@
 """The embedded Fashion-MNIST model: loads with its class names and preprocessing, reaches >= 92% top-1 on
 the 10,000-image test set through `zfnet evaluate` (slow; the fast tests below and in test_preprocessing.py
 check the same path on subsets), and ships the snapshots Fig. 4 needs."""
+
 from __future__ import annotations
 
 import json
@@ -64,5 +65,5 @@ def test_pretrained_deconvnet_projection():
     for i, t in enumerate(targets):
         top, left, bottom, right = rf.box(t.y, t.x)
         outside = rec[i].clone()
-        outside[:, max(top, 0):bottom, max(left, 0):right] = 0
+        outside[:, max(top, 0) : bottom, max(left, 0) : right] = 0
         assert float(outside.abs().max()) == 0

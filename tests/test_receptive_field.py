@@ -1,5 +1,6 @@
 """Receptive fields from the model's modules, checked by brute force: change one input pixel and see which
 activations move."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,14 +34,22 @@ def brute_force_field(model, layer, shape, y, x):
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
-@pytest.mark.parametrize("layer,spots", [("conv1", [(0, 0), (13, 27)]), ("conv2", [(0, 0), (7, 13), (13, 13)]),
-                                         ("conv3", [(0, 6), (3, 3)]), ("conv5", [(0, 0), (3, 4), (6, 6)])])
+@pytest.mark.parametrize(
+    "layer,spots",
+    [
+        ("conv1", [(0, 0), (13, 27)]),
+        ("conv2", [(0, 0), (7, 13), (13, 13)]),
+        ("conv3", [(0, 6), (3, 3)]),
+        ("conv5", [(0, 0), (3, 4), (6, 6)]),
+    ],
+)
 def test_small_model_fields_match_brute_force(layer, spots):
     model = models.build("zfnet-small", seed=0)
     rf = layer_field(model, layer)
     for y, x in spots:
-        assert brute_force_field(models.build("zfnet-small", seed=0), layer, (1, 28, 28), y, x) == \
-            rf.clipped_box(y, x), (layer, y, x)
+        assert brute_force_field(models.build("zfnet-small", seed=0), layer, (1, 28, 28), y, x) == rf.clipped_box(
+            y, x
+        ), (layer, y, x)
 
 
 def test_zfnet_fields_are_the_papers_and_match_brute_force():
@@ -57,8 +66,9 @@ def test_resnet_field_with_residual_branches():
     model = models.build("torchvision:resnet18")
     rf = layer_field(model, "layer1.0", (3, 40, 40))
     for y, x in [(0, 0), (5, 5), (9, 2)]:
-        assert brute_force_field(models.build("torchvision:resnet18"), "layer1.0", (3, 40, 40), y, x) == \
-            rf.clipped_box(y, x)
+        assert brute_force_field(models.build("torchvision:resnet18"), "layer1.0", (3, 40, 40), y, x) == rf.clipped_box(
+            y, x
+        )
     assert layer_field(model, "layer4").size == (435, 435)  # the textbook value
     assert layer_field(model, "avgpool").is_global
 

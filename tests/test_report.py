@@ -1,5 +1,6 @@
 """`zfnet report`: the whole pipeline on the embedded model and the bundled subset (small), opened in headless
 Chromium; stage failure, reuse and refusal; Fig. 3 read from the model against the paper's table."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,16 @@ SMALL = ("--limit", "300", "--evolution-limit", "200", "--examples", "3")
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "rep"
-    r = run_cli("report", *SMALL, "--include", os.path.join(REPO, "docs", "transfer"),
-                "--include", os.path.join(REPO, "docs", "ablation"), "--out", str(out))
+    r = run_cli(
+        "report",
+        *SMALL,
+        "--include",
+        os.path.join(REPO, "docs", "transfer"),
+        "--include",
+        os.path.join(REPO, "docs", "ablation"),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -70,7 +79,7 @@ def test_report_in_browser(report, browser):
     ids = {e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, "[id]")}
     for href in links:
         assert href.startswith("file://"), href
-        path, _, frag = href[len("file://"):].partition("#")
+        path, _, frag = href[len("file://") :].partition("#")
         from urllib.parse import unquote
 
         assert os.path.isfile(unquote(path)), href
@@ -93,11 +102,21 @@ def test_figures_are_titled(report):
 
 
 def test_rerun_reuses_every_stage(report):
-    before = {p: os.path.getmtime(report / p) for p in ("atlas/manifest.json", "model/model.json",
-                                                       "evolution/evolution.json", "occlusion/occlusion.json")}
+    before = {
+        p: os.path.getmtime(report / p)
+        for p in ("atlas/manifest.json", "model/model.json", "evolution/evolution.json", "occlusion/occlusion.json")
+    }
     t0 = time.perf_counter()
-    r = run_cli("report", *SMALL, "--include", os.path.join(REPO, "docs", "transfer"),
-                "--include", os.path.join(REPO, "docs", "ablation"), "--out", str(report))
+    r = run_cli(
+        "report",
+        *SMALL,
+        "--include",
+        os.path.join(REPO, "docs", "transfer"),
+        "--include",
+        os.path.join(REPO, "docs", "ablation"),
+        "--out",
+        str(report),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("reused") == len(list(STAGES)), r.stderr
     assert {p: os.path.getmtime(report / p) for p in before} == before
@@ -107,12 +126,25 @@ def test_rerun_reuses_every_stage(report):
 def test_changed_setting_redoes_only_its_stage(report, tmp_path):
     out = tmp_path / "rep"
     shutil.copytree(report, out)
-    r = run_cli("report", "--limit", "300", "--evolution-limit", "200", "--examples", "2", "--include",
-                os.path.join(REPO, "docs", "transfer"), "--include", os.path.join(REPO, "docs", "ablation"),
-                "--out", str(out))
+    r = run_cli(
+        "report",
+        "--limit",
+        "300",
+        "--evolution-limit",
+        "200",
+        "--examples",
+        "2",
+        "--include",
+        os.path.join(REPO, "docs", "transfer"),
+        "--include",
+        os.path.join(REPO, "docs", "ablation"),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
-    redone = [l.split("]")[1].split(":")[0].strip() for l in r.stderr.splitlines()
-              if l.startswith("[") and "reused" not in l]
+    redone = [
+        l.split("]")[1].split(":")[0].strip() for l in r.stderr.splitlines() if l.startswith("[") and "reused" not in l
+    ]
     assert redone == ["occlusion"], r.stderr
     assert len(json.loads((out / "occlusion" / "occlusion.json").read_text())["images"]) == 2
 
@@ -167,23 +199,60 @@ def test_any_model_and_data(tmp_path):
     weights = tmp_path / "run" / "model.safetensors"
     os.makedirs(weights.parent)
     pp = default_preprocess(net)
-    save_weights(net, str(weights), pp.with_mean(torch.full((3, pp.base_size, pp.base_size), 100.0)),
-                 classes=json.dumps(["cat", "dog"]))
+    save_weights(
+        net,
+        str(weights),
+        pp.with_mean(torch.full((3, pp.base_size, pp.base_size), 100.0)),
+        classes=json.dumps(["cat", "dog"]),
+    )
     out = tmp_path / "rep"
-    r = run_cli("report", "--model", "zfnet-small-rgb", "--weights", str(weights), "--data", f"folder:{root}",
-                "--examples", "2", "--layers", "conv1,conv3", "--out", str(out))
+    r = run_cli(
+        "report",
+        "--model",
+        "zfnet-small-rgb",
+        "--weights",
+        str(weights),
+        "--data",
+        f"folder:{root}",
+        "--examples",
+        "2",
+        "--layers",
+        "conv1,conv3",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     st = {n: e["status"] for n, e in json.loads((out / "report.json").read_text())["stages"].items()}
-    assert st == {"model": "done", "atlas": "done", "evolution": "skipped", "occlusion": "done",
-                  "correspondence": "skipped", "invariance": "done", "included": "skipped"}
+    assert st == {
+        "model": "done",
+        "atlas": "done",
+        "evolution": "skipped",
+        "occlusion": "done",
+        "correspondence": "skipped",
+        "invariance": "done",
+        "included": "skipped",
+    }
     page = (out / "index.html").read_text()
     assert "no training snapshots" in page and "needs a parts file" in page
     # snapshots beside the weights (a training run's folder) turn Fig. 4 on
     os.makedirs(weights.parent / "snapshots")
     for e in (1, 2):
         shutil.copyfile(weights, weights.parent / "snapshots" / f"epoch-{e:03d}.safetensors")
-    r = run_cli("report", "--model", "zfnet-small-rgb", "--weights", str(weights), "--data", f"folder:{root}",
-                "--examples", "2", "--layers", "conv1,conv3", "--out", str(out))
+    r = run_cli(
+        "report",
+        "--model",
+        "zfnet-small-rgb",
+        "--weights",
+        str(weights),
+        "--data",
+        f"folder:{root}",
+        "--examples",
+        "2",
+        "--layers",
+        "conv1,conv3",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     evo = json.loads((out / "evolution" / "evolution.json").read_text())
     assert evo["epochs"] == [1, 2] and evo["dataset"]["split"] == "train"
@@ -195,10 +264,15 @@ def test_architecture_is_fig3():
     arch = architecture(net, torch.zeros(1, 3, 224, 224))
     got = [(l.name, l.out_shape, l.kernel, l.stride) for l in arch.layers if l.kind in ("conv", "pool")]
     assert got == [
-        ("conv1", [96, 110, 110], [7, 7], [2, 2]), ("pool1", [96, 55, 55], [3, 3], [2, 2]),
-        ("conv2", [256, 26, 26], [5, 5], [2, 2]), ("pool2", [256, 13, 13], [3, 3], [2, 2]),
-        ("conv3", [384, 13, 13], [3, 3], [1, 1]), ("conv4", [384, 13, 13], [3, 3], [1, 1]),
-        ("conv5", [256, 13, 13], [3, 3], [1, 1]), ("pool5", [256, 6, 6], [3, 3], [2, 2])]
+        ("conv1", [96, 110, 110], [7, 7], [2, 2]),
+        ("pool1", [96, 55, 55], [3, 3], [2, 2]),
+        ("conv2", [256, 26, 26], [5, 5], [2, 2]),
+        ("pool2", [256, 13, 13], [3, 3], [2, 2]),
+        ("conv3", [384, 13, 13], [3, 3], [1, 1]),
+        ("conv4", [384, 13, 13], [3, 3], [1, 1]),
+        ("conv5", [256, 13, 13], [3, 3], [1, 1]),
+        ("pool5", [256, 6, 6], [3, 3], [2, 2]),
+    ]
     assert [l.out_shape[0] for l in arch.layers if l.kind == "fc"] == [4096, 4096, 1000]
     assert arch.params == sum(p.numel() for p in net.parameters())
     assert sum(l.params for l in arch.layers) == arch.params  # every parameter sits in a listed layer
@@ -215,7 +289,7 @@ def test_architecture_of_a_torchvision_model_leaves_it_untouched():
 
 
 def test_markdown_is_escaped():
-    html = markdown("### <b>title</b>\n\n| a | <script>x</script> |\n|---|---|\n| `c` | **d** |\ntext \"q\"")
+    html = markdown('### <b>title</b>\n\n| a | <script>x</script> |\n|---|---|\n| `c` | **d** |\ntext "q"')
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;title" in html
     assert "<code>c</code>" in html and "<b>d</b>" in html and "&quot;q&quot;" in html
     assert html.count("<tr>") == 2
@@ -251,14 +325,30 @@ def test_page_never_links_outside_the_folder(tmp_path):
     out = tmp_path / "rep"
     os.makedirs(out / "occlusion")
     Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
-    (out / "occlusion" / "occlusion.json").write_text(json.dumps({
-        "settings": {"window": 8, "stride": 2, "mode": "exact", "layer": "conv5"}, "classes": ["a"],
-        "images": [{"image": "x", "label": 0, "label_name": "a", "figure": "../../outside.png", "base_class": 0,
-                    "base_prob": 0.5, "layer": "conv5", "channel": 1}]}))
+    (out / "occlusion" / "occlusion.json").write_text(
+        json.dumps(
+            {
+                "settings": {"window": 8, "stride": 2, "mode": "exact", "layer": "conv5"},
+                "classes": ["a"],
+                "images": [
+                    {
+                        "image": "x",
+                        "label": 0,
+                        "label_name": "a",
+                        "figure": "../../outside.png",
+                        "base_class": 0,
+                        "base_prob": 0.5,
+                        "layer": "conv5",
+                        "channel": 1,
+                    }
+                ],
+            }
+        )
+    )
     (out / "report.json").write_text(json.dumps({"stages": {"occlusion": {"status": "done", "seconds": 1.0}}}))
     page = open(write_report(str(out))).read()
     assert page.count("outside.png") == 1 and "missing file occlusion/../../outside.png" in page
-    assert "src=\"occlusion/../" not in page and "href=\"occlusion/../" not in page
+    assert 'src="occlusion/../' not in page and 'href="occlusion/../' not in page
 
 
 def test_accuracy_not_measurable_keeps_the_model_section(tmp_path):
@@ -275,8 +365,19 @@ def test_accuracy_not_measurable_keeps_the_model_section(tmp_path):
     weights = tmp_path / "w.safetensors"
     save_weights(net, str(weights), pp.with_mean(torch.full((3, pp.base_size, pp.base_size), 90.0)))
     out = tmp_path / "rep"
-    r = run_cli("report", "--model", "zfnet-small-rgb", "--weights", str(weights), "--data", f"folder:{root}",
-                "--only", "model", "--out", str(out))
+    r = run_cli(
+        "report",
+        "--model",
+        "zfnet-small-rgb",
+        "--weights",
+        str(weights),
+        "--data",
+        f"folder:{root}",
+        "--only",
+        "model",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "model" / "model.json").read_text())
     assert m["measured"] is None and "3 classes but the model predicts 2" in m["unmeasured"]

@@ -1,4 +1,5 @@
 """Sec. 3 training: recipe, feature scale clipping, evaluation, exact resume after SIGKILL, torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,15 @@ from conftest import REPO, run_cli
 from zfnet import data as zdata
 from zfnet import models
 from zfnet.errors import UsageError
-from zfnet.io import load_tensors
-from zfnet.io import safetensors_metadata
-from zfnet.weights import open_model
-from zfnet.recipe import PAPER_SNAPSHOTS, Recipe, RunOptions, resolve, snapshot_epochs
+from zfnet.io import load_tensors, safetensors_metadata
 from zfnet.pipelines.train import train as train_run
+from zfnet.recipe import PAPER_SNAPSHOTS, Recipe, RunOptions, resolve, snapshot_epochs
 from zfnet.train import clip_filters, evaluate, fit
+from zfnet.weights import open_model
 
-TINY = dict(model="zfnet-small", data="synthetic", val_split="val", epochs=2, batch_size=32,
-            limit_train=128, limit_val=64)
+TINY = dict(
+    model="zfnet-small", data="synthetic", val_split="val", epochs=2, batch_size=32, limit_train=128, limit_val=64
+)
 
 
 def _run(out) -> RunOptions:
@@ -33,15 +34,22 @@ def _run(out) -> RunOptions:
 
 def test_recipe_defaults_are_the_papers():
     r = Recipe()
-    assert (r.batch_size, r.lr, r.momentum, r.dropout, r.epochs, r.clip_radius, r.lr_factor) == \
-        (128, 1e-2, 0.9, 0.5, 70, 0.1, 0.1)
+    assert (r.batch_size, r.lr, r.momentum, r.dropout, r.epochs, r.clip_radius, r.lr_factor) == (
+        128,
+        1e-2,
+        0.9,
+        0.5,
+        70,
+        0.1,
+        0.1,
+    )
     assert snapshot_epochs(r) == list(PAPER_SNAPSHOTS) + [70]
     assert snapshot_epochs(Recipe(epochs=30)) == [1, 2, 3, 4, 9, 13, 17, 27, 30]
 
 
 def test_recipe_file_then_flags(tmp_path):
     f = tmp_path / "r.toml"
-    f.write_text('epochs = 12\nlr = 0.05\nmodel_overrides = { fc_units = 2048 }\nsnapshots = [1, 3]\n')
+    f.write_text("epochs = 12\nlr = 0.05\nmodel_overrides = { fc_units = 2048 }\nsnapshots = [1, 3]\n")
     r = resolve(str(f), {"lr": "0.02", "clip_radius": "none", "flip": "false"})
     assert (r.epochs, r.lr, r.clip_radius, r.flip, r.snapshots) == (12, 0.02, None, False, (1, 3))
     assert r.model_overrides == {"fc_units": 2048}
@@ -64,15 +72,25 @@ def test_feature_scale_clipping():
     rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
     torch.testing.assert_close(rms[[0, 2]], torch.tensor([0.1, 0.1]))
     assert torch.equal(conv.weight[1], before[1])
-    torch.testing.assert_close(conv.weight[2] / before[2], torch.full_like(before[2], 0.1 / float(
-        before[2].pow(2).mean().sqrt())))  # direction kept
+    torch.testing.assert_close(
+        conv.weight[2] / before[2], torch.full_like(before[2], 0.1 / float(before[2].pow(2).mean().sqrt()))
+    )  # direction kept
 
 
 def test_fit_writes_run_folder_and_evaluate(tmp_path):
     out = tmp_path / "run"
     result = train_run(Recipe(**TINY), _run(out), progress=False)  # fit + the curves (the CLI's path)
-    for name in ("checkpoint.safetensors", "model.safetensors", "recipe.json", "metrics.jsonl", "metrics.csv",
-                 "curves.png", "metrics.json", "snapshots/epoch-001.safetensors", "snapshots/epoch-002.safetensors"):
+    for name in (
+        "checkpoint.safetensors",
+        "model.safetensors",
+        "recipe.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "curves.png",
+        "metrics.json",
+        "snapshots/epoch-001.safetensors",
+        "snapshots/epoch-002.safetensors",
+    ):
         assert (out / name).is_file(), name
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["images_per_s"] > 0
@@ -96,16 +114,29 @@ def test_fit_writes_run_folder_and_evaluate(tmp_path):
         probs = torch.stack([F.softmax(model(c), 1) for c in ten]).mean(0)
     assert ours["top1_err"] == pytest.approx(err)
     assert evaluate(model, val, pp, ten_crop=True)["top1_err"] == pytest.approx(
-        float((probs.argmax(1) != val.labels).float().mean()))
+        float((probs.argmax(1) != val.labels).float().mean())
+    )
     # ensembles average the softmax of the members
     other = models.build("zfnet-small", num_classes=len(val.classes), seed=5).eval()
     with torch.no_grad():
         avg = (F.softmax(model(pp.eval_input(val.bases)), 1) + F.softmax(other(pp.eval_input(val.bases)), 1)) / 2
     assert evaluate([model, other], val, pp)["top1_err"] == pytest.approx(
-        float((avg.argmax(1) != val.labels).float().mean()))
+        float((avg.argmax(1) != val.labels).float().mean())
+    )
     # the CLI prints the same numbers as JSON
-    r = run_cli("evaluate", "--model", "zfnet-small", "--weights", str(out / "model.safetensors"), "--data",
-                "synthetic", "--split", "val", "--limit", "64")
+    r = run_cli(
+        "evaluate",
+        "--model",
+        "zfnet-small",
+        "--weights",
+        str(out / "model.safetensors"),
+        "--data",
+        "synthetic",
+        "--split",
+        "val",
+        "--limit",
+        "64",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["centre"]["top1_err"] == pytest.approx(err)
     # an existing run is never overwritten
@@ -135,9 +166,34 @@ def test_anneal_at_is_the_manual_schedule_and_resumes_only_forward(tmp_path):
 
 
 def _train_cmd(out, *extra):
-    return [sys.executable, "-m", "zfnet", "train", "--model", "zfnet-small", "--data", "synthetic",
-            "--val-split", "val", "--epochs", "3", "--batch-size", "16", "--limit-train", "192", "--limit-val", "32",
-            "--workers", "0", "--threads", "1", "--out", str(out), "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "zfnet",
+        "train",
+        "--model",
+        "zfnet-small",
+        "--data",
+        "synthetic",
+        "--val-split",
+        "val",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--limit-train",
+        "192",
+        "--limit-val",
+        "32",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
@@ -146,8 +202,13 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     subprocess.run(_train_cmd(straight), check=True, env=env, cwd=REPO, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
     # checkpoint mid-epoch as often as possible, kill in epoch 2 after some steps
-    proc = subprocess.Popen(_train_cmd(killed, "--checkpoint-minutes", "0.0001"), env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(killed, "--checkpoint-minutes", "0.0001"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = killed / "checkpoint.safetensors"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -163,8 +224,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     proc.wait()
     meta = safetensors_metadata(str(ckpt))
     assert meta["epoch"] == "1" and int(meta["step"]) >= 4, "killed mid-epoch 2"
-    r = subprocess.run(_train_cmd(killed, "--resume"), env=env, cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(_train_cmd(killed, "--resume"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
     a, b = load_tensors(straight / "model.safetensors"), load_tensors(killed / "model.safetensors")
@@ -173,8 +233,9 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
         assert torch.equal(a[k], b[k]), k
     assert (straight / "metrics.jsonl").read_text().count("\n") == (killed / "metrics.jsonl").read_text().count("\n")
     # a resume with a changed recipe is refused, the run stays as it was
-    r = subprocess.run(_train_cmd(killed, "--resume", "--lr", "0.5"), env=env, cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        _train_cmd(killed, "--resume", "--lr", "0.5"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 2 and "different recipe" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -189,18 +250,62 @@ def test_torchrun_two_processes_match_one(tmp_path):
     shard left out, gradients not averaged, a batch seen twice - changes the update itself, by tens of percent.
     So each tensor must agree to 1e-2 of its own update (w_final - w_init), and the test checks that a run on
     other data (the second half of each batch only) is caught by the same bound."""
-    common = ["--model", "zfnet-small", "--data", "synthetic", "--val-split", "val", "--epochs", "2",
-              "--batch-size", "32", "--limit-val", "32", "--workers", "0", "--threads", "1",
-              "--dropout", "0", "--no-progress"]
+    common = [
+        "--model",
+        "zfnet-small",
+        "--data",
+        "synthetic",
+        "--val-split",
+        "val",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--limit-val",
+        "32",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--dropout",
+        "0",
+        "--no-progress",
+    ]
     env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
 
-    one = subprocess.run([sys.executable, "-m", "zfnet", "train", *common, "--limit-train", "64", "--out",
-                          str(tmp_path / "one")], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", "zfnet", "train", *common, "--limit-train", "64", "--out", str(tmp_path / "one")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29517", "-m", "zfnet", "train", *common, "--limit-train", "64",
-                            "--out", str(tmp_path / "two")],
-                           env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    multi = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "zfnet",
+            "train",
+            *common,
+            "--limit-train",
+            "64",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     a, b = load_tensors(tmp_path / "one" / "model.safetensors"), load_tensors(tmp_path / "two" / "model.safetensors")
     classes = int(a["fc8.weight"].shape[0])
@@ -214,9 +319,17 @@ def test_torchrun_two_processes_match_one(tmp_path):
     for k in moved:
         assert float((a[k] - b[k]).abs().max()) <= 1e-2 * moved[k] + 1e-12, (k, moved[k])
     # the bound has teeth: a single process that saw only the first 32 images of each epoch is far outside it
-    other = subprocess.run([sys.executable, "-m", "zfnet", "train", *common, "--limit-train", "32", "--out",
-                            str(tmp_path / "other")], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    other = subprocess.run(
+        [sys.executable, "-m", "zfnet", "train", *common, "--limit-train", "32", "--out", str(tmp_path / "other")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert other.returncode == 0, other.stderr
     c = load_tensors(tmp_path / "other" / "model.safetensors")
     assert any(float((a[k] - c[k]).abs().max()) > 1e-2 * moved[k] + 1e-12 for k in moved)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["processes"] == 2 and m1["val"]["centre"]["images"] == m2["val"]["centre"]["images"] == 32

@@ -1,6 +1,7 @@
 """Sec. 5.2-5.3 as commands: the fold protocol, features extracted once equal per-image forwards, the softmax
 and SVM probes against scikit-learn run by hand, PASCAL's AP with 'difficult only' left out, the commands end to
 end on tiny data."""
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,11 @@ from sklearn.preprocessing import StandardScaler
 
 from zfnet import data as zdata
 from zfnet import models
-from zfnet.weights import default_preprocess
 from zfnet.cli import main
 from zfnet.errors import UsageError
 from zfnet.experiments import transfer as tx
 from zfnet.layers import features
+from zfnet.weights import default_preprocess
 
 
 def test_folds_protocol():
@@ -70,19 +71,65 @@ def test_pascal_ap_leaves_difficult_out():
 
 
 def test_commands_end_to_end(tmp_path, capsys):
-    assert main(["transfer", "--model", "zfnet-small", "--data", "synthetic:80,4", "--split", "test", "--per-class",
-                 "3,5", "--folds", "2", "--test-per-class", "6", "--scratch-epochs", "1", "--out", str(tmp_path / "t"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--model",
+                "zfnet-small",
+                "--data",
+                "synthetic:80,4",
+                "--split",
+                "test",
+                "--per-class",
+                "3,5",
+                "--folds",
+                "2",
+                "--test-per-class",
+                "6",
+                "--scratch-epochs",
+                "1",
+                "--out",
+                str(tmp_path / "t"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "t" / "results.json").read_text())
     assert set(res["summary"]) == {"softmax/fc7/3", "softmax/fc7/5", "scratch/3", "scratch/5"}
     assert all(len(v["folds"]) == 2 for v in res["summary"].values())
     md = (tmp_path / "t" / "table.md").read_text()
     assert "Non-pretrained convnet" in md and "86.5 ± 0.5" in md and (tmp_path / "t" / "fig7.png").is_file()
-    assert main(["layerprobe", "--model", "zfnet-small", "--data", "synthetic:80,4", "--split", "test", "--per-class",
-                 "4", "--folds", "2", "--test-per-class", "6", "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "layerprobe",
+                "--model",
+                "zfnet-small",
+                "--data",
+                "synthetic:80,4",
+                "--split",
+                "test",
+                "--per-class",
+                "4",
+                "--folds",
+                "2",
+                "--test-per-class",
+                "6",
+                "--out",
+                str(tmp_path / "p"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "p" / "results.json").read_text())
     assert res["layers"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     assert len(res["summary"]) == 14 and (tmp_path / "p" / "layers.png").is_file()
     assert "SVM (7: fc7)" in (tmp_path / "p" / "table.md").read_text()
     capsys.readouterr()
-    assert main(["transfer", "--pretrained", "--data", "synthetic", "--protocol", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["transfer", "--pretrained", "--data", "synthetic", "--protocol", "nope", "--out", str(tmp_path / "x")])
+        == 2
+    )

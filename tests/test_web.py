@@ -1,9 +1,11 @@
 """The static atlas page in headless Chromium (Debian chromium + chromium-driver): loads from disk, shows
 the right number of maps per layer, opening a map shows its k images, no console errors, user strings escaped."""
+
 from __future__ import annotations
 
 import json
 import os
+
 import pytest
 from conftest import needs_chromium, run_cli
 from PIL import Image
@@ -23,8 +25,24 @@ def atlas(tmp_path_factory):
         for i in range(3):
             Image.new("RGB", (40, 40), (80 * k + 20 * i, 100, 200 - 30 * i)).save(root / "all" / cls / f"{EVIL}{i}.png")
     out = tmp_path_factory.mktemp("atlas") / "out"
-    r = run_cli("atlas", "--model", "zfnet-small-rgb", "--data", f"folder:{root}", "--split", "all", "--layers",
-                "conv1,conv3", "--k", "3", "--out", str(out), "--workers", "0", "--no-progress")
+    r = run_cli(
+        "atlas",
+        "--model",
+        "zfnet-small-rgb",
+        "--data",
+        f"folder:{root}",
+        "--split",
+        "all",
+        "--layers",
+        "conv1,conv3",
+        "--k",
+        "3",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     return out
 

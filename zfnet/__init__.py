@@ -29,7 +29,6 @@ from .receptive_field import ReceptiveField, receptive_field
 from .weights import Opened, WeightsFile, open_model, opened_module
 
 
-
 def __getattr__(name: str):
     """`zfnet.report` loads the report pipeline (and matplotlib) only when it is used."""
     if name == "report":
@@ -40,8 +39,17 @@ def __getattr__(name: str):
 
 
 # the public methods: each takes (model, images, *, ...) and returns a result with to_json() -> dict
-METHODS = ("architecture", "atlas", "correspondence", "evolution", "filters", "invariance", "occlusion", "project",
-           "receptive_field")
+METHODS = (
+    "architecture",
+    "atlas",
+    "correspondence",
+    "evolution",
+    "filters",
+    "invariance",
+    "occlusion",
+    "project",
+    "receptive_field",
+)
 
 __all__ = [
     "METHODS",

@@ -5,6 +5,7 @@
 warning; the CLI prints the notes after the command has succeeded, so that an error stays the only line a
 failed command prints. Library users see them as ordinary warnings (filter them with `warnings`).
 """
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Atomic writes (a crash or kill never leaves a half-written result) and safe reads."""
+
 from __future__ import annotations
 
 import errno
@@ -52,13 +53,16 @@ def _write_error(path: str, e: OSError):
     from .errors import UsageError
 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UsageError(f"disk full while writing {path!r}; free some space and rerun the same command "
-                          "(the previous version of the file is intact, finished work is kept)")
+        return UsageError(
+            f"disk full while writing {path!r}; free some space and rerun the same command "
+            "(the previous version of the file is intact, finished work is kept)"
+        )
     return UsageError(f"cannot write {path!r} ({e.strerror or e}); make the folder writable or pick another --out")
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                        metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
@@ -79,7 +83,7 @@ def parse_safetensors_header(head: bytes, path: str) -> dict[str, str]:
     n = int.from_bytes(head[:8], "little")
     if n <= 0 or n > 100_000_000 or len(head) < 8 + n:
         raise ValueError(f"{path!r} has no valid safetensors header")
-    header = json.loads(head[8:8 + n])
+    header = json.loads(head[8 : 8 + n])
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         raise ValueError(f"{path!r} has metadata that is not strings")
@@ -115,7 +119,8 @@ def cache_dir(*parts: str) -> str:
     """zfnet's folder in the user cache: $ZFNET_CACHE, else $XDG_CACHE_HOME/zfnet, else ~/.cache/zfnet. Nothing
     zfnet caches (mean images, converted datasets, locks) is ever written inside a dataset folder."""
     root = os.environ.get("ZFNET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zfnet")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zfnet"
+    )
     return os.path.join(os.path.expanduser(root), *parts)
 
 
@@ -148,7 +153,8 @@ def check_output_file(path: str, flag: str = "--out", extensions: tuple[str, ...
     from .errors import UsageError
 
     if os.path.isdir(path):
-        raise UsageError(f"{flag} {path!r} is a folder; pass a file name such as {os.path.join(path, 'out' + (extensions or ('.json',))[0])}")
+        example = os.path.join(path, "out" + (extensions or (".json",))[0])
+        raise UsageError(f"{flag} {path!r} is a folder; pass a file name such as {example}")
     if extensions and not path.lower().endswith(extensions):
         raise UsageError(f"{flag} {path!r} must end in {' or '.join(extensions)}")
     parent = os.path.dirname(os.path.abspath(path))
@@ -200,8 +206,9 @@ def folder_lock(path: str | os.PathLike) -> Iterator[None]:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create the lock folder {folder!r} ({e.strerror}); set ZFNET_CACHE to a "
-                         "writable folder") from None
+        raise UsageError(
+            f"cannot create the lock folder {folder!r} ({e.strerror}); set ZFNET_CACHE to a writable folder"
+        ) from None
     lock = os.path.join(folder, hashlib.sha1(real.encode()).hexdigest()[:20] + ".lock")
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -212,8 +219,10 @@ def folder_lock(path: str | os.PathLike) -> Iterator[None]:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").split()[0] if os.fstat(fd).st_size else "?"
             finally:
                 os.close(fd)
-            raise UsageError(f"another zfnet run (pid {holder}) is writing {os.fspath(path)!r}; wait for it to "
-                             "finish or pass another --out") from None
+            raise UsageError(
+                f"another zfnet run (pid {holder}) is writing {os.fspath(path)!r}; wait for it to "
+                "finish or pass another --out"
+            ) from None
         try:  # the file we locked must still be the one at `lock` (a finishing run unlinks it)
             same = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:

@@ -5,6 +5,7 @@ without the paper's names, 'convN' / 'fcN' also mean the N-th Conv2d / Linear in
 A layer's feature maps are its rectified outputs (Sec. 2.1: the deconvnet starts from them): when the module
 after it in its parent Sequential is a ReLU, that ReLU's output, else the module's own output.
 """
+
 from __future__ import annotations
 
 import re
@@ -72,6 +73,7 @@ def capture(model: nn.Module, names: list[str], stop: bool = True) -> Iterator[d
                 found[name] = output[0] if isinstance(output, (tuple, list)) else output
             if stop and len(found) == len(targets):
                 raise StopForward
+
         return hook
 
     try:
@@ -108,6 +110,7 @@ def output_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ..
         def hook(module, inputs, output) -> None:
             if isinstance(output, torch.Tensor):
                 shapes.setdefault(name, tuple(output.shape[1:]))
+
         return hook
 
     hooks = []

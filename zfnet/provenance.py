@@ -1,4 +1,5 @@
 """Provenance written beside every result: versions, device, threads, seed, wall time."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,14 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
     dev = torch.device(device)
     info: dict[str, Any] = {
-        "zfnet": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-        "python": sys.version.split()[0], "platform": platform.platform(), "device": str(dev),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "zfnet": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
     }
     try:
         import torchvision

@@ -11,6 +11,7 @@ padding, dilation) and spatially pointwise ops (ReLU, additions, BatchNorm, cont
     >>> top, left, bottom, right = rf.box(3, 4)         # half-open, may extend past the image
     >>> patches = rf.crop(images, 3, 4)                 # N x C x 139 x 139, zero past the border
 """
+
 from __future__ import annotations
 
 import math
@@ -97,8 +98,13 @@ class ReceptiveField:
         return torch.stack([cut_box(images[i], (0, 0), self.box(int(ys[i]), int(xs[i]))) for i in range(n)])
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "size": list(self.size), "global": self.is_global,
-                "jump": self.jump, "start": None if self.is_global else [self.axes[0].start, self.axes[1].start]}
+        return {
+            "layer": self.layer,
+            "size": list(self.size),
+            "global": self.is_global,
+            "jump": self.jump,
+            "start": None if self.is_global else [self.axes[0].start, self.axes[1].start],
+        }
 
 
 def cut_box(src: torch.Tensor, origin: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -109,7 +115,7 @@ def cut_box(src: torch.Tensor, origin: tuple[int, int], box: tuple[int, int, int
     ct, cl = max(t, ot), max(l, ol)
     cb, cr = min(b, ot + src.shape[-2]), min(r, ol + src.shape[-1])
     if cb > ct and cr > cl:
-        out[:, ct - t:cb - t, cl - l:cr - l] = src[:, ct - ot:cb - ot, cl - ol:cr - ol]
+        out[:, ct - t : cb - t, cl - l : cr - l] = src[:, ct - ot : cb - ot, cl - ol : cr - ol]
     return out
 
 
@@ -118,19 +124,101 @@ def cut_box(src: torch.Tensor, origin: tuple[int, int], box: tuple[int, int, int
 _WINDOWED_NAMES = {"conv2d", "max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
 # ops that act on each pixel position separately (channels may mix): the field passes through unchanged
 _POINTWISE_NAMES = {
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "gelu", "silu",
-    "mish", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid",
-    "softplus", "threshold", "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__",
-    "__rsub__", "mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__", "clamp",
-    "clamp_", "clamp_min", "clamp_min_", "batch_norm", "instance_norm", "group_norm", "local_response_norm",
-    "dropout", "dropout2d", "alpha_dropout", "feature_alpha_dropout", "contiguous", "clone", "detach", "float",
-    "to", "type_as", "neg", "abs", "exp", "pow", "sqrt", "rsqrt", "__neg__", "__pow__", "square",
+    "relu",
+    "relu_",
+    "relu6",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "selu",
+    "celu",
+    "gelu",
+    "silu",
+    "mish",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "hardtanh",
+    "hardtanh_",
+    "hardswish",
+    "hardsigmoid",
+    "softplus",
+    "threshold",
+    "add",
+    "add_",
+    "__add__",
+    "__iadd__",
+    "__radd__",
+    "sub",
+    "sub_",
+    "__sub__",
+    "__rsub__",
+    "mul",
+    "mul_",
+    "__mul__",
+    "__imul__",
+    "__rmul__",
+    "div",
+    "div_",
+    "__truediv__",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "batch_norm",
+    "instance_norm",
+    "group_norm",
+    "local_response_norm",
+    "dropout",
+    "dropout2d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "to",
+    "type_as",
+    "neg",
+    "abs",
+    "exp",
+    "pow",
+    "sqrt",
+    "rsqrt",
+    "__neg__",
+    "__pow__",
+    "square",
 }
 # ops that never touch the spatial grid of their data (reading shapes, ...)
-_NEUTRAL_NAMES = {"size", "dim", "__len__", "numel", "__get__", "__getattribute__", "__bool__", "__format__",
-                  "__repr__", "shape", "element_size", "stride", "is_contiguous", "data_ptr", "requires_grad_",
-                  "register_hook", "__setstate__", "item", "tolist", "__index__", "__eq__", "__ne__", "all", "any",
-                  "isfinite"}
+_NEUTRAL_NAMES = {
+    "size",
+    "dim",
+    "__len__",
+    "numel",
+    "__get__",
+    "__getattribute__",
+    "__bool__",
+    "__format__",
+    "__repr__",
+    "shape",
+    "element_size",
+    "stride",
+    "is_contiguous",
+    "data_ptr",
+    "requires_grad_",
+    "register_hook",
+    "__setstate__",
+    "item",
+    "tolist",
+    "__index__",
+    "__eq__",
+    "__ne__",
+    "all",
+    "any",
+    "isfinite",
+}
 
 
 def _pair(v) -> tuple[int, int]:
@@ -177,7 +265,7 @@ class _GeometryMode(TorchFunctionMode):
             g = self._hull([g for _, g in known])
         else:
             g = None  # an op that may mix positions: the field becomes the whole image
-        for o in (out if isinstance(out, (tuple, list)) else (out,)):
+        for o in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(o, torch.Tensor):
                 self.set(o, g)
         return out
@@ -199,8 +287,9 @@ class _GeometryMode(TorchFunctionMode):
         pad = list(args[1] if len(args) > 1 else kwargs["pad"]) + [0, 0, 0, 0]
         left, top = int(pad[0]), int(pad[2])
         rows, cols = g
-        return Axis(rows.size, rows.jump, rows.start - top * rows.jump), \
-            Axis(cols.size, cols.jump, cols.start - left * cols.jump)
+        return Axis(rows.size, rows.jump, rows.start - top * rows.jump), Axis(
+            cols.size, cols.jump, cols.start - left * cols.jump
+        )
 
     @staticmethod
     def _windowed(name, args, kwargs, g):
@@ -230,8 +319,9 @@ def _cat_dim(args, kwargs) -> int:
     return int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
 
 
-def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int, ...]) \
-        -> dict[str, tuple[Axis, Axis] | None]:
+def layer_geometries(
+    model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+) -> dict[str, tuple[Axis, Axis] | None]:
     """Grid geometry of each named layer's output for an input of `input_shape` (C, H, W): one traced
     forward in eval mode that stops after the last of `layers`."""
     modules = {name: feature_module(model, name) for name in layers}
@@ -248,6 +338,7 @@ def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int
                 found[name] = g if known else None
             if len(found) == len(modules):
                 raise StopForward
+
         return hook
 
     from .runtime import eval_mode
@@ -265,8 +356,10 @@ def layer_geometries(model: nn.Module, layers: list[str], input_shape: tuple[int
             h.remove()
     missing = [n for n in modules if n not in found]
     if missing:
-        raise UsageError(f"layer(s) {', '.join(missing)} never ran in the model's forward pass; pick layers "
-                         "the forward uses (`zfnet layers --model NAME` lists them)")
+        raise UsageError(
+            f"layer(s) {', '.join(missing)} never ran in the model's forward pass; pick layers "
+            "the forward uses (`zfnet layers --model NAME` lists them)"
+        )
     return found
 
 

@@ -5,6 +5,7 @@ threads, decoding workers, checkpoint interval), which never changes the result.
 (JSON or TOML), then from command-line flags; the resolved recipe is written into the run folder and inside
 every checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -177,8 +178,9 @@ def resolve(file: str | None = None, flags: dict[str, Any] | None = None, base: 
     return resolve_run(file, flags, base)[0]
 
 
-def resolve_run(file: str | None = None, flags: dict[str, Any] | None = None, base: Recipe | None = None) \
-        -> tuple[Recipe, RunOptions]:
+def resolve_run(
+    file: str | None = None, flags: dict[str, Any] | None = None, base: Recipe | None = None
+) -> tuple[Recipe, RunOptions]:
     """(recipe, run options) from paper defaults <- file <- flags; each key goes to the one that has it."""
     run_names = {f.name for f in fields(RunOptions)}
     changes = dict(read_recipe_file(file)) if file else {}

@@ -1,4 +1,5 @@
 """Named registries (models, datasets, analyses): CLI choices come from them."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ class Registry(Generic[T]):
 
     def register(self, name: str, obj: T | None = None):
         """Register `obj` under `name`; without `obj`, return a decorator."""
+
         def add(o: T) -> T:
             if name in self._items:
                 raise ValueError(f"duplicate {self.kind} name {name!r}")
             self._items[name] = o
             return o
+
         return add if obj is None else add(obj)
 
     def get(self, name: str) -> T:

@@ -3,6 +3,7 @@
 Single process, or the process group `torchrun` describes in RANK / WORLD_SIZE / LOCAL_RANK (gloo on CPU,
 nccl on GPU). `eval_mode` puts a model in eval mode for a block and gives every module its mode back on exit.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,9 @@ def setup_processes(device: str = "auto", threads: int | None = None, batch_size
     if world == 1:
         return Dist(0, 1, dev)
     if batch_size is not None and batch_size % world:
-        raise UsageError(f"batch_size {batch_size} does not split over {world} processes; "
-                         "pick a multiple of the process count")
+        raise UsageError(
+            f"batch_size {batch_size} does not split over {world} processes; pick a multiple of the process count"
+        )
     if not torch_dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

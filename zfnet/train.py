@@ -12,6 +12,7 @@ killed at any point and resumed ends with the same weights, bit for bit, on CPU.
 Scale-out: under `torchrun`, each process trains on its slice of every global mini-batch (DDP, gloo on CPU,
 nccl on GPU); the loss is scaled so that the update equals the single-process one on the same global batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ from .runtime import Dist, all_sum, eval_mode, setup_processes, teardown, unwrap
 from .weights import default_preprocess, save_weights
 
 # --- Sec. 3 pieces -------------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def clip_filters(model: nn.Module, radius: float | None) -> None:
@@ -87,9 +89,11 @@ def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[i
 
 # --- evaluation (Tables 1, 2) --------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def predict(model_list: list[nn.Module], bases: torch.Tensor, pp: zdata.Preprocess, ten_crop: bool,
-            device: torch.device) -> torch.Tensor:
+def predict(
+    model_list: list[nn.Module], bases: torch.Tensor, pp: zdata.Preprocess, ten_crop: bool, device: torch.device
+) -> torch.Tensor:
     """Averaged softmax over models (ensembles, Table 1) and crops (10-crop, Sec. 3) -> N x C probabilities."""
     bases = bases.to(device)
     x = pp.ten_crop_input(bases) if ten_crop else pp.eval_input(bases)
@@ -103,9 +107,16 @@ def predict(model_list: list[nn.Module], bases: torch.Tensor, pp: zdata.Preproce
     return total / len(model_list)
 
 
-def evaluate(model: nn.Module | list[nn.Module], dataset: zdata.ImageSet, pp: zdata.Preprocess,
-             batch_size: int = 256, ten_crop: bool = False, dist: Dist = Dist(), workers: int = 0,
-             progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module | list[nn.Module],
+    dataset: zdata.ImageSet,
+    pp: zdata.Preprocess,
+    batch_size: int = 256,
+    ten_crop: bool = False,
+    dist: Dist = Dist(),
+    workers: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
     """Top-1 / top-5 error and loss on `dataset` (centre crop, or Sec. 3's 10 crops), in eval mode."""
     model_list = model if isinstance(model, list) else [model]
     idx = torch.arange(len(dataset))
@@ -114,13 +125,16 @@ def evaluate(model: nn.Module | list[nn.Module], dataset: zdata.ImageSet, pp: zd
         batch_size = max(1, batch_size // 10)
     totals: list[float] = [0.0, 0.0, 0.0, 0.0]  # err1, err5, nll, n
     with eval_mode(*model_list):
-        for bases, labels, _ in zdata.batches(dataset, zdata.chunked(share, batch_size), workers=workers,
-                                              progress=progress and dist.main, desc="evaluate"):
+        for bases, labels, _ in zdata.batches(
+            dataset, zdata.chunked(share, batch_size), workers=workers, progress=progress and dist.main, desc="evaluate"
+        ):
             probs = predict(model_list, bases, pp, ten_crop, dist.device)
             labels = labels.to(dist.device)
             if int(labels.max()) >= probs.shape[1] or int(labels.min()) < 0:
-                raise UsageError(f"{dataset.name} has {len(dataset.classes)} classes but the model predicts "
-                                 f"{probs.shape[1]}; evaluate on data with the model's classes")
+                raise UsageError(
+                    f"{dataset.name} has {len(dataset.classes)} classes but the model predicts "
+                    f"{probs.shape[1]}; evaluate on data with the model's classes"
+                )
             e1, e5 = topk_errors(probs, labels)
             nll = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
             totals = [totals[0] + e1, totals[1] + e5, totals[2] + nll, totals[3] + len(labels)]
@@ -131,21 +145,37 @@ def evaluate(model: nn.Module | list[nn.Module], dataset: zdata.ImageSet, pp: zd
 
 # --- one epoch -----------------------------------------------------------------------------------------
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: zdata.ImageSet,
-                    pp: zdata.Preprocess, plan: EpochPlan, recipe: Recipe, dist: Dist, epoch: int,
-                    start_step: int = 0, partial: dict | None = None, on_step=None, workers: int = 0,
-                    progress: bool = True) -> dict[str, float]:
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: zdata.ImageSet,
+    pp: zdata.Preprocess,
+    plan: EpochPlan,
+    recipe: Recipe,
+    dist: Dist,
+    epoch: int,
+    start_step: int = 0,
+    partial: dict | None = None,
+    on_step=None,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
     """One pass over the training set from `start_step`: SGD step, then feature scale clipping, per batch.
     `on_step(step, stats)` is called after each update (used for mid-epoch checkpoints)."""
     model.train()
     stats = dict(partial or {"loss": 0.0, "err": 0.0, "images": 0, "seconds": 0.0})
-    work = [(k, share, n) for k, (share, n) in enumerate(local_slices(plan, recipe.batch_size, dist, start_step))
-            if len(share)]
+    work = [
+        (k, share, n)
+        for k, (share, n) in enumerate(local_slices(plan, recipe.batch_size, dist, start_step))
+        if len(share)
+    ]
     position = {int(i): (k, n) for k, share, n in work for i in share}  # image -> (step in this pass, batch)
     t0 = time.perf_counter()
     desc = f"epoch {epoch}/{recipe.epochs}"
-    for bases, labels, idx in zdata.batches(train_set, [share for _, share, _ in work], workers=workers,
-                                            progress=progress and dist.main, desc=desc):
+    for bases, labels, idx in zdata.batches(
+        train_set, [share for _, share, _ in work], workers=workers, progress=progress and dist.main, desc=desc
+    ):
         # an unreadable file leaves its batch smaller; the update stays scaled by the planned batch size
         k, global_n = position[int(idx[0])]
         step = start_step + k + 1
@@ -168,11 +198,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_se
     stats["seconds"] += time.perf_counter() - t0
     loss_sum, err_sum, n, secs = all_sum([stats["loss"], stats["err"], stats["images"], stats["seconds"]], dist)
     n = max(n, 1)
-    return {"train_loss": loss_sum / n, "train_top1_err": err_sum / n, "train_images": int(n),
-            "train_seconds": secs / dist.world, "images_per_s": n / max(secs / dist.world, 1e-9)}
+    return {
+        "train_loss": loss_sum / n,
+        "train_top1_err": err_sum / n,
+        "train_images": int(n),
+        "train_seconds": secs / dist.world,
+        "images_per_s": n / max(secs / dist.world, 1e-9),
+    }
 
 
 # --- a whole run ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -206,8 +242,9 @@ def open_training_data(recipe: Recipe, model: nn.Module, workers: int = 0, progr
     pp = train_set.preprocess  # now with the fit the data asks for
     val_set = zdata.open_dataset(recipe.data, recipe.val_split, pp, recipe.exclude).head(recipe.limit_val)
     if train_set.labels.dim() != 1:
-        raise UsageError(f"{recipe.data} has multi-label targets; the Sec. 3 recipe trains a softmax on "
-                         "single-label data")
+        raise UsageError(
+            f"{recipe.data} has multi-label targets; the Sec. 3 recipe trains a softmax on single-label data"
+        )
     if pp.mean_image is None and pp.channel_mean is None:
         pp = pp.with_mean(zdata.mean_image(train_set, workers=workers, progress=progress))
         train_set.preprocess = val_set.preprocess = pp
@@ -218,15 +255,19 @@ def _check_resume(saved: Recipe, recipe: Recipe, done: int, step: int) -> None:
     a, b = saved.to_dict(), recipe.to_dict()
     diff = [k for k in a if a[k] != b.get(k) and k not in ("epochs", "snapshots", "anneal_at")]
     if diff:
-        raise UsageError(f"--resume with a different recipe ({', '.join(f'{k}: {a[k]!r} -> {b[k]!r}' for k in diff)}); "
-                         "rerun with the saved recipe (recipe.json in the run folder) or pick a new --out")
+        raise UsageError(
+            f"--resume with a different recipe ({', '.join(f'{k}: {a[k]!r} -> {b[k]!r}' for k in diff)}); "
+            "rerun with the saved recipe (recipe.json in the run folder) or pick a new --out"
+        )
     # a fresh run with the new recipe must equal the resumed one: only annealing still ahead may change (after
     # the epoch just finished too, when resuming at its end: the rate is then lowered on resume)
     added, removed = set(recipe.anneal_at) - set(saved.anneal_at), set(saved.anneal_at) - set(recipe.anneal_at)
     past = sorted({e for e in added if e < done or (e == done and step)} | {e for e in removed if e <= done})
     if past:
-        raise UsageError(f"--resume changes anneal_at at epoch {past[0]}, already trained ({done} done); "
-                         f"only later epochs can be added or removed")
+        raise UsageError(
+            f"--resume changes anneal_at at epoch {past[0]}, already trained ({done} done); "
+            f"only later epochs can be added or removed"
+        )
 
 
 def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progress: bool = True) -> Run:
@@ -243,8 +284,10 @@ def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progres
             meta = safetensors_metadata(ckpt_path)
         except (OSError, ValueError):
             meta = {}
-        raise UsageError(f"{options.out!r} already holds a run (epoch {meta.get('epoch', '?')} done); pass --resume "
-                         "to continue it, or choose another --out")
+        raise UsageError(
+            f"{options.out!r} already holds a run (epoch {meta.get('epoch', '?')} done); pass --resume "
+            "to continue it, or choose another --out"
+        )
     tensors, meta = load_checkpoint(ckpt_path) if (resume and have_ckpt) else ({}, {})
     saved = Recipe.from_dict(json.loads(meta["recipe"])) if meta else None
     if saved is not None:
@@ -252,20 +295,29 @@ def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progres
 
     torch.manual_seed(recipe.seed)
     tv = recipe.model.startswith("torchvision:")
-    probe = models.build(recipe.model, num_classes=recipe.num_classes or 1,
-                         **({} if tv else {"init": "torch", **recipe.model_overrides}))
+    probe = models.build(
+        recipe.model, num_classes=recipe.num_classes or 1, **({} if tv else {"init": "torch", **recipe.model_overrides})
+    )
     train_set, val_set, pp = open_training_data(recipe, probe, options.workers, progress and dist.main)
     torch.manual_seed(recipe.seed)
     overrides = dict(recipe.model_overrides) if not tv else {}
     if not tv:
         overrides.update(init=recipe.init, dropout=recipe.dropout)
-    model = models.build(recipe.model, num_classes=recipe.num_classes or len(train_set.classes),
-                         **overrides).to(dist.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+    model = models.build(recipe.model, num_classes=recipe.num_classes or len(train_set.classes), **overrides).to(
+        dist.device
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=recipe.lr_factor, patience=recipe.lr_patience,
-        threshold=recipe.lr_threshold, threshold_mode="abs", min_lr=recipe.min_lr)
+        optimizer,
+        mode="min",
+        factor=recipe.lr_factor,
+        patience=recipe.lr_patience,
+        threshold=recipe.lr_threshold,
+        threshold_mode="abs",
+        min_lr=recipe.min_lr,
+    )
     run = Run(recipe, options, dist, model, optimizer, scheduler, train_set, val_set, pp)
     if meta:
         restore(tensors, meta, model, optimizer, scheduler, dist.rank)
@@ -274,13 +326,17 @@ def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progres
         if saved and run.step == 0 and run.epoch in recipe.anneal_at and run.epoch not in saved.anneal_at:
             _anneal(optimizer, scheduler, recipe)
         if dist.main:
-            print(f"resuming {options.out}: epoch {run.epoch} done"
-                  + (f", {run.step} steps into epoch {run.epoch + 1}" if run.step else ""), flush=True)
+            print(
+                f"resuming {options.out}: epoch {run.epoch} done"
+                + (f", {run.step} steps into epoch {run.epoch + 1}" if run.step else ""),
+                flush=True,
+            )
     else:
         torch.manual_seed(recipe.seed + dist.rank)  # dropout streams differ across processes
     if dist.world > 1:
         run.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+            model, device_ids=[dist.device] if dist.device.type == "cuda" else None
+        )
     return run
 
 
@@ -294,8 +350,20 @@ def save_run_checkpoint(run: Run, partial: dict | None = None) -> None:
     """Checkpoint at `run.epoch` / `run.step` (every process takes part: the RNG states are gathered)."""
     rngs = rng_states(run.dist)
     if run.dist.main:
-        save_checkpoint(run.checkpoint_path, run.model, run.optimizer, run.scheduler, run.pp, run.recipe.dumps(),
-                        run.epoch, run.step, run.history, partial or {}, run.train_set.classes, rngs)
+        save_checkpoint(
+            run.checkpoint_path,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.pp,
+            run.recipe.dumps(),
+            run.epoch,
+            run.step,
+            run.history,
+            partial or {},
+            run.train_set.classes,
+            rngs,
+        )
     run.last_save = time.monotonic()
 
 
@@ -318,10 +386,17 @@ def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float, on_log
     """Bookkeeping after epoch `run.epoch`: history, plateau annealing, logs (then `on_logs(out, history)`),
     snapshot, checkpoint."""
     recipe, out = run.recipe, run.options.out
-    row = {"epoch": run.epoch, "lr": lr, **tr, "val_loss": va["loss"], "val_top1_err": va["top1_err"],
-           "val_top5_err": va["top5_err"], "wall_seconds": time.perf_counter() - started}
+    row = {
+        "epoch": run.epoch,
+        "lr": lr,
+        **tr,
+        "val_loss": va["loss"],
+        "val_top1_err": va["top1_err"],
+        "val_top5_err": va["top5_err"],
+        "wall_seconds": time.perf_counter() - started,
+    }
     run.history.append(row)
-    recent = [r["val_top1_err"] for r in run.history[-recipe.lr_window:]]
+    recent = [r["val_top1_err"] for r in run.history[-recipe.lr_window :]]
     run.scheduler.step(sum(recent) / len(recent))  # plateau of the smoothed validation error
     if run.epoch in recipe.anneal_at:  # annealed by hand (recorded in the recipe)
         _anneal(run.optimizer, run.scheduler, recipe)
@@ -330,17 +405,26 @@ def end_of_epoch(run: Run, lr: float, tr: dict, va: dict, started: float, on_log
         if on_logs is not None:
             on_logs(out, run.history)
         if run.epoch in snapshot_epochs(recipe):
-            save_weights(run.model, os.path.join(out, "snapshots", f"epoch-{run.epoch:03d}.safetensors"), run.pp,
-                         epoch=str(run.epoch), recipe=recipe.dumps(), metrics=json.dumps(row),
-                         classes=json.dumps(run.train_set.classes))
-        print(f"epoch {run.epoch}/{recipe.epochs}  lr {lr:.0e}  train err {tr['train_top1_err']:.4f}  "
-              f"val top-1 {va['top1_err']:.4f} top-5 {va['top5_err']:.4f}  {tr['images_per_s']:.0f} img/s",
-              flush=True)
+            save_weights(
+                run.model,
+                os.path.join(out, "snapshots", f"epoch-{run.epoch:03d}.safetensors"),
+                run.pp,
+                epoch=str(run.epoch),
+                recipe=recipe.dumps(),
+                metrics=json.dumps(row),
+                classes=json.dumps(run.train_set.classes),
+            )
+        print(
+            f"epoch {run.epoch}/{recipe.epochs}  lr {lr:.0e}  train err {tr['train_top1_err']:.4f}  "
+            f"val top-1 {va['top1_err']:.4f} top-5 {va['top5_err']:.4f}  {tr['images_per_s']:.0f} img/s",
+            flush=True,
+        )
     save_run_checkpoint(run)
 
 
-def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False, progress: bool = True,
-        on_logs=None) -> dict[str, Any]:
+def fit(
+    recipe: Recipe, options: RunOptions | None = None, resume: bool = False, progress: bool = True, on_logs=None
+) -> dict[str, Any]:
     """Train with `recipe` into `options.out`; with `resume`, continue the run found there. Returns the final
     metrics (also written to OUT/metrics.json). `on_logs(out, history)` runs after each epoch's logs are
     written (`zfnet.pipelines.train` draws the curves there)."""
@@ -354,9 +438,21 @@ def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
     while run.epoch < recipe.epochs:
         plan = epoch_plan(len(run.train_set), run.epoch + 1, recipe, run.pp)
         lr = run.optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(run.model, run.optimizer, run.train_set, run.pp, plan, recipe, dist, run.epoch + 1,
-                             run.step, run.partial, lambda st, stats: _mid_epoch_checkpoint(run, st, stats),
-                             workers, progress)
+        tr = train_one_epoch(
+            run.model,
+            run.optimizer,
+            run.train_set,
+            run.pp,
+            plan,
+            recipe,
+            dist,
+            run.epoch + 1,
+            run.step,
+            run.partial,
+            lambda st, stats: _mid_epoch_checkpoint(run, st, stats),
+            workers,
+            progress,
+        )
         va = evaluate(run.model, run.val_set, run.pp, dist=dist, workers=workers)
         run.epoch, run.step, run.partial = run.epoch + 1, 0, None
         end_of_epoch(run, lr, tr, va, started, on_logs)
@@ -367,18 +463,28 @@ def fit(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
         ds.check_readable()
     last = run.history[-1] if run.history else {}
     result = {
-        "model": recipe.model, "data": recipe.data, "epochs": recipe.epochs,
+        "model": recipe.model,
+        "data": recipe.data,
+        "epochs": recipe.epochs,
         "train_top1_err": last.get("train_top1_err"),
         "val": {"centre": final_c, "ten_crop": final_10},
         "train_wall_seconds": sum(r["train_seconds"] for r in run.history),
-        "recipe": recipe.to_dict(), "run": options.to_dict(), "environment": environment(dist.device),
-        "processes": dist.world, "preprocess": run.pp.to_dict(),
+        "recipe": recipe.to_dict(),
+        "run": options.to_dict(),
+        "environment": environment(dist.device),
+        "processes": dist.world,
+        "preprocess": run.pp.to_dict(),
         "skipped": {"train": run.train_set.skipped_report(), "val": run.val_set.skipped_report()},
     }
     if dist.main:
-        save_weights(run.model, os.path.join(out, "model.safetensors"), run.pp, recipe=recipe.dumps(),
-                     metrics=json.dumps({k: result[k] for k in ("train_top1_err", "val")}),
-                     classes=json.dumps(run.train_set.classes))
+        save_weights(
+            run.model,
+            os.path.join(out, "model.safetensors"),
+            run.pp,
+            recipe=recipe.dumps(),
+            metrics=json.dumps({k: result[k] for k in ("train_top1_err", "val")}),
+            classes=json.dumps(run.train_set.classes),
+        )
         atomic_write_json(os.path.join(out, "metrics.json"), result)
     teardown(dist)
     return result

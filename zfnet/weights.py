@@ -29,7 +29,9 @@ from .io import atomic_save_tensors, load_tensors, read_tensor_file
 from .runtime import unwrap
 
 MEAN_KEY = "preprocess/mean_image"
-MEAN_CHOICES = "--mean data (the mean image of --data's training split), --mean FILE (.safetensors or .npy) or --mean none"
+MEAN_CHOICES = (
+    "--mean data (the mean image of --data's training split), --mean FILE (.safetensors or .npy) or --mean none"
+)
 _CLASSIFIER_KEYS = ("fc8.weight", "fc.weight", "classifier.6.weight", "classifier.weight", "head.weight")
 
 
@@ -131,7 +133,9 @@ class WeightsFile:
             if k in self.state and self.state[k].shape != v.shape
         ]
         if wrong or (strict and (missing or unexpected)):
-            made_for = f" (the file says it was made for model {self.metadata['model']!r})" if "model" in self.metadata else ""
+            made_for = (
+                f" (the file says it was made for model {self.metadata['model']!r})" if "model" in self.metadata else ""
+            )
             parts = (
                 f"shape mismatch: {', '.join(wrong[:2])}" if wrong else "",
                 f"missing: {', '.join(missing[:3])}" if missing and strict else "",
@@ -228,9 +232,7 @@ def data_mean(
 ) -> torch.Tensor:
     """The per-pixel mean image of `data`'s training split (else of `split`), as `zfnet train` computes it."""
     if not data:
-        raise UsageError(
-            "--mean data needs --data (the dataset whose training-split mean to use); or pass --mean FILE"
-        )
+        raise UsageError("--mean data needs --data (the dataset whose training-split mean to use); or pass --mean FILE")
     try:
         ds = zdata.open_dataset(data, "train", pp)
     except UsageError:

@@ -1,6 +1,7 @@
 """`zfnet <command>` and `python -m zfnet`: argument wiring only, one small module per concept; the commands come
 from a registry. Every user error is one line on stderr and exit code 2; notes (`zfnet.errors.note`) print
 after a command has succeeded."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,22 @@ from .registry import COMMANDS, Parser
 def build_parser() -> Parser:
     from .._version import __version__
 
-    parser = Parser(prog="zfnet", description="Zeiler & Fergus (ECCV 2014) for any PyTorch CNN. "
-                    "Run `zfnet <command> --help` for each command's options and an example.")
+    parser = Parser(
+        prog="zfnet",
+        description="Zeiler & Fergus (ECCV 2014) for any PyTorch CNN. "
+        "Run `zfnet <command> --help` for each command's options and an example.",
+    )
     parser.add_argument("--version", action="version", version=f"zfnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
     for name in COMMANDS:
         c = COMMANDS.get(name)
-        p = sub.add_parser(name, help=c.help, description=f"{c.help}.",
-                           epilog=f"example:\n  {c.example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=c.help,
+            description=f"{c.help}.",
+            epilog=f"example:\n  {c.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         c.add_arguments(p)
     return parser
 

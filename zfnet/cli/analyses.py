@@ -1,4 +1,5 @@
 """`zfnet correspondence` and `zfnet invariance` (arXiv version's analyses)."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,17 @@ from .registry import command
 
 def _corr_args(p) -> None:
     add_model(p)
-    p.add_argument("--parts", metavar="FILE", help="JSON: images and a box per image for each part "
-                   "(default with --pretrained: the shipped ankle-boot parts)")
-    p.add_argument("--images", metavar="DIR", help="a folder holding the parts file's images (else they are "
-                   "indices into --data)")
-    p.add_argument("--data", metavar="SPEC", help="the dataset the parts file's indices point into "
-                   "(default: the file's 'data')")
+    p.add_argument(
+        "--parts",
+        metavar="FILE",
+        help="JSON: images and a box per image for each part (default with --pretrained: the shipped ankle-boot parts)",
+    )
+    p.add_argument(
+        "--images", metavar="DIR", help="a folder holding the parts file's images (else they are indices into --data)"
+    )
+    p.add_argument(
+        "--data", metavar="SPEC", help="the dataset the parts file's indices point into (default: the file's 'data')"
+    )
     p.add_argument("--split")
     p.add_argument("--layers", default="conv5,fc7", help="comma-separated layers (the paper: 5 and 7)")
     p.add_argument("--fill", type=float, default=0.0, help="mask value in model-input units (0 = the mean)")
@@ -26,11 +32,14 @@ def _corr_args(p) -> None:
     add_device(p)
 
 
-@command("correspondence", "mean feature sign change when the same part is masked in different images "
-         "(arXiv Sec. 4.3, correspondence table)",
-         "zfnet correspondence --pretrained --out corr\n"
-         "  zfnet correspondence --model zfnet --weights zf.safetensors --parts dogs.json --images dogs/ --out corr",
-         arguments=_corr_args, locks_out=True)
+@command(
+    "correspondence",
+    "mean feature sign change when the same part is masked in different images (arXiv Sec. 4.3, correspondence table)",
+    "zfnet correspondence --pretrained --out corr\n"
+    "  zfnet correspondence --model zfnet --weights zf.safetensors --parts dogs.json --images dogs/ --out corr",
+    arguments=_corr_args,
+    locks_out=True,
+)
 def _corr_run(args) -> int:
     from ..errors import UsageError
     from ..io import check_output_dir
@@ -51,15 +60,29 @@ def _corr_run(args) -> int:
     pil = check_files(files)  # unreadable images are refused before the model is loaded
     dev = resolve_device(args.device)
     if not args.images and not (args.data or spec.get("data")):
-        raise UsageError("the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR "
-                         "for files)")
+        raise UsageError(
+            "the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR for files)"
+        )
     opened = open_from_args(args, dev, data=args.data or spec.get("data"), split=args.split or spec.get("split"))
     inputs = parts_inputs(spec, opened, pil, files, args.data, args.split)
-    r = run_correspondence(opened, inputs, spec, args.out, layers=tuple(l for l in args.layers.split(",") if l),
-                           fill=args.fill, random_draws=args.random_draws, seed=args.seed, parts_file=parts_file,
-                           device=dev)
-    print(json.dumps({"out": args.out, "delta": r["delta"], "std": r["std"],
-                      "table": os.path.join(args.out, r["table"])}, indent=2))
+    r = run_correspondence(
+        opened,
+        inputs,
+        spec,
+        args.out,
+        layers=tuple(l for l in args.layers.split(",") if l),
+        fill=args.fill,
+        random_draws=args.random_draws,
+        seed=args.seed,
+        parts_file=parts_file,
+        device=dev,
+    )
+    print(
+        json.dumps(
+            {"out": args.out, "delta": r["delta"], "std": r["std"], "table": os.path.join(args.out, r["table"])},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -73,11 +96,14 @@ def _inv_args(p) -> None:
     add_device(p)
 
 
-@command("invariance", "feature distance and p(true class) under translation, scaling and rotation "
-         "(arXiv 'Feature Invariance' figure)",
-         "zfnet invariance --pretrained --data fashion-mnist --split test --index 0 --index 1 --index 2 --out inv\n"
-         "  zfnet invariance --model zfnet --weights zf.safetensors --image a.jpg --label 3 --out inv",
-         arguments=_inv_args, locks_out=True)
+@command(
+    "invariance",
+    "feature distance and p(true class) under translation, scaling and rotation (arXiv 'Feature Invariance' figure)",
+    "zfnet invariance --pretrained --data fashion-mnist --split test --index 0 --index 1 --index 2 --out inv\n"
+    "  zfnet invariance --model zfnet --weights zf.safetensors --image a.jpg --label 3 --out inv",
+    arguments=_inv_args,
+    locks_out=True,
+)
 def _inv_run(args) -> int:
     from ..errors import UsageError
     from ..io import check_output_dir
@@ -98,6 +124,5 @@ def _inv_run(args) -> int:
     opened = open_from_args(args, dev)
     inputs = inputs_from_args(args, opened, pil)
     r = run_invariance(opened, inputs, args.out, transforms=transforms, layers=layers, fill=args.fill, device=dev)
-    print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]},
-                     indent=2))
+    print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]}, indent=2))
     return 0

@@ -1,4 +1,5 @@
 """Argument groups shared by the commands (model, data, device, ranges), defined once."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,11 +7,11 @@ from typing import Any
 
 import torch
 
+from .. import data as zdata
 from ..errors import UsageError
 from ..methods.deconvnet import MODES
-from ..pretrained import open_embedded
-from .. import data as zdata
 from ..pipelines.inputs import Inputs, check_files, load_inputs
+from ..pretrained import open_embedded
 from ..weights import Opened, open_model
 
 
@@ -23,6 +24,7 @@ def _at_least(lo: int):
         if v < lo:
             raise argparse.ArgumentTypeError(f"{v} must be at least {lo}" if lo else f"{v} must be 0 or more")
         return v
+
     return parse
 
 
@@ -50,29 +52,40 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
     """--model / --weights / --pretrained / --mean: which network, and the mean image when its weights lack one."""
     p.add_argument("--model", metavar="NAME", help="registry name (zfnet models) or torchvision:<name>")
     if repeat_weights:
-        p.add_argument("--weights", metavar="FILE", action="append",
-                       help="weights file; repeat for an ensemble (Table 1's '5 convnets')")
+        p.add_argument(
+            "--weights",
+            metavar="FILE",
+            action="append",
+            help="weights file; repeat for an ensemble (Table 1's '5 convnets')",
+        )
     else:
         p.add_argument("--weights", metavar="FILE", help="weights file (.safetensors, or a torch state dict)")
     p.add_argument("--pretrained", action="store_true", help="the embedded Fashion-MNIST model")
-    p.add_argument("--mean", metavar="data|FILE|none",
-                   help="mean image for weights that carry none (or to replace theirs): 'data' = the per-pixel mean "
-                        "of --data's training split, a .safetensors/.npy image, or 'none'")
+    p.add_argument(
+        "--mean",
+        metavar="data|FILE|none",
+        help="mean image for weights that carry none (or to replace theirs): 'data' = the per-pixel mean "
+        "of --data's training split, a .safetensors/.npy image, or 'none'",
+    )
 
 
 def add_data(p: argparse.ArgumentParser, required: bool = True, limit_default: int | None = None) -> None:
     p.add_argument("--data", required=required, metavar="SPEC", help="dataset spec or image folder (see README)")
     p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
     p.add_argument("--limit", type=positive, default=limit_default, help="only the first N images")
-    p.add_argument("--exclude", metavar="FILE", help="leave out the images listed (ids, one per line: "
-                   "`zfnet dedupe`'s exclude.txt)")
+    p.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="leave out the images listed (ids, one per line: `zfnet dedupe`'s exclude.txt)",
+    )
 
 
 def add_images(p: argparse.ArgumentParser) -> None:
     """The images an analysis runs on: files (with their labels) and/or dataset images by index."""
     p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
-    p.add_argument("--label", action="append", default=[], metavar="L",
-                   help="true class of each --image, index or name")
+    p.add_argument(
+        "--label", action="append", default=[], metavar="L", help="true class of each --image, index or name"
+    )
     p.add_argument("--data", metavar="SPEC", help="a dataset whose images --index picks (labels from the data)")
     p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
     p.add_argument("--index", action="append", type=int, default=[], metavar="N", help="dataset image (repeatable)")
@@ -90,8 +103,12 @@ def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
     """The model the flags name, opened once (weights read once): --pretrained, or --model with --weights (and
     --mean; --data/--split/--workers for --mean data). `overrides` replace flag values (a second model)."""
     v = {**vars(args), **overrides}
-    common: dict[str, Any] = {"mean": v.get("mean"), "data": v.get("data"), "split": v.get("split"),
-                              "workers": v.get("workers") or 0}
+    common: dict[str, Any] = {
+        "mean": v.get("mean"),
+        "data": v.get("data"),
+        "split": v.get("split"),
+        "workers": v.get("workers") or 0,
+    }
     if v.get("pretrained"):
         if v.get("model") or v.get("weights"):
             raise UsageError("--pretrained is the embedded model; drop --model/--weights, or drop --pretrained")
@@ -107,5 +124,6 @@ def check_images(args: argparse.Namespace) -> list:
 def inputs_from_args(args: argparse.Namespace, opened: Opened, pil: list) -> Inputs:
     """The --image files (opened by `check_images`) and --data/--index images as the model's input."""
     dataset = zdata.open_dataset(args.data, args.split, opened.preprocess) if args.data and args.index else None
-    return load_inputs(opened.preprocess, pil, list(args.image), list(args.label), dataset, list(args.index),
-                       opened.classes)
+    return load_inputs(
+        opened.preprocess, pil, list(args.image), list(args.label), dataset, list(args.index), opened.classes
+    )

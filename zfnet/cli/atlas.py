@@ -1,4 +1,5 @@
 """`zfnet atlas` (Fig. 2, with Fig. 4 and 5), `zfnet evolution` (Fig. 4) and `zfnet filters` (Fig. 5, Sec. 4.1)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ def _atlas_args(p) -> None:
     p.add_argument("--batch-size", type=positive, default=128)
     p.add_argument("--workers", type=nonnegative, default=4, help="image-decoding processes (file datasets)")
     p.add_argument("--panel-maps", type=positive, default=16, help="maps per Fig. 2 panel")
-    p.add_argument("--evolution", metavar="RUN", help="training run folder with snapshots (Fig. 4); "
-                   "'pretrained' for the embedded model's")
+    p.add_argument(
+        "--evolution",
+        metavar="RUN",
+        help="training run folder with snapshots (Fig. 4); 'pretrained' for the embedded model's",
+    )
     p.add_argument("--evolution-maps", type=positive, default=8, help="maps per layer in Fig. 4")
     p.add_argument("--evolution-limit", type=positive, help="training images scanned per snapshot (default: all)")
     p.add_argument("--seed", type=int, default=0, help="which maps the panels and Fig. 4 show")
@@ -28,15 +32,20 @@ def _atlas_args(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-@command("atlas", "top-k activations of every feature map over a dataset, projected (Fig. 2), with filters "
-         "(Fig. 5) and evolution (Fig. 4), as a web page",
-         "zfnet atlas --pretrained --data fashion-mnist --evolution pretrained --out atlas-fm\n"
-         "  zfnet atlas --model zfnet --weights zf.safetensors --data imagenet:/data/imagenet --split val "
-         "--out atlas-zf\n"
-         "  zfnet atlas --model zfnet-small-64 --weights plain.safetensors --mean data --data folder:photos "
-         "--split all --out atlas-photos\n"
-         "  torchrun --nproc_per_node 2 -m zfnet atlas --model torchvision:vgg16 --weights vgg16.safetensors "
-         "--data folder:photos --split all --layers conv5,conv10,conv13 --out atlas-vgg", arguments=_atlas_args, locks_out=True)
+@command(
+    "atlas",
+    "top-k activations of every feature map over a dataset, projected (Fig. 2), with filters "
+    "(Fig. 5) and evolution (Fig. 4), as a web page",
+    "zfnet atlas --pretrained --data fashion-mnist --evolution pretrained --out atlas-fm\n"
+    "  zfnet atlas --model zfnet --weights zf.safetensors --data imagenet:/data/imagenet --split val "
+    "--out atlas-zf\n"
+    "  zfnet atlas --model zfnet-small-64 --weights plain.safetensors --mean data --data folder:photos "
+    "--split all --out atlas-photos\n"
+    "  torchrun --nproc_per_node 2 -m zfnet atlas --model torchvision:vgg16 --weights vgg16.safetensors "
+    "--data folder:photos --split all --layers conv5,conv10,conv13 --out atlas-vgg",
+    arguments=_atlas_args,
+    locks_out=True,
+)
 def _atlas_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import find_snapshots
@@ -49,12 +58,23 @@ def _atlas_run(args) -> int:
     check_output_dir(args.out)
     if args.evolution == "pretrained" and not args.pretrained:
         raise UsageError("--evolution pretrained goes with --pretrained; for another model pass its run folder")
-    cfg = AtlasConfig(out=args.out, layers=tuple(l for l in (args.layers or "").split(",") if l), k=args.k,
-                      mode=args.mode, limit=args.limit, batch_size=args.batch_size, workers=args.workers,
-                      panel_maps=args.panel_maps, evolution_limit=args.evolution_limit,
-                      evolution=None if args.evolution is None else ("pretrained" if args.evolution == "pretrained"
-                                                                     else os.path.abspath(args.evolution)),
-                      evolution_maps=args.evolution_maps, seed=args.seed, device=args.device)
+    cfg = AtlasConfig(
+        out=args.out,
+        layers=tuple(l for l in (args.layers or "").split(",") if l),
+        k=args.k,
+        mode=args.mode,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        panel_maps=args.panel_maps,
+        evolution_limit=args.evolution_limit,
+        evolution=None
+        if args.evolution is None
+        else ("pretrained" if args.evolution == "pretrained" else os.path.abspath(args.evolution)),
+        evolution_maps=args.evolution_maps,
+        seed=args.seed,
+        device=args.device,
+    )
     dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
     snaps = None
     if args.evolution:
@@ -62,15 +82,23 @@ def _atlas_run(args) -> int:
     opened = open_from_args(args, dist.device)
     dataset = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
     train = zdata.open_dataset(args.data, "train", opened.preprocess) if snaps else None
-    manifest = build_atlas(opened, dataset, cfg, snapshots=snaps, train=train, dist=dist,
-                           progress=not args.no_progress)
+    manifest = build_atlas(opened, dataset, cfg, snapshots=snaps, train=train, dist=dist, progress=not args.no_progress)
     teardown(dist)
     if manifest is not None:
-        print(json.dumps({"out": args.out, "page": os.path.join(args.out, "index.html"),
-                          "layers": {l: manifest["layers"][l]["channels"] for l in manifest["layer_order"]},
-                          "images": manifest["dataset"]["images"], "skipped": len(manifest["skipped"]),
-                          "scan_seconds": round(manifest["scan_seconds"], 2),
-                          "wall_seconds": round(manifest["wall_seconds"], 2)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "out": args.out,
+                    "page": os.path.join(args.out, "index.html"),
+                    "layers": {l: manifest["layers"][l]["channels"] for l in manifest["layer_order"]},
+                    "images": manifest["dataset"]["images"],
+                    "skipped": len(manifest["skipped"]),
+                    "scan_seconds": round(manifest["scan_seconds"], 2),
+                    "wall_seconds": round(manifest["wall_seconds"], 2),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -85,12 +113,17 @@ def _filters_args(p) -> None:
     add_device(p)
 
 
-@command("filters", "first-layer filters with RMS, dominant, dead and frequency diagnostics; two models side by "
-         "side (Fig. 5, Sec. 4.1)",
-         "zfnet filters --pretrained --data fashion-mnist --out filt\n"
-         "  zfnet filters --model zfnet-small --weights clip.safetensors --title clipping "
-         "--compare-model zfnet-small --compare-weights noclip.safetensors --compare-title 'no clipping' "
-         "--data fashion-mnist --out filt", arguments=_filters_args, locks_out=True)
+@command(
+    "filters",
+    "first-layer filters with RMS, dominant, dead and frequency diagnostics; two models side by "
+    "side (Fig. 5, Sec. 4.1)",
+    "zfnet filters --pretrained --data fashion-mnist --out filt\n"
+    "  zfnet filters --model zfnet-small --weights clip.safetensors --title clipping "
+    "--compare-model zfnet-small --compare-weights noclip.safetensors --compare-title 'no clipping' "
+    "--data fashion-mnist --out filt",
+    arguments=_filters_args,
+    locks_out=True,
+)
 def _filters_run(args) -> int:
     from .. import data as zdata
     from ..io import check_output_dir
@@ -131,10 +164,14 @@ def _evolution_args(p) -> None:
     add_device(p)
 
 
-@command("evolution", "strongest activation across the training set at each snapshot epoch, projected (Fig. 4)",
-         "zfnet evolution --pretrained --data fashion-mnist --out evo\n"
-         "  zfnet evolution --model zfnet --run runs/zf --data imagenet:/data/imagenet --limit 50000 --out evo",
-         arguments=_evolution_args, locks_out=True)
+@command(
+    "evolution",
+    "strongest activation across the training set at each snapshot epoch, projected (Fig. 4)",
+    "zfnet evolution --pretrained --data fashion-mnist --out evo\n"
+    "  zfnet evolution --model zfnet --run runs/zf --data imagenet:/data/imagenet --limit 50000 --out evo",
+    arguments=_evolution_args,
+    locks_out=True,
+)
 def _evolution_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import find_snapshots
@@ -161,7 +198,8 @@ def _evolution_run(args) -> int:
         snaps = [*found[:-1], (found[-1][0], last)]
     train = zdata.open_dataset(args.data, args.split, opened.preprocess).head(args.limit)
     layers = [l for l in (args.layers or "").split(",") if l] or None
-    info = run_evolution(opened.model, train, snaps, args.out, layers=layers, maps=args.maps, seed=args.seed,
-                         mode=args.mode, device=dev)
+    info = run_evolution(
+        opened.model, train, snaps, args.out, layers=layers, maps=args.maps, seed=args.seed, mode=args.mode, device=dev
+    )
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0

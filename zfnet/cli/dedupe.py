@@ -1,4 +1,5 @@
 """`zfnet dedupe`: images of one set that also occur in another (Sec. 5.2's overlap removal)."""
+
 from __future__ import annotations
 
 import json
@@ -23,19 +24,45 @@ def _args(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-@command("dedupe", "find images of SET_B that also occur in SET_A (resized, re-encoded, cropped) and write an "
-         "exclusion list (Sec. 5.2 footnote)",
-         "zfnet dedupe fashion-mnist fashion-mnist --split-a train --split-b test --out dd\n"
-         "  zfnet dedupe imagenet:/data/imagenet caltech256:/data/caltech --split-a train --device cuda --out dd\n"
-         "  zfnet train --recipe r.json --exclude dd/exclude.txt --out runs/clean", arguments=_args, locks_out=True)
+@command(
+    "dedupe",
+    "find images of SET_B that also occur in SET_A (resized, re-encoded, cropped) and write an "
+    "exclusion list (Sec. 5.2 footnote)",
+    "zfnet dedupe fashion-mnist fashion-mnist --split-a train --split-b test --out dd\n"
+    "  zfnet dedupe imagenet:/data/imagenet caltech256:/data/caltech --split-a train --device cuda --out dd\n"
+    "  zfnet train --recipe r.json --exclude dd/exclude.txt --out runs/clean",
+    arguments=_args,
+    locks_out=True,
+)
 def _run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.dedupe import run_dedupe
 
     check_output_dir(args.out)
-    r = run_dedupe(args.out, args.set_a, args.set_b, args.split_a, args.split_b, args.threshold, args.size, args.k,
-                   args.block, args.workers, args.device, not args.no_progress)
-    print(json.dumps({"out": args.out, "pairs": len(r["pairs"]), "excluded_a_images": r["excluded_a_images"],
-                      "exclude": os.path.join(args.out, "exclude.txt"),
-                      "comparisons_per_second": round(r["comparisons_per_second"])}, indent=2))
+    r = run_dedupe(
+        args.out,
+        args.set_a,
+        args.set_b,
+        args.split_a,
+        args.split_b,
+        args.threshold,
+        args.size,
+        args.k,
+        args.block,
+        args.workers,
+        args.device,
+        not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "pairs": len(r["pairs"]),
+                "excluded_a_images": r["excluded_a_images"],
+                "exclude": os.path.join(args.out, "exclude.txt"),
+                "comparisons_per_second": round(r["comparisons_per_second"]),
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -1,4 +1,5 @@
 """`zfnet models` and `zfnet layers`: the zoo and one model's layers."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ def _models_args(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("models", "list the model zoo: input size, parameters, layer sizes",
-         "zfnet models\n  zfnet models --name zfnet --json", arguments=_models_args)
+@command(
+    "models",
+    "list the model zoo: input size, parameters, layer sizes",
+    "zfnet models\n  zfnet models --name zfnet --json",
+    arguments=_models_args,
+)
 def _models_run(args) -> int:
     from .. import models
 
@@ -36,8 +41,12 @@ def _layers_args(p) -> None:
     p.add_argument("--json", action="store_true")
 
 
-@command("layers", "a model's layers: output size, receptive field and its spacing (Sec. 2.1)",
-         "zfnet layers --model zfnet\n  zfnet layers --model torchvision:resnet18 --json", arguments=_layers_args)
+@command(
+    "layers",
+    "a model's layers: output size, receptive field and its spacing (Sec. 2.1)",
+    "zfnet layers --model zfnet\n  zfnet layers --model torchvision:resnet18 --json",
+    arguments=_layers_args,
+)
 def _layers_run(args) -> int:
     from ..layers import layer_names, output_shapes
     from ..models import model_input_shape
@@ -53,13 +62,22 @@ def _layers_run(args) -> int:
     rows: list[dict[str, Any]] = []
     for n in names:
         g = geos[n]
-        rows.append({"layer": n, "type": type(modules[n]).__name__, "output": list(shapes[n]),
-                     "field": None if g is None else g[0].size, "jump": None if g is None else g[0].jump})
+        rows.append(
+            {
+                "layer": n,
+                "type": type(modules[n]).__name__,
+                "output": list(shapes[n]),
+                "field": None if g is None else g[0].size,
+                "jump": None if g is None else g[0].jump,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'layer':28} {'type':18} {'output':18} {'field':>6} {'jump':>5}")
     for r in rows:
-        print(f"{r['layer']:28} {r['type']:18} {'x'.join(map(str, r['output'])):18} "
-              f"{r['field'] if r['field'] else 'all':>6} {r['jump'] or '-':>5}")
+        print(
+            f"{r['layer']:28} {r['type']:18} {'x'.join(map(str, r['output'])):18} "
+            f"{r['field'] if r['field'] else 'all':>6} {r['jump'] or '-':>5}"
+        )
     return 0

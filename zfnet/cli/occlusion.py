@@ -1,4 +1,5 @@
 """`zfnet occlusion`: Fig. 6 - occlusion sensitivity with incremental inference (Sec. 4.2)."""
+
 from __future__ import annotations
 
 import json
@@ -16,23 +17,34 @@ def _occlusion_args(p) -> None:
     p.add_argument("--stride", type=positive, default=8, help="occluder step, px")
     p.add_argument("--fill", type=float, default=0.0, help="occluder value in model-input units (0 = the mean: grey)")
     p.add_argument("--layer", default="conv5", help="layer whose strongest map (b) and (c) show")
-    p.add_argument("--mode", default="exact", choices=MODES,
-                   help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold")
+    p.add_argument(
+        "--mode",
+        default="exact",
+        choices=MODES,
+        help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold",
+    )
     p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
-    p.add_argument("--drill", type=float, default=0.5, help="approx: share of the in-between positions computed "
-                   "after the coarse pass (adaptive drill-down; 1 = all)")
+    p.add_argument(
+        "--drill",
+        type=float,
+        default=0.5,
+        help="approx: share of the in-between positions computed after the coarse pass (adaptive drill-down; 1 = all)",
+    )
     p.add_argument("--compare-exact", action="store_true", help="approx: also run exact and report the deviation")
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
     p.add_argument("--no-progress", action="store_true")
 
 
-@command("occlusion", "occlusion sensitivity: activity, p(true class) and most probable class per occluder "
-         "position (Sec. 4.2, Fig. 6)",
-         "zfnet occlusion --pretrained --data fashion-mnist --split test --index 0 --index 1 --window 8 --stride 2 "
-         "--out occ\n"
-         "  zfnet occlusion --model zfnet --weights zf.safetensors --image dog.jpg --label 151 --out occ-dog",
-         arguments=_occlusion_args, locks_out=True)
+@command(
+    "occlusion",
+    "occlusion sensitivity: activity, p(true class) and most probable class per occluder position (Sec. 4.2, Fig. 6)",
+    "zfnet occlusion --pretrained --data fashion-mnist --split test --index 0 --index 1 --window 8 --stride 2 "
+    "--out occ\n"
+    "  zfnet occlusion --model zfnet --weights zf.safetensors --image dog.jpg --label 151 --out occ-dog",
+    arguments=_occlusion_args,
+    locks_out=True,
+)
 def _occlusion_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.occlusion import OcclusionOptions, run_occlusion
@@ -44,10 +56,26 @@ def _occlusion_run(args) -> int:
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)
     inputs = inputs_from_args(args, opened, pil)
-    options = OcclusionOptions(window=args.window, stride=args.stride, fill=args.fill, layer=args.layer,
-                               mode=args.mode, tau=args.tau, drill=args.drill, compare_exact=args.compare_exact)
+    options = OcclusionOptions(
+        window=args.window,
+        stride=args.stride,
+        fill=args.fill,
+        layer=args.layer,
+        mode=args.mode,
+        tau=args.tau,
+        drill=args.drill,
+        compare_exact=args.compare_exact,
+    )
     result = run_occlusion(opened, inputs, args.out, options=options, device=dev, progress=not args.no_progress)
-    print(json.dumps({"out": args.out, "json": os.path.join(args.out, "occlusion.json"),
-                      "figures": [r["figure"] for r in result["images"]],
-                      "seconds": [round(r["seconds"], 3) for r in result["images"]]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "json": os.path.join(args.out, "occlusion.json"),
+                "figures": [r["figure"] for r in result["images"]],
+                "seconds": [round(r["seconds"], 3) for r in result["images"]],
+            },
+            indent=2,
+        )
+    )
     return 0

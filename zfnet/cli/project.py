@@ -1,4 +1,5 @@
 """`zfnet project`: one activation back to pixels (Sec. 2.1, Fig. 1)."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,14 @@ def _project_args(p) -> None:
     add_device(p)
 
 
-@command("project", "project one activation back to pixels with the deconvnet (Sec. 2.1, Fig. 1)",
-         "zfnet project --pretrained --image shoe.png --layer conv5 --channel 12 --out shoe-conv5-12.png\n"
-         "  zfnet project --model zfnet --weights zf.safetensors --image dog.jpg --layer conv3 --channel 40 "
-         "--position 6,7 --out dog.png", arguments=_project_args)
+@command(
+    "project",
+    "project one activation back to pixels with the deconvnet (Sec. 2.1, Fig. 1)",
+    "zfnet project --pretrained --image shoe.png --layer conv5 --channel 12 --out shoe-conv5-12.png\n"
+    "  zfnet project --model zfnet --weights zf.safetensors --image dog.jpg --layer conv3 --channel 40 "
+    "--position 6,7 --out dog.png",
+    arguments=_project_args,
+)
 def _project_run(args) -> int:
     from ..data.base import open_image
     from ..io import atomic_save_image, check_output_file
@@ -38,12 +43,23 @@ def _project_run(args) -> int:
     opened = open_from_args(args, dev)
     pp = opened.preprocess
     x = pp(image).to(dev)
-    res = project(opened.model, x, layer=args.layer, channel=args.channel, position=args.position, mode=args.mode,
-                  unit=args.unit)
+    res = project(
+        opened.model, x, layer=args.layer, channel=args.channel, position=args.position, mode=args.mode, unit=args.unit
+    )
     y, xx = res.positions[0] or (0, 0)
     patch = layer_field(opened.model, args.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
     atomic_save_image(pair(patch.cpu(), res.field(0).cpu(), scale=display_scale(patch.shape[-1], 160)), args.out)
-    print(json.dumps({"out": args.out, "layer": res.layer, "channel": res.channels[0],
-                      "position": list(res.positions[0]) if res.positions[0] else [None, None],
-                      "activation": float(res.activations[0]), "mode": res.mode, "field_box": list(res.boxes[0])}))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "layer": res.layer,
+                "channel": res.channels[0],
+                "position": list(res.positions[0]) if res.positions[0] else [None, None],
+                "activation": float(res.activations[0]),
+                "mode": res.mode,
+                "field_box": list(res.boxes[0]),
+            }
+        )
+    )
     return 0

@@ -1,4 +1,5 @@
 """The command registry and the one-line-error parser; each cli/<concept>.py registers its commands here."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,16 @@ class Command:
 COMMANDS: Registry[Command] = Registry("command")
 
 
-def command(name: str, help: str, example: str, arguments: Callable[[argparse.ArgumentParser], None],
-            locks_out: bool = False):
+def command(
+    name: str, help: str, example: str, arguments: Callable[[argparse.ArgumentParser], None], locks_out: bool = False
+):
     """Register the decorated `run(args)` as subcommand `name`, with its argument builder and an example;
     `locks_out`: a second run into the same --out folder is refused while this one runs."""
+
     def wrap(run):
         COMMANDS.register(name, Command(help, example, arguments, run, locks_out))
         return run
+
     return wrap
 
 

@@ -1,4 +1,5 @@
 """`zfnet report`: the whole paper on one model, as one static page (the main job)."""
+
 from __future__ import annotations
 
 import os
@@ -9,21 +10,40 @@ from .registry import command
 
 
 def _args(p) -> None:
-    p.add_argument("--model", metavar="NAME", help="registry name (zfnet models) or torchvision:<name> "
-                   "(default: the embedded Fashion-MNIST model)")
-    p.add_argument("--weights", metavar="FILE", help="its trained weights (.safetensors); a training run's folder "
-                   "also gives the curves (metrics.jsonl) and Fig. 4's snapshots")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="registry name (zfnet models) or torchvision:<name> (default: the embedded Fashion-MNIST model)",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="its trained weights (.safetensors); a training run's folder "
+        "also gives the curves (metrics.jsonl) and Fig. 4's snapshots",
+    )
     p.add_argument("--mean", metavar="data|FILE|none", help="mean image for weights that carry none")
-    p.add_argument("--data", metavar="SPEC", help="the images analysed (default with the embedded model: the "
-                   "Fashion-MNIST subset bundled with zfnet)")
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="the images analysed (default with the embedded model: the Fashion-MNIST subset bundled with zfnet)",
+    )
     p.add_argument("--split", help="the split analysed (default: the dataset's evaluation split)")
     p.add_argument("--train-split", default="train", help="the split Fig. 4 scans (default train)")
     p.add_argument("--snapshots", metavar="RUN_DIR", help="training snapshots for Fig. 4 (default: beside --weights)")
-    p.add_argument("--parts", metavar="FILE", help="parts file for the correspondence table (see zfnet "
-                   "correspondence; default with the embedded model: the shipped ankle-boot parts)")
+    p.add_argument(
+        "--parts",
+        metavar="FILE",
+        help="parts file for the correspondence table (see zfnet "
+        "correspondence; default with the embedded model: the shipped ankle-boot parts)",
+    )
     p.add_argument("--parts-images", metavar="DIR", help="folder of the parts file's images (else dataset indices)")
-    p.add_argument("--include", action="append", default=[], metavar="DIR",
-                   help="a folder of zfnet transfer / layerprobe / ablate / archselect / dedupe results (repeatable)")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of zfnet transfer / layerprobe / ablate / archselect / dedupe results (repeatable)",
+    )
     p.add_argument("--layers", default="", help="comma-separated atlas layers (default conv1..conv5)")
     p.add_argument("--limit", type=positive, help="images the atlas scans (default: the whole split)")
     p.add_argument("--evolution-limit", type=positive, default=2000, help="training images scanned per snapshot")
@@ -37,13 +57,17 @@ def _args(p) -> None:
     add_device(p)
 
 
-@command("report", "every analysis of the paper on one model (Figs. 2-6, correspondence, invariance, Tables "
-         "2-6 with --include) as one static page: OUT/index.html",
-         "zfnet report --out report/                         # the embedded model, in about a minute\n"
-         "  zfnet report --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --out rep\n"
-         "  zfnet report --model torchvision:alexnet --weights alexnet.safetensors --data imagenet:/data/in "
-         "--limit 5000 --out rep",
-         arguments=_args, locks_out=True)
+@command(
+    "report",
+    "every analysis of the paper on one model (Figs. 2-6, correspondence, invariance, Tables "
+    "2-6 with --include) as one static page: OUT/index.html",
+    "zfnet report --out report/                         # the embedded model, in about a minute\n"
+    "  zfnet report --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --out rep\n"
+    "  zfnet report --model torchvision:alexnet --weights alexnet.safetensors --data imagenet:/data/in "
+    "--limit 5000 --out rep",
+    arguments=_args,
+    locks_out=True,
+)
 def _run(args) -> int:
     from .. import data as zdata
     from ..errors import UsageError
@@ -63,27 +87,48 @@ def _run(args) -> int:
         raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
     if not embedded and not args.data:
         raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
-    cfg = ReportConfig(out=args.out, train_split=args.train_split, embedded=embedded,
-                       snapshots=args.snapshots, parts=args.parts, parts_images=args.parts_images,
-                       include=tuple(args.include), layers=tuple(l for l in args.layers.split(",") if l),
-                       limit=args.limit, evolution_limit=args.evolution_limit, examples=args.examples,
-                       window=args.window, stride=args.stride, seed=args.seed, workers=args.workers,
-                       device=args.device)
+    cfg = ReportConfig(
+        out=args.out,
+        train_split=args.train_split,
+        embedded=embedded,
+        snapshots=args.snapshots,
+        parts=args.parts,
+        parts_images=args.parts_images,
+        include=tuple(args.include),
+        layers=tuple(l for l in args.layers.split(",") if l),
+        limit=args.limit,
+        evolution_limit=args.evolution_limit,
+        examples=args.examples,
+        window=args.window,
+        stride=args.stride,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+    )
     check_config(cfg)
     dev = resolve_device(args.device)
     data = args.data or EMBEDDED_DATA
     common = {"mean": args.mean, "data": data, "split": args.split, "workers": args.workers}
-    opened = open_embedded(dev, **common) if embedded else \
-        open_model(args.model, args.weights, device=dev, seed=args.seed, **common)
+    opened = (
+        open_embedded(dev, **common)
+        if embedded
+        else open_model(args.model, args.weights, device=dev, seed=args.seed, **common)
+    )
     dataset = zdata.open_dataset(data, args.split, opened.preprocess)
     state = build_report(opened, dataset, cfg, only=only)
     page = os.path.join(args.out, "index.html")
     failed = {n: e for n, e in state["stages"].items() if e["status"] == "failed"}
-    print(f"report: {page} ({state['wall_seconds']:.0f} s; "
-          + ", ".join(f"{n} {e['status']}" for n, e in state["stages"].items()) + ")")
+    print(
+        f"report: {page} ({state['wall_seconds']:.0f} s; "
+        + ", ".join(f"{n} {e['status']}" for n, e in state["stages"].items())
+        + ")"
+    )
     if failed:
         n, e = next(iter(failed.items()))
-        print(f"zfnet report: error: stage {n} failed ({e['reason']}); the other sections are in {page}; "
-              f"fix it and rerun the same command (finished stages are reused)", file=sys.stderr)
+        print(
+            f"zfnet report: error: stage {n} failed ({e['reason']}); the other sections are in {page}; "
+            f"fix it and rerun the same command (finished stages are reused)",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -1,4 +1,5 @@
 """`zfnet train` (Sec. 3) and `zfnet evaluate` (Tables 1-2)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +7,7 @@ import json
 import os
 
 from ..errors import UsageError
-from .args import add_data, add_device, add_model, positive, nonnegative
+from .args import add_data, add_device, add_model, nonnegative, positive
 from .registry import command
 
 
@@ -18,9 +19,10 @@ def _recipe_flags(p) -> None:
             default = f.default if f.default is not dataclasses.MISSING else "{}"
             text = f"(default: {default})"
             if f.name == "model_overrides":
-                text = 'JSON, e.g. \'{"fc_units": 2048}\' (Table 2)'
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=f.name.upper(),
-                           help=text)
+                text = "JSON, e.g. '{\"fc_units\": 2048}' (Table 2)"
+            p.add_argument(
+                "--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=f.name.upper(), help=text
+            )
 
 
 def _resolve(args, model_default: str | None = None):
@@ -49,11 +51,14 @@ def _train_args(p) -> None:
     _recipe_flags(p)
 
 
-@command("train", "train a model with the Sec. 3 recipe (checkpoints, snapshots, resume, torchrun)",
-         "zfnet train --model zfnet-small --data fashion-mnist --out runs/fm --epochs 30\n"
-         "  zfnet train --recipe recipe.json --out runs/fm --resume\n"
-         "  torchrun --nproc_per_node 2 -m zfnet train --model zfnet --data imagenet:/data/imagenet --out runs/in",
-         arguments=_train_args)
+@command(
+    "train",
+    "train a model with the Sec. 3 recipe (checkpoints, snapshots, resume, torchrun)",
+    "zfnet train --model zfnet-small --data fashion-mnist --out runs/fm --epochs 30\n"
+    "  zfnet train --recipe recipe.json --out runs/fm --resume\n"
+    "  torchrun --nproc_per_node 2 -m zfnet train --model zfnet --data imagenet:/data/imagenet --out runs/in",
+    arguments=_train_args,
+)
 def _train_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.train import train
@@ -63,8 +68,9 @@ def _train_run(args) -> int:
     with _lock(options.out):
         result = train(recipe, options, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"out": options.out, "val": result["val"], "train_top1_err": result["train_top1_err"]},
-                         indent=2))
+        print(
+            json.dumps({"out": options.out, "val": result["val"], "train_top1_err": result["train_top1_err"]}, indent=2)
+        )
     return 0
 
 
@@ -77,11 +83,14 @@ def _evaluate_args(p) -> None:
     p.add_argument("--out", metavar="FILE", help="also write the JSON here")
 
 
-@command("evaluate", "top-1/top-5 error, centre crop and 10-crop (Tables 1-2); ensembles average softmax",
-         "zfnet evaluate --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --split test\n"
-         "  zfnet evaluate --pretrained --data fashion-mnist --split test\n"
-         "  zfnet evaluate --model zfnet-small --weights a.safetensors --weights b.safetensors --data fashion-mnist",
-         arguments=_evaluate_args)
+@command(
+    "evaluate",
+    "top-1/top-5 error, centre crop and 10-crop (Tables 1-2); ensembles average softmax",
+    "zfnet evaluate --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --split test\n"
+    "  zfnet evaluate --pretrained --data fashion-mnist --split test\n"
+    "  zfnet evaluate --model zfnet-small --weights a.safetensors --weights b.safetensors --data fashion-mnist",
+    arguments=_evaluate_args,
+)
 def _evaluate_run(args) -> int:
     from .. import data as zdata
     from ..io import atomic_write_json, check_output_file
@@ -104,14 +113,23 @@ def _evaluate_run(args) -> int:
         raise UsageError(f"{args.data} is multi-label; top-k error needs single-label data")
     outputs = num_outputs(nets[0])
     if outputs is not None and outputs != len(dataset.classes):
-        raise UsageError(f"the model predicts {outputs} classes but {args.data} split {dataset.split!r} has "
-                         f"{len(dataset.classes)}; evaluate on data with the model's classes")
-    result = {"model": opened[0].name, "weights": [o.weights for o in opened], "data": args.data,
-              "split": dataset.split, "images": len(dataset), "preprocess": pp.to_dict()}
+        raise UsageError(
+            f"the model predicts {outputs} classes but {args.data} split {dataset.split!r} has "
+            f"{len(dataset.classes)}; evaluate on data with the model's classes"
+        )
+    result = {
+        "model": opened[0].name,
+        "weights": [o.weights for o in opened],
+        "data": args.data,
+        "split": dataset.split,
+        "images": len(dataset),
+        "preprocess": pp.to_dict(),
+    }
     with Timer() as t:
         result["centre"] = evaluate(nets, dataset, pp, args.batch_size, workers=args.workers, progress=True)
-        result["ten_crop"] = evaluate(nets, dataset, pp, args.batch_size, ten_crop=True, workers=args.workers,
-                                      progress=True)
+        result["ten_crop"] = evaluate(
+            nets, dataset, pp, args.batch_size, ten_crop=True, workers=args.workers, progress=True
+        )
     dataset.check_readable()
     result["top1_accuracy"] = 1 - result["centre"]["top1_err"]
     result["skipped"] = dataset.skipped_report()
@@ -124,22 +142,33 @@ def _evaluate_run(args) -> int:
 
 
 def _ablate_args(p) -> None:
-    p.add_argument("--base", required=True, choices=("zfnet", "alexnet", "zfnet-small"),
-                   help="the model whose Table 2 rows are trained")
-    p.add_argument("--variants", default="all", help="comma-separated Table 2 variants (rm34, rm7, rm67, rm3467, "
-                   "fc2048, fc8192, wide345, fc8192-wide345) or 'all'; the base is always a row")
+    p.add_argument(
+        "--base",
+        required=True,
+        choices=("zfnet", "alexnet", "zfnet-small"),
+        help="the model whose Table 2 rows are trained",
+    )
+    p.add_argument(
+        "--variants",
+        default="all",
+        help="comma-separated Table 2 variants (rm34, rm7, rm67, rm3467, "
+        "fc2048, fc8192, wide345, fc8192-wide345) or 'all'; the base is always a row",
+    )
     p.add_argument("--table-only", action="store_true", help="only collect the table from the finished runs")
     p.add_argument("--recipe", metavar="FILE", help="recipe overrides (JSON or TOML); flags override the file")
     p.add_argument("--no-progress", action="store_true")
     _recipe_flags(p)
 
 
-@command("ablate", "Table 2: train a base model and its architectural variants with one recipe, table beside "
-         "the paper's (each row its own resumable run)",
-         "zfnet ablate --base zfnet-small --data fashion-mnist --epochs 8 --limit-train 20000 --out abl\n"
-         "  zfnet ablate --base zfnet --variants rm34 --data imagenet:/data/imagenet --out abl   # one row per machine\n"
-         "  zfnet ablate --base zfnet --data imagenet:/data/imagenet --out abl --table-only",
-         arguments=_ablate_args)
+@command(
+    "ablate",
+    "Table 2: train a base model and its architectural variants with one recipe, table beside "
+    "the paper's (each row its own resumable run)",
+    "zfnet ablate --base zfnet-small --data fashion-mnist --epochs 8 --limit-train 20000 --out abl\n"
+    "  zfnet ablate --base zfnet --variants rm34 --data imagenet:/data/imagenet --out abl   # one row per machine\n"
+    "  zfnet ablate --base zfnet --data imagenet:/data/imagenet --out abl --table-only",
+    arguments=_ablate_args,
+)
 def _ablate_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.ablation import run_ablation
@@ -151,10 +180,26 @@ def _ablate_run(args) -> int:
         raise UsageError("pass --out DIR (the ablation's folder)")
     check_output_dir(options.out)
     with _lock(options.out):
-        r = run_ablation(options.out, args.base, args.variants, recipe, options, progress=not args.no_progress,
-                         table_only=args.table_only)
-    print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
-                      "rows": {row["variant"]: row["val_top1_err"] for row in r["rows"]}}, indent=2))
+        r = run_ablation(
+            options.out,
+            args.base,
+            args.variants,
+            recipe,
+            options,
+            progress=not args.no_progress,
+            table_only=args.table_only,
+        )
+    print(
+        json.dumps(
+            {
+                "out": options.out,
+                "table": os.path.join(options.out, "table.md"),
+                "complete": r["complete"],
+                "rows": {row["variant"]: row["val_top1_err"] for row in r["rows"]},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -165,10 +210,13 @@ def _archselect_args(p) -> None:
     _recipe_flags(p)
 
 
-@command("archselect", "Sec. 4.1 / Fig. 5: a Krizhevsky-like and a ZFNet-like first layer, clipping on and off; "
-         "dead/dominant filters, layer-2 aliasing, accuracy",
-         "zfnet archselect --model zfnet-small --data fashion-mnist --epochs 6 --limit-train 15000 --out arch",
-         arguments=_archselect_args)
+@command(
+    "archselect",
+    "Sec. 4.1 / Fig. 5: a Krizhevsky-like and a ZFNet-like first layer, clipping on and off; "
+    "dead/dominant filters, layer-2 aliasing, accuracy",
+    "zfnet archselect --model zfnet-small --data fashion-mnist --epochs 6 --limit-train 15000 --out arch",
+    arguments=_archselect_args,
+)
 def _archselect_run(args) -> int:
     from ..io import check_output_dir
     from ..pipelines.archselect import run_archselect
@@ -181,6 +229,15 @@ def _archselect_run(args) -> int:
     check_output_dir(options.out)
     with _lock(options.out):
         r = run_archselect(options.out, recipe, options, progress=not args.no_progress, table_only=args.table_only)
-    print(json.dumps({"out": options.out, "table": os.path.join(options.out, "table.md"), "complete": r["complete"],
-                      "runs": {x["name"]: x["val_top1_err"] for x in r["runs"]}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": options.out,
+                "table": os.path.join(options.out, "table.md"),
+                "complete": r["complete"],
+                "runs": {x["name"]: x["val_top1_err"] for x in r["runs"]},
+            },
+            indent=2,
+        )
+    )
     return 0

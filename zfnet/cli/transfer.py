@@ -1,4 +1,5 @@
 """`zfnet transfer` (Sec. 5.2, Tables 3-5, Fig. 7) and `zfnet layerprobe` (Sec. 5.3, Table 6)."""
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,26 @@ def _common(p) -> None:
 
 def _transfer_args(p) -> None:
     _common(p)
-    p.add_argument("--per-class", default=None, help="comma-separated training images per class (default: the "
-                   "protocol's, e.g. 15,30)")
+    p.add_argument(
+        "--per-class",
+        default=None,
+        help="comma-separated training images per class (default: the protocol's, e.g. 15,30)",
+    )
     p.add_argument("--layer", default="fc7", help="the fixed features the softmax is trained on (layer 7)")
     p.add_argument("--scratch-epochs", type=positive, default=30, help="epochs of the from-scratch rows")
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch rows")
 
 
-@command("transfer", "fixed layers 1-7 + a new softmax on another dataset, vs the same net trained from scratch "
-         "(Sec. 5.2, Tables 3-5, Fig. 7)",
-         "zfnet transfer --pretrained --data mnist5k --split trainval --per-class 1,2,5,10,15,30 --out tr\n"
-         "  zfnet transfer --model zfnet --weights zf.safetensors --data caltech101:/data/caltech --protocol "
-         "caltech101 --out tr101", arguments=_transfer_args, locks_out=True)
+@command(
+    "transfer",
+    "fixed layers 1-7 + a new softmax on another dataset, vs the same net trained from scratch "
+    "(Sec. 5.2, Tables 3-5, Fig. 7)",
+    "zfnet transfer --pretrained --data mnist5k --split trainval --per-class 1,2,5,10,15,30 --out tr\n"
+    "  zfnet transfer --model zfnet --weights zf.safetensors --data caltech101:/data/caltech --protocol "
+    "caltech101 --out tr101",
+    arguments=_transfer_args,
+    locks_out=True,
+)
 def _transfer_run(args) -> int:
     from .. import data as zdata
     from ..pipelines.transfer import TransferOptions, check_protocol, run_pascal, run_transfer
@@ -53,12 +62,26 @@ def _transfer_run(args) -> int:
     else:
         opened = open_from_args(args, dev)
         ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
-        options = TransferOptions(protocol=args.protocol, per_class=per, folds=args.folds, layer=args.layer,
-                                  scratch_epochs=args.scratch_epochs, no_scratch=args.no_scratch,
-                                  test_per_class=args.test_per_class)
+        options = TransferOptions(
+            protocol=args.protocol,
+            per_class=per,
+            folds=args.folds,
+            layer=args.layer,
+            scratch_epochs=args.scratch_epochs,
+            no_scratch=args.no_scratch,
+            test_per_class=args.test_per_class,
+        )
         r = run_transfer(opened, ds, args.out, options=options, device=dev, progress=progress)
-    print(json.dumps({"out": args.out, "table": os.path.join(args.out, "table.md"),
-                      "summary": {k: round(v["mean"], 4) for k, v in r.get("summary", {}).items()}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "table": os.path.join(args.out, "table.md"),
+                "summary": {k: round(v["mean"], 4) for k, v in r.get("summary", {}).items()},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -68,9 +91,13 @@ def _probe_args(p) -> None:
     p.add_argument("--layers", help="comma-separated layers (default: 1-7 = conv1-conv5, fc6, fc7)")
 
 
-@command("layerprobe", "a linear SVM and a softmax on each layer's features (Sec. 5.3, Table 6)",
-         "zfnet layerprobe --pretrained --data mnist5k --split trainval --per-class 30 --out probe",
-         arguments=_probe_args, locks_out=True)
+@command(
+    "layerprobe",
+    "a linear SVM and a softmax on each layer's features (Sec. 5.3, Table 6)",
+    "zfnet layerprobe --pretrained --data mnist5k --split trainval --per-class 30 --out probe",
+    arguments=_probe_args,
+    locks_out=True,
+)
 def _probe_run(args) -> int:
     from .. import data as zdata
     from ..pipelines.transfer import ProbeOptions, check_protocol, run_layerprobe
@@ -82,9 +109,22 @@ def _probe_run(args) -> int:
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)
     ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
-    options = ProbeOptions(protocol=args.protocol, per_class=args.per_class, folds=args.folds, layers=layers,
-                           test_per_class=args.test_per_class)
+    options = ProbeOptions(
+        protocol=args.protocol,
+        per_class=args.per_class,
+        folds=args.folds,
+        layers=layers,
+        test_per_class=args.test_per_class,
+    )
     r = run_layerprobe(opened, ds, args.out, options=options, device=dev, progress=not args.no_progress)
-    print(json.dumps({"out": args.out, "table": os.path.join(args.out, "table.md"),
-                      "summary": {k: round(v["mean"], 4) for k, v in r["summary"].items()}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "table": os.path.join(args.out, "table.md"),
+                "summary": {k: round(v["mean"], 4) for k, v in r["summary"].items()},
+            },
+            indent=2,
+        )
+    )
     return 0

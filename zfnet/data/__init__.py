@@ -11,6 +11,7 @@ A dataset spec is `KIND[:ARG]` or a folder path (its layout is recognised):
     folder:DIR               class folders (optionally under train/val/test), or a flat folder of images
     caltech101:DIR, caltech256:DIR, voc2012:DIR   official layouts
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,8 +82,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if not os.path.isdir(path):
         if os.path.exists(path):
             raise UsageError(f"--data {spec!r} is a file; pass a dataset folder or a name ({', '.join(DATASETS)})")
-        raise UsageError(f"dataset {spec!r} is neither a known name ({', '.join(DATASETS)}) nor an existing folder; "
-                         "check the path")
+        raise UsageError(
+            f"dataset {spec!r} is neither a known name ({', '.join(DATASETS)}) nor an existing folder; check the path"
+        )
     entries = set(os.listdir(path))
     if "101_ObjectCategories" in entries:
         return "caltech101", path
@@ -136,6 +138,7 @@ def open_dataset(spec: str, split: str | None, preprocess: Preprocess, exclude: 
 
 # --- per-pixel mean image (Sec. 3) ---------------------------------------------------------------------
 
+
 def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> torch.Tensor:
     """The per-pixel mean (C x B x B, raw [0, 255] pixel units) over every image of `dataset` (Sec. 3's mean
     subtraction), computed once and cached in the user cache (`zfnet.io.cache_dir("means")`), keyed by the
@@ -147,8 +150,18 @@ def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> to
     root = getattr(dataset, "root", None)
     n = len(dataset)
     ids = [dataset.image_id(i) for i in [*range(min(n, 100)), *range(max(100, n - 100), n)]]
-    identity = json.dumps([os.path.realpath(root) if root else None, dataset.name, dataset.split, n, ids,
-                           pp.channels, pp.base_size, pp.fit])
+    identity = json.dumps(
+        [
+            os.path.realpath(root) if root else None,
+            dataset.name,
+            dataset.split,
+            n,
+            ids,
+            pp.channels,
+            pp.base_size,
+            pp.fit,
+        ]
+    )
     digest = hashlib.sha1(identity.encode()).hexdigest()[:16]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset.name}-{dataset.split}")[:80]
     path = cache_dir("means", f"{safe}-{digest}.safetensors")
@@ -161,8 +174,7 @@ def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> to
             pass
     total = torch.zeros(pp.channels, pp.base_size, pp.base_size, dtype=torch.float64)
     count = 0
-    for base, _, _ in batches(dataset, chunked(range(n), 256), workers=workers, progress=progress,
-                              desc="mean image"):
+    for base, _, _ in batches(dataset, chunked(range(n), 256), workers=workers, progress=progress, desc="mean image"):
         total += base.double().sum(0)
         count += len(base)
     mean = (total / max(count, 1)).float()
@@ -175,6 +187,7 @@ def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> to
 
 # --- batches --------------------------------------------------------------------------------------------
 
+
 def _collate(items):
     """Decoded items -> (bases of the readable ones, their labels, readable mask, reasons for the others)."""
     good = [(b, l) for b, l, err in items if err is None]
@@ -184,8 +197,9 @@ def _collate(items):
         return None, None, ok, errors
     bases = torch.stack([b for b, _ in good])
     labels = good[0][1]
-    labels = torch.stack([l for _, l in good]) if isinstance(labels, torch.Tensor) else \
-        torch.tensor([l for _, l in good])
+    labels = (
+        torch.stack([l for _, l in good]) if isinstance(labels, torch.Tensor) else torch.tensor([l for _, l in good])
+    )
     return bases, labels, ok, errors
 
 
@@ -198,8 +212,14 @@ def chunked(indices, batch_size: int) -> list[torch.Tensor]:
     return [c for c in torch.split(idx.long(), batch_size) if len(c)]
 
 
-def batches(dataset: ImageSet, chunks: list[torch.Tensor], workers: int = 0, progress: bool = False,
-            desc: str = "", unit: str = "img") -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def batches(
+    dataset: ImageSet,
+    chunks: list[torch.Tensor],
+    workers: int = 0,
+    progress: bool = False,
+    desc: str = "",
+    unit: str = "img",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(uint8 base squares, labels, dataset indices) for each chunk of indices, in order; in-memory sets are
     sliced directly, file sets are decoded by `workers` processes. A file that cannot be read is skipped and
     recorded in `dataset.skipped` (index -> reason); a chunk with no readable image yields nothing. With
@@ -216,7 +236,8 @@ def batches(dataset: ImageSet, chunks: list[torch.Tensor], workers: int = 0, pro
                 pbar.update(len(idx))
             return
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_collate)
+            dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_collate
+        )
         for idx, (bases, labels, ok, errors) in zip(chunks, loader):
             for i, err in zip(idx[~ok].tolist(), errors):
                 dataset.skipped[i] = err

@@ -1,4 +1,5 @@
 """Image collections: labelled images that yield uint8 base squares (see `Preprocess`)."""
+
 from __future__ import annotations
 
 import os
@@ -87,17 +88,29 @@ class ImageSet(torch.utils.data.Dataset):
             return
         first = self.image_id(min(self.skipped))
         if len(self.skipped) >= len(self):
-            raise UsageError(f"none of the {len(self)} images of {self.name} split {self.split!r} could be read "
-                             f"(first: {first!r}: {self.skipped[min(self.skipped)]}); check the files")
-        note(f"skipped {len(self.skipped)} unreadable image(s) of {self.name} split {self.split!r} "
-             f"(first: {first!r}); they are listed under 'skipped' in the result")
+            raise UsageError(
+                f"none of the {len(self)} images of {self.name} split {self.split!r} could be read "
+                f"(first: {first!r}: {self.skipped[min(self.skipped)]}); check the files"
+            )
+        note(
+            f"skipped {len(self.skipped)} unreadable image(s) of {self.name} split {self.split!r} "
+            f"(first: {first!r}); they are listed under 'skipped' in the result"
+        )
 
 
 class TensorImageSet(ImageSet):
     """Images held in memory as an N x H x W (or N x C x H x W) uint8 array (MNIST-style data, synthetic)."""
 
-    def __init__(self, name: str, split: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                 preprocess: Preprocess, ids: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        images: np.ndarray,
+        labels: np.ndarray,
+        classes: list[str],
+        preprocess: Preprocess,
+        ids: list[str] | None = None,
+    ) -> None:
         self.name, self.split, self.classes, self.preprocess = name, split, list(classes), preprocess
         self.bases = preprocess.base_batch(images)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -148,11 +161,14 @@ def as_image_set(images) -> ImageSet:
 class FileImageSet(ImageSet):
     """Images read from files on demand (class folders, Caltech, PASCAL VOC)."""
 
-    def __init__(self, name: str, split: str, root: str, files: list[str], labels, classes: list[str],
-                 preprocess: Preprocess) -> None:
+    def __init__(
+        self, name: str, split: str, root: str, files: list[str], labels, classes: list[str], preprocess: Preprocess
+    ) -> None:
         if not files:
-            raise UsageError(f"no images found for {name} split {split!r} under {root!r}; check the folder layout "
-                             "(see the README's data section)")
+            raise UsageError(
+                f"no images found for {name} split {split!r} under {root!r}; check the folder layout "
+                "(see the README's data section)"
+            )
         self.name, self.split, self.root, self.files = name, split, root, files
         self.classes, self.preprocess = list(classes), preprocess
         self.labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels, dtype=torch.long)
@@ -192,15 +208,18 @@ def open_image(path: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise UsageError(f"image {path!r} has {img.width}x{img.height} pixels, more than zfnet reads "
-                                     f"({MAX_PIXELS:,}); downscale it first")
+                    raise UsageError(
+                        f"image {path!r} has {img.width}x{img.height} pixels, more than zfnet reads "
+                        f"({MAX_PIXELS:,}); downscale it first"
+                    )
                 img.load()
                 return img.copy()
     except UsageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UsageError(f"image {path!r} has more pixels than zfnet reads ({MAX_PIXELS:,}); downscale it "
-                         "first") from None
+        raise UsageError(
+            f"image {path!r} has more pixels than zfnet reads ({MAX_PIXELS:,}); downscale it first"
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UsageError(f"cannot read image {path!r} ({reason}); pass a PNG or JPEG file") from None
@@ -213,9 +232,11 @@ def read_image(path: str, preprocess: Preprocess) -> torch.Tensor:
 
 def list_images(folder: str) -> list[str]:
     """Image file names in `folder` (not recursive), sorted; hidden files (macOS '._x.png') are left out."""
-    return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-                  and os.path.isfile(os.path.join(folder, f)))
+    return sorted(
+        f
+        for f in os.listdir(folder)
+        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") and os.path.isfile(os.path.join(folder, f))
+    )
 
 
 def class_folders(root: str, skip: tuple[str, ...] = ()) -> tuple[list[str], list[int], list[str]]:

@@ -6,6 +6,7 @@ Caltech-101: `ROOT/101_ObjectCategories/<class>/image_0001.jpg` (102 folders wit
 Caltech-256: `ROOT/256_ObjectCategories/001.ak47/001_0001.jpg` ... `257.clutter/`.
 The transfer protocols (15/30 per class, 5 folds, Sec. 5.2) are built on the 'all' split these readers give.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,19 @@ def _split_dir(root: str, split: str, name: str) -> str:
         if os.path.isdir(d):
             return d
     have = [d for d in ("train", "val", "test") if os.path.isdir(os.path.join(root, d))]
-    raise UsageError(f"{name} folder {root!r} has no {split!r} split"
-                     + (f" (it has: {', '.join(have)})" if have else " (expected ROOT/train/<class>/..., "
-                        "ROOT/val/<class>/...)") + "; pass --split with one of those")
+    raise UsageError(
+        f"{name} folder {root!r} has no {split!r} split"
+        + (f" (it has: {', '.join(have)})" if have else " (expected ROOT/train/<class>/..., ROOT/val/<class>/...)")
+        + "; pass --split with one of those"
+    )
 
 
 def imagefolder(split: str, preprocess: Preprocess, path: str | None = None, name: str = "folder") -> FileImageSet:
     """Class folders: ROOT/{train,val,test}/<class>/, or for split 'all' ROOT/all/<class>/ or ROOT/<class>/."""
     if not path or not os.path.isdir(path):
-        raise UsageError(f"dataset folder {path!r} does not exist; pass --data with the folder that holds the "
-                         "class folders")
+        raise UsageError(
+            f"dataset folder {path!r} does not exist; pass --data with the folder that holds the class folders"
+        )
     has_splits = any(os.path.isdir(os.path.join(path, d)) for d in ("train", "val", "test"))
     if split == "all" and os.path.isdir(os.path.join(path, "all")):
         folder = os.path.join(path, "all")  # ROOT/all/<class>/...
@@ -56,14 +60,16 @@ def imagenet(split: str, preprocess: Preprocess, path: str | None = None) -> Fil
     return imagefolder(split, preprocess, path, name="imagenet")
 
 
-def _caltech(split: str, preprocess: Preprocess, path: str | None, sub: str, name: str,
-             skip: tuple[str, ...] = ()) -> FileImageSet:
+def _caltech(
+    split: str, preprocess: Preprocess, path: str | None, sub: str, name: str, skip: tuple[str, ...] = ()
+) -> FileImageSet:
     if not path or not os.path.isdir(path):
         raise UsageError(f"{name} folder {path!r} does not exist; pass --data {name}:ROOT (the folder holding {sub})")
     root = os.path.join(path, sub) if os.path.isdir(os.path.join(path, sub)) else path
     if split != "all":
-        raise UsageError(f"{name} has no fixed {split!r} split (the paper samples N images per class per fold); "
-                         "use --split all")
+        raise UsageError(
+            f"{name} has no fixed {split!r} split (the paper samples N images per class per fold); use --split all"
+        )
     files, labels, folders = class_folders(root, skip=skip)
     if not folders:
         raise UsageError(f"no class folders under {root!r}; expected {sub}/<class>/<image>.jpg")

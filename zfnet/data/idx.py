@@ -1,4 +1,5 @@
 """Reader for LeCun's IDX format (MNIST, Fashion-MNIST), plain or gzipped."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,7 +18,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise ValueError(f"{path} is not an IDX file")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[data[2]])  # type: ignore[call-overload]
     count = int(np.prod(dims)) if dims else 1
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=4 + 4 * ndim)

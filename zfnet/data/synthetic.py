@@ -1,6 +1,7 @@
 """A deterministic synthetic image dataset for fast tests: each class is a shape (bars, square, disk, ...)
 drawn at a random place, size and contrast on a noisy background. Image i of a split depends only on
 (seed, split, i), so every run and every process sees the same pixels."""
+
 from __future__ import annotations
 
 import zlib
@@ -28,7 +29,7 @@ def _draw(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     elif shape == "square":
         m = inside
     elif shape == "disk":
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
     elif shape == "diagonal":
         m = inside & (((yy + xx) // (period / 2)) % 2 == 0)
     elif shape == "checker":

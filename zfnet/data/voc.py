@@ -2,6 +2,7 @@
 `VOCdevkit/VOC2012/{JPEGImages,Annotations,ImageSets/Main}`; split lists `ImageSets/Main/{train,val,trainval}.txt`
 and per-class ground truth `ImageSets/Main/<class>_<split>.txt` ('<id> 1' present, '0' difficult only,
 '-1' absent)."""
+
 from __future__ import annotations
 
 import os
@@ -13,17 +14,38 @@ from ..errors import UsageError
 from .base import FileImageSet
 from .preprocess import Preprocess
 
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor"]
+VOC_CLASSES = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
 def find_voc_root(path: str) -> str:
     for cand in (path, os.path.join(path, "VOC2012"), os.path.join(path, "VOCdevkit", "VOC2012")):
         if os.path.isdir(os.path.join(cand, "JPEGImages")) and os.path.isdir(os.path.join(cand, "ImageSets", "Main")):
             return cand
-    raise UsageError(f"no PASCAL VOC 2012 layout under {path!r}; expected VOCdevkit/VOC2012/JPEGImages and "
-                     "ImageSets/Main (pass --data voc2012:ROOT)")
+    raise UsageError(
+        f"no PASCAL VOC 2012 layout under {path!r}; expected VOCdevkit/VOC2012/JPEGImages and "
+        "ImageSets/Main (pass --data voc2012:ROOT)"
+    )
 
 
 def _labels_from_xml(root: str, image_id: str) -> list[int]:

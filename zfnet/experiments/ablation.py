@@ -5,6 +5,7 @@ Every run is resumable on its own and can be trained on another machine (`--vari
 collects whatever has finished. Rerun after a kill: finished runs (model.safetensors + metrics.json) are never
 retrained, a run with a checkpoint resumes exactly (zfnet.train), the rest start.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,11 +23,22 @@ BASES = ("zfnet", "alexnet", "zfnet-small")
 # Table 2 of the paper (train top-1, val top-1, val top-5 error %), per row. Rows removing layers come from the
 # Krizhevsky half of the table, rows resizing layers from ZFNet's (the 2048/8192-unit rows exist in both halves).
 PAPER_TABLE2 = {
-    "alexnet": {"base": (35.1, 40.5, 18.1), "rm34": (41.8, 45.4, 22.1), "rm7": (27.4, 40.0, 18.4),
-                "rm67": (27.4, 44.8, 22.4), "rm3467": (71.1, 71.3, 50.1), "fc2048": (40.3, 41.7, 18.8),
-                "fc8192": (26.8, 40.0, 18.1)},
-    "zfnet": {"base": (33.1, 38.4, 16.5), "fc2048": (38.2, 40.2, 17.6), "fc8192": (22.0, 38.8, 17.0),
-              "wide345": (18.8, 37.5, 16.0), "fc8192-wide345": (10.0, 38.3, 16.9)},
+    "alexnet": {
+        "base": (35.1, 40.5, 18.1),
+        "rm34": (41.8, 45.4, 22.1),
+        "rm7": (27.4, 40.0, 18.4),
+        "rm67": (27.4, 44.8, 22.4),
+        "rm3467": (71.1, 71.3, 50.1),
+        "fc2048": (40.3, 41.7, 18.8),
+        "fc8192": (26.8, 40.0, 18.1),
+    },
+    "zfnet": {
+        "base": (33.1, 38.4, 16.5),
+        "fc2048": (38.2, 40.2, 17.6),
+        "fc8192": (22.0, 38.8, 17.0),
+        "wide345": (18.8, 37.5, 16.0),
+        "fc8192-wide345": (10.0, 38.3, 16.9),
+    },
 }
 
 
@@ -91,9 +103,20 @@ def collect(out: str, base: str, variants: list[str]) -> list[Row]:
         if os.path.isfile(metrics) and os.path.isfile(os.path.join(folder, "model.safetensors")):
             with open(metrics) as f:
                 m = json.load(f)
-            rows.append(Row(v, name, "done", m["epochs"], m["train_top1_err"], m["val"]["centre"]["top1_err"],
-                            m["val"]["centre"]["top5_err"], m["val"]["ten_crop"]["top1_err"],
-                            m["train_wall_seconds"], params))
+            rows.append(
+                Row(
+                    v,
+                    name,
+                    "done",
+                    m["epochs"],
+                    m["train_top1_err"],
+                    m["val"]["centre"]["top1_err"],
+                    m["val"]["centre"]["top5_err"],
+                    m["val"]["ten_crop"]["top1_err"],
+                    m["train_wall_seconds"],
+                    params,
+                )
+            )
         elif os.path.isfile(os.path.join(folder, "checkpoint.safetensors")):
             try:
                 meta = safetensors_metadata(os.path.join(folder, "checkpoint.safetensors"))
@@ -105,13 +128,27 @@ def collect(out: str, base: str, variants: list[str]) -> list[Row]:
     return rows
 
 
-def train_variants(out: str, base: str, variants: list[str], recipe: Recipe, options: RunOptions,
-                   progress: bool = True, on_logs=None, on_run=None) -> list[Row]:
+def train_variants(
+    out: str,
+    base: str,
+    variants: list[str],
+    recipe: Recipe,
+    options: RunOptions,
+    progress: bool = True,
+    on_logs=None,
+    on_run=None,
+) -> list[Row]:
     """Train the base and every variant that has not finished, with `recipe` (its model replaced by each row's)."""
     if base not in BASES:
         raise UsageError(f"--base must be one of {', '.join(BASES)} (Table 2's halves and the small family)")
     if recipe.model_overrides:
         raise UsageError("the ablation builds each row's model by name; drop --model-overrides")
-    train_runs(out, {v: recipe.replace(model=model_name(base, v)) for v in ["base", *variants]}, options, progress,
-               on_logs, on_run)
+    train_runs(
+        out,
+        {v: recipe.replace(model=model_name(base, v)) for v in ["base", *variants]},
+        options,
+        progress,
+        on_logs,
+        on_run,
+    )
     return collect(out, base, variants)

@@ -14,6 +14,7 @@ projected to pixels (deconvnet); the measure is the share of each projection's s
 above half the Nyquist frequency (radial frequency > 0.25 cycles/px), averaged over maps. Aliasing from a large
 first-layer stride shows as grid-like high-frequency artefacts, i.e. a larger share.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import data as zdata
-from ..weights import open_model
 from ..layers import layer_names
 from ..methods.atlas import scan, top_projections
 from ..methods.deconvnet import Deconvnet
 from ..methods.filters import FilterReport, analyse, first_conv
 from ..receptive_field import layer_field
 from ..recipe import Recipe, RunOptions
+from ..weights import open_model
 from .runs import finished, train_runs
 
 FIRST_LAYERS = {
@@ -50,9 +51,13 @@ def configs(model: str) -> dict[str, tuple[tuple[int, int, int], bool]]:
 
 
 def recipes(base: Recipe) -> dict[str, Recipe]:
-    return {name: base.replace(model_overrides={**base.model_overrides, "first_layer": list(first)},
-                               clip_radius=base.clip_radius if clip else None)
-            for name, (first, clip) in configs(base.model).items()}
+    return {
+        name: base.replace(
+            model_overrides={**base.model_overrides, "first_layer": list(first)},
+            clip_radius=base.clip_radius if clip else None,
+        )
+        for name, (first, clip) in configs(base.model).items()
+    }
 
 
 def high_frequency_share(x: torch.Tensor) -> torch.Tensor:
@@ -79,19 +84,27 @@ class RunAnalysis:
 
     def to_json(self) -> dict:
         s = self.filters.summary()
-        return {"name": self.name, "first_layer": {"kernel": self.first_layer[0], "stride": self.first_layer[1],
-                                                    "padding": self.first_layer[2]},
-                "clipping": self.clipping, "val_top1_err": self.val_top1_err, "filters": s,
-                "layer2": self.layer2, "layer2_high_frequency_mean": float(self.layer2_high_frequency.mean()),
-                "layer2_high_frequency_per_map": self.layer2_high_frequency.tolist()}
+        return {
+            "name": self.name,
+            "first_layer": {
+                "kernel": self.first_layer[0],
+                "stride": self.first_layer[1],
+                "padding": self.first_layer[2],
+            },
+            "clipping": self.clipping,
+            "val_top1_err": self.val_top1_err,
+            "filters": s,
+            "layer2": self.layer2,
+            "layer2_high_frequency_mean": float(self.layer2_high_frequency.mean()),
+            "layer2_high_frequency_per_map": self.layer2_high_frequency.tolist(),
+        }
 
 
 def analyse_run(folder: str, name: str, recipe: Recipe, limit: int = 2000, device: str = "cpu") -> RunAnalysis:
     """Filters, layer-2 aliasing and accuracy of one finished run."""
     overrides = dict(recipe.model_overrides)
     overrides["first_layer"] = tuple(overrides["first_layer"])
-    opened = open_model(recipe.model, os.path.join(folder, "model.safetensors"), device=device,
-                        overrides=overrides)
+    opened = open_model(recipe.model, os.path.join(folder, "model.safetensors"), device=device, overrides=overrides)
     model, pp = opened.model, opened.preprocess
     ds = zdata.open_dataset(recipe.data, recipe.val_split, pp).head(limit)
     names = layer_names(model)
@@ -109,12 +122,14 @@ def analyse_run(folder: str, name: str, recipe: Recipe, limit: int = 2000, devic
     with open(os.path.join(folder, "metrics.json")) as f:
         err = json.load(f)["val"]["centre"]["top1_err"]
     first_layer = tuple(recipe.model_overrides["first_layer"])
-    return RunAnalysis(name, first_layer, recipe.clip_radius is not None, err, report, second, fields,
-                       high_frequency_share(fields))
+    return RunAnalysis(
+        name, first_layer, recipe.clip_radius is not None, err, report, second, fields, high_frequency_share(fields)
+    )
 
 
-def run(out: str, base: Recipe, options: RunOptions, progress: bool = True, on_logs=None, on_run=None,
-        train: bool = True) -> list[RunAnalysis]:
+def run(
+    out: str, base: Recipe, options: RunOptions, progress: bool = True, on_logs=None, on_run=None, train: bool = True
+) -> list[RunAnalysis]:
     """Train the four runs that have not finished, then analyse every finished one."""
     rs = recipes(base)
     if train:

@@ -11,6 +11,7 @@ Streaming and blocked: B's descriptors stay in memory (30,000 x 256 floats = 31 
 block's correlations with all of B are one matrix product, and a running top-k per B image keeps its `k` best A
 matches (ties to the lower A index) - memory does not grow with A.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,12 +35,20 @@ def descriptors(bases: torch.Tensor, size: int = 16) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def dataset_descriptors(ds: zdata.ImageSet, size: int = 16, batch_size: int = 1024, workers: int = 0,
-                        device: torch.device | str = "cpu", progress: bool = True, desc: str = "descriptors"):
+def dataset_descriptors(
+    ds: zdata.ImageSet,
+    size: int = 16,
+    batch_size: int = 1024,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "descriptors",
+):
     """(N x size^2 descriptors, the dataset indices they belong to) - unreadable files are skipped."""
     out, idx = [], []
-    for bases, _, i in zdata.batches(ds, zdata.chunked(range(len(ds)), batch_size), workers=workers,
-                                     progress=progress, desc=desc):
+    for bases, _, i in zdata.batches(
+        ds, zdata.chunked(range(len(ds)), batch_size), workers=workers, progress=progress, desc=desc
+    ):
         out.append(descriptors(bases.to(device), size))
         idx.append(i)
     return torch.cat(out), torch.cat(idx)
@@ -85,14 +94,23 @@ def match(desc_a_blocks, desc_b: torch.Tensor, b_index: torch.Tensor, k: int = 5
     return Matches(scores.t().contiguous().cpu(), a_idx.t().contiguous().cpu(), b_index.cpu(), comparisons, seconds)
 
 
-def dedupe(set_a: zdata.ImageSet, set_b: zdata.ImageSet, size: int = 16, k: int = 5, block: int = 4096,
-           workers: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> Matches:
+def dedupe(
+    set_a: zdata.ImageSet,
+    set_b: zdata.ImageSet,
+    size: int = 16,
+    k: int = 5,
+    block: int = 4096,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Matches:
     """Each B image's k best A matches by normalized correlation (see the module docstring)."""
     desc_b, b_index = dataset_descriptors(set_b, size, block, workers, device, progress, desc="descriptors B")
 
     def blocks():
-        for bases, _, i in zdata.batches(set_a, zdata.chunked(range(len(set_a)), block), workers=workers,
-                                         progress=progress, desc="compare A"):
+        for bases, _, i in zdata.batches(
+            set_a, zdata.chunked(range(len(set_a)), block), workers=workers, progress=progress, desc="compare A"
+        ):
             yield descriptors(bases.to(device), size), i
 
     return match(blocks(), desc_b, b_index, k)

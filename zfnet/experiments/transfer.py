@@ -16,11 +16,11 @@ Per-layer probes (Table 6): a linear SVM (scikit-learn `LinearSVC`) and a softma
 layers 1 ... 7 (rectified outputs, flattened), all layers from one forward per image, same protocol.
 The softmax is scikit-learn's multinomial `LogisticRegression` (L2, C = 1) on standardized features.
 """
+
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,16 +40,25 @@ PROTOCOLS = {  # name -> (default training images per class, test images per cla
 }
 
 
-def extract(model: nn.Module, ds: zdata.ImageSet, *, layers: list[str], batch_size: int = 256, workers: int = 0,
-            device: torch.device | str = "cpu", progress: bool = True) -> tuple[dict, torch.Tensor]:
+def extract(
+    model: nn.Module,
+    ds: zdata.ImageSet,
+    *,
+    layers: list[str],
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[dict, torch.Tensor]:
     """Every layer's features for every readable image of `ds` (fed through its own preprocessing), from one
     forward per image: ({layer: N x D}, indices)."""
     pp = ds.preprocess
     out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
     kept = []
     with torch.no_grad(), eval_mode(model):
-        for bases, _, idx in zdata.batches(ds, zdata.chunked(range(len(ds)), batch_size), workers=workers,
-                                           progress=progress, desc="features"):
+        for bases, _, idx in zdata.batches(
+            ds, zdata.chunked(range(len(ds)), batch_size), workers=workers, progress=progress, desc="features"
+        ):
             f = features(model, pp.eval_input(bases.to(device)), layers)
             for l in layers:
                 out[l].append(f[l].flatten(1).cpu())
@@ -65,10 +74,12 @@ def folds_split(labels: np.ndarray, per_class: int, test_per_class: int, fold: i
     for c in np.unique(labels):
         where = rng.permutation(np.nonzero(labels == c)[0])
         if len(where) <= per_class:
-            raise UsageError(f"class {int(c)} has {len(where)} images; {per_class} per class for training leaves "
-                             "none to test - lower --per-class")
+            raise UsageError(
+                f"class {int(c)} has {len(where)} images; {per_class} per class for training leaves "
+                "none to test - lower --per-class"
+            )
         tr.append(where[:per_class])
-        te.append(where[per_class:per_class + test_per_class])
+        te.append(where[per_class : per_class + test_per_class])
     return np.concatenate(tr), np.concatenate(te)
 
 
@@ -82,7 +93,8 @@ def softmax_classifier(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed)).fit(
-        x_train, y_train)
+        x_train, y_train
+    )
 
 
 def svm_classifier(x_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
@@ -106,12 +118,21 @@ class FoldScores:
         self.scores.setdefault(key, []).append(value)
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                    "folds": v} for k, v in self.scores.items()}
+        return {
+            k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "folds": v}
+            for k, v in self.scores.items()
+        }
 
 
-def probe(feats: dict[str, torch.Tensor], labels: np.ndarray, per_class: list[int], test_per_class: int,
-          folds: int, classifiers: list[str], layers: list[str] | None = None) -> FoldScores:
+def probe(
+    feats: dict[str, torch.Tensor],
+    labels: np.ndarray,
+    per_class: list[int],
+    test_per_class: int,
+    folds: int,
+    classifiers: list[str],
+    layers: list[str] | None = None,
+) -> FoldScores:
     """Train each classifier on each layer's fixed features for every fold and training-set size."""
     out = FoldScores()
     for n in per_class:
@@ -125,10 +146,23 @@ def probe(feats: dict[str, torch.Tensor], labels: np.ndarray, per_class: list[in
     return out
 
 
-def scratch(model_name: str, ds: zdata.ImageSet, *, labels: np.ndarray, positions: np.ndarray,
-            per_class: list[int], test_per_class: int, folds: int, epochs: int = 30, lr: float = 1e-2,
-            batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0, state: str | None = None,
-            key: str = "") -> FoldScores:
+def scratch(
+    model_name: str,
+    ds: zdata.ImageSet,
+    *,
+    labels: np.ndarray,
+    positions: np.ndarray,
+    per_class: list[int],
+    test_per_class: int,
+    folds: int,
+    epochs: int = 30,
+    lr: float = 1e-2,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    state: str | None = None,
+    key: str = "",
+) -> FoldScores:
     """The paper's non-pretrained rows: the architecture at random, trained on each fold's training images.
     With `state` (a folder), each finished fold's accuracy is kept there under `key`, and a rerun (after a kill)
     trains only the folds not yet finished - each fold is seeded on its own, so the result is the same."""
@@ -172,8 +206,9 @@ def scratch(model_name: str, ds: zdata.ImageSet, *, labels: np.ndarray, position
     return out
 
 
-def pascal(feats: torch.Tensor, label_matrix: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray,
-           classes: list[str]) -> dict[str, float]:
+def pascal(
+    feats: torch.Tensor, label_matrix: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray, classes: list[str]
+) -> dict[str, float]:
     """Table 5: a softmax over the 20 classes on the label matrix (1 present, 0 difficult only, -1 absent);
     per-class average precision on the test images, 'difficult only' entries left out of that class's AP."""
     from sklearn.metrics import average_precision_score

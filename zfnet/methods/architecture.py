@@ -5,6 +5,7 @@ parameters and (convolutions) its receptive field in input pixels.
     >>> arch = zfnet.architecture(model, (1, 28, 28))
     >>> [(l.name, l.kind, l.out_shape) for l in arch.layers]      # conv1 conv (48, 28, 28), pool1 pool ...
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -45,8 +46,12 @@ class Architecture:
     trainable: int = 0
 
     def to_json(self) -> dict:
-        return {"input_shape": self.input_shape, "params": self.params, "trainable": self.trainable,
-                "layers": [asdict(l) for l in self.layers]}
+        return {
+            "input_shape": self.input_shape,
+            "params": self.params,
+            "trainable": self.trainable,
+            "layers": [asdict(l) for l in self.layers],
+        }
 
 
 def _pair(v) -> list[int]:
@@ -57,16 +62,32 @@ def _info(name: str, m: nn.Module, out: torch.Tensor) -> LayerInfo | None:
     shape = list(out.shape[1:])
     own = sum(p.numel() for p in m.parameters(recurse=False))
     if isinstance(m, nn.Conv2d):
-        return LayerInfo(name, "conv", type(m).__name__, shape, _pair(m.kernel_size), _pair(m.stride),
-                         _pair(m.padding) if not isinstance(m.padding, str) else [0, 0], own,
-                         detail=f"groups {m.groups}" if m.groups > 1 else "")
+        return LayerInfo(
+            name,
+            "conv",
+            type(m).__name__,
+            shape,
+            _pair(m.kernel_size),
+            _pair(m.stride),
+            _pair(m.padding) if not isinstance(m.padding, str) else [0, 0],
+            own,
+            detail=f"groups {m.groups}" if m.groups > 1 else "",
+        )
     if isinstance(m, _POOLS):
         kind = "max" if "Max" in type(m).__name__ else "average"
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             return LayerInfo(name, "pool", type(m).__name__, shape, detail=f"adaptive {kind}")
-        return LayerInfo(name, "pool", type(m).__name__, shape, _pair(m.kernel_size),
-                         _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding), own,
-                         detail=kind)
+        return LayerInfo(
+            name,
+            "pool",
+            type(m).__name__,
+            shape,
+            _pair(m.kernel_size),
+            _pair(m.stride if m.stride is not None else m.kernel_size),
+            _pair(m.padding),
+            own,
+            detail=kind,
+        )
     if isinstance(m, _NORMS):
         detail = f"contrast norm. across {m.size} maps" if isinstance(m, nn.LocalResponseNorm) else type(m).__name__
         return LayerInfo(name, "norm", type(m).__name__, shape, params=own, detail=detail)
@@ -92,6 +113,7 @@ def architecture(model: nn.Module, images: torch.Tensor) -> Architecture:
                 info = _info(name, module, output)
                 if info is not None:
                     seen[name] = info
+
         return hook
 
     try:

@@ -7,6 +7,7 @@ maxima merge into a running top-k (ties go to the lower image index, so the resu
 size or process count). It saves its state atomically as it goes and continues where it stopped when rerun
 with the same arguments; under torchrun each process scans a contiguous shard and the shards' top-k merge.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,12 @@ class TopK:
 
     @classmethod
     def empty(cls, k: int, channels: int) -> TopK:
-        return cls(torch.full((k, channels), float("-inf")), torch.full((k, channels), -1, dtype=torch.long),
-                   torch.full((k, channels), -1, dtype=torch.long), torch.full((k, channels), -1, dtype=torch.long))
+        return cls(
+            torch.full((k, channels), float("-inf")),
+            torch.full((k, channels), -1, dtype=torch.long),
+            torch.full((k, channels), -1, dtype=torch.long),
+            torch.full((k, channels), -1, dtype=torch.long),
+        )
 
     @property
     def k(self) -> int:
@@ -69,8 +74,12 @@ class TopK:
         return self.merge(best.cpu(), images.cpu(), ys.cpu(), xs.cpu())
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}/values": self.values, f"{prefix}/images": self.images, f"{prefix}/ys": self.ys,
-                f"{prefix}/xs": self.xs}
+        return {
+            f"{prefix}/values": self.values,
+            f"{prefix}/images": self.images,
+            f"{prefix}/ys": self.ys,
+            f"{prefix}/xs": self.xs,
+        }
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> TopK:
@@ -93,10 +102,18 @@ class Scan:
         for name, tk in self.top.items():
             maps = []
             for c in range(tk.values.shape[1]):
-                maps.append([{"image": int(tk.images[r, c]), "value": float(tk.values[r, c]),
-                              "y": int(tk.ys[r, c]) if tk.ys[r, c] >= 0 else None,
-                              "x": int(tk.xs[r, c]) if tk.xs[r, c] >= 0 else None}
-                             for r in range(tk.k) if tk.images[r, c] >= 0])
+                maps.append(
+                    [
+                        {
+                            "image": int(tk.images[r, c]),
+                            "value": float(tk.values[r, c]),
+                            "y": int(tk.ys[r, c]) if tk.ys[r, c] >= 0 else None,
+                            "x": int(tk.xs[r, c]) if tk.xs[r, c] >= 0 else None,
+                        }
+                        for r in range(tk.k)
+                        if tk.images[r, c] >= 0
+                    ]
+                )
             out[name] = {"shape": list(self.shapes[name]), "maps": maps}
         return {"images": self.images, "seconds": self.seconds, "layers": out}
 
@@ -115,20 +132,46 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def atlas(model: nn.Module, images: torch.Tensor | zdata.ImageSet, *, layers: Sequence[str] | None = None,
-          k: int = 9, batch_size: int = 128, progress: bool = False) -> Scan:
+def atlas(
+    model: nn.Module,
+    images: torch.Tensor | zdata.ImageSet,
+    *,
+    layers: Sequence[str] | None = None,
+    k: int = 9,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> Scan:
     """Fig. 2's selection: for every feature map of `layers` (default `default_layers`), its `k` strongest
     activations over `images` - a batch of model input, or a dataset (`ImageSet`, read in batches with its own
     preprocessing) - each from a different image, ties to the lower image index."""
     ds = zdata.as_image_set(images)
-    return scan(model, ds, layers=list(layers or default_layers(model)), k=k, batch_size=batch_size, workers=0,
-                progress=progress)
+    return scan(
+        model,
+        ds,
+        layers=list(layers or default_layers(model)),
+        k=k,
+        batch_size=batch_size,
+        workers=0,
+        progress=progress,
+    )
 
 
-def scan(model: nn.Module, dataset: zdata.ImageSet, *, layers: list[str], k: int = 9,
-         preprocess: zdata.Preprocess | None = None, batch_size: int = 128, workers: int = 4,
-         state_path: str | None = None, key: str = "", dist: Dist | None = None, progress: bool = True,
-         save_every: float = 30.0, desc: str = "atlas scan") -> Scan:
+def scan(
+    model: nn.Module,
+    dataset: zdata.ImageSet,
+    *,
+    layers: list[str],
+    k: int = 9,
+    preprocess: zdata.Preprocess | None = None,
+    batch_size: int = 128,
+    workers: int = 4,
+    state_path: str | None = None,
+    key: str = "",
+    dist: Dist | None = None,
+    progress: bool = True,
+    save_every: float = 30.0,
+    desc: str = "atlas scan",
+) -> Scan:
     """One pass over `dataset` keeping each map's top-k (Fig. 2), fed through `preprocess` (default: the
     dataset's own). With `state_path`, resumable: a rerun with the same `key` continues from the saved state.
     Under torchrun, each process scans its shard; all get the merged result."""
@@ -163,8 +206,9 @@ def scan(model: nn.Module, dataset: zdata.ImageSet, *, layers: list[str], k: int
     chunks = zdata.chunked(share[done:], batch_size)
     t0 = time.perf_counter()
     with torch.no_grad(), eval_mode(model):  # the model's modes come back as they were
-        for bases, _, idx in zdata.batches(dataset, chunks, workers=workers, progress=progress and dist.main,
-                                           desc=desc):
+        for bases, _, idx in zdata.batches(
+            dataset, chunks, workers=workers, progress=progress and dist.main, desc=desc
+        ):
             x = pp.eval_input(bases.to(dist.device))
             feats = features(model, x, layers)
             for name in layers:
@@ -216,19 +260,31 @@ def manifest_layers(result: Scan, dataset: zdata.ImageSet, fields: dict) -> dict
                 if i < 0:
                     continue
                 label = dataset.labels[i]
-                entries.append({
-                    "image": i, "id": dataset.image_id(i),
-                    "label": dataset.classes[int(label)] if label.dim() == 0 and len(dataset.classes) > 1 else None,
-                    "value": float(tk.values[r, c]), "y": int(tk.ys[r, c]), "x": int(tk.xs[r, c])})
+                entries.append(
+                    {
+                        "image": i,
+                        "id": dataset.image_id(i),
+                        "label": dataset.classes[int(label)] if label.dim() == 0 and len(dataset.classes) > 1 else None,
+                        "value": float(tk.values[r, c]),
+                        "y": int(tk.ys[r, c]),
+                        "x": int(tk.xs[r, c]),
+                    }
+                )
             maps.append(entries)
-        out[name] = {"shape": list(result.shapes[name]), "channels": len(maps), **fields.get(name, {}),
-                     "maps": maps}
+        out[name] = {"shape": list(result.shapes[name]), "channels": len(maps), **fields.get(name, {}), "maps": maps}
     return out
 
 
-def top_projections(dn, dataset: zdata.ImageSet, pp: zdata.Preprocess, tk: TopK, layer: str,
-                    channels: list[int], rf, device: torch.device = torch.device("cpu")) \
-        -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def top_projections(
+    dn,
+    dataset: zdata.ImageSet,
+    pp: zdata.Preprocess,
+    tk: TopK,
+    layer: str,
+    channels: list[int],
+    rf,
+    device: torch.device = torch.device("cpu"),
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """For each channel: (k projections, k image patches) over the receptive-field box (Fig. 2), both
     k x C x h x w; patches in display pixels [0, 255]. `dn` is an open Deconvnet on the model."""
     from .deconvnet import Target
@@ -252,8 +308,10 @@ def top_projections(dn, dataset: zdata.ImageSet, pp: zdata.Preprocess, tk: TopK,
         fields_ = dn.project_targets(x, targets, output="field")
         shown = pp.display(x)
         for t, c, f in zip(targets, owners, fields_):
-            patch = rf.crop(shown[t.image:t.image + 1], t.y or 0, t.x or 0)[0]
+            patch = rf.crop(shown[t.image : t.image + 1], t.y or 0, t.x or 0)[0]
             out[c][0].append(f.cpu())
             out[c][1].append(patch.cpu())
-    return {c: (torch.stack(p) if p else torch.zeros(0), torch.stack(q) if q else torch.zeros(0))
-            for c, (p, q) in out.items()}
+    return {
+        c: (torch.stack(p) if p else torch.zeros(0), torch.stack(q) if q else torch.zeros(0))
+        for c, (p, q) in out.items()
+    }

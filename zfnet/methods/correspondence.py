@@ -13,6 +13,7 @@ representation the same way in every image. The baseline "random" masks, for eac
 box at a random position - the same in every image - of the parts' median size; its Delta and std pool the
 pairs of all draws.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,8 +41,15 @@ class CorrespondenceResult:
     pairs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "layer/part" -> per-pair values
 
     def to_json(self) -> dict:
-        return {"delta": self.delta, "std": self.std, "layers": self.layers, "parts": self.parts,
-                "images": self.images, "fill": self.fill, "random_boxes": [list(b) for b in self.random_boxes]}
+        return {
+            "delta": self.delta,
+            "std": self.std,
+            "layers": self.layers,
+            "parts": self.parts,
+            "images": self.images,
+            "fill": self.fill,
+            "random_boxes": [list(b) for b in self.random_boxes],
+        }
 
 
 def sign_change(eps: torch.Tensor) -> torch.Tensor:
@@ -65,13 +73,23 @@ def _check_boxes(name: str, boxes: list[Box], n: int, h: int, w: int) -> None:
     for b in boxes:
         y0, x0, y1, x1 = b
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise UsageError(f"part {name!r} box {list(b)} is not inside the {h}x{w} model input "
-                             "(y0, x0, y1, x1; end-exclusive, 0 <= y0 < y1 <= H)")
+            raise UsageError(
+                f"part {name!r} box {list(b)} is not inside the {h}x{w} model input "
+                "(y0, x0, y1, x1; end-exclusive, 0 <= y0 < y1 <= H)"
+            )
 
 
-def correspondence(model: nn.Module, images: torch.Tensor, *, parts: dict[str, list[Box]],
-                   layers: Sequence[str] = ("conv5", "fc7"), fill: float = 0.0, random_draws: int = 10,
-                   seed: int = 0, batch_size: int = 256) -> CorrespondenceResult:
+def correspondence(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    parts: dict[str, list[Box]],
+    layers: Sequence[str] = ("conv5", "fc7"),
+    fill: float = 0.0,
+    random_draws: int = 10,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> CorrespondenceResult:
     """Delta (see the module docstring) per layer for each part (`parts`: name -> one box per image of the
     batch) and for random boxes (arXiv Sec. 4.3)."""
     boxes = parts
@@ -100,7 +118,7 @@ def correspondence(model: nn.Module, images: torch.Tensor, *, parts: dict[str, l
     def feats(x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
         for s in range(0, len(x), batch_size):
-            f = features(model, x[s:s + batch_size], layers)
+            f = features(model, x[s : s + batch_size], layers)
             for l in layers:
                 out[l].append(f[l].flatten(1).double())
         return {l: torch.cat(v) for l, v in out.items()}

@@ -20,6 +20,7 @@ Fast path: a unit only depends on its receptive field, so each projection's forw
 window only (`receptive_field.crop_plan`), many windows of a layer batched together; the result equals the
 whole-image projection, borders included.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -33,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import UsageError
 from ..layers import StopForward, capture, feature_module
-from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_geometries, layer_field
+from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
 from ..runtime import eval_mode
 
 MODES = ("deconvnet", "backprop", "guided")
@@ -113,8 +114,14 @@ class Deconvnet:
     normalization on the way down; `norm="gradient"` takes its gradient instead (what Captum does).
     """
 
-    def __init__(self, model: nn.Module, mode: str = "deconvnet", norm: str = "skip", fast: bool = True,
-                 max_batch_pixels: int = 32 * 224 * 224) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str = "deconvnet",
+        norm: str = "skip",
+        fast: bool = True,
+        max_batch_pixels: int = 32 * 224 * 224,
+    ) -> None:
         if mode not in MODES:
             raise UsageError(f"unknown deconvnet mode {mode!r}; choose one of {', '.join(MODES)}")
         if norm not in ("skip", "gradient"):
@@ -148,8 +155,14 @@ class Deconvnet:
         with torch.no_grad():
             return features(self.model, images, [layer])[layer]
 
-    def project(self, images: torch.Tensor, layer: str, channel: int | Sequence[int],
-                position: tuple[int, int] | None = None, unit: bool = False) -> torch.Tensor:
+    def project(
+        self,
+        images: torch.Tensor,
+        layer: str,
+        channel: int | Sequence[int],
+        position: tuple[int, int] | None = None,
+        unit: bool = False,
+    ) -> torch.Tensor:
         """One reconstruction per image, shaped like `images`: map `channel` of `layer` (one channel for all or
         one per image), at `position` (y, x), or where each image's map is strongest when `position` is None."""
         self._check_open()
@@ -160,16 +173,23 @@ class Deconvnet:
         targets = self.targets(images, layer, chans, position)
         return self.project_targets(images, targets, unit=unit)
 
-    def targets(self, images: torch.Tensor, layer: str, channels: list[int],
-                position: tuple[int, int] | None = None, acts: torch.Tensor | None = None) -> list[Target]:
+    def targets(
+        self,
+        images: torch.Tensor,
+        layer: str,
+        channels: list[int],
+        position: tuple[int, int] | None = None,
+        acts: torch.Tensor | None = None,
+    ) -> list[Target]:
         """One checked target per image: its channel at `position`, or where that map is strongest (`acts`:
         the layer's maps for `images`, when already computed)."""
         acts = self.activations(images, layer) if acts is None else acts
         n = images.shape[0]
         bad = [c for c in channels if not 0 <= c < acts.shape[1]]
         if bad:
-            raise UsageError(f"channel {bad[0]} does not exist in {layer} ({acts.shape[1]} maps: "
-                             f"0..{acts.shape[1] - 1})")
+            raise UsageError(
+                f"channel {bad[0]} does not exist in {layer} ({acts.shape[1]} maps: 0..{acts.shape[1] - 1})"
+            )
         if acts.dim() != 4:
             return [Target(i, layer, c) for i, c in enumerate(channels)]
         if position is None:
@@ -178,13 +198,16 @@ class Deconvnet:
         else:
             y, x = position
             if not (0 <= y < acts.shape[2] and 0 <= x < acts.shape[3]):
-                raise UsageError(f"position {y},{x} is outside {layer}'s {acts.shape[2]}x{acts.shape[3]} maps "
-                                 f"(0..{acts.shape[2] - 1}, 0..{acts.shape[3] - 1})")
+                raise UsageError(
+                    f"position {y},{x} is outside {layer}'s {acts.shape[2]}x{acts.shape[3]} maps "
+                    f"(0..{acts.shape[2] - 1}, 0..{acts.shape[3] - 1})"
+                )
             ys, xs = [y] * n, [x] * n
         return [Target(i, layer, c, y, x) for i, (c, y, x) in enumerate(zip(channels, ys, xs))]
 
-    def project_targets(self, images: torch.Tensor, targets: Iterable[Target | tuple], unit: bool = False,
-                        output: str = "full") -> torch.Tensor:
+    def project_targets(
+        self, images: torch.Tensor, targets: Iterable[Target | tuple], unit: bool = False, output: str = "full"
+    ) -> torch.Tensor:
         """Project each target; `output="full"` gives len(targets) x C x H x W (zero outside the unit's
         receptive field), `output="field"` gives just the receptive-field box of each (zero past the border),
         as for the patches of Fig. 2. With `unit`, the seed is 1 instead of the activation's value."""
@@ -209,8 +232,9 @@ class Deconvnet:
             group = [todo[k] for k in ks]
             if g is None or not self.fast or group[0].y is None:
                 outs = self._project_whole(images, group, unit)
-                outs = [rf.crop(o[None], t.y or 0, t.x or 0)[0] if output == "field" else o
-                        for o, t in zip(outs, group)]
+                outs = [
+                    rf.crop(o[None], t.y or 0, t.x or 0)[0] if output == "field" else o for o, t in zip(outs, group)
+                ]
             else:
                 outs = self._project_cropped(images, group, rf, unit, output)
             for k, o in zip(ks, outs):
@@ -243,14 +267,15 @@ class Deconvnet:
         per = max(1, self.max_batch_pixels // (images.shape[-1] * images.shape[-2]))
         outs: list[torch.Tensor] = []
         for s in range(0, len(group), per):
-            part = group[s:s + per]
+            part = group[s : s + per]
             x = images[[t.image for t in part]]
             chans = torch.tensor([t.channel for t in part], device=images.device)
             outs.extend(self._down(x, part[0].layer, chans, [t.y for t in part], [t.x for t in part], unit))
         return outs
 
-    def _project_cropped(self, images: torch.Tensor, group: list[Target], rf: ReceptiveField, unit: bool,
-                         output: str) -> list[torch.Tensor]:
+    def _project_cropped(
+        self, images: torch.Tensor, group: list[Target], rf: ReceptiveField, unit: bool, output: str
+    ) -> list[torch.Tensor]:
         plans = [crop_plan(rf, t.y or 0, t.x or 0) for t in group]  # cropped targets are spatial
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, ((t, l, b, r), _) in enumerate(plans):
@@ -260,12 +285,17 @@ class Deconvnet:
         for (ch, cw), members in by_shape.items():
             per = max(1, self.max_batch_pixels // (ch * cw))
             for s in range(0, len(members), per):
-                part = members[s:s + per]
-                crops = torch.stack([images[group[i].image, :, plans[i][0][0]:plans[i][0][2],
-                                            plans[i][0][1]:plans[i][0][3]] for i in part])
+                part = members[s : s + per]
+                crops = torch.stack(
+                    [
+                        images[group[i].image, :, plans[i][0][0] : plans[i][0][2], plans[i][0][1] : plans[i][0][3]]
+                        for i in part
+                    ]
+                )
                 chans = torch.tensor([group[i].channel for i in part], device=images.device)
-                grads = self._down(crops, group[0].layer, chans, [plans[i][1][0] for i in part],
-                                   [plans[i][1][1] for i in part], unit)
+                grads = self._down(
+                    crops, group[0].layer, chans, [plans[i][1][0] for i in part], [plans[i][1][1] for i in part], unit
+                )
                 for i, g in zip(part, grads):
                     (top, left, bottom, right), _ = plans[i]
                     if output == "full":
@@ -295,20 +325,35 @@ class Projection:
         return cut_box(self.images[i], (0, 0), self.boxes[i])
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "mode": self.mode, "channels": self.channels,
-                "positions": [list(p) if p else None for p in self.positions],
-                "activations": self.activations.tolist(), "boxes": [list(b) for b in self.boxes],
-                "shape": list(self.images.shape)}
+        return {
+            "layer": self.layer,
+            "mode": self.mode,
+            "channels": self.channels,
+            "positions": [list(p) if p else None for p in self.positions],
+            "activations": self.activations.tolist(),
+            "boxes": [list(b) for b in self.boxes],
+            "shape": list(self.images.shape),
+        }
 
 
-def project(model: nn.Module, images: torch.Tensor, *, layer: str, channel: int | Sequence[int],
-            position: tuple[int, int] | None = None, mode: str = "deconvnet", unit: bool = False) -> Projection:
+def project(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    layer: str,
+    channel: int | Sequence[int],
+    position: tuple[int, int] | None = None,
+    mode: str = "deconvnet",
+    unit: bool = False,
+) -> Projection:
     """Project map `channel` of `layer` (one for all images, or one per image) at `position` (y, x), or where
     each image's map is strongest, back to pixels for a batch of model input `images` (Sec. 2.1). `unit`
     seeds 1 instead of the activation's value."""
     if images.dim() != 4:
-        raise UsageError(f"project takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
-                         "add a batch dimension with images[None]")
+        raise UsageError(
+            f"project takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
+            "add a batch dimension with images[None]"
+        )
     n = images.shape[0]
     chans = [int(channel)] * n if isinstance(channel, int) else [int(c) for c in channel]
     if len(chans) != n:
@@ -316,12 +361,25 @@ def project(model: nn.Module, images: torch.Tensor, *, layer: str, channel: int 
     with Deconvnet(model, mode) as dn:
         acts = dn.activations(images, layer)
         targets = dn.targets(images, layer, chans, position, acts)
-        values = torch.stack([acts[t.image, t.channel, t.y, t.x] if t.y is not None else acts[t.image, t.channel]
-                              for t in targets]).detach().float().cpu()
+        values = (
+            torch.stack(
+                [acts[t.image, t.channel, t.y, t.x] if t.y is not None else acts[t.image, t.channel] for t in targets]
+            )
+            .detach()
+            .float()
+            .cpu()
+        )
         out = dn.project_targets(images, targets, unit=unit)
     rf = layer_field(model, layer, tuple(images.shape[1:]))
-    return Projection(layer, mode, chans, [(t.y, t.x or 0) if t.y is not None else None for t in targets], values,
-                      [rf.box(t.y or 0, t.x or 0) for t in targets], out)
+    return Projection(
+        layer,
+        mode,
+        chans,
+        [(t.y, t.x or 0) if t.y is not None else None for t in targets],
+        values,
+        [rf.box(t.y or 0, t.x or 0) for t in targets],
+        out,
+    )
 
 
 __all__ = ["MODES", "Deconvnet", "Projection", "Target", "feature_module", "project"]

@@ -2,6 +2,7 @@
 training set at each snapshot epoch, projected down to pixel space. "Sudden jumps in appearance result from a
 change in the image from which the strongest activation originates."
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,10 +33,19 @@ class Evolution:
     ids: dict[int, str]  # image index -> the dataset's id of that image
 
     def to_json(self) -> dict:
-        return {"epochs": self.epochs, "layers": {
-            layer: {str(c): [{"epoch": e, "value": v, "image": i, "id": self.ids.get(i)}
-                             for e, (_, _, v, i) in zip(self.epochs, cells)]
-                    for c, cells in chans.items()} for layer, chans in self.cells.items()}}
+        return {
+            "epochs": self.epochs,
+            "layers": {
+                layer: {
+                    str(c): [
+                        {"epoch": e, "value": v, "image": i, "id": self.ids.get(i)}
+                        for e, (_, _, v, i) in zip(self.epochs, cells)
+                    ]
+                    for c, cells in chans.items()
+                }
+                for layer, chans in self.cells.items()
+            },
+        }
 
 
 def choose_channels(model: nn.Module, layers: list[str], per_layer: int, seed: int, shape) -> dict[str, list[int]]:
@@ -46,15 +56,25 @@ def choose_channels(model: nn.Module, layers: list[str], per_layer: int, seed: i
     out = {}
     for layer in layers:
         c = feats[layer].shape[1]
-        out[layer] = sorted(torch.randperm(c, generator=g)[:min(per_layer, c)].tolist())
+        out[layer] = sorted(torch.randperm(c, generator=g)[: min(per_layer, c)].tolist())
     return out
 
 
-def evolution(model: nn.Module, images: torch.Tensor | zdata.ImageSet, *,
-              snapshots: Sequence[tuple[int, str | WeightsFile]], layers: Sequence[str] | None = None,
-              channels: dict[str, list[int]] | None = None, maps: int = 8, seed: int = 0, batch_size: int = 256,
-              workers: int = 0, mode: str = "deconvnet", progress: bool = False,
-              device: torch.device | str | None = None) -> Evolution:
+def evolution(
+    model: nn.Module,
+    images: torch.Tensor | zdata.ImageSet,
+    *,
+    snapshots: Sequence[tuple[int, str | WeightsFile]],
+    layers: Sequence[str] | None = None,
+    channels: dict[str, list[int]] | None = None,
+    maps: int = 8,
+    seed: int = 0,
+    batch_size: int = 256,
+    workers: int = 0,
+    mode: str = "deconvnet",
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> Evolution:
     """Fig. 4: for each snapshot (epoch, weights file), the strongest activation of each chosen map across
     `images` (the training set: a dataset, or a batch of model input), projected down. The maps are `channels`
     (layer -> maps), else `maps` per layer drawn with `seed`. Each snapshot is fed with the preprocessing stored
@@ -73,9 +93,18 @@ def evolution(model: nn.Module, images: torch.Tensor | zdata.ImageSet, *,
         wf = load_snapshot(net, snap)
         stored = wf.preprocess(net)
         pp = pp0 if stored is None or stored.mean_image is None else pp0.with_mean(stored.mean_image)
-        result = scan(net, ds, layers=layers, k=1, preprocess=pp, batch_size=batch_size, workers=workers,
-                      progress=progress, dist=Dist(device=device),
-                      desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})")
+        result = scan(
+            net,
+            ds,
+            layers=layers,
+            k=1,
+            preprocess=pp,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            dist=Dist(device=device),
+            desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})",
+        )
         with Deconvnet(net, mode=mode) as dn:
             for layer in layers:
                 tk = result.top[layer]
@@ -85,5 +114,9 @@ def evolution(model: nn.Module, images: torch.Tensor | zdata.ImageSet, *,
                     fields, patches = proj[c]
                     cells[layer][c].append((fields[0], patches[0], float(tk.values[0, c]), int(tk.images[0, c])))
                     seen.add(int(tk.images[0, c]))
-    return Evolution([e for e, _ in snapshots], {l: channels[l] for l in layers}, cells,
-                     {i: ds.image_id(i) for i in sorted(seen) if i >= 0})
+    return Evolution(
+        [e for e, _ in snapshots],
+        {l: channels[l] for l in layers},
+        cells,
+        {i: ds.image_id(i) for i in sorted(seen) if i >= 0},
+    )

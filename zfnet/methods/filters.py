@@ -9,6 +9,7 @@ Per filter of the first conv layer:
   dead       its rectified response never exceeds DEAD_RATIO x the layer's median maximum response over the
              scanned images (an exact 0 = it never fired); needs the per-map maxima of an atlas scan
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,14 +56,20 @@ class FilterReport:
     def summary(self) -> dict:
         n = len(self.rms)
         out = {
-            "filters": n, "kernel": list(self.weight.shape[-2:]), "in_channels": int(self.weight.shape[1]),
-            "rms_median": float(self.rms.median()), "rms_max": float(self.rms.max()),
-            "dominant": int(self.dominant.sum()), "dominant_share": float(self.dominant.float().mean()),
+            "filters": n,
+            "kernel": list(self.weight.shape[-2:]),
+            "in_channels": int(self.weight.shape[1]),
+            "rms_median": float(self.rms.median()),
+            "rms_max": float(self.rms.max()),
+            "dominant": int(self.dominant.sum()),
+            "dominant_share": float(self.dominant.float().mean()),
             "energy_share_of_strongest": float(self.rms.pow(2).max() / self.rms.pow(2).sum().clamp_min(1e-20)),
             "frequency_mean": float(self.frequency.mean()),
             "frequency_quartiles": [float(q) for q in torch.quantile(self.frequency, torch.tensor([0.25, 0.5, 0.75]))],
-            "thresholds": {"dominant": f"rms >= {DOMINANT_RATIO} x median rms",
-                           "dead": f"max response <= {DEAD_RATIO} x median max response over the data"},
+            "thresholds": {
+                "dominant": f"rms >= {DOMINANT_RATIO} x median rms",
+                "dead": f"max response <= {DEAD_RATIO} x median max response over the data",
+            },
         }
         if self.dead is not None:
             out["dead"] = int(self.dead.sum())
@@ -77,8 +84,12 @@ class FilterReport:
     def per_filter(self) -> list[dict]:
         rows = []
         for i in range(len(self.rms)):
-            r = {"filter": i, "rms": float(self.rms[i]), "dominant": bool(self.dominant[i]),
-                 "frequency": float(self.frequency[i])}
+            r = {
+                "filter": i,
+                "rms": float(self.rms[i]),
+                "dominant": bool(self.dominant[i]),
+                "frequency": float(self.frequency[i]),
+            }
             if self.dead is not None and self.max_response is not None:
                 r["max_response"] = float(self.max_response[i])
                 r["dead"] = bool(self.dead[i])
@@ -109,8 +120,14 @@ def first_conv_name(model: nn.Module) -> str:
     return name
 
 
-def filters(model: nn.Module, images: torch.Tensor | zdata.ImageSet | None = None, *,
-            batch_size: int = 128, workers: int = 0, progress: bool = False) -> FilterReport:
+def filters(
+    model: nn.Module,
+    images: torch.Tensor | zdata.ImageSet | None = None,
+    *,
+    batch_size: int = 128,
+    workers: int = 0,
+    progress: bool = False,
+) -> FilterReport:
     """Fig. 5 / Sec. 4.1: the first layer's filters and their diagnostics; with `images` (a batch of model input
     or a dataset) also each filter's largest rectified response over them, which tells the dead ones."""
     conv = first_conv(model)

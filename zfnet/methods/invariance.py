@@ -11,6 +11,7 @@ units; 0 = the training mean, grey):
 The identity (0 px, factor 1, 0 degrees) returns the image itself, so its distance is 0 and its probability
 is the plain forward's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,8 +45,12 @@ class TransformCurve:
     prob: torch.Tensor  # N x V probability of the true class
 
     def to_json(self) -> dict:
-        return {"transform": self.transform, "values": self.values,
-                "distance": {l: d.tolist() for l, d in self.distance.items()}, "prob": self.prob.tolist()}
+        return {
+            "transform": self.transform,
+            "values": self.values,
+            "distance": {l: d.tolist() for l, d in self.distance.items()},
+            "prob": self.prob.tolist(),
+        }
 
 
 @dataclass
@@ -61,9 +66,15 @@ class InvarianceResult:
         return next(c for c in self.curves if c.transform == transform)
 
     def to_json(self) -> dict:
-        return {"layers": self.layers, "labels": self.labels.tolist(), "fill": self.fill,
-                "transforms": [{**c.to_json(), "layers": self.layers, "fill": self.fill,
-                                "labels": self.labels.tolist()} for c in self.curves]}
+        return {
+            "layers": self.layers,
+            "labels": self.labels.tolist(),
+            "fill": self.fill,
+            "transforms": [
+                {**c.to_json(), "layers": self.layers, "fill": self.fill, "labels": self.labels.tolist()}
+                for c in self.curves
+            ],
+        }
 
 
 def transform_images(images: torch.Tensor, transform: str, value: float, fill: float = 0.0) -> torch.Tensor:
@@ -78,9 +89,9 @@ def transform_images(images: torch.Tensor, transform: str, value: float, fill: f
         out = torch.full_like(images, fill)
         if abs(dy) < h:
             if dy >= 0:
-                out[:, :, dy:] = images[:, :, :h - dy]
+                out[:, :, dy:] = images[:, :, : h - dy]
             else:
-                out[:, :, :h + dy] = images[:, :, -dy:]
+                out[:, :, : h + dy] = images[:, :, -dy:]
         return out
     if transform == "scale" and value <= 0:
         raise UsageError(f"scale factor {value} must be positive")
@@ -98,9 +109,16 @@ def transform_images(images: torch.Tensor, transform: str, value: float, fill: f
     return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
-def invariance(model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | Sequence[int],
-               transforms: Sequence[str] = TRANSFORMS, values: dict[str, Sequence[float]] | None = None,
-               layers: Sequence[str] = ("conv1", "fc7"), fill: float = 0.0) -> InvarianceResult:
+def invariance(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    labels: torch.Tensor | Sequence[int],
+    transforms: Sequence[str] = TRANSFORMS,
+    values: dict[str, Sequence[float]] | None = None,
+    layers: Sequence[str] = ("conv1", "fc7"),
+    fill: float = 0.0,
+) -> InvarianceResult:
     """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
     (`values[t]`, default `DEFAULT_VALUES[t]`), the distance to the untransformed features per layer and
     p(true class) (arXiv Sec. 4.4)."""
@@ -109,8 +127,10 @@ def invariance(model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor |
         raise UsageError(f"unknown transform {bad[0]!r}; choose one of {', '.join(TRANSFORMS)}")
     labels = torch.as_tensor(labels, dtype=torch.long)
     if images.dim() != 4 or len(labels) != len(images):
-        raise UsageError(f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "
-                         f"{len(labels)} labels)")
+        raise UsageError(
+            f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "
+            f"{len(labels)} labels)"
+        )
     layers = list(layers)
     curves = []
     with torch.no_grad(), eval_mode(model):

@@ -23,13 +23,14 @@ Modes:
           and the `drill` share of them where p(target) changes most around them is computed (drill=None: all
           positions). The result says how far it is from exact when asked (`compare_exact=True`).
 """
+
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,22 @@ from .deconvnet import Deconvnet
 
 MODES = ("exact", "naive", "approx")
 
-_POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
-              nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.BatchNorm2d, nn.Identity)
+_POINTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.LocalResponseNorm,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.BatchNorm2d,
+    nn.Identity,
+)
 
 
 @dataclass
@@ -75,14 +90,27 @@ class OcclusionResult:
 
     def to_json(self) -> dict:
         return {
-            "layer": self.layer, "channel": self.channel,
+            "layer": self.layer,
+            "channel": self.channel,
             "channel_position": list(self.channel_position) if self.channel_position else None,
-            "target": self.target, "base_prob": self.base_prob, "base_activity": self.base_activity,
-            "base_class": self.base_class, "window": self.window, "stride": self.stride, "fill": self.fill,
-            "mode": self.mode, "tau": self.tau, "drill": self.drill, "seconds": self.seconds,
+            "target": self.target,
+            "base_prob": self.base_prob,
+            "base_activity": self.base_activity,
+            "base_class": self.base_class,
+            "window": self.window,
+            "stride": self.stride,
+            "fill": self.fill,
+            "mode": self.mode,
+            "tau": self.tau,
+            "drill": self.drill,
+            "seconds": self.seconds,
             "deviation": self.deviation,
-            "ys": self.ys.tolist(), "xs": self.xs.tolist(), "activity": self.activity.tolist(),
-            "prob": self.prob.tolist(), "top_class": self.top_class.tolist(), "top_prob": self.top_prob.tolist(),
+            "ys": self.ys.tolist(),
+            "xs": self.xs.tolist(),
+            "activity": self.activity.tolist(),
+            "prob": self.prob.tolist(),
+            "top_class": self.top_class.tolist(),
+            "top_prob": self.top_prob.tolist(),
         }
 
 
@@ -100,6 +128,7 @@ def positions(size: int, window: int, stride: int) -> list[int]:
 
 # --- the chain of modules, from one traced forward -------------------------------------------------------
 
+
 @dataclass
 class _Step:
     module: nn.Module
@@ -110,24 +139,29 @@ class _Step:
 
 def _window_geometry(m: nn.Module):
     """(kernel, stride, padding, dilation, pad value, op) for modules the incremental path recomputes by region."""
+
     def pair(v):
         return (v, v) if isinstance(v, int) else tuple(v)
 
     if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+
         def op(x):
             return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+
         return pair(m.kernel_size), pair(m.stride), pair(m.padding), pair(m.dilation), 0.0, op
     if isinstance(m, nn.MaxPool2d) and not m.return_indices:
         k, s, d = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.dilation)
 
         def op(x):
             return F.max_pool2d(x, k, s, 0, d)
+
         return k, s, pair(m.padding), d, float("-inf"), op
     if isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.count_include_pad and m.divisor_override is None:
         k, s = pair(m.kernel_size), pair(m.stride or m.kernel_size)
 
         def op(x):
             return F.avg_pool2d(x, k, s, 0)
+
         return k, s, pair(m.padding), (1, 1), 0.0, op
     return None
 
@@ -154,8 +188,11 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Step] | None, torch
             return None, out
         if inp is prev:
             reshaped = False
-        elif inp.numel() == prev.numel() and inp.shape[0] == prev.shape[0] and \
-                torch.equal(inp.reshape(-1), prev.reshape(-1)):
+        elif (
+            inp.numel() == prev.numel()
+            and inp.shape[0] == prev.shape[0]
+            and torch.equal(inp.reshape(-1), prev.reshape(-1))
+        ):
             reshaped = True  # a functional flatten between modules
         else:
             return None, out
@@ -164,7 +201,8 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Step] | None, torch
         elif _window_geometry(module) is not None:
             kind = "window"
         elif isinstance(module, _POINTWISE) or (
-                isinstance(module, nn.AdaptiveAvgPool2d) and output.shape[-2:] == inp.shape[-2:]):
+            isinstance(module, nn.AdaptiveAvgPool2d) and output.shape[-2:] == inp.shape[-2:]
+        ):
             kind = "pointwise"
         else:
             kind = "full"
@@ -176,6 +214,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Step] | None, torch
 
 
 # --- one batch of occluder positions, region by region -----------------------------------------------------
+
 
 def _out_range(a: torch.Tensor, n: torch.Tensor, k: int, s: int, p: int, d: int, size_out: int):
     """Output indices a window op changes for input rows [a, a + n): (lo, hi) inclusive, clipped."""
@@ -239,8 +278,9 @@ def _materialize(base: torch.Tensor, box: torch.Tensor, patch: torch.Tensor) -> 
     return full
 
 
-def _incremental_batch(steps: list[_Step], feature_step: int, channel: int, box: torch.Tensor,
-                       patch: torch.Tensor, tau: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _incremental_batch(
+    steps: list[_Step], feature_step: int, channel: int, box: torch.Tensor, patch: torch.Tensor, tau: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, activity of `channel` at the feature step) for one batch of occluded inputs."""
     full = None
     activity = None
@@ -274,6 +314,7 @@ def _incremental_batch(steps: list[_Step], feature_step: int, channel: int, box:
 
 # --- the method ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class OcclusionResults:
     """Fig. 6 for a batch: one `OcclusionResult` per image, in order."""
@@ -293,28 +334,71 @@ class OcclusionResults:
         return {"images": [r.to_json() for r in self.results]}
 
 
-def occlusion(model: nn.Module, images: torch.Tensor, *, target: int | Sequence[int | None] | None = None,
-              window: int = 32, stride: int = 8, fill: float = 0.0, layer: str = "conv5", mode: str = "exact",
-              tau: float = 0.5, batch_size: int | None = None, compare_exact: bool = False,
-              projection_mode: str = "deconvnet", drill: float | None = 0.5) -> OcclusionResults:
+def occlusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    target: int | Sequence[int | None] | None = None,
+    window: int = 32,
+    stride: int = 8,
+    fill: float = 0.0,
+    layer: str = "conv5",
+    mode: str = "exact",
+    tau: float = 0.5,
+    batch_size: int | None = None,
+    compare_exact: bool = False,
+    projection_mode: str = "deconvnet",
+    drill: float | None = 0.5,
+) -> OcclusionResults:
     """Fig. 6 for each image of a batch of model input (N x C x H x W): see the module docstring. `target`: the
     class whose probability (d) maps - one for all images, one per image, or None (each image's predicted
     class)."""
     if images.dim() != 4:
-        raise UsageError(f"occlusion takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
-                         "add a batch dimension with images[None]")
+        raise UsageError(
+            f"occlusion takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
+            "add a batch dimension with images[None]"
+        )
     n = images.shape[0]
     targets: list[Any] = list(target) if isinstance(target, (list, tuple, torch.Tensor)) else [target] * n
     if len(targets) != n:
         raise UsageError(f"{len(targets)} targets for {n} images; give one target, one per image, or none")
-    return OcclusionResults([
-        _occlude(model, images[i:i + 1], None if t is None else int(t), window, stride, fill, layer, mode, tau,
-                 batch_size, compare_exact, projection_mode, drill) for i, t in enumerate(targets)])
+    return OcclusionResults(
+        [
+            _occlude(
+                model,
+                images[i : i + 1],
+                None if t is None else int(t),
+                window,
+                stride,
+                fill,
+                layer,
+                mode,
+                tau,
+                batch_size,
+                compare_exact,
+                projection_mode,
+                drill,
+            )
+            for i, t in enumerate(targets)
+        ]
+    )
 
 
-def _occlude(model: nn.Module, image: torch.Tensor, target: int | None, window: int, stride: int, fill: float,
-             layer: str, mode: str, tau: float, batch_size: int | None, compare_exact: bool,
-             projection_mode: str, drill: float | None) -> OcclusionResult:
+def _occlude(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int | None,
+    window: int,
+    stride: int,
+    fill: float,
+    layer: str,
+    mode: str,
+    tau: float,
+    batch_size: int | None,
+    compare_exact: bool,
+    projection_mode: str,
+    drill: float | None,
+) -> OcclusionResult:
     """Fig. 6 for one image (1 x C x H x W)."""
     if mode not in MODES:
         raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -338,8 +422,9 @@ def _occlude(model: nn.Module, image: torch.Tensor, target: int | None, window: 
         base_class = int(probs.argmax())
         target = base_class if target is None else int(target)
         feature_step = next((i for i, s in enumerate(steps or []) if s.module is feat), None)
-        feat_out = steps[feature_step].base_out if steps and feature_step is not None else \
-            features(model, x, [layer])[layer]
+        feat_out = (
+            steps[feature_step].base_out if steps and feature_step is not None else features(model, x, [layer])[layer]
+        )
         if feat_out.dim() != 4:
             raise UsageError(f"layer {layer!r} has no feature maps (it is fully connected); pick a conv layer")
         channel = int(feat_out[0].flatten(1).max(1).values.argmax())
@@ -352,15 +437,16 @@ def _occlude(model: nn.Module, image: torch.Tensor, target: int | None, window: 
             """(probabilities, activity) for grid cells (i, j), i.e. occluders at (ys[i], xs[j])."""
             out_logits, activity = [], []
             for s in range(0, len(cells), bs):
-                part = [(ys[i], xs[j]) for i, j in cells[s:s + bs]]
+                part = [(ys[i], xs[j]) for i, j in cells[s : s + bs]]
                 if run_mode == "naive":
                     lg, act = _naive_batch(model, feat, x, part, window, fill, channel)
                 else:
                     box = torch.tensor([[y, xx, window, window] for y, xx in part])
                     patch = x.new_full((len(part), c_in, window, window), fill)
                     assert steps is not None and feature_step is not None  # a traced chain
-                    lg, act = _incremental_batch(steps, feature_step, channel, box, patch,
-                                                 tau if run_mode == "approx" else None)
+                    lg, act = _incremental_batch(
+                        steps, feature_step, channel, box, patch, tau if run_mode == "approx" else None
+                    )
                 out_logits.append(lg.float())
                 activity.append(act.float())
             return F.softmax(torch.cat(out_logits), 1), torch.cat(activity)
@@ -376,13 +462,32 @@ def _occlude(model: nn.Module, image: torch.Tensor, target: int | None, window: 
     with Deconvnet(model, mode=projection_mode) as dn:
         projection = dn.project(x, layer, channel, position=cpos)[0]
     result = OcclusionResult(
-        torch.tensor(ys), torch.tensor(xs), act.cpu(), p[..., target].cpu(),
-        top_class.cpu(), top_prob.cpu(), projection.cpu(), layer, channel, cpos, target,
-        float(probs[target]), float(feat_out[0, channel].sum()), base_class, window, stride, float(fill), run_mode,
-        tau if run_mode == "approx" else None, drill if run_mode == "approx" else None, seconds)
+        torch.tensor(ys),
+        torch.tensor(xs),
+        act.cpu(),
+        p[..., target].cpu(),
+        top_class.cpu(),
+        top_prob.cpu(),
+        projection.cpu(),
+        layer,
+        channel,
+        cpos,
+        target,
+        float(probs[target]),
+        float(feat_out[0, channel].sum()),
+        base_class,
+        window,
+        stride,
+        float(fill),
+        run_mode,
+        tau if run_mode == "approx" else None,
+        drill if run_mode == "approx" else None,
+        seconds,
+    )
     if compare_exact and run_mode == "approx":
-        exact = _occlude(model, image, target, window, stride, fill, layer, "exact", tau, batch_size, False,
-                         projection_mode, None)
+        exact = _occlude(
+            model, image, target, window, stride, fill, layer, "exact", tau, batch_size, False, projection_mode, None
+        )
         result.deviation = deviation(result, exact)
     return result
 
@@ -443,7 +548,7 @@ def _naive_batch(model, feat, x, part, window, fill, channel):
     """Whole forwards of the occluded images, with the feature map's total captured on the way."""
     imgs = x.expand(len(part), *x.shape[1:]).clone()
     for i, (y, xx) in enumerate(part):
-        imgs[i, :, y:y + window, xx:xx + window] = fill
+        imgs[i, :, y : y + window, xx : xx + window] = fill
     found = []
     h = feat.register_forward_hook(lambda m, i, o: found.append(o[:, channel].flatten(1).sum(1)))
     try:
@@ -459,11 +564,13 @@ def deviation(approx: OcclusionResult, exact: OcclusionResult) -> dict:
     (scaled by that range), and the share of positions whose top class agrees."""
     lo = float(exact.activity.min())
     span = float(exact.activity.max()) - lo or 1.0
-    return {"max_abs_prob": float((approx.prob - exact.prob).abs().max()),
-            "max_rel_activity": float((approx.activity - exact.activity).abs().max()) / span,
-            "ssim_prob": ssim(approx.prob, exact.prob, data_range=1.0),
-            "ssim_activity": ssim((approx.activity - lo) / span, (exact.activity - lo) / span, data_range=1.0),
-            "top_class_agreement": float((approx.top_class == exact.top_class).float().mean())}
+    return {
+        "max_abs_prob": float((approx.prob - exact.prob).abs().max()),
+        "max_rel_activity": float((approx.activity - exact.activity).abs().max()) / span,
+        "ssim_prob": ssim(approx.prob, exact.prob, data_range=1.0),
+        "ssim_activity": ssim((approx.activity - lo) / span, (exact.activity - lo) / span, data_range=1.0),
+        "top_class_agreement": float((approx.top_class == exact.top_class).float().mean()),
+    }
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 7) -> float:
@@ -472,9 +579,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int 
     a, b = a.double()[None, None], b.double()[None, None]
     k = max(1, min(window, a.shape[-1], a.shape[-2]))
     mu_a, mu_b = F.avg_pool2d(a, k, 1), F.avg_pool2d(b, k, 1)
-    var_a = F.avg_pool2d(a * a, k, 1) - mu_a ** 2
-    var_b = F.avg_pool2d(b * b, k, 1) - mu_b ** 2
+    var_a = F.avg_pool2d(a * a, k, 1) - mu_a**2
+    var_b = F.avg_pool2d(b * b, k, 1) - mu_b**2
     cov = F.avg_pool2d(a * b, k, 1) - mu_a * mu_b
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())

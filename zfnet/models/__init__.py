@@ -7,6 +7,7 @@
     >>> net = models.build("torchvision:vgg16")
 Weights are read and loaded by `zfnet.weights` (`open_model`, `WeightsFile.load_into`); this room only builds.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -46,7 +47,8 @@ __all__ = [
 ]
 
 REGISTRY: Registry[Callable[..., nn.Module]] = Registry(
-    "model", hint=", or torchvision:<name> (e.g. torchvision:alexnet); run `zfnet models` for the table")
+    "model", hint=", or torchvision:<name> (e.g. torchvision:alexnet); run `zfnet models` for the table"
+)
 
 # name -> one-line description (the `zfnet models` table)
 DESCRIPTIONS: dict[str, str] = {}
@@ -54,19 +56,30 @@ DESCRIPTIONS: dict[str, str] = {}
 
 def register(name: str, description: str = ""):
     """Decorator: register a builder `fn(num_classes=..., **overrides) -> nn.Module` under `name`."""
+
     def add(fn):
         REGISTRY.register(name, fn)
         DESCRIPTIONS[name] = description
         return fn
+
     return add
 
 
 def _arch_builder(base: Arch, default_classes: int, transform=None):
-    def build_arch(num_classes: int | None = None, *, in_channels: int | None = None,
-                   input_size: int | None = None, conv_channels: tuple[int, ...] | None = None,
-                   fc_units: int | tuple[int, int] | None = None, remove: tuple[str, ...] = (),
-                   norm: bool = True, dropout: float | None = None, init: str | None = None,
-                   seed: int | None = None, first_layer: tuple[int, int, int] | None = None) -> ConvNet:
+    def build_arch(
+        num_classes: int | None = None,
+        *,
+        in_channels: int | None = None,
+        input_size: int | None = None,
+        conv_channels: tuple[int, ...] | None = None,
+        fc_units: int | tuple[int, int] | None = None,
+        remove: tuple[str, ...] = (),
+        norm: bool = True,
+        dropout: float | None = None,
+        init: str | None = None,
+        seed: int | None = None,
+        first_layer: tuple[int, int, int] | None = None,
+    ) -> ConvNet:
         arch = transform(base) if transform else base
         if first_layer is not None:  # (kernel, stride, padding) of conv1: Sec. 4.1's architecture selection
             k, s, pad = (int(v) for v in first_layer)
@@ -92,6 +105,7 @@ def _arch_builder(base: Arch, default_classes: int, transform=None):
         model = ConvNet(arch, default_classes if num_classes is None else int(num_classes))
         init_weights(model, init or arch.default_init)
         return model
+
     return build_arch
 
 
@@ -104,11 +118,14 @@ for _name, (_arch, _classes, _desc) in _BASES.items():
     register(_name, _desc)(_arch_builder(_arch, _classes))
     for _suffix, (_row, _fn) in TABLE2_VARIANTS.items():
         register(f"{_name}-{_suffix}", f"Table 2 '{_row}' of {_name}")(
-            _arch_builder(_arch.with_(name=f"{_name}-{_suffix}"), _classes, _fn))
+            _arch_builder(_arch.with_(name=f"{_name}-{_suffix}"), _classes, _fn)
+        )
 register("zfnet-small-rgb", "small-image family for 32x32 colour images (CIFAR-sized)")(
-    _arch_builder(SMALL.with_(name="zfnet-small-rgb", in_channels=3, input_size=32), 10))
+    _arch_builder(SMALL.with_(name="zfnet-small-rgb", in_channels=3, input_size=32), 10)
+)
 register("zfnet-small-64", "small-image family for 64x64 colour images")(
-    _arch_builder(SMALL.with_(name="zfnet-small-64", in_channels=3, input_size=64), 10))
+    _arch_builder(SMALL.with_(name="zfnet-small-64", in_channels=3, input_size=64), 10)
+)
 
 
 def names() -> list[str]:
@@ -123,8 +140,9 @@ def _torchvision(name: str, num_classes: int | None, **overrides: Any) -> nn.Mod
     if name not in available:
         raise UsageError(f"unknown torchvision model {name!r}; known: {', '.join(sorted(available))}")
     if overrides:
-        raise UsageError(f"torchvision:{name} takes no overrides ({', '.join(overrides)}); "
-                         "edit the model in Python instead")
+        raise UsageError(
+            f"torchvision:{name} takes no overrides ({', '.join(overrides)}); edit the model in Python instead"
+        )
     kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     model.zfnet_name = f"torchvision:{name}"
@@ -163,12 +181,14 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """One row of the `zfnet models` table: input size, parameters and the output size of each named layer."""
     model = build(name, init="torch", **overrides) if not name.startswith("torchvision:") else build(name)
     c, h, w = model_input_shape(model)
-    row: dict[str, Any] = {"name": name, "input": f"{c}x{h}x{w}",
-                           "parameters": sum(p.numel() for p in model.parameters()),
-                           "description": DESCRIPTIONS.get(name, "torchvision model")}
+    row: dict[str, Any] = {
+        "name": name,
+        "input": f"{c}x{h}x{w}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "description": DESCRIPTIONS.get(name, "torchvision model"),
+    }
     if isinstance(model, ConvNet):
-        row["layers"] = {k: list(v) for k, v in model.layer_shapes().items()
-                         if k.startswith(("conv", "pool", "fc"))}
+        row["layers"] = {k: list(v) for k, v in model.layer_shapes().items() if k.startswith(("conv", "pool", "fc"))}
     return row
 
 

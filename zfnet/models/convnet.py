@@ -4,6 +4,7 @@ One layer table (`Arch`) describes ZFNet, the dense AlexNet baseline, the small-
 Table 2 variant; `ConvNet` builds it as a flat `nn.Sequential` whose children carry the paper's names
 (`conv1` ... `conv5`, `fc6`, `fc7`, `fc8`), so `dict(model.named_modules())["conv3"]` is layer 3.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -67,7 +68,7 @@ def _conv_layers(arch: Arch) -> OrderedDict[str, nn.Module]:
         layers[f"conv{i}"] = nn.Conv2d(c_in, conv.out, conv.kernel, conv.stride, conv.padding)
         layers[f"relu{i}"] = nn.ReLU()
         steps = [("pool", conv.pool), ("norm", conv.norm)]
-        for kind, on in (reversed(steps) if arch.norm_before_pool else steps):
+        for kind, on in reversed(steps) if arch.norm_before_pool else steps:
             if on and kind == "pool":
                 layers[f"pool{i}"] = nn.MaxPool2d(arch.pool_kernel, arch.pool_stride, ceil_mode=arch.pool_ceil)
             elif on:
@@ -90,7 +91,8 @@ class Flatten(nn.Flatten):
             raise UsageError(
                 f"model {a.name!r} takes {a.in_channels}x{a.input_size}x{a.input_size} input, but the conv layers "
                 f"gave {tuple(x.shape[1:])} instead of {self.expected}; resize the images to "
-                f"{a.input_size}x{a.input_size} (or build the model with input_size=...)")
+                f"{a.input_size}x{a.input_size} (or build the model with input_size=...)"
+            )
         return super().forward(x)
 
 
@@ -101,7 +103,8 @@ class ConvNet(nn.Sequential):
         try:
             with torch.device("meta"):  # shape inference without allocating or computing anything
                 shape = nn.Sequential(_conv_layers(arch))(
-                    torch.zeros(1, arch.in_channels, arch.input_size, arch.input_size)).shape[1:]
+                    torch.zeros(1, arch.in_channels, arch.input_size, arch.input_size)
+                ).shape[1:]
         except RuntimeError:
             shape = torch.Size([0])
         if min(shape) < 1:
@@ -131,7 +134,8 @@ class ConvNet(nn.Sequential):
             c, h, w = self.input_shape
             raise UsageError(
                 f"model {self.arch.name!r} takes N x {c} x {h} x {w} images, got {tuple(x.shape)}; "
-                f"convert the images to {c} channel(s) and {h}x{w} pixels")
+                f"convert the images to {c} channel(s) and {h}x{w} pixels"
+            )
         return super().forward(x)
 
     def layer_shapes(self) -> OrderedDict[str, tuple[int, ...]]:
@@ -146,6 +150,7 @@ class ConvNet(nn.Sequential):
 
 
 # --- Table 2: architectural changes, as transforms of a base table -----------------------------------
+
 
 def remove_layers(arch: Arch, names: tuple[str, ...]) -> Arch:
     """Table 2 'Removed layers ...': drop conv3/conv4/fc6/fc7 (the pooling of a removed conv moves nowhere:
@@ -196,6 +201,8 @@ TABLE2_VARIANTS = {
     "fc2048": ("Adjust layers 6,7: 2048 units", lambda a: scale_fc(a, 0.5)),
     "fc8192": ("Adjust layers 6,7: 8192 units", lambda a: scale_fc(a, 2)),
     "wide345": ("Adjust layers 3,4,5: 512,1024,512 maps", scale_conv345),
-    "fc8192-wide345": ("Layers 6,7: 8192 units and layers 3,4,5: 512,1024,512 maps",
-                       lambda a: scale_conv345(scale_fc(a, 2))),
+    "fc8192-wide345": (
+        "Layers 6,7: 8192 units and layers 3,4,5: 512,1024,512 maps",
+        lambda a: scale_conv345(scale_fc(a, 2)),
+    ),
 }

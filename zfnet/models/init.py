@@ -4,6 +4,7 @@
 reimplementation does) as weights drawn from N(0, 10^-2) - a constant 10^-2 would make all filters equal.
 This is the default of `zfnet.models.build` and of the training recipe.
 """
+
 from __future__ import annotations
 
 from torch import nn

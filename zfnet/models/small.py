@@ -6,6 +6,7 @@ At 28 px: conv1 5x5 28x28 -> pool 14 -> conv2 3x3 14x14 -> pool 7 -> conv3..5 7x
 Widths 48-96-144-144-96: a 32-64-96-96-64 version trained with the same recipe stayed under 92% on the
 Fashion-MNIST test set (91.6%), underfitting (train error 7.6% with dropout, val 8.0%).
 """
+
 from .convnet import Arch, Conv
 
 SMALL = Arch(

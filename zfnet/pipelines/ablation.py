@@ -1,6 +1,7 @@
 """`zfnet ablate` as a library call: train the Table 2 rows (zfnet.experiments.ablation), then write
 OUT/results.json, OUT/table.md (laid out as the paper's, its numbers beside ours), OUT/errors.png and
 OUT/recipe.json (the one recipe every row shares)."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ def _claim(out: str, recipe: Recipe) -> None:
             old = json.load(f)
         changed = sorted(k for k in set(old) | set(shared) if old.get(k) != shared.get(k))
         if changed:
-            raise UsageError(f"{out!r} holds an ablation trained with another recipe ({', '.join(changed)}); pass the "
-                             "same recipe to continue it, or a new --out")
+            raise UsageError(
+                f"{out!r} holds an ablation trained with another recipe ({', '.join(changed)}); pass the "
+                "same recipe to continue it, or a new --out"
+            )
         return
     os.makedirs(out, exist_ok=True)
     atomic_write_json(path, shared)
@@ -35,30 +38,47 @@ def _claim(out: str, recipe: Recipe) -> None:
 def write_table(out: str, base: str, variants: list[str], recipe: Recipe, started: float | None = None) -> dict:
     rows = [r.to_json() for r in collect(out, base, variants)]
     paper = {r["variant"]: paper_row(base, r["variant"]) for r in rows}
-    note = (f"Recipe: {recipe.data}, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}"
-            + (f", first {recipe.limit_train} training images" if recipe.limit_train else "")
-            + (f", {recipe.limit_val} validation images" if recipe.limit_val else "")
-            + (f", annealed after epochs {list(recipe.anneal_at)}" if recipe.anneal_at else "")
-            + "; everything else Sec. 3 (OUT/recipe.json). The paper's numbers: ImageNet, 70 epochs.")
+    note = (
+        f"Recipe: {recipe.data}, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}"
+        + (f", first {recipe.limit_train} training images" if recipe.limit_train else "")
+        + (f", {recipe.limit_val} validation images" if recipe.limit_val else "")
+        + (f", annealed after epochs {list(recipe.anneal_at)}" if recipe.anneal_at else "")
+        + "; everything else Sec. 3 (OUT/recipe.json). The paper's numbers: ImageNet, 70 epochs."
+    )
     atomic_write_text(os.path.join(out, "table.md"), ablation_markdown(base, rows, paper, note))
     if any(r["status"] == "done" for r in rows):
         ablation_plot(base, rows, os.path.join(out, "errors.png"))
-    result = {"experiment": "Table 2 (architecture ablations)", "base": base, "rows": rows,
-              "paper": {k: {"numbers": v[0], "half": v[1]} for k, v in paper.items()},
-              "recipe": recipe.to_dict(), "table": "table.md", "plot": "errors.png",
-              "complete": all(r["status"] == "done" for r in rows), "environment": environment()}
+    result = {
+        "experiment": "Table 2 (architecture ablations)",
+        "base": base,
+        "rows": rows,
+        "paper": {k: {"numbers": v[0], "half": v[1]} for k, v in paper.items()},
+        "recipe": recipe.to_dict(),
+        "table": "table.md",
+        "plot": "errors.png",
+        "complete": all(r["status"] == "done" for r in rows),
+        "environment": environment(),
+    }
     if started is not None:
         result["wall_seconds_this_call"] = time.perf_counter() - started
     atomic_write_json(os.path.join(out, "results.json"), result)
     return result
 
 
-def run_ablation(out: str, base: str, variants: str | None, recipe: Recipe, options: RunOptions,
-                 progress: bool = True, table_only: bool = False) -> dict:
+def run_ablation(
+    out: str,
+    base: str,
+    variants: str | None,
+    recipe: Recipe,
+    options: RunOptions,
+    progress: bool = True,
+    table_only: bool = False,
+) -> dict:
     names = variant_names(variants)
     started = time.perf_counter()
     _claim(out, recipe)
     if not table_only:
+
         def announce(v: str, resume: bool) -> None:
             print(f"ablation: {'resuming' if resume else 'training'} {v} -> {os.path.join(out, v)}", flush=True)
 

@@ -1,5 +1,6 @@
 """`zfnet correspondence` and `zfnet invariance` as library calls (arXiv analyses): open the model and images,
 run the method, write OUT/<concept>.json, the table or figure, and the provenance."""
+
 from __future__ import annotations
 
 import json
@@ -31,37 +32,59 @@ def read_parts(path: str) -> dict:
         parts = {str(k): [tuple(int(v) for v in b) for b in boxes] for k, boxes in spec["parts"].items()}
         images = list(spec["images"])
     except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read parts file {path!r} ({type(e).__name__}: {e}); it needs 'images' and "
-                         "'parts': {name: [[y0, x0, y1, x1], ...]}") from None
+        raise UsageError(
+            f"cannot read parts file {path!r} ({type(e).__name__}: {e}); it needs 'images' and "
+            "'parts': {name: [[y0, x0, y1, x1], ...]}"
+        ) from None
     for name, boxes in parts.items():
         if len(boxes) != len(images) or any(len(b) != 4 for b in boxes):
-            raise UsageError(f"parts file {path!r}: part {name!r} needs one [y0, x0, y1, x1] box per image "
-                             f"({len(images)} images)")
+            raise UsageError(
+                f"parts file {path!r}: part {name!r} needs one [y0, x0, y1, x1] box per image ({len(images)} images)"
+            )
     return {**spec, "parts": parts, "images": images}
 
 
-def parts_inputs(spec: dict, opened: Opened, pil: list, files: list[str], data: str | None = None,
-                 split: str | None = None) -> Inputs:
+def parts_inputs(
+    spec: dict, opened: Opened, pil: list, files: list[str], data: str | None = None, split: str | None = None
+) -> Inputs:
     """The parts file's images as the model's input: files (opened with `check_files`) when `files` are given,
     else its dataset indices into `data`/`split` (default: the file's own "data"/"split")."""
     if files:
         return load_inputs(opened.preprocess, pil, files, [], None, [], opened.classes)
     data, split = data or spec.get("data"), split or spec.get("split")
     if not data:
-        raise UsageError("the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR "
-                         "for files)")
+        raise UsageError(
+            "the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR for files)"
+        )
     dataset = zdata.open_dataset(data, split, opened.preprocess)
     return load_inputs(opened.preprocess, [], [], [], dataset, [int(i) for i in spec["images"]], opened.classes)
 
 
-def run_correspondence(opened: Opened, inputs: Inputs, spec: dict, out: str, *,
-                       layers: tuple[str, ...] = ("conv5", "fc7"), fill: float = 0.0, random_draws: int = 10,
-                       seed: int = 0, parts_file: str | None = None, device: torch.device | str = "cpu") -> dict:
+def run_correspondence(
+    opened: Opened,
+    inputs: Inputs,
+    spec: dict,
+    out: str,
+    *,
+    layers: tuple[str, ...] = ("conv5", "fc7"),
+    fill: float = 0.0,
+    random_draws: int = 10,
+    seed: int = 0,
+    parts_file: str | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
     """The correspondence table (Markdown + JSON) and the masked-images figure for the parts file `spec`
     (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
     started = time.perf_counter()
-    res = correspondence(opened.model, inputs.x.to(device), parts=spec["parts"], layers=tuple(layers), fill=fill,
-                         random_draws=random_draws, seed=seed)
+    res = correspondence(
+        opened.model,
+        inputs.x.to(device),
+        parts=spec["parts"],
+        layers=tuple(layers),
+        fill=fill,
+        random_draws=random_draws,
+        seed=seed,
+    )
     os.makedirs(out, exist_ok=True)
     body = res.to_json()
     title = f"{opened.name} on {len(inputs.names)} images ({spec.get('class', 'parts file')})"
@@ -71,26 +94,45 @@ def run_correspondence(opened: Opened, inputs: Inputs, spec: dict, out: str, *,
     panels = []
     for i in range(min(5, len(inputs.names))):  # the masked images as the model sees them (fill = its value)
         boxes = [None, *[spec["parts"][p][i] for p in spec["parts"]], *shown_random]
-        x = inputs.x[i:i + 1].repeat(len(boxes), 1, 1, 1)
+        x = inputs.x[i : i + 1].repeat(len(boxes), 1, 1, 1)
         for k, b in enumerate(boxes):
             if b is not None:
-                x[k, :, b[0]:b[2], b[1]:b[3]] = fill
+                x[k, :, b[0] : b[2], b[1] : b[3]] = fill
         panels.append(list(opened.preprocess.display(x).cpu()))
-    correspondence_figure(panels, titles, inputs.names[:len(panels)], os.path.join(out, "correspondence.png"),
-                          f"Correspondence (arXiv Sec. 4.3): {title}, each part masked (fill {fill:g}) as the model sees it")
-    result = {"method": "correspondence (arXiv Sec. 4.3)", **body, "images": inputs.names,
-              "parts_file": os.path.abspath(parts_file) if parts_file else None,
-              "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
-              "settings": {"random_draws": random_draws, "seed": seed, "fill": fill, "layers": list(layers)},
-              "model": opened.info(), "table": "correspondence.md", "figure": "correspondence.png",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
+    correspondence_figure(
+        panels,
+        titles,
+        inputs.names[: len(panels)],
+        os.path.join(out, "correspondence.png"),
+        f"Correspondence (arXiv Sec. 4.3): {title}, each part masked (fill {fill:g}) as the model sees it",
+    )
+    result = {
+        "method": "correspondence (arXiv Sec. 4.3)",
+        **body,
+        "images": inputs.names,
+        "parts_file": os.path.abspath(parts_file) if parts_file else None,
+        "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
+        "settings": {"random_draws": random_draws, "seed": seed, "fill": fill, "layers": list(layers)},
+        "model": opened.info(),
+        "table": "correspondence.md",
+        "figure": "correspondence.png",
+        "wall_seconds": time.perf_counter() - started,
+        "environment": environment(device),
+    }
     atomic_write_json(os.path.join(out, "correspondence.json"), result)
     return result
 
 
-def run_invariance(opened: Opened, inputs: Inputs, out: str, *, transforms: tuple[str, ...] = TRANSFORMS,
-                   layers: tuple[str, ...] = ("conv1", "fc7"), fill: float = 0.0,
-                   device: torch.device | str = "cpu") -> dict:
+def run_invariance(
+    opened: Opened,
+    inputs: Inputs,
+    out: str,
+    *,
+    transforms: tuple[str, ...] = TRANSFORMS,
+    layers: tuple[str, ...] = ("conv1", "fc7"),
+    fill: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> dict:
     """The invariance figure (one row per transformation) and invariance.json. Translations are the paper's
     range scaled to the input size (its 224 px -> ours)."""
     bad = [t for t in transforms if t not in TRANSFORMS]
@@ -105,23 +147,39 @@ def run_invariance(opened: Opened, inputs: Inputs, out: str, *, transforms: tupl
     if "translate" in values:
         values["translate"] = sorted({int(round(v * size / 224)) for v in values["translate"]})
     labels = [int(label) for label in inputs.labels if label is not None]
-    res = invariance(opened.model, x, labels=labels, transforms=transforms, values=values,
-                     layers=tuple(layers), fill=fill)
+    res = invariance(
+        opened.model, x, labels=labels, transforms=transforms, values=values, layers=tuple(layers), fill=fill
+    )
     rows, examples = [], {}
     for curve, row in zip(res.curves, res.to_json()["transforms"]):
         shown = curve.values[:: max(1, len(curve.values) // 5)]
-        examples[curve.transform] = [opened.preprocess.display(transform_images(x[:1], curve.transform, v, fill))[0]
-                                     .cpu() for v in shown]
+        examples[curve.transform] = [
+            opened.preprocess.display(transform_images(x[:1], curve.transform, v, fill))[0].cpu() for v in shown
+        ]
         rows.append({**row, "shown_values": shown})
     classes = inputs.classes or []
     os.makedirs(out, exist_ok=True)
-    invariance_figure(rows, examples, classes, os.path.join(out, "invariance.png"),
-                      f"Feature invariance (arXiv Sec. 4.4): {opened.name}, {len(inputs.names)} images")
-    result = {"method": "feature invariance (arXiv 'Feature Invariance' figure)", "images": inputs.names,
-              "labels": inputs.labels, "classes": classes, "transforms": rows,
-              "interpolation": "translate: integer shift; scale, rotate: bilinear about the centre",
-              "fill": fill, "layers": list(layers), "model": opened.info(), "figure": "invariance.png",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
+    invariance_figure(
+        rows,
+        examples,
+        classes,
+        os.path.join(out, "invariance.png"),
+        f"Feature invariance (arXiv Sec. 4.4): {opened.name}, {len(inputs.names)} images",
+    )
+    result = {
+        "method": "feature invariance (arXiv 'Feature Invariance' figure)",
+        "images": inputs.names,
+        "labels": inputs.labels,
+        "classes": classes,
+        "transforms": rows,
+        "interpolation": "translate: integer shift; scale, rotate: bilinear about the centre",
+        "fill": fill,
+        "layers": list(layers),
+        "model": opened.info(),
+        "figure": "invariance.png",
+        "wall_seconds": time.perf_counter() - started,
+        "environment": environment(device),
+    }
     atomic_write_json(os.path.join(out, "invariance.json"), result)
     return result
 

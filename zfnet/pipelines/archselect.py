@@ -1,5 +1,6 @@
 """`zfnet archselect` as a library call: train the four Sec. 4.1 runs (zfnet.experiments.archselect), then write
 OUT/results.json, OUT/table.md and OUT/fig5.png (layer-1 filters beside layer-2 projections per run)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ from .ablation import _claim
 from .train import draw_curves
 
 
-def run_archselect(out: str, recipe: Recipe, options: RunOptions, progress: bool = True,
-                   table_only: bool = False) -> dict:
+def run_archselect(
+    out: str, recipe: Recipe, options: RunOptions, progress: bool = True, table_only: bool = False
+) -> dict:
     started = time.perf_counter()
     _claim(out, recipe)
 
@@ -24,9 +26,11 @@ def run_archselect(out: str, recipe: Recipe, options: RunOptions, progress: bool
 
     analyses = archselect.run(out, recipe, options, progress, draw_curves, announce, train=not table_only)
     rows = [a.to_json() for a in analyses]
-    note = (f"{recipe.model} on {recipe.data}, {recipe.epochs} epochs"
-            + (f", first {recipe.limit_train} training images" if recipe.limit_train else "")
-            + "; layer-1 diagnostics over 2,000 validation images; everything else Sec. 3 (OUT/recipe.json).")
+    note = (
+        f"{recipe.model} on {recipe.data}, {recipe.epochs} epochs"
+        + (f", first {recipe.limit_train} training images" if recipe.limit_train else "")
+        + "; layer-1 diagnostics over 2,000 validation images; everything else Sec. 3 (OUT/recipe.json)."
+    )
     atomic_write_text(os.path.join(out, "table.md"), archselect_markdown(rows, note))
     if analyses:
         archselect_figure(analyses, os.path.join(out, "fig5.png"))
@@ -34,10 +38,19 @@ def run_archselect(out: str, recipe: Recipe, options: RunOptions, progress: bool
     diff = None
     if "krizhevsky-like" in by and "zfnet-like" in by:
         diff = by["krizhevsky-like"]["val_top1_err"] - by["zfnet-like"]["val_top1_err"]
-    result = {"experiment": "architecture selection (Sec. 4.1, Fig. 5)", "runs": rows,
-              "configs": {n: {"first_layer": list(f), "clipping": c} for n, (f, c) in archselect.configs(recipe.model).items()},
-              "val_top1_err_krizhevsky_minus_zfnet": diff, "recipe": recipe.to_dict(), "table": "table.md",
-              "figure": "fig5.png", "complete": len(rows) == 4, "wall_seconds_this_call": time.perf_counter() - started,
-              "environment": environment()}
+    result = {
+        "experiment": "architecture selection (Sec. 4.1, Fig. 5)",
+        "runs": rows,
+        "configs": {
+            n: {"first_layer": list(f), "clipping": c} for n, (f, c) in archselect.configs(recipe.model).items()
+        },
+        "val_top1_err_krizhevsky_minus_zfnet": diff,
+        "recipe": recipe.to_dict(),
+        "table": "table.md",
+        "figure": "fig5.png",
+        "complete": len(rows) == 4,
+        "wall_seconds_this_call": time.perf_counter() - started,
+        "environment": environment(),
+    }
     atomic_write_json(os.path.join(out, "results.json"), result)
     return result

@@ -6,6 +6,7 @@ OUT/manifest.json   per layer and channel the top-k {image, id, label, value, y,
 OUT/settings.json   the settings that change results, and their key: a rerun with the same key continues
                     (every step skips what is on disk); any other key is refused for that folder
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,8 +85,11 @@ def _claim_folder(out: str, key: str, settings: dict) -> None:
             old = json.load(f)
         if old.get("key") != key:
             changed = changed_keys(old.get("settings", {}), settings)
-            raise UsageError(f"{out!r} already holds an atlas made with other settings (changed: {', '.join(changed) or 'the model or data'}); "
-                             "pass a new --out, or delete the folder to remake it")
+            what = ", ".join(changed) or "the model or data"
+            raise UsageError(
+                f"{out!r} already holds an atlas made with other settings (changed: {what}); "
+                "pass a new --out, or delete the folder to remake it"
+            )
         return
     if os.path.isfile(os.path.join(out, "manifest.json")):
         raise UsageError(f"{out!r} already holds an atlas from an older zfnet; pass a new --out")
@@ -98,9 +102,16 @@ def dataset_info(ds: zdata.ImageSet) -> dict:
     return {**info, "exclude": ds.exclude} if ds.exclude else info
 
 
-def build_atlas(opened: Opened, dataset: zdata.ImageSet, cfg: AtlasConfig, *,
-                snapshots: Sequence[tuple[int, str | WeightsFile]] | None = None,
-                train: zdata.ImageSet | None = None, dist: Dist | None = None, progress: bool = True) -> dict | None:
+def build_atlas(
+    opened: Opened,
+    dataset: zdata.ImageSet,
+    cfg: AtlasConfig,
+    *,
+    snapshots: Sequence[tuple[int, str | WeightsFile]] | None = None,
+    train: zdata.ImageSet | None = None,
+    dist: Dist | None = None,
+    progress: bool = True,
+) -> dict | None:
     """The whole atlas of `opened` over `dataset` (Fig. 2, with Fig. 5's filters; Fig. 4 from `snapshots` on
     `train`, the training images, when given). Returns the manifest (None on processes other than rank 0 under
     torchrun, where `dist` is the process group the caller joined before opening the model)."""
@@ -115,14 +126,30 @@ def build_atlas(opened: Opened, dataset: zdata.ImageSet, cfg: AtlasConfig, *,
     layers = list(cfg.layers) or default_layers(model)
     for layer in layers:
         resolve_layer(model, layer)  # an unknown layer is refused before anything is written
-    ident = {"model": opened.name, "weights": opened.weights_sha256, "data": dataset.spec, "split": dataset.split,
-             "images": len(dataset), **({"exclude": dataset.exclude} if dataset.exclude else {})}
-    scan_key = fingerprint({**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(),
-                            "mean": _tensor_hash(pp.mean_image)})
+    ident = {
+        "model": opened.name,
+        "weights": opened.weights_sha256,
+        "data": dataset.spec,
+        "split": dataset.split,
+        "images": len(dataset),
+        **({"exclude": dataset.exclude} if dataset.exclude else {}),
+    }
+    scan_key = fingerprint(
+        {**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(), "mean": _tensor_hash(pp.mean_image)}
+    )
     settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
-    settings.update(model=opened.name, mean=opened.mean, data=dataset.spec, exclude=dataset.exclude, layers=layers, split=dataset.split, images=len(dataset),
-                    weights_sha256=opened.weights_sha256, mean_sha256=_tensor_hash(pp.mean_image),
-                    evolution_images=None if train is None else dataset_info(train))
+    settings.update(
+        model=opened.name,
+        mean=opened.mean,
+        data=dataset.spec,
+        exclude=dataset.exclude,
+        layers=layers,
+        split=dataset.split,
+        images=len(dataset),
+        weights_sha256=opened.weights_sha256,
+        mean_sha256=_tensor_hash(pp.mean_image),
+        evolution_images=None if train is None else dataset_info(train),
+    )
     key = fingerprint(settings)
     created = not os.path.isdir(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
@@ -141,12 +168,31 @@ def build_atlas(opened: Opened, dataset: zdata.ImageSet, cfg: AtlasConfig, *,
     return manifest
 
 
-def _build(cfg: AtlasConfig, dist: Dist, opened: Opened, dataset: zdata.ImageSet, layers: list[str], scan_key: str,
-           key: str, snapshots, train, progress: bool) -> dict | None:
+def _build(
+    cfg: AtlasConfig,
+    dist: Dist,
+    opened: Opened,
+    dataset: zdata.ImageSet,
+    layers: list[str],
+    scan_key: str,
+    key: str,
+    snapshots,
+    train,
+    progress: bool,
+) -> dict | None:
     model, pp = opened.model, dataset.preprocess
-    result = scan(model, dataset, layers=layers, k=cfg.k, batch_size=cfg.batch_size, workers=cfg.workers,
-                  state_path=os.path.join(cfg.out, ".scan-state.safetensors"), key=scan_key, dist=dist,
-                  progress=progress)
+    result = scan(
+        model,
+        dataset,
+        layers=layers,
+        k=cfg.k,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        state_path=os.path.join(cfg.out, ".scan-state.safetensors"),
+        key=scan_key,
+        dist=dist,
+        progress=progress,
+    )
     if not dist.main:
         return None
     dataset.check_readable()
@@ -156,48 +202,92 @@ def _build(cfg: AtlasConfig, dist: Dist, opened: Opened, dataset: zdata.ImageSet
     for layer, rf in rfs.items():
         h, w = rf.size
         tiles[layer] = display_scale(max(h, w), 64)
-        fields[layer] = {"field": list(rf.size), "jump": rf.jump,
-                         "k": cfg.k, "tile": [h * tiles[layer], w * tiles[layer]]}
+        fields[layer] = {
+            "field": list(rf.size),
+            "jump": rf.jump,
+            "k": cfg.k,
+            "tile": [h * tiles[layer], w * tiles[layer]],
+        }
     manifest = {
-        "key": key, "complete": False, "model": opened.info(),
+        "key": key,
+        "complete": False,
+        "model": opened.info(),
         "dataset": {**dataset_info(dataset), "classes": dataset.classes},
-        "mode": cfg.mode, "settings": asdict(cfg), "layer_order": layers,
+        "mode": cfg.mode,
+        "settings": asdict(cfg),
+        "layer_order": layers,
         "layers": manifest_layers(result, dataset, fields),
-        "preprocess": pp.to_dict(), "scan_seconds": result.seconds, "skipped": dataset.skipped_report(),
+        "preprocess": pp.to_dict(),
+        "scan_seconds": result.seconds,
+        "skipped": dataset.skipped_report(),
     }
     atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
 
     panel_choice = _panel_maps(result, layers, cfg)
     panels = _project_maps(cfg, model, pp, dataset, result, layers, rfs, tiles, panel_choice, dist.device, progress)
-    manifest["figures"] = {layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2))
-                           for layer in layers}
+    manifest["figures"] = {
+        layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2)) for layer in layers
+    }
     manifest["panel_maps"] = panel_choice
     manifest["filters"] = _filters(model, result, layers, cfg.out, opened.name, manifest)
     if snapshots is not None:
-        manifest["evolution"] = run_evolution(model, train, snapshots, cfg.out, layers=layers,
-                                              maps=cfg.evolution_maps, seed=cfg.seed, mode=cfg.mode,
-                                              batch_size=max(cfg.batch_size, 256), workers=cfg.workers,
-                                              device=dist.device, progress=progress)
+        manifest["evolution"] = run_evolution(
+            model,
+            train,
+            snapshots,
+            cfg.out,
+            layers=layers,
+            maps=cfg.evolution_maps,
+            seed=cfg.seed,
+            mode=cfg.mode,
+            batch_size=max(cfg.batch_size, 256),
+            workers=cfg.workers,
+            device=dist.device,
+            progress=progress,
+        )
     manifest["complete"] = True
     manifest["provenance"] = environment(dist.device)
     return manifest
 
 
-def run_evolution(model: torch.nn.Module, train: zdata.ImageSet, snapshots: Sequence[tuple[int, str | WeightsFile]],
-                  out: str, *, layers: Sequence[str] | None = None, maps: int = 8, seed: int = 0,
-                  mode: str = "deconvnet", batch_size: int = 256, workers: int = 0,
-                  device: torch.device | str = "cpu", progress: bool = True) -> dict:
+def run_evolution(
+    model: torch.nn.Module,
+    train: zdata.ImageSet,
+    snapshots: Sequence[tuple[int, str | WeightsFile]],
+    out: str,
+    *,
+    layers: Sequence[str] | None = None,
+    maps: int = 8,
+    seed: int = 0,
+    mode: str = "deconvnet",
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Fig. 4 (`zfnet evolution`, the atlas's and the report's): the evolution of `maps` randomly chosen maps per
     layer across `snapshots`, scanned on the training images `train`; writes OUT/evolution/ and returns its
     entry."""
-    evo = evolution(model, train, snapshots=snapshots, layers=layers, maps=maps, seed=seed, mode=mode,
-                    batch_size=batch_size, workers=workers, progress=progress, device=device)
+    evo = evolution(
+        model,
+        train,
+        snapshots=snapshots,
+        layers=layers,
+        maps=maps,
+        seed=seed,
+        mode=mode,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        device=device,
+    )
     train.check_readable()
     return atlas_site.write_evolution(out, evo, dataset_info(train), evo.to_json())
 
 
-def _project_maps(cfg: AtlasConfig, model, pp, dataset, result: Scan, layers, rfs, tiles, panel_choice, device,
-                  progress: bool) -> dict[str, list]:
+def _project_maps(
+    cfg: AtlasConfig, model, pp, dataset, result: Scan, layers, rfs, tiles, panel_choice, device, progress: bool
+) -> dict[str, list]:
     """Each map's top-k projections and patches, written as its sprite; maps whose sprite is on disk are
     skipped unless a Fig. 2 panel needs them. Returns the panel maps' (channel, projections, patches)."""
     panels: dict[str, list] = {layer: [] for layer in layers}
@@ -209,12 +299,15 @@ def _project_maps(cfg: AtlasConfig, model, pp, dataset, result: Scan, layers, rf
                 folder = os.path.join(cfg.out, "maps", layer)
                 os.makedirs(folder, exist_ok=True)
                 channels = list(range(tk.values.shape[1]))
-                todo = [c for c in channels if c in panel_choice[layer]
-                        or not os.path.isfile(os.path.join(folder, f"{c:04d}.png"))]
+                todo = [
+                    c
+                    for c in channels
+                    if c in panel_choice[layer] or not os.path.isfile(os.path.join(folder, f"{c:04d}.png"))
+                ]
                 pbar.update(len(channels) - len(todo))
                 per = max(1, 256 // cfg.k)
                 for s in range(0, len(todo), per):
-                    chunk = todo[s:s + per]
+                    chunk = todo[s : s + per]
                     proj = top_projections(dn, dataset, pp, tk, layer, chunk, rf, device)
                     for c in chunk:
                         projections, patches = proj[c]
@@ -231,7 +324,7 @@ def _panel_maps(result: Scan, layers: list[str], cfg: AtlasConfig) -> dict[str, 
     out = {}
     for layer in layers:
         c = result.top[layer].values.shape[1]
-        out[layer] = sorted(torch.randperm(c, generator=g)[:min(cfg.panel_maps, c)].tolist())
+        out[layer] = sorted(torch.randperm(c, generator=g)[: min(cfg.panel_maps, c)].tolist())
     return out
 
 

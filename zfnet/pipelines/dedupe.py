@@ -1,14 +1,14 @@
 """`zfnet dedupe` as a library call: match set B against set A (zfnet.experiments.dedupe) and write
 OUT/dedupe.json (pairs with ids and scores, settings, timings), OUT/pairs.csv, OUT/exclude.txt (the A ids to
 leave out: `--exclude OUT/exclude.txt` on any command that takes --data), OUT/pairs.png and OUT/scores.png."""
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import csv
 import io
 import os
 import time
+from typing import Any
 
 from .. import data as zdata
 from ..errors import UsageError
@@ -19,9 +19,21 @@ from ..render.dedupe import pairs_sheet, score_histogram
 from ..runtime import resolve_device
 
 
-def run_dedupe(out: str, set_a: str, set_b: str, split_a: str | None = None, split_b: str | None = None,
-               threshold: float = 0.9, size: int = 16, k: int = 5, block: int = 4096, workers: int = 0,
-               device: str = "auto", progress: bool = True, sheet: int = 60) -> dict:
+def run_dedupe(
+    out: str,
+    set_a: str,
+    set_b: str,
+    split_a: str | None = None,
+    split_b: str | None = None,
+    threshold: float = 0.9,
+    size: int = 16,
+    k: int = 5,
+    block: int = 4096,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    sheet: int = 60,
+) -> dict:
     if not -1 <= threshold <= 1:
         raise UsageError(f"--threshold {threshold} must be a correlation in [-1, 1]")
     if size < 2 or k < 1 or block < 1:
@@ -35,8 +47,10 @@ def run_dedupe(out: str, set_a: str, set_b: str, split_a: str | None = None, spl
     wall = time.perf_counter() - started
     for ds in (a, b):
         ds.check_readable()
-    pairs: list[dict[str, Any]] = [{"a": ia, "a_id": a.image_id(ia), "b": ib, "b_id": b.image_id(ib), "score": s}
-             for ia, ib, s in m.pairs(threshold)]
+    pairs: list[dict[str, Any]] = [
+        {"a": ia, "a_id": a.image_id(ia), "b": ib, "b_id": b.image_id(ib), "score": s}
+        for ia, ib, s in m.pairs(threshold)
+    ]
     os.makedirs(out, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["score", "b_id", "a_id", "b", "a"], lineterminator="\n")
@@ -44,25 +58,31 @@ def run_dedupe(out: str, set_a: str, set_b: str, split_a: str | None = None, spl
     w.writerows({k_: (f"{p[k_]:.6f}" if k_ == "score" else p[k_]) for k_ in w.fieldnames} for p in pairs)
     atomic_write_text(os.path.join(out, "pairs.csv"), buf.getvalue())
     excluded = sorted({p["a_id"] for p in pairs})
-    atomic_write_text(os.path.join(out, "exclude.txt"),
-                      f"# images of {set_a} ({a.split}) that also occur in {set_b} ({b.split}): normalized "
-                      f"correlation >= {threshold}\n" + "".join(f"{i}\n" for i in excluded))
+    atomic_write_text(
+        os.path.join(out, "exclude.txt"),
+        f"# images of {set_a} ({a.split}) that also occur in {set_b} ({b.split}): normalized "
+        f"correlation >= {threshold}\n" + "".join(f"{i}\n" for i in excluded),
+    )
     shown = pairs[:sheet]
-    pairs_sheet(shown, [b.base(p["b"]) for p in shown], [a.base(p["a"]) for p in shown],
-                os.path.join(out, "pairs.png"))
+    pairs_sheet(shown, [b.base(p["b"]) for p in shown], [a.base(p["a"]) for p in shown], os.path.join(out, "pairs.png"))
     best = m.scores[0]
-    score_histogram(best, threshold, os.path.join(out, "scores.png"),
-                    f"{set_b} ({b.split}) against {set_a} ({a.split})")
+    score_histogram(
+        best, threshold, os.path.join(out, "scores.png"), f"{set_b} ({b.split}) against {set_a} ({a.split})"
+    )
     result = {
         "method": "overlap removal by normalized correlation of downsampled copies (Sec. 5.2 footnote)",
         "a": {"spec": set_a, "split": a.split, "images": len(a), "skipped": a.skipped_report()},
         "b": {"spec": set_b, "split": b.split, "images": len(b), "skipped": b.skipped_report()},
         "settings": {"threshold": threshold, "size": size, "k": k, "block": block},
-        "pairs": pairs, "b_images_with_a_match": len({p["b"] for p in pairs}), "excluded_a_images": len(excluded),
+        "pairs": pairs,
+        "b_images_with_a_match": len({p["b"] for p in pairs}),
+        "excluded_a_images": len(excluded),
         "best_score_quantiles": {q: float(best.quantile(q)) for q in (0.5, 0.9, 0.99, 0.999)},
-        "comparisons": m.comparisons, "compare_seconds": m.compare_seconds,
+        "comparisons": m.comparisons,
+        "compare_seconds": m.compare_seconds,
         "comparisons_per_second": m.comparisons / max(m.compare_seconds, 1e-9),
-        "wall_seconds": wall, "environment": environment(dev),
+        "wall_seconds": wall,
+        "environment": environment(dev),
         "files": {"exclude": "exclude.txt", "pairs": "pairs.csv", "sheet": "pairs.png", "histogram": "scores.png"},
     }
     atomic_write_json(os.path.join(out, "dedupe.json"), result)

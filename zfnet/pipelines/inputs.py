@@ -1,4 +1,5 @@
 """The images an analysis command runs on: image files (with optional labels) and dataset images by index."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def label_index(value: str | None, classes: list[str] | None) -> int | None:
         return int(value)
     if classes and value in classes:
         return classes.index(value)
-    raise UsageError(f"label {value!r} is neither a class index nor a class name"
-                     + (f" ({', '.join(classes)})" if classes else ""))
+    raise UsageError(
+        f"label {value!r} is neither a class index nor a class name" + (f" ({', '.join(classes)})" if classes else "")
+    )
 
 
 def check_files(images: list[str]) -> list:
@@ -37,8 +39,15 @@ def check_files(images: list[str]) -> list:
     return [open_image(p) for p in images]
 
 
-def load_inputs(pp: zdata.Preprocess, opened_images: list, files: list[str], labels: list[str],
-                dataset: zdata.ImageSet | None, indices: list[int], classes: list[str] | None) -> Inputs:
+def load_inputs(
+    pp: zdata.Preprocess,
+    opened_images: list,
+    files: list[str],
+    labels: list[str],
+    dataset: zdata.ImageSet | None,
+    indices: list[int],
+    classes: list[str] | None,
+) -> Inputs:
     """Files (already opened, see `check_files`) and images of `dataset` by index -> model input, names,
     labels. `dataset` is opened by the caller with `pp` (its images are fed through `pp`)."""
     if not files and not indices:
@@ -54,8 +63,10 @@ def load_inputs(pp: zdata.Preprocess, opened_images: list, files: list[str], lab
         classes = classes or dataset.classes
         for i in indices:
             if not 0 <= i < len(dataset):
-                raise UsageError(f"--index {i} is outside {dataset.spec or dataset.name} split {dataset.split!r} "
-                                 f"(0..{len(dataset) - 1})")
+                raise UsageError(
+                    f"--index {i} is outside {dataset.spec or dataset.name} split {dataset.split!r} "
+                    f"(0..{len(dataset) - 1})"
+                )
             names.append(dataset.image_id(i))
             xs.append(pp.eval_input(dataset.base(i)[None])[0])
             labs.append(int(dataset.labels[i]))

@@ -33,8 +33,15 @@ class OcclusionOptions:
     compare_exact: bool = False  # approx: also run exact and report the deviation
 
 
-def run_occlusion(opened: Opened, inputs: Inputs, out: str, *, options: OcclusionOptions = OcclusionOptions(),
-                  device: torch.device | str = "cpu", progress: bool = True) -> dict:
+def run_occlusion(
+    opened: Opened,
+    inputs: Inputs,
+    out: str,
+    *,
+    options: OcclusionOptions = OcclusionOptions(),
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Fig. 6 for every image of `inputs` (made with `opened.preprocess`); returns occlusion.json's content."""
     o, pp, classes = options, opened.preprocess, inputs.classes
     items = list(zip(inputs.names, inputs.x, inputs.labels))
@@ -43,21 +50,49 @@ def run_occlusion(opened: Opened, inputs: Inputs, out: str, *, options: Occlusio
     rows = []
     with bar(total=len(items), desc="occlusion", unit="image", disable=not progress) as pbar:
         for k, (name, x, label) in enumerate(items):
-            res = occlusion(opened.model, x[None].to(device), target=label, window=o.window, stride=o.stride,
-                            fill=o.fill, layer=o.layer, mode=o.mode, tau=o.tau, compare_exact=o.compare_exact,
-                            drill=o.drill)[0]
+            res = occlusion(
+                opened.model,
+                x[None].to(device),
+                target=label,
+                window=o.window,
+                stride=o.stride,
+                fill=o.fill,
+                layer=o.layer,
+                mode=o.mode,
+                tau=o.tau,
+                compare_exact=o.compare_exact,
+                drill=o.drill,
+            )[0]
             figure = f"occlusion-{k}.png"
-            occlusion_figure(res, pp.display(x[None])[0].cpu(), classes, os.path.join(out, figure),
-                             title=f"{name}: Fig. 6 ({opened.name}, {res.mode})")
-            rows.append({"image": name, "label": label, "label_name": classes[label] if classes and label is not None
-                         and label < len(classes) else None, "figure": figure, **res.to_json()})
+            occlusion_figure(
+                res,
+                pp.display(x[None])[0].cpu(),
+                classes,
+                os.path.join(out, figure),
+                title=f"{name}: Fig. 6 ({opened.name}, {res.mode})",
+            )
+            rows.append(
+                {
+                    "image": name,
+                    "label": label,
+                    "label_name": classes[label] if classes and label is not None and label < len(classes) else None,
+                    "figure": figure,
+                    **res.to_json(),
+                }
+            )
             pbar.update(1)
     result = {
         "method": "occlusion (Sec. 4.2, Fig. 6)",
-        "settings": {**asdict(o),
-                     "positions": "top-left corners 0, S, 2S, ... <= H - W, plus the flush last one H - W"},
-        "model": opened.info(), "preprocess": pp.to_dict(), "classes": classes, "images": rows,
-        "wall_seconds": time.perf_counter() - started, "environment": environment(device),
+        "settings": {
+            **asdict(o),
+            "positions": "top-left corners 0, S, 2S, ... <= H - W, plus the flush last one H - W",
+        },
+        "model": opened.info(),
+        "preprocess": pp.to_dict(),
+        "classes": classes,
+        "images": rows,
+        "wall_seconds": time.perf_counter() - started,
+        "environment": environment(device),
     }
     atomic_write_json(os.path.join(out, "occlusion.json"), result)
     return result

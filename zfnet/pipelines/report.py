@@ -8,6 +8,7 @@ OUT/index.html         the report
 
 A stage that fails is recorded with its reason (the traceback in OUT/<stage>/error.txt) and the others go on.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,11 +106,11 @@ class Stage:
 STAGES: Registry[Stage] = Registry("report stage")
 
 
-def stage(name: str, title: str, paper: str,
-          settings: Callable[[ReportConfig, Opened], dict] = lambda c, o: {}):
+def stage(name: str, title: str, paper: str, settings: Callable[[ReportConfig, Opened], dict] = lambda c, o: {}):
     def wrap(run):
         STAGES.register(name, Stage(title, paper, run, settings))
         return run
+
     return wrap
 
 
@@ -119,6 +120,7 @@ class Skip(Exception):
 
 # --- the stages -------------------------------------------------------------------------------------------
 
+
 @stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)")
 def _model(ctx: Context) -> dict:
     out = ctx.folder("model")
@@ -126,9 +128,11 @@ def _model(ctx: Context) -> dict:
     pp, model = ctx.opened.preprocess, ctx.opened.model
     arch = ctx.arch.to_json()
     name = ctx.opened.name
-    architecture_figure(arch, os.path.join(out, "fig3.png"),
-                        f"{name}: {arch['params']:,} parameters, {pp.channels}x{pp.input_size}x{pp.input_size} "
-                        "input (drawn as Fig. 3)")
+    architecture_figure(
+        arch,
+        os.path.join(out, "fig3.png"),
+        f"{name}: {arch['params']:,} parameters, {pp.channels}x{pp.input_size}x{pp.input_size} input (drawn as Fig. 3)",
+    )
     measured, unmeasured = None, None
     if _labelled(ctx.dataset):
         try:
@@ -142,12 +146,21 @@ def _model(ctx: Context) -> dict:
         training_curves(history, os.path.join(out, "curves.png"), title=f"{name}: training (Sec. 3 recipe)")
         curves = "curves.png"
     body = {
-        "name": name, "weights": ctx.opened.weights, "weights_sha256": ctx.opened.weights_sha256,
-        "embedded": ctx.cfg.embedded, "classes": ctx.opened.classes or ctx.dataset.classes,
-        "preprocess": pp.to_dict(), "architecture": arch, "figure": "fig3.png", "curves": curves,
-        "measured": None if measured is None else {**measured, "data": ctx.dataset.name,
-                                                   "split": ctx.dataset.split, "crop": "centre"},
-        "unmeasured": unmeasured, "stored_metrics": _stored_summary(stored), "recipe": recipe,
+        "name": name,
+        "weights": ctx.opened.weights,
+        "weights_sha256": ctx.opened.weights_sha256,
+        "embedded": ctx.cfg.embedded,
+        "classes": ctx.opened.classes or ctx.dataset.classes,
+        "preprocess": pp.to_dict(),
+        "architecture": arch,
+        "figure": "fig3.png",
+        "curves": curves,
+        "measured": None
+        if measured is None
+        else {**measured, "data": ctx.dataset.name, "split": ctx.dataset.split, "crop": "centre"},
+        "unmeasured": unmeasured,
+        "stored_metrics": _stored_summary(stored),
+        "recipe": recipe,
         "epochs_logged": len(history),
     }
     atomic_write_json(os.path.join(out, "model.json"), body)
@@ -184,29 +197,46 @@ def _stored_summary(m: dict) -> dict | None:
     test = m.get("test") if isinstance(m, dict) else None
     if not isinstance(test, dict):
         return None
-    out = {"images": test.get("images"), "epochs": m.get("epochs"),
-           "train_wall_seconds": m.get("train_wall_seconds")}
+    out = {"images": test.get("images"), "epochs": m.get("epochs"), "train_wall_seconds": m.get("train_wall_seconds")}
     for crop in ("centre", "ten_crop"):
         if isinstance(test.get(crop), dict):
             out[crop] = {k: test[crop].get(k) for k in ("top1_err", "top5_err")}
     return out
 
 
-@stage("atlas", "Top-9 atlas and layer-1 filters", "Fig. 2 (top-9 per map, conv1-conv5), Fig. 5 (filters)",
-       lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed})
+@stage(
+    "atlas",
+    "Top-9 atlas and layer-1 filters",
+    "Fig. 2 (top-9 per map, conv1-conv5), Fig. 5 (filters)",
+    lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed},
+)
 def _atlas(ctx: Context) -> dict:
     c = ctx.cfg
-    manifest = build_atlas(ctx.opened, ctx.dataset,
-                           AtlasConfig(out=ctx.folder("atlas"), layers=c.layers, limit=c.limit, workers=c.workers,
-                                       seed=c.seed, device=c.device), progress=_progress())
+    manifest = build_atlas(
+        ctx.opened,
+        ctx.dataset,
+        AtlasConfig(
+            out=ctx.folder("atlas"), layers=c.layers, limit=c.limit, workers=c.workers, seed=c.seed, device=c.device
+        ),
+        progress=_progress(),
+    )
     assert manifest is not None  # a single process
-    return {"json": "atlas/manifest.json", "images": manifest["dataset"]["images"],
-            "layers": manifest["layer_order"]}
+    return {"json": "atlas/manifest.json", "images": manifest["dataset"]["images"], "layers": manifest["layer_order"]}
 
 
-@stage("evolution", "Feature evolution during training", "Fig. 4",
-       lambda c, o: {"snapshots": c.snapshots, "train_split": c.train_split, "limit": c.evolution_limit,
-                  "layers": list(c.layers), "seed": c.seed, "found": _snapshot_stamp(c, o)})
+@stage(
+    "evolution",
+    "Feature evolution during training",
+    "Fig. 4",
+    lambda c, o: {
+        "snapshots": c.snapshots,
+        "train_split": c.train_split,
+        "limit": c.evolution_limit,
+        "layers": list(c.layers),
+        "seed": c.seed,
+        "found": _snapshot_stamp(c, o),
+    },
+)
 def _evolution(ctx: Context) -> dict:
     c, pp = ctx.cfg, ctx.opened.preprocess
     snaps = _find(c, ctx.opened)
@@ -214,9 +244,18 @@ def _evolution(ctx: Context) -> dict:
         train = zdata.open_dataset(ctx.data, c.train_split, pp)
     except UsageError as e:
         raise Skip(f"no training split to scan ({e})") from None
-    info = run_evolution(ctx.opened.model, train.head(c.evolution_limit), snaps, ctx.folder("evolution"),
-                         layers=list(c.layers) or None, maps=8, seed=c.seed, workers=c.workers, device=ctx.device,
-                         progress=_progress())
+    info = run_evolution(
+        ctx.opened.model,
+        train.head(c.evolution_limit),
+        snaps,
+        ctx.folder("evolution"),
+        layers=list(c.layers) or None,
+        maps=8,
+        seed=c.seed,
+        workers=c.workers,
+        device=ctx.device,
+        progress=_progress(),
+    )
     return {"json": "evolution/evolution.json", "epochs": info["epochs"]}
 
 
@@ -239,27 +278,42 @@ def _find(c: ReportConfig, opened: Opened) -> list[tuple[int, str]]:
     except UsageError:
         snaps = []
     if not snaps:
-        raise Skip("no training snapshots (epoch-NNN.safetensors): pass --snapshots RUN_DIR, the folder "
-                   "`zfnet train --snapshots` wrote")
+        raise Skip(
+            "no training snapshots (epoch-NNN.safetensors): pass --snapshots RUN_DIR, the folder "
+            "`zfnet train --snapshots` wrote"
+        )
     return snaps
 
 
-@stage("occlusion", "Occlusion sensitivity", "Sec. 4.2, Fig. 6",
-       lambda c, o: {"examples": c.examples, "window": c.window, "stride": c.stride})
+@stage(
+    "occlusion",
+    "Occlusion sensitivity",
+    "Sec. 4.2, Fig. 6",
+    lambda c, o: {"examples": c.examples, "window": c.window, "stride": c.stride},
+)
 def _occlusion(ctx: Context) -> dict:
     c, pp = ctx.cfg, ctx.opened.preprocess
     window = c.window or max(2, round(pp.input_size * 2 / 7))
     stride = c.stride or max(1, window // 4)
     layer = default_layers(ctx.opened.model)[-1]
-    inputs = dataset_inputs(ctx.dataset, ctx.picks[:c.examples], ctx.opened.classes)
-    res = run_occlusion(ctx.opened, inputs, ctx.folder("occlusion"),
-                        options=OcclusionOptions(window=window, stride=stride, layer=layer), device=ctx.device,
-                        progress=_progress())
+    inputs = dataset_inputs(ctx.dataset, ctx.picks[: c.examples], ctx.opened.classes)
+    res = run_occlusion(
+        ctx.opened,
+        inputs,
+        ctx.folder("occlusion"),
+        options=OcclusionOptions(window=window, stride=stride, layer=layer),
+        device=ctx.device,
+        progress=_progress(),
+    )
     return {"json": "occlusion/occlusion.json", "images": len(res["images"])}
 
 
-@stage("correspondence", "Correspondence analysis", "arXiv Sec. 4.3 (Table 7)",
-       lambda c, o: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images})
+@stage(
+    "correspondence",
+    "Correspondence analysis",
+    "arXiv Sec. 4.3 (Table 7)",
+    lambda c, o: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images},
+)
 def _correspondence(ctx: Context) -> dict:
     c = ctx.cfg
     parts = _parts_file(c)
@@ -267,12 +321,20 @@ def _correspondence(ctx: Context) -> dict:
         raise Skip("needs a parts file: pass --parts FILE (which part sits where in each image)")
     spec = read_parts(parts)
     files = [os.path.join(c.parts_images, str(n)) for n in spec["images"]] if c.parts_images else []
-    inputs = parts_inputs(spec, ctx.opened, check_files(files), files, None if files else ctx.data,
-                          None if files else ctx.dataset.split)
+    inputs = parts_inputs(
+        spec, ctx.opened, check_files(files), files, None if files else ctx.data, None if files else ctx.dataset.split
+    )
     _, high = _low_high(ctx)
-    res = run_correspondence(ctx.opened, inputs, spec, ctx.folder("correspondence"),
-                             layers=(default_layers(ctx.opened.model)[-1], high), seed=c.seed, parts_file=parts,
-                             device=ctx.device)
+    res = run_correspondence(
+        ctx.opened,
+        inputs,
+        spec,
+        ctx.folder("correspondence"),
+        layers=(default_layers(ctx.opened.model)[-1], high),
+        seed=c.seed,
+        parts_file=parts,
+        device=ctx.device,
+    )
     return {"json": "correspondence/correspondence.json", "images": len(res["images"])}
 
 
@@ -296,21 +358,27 @@ def _low_high(ctx: Context) -> tuple[str, str]:
     return convs[0], (fcs[-2] if len(fcs) >= 2 else convs[-1])
 
 
-@stage("invariance", "Feature invariance", "arXiv Sec. 4.4 (translation, scale, rotation)",
-       lambda c, o: {"examples": 5})
+@stage(
+    "invariance", "Feature invariance", "arXiv Sec. 4.4 (translation, scale, rotation)", lambda c, o: {"examples": 5}
+)
 def _invariance(ctx: Context) -> dict:
     inputs = dataset_inputs(ctx.dataset, ctx.picks[:5], ctx.opened.classes)
     res = run_invariance(ctx.opened, inputs, ctx.folder("invariance"), layers=_low_high(ctx), device=ctx.device)
     return {"json": "invariance/invariance.json", "images": len(res["images"])}
 
 
-@stage("included", "Transfer, per-layer and ablation results", "Tables 2-6, Fig. 7 (from --include)",
-       lambda c, o: {"include": [os.path.abspath(d) for d in c.include],
-                  "stamps": [_stamp(d) for d in c.include]})
+@stage(
+    "included",
+    "Transfer, per-layer and ablation results",
+    "Tables 2-6, Fig. 7 (from --include)",
+    lambda c, o: {"include": [os.path.abspath(d) for d in c.include], "stamps": [_stamp(d) for d in c.include]},
+)
 def _included(ctx: Context) -> dict:
     if not ctx.cfg.include:
-        raise Skip("no results given: pass --include DIR (a folder zfnet transfer / layerprobe / ablate / "
-                   "archselect / dedupe wrote)")
+        raise Skip(
+            "no results given: pass --include DIR (a folder zfnet transfer / layerprobe / ablate / "
+            "archselect / dedupe wrote)"
+        )
     found = collect_results(ctx.cfg.include, ctx.folder("included"))
     if not found:
         raise Skip(f"no zfnet results (results.json, dedupe.json) under {', '.join(ctx.cfg.include)}")
@@ -325,7 +393,7 @@ def collect_results(folders: tuple[str, ...], out: str, depth: int = 3) -> list[
     for top in folders:
         top = os.path.abspath(top)
         for root, dirs, files in os.walk(top):
-            if root[len(top):].count(os.sep) >= depth:
+            if root[len(top) :].count(os.sep) >= depth:
                 dirs[:] = []
             dirs.sort()
             for name in ("results.json", "dedupe.json"):
@@ -339,12 +407,22 @@ def collect_results(folders: tuple[str, ...], out: str, depth: int = 3) -> list[
         os.makedirs(dest, exist_ok=True)
         copied = []
         for f in entry.pop("files"):
-            if isinstance(f, str) and f == os.path.basename(f) and f not in ("", ".", "..") \
-                    and os.path.isfile(os.path.join(root, f)):
+            if (
+                isinstance(f, str)
+                and f == os.path.basename(f)
+                and f not in ("", ".", "..")
+                and os.path.isfile(os.path.join(root, f))
+            ):
                 shutil.copyfile(os.path.join(root, f), os.path.join(dest, f))
                 copied.append(f"{k:02d}/{f}")
-        rows.append({**entry, "source": root, "table": next((c for c in copied if c.endswith(".md")), None),
-                     "figures": [c for c in copied if c.endswith(".png")]})
+        rows.append(
+            {
+                **entry,
+                "source": root,
+                "table": next((c for c in copied if c.endswith(".md")), None),
+                "figures": [c for c in copied if c.endswith(".png")],
+            }
+        )
     if rows:
         atomic_write_json(os.path.join(out, "included.json"), {"results": rows})
     return rows
@@ -361,15 +439,23 @@ def _result_entry(path: str, name: str) -> dict | None:
     if name == "dedupe.json":
         files: dict = r["files"] if isinstance(r.get("files"), dict) else {}
         a, b = r.get("a") or {}, r.get("b") or {}
-        summary = (f"{b.get('spec')} {b.get('split')} vs {a.get('spec')} {a.get('split')}: "
-                   f"{r.get('b_images_with_a_match')} images with a near-duplicate, "
-                   f"{r.get('excluded_a_images')} excluded")
-        return {"experiment": "dataset overlap removal (Sec. 5.2)", "summary": summary,
-                "files": [files.get("sheet"), files.get("histogram")]}
+        summary = (
+            f"{b.get('spec')} {b.get('split')} vs {a.get('spec')} {a.get('split')}: "
+            f"{r.get('b_images_with_a_match')} images with a near-duplicate, "
+            f"{r.get('excluded_a_images')} excluded"
+        )
+        return {
+            "experiment": "dataset overlap removal (Sec. 5.2)",
+            "summary": summary,
+            "files": [files.get("sheet"), files.get("histogram")],
+        }
     if "experiment" not in r:
         return None
-    return {"experiment": str(r["experiment"]), "summary": "",
-            "files": [r.get("table"), r.get("plot"), r.get("figure")]}
+    return {
+        "experiment": str(r["experiment"]),
+        "summary": "",
+        "files": [r.get("table"), r.get("plot"), r.get("figure")],
+    }
 
 
 def _stamp(folder: str) -> list:
@@ -384,6 +470,7 @@ def _stamp(folder: str) -> list:
 
 
 # --- running them -----------------------------------------------------------------------------------------
+
 
 def _progress() -> bool:
     return os.environ.get("ZFNET_PROGRESS", "1") != "0"
@@ -432,16 +519,19 @@ def _claim(out: str, identity: dict) -> dict:
             old = json.load(f)
         if old.get("identity") != identity:
             changed = changed_keys(old.get("identity", {}), identity)
-            raise UsageError(f"{out!r} holds a report of another model or data (changed: {', '.join(changed)}); "
-                             "pass a new --out, or delete the folder to remake it")
+            raise UsageError(
+                f"{out!r} holds a report of another model or data (changed: {', '.join(changed)}); "
+                "pass a new --out, or delete the folder to remake it"
+            )
         return old
     if os.path.isdir(out) and os.listdir(out):
         raise UsageError(f"{out!r} is not empty and holds no zfnet report; pass a new or empty --out")
     return {"identity": identity, "stages": {}}
 
 
-def build_report(opened: Opened, dataset: zdata.ImageSet, cfg: ReportConfig, *, progress: bool = True,
-                 only: tuple[str, ...] = ()) -> dict:
+def build_report(
+    opened: Opened, dataset: zdata.ImageSet, cfg: ReportConfig, *, progress: bool = True, only: tuple[str, ...] = ()
+) -> dict:
     """Run every stage (or `only` these) on the opened model and dataset that is not already done with the same
     settings, record each one's status in OUT/report.json, and write OUT/index.html. The model is opened once,
     by the caller; every stage uses that object. Returns report.json's content."""
@@ -450,9 +540,14 @@ def build_report(opened: Opened, dataset: zdata.ImageSet, cfg: ReportConfig, *, 
     device = next(opened.model.parameters()).device
     for layer in cfg.layers:
         resolve_layer(opened.model, layer)
-    identity = {"model": opened.name, "weights_sha256": opened.weights_sha256,
-                "data": dataset.spec or dataset.name, "split": dataset.split, "mean": opened.mean,
-                "images": len(dataset)}
+    identity = {
+        "model": opened.name,
+        "weights_sha256": opened.weights_sha256,
+        "data": dataset.spec or dataset.name,
+        "split": dataset.split,
+        "mean": opened.mean,
+        "images": len(dataset),
+    }
     state = _claim(cfg.out, identity)
     os.makedirs(cfg.out, exist_ok=True)
     ctx = Context(cfg, opened, dataset, device, pick_examples(dataset, max(cfg.examples, 5)))
@@ -479,16 +574,22 @@ def build_report(opened: Opened, dataset: zdata.ImageSet, cfg: ReportConfig, *, 
         except Skip as e:
             entry = {"status": "skipped", "reason": str(e)}
         except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others go on
-            reason = str(e).strip().splitlines()[0] if isinstance(e, UsageError) and str(e).strip() else \
-                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
+            reason = (
+                str(e).strip().splitlines()[0]
+                if isinstance(e, UsageError) and str(e).strip()
+                else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
+            )
             os.makedirs(folder_, exist_ok=True)
             with open(os.path.join(folder_, "error.txt"), "w", encoding="utf-8") as f:
                 f.write(traceback.format_exc())
             entry = {"status": "failed", "reason": reason, "traceback": f"{name}/error.txt"}
         entry.update(key=key, seconds=round(time.perf_counter() - t0, 2), title=st.title, paper=st.paper)
         state["stages"][name] = entry
-        _say(progress, f"    {entry['status']} in {entry['seconds']:.1f} s"
-             + (f": {entry['reason']}" if "reason" in entry else ""))
+        _say(
+            progress,
+            f"    {entry['status']} in {entry['seconds']:.1f} s"
+            + (f": {entry['reason']}" if "reason" in entry else ""),
+        )
         state.update(wall_seconds=time.perf_counter() - started, environment=environment(device))
         atomic_write_json(os.path.join(cfg.out, "report.json"), state)  # a kill keeps every finished stage
     state["order"] = list(STAGES)
@@ -498,10 +599,19 @@ def build_report(opened: Opened, dataset: zdata.ImageSet, cfg: ReportConfig, *, 
     return state
 
 
-def report(model: nn.Module | Opened | None = None, data: str | zdata.ImageSet | None = None, *,
-           out: str = "report", preprocess: zdata.Preprocess | None = None, classes: list[str] | None = None,
-           split: str | None = None, device: str = "auto", progress: bool = True, only: tuple[str, ...] = (),
-           **options) -> dict:
+def report(
+    model: nn.Module | Opened | None = None,
+    data: str | zdata.ImageSet | None = None,
+    *,
+    out: str = "report",
+    preprocess: zdata.Preprocess | None = None,
+    classes: list[str] | None = None,
+    split: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    only: tuple[str, ...] = (),
+    **options,
+) -> dict:
     """`zfnet report` from Python: every analysis of the paper on `model` - any `nn.Module` (with its
     `preprocess`, default the model's own: the Fig. 3 family's table, else torchvision's ImageNet
     normalisation, and its class names), an `Opened`, or None for the embedded model - over `data` (a dataset

@@ -1,4 +1,5 @@
 """`zfnet train` as a library call: `zfnet.train.fit` with the training curves drawn after every epoch."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ def draw_curves(out: str, history: list[dict]) -> None:
     training_curves(history, os.path.join(out, "curves.png"))
 
 
-def train(recipe: Recipe, options: RunOptions | None = None, resume: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+def train(
+    recipe: Recipe, options: RunOptions | None = None, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train into `options.out` (see `fit`): checkpoints, snapshots, metrics.jsonl/csv and curves.png."""
     return fit(recipe, options, resume, progress, on_logs=draw_curves)

@@ -1,6 +1,7 @@
 """`zfnet transfer` and `zfnet layerprobe` as library calls: open the model and the target data, extract the
 fixed layers' features once, run the folds (zfnet.experiments.transfer), and write OUT/results.json, OUT/table.md
 (laid out as the paper's table, its numbers beside ours) and the plots."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,15 @@ def check_protocol(protocol: str, probe: bool = False) -> None:
         raise UsageError(f"unknown --protocol {protocol!r}; choose one of {', '.join(tx.PROTOCOLS)}")
 
 
-def run_transfer(opened: Opened, dataset: zdata.ImageSet, out: str, *, options: TransferOptions = TransferOptions(),
-                 device: torch.device | str = "cpu", progress: bool = True) -> dict:
+def run_transfer(
+    opened: Opened,
+    dataset: zdata.ImageSet,
+    out: str,
+    *,
+    options: TransferOptions = TransferOptions(),
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Tables 3-4 and Fig. 7 for `opened` on `dataset` (opened with `opened.preprocess`); see `run_pascal` for
     Table 5."""
     o = options
@@ -74,32 +82,77 @@ def run_transfer(opened: Opened, dataset: zdata.ImageSet, out: str, *, options: 
     labels = ds.labels[pos].numpy()
     scores = tx.probe(feats, labels, per_class, test_n, o.folds, ["softmax"])
     if not o.no_scratch:
-        key = fingerprint({"model": opened.name, "data": ds.spec, "split": ds.split, "images": len(ds),
-                           "kept": int(len(pos)), "epochs": o.scratch_epochs, "test": test_n, "exclude": ds.exclude})
-        s = tx.scratch(opened.name, ds, labels=labels, positions=pos.numpy(), per_class=per_class,
-                       test_per_class=test_n, folds=o.folds, epochs=o.scratch_epochs, device=device,
-                       state=os.path.join(out, ".scratch"), key=key)
+        key = fingerprint(
+            {
+                "model": opened.name,
+                "data": ds.spec,
+                "split": ds.split,
+                "images": len(ds),
+                "kept": int(len(pos)),
+                "epochs": o.scratch_epochs,
+                "test": test_n,
+                "exclude": ds.exclude,
+            }
+        )
+        s = tx.scratch(
+            opened.name,
+            ds,
+            labels=labels,
+            positions=pos.numpy(),
+            per_class=per_class,
+            test_per_class=test_n,
+            folds=o.folds,
+            epochs=o.scratch_epochs,
+            device=device,
+            state=os.path.join(out, ".scratch"),
+            key=key,
+        )
         scores.scores.update(s.scores)
     summary = scores.summary()
     os.makedirs(out, exist_ok=True)
-    title = (f"{opened.name} -> {ds.spec} ({ds.split}, {len(ds.classes)} classes), {o.protocol} protocol: "
-             f"{o.folds} folds, up to {test_n} test images per class")
+    title = (
+        f"{opened.name} -> {ds.spec} ({ds.split}, {len(ds.classes)} classes), {o.protocol} protocol: "
+        f"{o.folds} folds, up to {test_n} test images per class"
+    )
     atomic_write_text(os.path.join(out, "table.md"), transfer_markdown(summary, per_class, o.layer, title, o.protocol))
     fig7(summary, per_class, o.layer, os.path.join(out, "fig7.png"), title)
-    result = {"experiment": "transfer (Sec. 5.2, Tables 3-4, Fig. 7)", "protocol": o.protocol, "per_class": per_class,
-              "test_per_class": test_n, "folds": o.folds, "layer": o.layer,
-              "scratch_epochs": None if o.no_scratch else o.scratch_epochs,
-              "classifier": "multinomial logistic regression (softmax), L2 C=1, standardized",
-              "data": {"spec": ds.spec, "split": ds.split, "images": len(ds), "classes": ds.classes,
-                       "skipped": ds.skipped_report()},
-              "model": opened.info(), "summary": summary, "table": "table.md", "plot": "fig7.png",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
+    result = {
+        "experiment": "transfer (Sec. 5.2, Tables 3-4, Fig. 7)",
+        "protocol": o.protocol,
+        "per_class": per_class,
+        "test_per_class": test_n,
+        "folds": o.folds,
+        "layer": o.layer,
+        "scratch_epochs": None if o.no_scratch else o.scratch_epochs,
+        "classifier": "multinomial logistic regression (softmax), L2 C=1, standardized",
+        "data": {
+            "spec": ds.spec,
+            "split": ds.split,
+            "images": len(ds),
+            "classes": ds.classes,
+            "skipped": ds.skipped_report(),
+        },
+        "model": opened.info(),
+        "summary": summary,
+        "table": "table.md",
+        "plot": "fig7.png",
+        "wall_seconds": time.perf_counter() - started,
+        "environment": environment(device),
+    }
     atomic_write_json(os.path.join(out, "results.json"), result)
     return result
 
 
-def run_pascal(opened: Opened, train: zdata.ImageSet, val: zdata.ImageSet, out: str, *, layer: str = "fc7",
-               device: torch.device | str = "cpu", progress: bool = True) -> dict:
+def run_pascal(
+    opened: Opened,
+    train: zdata.ImageSet,
+    val: zdata.ImageSet,
+    out: str,
+    *,
+    layer: str = "fc7",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Table 5: a softmax on `layer`'s features of PASCAL VOC 2012's train split, average precision on val."""
     started = time.perf_counter()
     if train.labels.dim() != 2:
@@ -112,11 +165,20 @@ def run_pascal(opened: Opened, train: zdata.ImageSet, val: zdata.ImageSet, out: 
     os.makedirs(out, exist_ok=True)
     lines = ["### Table 5 (PASCAL 2012): average precision %, softmax on " + layer, "", "| class | AP % |", "|---|---|"]
     lines += [f"| {c} | {100 * v:.1f} |" for c, v in ap.items()]
-    atomic_write_text(os.path.join(out, "table.md"), "\n".join(lines) + "\n\nThe paper's mean: 79.0 (ours), "
-                      "74.3 [A], 82.2 [B].\n")
-    result = {"experiment": "transfer, PASCAL 2012 (Sec. 5.2, Table 5)", "ap": ap, "layer": layer,
-              "model": opened.info(), "train_images": len(pt), "test_images": len(pv), "table": "table.md",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
+    atomic_write_text(
+        os.path.join(out, "table.md"), "\n".join(lines) + "\n\nThe paper's mean: 79.0 (ours), 74.3 [A], 82.2 [B].\n"
+    )
+    result = {
+        "experiment": "transfer, PASCAL 2012 (Sec. 5.2, Table 5)",
+        "ap": ap,
+        "layer": layer,
+        "model": opened.info(),
+        "train_images": len(pt),
+        "test_images": len(pv),
+        "table": "table.md",
+        "wall_seconds": time.perf_counter() - started,
+        "environment": environment(device),
+    }
     atomic_write_json(os.path.join(out, "results.json"), result)
     return result
 
@@ -132,8 +194,15 @@ class ProbeOptions:
     test_per_class: int | None = None
 
 
-def run_layerprobe(opened: Opened, dataset: zdata.ImageSet, out: str, *, options: ProbeOptions = ProbeOptions(),
-                   device: torch.device | str = "cpu", progress: bool = True) -> dict:
+def run_layerprobe(
+    opened: Opened,
+    dataset: zdata.ImageSet,
+    out: str,
+    *,
+    options: ProbeOptions = ProbeOptions(),
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Table 6: a linear SVM and a softmax on each layer's fixed features."""
     o = options
     check_protocol(o.protocol, probe=True)
@@ -151,14 +220,25 @@ def run_layerprobe(opened: Opened, dataset: zdata.ImageSet, out: str, *, options
     title = f"{opened.name} -> {ds.spec} ({ds.split}): per-layer probes, {n}/class, {o.folds} folds"
     atomic_write_text(os.path.join(out, "table.md"), probe_markdown(summary, layers, n, title))
     probe_plot(summary, layers, n, os.path.join(out, "layers.png"), title)
-    result = {"experiment": "per-layer probes (Sec. 5.3, Table 6)", "layers": layers, "per_class": n,
-              "test_per_class": test_n, "folds": o.folds,
-              "features": {l: int(feats[l].shape[1]) for l in layers},
-              "classifiers": {"svm": "LinearSVC C=1 on standardized features",
-                              "softmax": "multinomial logistic regression, L2 C=1, standardized"},
-              "data": {"spec": ds.spec, "split": ds.split, "images": len(ds), "classes": ds.classes},
-              "model": opened.info(), "summary": summary, "table": "table.md", "plot": "layers.png",
-              "wall_seconds": time.perf_counter() - started, "environment": environment(device)}
+    result = {
+        "experiment": "per-layer probes (Sec. 5.3, Table 6)",
+        "layers": layers,
+        "per_class": n,
+        "test_per_class": test_n,
+        "folds": o.folds,
+        "features": {l: int(feats[l].shape[1]) for l in layers},
+        "classifiers": {
+            "svm": "LinearSVC C=1 on standardized features",
+            "softmax": "multinomial logistic regression, L2 C=1, standardized",
+        },
+        "data": {"spec": ds.spec, "split": ds.split, "images": len(ds), "classes": ds.classes},
+        "model": opened.info(),
+        "summary": summary,
+        "table": "table.md",
+        "plot": "layers.png",
+        "wall_seconds": time.perf_counter() - started,
+        "environment": environment(device),
+    }
 
     atomic_write_json(os.path.join(out, "results.json"), result)
     return result

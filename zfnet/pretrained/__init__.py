@@ -6,6 +6,7 @@ only, enough for every visualization of Fig. 4).
     >>> p.model, p.classes, p.preprocess     # eval-mode model, class names, Sec. 3 preprocessing
     >>> x = p.preprocess(images)             # PIL images / uint8 arrays or tensors -> the model's input
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def folder() -> str:
 def weights_path() -> str:
     path = os.path.join(folder(), "model.safetensors")
     if not os.path.isfile(path):
-        raise UsageError(f"the embedded model is missing ({path}); reinstall zfnet or retrain it "
-                         "(README: 'The laptop model')")
+        raise UsageError(
+            f"the embedded model is missing ({path}); reinstall zfnet or retrain it (README: 'The laptop model')"
+        )
     return path
 
 
@@ -70,15 +72,30 @@ def snapshots() -> list[tuple[int, str]]:
     return snaps
 
 
-def open_embedded(device: str | torch.device = "cpu", mean: str | None = None, data: str | None = None,
-                  split: str | None = None, workers: int = 0, weights: WeightsFile | None = None) -> Opened:
+def open_embedded(
+    device: str | torch.device = "cpu",
+    mean: str | None = None,
+    data: str | None = None,
+    split: str | None = None,
+    workers: int = 0,
+    weights: WeightsFile | None = None,
+) -> Opened:
     """The embedded model as an `Opened` (what `--pretrained` opens)."""
-    return open_model(NAME, weights or weights_path(), device=device, mean=mean, data=data, split=split,
-                      workers=workers)
+    return open_model(
+        NAME, weights or weights_path(), device=device, mean=mean, data=data, split=split, workers=workers
+    )
 
 
 def pretrained(device: str | torch.device = "cpu") -> Pretrained:
     """The embedded Fashion-MNIST model (eval mode), its class names and preprocessing."""
     opened = open_embedded(device)
-    return Pretrained(opened.model, opened.classes or [], opened.preprocess, opened.name, opened.weights or "",
-                      _read("recipe.json"), _read("metrics.json"), snapshots())
+    return Pretrained(
+        opened.model,
+        opened.classes or [],
+        opened.preprocess,
+        opened.name,
+        opened.weights or "",
+        _read("recipe.json"),
+        _read("metrics.json"),
+        snapshots(),
+    )

@@ -1,5 +1,6 @@
 """Table 2 laid out as the paper's, ours beside the paper's numbers, and a plot of the errors per row - from the
 rows an ablation collected (never a model)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -10,9 +11,14 @@ import matplotlib.pyplot as plt
 from ..io import atomic_save_figure
 
 ROW_NAMES = {
-    "base": "{base} (as built)", "rm34": "Removed layers 3,4", "rm7": "Removed layer 7", "rm67": "Removed layers 6,7",
-    "rm3467": "Removed layers 3,4,6,7", "fc2048": "Adjust layers 6,7: 2048 units (x1/2)",
-    "fc8192": "Adjust layers 6,7: 8192 units (x2)", "wide345": "Adjust layers 3,4,5: 512,1024,512 maps (x4/3, x8/3, x2)",
+    "base": "{base} (as built)",
+    "rm34": "Removed layers 3,4",
+    "rm7": "Removed layer 7",
+    "rm67": "Removed layers 6,7",
+    "rm3467": "Removed layers 3,4,6,7",
+    "fc2048": "Adjust layers 6,7: 2048 units (x1/2)",
+    "fc8192": "Adjust layers 6,7: 8192 units (x2)",
+    "wide345": "Adjust layers 3,4,5: 512,1024,512 maps (x4/3, x8/3, x2)",
     "fc8192-wide345": "Layers 6,7 x2 and layers 3,4,5 x4/3, x8/3, x2",
 }
 
@@ -22,10 +28,15 @@ def _pct(v) -> str:
 
 
 def ablation_markdown(base: str, rows: list[dict], paper: dict[str, tuple], recipe_note: str) -> str:
-    lines = [f"### Table 2 on {base}: error %", "", recipe_note, "",
-             "| Error % | Train top-1 | Val top-1 | Val top-5 | paper: Train top-1 | Val top-1 | Val top-5 | "
-             "parameters | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### Table 2 on {base}: error %",
+        "",
+        recipe_note,
+        "",
+        "| Error % | Train top-1 | Val top-1 | Val top-5 | paper: Train top-1 | Val top-1 | Val top-5 | "
+        "parameters | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         p, half = paper.get(r["variant"], (None, ""))
         paper_cells = " | ".join(f"{v:.1f}" for v in p) if p else "- | - | -"
@@ -33,8 +44,10 @@ def ablation_markdown(base: str, rows: list[dict], paper: dict[str, tuple], reci
         if p and half:
             name += f" <sub>(paper: {'Krizhevsky' if half == 'alexnet' else 'ZFNet'} half)</sub>"
         status = r["status"] if r["status"] != "partial" else f"partial ({r['epochs_done']} epochs)"
-        lines.append(f"| {name} | {_pct(r['train_top1_err'])} | {_pct(r['val_top1_err'])} | "
-                     f"{_pct(r['val_top5_err'])} | {paper_cells} | {r['parameters']:,} | {status} |")
+        lines.append(
+            f"| {name} | {_pct(r['train_top1_err'])} | {_pct(r['val_top1_err'])} | "
+            f"{_pct(r['val_top5_err'])} | {paper_cells} | {r['parameters']:,} | {status} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """Figures and tables of the arXiv analyses from their results (never a model): the correspondence table laid
 out as the paper's with its numbers beside ours, the masked images, and the invariance figure."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -28,22 +29,30 @@ def _show(t: torch.Tensor) -> np.ndarray:
 def correspondence_markdown(result: dict, title: str) -> str:
     """The table as the paper lays it out: one row per occlusion location, mean sign change +- std per layer;
     the paper's dog-face table beside it."""
-    layers, parts = result["layers"], result["parts"] + (["random"] if "random" in result["delta"][result["layers"][0]]
-                                                         else [])
+    layers, parts = (
+        result["layers"],
+        result["parts"] + (["random"] if "random" in result["delta"][result["layers"][0]] else []),
+    )
     head = "| Occlusion location | " + " | ".join(f"Mean feature sign change, {l}" for l in layers) + " |"
     lines = [f"### {title}", "", head, "|---|" + "---|" * len(layers)]
     for p in parts:
         cells = [f"{result['delta'][l][p]:.3f} ± {result['std'][l][p]:.3f}" for l in layers]
         lines.append(f"| {p.capitalize() if p == 'random' else p} | " + " | ".join(cells) + " |")
-    lines += ["", "The paper's (arXiv, 5 dog images, ImageNet ZFNet):", "",
-              "| Occlusion location | Layer 5 | Layer 7 |", "|---|---|---|"]
+    lines += [
+        "",
+        "The paper's (arXiv, 5 dog images, ImageNet ZFNet):",
+        "",
+        "| Occlusion location | Layer 5 | Layer 7 |",
+        "|---|---|---|",
+    ]
     for p, ((m5, s5), (m7, s7)) in PAPER_CORRESPONDENCE.items():
         lines.append(f"| {p} | {m5:.3f} ± {s5:.3f} | {m7:.3f} ± {s7:.3f} |")
     return "\n".join(lines) + "\n"
 
 
-def correspondence_figure(panels: list[list[torch.Tensor]], titles: list[str], names: list[str], path: str,
-                          title: str = "") -> None:
+def correspondence_figure(
+    panels: list[list[torch.Tensor]], titles: list[str], names: list[str], path: str, title: str = ""
+) -> None:
     """As the paper's figure: per image (row), the original, then each part masked, then some random masks,
     each shown as the model sees it (display pixels, C x H x W)."""
     rows, cols = len(panels), len(titles)
@@ -65,12 +74,14 @@ def correspondence_figure(panels: list[list[torch.Tensor]], titles: list[str], n
     plt.close(fig)
 
 
-def invariance_figure(results: list, examples: dict[str, list[torch.Tensor]], class_names: list[str],
-                      path: str, title: str = "") -> None:
+def invariance_figure(
+    results: list, examples: dict[str, list[torch.Tensor]], class_names: list[str], path: str, title: str = ""
+) -> None:
     """One row per transformation: (a) one image at several values, (b) distance at the low layer, (c) at the
     high layer, (d) p(true class); one curve per image, its class in the legend."""
-    fig, axes = plt.subplots(len(results), 4, figsize=(17, 3.6 * len(results)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.4, 1, 1, 1]})
+    fig, axes = plt.subplots(
+        len(results), 4, figsize=(17, 3.6 * len(results)), squeeze=False, gridspec_kw={"width_ratios": [1.4, 1, 1, 1]}
+    )
     units = {"translate": "vertical translation (px)", "scale": "scale factor", "rotate": "rotation (degrees)"}
     for row, r in zip(axes, results):
         tiles = examples[r["transform"]]

@@ -1,6 +1,7 @@
 """Fig. 3 drawn from `Architecture.to_json()`: one block per convolution (with the pooling and contrast
 normalization that follow it), then the fully connected layers; each block's face is sized by its maps'
 spatial size and its depth by their number, labelled with filter size, stride and output size as in Fig. 3."""
+
 from __future__ import annotations
 
 import math
@@ -28,15 +29,21 @@ def blocks(arch: dict) -> list[dict]:
         shape = layer["out_shape"]
         if layer["kind"] == "conv":
             k = layer["kernel"]
-            lines = [f"{shape[0]} filters {k[0]}x{k[1]}", f"stride {_x(layer['stride'])}"
-                     + (f", pad {_x(layer['padding'])}" if any(layer["padding"] or []) else ""),
-                     f"-> {shape[1]}x{shape[2]}" if len(shape) == 3 else ""]
+            lines = [
+                f"{shape[0]} filters {k[0]}x{k[1]}",
+                f"stride {_x(layer['stride'])}"
+                + (f", pad {_x(layer['padding'])}" if any(layer["padding"] or []) else ""),
+                f"-> {shape[1]}x{shape[2]}" if len(shape) == 3 else "",
+            ]
             out.append({"title": layer["name"], "lines": [l for l in lines if l], "shape": shape, "kind": "conv"})
         elif layer["kind"] in ("pool", "norm") and out[-1]["kind"] == "conv":
             if layer["kind"] == "pool":
                 k = layer.get("kernel")
-                text = (f"{k[0]}x{k[1]} {layer['detail']} pool st. {_x(layer['stride'])}" if k
-                        else f"{layer['detail']} pool")
+                text = (
+                    f"{k[0]}x{k[1]} {layer['detail']} pool st. {_x(layer['stride'])}"
+                    if k
+                    else f"{layer['detail']} pool"
+                )
                 if len(shape) == 3:
                     text += f" -> {shape[1]}x{shape[2]}"
             else:
@@ -60,26 +67,49 @@ def architecture_figure(arch: dict, path: str, title: str) -> None:
         ax.set_xlim(0, PER_ROW if rows > 1 else cols)
         ax.set_ylim(-1.7, 1.25)
         ax.axis("off")
-        for i, b in enumerate(bl[r * PER_ROW:(r + 1) * PER_ROW]):
+        for i, b in enumerate(bl[r * PER_ROW : (r + 1) * PER_ROW]):
             cx = i + 0.5
             if len(b["shape"]) == 3:  # a stack of maps: face ~ spatial size, depth ~ number of maps
                 side = 0.25 + 0.55 * math.sqrt(b["shape"][1] / biggest)
                 depth = 0.06 + 0.22 * math.log1p(b["shape"][0]) / math.log1p(widest)
                 x0, y0 = cx - side / 2 - depth / 2, 0.15 - side / 2
                 colour = {"input": "#dddddd", "conv": "#9ecae1"}.get(b["kind"], "#9ecae1")
-                ax.add_patch(Polygon([(x0, y0 + side), (x0 + depth, y0 + side + depth),
-                                      (x0 + depth + side, y0 + side + depth), (x0 + side, y0 + side)],
-                                     closed=True, fc="#c6dbef", ec="k", lw=0.7))
-                ax.add_patch(Polygon([(x0 + side, y0), (x0 + side + depth, y0 + depth),
-                                      (x0 + side + depth, y0 + side + depth), (x0 + side, y0 + side)],
-                                     closed=True, fc="#6baed6", ec="k", lw=0.7))
+                ax.add_patch(
+                    Polygon(
+                        [
+                            (x0, y0 + side),
+                            (x0 + depth, y0 + side + depth),
+                            (x0 + depth + side, y0 + side + depth),
+                            (x0 + side, y0 + side),
+                        ],
+                        closed=True,
+                        fc="#c6dbef",
+                        ec="k",
+                        lw=0.7,
+                    )
+                )
+                ax.add_patch(
+                    Polygon(
+                        [
+                            (x0 + side, y0),
+                            (x0 + side + depth, y0 + depth),
+                            (x0 + side + depth, y0 + side + depth),
+                            (x0 + side, y0 + side),
+                        ],
+                        closed=True,
+                        fc="#6baed6",
+                        ec="k",
+                        lw=0.7,
+                    )
+                )
                 ax.add_patch(Rectangle((x0, y0), side, side, fc=colour, ec="k", lw=0.7))
             else:  # a fully connected layer: a bar
                 hgt = 0.35 + 0.6 * math.log1p(b["shape"][-1]) / math.log1p(max(widest, b["shape"][-1]))
                 ax.add_patch(Rectangle((cx - 0.06, 0.15 - hgt / 2), 0.12, hgt, fc="#fdae6b", ec="k", lw=0.7))
             if i:
-                ax.annotate("", xy=(cx - 0.45, 0.15), xytext=(cx - 0.55, 0.15),
-                            arrowprops={"arrowstyle": "->", "lw": 0.8})
+                ax.annotate(
+                    "", xy=(cx - 0.45, 0.15), xytext=(cx - 0.55, 0.15), arrowprops={"arrowstyle": "->", "lw": 0.8}
+                )
             ax.text(cx, 1.0, b["title"], ha="center", va="bottom", fontsize=10, weight="bold")
             ax.text(cx, -0.62, "\n".join(b["lines"]), ha="center", va="top", fontsize=8.5, linespacing=1.3)
     fig.suptitle(title, fontsize=11)

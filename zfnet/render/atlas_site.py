@@ -8,6 +8,7 @@ OUT/filters.png     Fig. 5: first-layer filters with RMS / dominance / dead / fr
 OUT/evolution/L.png Fig. 4 (evolution.json)
 OUT/index.html      the viewer (works from the file system), fed by atlas-data.js
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,13 @@ def write_panel(out: str, layer: str, blocks: list, scale: int, title: str = "")
     """figures/<layer>.png: Fig. 2's panel of the chosen maps (channel, projections, patches)."""
     path = f"figures/{layer}.png"
     k = blocks[0][1].shape[0] if blocks else 0
-    title = title or (f"{layer}: top-{k} activations of {len(blocks)} maps - deconvnet projection (left), "
-                      "image patch (right) (Fig. 2)")
-    figures.save_png(figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale, title=title),
-                     os.path.join(out, path))
+    title = title or (
+        f"{layer}: top-{k} activations of {len(blocks)} maps - deconvnet projection (left), "
+        "image patch (right) (Fig. 2)"
+    )
+    figures.save_png(
+        figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale, title=title), os.path.join(out, path)
+    )
     return path
 
 
@@ -50,8 +54,9 @@ def write_filters(out: str, reports: list) -> dict:
     os.makedirs(out, exist_ok=True)
     figures.filters_figure(reports, os.path.join(out, "filters.png"))
     info = {"figure": "filters.png", "models": [{"title": t, "summary": r.summary()} for t, r in reports]}
-    atomic_write_json(os.path.join(out, "filters.json"),
-                      {**info, "per_filter": {t: r.per_filter() for t, r in reports}})
+    atomic_write_json(
+        os.path.join(out, "filters.json"), {**info, "per_filter": {t: r.per_filter() for t, r in reports}}
+    )
     return info
 
 
@@ -65,9 +70,10 @@ def write_evolution(out: str, evo, dataset_info: dict, records: dict) -> dict:
         rows = [[cell[0] for cell in evo.cells[layer][c]] for c in chans]
         size = rows[0][0].shape[-1] if rows and rows[0] else 1
         title = f"{layer}: strongest activation's projection per training epoch (Fig. 4)"
-        figures.save_png(figures.evolution_grid(rows, scale=display_scale(size, 64), title=title,
-                                                epochs=evo.epochs, channels=chans),
-                         os.path.join(folder, f"{layer}.png"))
+        figures.save_png(
+            figures.evolution_grid(rows, scale=display_scale(size, 64), title=title, epochs=evo.epochs, channels=chans),
+            os.path.join(folder, f"{layer}.png"),
+        )
         figs[layer] = f"evolution/{layer}.png"
     info = {"epochs": evo.epochs, "channels": evo.layers, "figures": figs, "dataset": dataset_info}
     atomic_write_json(os.path.join(out, "evolution.json"), {**info, **records})
@@ -76,6 +82,17 @@ def write_evolution(out: str, evo, dataset_info: dict, records: dict) -> dict:
 
 def write_page(out: str, manifest: dict) -> str:
     """index.html and what it reads: the manifest without settings noise."""
-    keep = ("model", "dataset", "mode", "layer_order", "layers", "figures", "filters", "evolution", "provenance",
-            "wall_seconds", "skipped")
+    keep = (
+        "model",
+        "dataset",
+        "mode",
+        "layer_order",
+        "layers",
+        "figures",
+        "filters",
+        "evolution",
+        "provenance",
+        "wall_seconds",
+        "skipped",
+    )
     return write_site(out, {k: manifest[k] for k in keep if k in manifest})

@@ -1,5 +1,6 @@
 """The overlap pairs as a thumbnail sheet (B image | its A match, with the score) and the histogram of each B
 image's best score, from the matches (never a model)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -22,8 +23,9 @@ def _short(image_id: str) -> str:
     return "/".join(image_id.replace("\\", "/").split("/")[-2:])[-28:]
 
 
-def pairs_sheet(pairs: list[dict], images_b: list[torch.Tensor], images_a: list[torch.Tensor], path: str,
-                cols: int = 6) -> None:
+def pairs_sheet(
+    pairs: list[dict], images_b: list[torch.Tensor], images_a: list[torch.Tensor], path: str, cols: int = 6
+) -> None:
     """Up to len(pairs) pairs, each as B | A with 'score, B id, A id' under it."""
     n = max(1, len(pairs))
     rows = (n + cols - 1) // cols

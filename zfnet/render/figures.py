@@ -1,10 +1,10 @@
 """Figures from analysis results: per-map sprites and Fig. 2 layer panels, Fig. 4 evolution grids, Fig. 5
 filter panels. Inputs are tensors and result objects; outputs are PIL images or PNG files."""
+
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import torch
 from PIL import Image
 
-from ..methods.filters import FilterReport
 from ..io import atomic_save_figure
+from ..methods.filters import FilterReport
 from .render import grid, minmax, stretch, to_pil
 
 
@@ -30,8 +30,9 @@ def map_sprite(projections: torch.Tensor, patches: torch.Tensor, scale: int) -> 
     return grid(tiles, cols=k, pad=0, scale=scale)
 
 
-def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int, maps_per_row: int = 4,
-                title: str = "") -> Image.Image:
+def layer_panel(
+    blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int, maps_per_row: int = 4, title: str = ""
+) -> Image.Image:
     """Fig. 2: for each map, its top-k projections (left) beside the matching patches (right), k as a square;
     each map's number above it and `title` above all."""
     cells = []
@@ -63,8 +64,13 @@ def layer_panel(blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int
     return labelled(out, title) if title else out
 
 
-def evolution_grid(rows: list[list[torch.Tensor]], scale: int, title: str = "", epochs: Sequence[int] = (),
-                   channels: Sequence[int] = ()) -> Image.Image:
+def evolution_grid(
+    rows: list[list[torch.Tensor]],
+    scale: int,
+    title: str = "",
+    epochs: Sequence[int] = (),
+    channels: Sequence[int] = (),
+) -> Image.Image:
     """Fig. 4: one row per feature map, one column per snapshot epoch, each the projection of that epoch's
     strongest activation (contrast-stretched); with `title`, `epochs` and `channels` the grid is labelled
     (epoch over each column, map number beside each row)."""
@@ -73,8 +79,14 @@ def evolution_grid(rows: list[list[torch.Tensor]], scale: int, title: str = "", 
     if not (title or epochs or channels):
         return image
     size = rows[0][0].shape[-1] if rows and rows[0] else 1
-    return labelled(image, title, [f"ep {e}" for e in epochs], [f"map {c}" for c in channels],
-                    pitch=((size + 2) * scale, (size + 2) * scale), offset=(2 * scale, 2 * scale))
+    return labelled(
+        image,
+        title,
+        [f"ep {e}" for e in epochs],
+        [f"map {c}" for c in channels],
+        pitch=((size + 2) * scale, (size + 2) * scale),
+        offset=(2 * scale, 2 * scale),
+    )
 
 
 def _font(size: int):
@@ -86,8 +98,15 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def labelled(image: Image.Image, title: str, columns: Sequence[str] = (), rows: Sequence[str] = (),
-             pitch: tuple[int, int] = (0, 0), offset: tuple[int, int] = (0, 0), size: int = 13) -> Image.Image:
+def labelled(
+    image: Image.Image,
+    title: str,
+    columns: Sequence[str] = (),
+    rows: Sequence[str] = (),
+    pitch: tuple[int, int] = (0, 0),
+    offset: tuple[int, int] = (0, 0),
+    size: int = 13,
+) -> Image.Image:
     """`image` with a title line above, a label over each column and beside each row of its grid of cells
     (`pitch`: the cells' spacing in pixels, `offset`: where the first cell starts), so the PNG reads on its own."""
     from PIL import ImageDraw
@@ -130,16 +149,17 @@ def filter_strip(weight: torch.Tensor, scale: int) -> Image.Image:
 def filters_figure(reports: list[tuple[str, FilterReport]], path: str) -> None:
     """Fig. 5 panel per model: the filters, their RMS (dominant ones marked) and their frequency spread."""
     n = len(reports)
-    fig, axes = plt.subplots(n, 3, figsize=(13, 4 * n), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    fig, axes = plt.subplots(n, 3, figsize=(13, 4 * n), squeeze=False, gridspec_kw={"width_ratios": [1.3, 1, 1]})
     for row, (title, rep) in zip(axes, reports):
         mosaic = filter_mosaic(rep.weight, scale=max(1, 48 // rep.weight.shape[-1]))
         row[0].imshow(mosaic, cmap="gray" if mosaic.mode == "L" else None, interpolation="nearest")
         row[0].set_title(f"{title}: {rep.weight.shape[0]} filters {rep.weight.shape[-2]}x{rep.weight.shape[-1]}")
         row[0].axis("off")
         order = torch.argsort(rep.rms, descending=True)
-        colours = ["tab:red" if rep.dominant[i] else ("tab:gray" if rep.dead is not None and rep.dead[i]
-                                                     else "tab:blue") for i in order]
+        colours = [
+            "tab:red" if rep.dominant[i] else ("tab:gray" if rep.dead is not None and rep.dead[i] else "tab:blue")
+            for i in order
+        ]
         row[1].bar(range(len(order)), rep.rms[order].numpy(), color=colours, width=1.0)
         row[1].axhline(float(rep.rms.median()), color="k", lw=0.8, ls="--", label="median")
         s = rep.summary()

@@ -1,4 +1,5 @@
 """Training curves (Sec. 3 runs): errors, loss and learning rate per epoch, as a PNG."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -12,8 +13,7 @@ from ..io import atomic_save_figure
 def training_curves(history: list[dict], path: str, title: str = "") -> None:
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in (("train_top1_err", "train top-1"), ("val_top1_err", "val top-1"),
-                       ("val_top5_err", "val top-5")):
+    for key, label in (("train_top1_err", "train top-1"), ("val_top1_err", "val top-1"), ("val_top5_err", "val top-5")):
         ax1.plot(epochs, [100 * r[key] for r in history], marker=".", label=label)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("error (%)")

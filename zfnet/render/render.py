@@ -3,6 +3,7 @@
 Projections are contrast-stretched one by one, symmetric about grey (zero = mid-grey, the largest magnitude
 = black or white), as the paper shows them ("color contrast is artificially enhanced", Fig. 4).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ def to_pil(x: torch.Tensor, scale: int = 1) -> Image.Image:
     return img
 
 
-def grid(tiles: list[torch.Tensor] | torch.Tensor, cols: int, pad: int = 2, background: int = 255,
-         scale: int = 1) -> Image.Image:
+def grid(
+    tiles: list[torch.Tensor] | torch.Tensor, cols: int, pad: int = 2, background: int = 255, scale: int = 1
+) -> Image.Image:
     """Tiles (C x h x w in [0, 255], all one size) in a grid of `cols` columns (torchvision's make_grid)."""
     from torchvision.utils import make_grid
 

@@ -1,28 +1,40 @@
 """Tables 3, 4 and 6 laid out as the paper's with its numbers beside ours, and Fig. 7 (accuracy against training
 images per class) - from the experiments' summaries (never a model)."""
+
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 import textwrap
+
+import matplotlib.pyplot as plt
 
 from ..io import atomic_save_figure
 
-PAPER_TABLE3 = {"Bo et al. [3]": (None, (81.4, 0.33)), "Yang et al. [37]": ((73.2, None), (84.3, None)),
-                "Non-pretrained convnet": ((22.8, 1.5), (46.5, 1.7)),
-                "ImageNet-pretrained convnet": ((83.8, 0.5), (86.5, 0.5))}
+PAPER_TABLE3 = {
+    "Bo et al. [3]": (None, (81.4, 0.33)),
+    "Yang et al. [37]": ((73.2, None), (84.3, None)),
+    "Non-pretrained convnet": ((22.8, 1.5), (46.5, 1.7)),
+    "ImageNet-pretrained convnet": ((83.8, 0.5), (86.5, 0.5)),
+}
 PAPER_TABLE4_PER_CLASS = (15, 30, 45, 60)
-PAPER_TABLE4 = {"Sohn et al. [31]": ((35.1, None), (42.1, None), (45.7, None), (47.9, None)),
-                "Bo et al. [3]": ((40.5, 0.4), (48.0, 0.2), (51.9, 0.2), (55.2, 0.3)),
-                "Non-pretr.": ((9.0, 1.4), (22.5, 0.7), (31.2, 0.5), (38.8, 1.4)),
-                "ImageNet-pretr.": ((65.7, 0.2), (70.6, 0.2), (72.7, 0.4), (74.2, 0.3))}
-PAPER_TABLE6 = {"SVM (1)": ((44.8, 0.7), (24.6, 0.4)), "SVM (2)": ((66.2, 0.5), (39.6, 0.3)),
-                "SVM (3)": ((72.3, 0.4), (46.0, 0.3)), "SVM (4)": ((76.6, 0.4), (51.3, 0.1)),
-                "SVM (5)": ((86.2, 0.8), (65.6, 0.3)), "SVM (7)": ((85.5, 0.4), (71.7, 0.2)),
-                "Softmax (5)": ((82.9, 0.4), (65.7, 0.5)), "Softmax (7)": ((85.4, 0.4), (72.6, 0.1))}
+PAPER_TABLE4 = {
+    "Sohn et al. [31]": ((35.1, None), (42.1, None), (45.7, None), (47.9, None)),
+    "Bo et al. [3]": ((40.5, 0.4), (48.0, 0.2), (51.9, 0.2), (55.2, 0.3)),
+    "Non-pretr.": ((9.0, 1.4), (22.5, 0.7), (31.2, 0.5), (38.8, 1.4)),
+    "ImageNet-pretr.": ((65.7, 0.2), (70.6, 0.2), (72.7, 0.4), (74.2, 0.3)),
+}
+PAPER_TABLE6 = {
+    "SVM (1)": ((44.8, 0.7), (24.6, 0.4)),
+    "SVM (2)": ((66.2, 0.5), (39.6, 0.3)),
+    "SVM (3)": ((72.3, 0.4), (46.0, 0.3)),
+    "SVM (4)": ((76.6, 0.4), (51.3, 0.1)),
+    "SVM (5)": ((86.2, 0.8), (65.6, 0.3)),
+    "SVM (7)": ((85.5, 0.4), (71.7, 0.2)),
+    "Softmax (5)": ((82.9, 0.4), (65.7, 0.5)),
+    "Softmax (7)": ((85.4, 0.4), (72.6, 0.1)),
+}
 
 
 def _finish(fig, ax, title: str, path: str) -> None:
@@ -48,27 +60,44 @@ def _paper(v) -> str:
 
 def transfer_markdown(summary: dict, per_class: list[int], layer: str, title: str, protocol: str) -> str:
     head = " | ".join(f"Acc % {n}/class" for n in per_class)
-    lines = [f"### {title}", "", f"| # Train | {head} |", "|---|" + "---|" * len(per_class),
-             "| Non-pretrained convnet (trained from scratch) | "
-             + " | ".join(_cell(summary.get(f"scratch/{n}")) for n in per_class) + " |",
-             f"| Pretrained convnet, softmax on {layer} | "
-             + " | ".join(_cell(summary.get(f"softmax/{layer}/{n}")) for n in per_class) + " |", ""]
+    lines = [
+        f"### {title}",
+        "",
+        f"| # Train | {head} |",
+        "|---|" + "---|" * len(per_class),
+        "| Non-pretrained convnet (trained from scratch) | "
+        + " | ".join(_cell(summary.get(f"scratch/{n}")) for n in per_class)
+        + " |",
+        f"| Pretrained convnet, softmax on {layer} | "
+        + " | ".join(_cell(summary.get(f"softmax/{layer}/{n}")) for n in per_class)
+        + " |",
+        "",
+    ]
     if protocol == "caltech256":
-        lines += ["The paper's Table 4 (Caltech-256, ImageNet ZFNet):", "",
-                  "| # Train | " + " | ".join(f"{n}/class" for n in PAPER_TABLE4_PER_CLASS) + " |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "The paper's Table 4 (Caltech-256, ImageNet ZFNet):",
+            "",
+            "| # Train | " + " | ".join(f"{n}/class" for n in PAPER_TABLE4_PER_CLASS) + " |",
+            "|---|---|---|---|---|",
+        ]
         lines += [f"| {k} | " + " | ".join(_paper(v) for v in vals) + " |" for k, vals in PAPER_TABLE4.items()]
     else:
-        lines += ["The paper's Table 3 (Caltech-101, ImageNet ZFNet, 5 folds):", "",
-                  "| # Train | Acc % 15/class | Acc % 30/class |", "|---|---|---|"]
+        lines += [
+            "The paper's Table 3 (Caltech-101, ImageNet ZFNet, 5 folds):",
+            "",
+            "| # Train | Acc % 15/class | Acc % 30/class |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k} | {_paper(a)} | {_paper(b)} |" for k, (a, b) in PAPER_TABLE3.items()]
     return "\n".join(lines) + "\n"
 
 
 def fig7(summary: dict, per_class: list[int], layer: str, path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in ((f"softmax/{layer}/{{n}}", "pretrained (fixed layers 1-7 + softmax)"),
-                       ("scratch/{n}", "from scratch (all layers trained)")):
+    for key, label in (
+        (f"softmax/{layer}/{{n}}", "pretrained (fixed layers 1-7 + softmax)"),
+        ("scratch/{n}", "from scratch (all layers trained)"),
+    ):
         ns = [n for n in per_class if key.format(n=n) in summary]
         if ns:
             m = [100 * summary[key.format(n=n)]["mean"] for n in ns]
@@ -79,13 +108,19 @@ def fig7(summary: dict, per_class: list[int], layer: str, path: str, title: str)
 
 
 def probe_markdown(summary: dict, layers: list[str], per_class: int, title: str) -> str:
-    lines = [f"### {title}", "", f"| classifier (layer) | Acc % {per_class}/class | paper: Cal-101 (30/class) | "
-             "paper: Cal-256 (60/class) |", "|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        f"| classifier (layer) | Acc % {per_class}/class | paper: Cal-101 (30/class) | paper: Cal-256 (60/class) |",
+        "|---|---|---|---|",
+    ]
     for name, label in (("svm", "SVM"), ("softmax", "Softmax")):
         for i, layer in enumerate(layers, start=1):
             p = PAPER_TABLE6.get(f"{label} ({i})", (None, None))
-            lines.append(f"| {label} ({i}: {layer}) | {_cell(summary.get(f'{name}/{layer}/{per_class}'))} | "
-                         f"{_paper(p[0])} | {_paper(p[1])} |")
+            lines.append(
+                f"| {label} ({i}: {layer}) | {_cell(summary.get(f'{name}/{layer}/{per_class}'))} | "
+                f"{_paper(p[0])} | {_paper(p[1])} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """The static web atlas: index.html + viewer.js + style.css + atlas-data.js, all read from disk (file://).
 The page reads only saved artifacts: the manifest (as atlas-data.js) and the PNGs beside it."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ def write_site(out: str, data: dict) -> str:
             shutil.copyfile(src, os.path.join(out, name + ".tmp"))
             os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
     # ensure_ascii escapes U+2028/2029 and every non-ASCII character, so the JSON is also valid JavaScript
-    atomic_write_text(os.path.join(out, "atlas-data.js"),
-                      "window.ZFNET_ATLAS = " + json.dumps(data, ensure_ascii=True) + ";\n")
+    atomic_write_text(
+        os.path.join(out, "atlas-data.js"), "window.ZFNET_ATLAS = " + json.dumps(data, ensure_ascii=True) + ";\n"
+    )
     return os.path.join(out, "index.html")
