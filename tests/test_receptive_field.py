@@ -11,27 +11,32 @@ from zfnet.layers import features
 from zfnet.receptive_field import crop_plan, layer_field
 
 
-def brute_force_field(model, layer, shape, y, x):
-    """Input pixels whose change moves unit (y, x) of `layer` (any channel), as a (top, left, bottom, right)
-    box; float64 and a linear stand-in for ReLUs (so nothing is masked) make every dependency visible."""
+def brute_force_fields(model, layer, shape, spots):
+    """For each unit (y, x) of `spots`: the input pixels whose change moves it (any channel), as a (top, left,
+    bottom, right) box. Float64 and a linear stand-in for ReLUs (so nothing is masked) make every dependency
+    visible. One probe image per input pixel, each forwarded once for all the spots."""
     model = model.double().eval()
     for m in model.modules():
         if isinstance(m, torch.nn.ReLU):
             m.forward = lambda t: t  # instance attribute: only this test's copy is changed
     base = torch.randn(1, *shape, dtype=torch.float64)
     h, w = shape[1:]
+    ys, xs = torch.tensor([y for y, _ in spots]), torch.tensor([x for _, x in spots])
     with torch.no_grad():
-        ref = features(model, base, [layer])[layer][0, :, y, x]
+        ref = features(model, base, [layer])[layer][0][:, ys, xs]  # C x S
         moved = []
-        for start in range(0, h * w, 256):  # one probe image per pixel, in batches
+        for start in range(0, h * w, 256):  # the probe images, in batches
             pix = torch.arange(start, min(start + 256, h * w))
             probe = base.repeat(len(pix), 1, 1, 1)
             probe[torch.arange(len(pix)), :, pix // w, pix % w] += 1.0
-            out = features(model, probe, [layer])[layer][:, :, y, x]
+            out = features(model, probe, [layer])[layer][:, :, ys, xs]  # P x C x S
             moved.append((out - ref).abs().amax(1) > 1e-9)
-        hits = torch.cat(moved).view(h, w)
-    rows, cols = hits.any(1).nonzero(), hits.any(0).nonzero()
-    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+        hits = torch.cat(moved).view(h, w, len(spots))
+    boxes = {}
+    for k, spot in enumerate(spots):
+        rows, cols = hits[..., k].any(1).nonzero(), hits[..., k].any(0).nonzero()
+        boxes[spot] = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+    return boxes
 
 
 @pytest.mark.parametrize(
@@ -46,10 +51,9 @@ def brute_force_field(model, layer, shape, y, x):
 def test_small_model_fields_match_brute_force(layer, spots):
     model = models.build("zfnet-small", seed=0)
     rf = layer_field(model, layer)
+    found = brute_force_fields(models.build("zfnet-small", seed=0), layer, (1, 28, 28), spots)
     for y, x in spots:
-        assert brute_force_field(models.build("zfnet-small", seed=0), layer, (1, 28, 28), y, x) == rf.clipped_box(
-            y, x
-        ), (layer, y, x)
+        assert found[(y, x)] == rf.clipped_box(y, x), (layer, y, x)
 
 
 def test_zfnet_fields_are_the_papers_and_match_brute_force():
@@ -58,17 +62,19 @@ def test_zfnet_fields_are_the_papers_and_match_brute_force():
     assert sizes == {"conv1": 7, "conv2": 27, "conv3": 75, "conv4": 107, "conv5": 139}
     small = models.build("zfnet", init="torch", input_size=67, remove=("fc6", "fc7"))  # conv2 maps: 6x6
     rf = layer_field(small, "conv2", (3, 67, 67))
-    for y, x in [(0, 0), (3, 4), (5, 5)]:
-        assert brute_force_field(small, "conv2", (3, 67, 67), y, x) == rf.clipped_box(y, x)
+    spots = [(0, 0), (3, 4), (5, 5)]
+    found = brute_force_fields(small, "conv2", (3, 67, 67), spots)
+    for y, x in spots:
+        assert found[(y, x)] == rf.clipped_box(y, x)
 
 
 def test_resnet_field_with_residual_branches():
     model = models.build("torchvision:resnet18")
     rf = layer_field(model, "layer1.0", (3, 40, 40))
-    for y, x in [(0, 0), (5, 5), (9, 2)]:
-        assert brute_force_field(models.build("torchvision:resnet18"), "layer1.0", (3, 40, 40), y, x) == rf.clipped_box(
-            y, x
-        )
+    spots = [(0, 0), (5, 5), (9, 2)]
+    found = brute_force_fields(models.build("torchvision:resnet18"), "layer1.0", (3, 40, 40), spots)
+    for y, x in spots:
+        assert found[(y, x)] == rf.clipped_box(y, x)
     assert layer_field(model, "layer4").size == (435, 435)  # the textbook value
     assert layer_field(model, "avgpool").is_global
 

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 
 from . import data as zdata
@@ -64,7 +65,6 @@ CHECKPOINT = "checkpoint.safetensors"
 
 def rng_states(dist: Dist) -> list[torch.Tensor]:
     """Every process's torch RNG state (dropout), gathered to all (a collective under torchrun)."""
-    import torch.distributed as torch_dist
 
     mine = torch.get_rng_state()
     if dist.world == 1:

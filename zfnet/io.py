@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from .errors import UsageError
 
 
 def _umask() -> int:
@@ -50,7 +53,6 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 def _write_error(path: str, e: OSError):
     """A failed write as the user's one-line error; the file at `path` is still the previous one."""
-    from .errors import UsageError
 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UsageError(
@@ -104,7 +106,6 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def read_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """A whole safetensors file read with one open: (tensors, string metadata, sha256 of its bytes)."""
-    import hashlib
 
     from safetensors.torch import load
 
@@ -150,7 +151,6 @@ def atomic_save_image(image, path: str | os.PathLike) -> None:
 def check_output_file(path: str, flag: str = "--out", extensions: tuple[str, ...] = ()) -> None:
     """Refuse, before any work, an output file path that cannot be written: a folder, a missing or unwritable
     parent, or (with `extensions`) a type the writer does not know."""
-    from .errors import UsageError
 
     if os.path.isdir(path):
         example = os.path.join(path, "out" + (extensions or (".json",))[0])
@@ -166,7 +166,6 @@ def check_output_file(path: str, flag: str = "--out", extensions: tuple[str, ...
 
 def check_output_dir(path: str, flag: str = "--out") -> None:
     """Refuse, before any work, an output folder that is a file or cannot be created or written."""
-    from .errors import UsageError
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} {path!r} is a file; pass a folder")
@@ -192,9 +191,6 @@ def folder_lock(path: str | os.PathLike) -> Iterator[None]:
     `flock` on a file named after the folder's real path in ~/.cache/zfnet/locks ($ZFNET_CACHE), which the
     kernel drops when its process dies - a killed run never leaves it stuck - and nothing is written near the
     folder. (No-op where `fcntl` is missing.)"""
-    import hashlib
-
-    from .errors import UsageError
 
     try:
         import fcntl

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .runtime import eval_mode
 
 
 class StopForward(Exception):
@@ -101,7 +102,6 @@ def features(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, t
 def output_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Each named module's own output shape (without the batch dimension), from one forward of zeros in eval
     mode; modules that do not run are left out. Hooks and modes are restored on exit."""
-    from .runtime import eval_mode
 
     shapes: dict[str, tuple[int, ...]] = {}
     modules = dict(model.named_modules())

@@ -9,13 +9,13 @@ import sys
 import time
 from typing import Any
 
+import numpy
 import torch
+
+from ._version import __version__
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    import numpy
-
-    from ._version import __version__
 
     dev = torch.device(device)
     info: dict[str, Any] = {

@@ -23,6 +23,8 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import UsageError
 from .layers import StopForward, feature_module
+from .models import model_input_shape
+from .runtime import eval_mode
 
 
 @dataclass(frozen=True)
@@ -341,8 +343,6 @@ def layer_geometries(
 
         return hook
 
-    from .runtime import eval_mode
-
     try:
         for name, m in modules.items():
             handles.append(m.register_forward_hook(hook_for(name)))
@@ -366,7 +366,6 @@ def layer_geometries(
 def layer_field(model: nn.Module, layer: str, input_shape: tuple[int, ...] | None = None) -> ReceptiveField:
     """The receptive field of units of `layer` (a module name, or convN/fcN aliases) for `input_shape`
     (C x H x W; default: the model's own input size)."""
-    from .models import model_input_shape
 
     shape = tuple(input_shape or model_input_shape(model))
     g = layer_geometries(model, [layer], shape)[layer]

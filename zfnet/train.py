@@ -15,6 +15,8 @@ nccl on GPU); the loss is scaled so that the update equals the single-process on
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -492,8 +494,6 @@ def fit(
 
 def write_logs(out: str, history: list[dict]) -> None:
     """metrics.jsonl and metrics.csv, rewritten whole from the history (so resumes never duplicate rows)."""
-    import csv
-    import io
 
     atomic_write_text(os.path.join(out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
     buf = io.StringIO()

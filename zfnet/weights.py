@@ -13,12 +13,14 @@ and `mean=` ("data", a file, or "none").
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,8 +62,6 @@ class WeightsFile:
             if path.endswith(".safetensors"):
                 state, meta, sha = read_tensor_file(path)
             else:
-                import hashlib
-
                 with open(path, "rb") as f:
                     raw = f.read()
                 sha = hashlib.sha256(raw).hexdigest()
@@ -197,8 +197,6 @@ def read_mean_file(path: str) -> torch.Tensor:
         raise UsageError(f"--mean {path!r}: no such file; pass data, none or an existing .safetensors/.npy file")
     try:
         if path.endswith(".npy"):
-            import numpy as np
-
             arr = np.load(path, allow_pickle=False)
             t = torch.from_numpy(np.array(arr, dtype=np.float32))
             if t.dim() == 2:

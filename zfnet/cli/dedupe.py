@@ -40,18 +40,18 @@ def _run(args) -> int:
 
     check_output_dir(args.out)
     r = run_dedupe(
-        args.out,
         args.set_a,
         args.set_b,
-        args.split_a,
-        args.split_b,
-        args.threshold,
-        args.size,
-        args.k,
-        args.block,
-        args.workers,
-        args.device,
-        not args.no_progress,
+        out=args.out,
+        split_a=args.split_a,
+        split_b=args.split_b,
+        threshold=args.threshold,
+        size=args.size,
+        k=args.k,
+        block=args.block,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
     )
     print(
         json.dumps(

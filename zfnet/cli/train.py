@@ -183,9 +183,9 @@ def _ablate_run(args) -> int:
         r = run_ablation(
             options.out,
             args.base,
-            args.variants,
-            recipe,
-            options,
+            variants=args.variants,
+            recipe=recipe,
+            options=options,
             progress=not args.no_progress,
             table_only=args.table_only,
         )
@@ -228,7 +228,9 @@ def _archselect_run(args) -> int:
         raise UsageError("archselect changes the first layer of a zfnet model; pick zfnet, alexnet or zfnet-small")
     check_output_dir(options.out)
     with _lock(options.out):
-        r = run_archselect(options.out, recipe, options, progress=not args.no_progress, table_only=args.table_only)
+        r = run_archselect(
+            options.out, recipe, options=options, progress=not args.no_progress, table_only=args.table_only
+        )
     print(
         json.dumps(
             {

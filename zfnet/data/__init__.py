@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import UsageError
+from ..io import atomic_save_tensors, cache_dir, load_tensors
+from ..progress import bar
 from ..registry import Registry
 from .base import FileImageSet, ImageSet, InputSet, TensorImageSet, as_image_set
 from .folders import caltech101, caltech256, imagefolder, imagenet
@@ -144,7 +146,6 @@ def mean_image(dataset: ImageSet, workers: int = 0, progress: bool = True) -> to
     subtraction), computed once and cached in the user cache (`zfnet.io.cache_dir("means")`), keyed by the
     dataset's identity: its real path, split, size, image ids and the preprocessing. Nothing is written inside
     the dataset's folder; a damaged cache file is recomputed."""
-    from ..io import atomic_save_tensors, cache_dir, load_tensors
 
     pp = dataset.preprocess
     root = getattr(dataset, "root", None)
@@ -224,7 +225,6 @@ def batches(
     sliced directly, file sets are decoded by `workers` processes. A file that cannot be read is skipped and
     recorded in `dataset.skipped` (index -> reason); a chunk with no readable image yields nothing. With
     `progress`, a bar with images/s and ETA."""
-    from ..progress import bar
 
     if workers < 0:
         raise UsageError(f"--workers {workers} must be 0 (decode in this process) or more")

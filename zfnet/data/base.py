@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UsageError
+from ..errors import UsageError, note
 from .preprocess import Preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -46,7 +48,6 @@ class ImageSet(torch.utils.data.Dataset):
         """The first `n` images as a set of the same kind (quick runs, tests); None or n >= len: self."""
         if n is None or n >= len(self):
             return self
-        import copy
 
         sub = copy.copy(self)
         sub.labels = self.labels[:n]
@@ -57,7 +58,6 @@ class ImageSet(torch.utils.data.Dataset):
 
     def subset(self, keep) -> ImageSet:
         """The images at indices `keep` (in that order), as a set of the same kind; ids are kept."""
-        import copy
 
         keep = [int(i) for i in keep]
         sub = copy.copy(self)
@@ -82,7 +82,6 @@ class ImageSet(torch.utils.data.Dataset):
 
     def check_readable(self) -> None:
         """After a pass over the set: every file unreadable is an error (one line), some is a note."""
-        from ..errors import note
 
         if not self.skipped:
             return
@@ -199,7 +198,6 @@ MAX_PIXELS = 100_000_000  # larger images are refused (PIL's decompression-bomb 
 
 def open_image(path: str) -> Image.Image:
     """One image file, decoded; an unreadable, truncated or oversized file is a one-line UsageError."""
-    import warnings
 
     if not os.path.isfile(path):
         raise UsageError(f"image {path!r} does not exist; check the path")

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UsageError
+
 # torchvision's ImageNet statistics, for torchvision models trained with them
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,8 +56,6 @@ class Preprocess:
             return replace(self, mean_image=None)
         want = (self.channels, self.base_size, self.base_size)
         if tuple(mean_image.shape) != want:
-            from ..errors import UsageError
-
             raise UsageError(
                 f"mean image of shape {tuple(mean_image.shape)} does not fit this model's base square "
                 f"{want}; pass a mean image of that shape (or --mean data)"

@@ -13,7 +13,9 @@ import json
 import os
 from dataclasses import dataclass
 
+from .. import models
 from ..errors import UsageError
+from ..io import safetensors_metadata
 from ..models import TABLE2_VARIANTS
 from ..recipe import Recipe, RunOptions
 from .runs import train_runs
@@ -91,8 +93,6 @@ def run_folder(out: str, variant: str) -> str:
 
 def collect(out: str, base: str, variants: list[str]) -> list[Row]:
     """The table's rows from whatever the run folders hold."""
-    from .. import models
-    from ..io import safetensors_metadata
 
     rows = []
     for v in ["base", *variants]:
@@ -131,6 +131,7 @@ def collect(out: str, base: str, variants: list[str]) -> list[Row]:
 def train_variants(
     out: str,
     base: str,
+    *,
     variants: list[str],
     recipe: Recipe,
     options: RunOptions,

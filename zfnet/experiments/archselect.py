@@ -128,7 +128,14 @@ def analyse_run(folder: str, name: str, recipe: Recipe, limit: int = 2000, devic
 
 
 def run(
-    out: str, base: Recipe, options: RunOptions, progress: bool = True, on_logs=None, on_run=None, train: bool = True
+    out: str,
+    base: Recipe,
+    *,
+    options: RunOptions,
+    progress: bool = True,
+    on_logs=None,
+    on_run=None,
+    train: bool = True,
 ) -> list[RunAnalysis]:
     """Train the four runs that have not finished, then analyse every finished one."""
     rs = recipes(base)

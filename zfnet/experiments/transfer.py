@@ -19,6 +19,8 @@ The softmax is scikit-learn's multinomial `LogisticRegression` (L2, C = 1) on st
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +31,11 @@ from torch import nn
 from .. import data as zdata
 from .. import models
 from ..errors import UsageError
+from ..io import atomic_write_json
 from ..layers import features
-from ..runtime import eval_mode
+from ..recipe import Recipe
+from ..runtime import Dist, eval_mode
+from ..train import epoch_plan, predict, train_one_epoch
 
 PROTOCOLS = {  # name -> (default training images per class, test images per class)
     "caltech101": ((15, 30), 50),
@@ -166,13 +171,6 @@ def scratch(
     """The paper's non-pretrained rows: the architecture at random, trained on each fold's training images.
     With `state` (a folder), each finished fold's accuracy is kept there under `key`, and a rerun (after a kill)
     trains only the folds not yet finished - each fold is seeded on its own, so the result is the same."""
-    import json
-    import os
-
-    from ..io import atomic_write_json
-    from ..recipe import Recipe
-    from ..runtime import Dist
-    from ..train import epoch_plan, predict, train_one_epoch
 
     pp, num_classes = ds.preprocess, len(ds.classes)
     out = FoldScores()

@@ -26,6 +26,7 @@ from ..errors import UsageError
 from ..io import atomic_save_tensors, load_tensors, safetensors_metadata
 from ..layers import features
 from ..runtime import Dist, eval_mode
+from .deconvnet import Target
 
 
 @dataclass
@@ -287,7 +288,6 @@ def top_projections(
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """For each channel: (k projections, k image patches) over the receptive-field box (Fig. 2), both
     k x C x h x w; patches in display pixels [0, 255]. `dn` is an open Deconvnet on the model."""
-    from .deconvnet import Target
 
     wanted = sorted({int(tk.images[r, c]) for c in channels for r in range(tk.k) if tk.images[r, c] >= 0})
     slot = {i: s for s, i in enumerate(wanted)}

@@ -33,7 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UsageError
-from ..layers import StopForward, capture, feature_module
+from ..layers import StopForward, capture, feature_module, features
 from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
 from ..runtime import eval_mode
 
@@ -149,7 +149,6 @@ class Deconvnet:
     # --- public API -----------------------------------------------------------------------------------
     def activations(self, images: torch.Tensor, layer: str) -> torch.Tensor:
         """`layer`'s feature maps for `images` (plain forward, stopping at the layer)."""
-        from ..layers import features
 
         self._check_open()
         with torch.no_grad():

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import data as zdata
 from ..errors import UsageError
+from ..layers import layer_names, resolve_layer
 
 DOMINANT_RATIO = 2.0
 DEAD_RATIO = 0.01
@@ -111,7 +112,6 @@ def analyse(weight: torch.Tensor, max_response: torch.Tensor | None = None) -> F
 
 def first_conv_name(model: nn.Module) -> str:
     """The layer name (as the atlas names layers) of the model's first convolution."""
-    from ..layers import layer_names, resolve_layer
 
     conv = first_conv(model)
     name = next((n for n in layer_names(model) if resolve_layer(model, n) is conv), None)

@@ -68,6 +68,7 @@ def write_table(out: str, base: str, variants: list[str], recipe: Recipe, starte
 def run_ablation(
     out: str,
     base: str,
+    *,
     variants: str | None,
     recipe: Recipe,
     options: RunOptions,
@@ -82,5 +83,14 @@ def run_ablation(
         def announce(v: str, resume: bool) -> None:
             print(f"ablation: {'resuming' if resume else 'training'} {v} -> {os.path.join(out, v)}", flush=True)
 
-        train_variants(out, base, names, recipe, options, progress, on_logs=draw_curves, on_run=announce)
+        train_variants(
+            out,
+            base,
+            variants=names,
+            recipe=recipe,
+            options=options,
+            progress=progress,
+            on_logs=draw_curves,
+            on_run=announce,
+        )
     return write_table(out, base, names, recipe, started)

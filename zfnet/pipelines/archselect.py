@@ -16,7 +16,7 @@ from .train import draw_curves
 
 
 def run_archselect(
-    out: str, recipe: Recipe, options: RunOptions, progress: bool = True, table_only: bool = False
+    out: str, recipe: Recipe, *, options: RunOptions, progress: bool = True, table_only: bool = False
 ) -> dict:
     started = time.perf_counter()
     _claim(out, recipe)
@@ -24,7 +24,9 @@ def run_archselect(
     def announce(name: str, resume: bool) -> None:
         print(f"archselect: {'resuming' if resume else 'training'} {name} -> {os.path.join(out, name)}", flush=True)
 
-    analyses = archselect.run(out, recipe, options, progress, draw_curves, announce, train=not table_only)
+    analyses = archselect.run(
+        out, recipe, options=options, progress=progress, on_logs=draw_curves, on_run=announce, train=not table_only
+    )
     rows = [a.to_json() for a in analyses]
     note = (
         f"{recipe.model} on {recipe.data}, {recipe.epochs} epochs"

@@ -20,9 +20,10 @@ from ..runtime import resolve_device
 
 
 def run_dedupe(
-    out: str,
     set_a: str,
     set_b: str,
+    *,
+    out: str,
     split_a: str | None = None,
     split_b: str | None = None,
     threshold: float = 0.9,

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import matplotlib
 
+from ..io import atomic_save_image
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
@@ -176,7 +178,6 @@ def filters_figure(reports: list[tuple[str, FilterReport]], path: str) -> None:
 
 
 def save_png(image: Image.Image, path: str) -> None:
-    from ..io import atomic_save_image
 
     atomic_save_image(image, path)
 
