@@ -135,3 +135,41 @@ def test_default_report_opens_the_embedded_weights_at_most_twice(tmp_path):
     assert 1 <= len(opens) <= 2, opens
     state = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert all(e["status"] in ("done", "skipped") for e in state["stages"].values())
+
+
+def test_report_from_python_on_a_users_module_and_a_folder(tmp_path):
+    """`zfnet.report(module, folder)`: any nn.Module, its preprocessing given, a flat folder of photos; the module
+    is left as it was (still in training mode)."""
+    import numpy as np
+    from PIL import Image
+
+    from zfnet.data import Preprocess
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    torch.manual_seed(0)
+    net = UserNet().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = zfnet.report(
+        net,
+        str(photos),
+        out=str(tmp_path / "rep"),
+        preprocess=Preprocess.torchvision(16, 18),
+        examples=2,
+        progress=False,
+    )
+    status = {k: v["status"] for k, v in state["stages"].items()}
+    assert status == {
+        "model": "done",
+        "atlas": "done",
+        "evolution": "skipped",
+        "occlusion": "done",
+        "correspondence": "skipped",
+        "invariance": "done",
+        "included": "skipped",
+    }, state["stages"]
+    assert (tmp_path / "rep" / "index.html").is_file()
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 
 import pytest
 import torch
@@ -106,7 +105,6 @@ def test_rerun_reuses_every_stage(report):
         p: os.path.getmtime(report / p)
         for p in ("atlas/manifest.json", "model/model.json", "evolution/evolution.json", "occlusion/occlusion.json")
     }
-    t0 = time.perf_counter()
     r = run_cli(
         "report",
         *SMALL,
@@ -119,8 +117,7 @@ def test_rerun_reuses_every_stage(report):
     )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("reused") == len(list(STAGES)), r.stderr
-    assert {p: os.path.getmtime(report / p) for p in before} == before
-    assert time.perf_counter() - t0 < 60
+    assert {p: os.path.getmtime(report / p) for p in before} == before  # what was done, not how long it took
 
 
 def test_changed_setting_redoes_only_its_stage(report, tmp_path):

@@ -335,9 +335,9 @@ def opened_module(
     classes: list[str] | None = None,
     name: str | None = None,
 ) -> Opened:
-    """Any `nn.Module` a Python user holds, as an `Opened` (eval mode; its preprocessing defaults to the model's:
-    the Fig. 3 family's table, else torchvision's ImageNet normalisation at 224 px)."""
-    model = model.eval()
+    """Any `nn.Module` a Python user holds, as an `Opened` (its preprocessing defaults to the model's: the Fig. 3
+    family's table, else torchvision's ImageNet normalisation at 224 px). The module is not changed: every
+    analysis runs it in eval mode and restores its modes afterwards."""
     pp = preprocess or default_preprocess(model)
     return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, classes)
 

@@ -1,5 +1,5 @@
 """`zfnet report` as a library call: every analysis of the paper on one trained CNN, one stage at a time, each
-into its own folder of OUT, then one static page (`zfnet.report.page`) that reads only those files.
+into its own folder of OUT, then one static page (`zfnet.render.page`) that reads only those files.
 
 OUT/report.json        the settings, and per stage: status (done / failed / skipped), the one-line reason, the
                        seconds it took and its key; a rerun reuses every stage whose key is unchanged
