@@ -278,10 +278,6 @@ class Opened:
         """The model part of every result's provenance."""
         return {"name": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256}
 
-    def to(self, device: torch.device | str) -> Opened:
-        self.model.to(device)
-        return self
-
 
 def open_model(
     name: str | None,
