@@ -20,6 +20,7 @@ from torch import nn
 from .. import data as zdata
 from ..errors import UsageError
 from ..layers import layer_names, resolve_layer
+from .atlas import scan
 
 DOMINANT_RATIO = 2.0
 DEAD_RATIO = 0.01
@@ -133,8 +134,6 @@ def filters(
     conv = first_conv(model)
     max_resp = None
     if images is not None:
-        from .atlas import scan
-
         ds = zdata.as_image_set(images)
         name = first_conv_name(model)
         result = scan(model, ds, layers=[name], k=1, batch_size=batch_size, workers=workers, progress=progress)
