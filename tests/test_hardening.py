@@ -22,7 +22,7 @@ import zfnet
 from zfnet import models
 from zfnet.data import for_model
 from zfnet.errors import UsageError
-from zfnet.weights import read_weights, save_weights
+from zfnet.weights import WeightsFile, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +401,7 @@ def test_malicious_pickle_runs_nothing(tmp_path, capsys):
         code, _, err = cli(capsys, *argv)
         assert_one_line_error(code, err, "weights.pt", "cannot read weights")
     with pytest.raises(UsageError):
-        read_weights(evil)
+        WeightsFile.read(evil)
     assert not marker.exists()
     # the same file unpickled the unsafe way does run code: the test's payload is real
     subprocess.run(

@@ -150,11 +150,6 @@ class WeightsFile:
         return model
 
 
-def read_weights(path: str | os.PathLike) -> WeightsFile:
-    """`WeightsFile.read(path)`: the state dict, metadata, mean image and hash of a weights file, one open."""
-    return WeightsFile.read(path)
-
-
 def save_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
     """String metadata stored in every weights file zfnet writes (model name, class count, provenance)."""
     meta = {"model": str(getattr(model, "zfnet_name", type(model).__name__))}
@@ -271,7 +266,6 @@ class Opened:
     weights: str | None = None  # the weights file's path (None: initialization, or a module handed in)
     classes: list[str] | None = None
     weights_sha256: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)  # the weights file's string metadata
     mean: str | None = None  # the `mean=` it was opened with (None: the weights' own)
 
     def info(self) -> dict[str, Any]:
@@ -312,7 +306,7 @@ def open_model(
             if mean is None and isinstance(model, models.ConvNet):
                 raise UsageError(f"{wf.path!r} carries no mean image (Sec. 3 preprocessing); pass {MEAN_CHOICES}")
         pp = apply_mean(pp, mean, data, split, workers)
-        return Opened(model, pp, name, wf.path, wf.classes, wf.sha256, dict(wf.metadata), mean)
+        return Opened(model, pp, name, wf.path, wf.classes, wf.sha256, mean)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(name, **(overrides or {}))
@@ -349,7 +343,6 @@ __all__ = [
     "open_model",
     "opened_module",
     "read_mean_file",
-    "read_weights",
     "save_metadata",
     "save_weights",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..methods.invariance import TRANSFORMS
+from ..methods.invariance import check_transforms
 from .args import add_device, add_images, add_model, positive
 from .registry import command
 
@@ -116,9 +116,7 @@ def _inv_run(args) -> int:
     if len(layers) != 2:
         raise UsageError(f"--layers {args.layers!r}: give two layers, the low and the high one (e.g. conv1,fc7)")
     transforms = tuple(t for t in args.transforms.split(",") if t)
-    bad = [t for t in transforms if t not in TRANSFORMS]
-    if bad:
-        raise UsageError(f"unknown transform {bad[0]!r}; choose from {', '.join(TRANSFORMS)}")
+    check_transforms(transforms)  # before any model is opened
     pil = check_images(args)
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)

@@ -125,5 +125,11 @@ def inputs_from_args(args: argparse.Namespace, opened: Opened, pil: list) -> Inp
     """The --image files (opened by `check_images`) and --data/--index images as the model's input."""
     dataset = zdata.open_dataset(args.data, args.split, opened.preprocess) if args.data and args.index else None
     return load_inputs(
-        opened.preprocess, pil, list(args.image), list(args.label), dataset, list(args.index), opened.classes
+        opened.preprocess,
+        pil,
+        files=args.image,
+        labels=args.label,
+        dataset=dataset,
+        indices=args.index,
+        classes=opened.classes,
     )

@@ -73,9 +73,9 @@ def _run(args) -> int:
     from ..errors import UsageError
     from ..io import check_output_dir
     from ..pipelines.report import STAGES, ReportConfig, build_report, check_config
-    from ..pretrained import EMBEDDED_DATA, open_embedded
+    from ..pretrained import EMBEDDED_DATA
     from ..runtime import resolve_device
-    from ..weights import open_model
+    from .args import open_from_args
 
     check_output_dir(args.out)
     only = tuple(s for s in args.only.split(",") if s)
@@ -108,12 +108,7 @@ def _run(args) -> int:
     check_config(cfg)
     dev = resolve_device(args.device)
     data = args.data or EMBEDDED_DATA
-    common = {"mean": args.mean, "data": data, "split": args.split, "workers": args.workers}
-    opened = (
-        open_embedded(dev, **common)
-        if embedded
-        else open_model(args.model, args.weights, device=dev, seed=args.seed, **common)
-    )
+    opened = open_from_args(args, dev, pretrained=embedded, data=data)  # no --model/--weights: the embedded one
     dataset = zdata.open_dataset(data, args.split, opened.preprocess)
     state = build_report(opened, dataset, cfg, only=only)
     page = os.path.join(args.out, "index.html")

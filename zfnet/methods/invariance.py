@@ -77,10 +77,16 @@ class InvarianceResult:
         }
 
 
+def check_transforms(transforms: Sequence[str]) -> None:
+    """Refuse a transformation the invariance analysis does not know (one line naming the known ones)."""
+    bad = [t for t in transforms if t not in TRANSFORMS]
+    if bad:
+        raise UsageError(f"unknown transform {bad[0]!r}; choose one of {', '.join(TRANSFORMS)}")
+
+
 def transform_images(images: torch.Tensor, transform: str, value: float, fill: float = 0.0) -> torch.Tensor:
     """`images` (N x C x H x W model input) translated, scaled or rotated by `value` (see the module docstring)."""
-    if transform not in TRANSFORMS:
-        raise UsageError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+    check_transforms([transform])
     if value == IDENTITY[transform] or (transform == "rotate" and value % 360 == 0):
         return images.clone()
     n, c, h, w = images.shape
@@ -122,9 +128,7 @@ def invariance(
     """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
     (`values[t]`, default `DEFAULT_VALUES[t]`), the distance to the untransformed features per layer and
     p(true class) (arXiv Sec. 4.4)."""
-    bad = [t for t in transforms if t not in TRANSFORMS]
-    if bad:
-        raise UsageError(f"unknown transform {bad[0]!r}; choose one of {', '.join(TRANSFORMS)}")
+    check_transforms(transforms)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if images.dim() != 4 or len(labels) != len(images):
         raise UsageError(

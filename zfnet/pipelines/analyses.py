@@ -14,7 +14,7 @@ from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
 from ..methods.correspondence import correspondence
-from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, invariance, transform_images
+from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, check_transforms, invariance, transform_images
 from ..provenance import environment
 from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
 from ..weights import Opened
@@ -50,14 +50,15 @@ def parts_inputs(
     """The parts file's images as the model's input: files (opened with `check_files`) when `files` are given,
     else its dataset indices into `data`/`split` (default: the file's own "data"/"split")."""
     if files:
-        return load_inputs(opened.preprocess, pil, files, [], None, [], opened.classes)
+        return load_inputs(opened.preprocess, pil, files=files, classes=opened.classes)
     data, split = data or spec.get("data"), split or spec.get("split")
     if not data:
         raise UsageError(
             "the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR for files)"
         )
     dataset = zdata.open_dataset(data, split, opened.preprocess)
-    return load_inputs(opened.preprocess, [], [], [], dataset, [int(i) for i in spec["images"]], opened.classes)
+    indices = [int(i) for i in spec["images"]]
+    return load_inputs(opened.preprocess, dataset=dataset, indices=indices, classes=opened.classes)
 
 
 def run_correspondence(
@@ -135,9 +136,7 @@ def run_invariance(
 ) -> dict:
     """The invariance figure (one row per transformation) and invariance.json. Translations are the paper's
     range scaled to the input size (its 224 px -> ours)."""
-    bad = [t for t in transforms if t not in TRANSFORMS]
-    if bad:
-        raise UsageError(f"unknown transform {bad[0]!r}; choose from {', '.join(TRANSFORMS)}")
+    check_transforms(transforms)
     if any(label is None for label in inputs.labels):
         raise UsageError("invariance needs each image's true class: pass --label for every --image")
     started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +42,13 @@ def check_files(images: list[str]) -> list:
 
 def load_inputs(
     pp: zdata.Preprocess,
-    opened_images: list,
-    files: list[str],
-    labels: list[str],
-    dataset: zdata.ImageSet | None,
-    indices: list[int],
-    classes: list[str] | None,
+    opened_images: Sequence = (),
+    *,
+    files: Sequence[str] = (),
+    labels: Sequence[str] = (),
+    dataset: zdata.ImageSet | None = None,
+    indices: Sequence[int] = (),
+    classes: list[str] | None = None,
 ) -> Inputs:
     """Files (already opened, see `check_files`) and images of `dataset` by index -> model input, names,
     labels. `dataset` is opened by the caller with `pp` (its images are fed through `pp`)."""
@@ -75,4 +77,4 @@ def load_inputs(
 
 def dataset_inputs(dataset: zdata.ImageSet, indices: list[int], classes: list[str] | None = None) -> Inputs:
     """Images of an opened dataset by index, fed through the dataset's own preprocessing."""
-    return load_inputs(dataset.preprocess, [], [], [], dataset, list(indices), classes)
+    return load_inputs(dataset.preprocess, dataset=dataset, indices=indices, classes=classes)
