@@ -87,7 +87,15 @@ def test_report_in_browser(report, browser):
     assert any(h.endswith("atlas/index.html") for h in links)
     assert [m for m in browser.get_log("browser") if m["level"] == "SEVERE"] == []
     browser.get((report / "atlas" / "index.html").as_uri())
-    assert browser.find_elements(By.CSS_SELECTOR, "#maps .map")
+    # the viewer draws its map grid from atlas-data.js once the page has loaded: wait for that state (a CI run
+    # once looked before it was drawn), with the page's own messages in the failure
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#maps .map"))
+    except TimeoutException:
+        raise AssertionError(f"the atlas viewer drew no maps: {browser.get_log('browser')}") from None
     assert [m for m in browser.get_log("browser") if m["level"] == "SEVERE"] == []
 
 
