@@ -357,7 +357,8 @@ def test_page_never_links_outside_the_folder(tmp_path):
 
 
 def test_accuracy_not_measurable_keeps_the_model_section(tmp_path):
-    """Data with more classes than the model: the accuracy row says why, the rest of the section stands."""
+    """Data with more classes than the model: the accuracy row says why (its labels are not the model's classes,
+    so the analyses target the predicted class), the rest of the section stands."""
     root = tmp_path / "imgs"
     for k, cls in enumerate(["a", "b", "c"]):
         os.makedirs(root / cls)
@@ -385,5 +386,6 @@ def test_accuracy_not_measurable_keeps_the_model_section(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "model" / "model.json").read_text())
-    assert m["measured"] is None and "3 classes but the model predicts 2" in m["unmeasured"]
+    assert m["measured"] is None and "(a, b, c, ...) are not the model's classes" in m["unmeasured"]
+    assert m["targets"] == "predicted"
     assert "not measured: " in (out / "index.html").read_text()

@@ -4,11 +4,15 @@ A layer is a module name from `model.named_modules()` ('conv5', 'features.10', '
 without the paper's names, 'convN' / 'fcN' also mean the N-th Conv2d / Linear in definition order.
 A layer's feature maps are its rectified outputs (Sec. 2.1: the deconvnet starts from them): when the module
 after it in its parent Sequential is a ReLU, that ReLU's output, else the module's own output.
+
+`stage_layers` carries the paper's choice of layers (conv1..conv5, spanning the network) over to any CNN: the
+rectified output of each resolution stage, the last one before each downsampling.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -123,3 +127,92 @@ def output_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ..
         for h in hooks:
             h.remove()
     return {n: shapes[n] for n in names if n in shapes}
+
+
+# modules whose output is a rectified (non-linear) feature map, as the paper's ReLU outputs are
+RECTIFIERS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+)
+
+
+def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) -> list[str]:
+    """The paper's five layers carried over to any CNN (Sec. 2, Fig. 2 spans conv1..conv5): for each resolution
+    stage, the last rectified output before the resolution drops (ResNet-18: relu, layer1 .. layer4; VGG: the
+    conv before each pool); the stage's own output (the shallowest module name) over one inside a block. A stage
+    whose convs feed no rectifier module (the ReLU is functional) gives its last
+    module output instead; 1x1 maps (squeeze-excitation gates) and stages without a conv are no stages. With
+    more than `most` stages, `most` of them evenly spread, the first and the last kept. Each layer is named
+    by its outermost module that is called once and whose output is that feature map (`layer1`, not
+    `layer1.1.relu`); one forward of zeros in eval mode, hooks removed on exit."""
+    modules = dict(model.named_modules())
+    calls: Counter[str] = Counter()
+    outputs: list[tuple[str, torch.Tensor]] = []  # every 4-D module output, in the order the modules finish
+    first: dict[str, int] = {}  # a module's first output (what `capture` records), as an index into outputs
+
+    def record(name):
+        def hook(module, inputs, output) -> None:
+            calls[name] += 1
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                first.setdefault(name, len(outputs))
+                outputs.append((name, output))
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in modules.items() if n]
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    # which names show each tensor as their feature map: called once, their feature module's output is it
+    aliases: dict[int, list[str]] = {}
+    for name in first:
+        if calls[name] != 1:
+            continue
+        fm = feature_module(model, name)
+        fm_name = next((n for n, m in modules.items() if m is fm), name)
+        if calls[fm_name] == 1 and fm_name in first:
+            aliases.setdefault(id(outputs[first[fm_name]][1]), []).append(name)
+
+    def rank(n: str) -> tuple:
+        m = modules[n]
+        kind = 0 if isinstance(m, (nn.Conv2d, nn.Linear)) else 1 if isinstance(m, RECTIFIERS) else 2
+        return (n.count("."), kind, list(modules).index(n))
+
+    def depth(k: int) -> int:
+        return min(n.count(".") for n in aliases[id(outputs[k][1])])
+
+    stages: dict[tuple[int, int], dict] = {}  # resolution -> its rectified outputs, its outputs, has it a conv
+    for k, (name, out) in enumerate(outputs):
+        hw = (int(out.shape[-2]), int(out.shape[-1]))
+        if hw == (1, 1):
+            continue
+        st = stages.setdefault(hw, {"rectified": [], "all": [], "conv": False})
+        st["conv"] |= isinstance(modules[name], nn.Conv2d)
+        if id(out) in aliases:
+            st["all"].append(k)
+            if isinstance(modules[name], RECTIFIERS):
+                st["rectified"].append(k)
+    chosen = []
+    for st in stages.values():
+        pool = st["rectified"] or st["all"]
+        if st["conv"] and pool:  # the stage's own output over one inside a block: the shallowest name, then last
+            k = max(pool, key=lambda k: (-depth(k), k))
+            chosen.append((k, min(aliases[id(outputs[k][1])], key=rank)))
+    names = [n for _, n in sorted(chosen)]
+    names = list(dict.fromkeys(names))
+    if len(names) > most:
+        names = [names[round(i * (len(names) - 1) / (most - 1))] for i in range(most)]
+    return names

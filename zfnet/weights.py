@@ -17,7 +17,9 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
+import re
+import urllib.parse
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from torch import nn
 
 from . import data as zdata
 from . import models
+from .data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError, note
 from .io import atomic_save_tensors, load_tensors, read_tensor_file
 from .runtime import unwrap
@@ -178,11 +181,151 @@ def save_weights(model: nn.Module, path: str, pp: zdata.Preprocess | None, **met
 
 def default_preprocess(model: nn.Module) -> zdata.Preprocess:
     """A fresh model's Sec. 3 preprocessing from its layer table (input size, channels, pixel range), no mean
-    yet and `fit` left to the training data; other models get torchvision's ImageNet normalisation."""
+    yet and `fit` left to the training data; a timm model's from its `pretrained_cfg` (size, crop share, mean
+    and std); any other model torchvision's ImageNet normalisation at 224 px (resize 256, centre crop)."""
     c, s, _ = models.model_input_shape(model)
-    if not isinstance(model, models.ConvNet):
-        return zdata.Preprocess.torchvision(s, round(s * 256 / 224))
-    return zdata.for_model(s, c, scale=model.arch.pixel_scale)
+    if isinstance(model, models.ConvNet):
+        return zdata.for_model(s, c, scale=model.arch.pixel_scale)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size") and cfg.get("mean") and cfg.get("std"):  # timm
+        c, s = int(cfg["input_size"][0]), int(cfg["input_size"][-1])
+        base = round(s / float(cfg.get("crop_pct") or 0.875))
+        return zdata.Preprocess(s, base, c, "resize", 1.0, None, tuple(cfg["mean"])[:c], tuple(cfg["std"])[:c])
+    return _imagenet(c, s, round(s * 256 / 224))
+
+
+def _imagenet(channels: int, size: int, base: int) -> zdata.Preprocess:
+    """torchvision's ImageNet recipe at `size` (grey models: the channel average of its statistics)."""
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    if channels != 3:
+        mean, std = (sum(mean) / 3,) * channels, (sum(std) / 3,) * channels
+    return zdata.Preprocess(size, base, channels, "resize", 1.0, None, tuple(mean), tuple(std))
+
+
+NORMALIZE_CHOICES = "imagenet, none, or MEAN,STD (one pair for every channel, or C means then C stds, in [0, 1])"
+
+
+def with_input(pp: zdata.Preprocess, input_size: int | None = None, normalize: str | None = None) -> zdata.Preprocess:
+    """`pp` at another input size (base square 256/224 of it, as Sec. 3 and torchvision) and/or with another
+    normalisation (`--normalize`): 'imagenet' (torchvision's mean and std of [0, 1] pixels), 'none' ([0, 1]
+    pixels as they are) or 'MEAN,STD'."""
+    if input_size is not None:
+        if input_size < 8:
+            raise UsageError(f"--input-size {input_size} is too small; pass the side the model takes, e.g. 224")
+        pp = replace(pp, input_size=int(input_size), base_size=round(input_size * 256 / 224), mean_image=None)
+    if normalize is None:
+        return pp
+    c = pp.channels
+    if normalize == "imagenet":
+        norm = _imagenet(c, pp.input_size, pp.base_size)
+        return replace(pp, scale=1.0, mean_image=None, channel_mean=norm.channel_mean, channel_std=norm.channel_std)
+    if normalize == "none":
+        return replace(pp, scale=1.0, mean_image=None, channel_mean=None, channel_std=None)
+    try:
+        values = [float(v) for v in normalize.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 2:
+        values = [values[0]] * c + [values[1]] * c
+    if len(values) != 2 * c or any(v <= 0 for v in values[c:]):
+        raise UsageError(f"--normalize {normalize!r}: pass {NORMALIZE_CHOICES} (this model has {c} channels)")
+    return replace(pp, scale=1.0, mean_image=None, channel_mean=tuple(values[:c]), channel_std=tuple(values[c:]))
+
+
+def model_classes(model: nn.Module) -> list[str] | None:
+    """The class names a model's family gives when it predicts that family's classes: a torchvision
+    architecture with 1000 outputs has ImageNet-1k's (its weights table's `meta["categories"]`), a timm one
+    the names of timm's ImageNet info; others none."""
+    n = models.num_outputs(model)
+    name = str(getattr(model, "zfnet_name", ""))
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        try:
+            cats = torchvision.models.get_model_weights(name.split(":", 1)[1]).DEFAULT.meta.get("categories")
+        except (ValueError, KeyError, AttributeError):
+            cats = None
+        return list(cats) if cats and len(cats) == n else None
+    if name.startswith("timm:") and n == 1000:
+        from timm.data import ImageNetInfo
+
+        return [d.split(",")[0] for d in ImageNetInfo().label_descriptions()]
+    return None
+
+
+def read_classes(path: str) -> list[str]:
+    """Class names from a file: a JSON list, or one name per line (`--classes FILE`)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--classes {path!r}: no such file; pass a text file with one class name per line")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = [l.strip() for l in text.splitlines() if l.strip()]
+    if not isinstance(names, list) or not names:
+        raise UsageError(f"--classes {path!r} holds no class names; one name per line, or a JSON list")
+    return [str(n) for n in names]
+
+
+# --- torchvision's own weights, by the name of their enum ---------------------------------------------------
+
+_ENUM_NAME = re.compile(r"(?:\w+_Weights\.)?(DEFAULT|[A-Z][A-Z0-9_]*_V\d+|[A-Z][A-Z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """A torchvision weights enum member found in torch hub's cache: the file, its preprocessing and classes."""
+
+    path: str
+    preprocess: zdata.Preprocess
+    classes: list[str] | None
+    enum: str
+
+
+def torchvision_weights(arch: str, tag: str) -> HubWeights | None:
+    """`--weights IMAGENET1K_V1` (or DEFAULT, or ResNet18_Weights.IMAGENET1K_V1) for torchvision:`arch`: the file
+    torch hub caches it as (`torch.hub.get_dir()/checkpoints/<the URL's file name>`), the enum's `transforms()`
+    and `meta["categories"]`. Never downloads; a tag that is no member is None (then it is a path)."""
+    if not _ENUM_NAME.fullmatch(tag):
+        return None
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        return None
+    member = tag.rsplit(".", 1)[-1]
+    if member not in enum.__members__:
+        raise UsageError(
+            f"torchvision:{arch} has no weights {member!r}; known: {', '.join(enum.__members__)} (or a file path)"
+        )
+    w = enum[member]
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(w.url).path))
+    if not os.path.isfile(path):
+        raise UsageError(
+            f"{w} is not in torch hub's cache: put {w.url} at {path} (zfnet never downloads; "
+            "TORCH_HOME moves the cache), or pass --weights FILE"
+        )
+    t = w.transforms()
+    crop = int(t.crop_size[0])
+    resize = int(t.resize_size[0]) if getattr(t, "resize_size", None) else round(crop * 256 / 224)
+    pp = zdata.Preprocess(crop, resize, 3, "resize", 1.0, None, tuple(t.mean), tuple(t.std))
+    cats = w.meta.get("categories")
+    return HubWeights(path, pp, list(cats) if cats else None, str(w))
+
+
+def _legacy_densenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's published DenseNet files name `norm.1` what the module calls `norm1` (its loader renames)."""
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
+    out = {}
+    for k, v in state.items():
+        m = pattern.match(k)
+        out[m.group(1) + m.group(2) if m else k] = v
+    return out
 
 
 def read_mean_file(path: str) -> torch.Tensor:
@@ -267,10 +410,14 @@ class Opened:
     classes: list[str] | None = None
     weights_sha256: str | None = None
     mean: str | None = None  # the `mean=` it was opened with (None: the weights' own)
+    weights_enum: str | None = None  # torchvision weights named by their enum (ResNet18_Weights.IMAGENET1K_V1)
 
     def info(self) -> dict[str, Any]:
-        """The model part of every result's provenance."""
-        return {"name": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256}
+        """The model part of every result's provenance (with the input it takes)."""
+        out = {"name": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256}
+        if self.weights_enum:
+            out["weights_enum"] = self.weights_enum
+        return {**out, "preprocess": self.preprocess.to_dict()}
 
 
 def open_model(
@@ -284,39 +431,61 @@ def open_model(
     split: str | None = None,
     workers: int = 0,
     overrides: dict | None = None,
+    input_size: int | None = None,
+    normalize: str | None = None,
+    classes: list[str] | None = None,
 ) -> Opened:
-    """Model `name` with its weights and their stored preprocessing and class names, or (no weights) at its
-    initialization, seeded so that every torchrun rank and every rerun sees the same network. The weights file
-    is read once. `mean` overrides the mean image (see `apply_mean`); weights of a paper-style model that carry
-    none must be given one. `overrides` are the architecture overrides the weights were trained with (a recipe's
+    """Model `name` (a registry name, torchvision:/timm:<name> or module:callable) with its weights and their
+    stored preprocessing and class names, or (no weights) at its initialization, seeded so that every torchrun
+    rank and every rerun sees the same network. The weights file is read once; for torchvision models
+    `weights` may name the weights enum (IMAGENET1K_V1, DEFAULT), found in torch hub's cache. `mean` overrides
+    the mean image (see `apply_mean`); weights of a paper-style model that carry none must be given one.
+    `input_size` / `normalize` replace the input side and normalisation (`with_input`), `classes` the class
+    names. `overrides` are the architecture overrides the weights were trained with (a recipe's
     model_overrides). The embedded model: `zfnet.pretrained.open_embedded`."""
     device = torch.device(device)
     if not name:
         raise UsageError(
             "pass --model NAME (see `zfnet models`), with --weights FILE for a trained model, or --pretrained"
         )
+    hub = None
+    if isinstance(weights, str) and models.kind(name) == "torchvision" and not os.path.isfile(weights):
+        hub = torchvision_weights(name.split(":", 1)[1], weights)
     if weights is not None:
-        wf = weights if isinstance(weights, WeightsFile) else WeightsFile.read(weights)
+        wf = weights if isinstance(weights, WeightsFile) else WeightsFile.read(hub.path if hub else weights)
         model = models.build(name, num_classes=wf.num_classes, **(overrides or {}))
+        if name.startswith("torchvision:densenet"):
+            wf = replace(wf, state=_legacy_densenet(wf.state))
         wf.load_into(model, model_name=name)
         model = model.to(device).eval()
-        pp = wf.preprocess(model)
+        pp = hub.preprocess if hub else wf.preprocess(model)
         if pp is None:
             pp = default_preprocess(model)
-            if mean is None and isinstance(model, models.ConvNet):
+            if mean is None and normalize is None and isinstance(model, models.ConvNet):
                 raise UsageError(f"{wf.path!r} carries no mean image (Sec. 3 preprocessing); pass {MEAN_CHOICES}")
-        pp = apply_mean(pp, mean, data, split, workers)
-        return Opened(model, pp, name, wf.path, wf.classes, wf.sha256, mean)
+        pp = apply_mean(with_input(pp, input_size, normalize), mean, data, split, workers)
+        names = classes or wf.classes or (hub.classes if hub else None) or model_classes(model)
+        return Opened(model, pp, name, wf.path, _fit_classes(names, model), wf.sha256, mean, hub.enum if hub else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(name, **(overrides or {}))
     model = model.to(device).eval()
-    pp = apply_mean(default_preprocess(model), mean, data, split, workers)
+    pp = apply_mean(with_input(default_preprocess(model), input_size, normalize), mean, data, split, workers)
     note(
         f"no --weights: {name} at its random initialization (seed {seed})"
         + ("" if pp.mean_image is not None or pp.channel_mean is not None else ", no mean image")
     )
-    return Opened(model, pp, name, mean=mean)
+    return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), model))
+
+
+def _fit_classes(names: list[str] | None, model: nn.Module) -> list[str] | None:
+    """Class names checked against the model's outputs (a list that does not fit is refused)."""
+    n = models.num_outputs(model)
+    if names is not None and n is not None and len(names) != n:
+        raise UsageError(
+            f"{len(names)} class names for a model with {n} outputs; pass --classes with one name per output"
+        )
+    return names
 
 
 def opened_module(
@@ -326,23 +495,31 @@ def opened_module(
     name: str | None = None,
 ) -> Opened:
     """Any `nn.Module` a Python user holds, as an `Opened` (its preprocessing defaults to the model's: the Fig. 3
-    family's table, else torchvision's ImageNet normalisation at 224 px). The module is not changed: every
-    analysis runs it in eval mode and restores its modes afterwards."""
+    family's table, a timm model's `pretrained_cfg`, else torchvision's ImageNet normalisation at 224 px; its
+    class names to its family's, see `model_classes`). The module is not changed: every analysis runs it in
+    eval mode and restores its modes afterwards."""
     pp = preprocess or default_preprocess(model)
-    return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, classes)
+    names = _fit_classes(classes or model_classes(model), model)
+    return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, names)
 
 
 __all__ = [
     "MEAN_CHOICES",
     "MEAN_KEY",
+    "NORMALIZE_CHOICES",
+    "HubWeights",
     "Opened",
     "WeightsFile",
     "apply_mean",
     "data_mean",
     "default_preprocess",
+    "model_classes",
     "open_model",
     "opened_module",
+    "read_classes",
     "read_mean_file",
     "save_metadata",
     "save_weights",
+    "torchvision_weights",
+    "with_input",
 ]

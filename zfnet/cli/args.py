@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..methods.deconvnet import MODES
 from ..pipelines.inputs import Inputs, check_files, load_inputs
 from ..pretrained import open_embedded
-from ..weights import Opened, open_model
+from ..weights import Opened, open_model, read_classes
 
 
 def _at_least(lo: int):
@@ -49,8 +49,14 @@ def position(text: str) -> tuple[int, int]:
 
 
 def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
-    """--model / --weights / --pretrained / --mean: which network, and the mean image when its weights lack one."""
-    p.add_argument("--model", metavar="NAME", help="registry name (zfnet models) or torchvision:<name>")
+    """--model / --weights / --pretrained / --mean / --input-size / --normalize / --classes: which network, and
+    how images become its input when its weights do not say."""
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="registry name (zfnet models), torchvision:<name>, timm:<name>, or module:callable - your own "
+        "function or class returning an nn.Module, imported from the working directory or PYTHONPATH",
+    )
     if repeat_weights:
         p.add_argument(
             "--weights",
@@ -59,7 +65,12 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
             help="weights file; repeat for an ensemble (Table 1's '5 convnets')",
         )
     else:
-        p.add_argument("--weights", metavar="FILE", help="weights file (.safetensors, or a torch state dict)")
+        p.add_argument(
+            "--weights",
+            metavar="FILE|ENUM",
+            help="weights file (.safetensors, or a torch state dict); with torchvision:<name> also the weights "
+            "enum's name (IMAGENET1K_V1, DEFAULT), read from torch hub's cache",
+        )
     p.add_argument("--pretrained", action="store_true", help="the embedded Fashion-MNIST model")
     p.add_argument(
         "--mean",
@@ -67,6 +78,18 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
         help="mean image for weights that carry none (or to replace theirs): 'data' = the per-pixel mean "
         "of --data's training split, a .safetensors/.npy image, or 'none'",
     )
+    p.add_argument(
+        "--input-size",
+        type=positive,
+        metavar="PX",
+        help="side of the square input the model takes (default: the weights' or model's own, else 224)",
+    )
+    p.add_argument(
+        "--normalize",
+        metavar="imagenet|none|MEAN,STD",
+        help="input normalisation of [0, 1] pixels (default: the weights' or model's own, else imagenet)",
+    )
+    p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: the weights' or model's own)")
 
 
 def add_data(p: argparse.ArgumentParser, required: bool = True, limit_default: int | None = None) -> None:
@@ -112,8 +135,19 @@ def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
     if v.get("pretrained"):
         if v.get("model") or v.get("weights"):
             raise UsageError("--pretrained is the embedded model; drop --model/--weights, or drop --pretrained")
+        if v.get("input_size") or v.get("normalize") or v.get("classes"):
+            raise UsageError("--pretrained carries its own input and classes; drop --input-size/--normalize/--classes")
         return open_embedded(device, **common)
-    return open_model(v.get("model"), v.get("weights"), device=device, seed=v.get("seed") or 0, **common)
+    return open_model(
+        v.get("model"),
+        v.get("weights"),
+        device=device,
+        seed=v.get("seed") or 0,
+        input_size=v.get("input_size"),
+        normalize=v.get("normalize"),
+        classes=read_classes(v["classes"]) if v.get("classes") else None,
+        **common,
+    )
 
 
 def check_images(args: argparse.Namespace) -> list:

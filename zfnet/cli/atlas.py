@@ -21,6 +21,11 @@ def _atlas_args(p) -> None:
     p.add_argument("--workers", type=nonnegative, default=4, help="image-decoding processes (file datasets)")
     p.add_argument("--panel-maps", type=positive, default=16, help="maps per Fig. 2 panel")
     p.add_argument(
+        "--max-maps",
+        type=positive,
+        help="maps per layer projected for the viewer (default: every map; the panel's always)",
+    )
+    p.add_argument(
         "--evolution",
         metavar="RUN",
         help="training run folder with snapshots (Fig. 4); 'pretrained' for the embedded model's",
@@ -67,6 +72,7 @@ def _atlas_run(args) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         panel_maps=args.panel_maps,
+        max_maps=args.max_maps,
         evolution_limit=args.evolution_limit,
         evolution=None
         if args.evolution is None

@@ -5,23 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-from .args import add_device, positive
+from .args import add_device, add_model, positive
 from .registry import command
 
 
 def _args(p) -> None:
-    p.add_argument(
-        "--model",
-        metavar="NAME",
-        help="registry name (zfnet models) or torchvision:<name> (default: the embedded Fashion-MNIST model)",
-    )
-    p.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="its trained weights (.safetensors); a training run's folder "
-        "also gives the curves (metrics.jsonl) and Fig. 4's snapshots",
-    )
-    p.add_argument("--mean", metavar="data|FILE|none", help="mean image for weights that carry none")
+    add_model(p)  # none of --model/--weights/--pretrained: the embedded Fashion-MNIST model
     p.add_argument(
         "--data",
         metavar="SPEC",
@@ -44,8 +33,18 @@ def _args(p) -> None:
         metavar="DIR",
         help="a folder of zfnet transfer / layerprobe / ablate / archselect / dedupe results (repeatable)",
     )
-    p.add_argument("--layers", default="", help="comma-separated atlas layers (default conv1..conv5)")
+    p.add_argument(
+        "--layers",
+        default="",
+        help="comma-separated atlas layers (default: conv1..conv5 for the Fig. 3 family, else the rectified "
+        "output of each resolution stage, at most five; see zfnet layers)",
+    )
     p.add_argument("--limit", type=positive, help="images the atlas scans (default: the whole split)")
+    p.add_argument(
+        "--atlas-maps",
+        type=positive,
+        help="maps per layer projected for the atlas viewer (default: every map; 16 a layer are always shown)",
+    )
     p.add_argument("--evolution-limit", type=positive, default=2000, help="training images scanned per snapshot")
     p.add_argument("--examples", type=positive, default=6, help="occlusion images, each of another class")
     p.add_argument("--window", type=positive, help="occluder side in pixels (default 2/7 of the input)")
@@ -63,8 +62,9 @@ def _args(p) -> None:
     "2-6 with --include) as one static page: OUT/index.html",
     "zfnet report --out report/                         # the embedded model, in about a minute\n"
     "  zfnet report --model zfnet-small --weights runs/fm/model.safetensors --data fashion-mnist --out rep\n"
-    "  zfnet report --model torchvision:alexnet --weights alexnet.safetensors --data imagenet:/data/in "
-    "--limit 5000 --out rep",
+    "  zfnet report --model torchvision:resnet18 --weights IMAGENET1K_V1 --data photos/ --out rep\n"
+    "  zfnet report --model mynets:build --weights my.pth --input-size 96 --classes classes.txt --data photos/ "
+    "--out rep",
     arguments=_args,
     locks_out=True,
 )
@@ -82,7 +82,7 @@ def _run(args) -> int:
     for s in only:
         if s not in STAGES:
             raise UsageError(f"--only {s!r} is not a stage; choose from {', '.join(STAGES)}")
-    embedded = args.model is None and args.weights is None
+    embedded = args.pretrained or (args.model is None and args.weights is None)
     if args.weights and not args.model:
         raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
     if not embedded and not args.data:
@@ -97,6 +97,7 @@ def _run(args) -> int:
         include=tuple(args.include),
         layers=tuple(l for l in args.layers.split(",") if l),
         limit=args.limit,
+        atlas_maps=args.atlas_maps,
         evolution_limit=args.evolution_limit,
         examples=args.examples,
         window=args.window,

@@ -24,7 +24,8 @@ from torch import nn
 from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_save_tensors, load_tensors, safetensors_metadata
-from ..layers import features
+from ..layers import features, stage_layers
+from ..models import ConvNet, model_input_shape
 from ..runtime import Dist, eval_mode
 from .deconvnet import Target
 
@@ -119,14 +120,14 @@ class Scan:
         return {"images": self.images, "seconds": self.seconds, "layers": out}
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """conv1..conv5 when the model has the paper's names, else every Conv2d (as conv1..convN)."""
-    names = dict(model.named_modules())
-    paper = [f"conv{i}" for i in range(1, 6) if f"conv{i}" in names]
-    if paper:
-        return paper
-    n = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    return [f"conv{i}" for i in range(1, n + 1)]
+def default_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[str]:
+    """The layers Fig. 2 shows: conv1..conv5 for the Fig. 3 family (those a Table 2 variant keeps), else the
+    rectified output of each resolution stage, at most five (`zfnet.layers.stage_layers`; ResNet-18: relu,
+    layer1 .. layer4), read at `input_shape` (default: the model's own, else 3 x 224 x 224)."""
+    if isinstance(model, ConvNet):
+        names = dict(model.named_modules())
+        return [f"conv{i}" for i in range(1, 6) if f"conv{i}" in names]
+    return stage_layers(model, tuple(input_shape or model_input_shape(model)))
 
 
 def fingerprint(parts: dict) -> str:

@@ -58,9 +58,10 @@ class InvarianceResult:
     """The invariance figure's curves for a batch: one `TransformCurve` per transformation."""
 
     layers: list[str]
-    labels: torch.Tensor  # N
+    labels: torch.Tensor  # N: the class whose probability the curves show
     fill: float
     curves: list[TransformCurve]
+    predicted: list[bool] | None = None  # per image: its class is the predicted one (it had no label)
 
     def curve(self, transform: str) -> TransformCurve:
         return next(c for c in self.curves if c.transform == transform)
@@ -69,9 +70,16 @@ class InvarianceResult:
         return {
             "layers": self.layers,
             "labels": self.labels.tolist(),
+            "predicted": self.predicted or [False] * len(self.labels),
             "fill": self.fill,
             "transforms": [
-                {**c.to_json(), "layers": self.layers, "fill": self.fill, "labels": self.labels.tolist()}
+                {
+                    **c.to_json(),
+                    "layers": self.layers,
+                    "fill": self.fill,
+                    "labels": self.labels.tolist(),
+                    "predicted": self.predicted or [False] * len(self.labels),
+                }
                 for c in self.curves
             ],
         }
@@ -119,7 +127,7 @@ def invariance(
     model: nn.Module,
     images: torch.Tensor,
     *,
-    labels: torch.Tensor | Sequence[int],
+    labels: torch.Tensor | Sequence[int | None] | None = None,
     transforms: Sequence[str] = TRANSFORMS,
     values: dict[str, Sequence[float]] | None = None,
     layers: Sequence[str] = ("conv1", "fc7"),
@@ -127,9 +135,16 @@ def invariance(
 ) -> InvarianceResult:
     """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
     (`values[t]`, default `DEFAULT_VALUES[t]`), the distance to the untransformed features per layer and
-    p(true class) (arXiv Sec. 4.4)."""
+    p(true class) (arXiv Sec. 4.4). An image without a label (None, or `labels` None) follows the class the
+    model predicts on it untransformed."""
     check_transforms(transforms)
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    given = [None] * len(images) if labels is None else [None if l is None else int(l) for l in labels]
+    predicted = [l is None for l in given]
+    if any(predicted) and images.dim() == 4 and len(given) == len(images):
+        with torch.no_grad(), eval_mode(model):
+            top = model(images).argmax(1).tolist()
+        given = [top[i] if l is None else l for i, l in enumerate(given)]
+    labels = torch.as_tensor(given, dtype=torch.long)
     if images.dim() != 4 or len(labels) != len(images):
         raise UsageError(
             f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "
@@ -156,4 +171,4 @@ def invariance(
                 for l in layers:
                     dist[l][:, k] = (found[l].flatten(1) - base[l]).norm(dim=1).cpu()
             curves.append(TransformCurve(t, vals, dist, prob))
-    return InvarianceResult(layers, labels, fill, curves)
+    return InvarianceResult(layers, labels, fill, curves, predicted)

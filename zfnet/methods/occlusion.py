@@ -87,6 +87,19 @@ class OcclusionResult:
     drill: float | None = None
     seconds: float = 0.0
     deviation: dict = field(default_factory=dict)  # approx vs exact, when compared
+    requested: str = ""  # the mode asked for (`mode` is what ran: naive when the model is not a chain)
+    target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
+
+    def describe(self) -> str:
+        """What ran, in words, for captions: exact / naive / approx, and a fallback with its reason."""
+        what = {
+            "exact": "exact incremental computation (only the region each occluder changes is recomputed)",
+            "naive": "whole forward passes",
+            "approx": f"approximate (tau {self.tau}, drill {self.drill})",
+        }[self.mode]
+        if self.requested and self.requested != self.mode:
+            return f"{self.requested} asked, fell back to {what}: the model is not a chain of modules"
+        return what
 
     def to_json(self) -> dict:
         return {
@@ -105,6 +118,9 @@ class OcclusionResult:
             "drill": self.drill,
             "seconds": self.seconds,
             "deviation": self.deviation,
+            "requested": self.requested or self.mode,
+            "target_source": self.target_source,
+            "computation": self.describe(),
             "ys": self.ys.tolist(),
             "xs": self.xs.tolist(),
             "activity": self.activity.tolist(),
@@ -409,6 +425,7 @@ def _occlude(
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise UsageError(f"occlusion takes one image (C x H x W), got shape {tuple(image.shape)}")
+    source = "predicted" if target is None else "label"
     resolve_layer(model, layer)
     _, c_in, h, w = x.shape
     ys, xs = positions(h, window, stride), positions(w, window, stride)
@@ -483,6 +500,8 @@ def _occlude(
         tau if run_mode == "approx" else None,
         drill if run_mode == "approx" else None,
         seconds,
+        requested=mode,
+        target_source=source,
     )
     if compare_exact and run_mode == "approx":
         exact = _occlude(

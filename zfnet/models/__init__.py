@@ -1,15 +1,22 @@
-"""Model zoo (Fig. 3, Table 2, a small-image family, any torchvision CNN): `build(name)`, `names()`.
+"""Model zoo (Fig. 3, Table 2, a small-image family, any torchvision, timm or user CNN): `build(name)`, `names()`.
 
     >>> from zfnet import models
     >>> net = models.build("zfnet", num_classes=1000)          # Fig. 3
     >>> net = models.build("alexnet-rm34")                       # Table 2: AlexNet without layers 3,4
     >>> net = models.build("zfnet", conv_channels=(96, 256, 512, 1024, 512), fc_units=8192)
     >>> net = models.build("torchvision:vgg16")
+    >>> net = models.build("timm:resnet18")                      # pip install zfnet[timm]
+    >>> net = models.build("mynets:build")                       # your own: module:callable (uvicorn's convention)
 Weights are read and loaded by `zfnet.weights` (`open_model`, `WeightsFile.load_into`); this room only builds.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -40,14 +47,18 @@ __all__ = [
     "build",
     "describe",
     "init_weights",
+    "kind",
     "model_input_shape",
     "names",
     "num_outputs",
     "register",
+    "user_callable",
 ]
 
 REGISTRY: Registry[Callable[..., nn.Module]] = Registry(
-    "model", hint=", or torchvision:<name> (e.g. torchvision:alexnet); run `zfnet models` for the table"
+    "model",
+    hint=", torchvision:<name>, timm:<name> or module:callable (your own, e.g. mynets:build); "
+    "run `zfnet models` for the table",
 )
 
 # name -> one-line description (the `zfnet models` table)
@@ -149,23 +160,103 @@ def _torchvision(name: str, num_classes: int | None, **overrides: Any) -> nn.Mod
     return model
 
 
+def _timm(name: str, num_classes: int | None, **overrides: Any) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"timm:{name} needs timm: pip install 'zfnet[timm]' (or pip install timm)") from None
+    if overrides:
+        raise UsageError(f"timm:{name} takes no overrides ({', '.join(overrides)}); edit the model in Python instead")
+    if not timm.list_models(name):
+        raise UsageError(
+            f"unknown timm model {name!r}; list them with python -c 'import timm; print(timm.list_models())'"
+        )
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": int(num_classes)}
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    setattr(model, "zfnet_name", f"timm:{name}")  # noqa: B010 - a plain attribute, not a submodule
+    return model
+
+
+def user_callable(spec: str) -> Callable[..., Any]:
+    """`package.module:callable` (the `module:attr` convention of uvicorn and gunicorn), imported from the
+    working directory or PYTHONPATH."""
+    module_name, _, attr = spec.partition(":")
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", module_name) or not re.fullmatch(
+        r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", attr
+    ):
+        raise UsageError(f"--model {spec!r} is not module:callable (e.g. mynets:build or pkg.nets:Net)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` and uvicorn do: modules in the working directory
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - ModuleNotFoundError, or an error inside the user's module
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(
+            f"cannot import {module_name!r} for --model {spec} ({type(e).__name__}: {first}); run zfnet from the "
+            f"folder that holds {module_name.split('.')[0]}.py, or add that folder to PYTHONPATH"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"module {module_name!r} has no {attr!r} (for --model {spec}); check the name after ':'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"--model {spec}: {attr} is not callable; name a function or class returning an nn.Module")
+    return obj
+
+
+def _user(spec: str, num_classes: int | None, **overrides: Any) -> nn.Module:
+    fn = user_callable(spec)
+    kwargs = dict(overrides)
+    if num_classes is not None:
+        try:
+            params: Any = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["num_classes"] = int(num_classes)
+    try:
+        model = fn(**kwargs)
+    except TypeError as e:
+        raise UsageError(f"--model {spec}: calling it failed ({e}); it must build the model from keywords") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {spec} returned a {type(model).__name__}, not a torch nn.Module")
+    if not hasattr(model, "zfnet_name"):
+        setattr(model, "zfnet_name", spec)  # noqa: B010 - a plain attribute, not a submodule
+    return model
+
+
+def kind(name: str) -> str:
+    """Where model `name` comes from: 'zfnet' (the registry), 'torchvision', 'timm' or 'user' (module:callable)."""
+    if name.startswith("torchvision:"):
+        return "torchvision"
+    if name.startswith("timm:"):
+        return "timm"
+    return "user" if ":" in name else "zfnet"
+
+
 def build(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
-    """Build model `name` (a registry name or 'torchvision:<name>') at its initialization.
+    """Build model `name` at its initialization: a registry name, 'torchvision:<name>', 'timm:<name>' or
+    'module:callable' (a function or class of yours returning an nn.Module; it gets `num_classes=` when it
+    takes it, and `overrides` as keywords).
 
     Overrides for the Fig. 3 family: in_channels, input_size, conv_channels (5 ints), fc_units (int or pair),
     remove (layer names), first_layer ((kernel, stride, padding) of conv1, Sec. 4.1), norm (contrast
     normalization on/off), dropout, init ('paper' | 'kaiming' | 'torch';
     default: the family's, 'paper' for zfnet/alexnet and 'kaiming' for the small family), seed.
     """
-    if name.startswith("torchvision:"):
-        model = _torchvision(name.split(":", 1)[1], num_classes, **overrides)
-    else:
-        builder = REGISTRY.get(name)
-        try:
-            model = builder(num_classes, **overrides)
-        except TypeError as e:  # an unknown override keyword
-            raise UsageError(f"bad override for model {name!r}: {e}; see `zfnet models --help`") from None
-        setattr(model, "zfnet_name", name)  # noqa: B010 - a plain attribute on the module, not a submodule
+    where = kind(name)
+    if where == "torchvision":
+        return _torchvision(name.split(":", 1)[1], num_classes, **overrides)
+    if where == "timm":
+        return _timm(name.split(":", 1)[1], num_classes, **overrides)
+    if where == "user":
+        return _user(name, num_classes, **overrides)
+    builder = REGISTRY.get(name)
+    try:
+        model = builder(num_classes, **overrides)
+    except TypeError as e:  # an unknown override keyword
+        raise UsageError(f"bad override for model {name!r}: {e}; see `zfnet models --help`") from None
+    setattr(model, "zfnet_name", name)  # noqa: B010 - a plain attribute on the module, not a submodule
     return model
 
 
@@ -179,13 +270,13 @@ def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, i
 
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
     """One row of the `zfnet models` table: input size, parameters and the output size of each named layer."""
-    model = build(name, init="torch", **overrides) if not name.startswith("torchvision:") else build(name)
+    model = build(name, init="torch", **overrides) if kind(name) == "zfnet" else build(name, **overrides)
     c, h, w = model_input_shape(model)
     row: dict[str, Any] = {
         "name": name,
         "input": f"{c}x{h}x{w}",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "description": DESCRIPTIONS.get(name, "torchvision model"),
+        "description": DESCRIPTIONS.get(name, f"{kind(name)} model"),
     }
     if isinstance(model, ConvNet):
         row["layers"] = {k: list(v) for k, v in model.layer_shapes().items() if k.startswith(("conv", "pool", "fc"))}

@@ -137,15 +137,13 @@ def run_invariance(
     """The invariance figure (one row per transformation) and invariance.json. Translations are the paper's
     range scaled to the input size (its 224 px -> ours)."""
     check_transforms(transforms)
-    if any(label is None for label in inputs.labels):
-        raise UsageError("invariance needs each image's true class: pass --label for every --image")
     started = time.perf_counter()
     x = inputs.x.to(device)
     size = x.shape[-1]
     values: dict[str, Sequence[float]] = {t: list(DEFAULT_VALUES[t]) for t in transforms}
     if "translate" in values:
         values["translate"] = sorted({int(round(v * size / 224)) for v in values["translate"]})
-    labels = [int(label) for label in inputs.labels if label is not None]
+    labels = list(inputs.labels)  # None: the class predicted on the untransformed image
     res = invariance(
         opened.model, x, labels=labels, transforms=transforms, values=values, layers=tuple(layers), fill=fill
     )
@@ -168,7 +166,8 @@ def run_invariance(
     result = {
         "method": "feature invariance (arXiv 'Feature Invariance' figure)",
         "images": inputs.names,
-        "labels": inputs.labels,
+        "labels": res.labels.tolist(),
+        "predicted": res.predicted,
         "classes": classes,
         "transforms": rows,
         "interpolation": "translate: integer shift; scale, rotate: bilinear about the centre",

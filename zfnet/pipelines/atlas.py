@@ -48,6 +48,7 @@ class AtlasConfig:
     batch_size: int = 128
     workers: int = 4
     panel_maps: int = 16  # maps per Fig. 2 panel
+    max_maps: int | None = None  # maps per layer projected for the viewer (None: every map; the panel's always)
     evolution: str | None = None  # where Fig. 4's snapshots come from (a run folder; "pretrained")
     evolution_maps: int = 8  # maps per layer in Fig. 4
     evolution_limit: int | None = None  # training images scanned per snapshot (None: all)
@@ -61,6 +62,8 @@ RUN_ONLY = ("out", "batch_size", "workers", "device")
 def _check(cfg: AtlasConfig) -> None:
     if cfg.mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}")
+    if cfg.max_maps is not None and cfg.max_maps < 1:
+        raise UsageError(f"--max-maps {cfg.max_maps} must be at least 1 (or left out: every map)")
     for name in ("k", "batch_size", "panel_maps", "evolution_maps"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
@@ -224,6 +227,10 @@ def _build(
     atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
 
     panel_choice = _panel_maps(result, layers, cfg)
+    if cfg.max_maps is not None:
+        for layer in layers:
+            entry: dict = manifest["layers"][layer]  # type: ignore[index]
+            entry["projected"] = _projected(result, layer, panel_choice[layer], cfg.max_maps)
     panels = _project_maps(cfg, model, pp, dataset, result, layers, rfs, tiles, panel_choice, dist.device, progress)
     manifest["figures"] = {
         layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2)) for layer in layers
@@ -298,7 +305,11 @@ def _project_maps(
                 tk, rf = result.top[layer], rfs[layer]
                 folder = os.path.join(cfg.out, "maps", layer)
                 os.makedirs(folder, exist_ok=True)
-                channels = list(range(tk.values.shape[1]))
+                channels = (
+                    list(range(tk.values.shape[1]))
+                    if cfg.max_maps is None
+                    else _projected(result, layer, panel_choice[layer], cfg.max_maps)
+                )
                 todo = [
                     c
                     for c in channels
@@ -317,6 +328,12 @@ def _project_maps(
                                 panels[layer].append((c, projections, patches))
                     pbar.update(len(chunk))
     return panels
+
+
+def _projected(result: Scan, layer: str, panel: list[int], most: int) -> list[int]:
+    """The maps of `layer` the viewer gets (`max_maps`): the panel's, then the first others, `most` in all."""
+    rest = [c for c in range(result.top[layer].values.shape[1]) if c not in panel]
+    return sorted([*panel, *rest][: max(most, len(panel))])
 
 
 def _panel_maps(result: Scan, layers: list[str], cfg: AtlasConfig) -> dict[str, list[int]]:

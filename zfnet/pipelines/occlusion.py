@@ -69,7 +69,7 @@ def run_occlusion(
                 pp.display(x[None])[0].cpu(),
                 classes,
                 os.path.join(out, figure),
-                title=f"{name}: Fig. 6 ({opened.name}, {res.mode})",
+                title=f"{name}: Fig. 6 ({opened.name}, {o.layer})",
             )
             rows.append(
                 {

@@ -28,9 +28,10 @@ from .. import data as zdata
 from ..checkpoints import find_snapshots
 from ..errors import UsageError
 from ..io import atomic_write_json
-from ..layers import resolve_layer
+from ..layers import features, resolve_layer
 from ..methods.architecture import Architecture, architecture
 from ..methods.atlas import default_layers, fingerprint
+from ..models import ConvNet, num_outputs
 from ..pretrained import EMBEDDED_DATA, EMBEDDED_PARTS, folder, open_embedded
 from ..pretrained import snapshots as embedded_snapshots
 from ..provenance import changed_keys, environment, file_sha256
@@ -38,12 +39,12 @@ from ..registry import Registry
 from ..render.architecture import architecture_figure
 from ..render.page import write_report
 from ..render.plots import training_curves
-from ..runtime import Dist, resolve_device
+from ..runtime import Dist, eval_mode, resolve_device
 from ..train import evaluate
 from ..weights import Opened, opened_module
 from .analyses import parts_inputs, read_parts, run_correspondence, run_invariance
 from .atlas import AtlasConfig, build_atlas, run_evolution
-from .inputs import check_files, dataset_inputs
+from .inputs import Inputs, check_files, dataset_inputs
 from .occlusion import OcclusionOptions, run_occlusion
 
 
@@ -61,6 +62,7 @@ class ReportConfig:
     include: tuple[str, ...] = ()  # folders with transfer / layerprobe / ablation / archselect / dedupe results
     layers: tuple[str, ...] = ()  # atlas layers (default conv1..conv5)
     limit: int | None = None  # images scanned by the atlas (None: the whole split)
+    atlas_maps: int | None = None  # maps per layer projected for the atlas viewer (None: every map)
     evolution_limit: int | None = 2000  # training images scanned per snapshot
     examples: int = 6  # occlusion images, each of a different class
     window: int | None = None  # occluder side (None: 2/7 of the input, 8 px at 28)
@@ -93,6 +95,42 @@ class Context:
         """Fig. 3's reading of the model (one forward), shared by the stages that need its layers."""
         pp = self.opened.preprocess
         return architecture(self.opened.model, torch.zeros(1, pp.channels, pp.input_size, pp.input_size))
+
+    @cached_property
+    def layers(self) -> list[str]:
+        """The atlas's layers: --layers, else conv1..conv5 or each resolution stage's (`default_layers`)."""
+        pp = self.opened.preprocess
+        return list(self.cfg.layers) or default_layers(self.opened.model, (pp.channels, pp.input_size, pp.input_size))
+
+    @cached_property
+    def class_map(self) -> list[int] | None:
+        """The model's class for each of the data's labels (see `label_classes`); None: the targets are the
+        model's predicted classes."""
+        return label_classes(self.dataset.classes, self.opened.classes, num_outputs(self.opened.model))
+
+    def inputs(self, indices: list[int]) -> Inputs:
+        """Dataset images by index with their targets in the model's classes (None where the data's labels do
+        not name the model's classes: the analyses then take the predicted class)."""
+        got = dataset_inputs(self.dataset, indices)
+        cm = self.class_map
+        labels = [cm[l] if cm is not None and l is not None else None for l in got.labels]
+        return Inputs(got.names, got.x, labels, self.opened.classes or (self.dataset.classes if cm else None))
+
+
+def label_classes(data: list[str], model: list[str] | None, outputs: int | None) -> list[int] | None:
+    """Which model class each of the data's labels is: by name when the model's classes name them all (a
+    folder of class folders named like the model's classes), else by index when the counts agree (ImageNet's
+    synset folders in class order, a dataset the model was trained on), else None - the labels are not the
+    model's (one folder of photos for a 1000-class model) and the target is the predicted class."""
+    if len(data) <= 1:
+        return None
+    if model:
+        where = {c: i for i, c in enumerate(model)}
+        if all(c in where for c in data):
+            return [where[c] for c in data]
+    if outputs is not None and len(data) == outputs:
+        return list(range(outputs))
+    return None
 
 
 @dataclass(frozen=True)
@@ -134,11 +172,19 @@ def _model(ctx: Context) -> dict:
         f"{name}: {arch['params']:,} parameters, {pp.channels}x{pp.input_size}x{pp.input_size} input (drawn as Fig. 3)",
     )
     measured, unmeasured = None, None
-    if _labelled(ctx.dataset):
+    if ctx.class_map is not None and ctx.class_map == list(range(len(ctx.class_map))):
         try:
             measured = evaluate(model, ctx.dataset, pp, workers=ctx.cfg.workers, dist=Dist(device=ctx.device))
         except UsageError as e:  # e.g. other classes than the model's: the rest of the section still stands
             unmeasured = str(e)
+    elif ctx.class_map is not None:
+        unmeasured = "the data's classes are a subset of the model's, in another order (accuracy is not measured)"
+    else:
+        unmeasured = (
+            "the data has no class labels"
+            if len(ctx.dataset.classes) <= 1
+            else f"the data's labels ({', '.join(ctx.dataset.classes[:3])}, ...) are not the model's classes"
+        ) + "; every analysis targets the predicted class"
     source = os.path.dirname(os.path.abspath(ctx.opened.weights)) if ctx.opened.weights else None
     stored, history, recipe = _run_files(source)
     curves = None
@@ -150,7 +196,9 @@ def _model(ctx: Context) -> dict:
         "weights": ctx.opened.weights,
         "weights_sha256": ctx.opened.weights_sha256,
         "embedded": ctx.cfg.embedded,
-        "classes": ctx.opened.classes or ctx.dataset.classes,
+        "classes": ctx.opened.classes or (ctx.dataset.classes if ctx.class_map else None),
+        "targets": "labels" if ctx.class_map is not None else "predicted",
+        "layers": ctx.layers,
         "preprocess": pp.to_dict(),
         "architecture": arch,
         "figure": "fig3.png",
@@ -193,11 +241,20 @@ def _run_files(folder: str | None) -> tuple[dict, list[dict], dict | None]:
 
 
 def _stored_summary(m: dict) -> dict | None:
-    """The accuracy the training run measured (full test set, centre and 10-crop), when it is on disk."""
-    test = m.get("test") if isinstance(m, dict) else None
-    if not isinstance(test, dict):
+    """The accuracy the training run measured (centre and 10-crop), when it is on disk: the full test set's
+    ("test", the embedded model's), else what `zfnet train` writes, its evaluation split's ("val")."""
+    split = next((k for k in ("test", "val") if isinstance(m, dict) and isinstance(m.get(k), dict)), None)
+    if split is None:
         return None
-    out = {"images": test.get("images"), "epochs": m.get("epochs"), "train_wall_seconds": m.get("train_wall_seconds")}
+    test = m[split]
+    images = test.get("images") or (test.get("centre") or {}).get("images")
+    out = {
+        "split": split,
+        "data": m.get("data"),
+        "images": images,
+        "epochs": m.get("epochs"),
+        "train_wall_seconds": m.get("train_wall_seconds"),
+    }
     for crop in ("centre", "ten_crop"):
         if isinstance(test.get(crop), dict):
             out[crop] = {k: test[crop].get(k) for k in ("top1_err", "top5_err")}
@@ -207,8 +264,8 @@ def _stored_summary(m: dict) -> dict | None:
 @stage(
     "atlas",
     "Top-9 atlas and layer-1 filters",
-    "Fig. 2 (top-9 per map, conv1-conv5), Fig. 5 (filters)",
-    lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed},
+    "Fig. 2 (top-9 per map), Fig. 5 (filters)",
+    lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed, "maps": c.atlas_maps},
 )
 def _atlas(ctx: Context) -> dict:
     c = ctx.cfg
@@ -216,7 +273,13 @@ def _atlas(ctx: Context) -> dict:
         ctx.opened,
         ctx.dataset,
         AtlasConfig(
-            out=ctx.folder("atlas"), layers=c.layers, limit=c.limit, workers=c.workers, seed=c.seed, device=c.device
+            out=ctx.folder("atlas"),
+            layers=tuple(ctx.layers),
+            limit=c.limit,
+            max_maps=c.atlas_maps,
+            workers=c.workers,
+            seed=c.seed,
+            device=c.device,
         ),
         progress=_progress(),
     )
@@ -249,7 +312,7 @@ def _evolution(ctx: Context) -> dict:
         train.head(c.evolution_limit),
         snaps,
         ctx.folder("evolution"),
-        layers=list(c.layers) or None,
+        layers=ctx.layers,
         maps=8,
         seed=c.seed,
         workers=c.workers,
@@ -295,8 +358,8 @@ def _occlusion(ctx: Context) -> dict:
     c, pp = ctx.cfg, ctx.opened.preprocess
     window = c.window or max(2, round(pp.input_size * 2 / 7))
     stride = c.stride or max(1, window // 4)
-    layer = default_layers(ctx.opened.model)[-1]
-    inputs = dataset_inputs(ctx.dataset, ctx.picks[: c.examples], ctx.opened.classes)
+    layer = _top(ctx)
+    inputs = ctx.inputs(ctx.picks[: c.examples])
     res = run_occlusion(
         ctx.opened,
         inputs,
@@ -330,7 +393,7 @@ def _correspondence(ctx: Context) -> dict:
         inputs,
         spec,
         ctx.folder("correspondence"),
-        layers=(default_layers(ctx.opened.model)[-1], high),
+        layers=tuple(dict.fromkeys((_top(ctx), high))),
         seed=c.seed,
         parts_file=parts,
         device=ctx.device,
@@ -350,9 +413,26 @@ def _sha(path: str | None) -> str | None:
     return file_sha256(path) if path and os.path.isfile(path) else None
 
 
+def _top(ctx: Context) -> str:
+    """The top convolutional layer shown (conv5 in the paper): occlusion's (b)/(c), correspondence."""
+    conv = [l for l in ctx.layers if feature_shape(ctx, l) is not None]
+    return conv[-1] if conv else ctx.layers[-1]
+
+
+def feature_shape(ctx: Context, layer: str) -> tuple[int, ...] | None:
+    """C x H x W of `layer`'s feature maps (None: it has none, fully connected)."""
+    pp = ctx.opened.preprocess
+    x = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=ctx.device)
+    with torch.no_grad(), eval_mode(ctx.opened.model):
+        out = features(ctx.opened.model, x, [layer])[layer]
+    return tuple(out.shape[1:]) if out.dim() == 4 else None
+
+
 def _low_high(ctx: Context) -> tuple[str, str]:
-    """The first conv layer and the highest hidden layer (fc7 in the paper: the last fc before the classifier,
-    else the last conv layer)."""
+    """The invariance figure's low and high layer: for the Fig. 3 family the paper's layer 1 and 7 (the last fc
+    before the classifier, else the last conv); for any other model the first and the top layer shown."""
+    if not isinstance(ctx.opened.model, ConvNet):
+        return ctx.layers[0], _top(ctx)
     convs = [l.name for l in ctx.arch.layers if l.kind == "conv"]
     fcs = [l.name for l in ctx.arch.layers if l.kind == "fc"]
     return convs[0], (fcs[-2] if len(fcs) >= 2 else convs[-1])
@@ -362,7 +442,7 @@ def _low_high(ctx: Context) -> tuple[str, str]:
     "invariance", "Feature invariance", "arXiv Sec. 4.4 (translation, scale, rotation)", lambda c, o: {"examples": 5}
 )
 def _invariance(ctx: Context) -> dict:
-    inputs = dataset_inputs(ctx.dataset, ctx.picks[:5], ctx.opened.classes)
+    inputs = ctx.inputs(ctx.picks[:5])
     res = run_invariance(ctx.opened, inputs, ctx.folder("invariance"), layers=_low_high(ctx), device=ctx.device)
     return {"json": "invariance/invariance.json", "images": len(res["images"])}
 
@@ -480,7 +560,7 @@ def check_config(cfg: ReportConfig) -> None:
     """The report's options, refused before any model is opened."""
     if cfg.examples < 1:
         raise UsageError(f"--examples {cfg.examples} must be at least 1")
-    for name in ("limit", "evolution_limit", "window", "stride"):
+    for name in ("limit", "atlas_maps", "evolution_limit", "window", "stride"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} {v} must be at least 1 (or left out)")

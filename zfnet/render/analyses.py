@@ -79,6 +79,14 @@ def invariance_figure(
 ) -> None:
     """One row per transformation: (a) one image at several values, (b) distance at the low layer, (c) at the
     high layer, (d) p(true class); one curve per image, its class in the legend."""
+    fig = invariance_plot(results, examples, class_names, title)
+    atomic_save_figure(fig, path, dpi=90)
+    plt.close(fig)
+
+
+def invariance_plot(results: list, examples: dict[str, list[torch.Tensor]], class_names: list[str], title: str = ""):
+    """The invariance figure as a matplotlib figure (see `invariance_figure`); an image without a label follows
+    its predicted class, marked in the legend."""
     fig, axes = plt.subplots(
         len(results), 4, figsize=(17, 3.6 * len(results)), squeeze=False, gridspec_kw={"width_ratios": [1.4, 1, 1, 1]}
     )
@@ -91,15 +99,18 @@ def invariance_figure(
         row[0].set_xticklabels([f"{v:g}" for v in r["shown_values"]], fontsize=8)
         row[0].set_yticks([])
         row[0].set_title(f"(a) {r['transform']}")
-        low, high = r["layers"]
+        low, high = r["layers"][0], r["layers"][-1]
+        predicted = r.get("predicted") or [False] * len(r["labels"])
         for k, label in enumerate(r["labels"]):
-            name = class_names[label] if label < len(class_names) else str(label)
+            name = (class_names[label] if label < len(class_names) else str(label)) + (
+                " (predicted)" if predicted[k] else ""
+            )
             row[1].plot(r["values"], r["distance"][low][k], marker=".", label=name)
             row[2].plot(r["values"], r["distance"][high][k], marker=".", label=name)
             row[3].plot(r["values"], r["prob"][k], marker=".", label=name)
         row[1].set_title(f"(b) {low}: distance to the original")
         row[2].set_title(f"(c) {high}: distance to the original")
-        row[3].set_title("(d) p(true class)")
+        row[3].set_title("(d) p(predicted class)" if all(predicted) else "(d) p(true class)")
         row[3].set_ylim(-0.02, 1.02)
         for a in row[1:]:
             a.set_xlabel(units[r["transform"]])
@@ -109,5 +120,4 @@ def invariance_figure(
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=90)
-    plt.close(fig)
+    return fig

@@ -38,6 +38,13 @@ def _extent(result, h: int, w: int) -> tuple[float, float, float, float]:
 
 def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, path: str, title: str = "") -> None:
     """Write Fig. 6's row for one image. `image`: C x H x W display pixels [0, 255]."""
+    fig = occlusion_plot(result, image, classes, title)
+    atomic_save_figure(fig, path, dpi=90)
+    plt.close(fig)
+
+
+def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title: str = ""):
+    """Fig. 6's row for one image as a matplotlib figure (the caption line says which computation ran)."""
     names = classes or [str(i) for i in range(int(result.top_class.max()) + 1)]
 
     def name(k: int) -> str:
@@ -59,7 +66,8 @@ def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, pat
             lw=1.5,
         )
     )
-    ax[0].set_title(f"(a) input; true: {name(result.target)}\noccluder {result.window}px, stride {result.stride}")
+    said = "predicted" if result.target_source == "predicted" else "true"
+    ax[0].set_title(f"(a) input; {said}: {name(result.target)}\noccluder {result.window}px, stride {result.stride}")
     im = ax[1].imshow(result.activity.numpy(), extent=ext, cmap="jet")
     fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.04)
     ax[1].set_title(
@@ -69,7 +77,7 @@ def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, pat
     ax[2].set_title(f"(c) projection of {result.layer} map {result.channel}")
     im = ax[3].imshow(result.prob.numpy(), extent=ext, cmap="jet", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax[3], fraction=0.046, pad=0.04)
-    ax[3].set_title(f"(d) p({name(result.target)})\n(unoccluded: {result.base_prob:.3f})")
+    ax[3].set_title(f"(d) p({name(result.target)}, {said} class)\n(unoccluded: {result.base_prob:.3f})")
     present = sorted(set(result.top_class.flatten().tolist()))
     palette = plt.get_cmap("tab20")
     colours = [palette(i % 20) for i in range(len(present))]
@@ -95,8 +103,6 @@ def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, pat
     for a in (ax[0], ax[2]):
         a.set_xticks([])
         a.set_yticks([])
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(((title + "\n") if title else "") + result.describe(), fontsize=10)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=90)
-    plt.close(fig)
+    return fig

@@ -168,7 +168,8 @@ def _model(out: str, m: dict) -> str:
             if st.get(crop):
                 rows.append(
                     (
-                        f"top-1 accuracy measured after training ({st.get('images') or 0:,} test images, {label})",
+                        f"top-1 accuracy measured after training ({st.get('images') or 0:,} "
+                        f"{st.get('split', 'test')} images, {label})",
                         f"{_pct(st[crop].get('top1_err'))} (top-5 {_pct(st[crop].get('top5_err'))})",
                     )
                 )
@@ -308,15 +309,26 @@ def _occlusion(out: str, o: dict) -> str:
     def name(c):
         return classes[c] if c is not None and 0 <= c < len(classes) else str(c)
 
+    ran = sorted({r.get("computation") or f"{r.get('mode')} computation" for r in o["images"]})
     html = (
         f"<p>Occluder {_e(s['window'])}x{_e(s['window'])} px, stride {_e(s['stride'])}, filled with the "
-        f'mean ({_e(s["mode"])} computation, layer {_e(s["layer"])}).</p><div class="grid">'
+        f"mean; layer {_e(s['layer'])}; {_e('; '.join(ran))}.</p>"
     )
-    for r in o["images"]:
-        cap = (
-            f"{r['image']}: true class {r.get('label_name') or r.get('label')}, predicted {name(r['base_class'])} "
-            f"(p(true) {r['base_prob']:.2f}); strongest map {r['layer']}/{r['channel']}"
+    if any(r.get("target_source") == "predicted" for r in o["images"]):
+        html += (
+            "<p class=\"note\">The data's labels are not the model's classes: (d) maps the probability of the "
+            "class the model predicts on the unoccluded image.</p>"
         )
+    html += '<div class="grid">'
+    for r in o["images"]:
+        if r.get("target_source") == "predicted":
+            cap = f"{r['image']}: predicted {name(r['base_class'])} (p {r['base_prob']:.2f})"
+        else:
+            cap = (
+                f"{r['image']}: true class {r.get('label_name') or name(r.get('label'))}, predicted "
+                f"{name(r['base_class'])} (p(true) {r['base_prob']:.2f})"
+            )
+        cap += f"; strongest map {r['layer']}/{r['channel']}"
         html += _img(out, "occlusion/" + r["figure"], cap, f"occlusion of {r['image']}")
     return html + "</div>"
 
@@ -336,15 +348,18 @@ def _correspondence(out: str, c: dict) -> str:
 
 def _invariance(out: str, v: dict) -> str:
     classes = v.get("classes") or []
+    predicted = v.get("predicted") or [False] * len(v["labels"])
     names = ", ".join(
-        f"{i} ({classes[l] if l is not None and l < len(classes) else l})" for i, l in zip(v["images"], v["labels"])
+        f"{i} ({'predicted ' if p else ''}{classes[l] if l is not None and l < len(classes) else l})"
+        for i, l, p in zip(v["images"], v["labels"], predicted)
     )
     html = f"<p>Images: {_e(names)}. Layers {_e(' and '.join(v['layers']))}; {_e(v['interpolation'])}.</p>"
+    target = "p(predicted class)" if predicted and all(predicted) else "p(true class)"
     return html + _img(
         out,
         "invariance/" + v["figure"],
         "rows: translation, scaling, rotation; columns: examples, "
-        "feature distance at the low and high layer, p(true class)",
+        f"feature distance at {' and '.join(v['layers'])}, {target}",
         "invariance",
     )
 
@@ -384,7 +399,7 @@ SECTIONS = [  # id, title, the stage it reads, the file, its renderer, the sente
     ),
     (
         "atlas",
-        "Top-9 atlas, conv1 to conv5",
+        "Top-9 atlas",
         "atlas",
         "atlas/manifest.json",
         _atlas,
@@ -439,6 +454,17 @@ SECTIONS = [  # id, title, the stage it reads, the file, its renderer, the sente
 ]
 
 
+def _title(out: str, sid: str, title: str) -> str:
+    """A section's title naming what it shows (the atlas: its first and last layer)."""
+    if sid != "atlas":
+        return title
+    m = _read(out, "atlas/manifest.json")
+    order = m.get("layer_order") if isinstance(m, dict) else None
+    if isinstance(order, list) and order:
+        return f"{title}, {order[0]}" + (f" to {order[-1]}" if len(order) > 1 else "")
+    return title
+
+
 def _section(out: str, rel: str, render) -> str:
     result = _read(out, rel)
     return f'<p class="note">{_e(rel)} is missing.</p>' if result is None else render(out, result)
@@ -451,6 +477,7 @@ def write_report(out: str) -> str:
     stages = state.get("stages", {})
     toc, body = [], []
     for sid, title, stage, rel, render, sentence in SECTIONS:
+        title = _title(out, sid, title)
         entry = stages.get(stage)
         badge = (entry or {}).get("status", "missing")
         toc.append(f'<li><a href="#{sid}">{_e(title)}</a> <span class="status {badge}">{_e(badge)}</span></li>')

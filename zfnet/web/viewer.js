@@ -49,10 +49,12 @@
     document.getElementById("layer-info").textContent =
       name + ": " + info.channels + " maps, feature maps " + info.shape.join("x") +
       (info.field ? ", receptive field " + info.field.join("x") + " px" : "") +
-      ", top " + info.k + " over " + A.dataset.images + " images";
+      ", top " + info.k + " over " + A.dataset.images + " images" +
+      (info.projected ? "; " + info.projected.length + " of them projected (--max-maps)" : "");
     var grid = document.getElementById("maps");
     clear(grid);
-    for (var c = 0; c < info.channels; c++) {
+    var shown = info.projected || Array.from({length: info.channels}, function (_, i) { return i; });
+    shown.forEach(function (c) {
       var m = el("div", "map");
       m.dataset.channel = c;
       var th = tile(name, c, info, 0, 0, 76);
@@ -62,12 +64,21 @@
       m.appendChild(el("div", "", "#" + c + (top ? " " + top.value.toPrecision(3) : "")));
       m.addEventListener("click", (function (ch) { return function () { openMap(ch); }; })(c));
       grid.appendChild(m);
-    }
+    });
+  }
+
+  function step(by) {  // the next / previous map the viewer has
+    var info = A.layers[state.layer];
+    var shown = info.projected || Array.from({length: info.channels}, function (_, i) { return i; });
+    var at = state.channel === null ? -1 : shown.indexOf(state.channel);
+    var next = shown[Math.min(shown.length - 1, Math.max(0, at + by))];
+    if (next !== undefined) openMap(next);
   }
 
   function openMap(channel) {
     var info = A.layers[state.layer];
     if (channel < 0 || channel >= info.channels) return;
+    if (info.projected && info.projected.indexOf(channel) < 0) return;
     state.channel = channel;
     document.querySelectorAll(".map").forEach(function (m) {
       m.classList.toggle("selected", Number(m.dataset.channel) === channel);
@@ -173,8 +184,8 @@
       var order = A.layer_order, li = order.indexOf(state.layer);
       if (ev.key === "Escape") closeMap();
       else if (ev.key === "/") { ev.preventDefault(); document.getElementById("jump").focus(); }
-      else if (ev.key === "ArrowRight") openMap(state.channel === null ? 0 : state.channel + 1);
-      else if (ev.key === "ArrowLeft") openMap(state.channel === null ? 0 : state.channel - 1);
+      else if (ev.key === "ArrowRight") step(1);
+      else if (ev.key === "ArrowLeft") step(-1);
       else if (ev.key === "ArrowDown" && li + 1 < order.length) { closeMap(); selectLayer(order[li + 1]); }
       else if (ev.key === "ArrowUp" && li > 0) { closeMap(); selectLayer(order[li - 1]); }
     });
