@@ -83,6 +83,13 @@ def test_every_public_method_takes_a_batch_and_returns_a_json_dict(which, tmp_pa
         body = result.to_json()
         assert isinstance(body, dict) and body, name
         json.dumps(body)  # JSON-ready: no tensors, no NaN tokens needed
+        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
+
+        fig = zfnet.show(result, x)  # the report's figure for it, for a notebook
+        assert isinstance(fig, Figure) and fig.axes, name
+        fig.canvas.draw()
+        plt.close(fig)
     # occlusion on a batch: one result per image, in order
     occ = calls["occlusion"]()
     with torch.no_grad():  # each image on its own, as occlusion runs it (no batch-size rounding on near ties)

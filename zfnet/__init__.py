@@ -10,6 +10,7 @@ returns a result dataclass of plain tensors whose `to_json()` is a JSON-ready di
     zfnet.atlas(p.model, x, layers=["conv1", "conv5"])          # Fig. 2's top-9 selection
     zfnet.occlusion(p.model, x, window=8, stride=2)             # Sec. 4.2 (Fig. 6), one result per image
     zfnet.receptive_field(p.model, x, layer="conv3")            # Sec. 2.1
+    zfnet.show(zfnet.occlusion(p.model, x), x)                 # any result as the report's figure
     zfnet.report(p.model, "fashion-mnist-mini", out="rep")      # the whole paper as one page
 """
 
@@ -30,11 +31,15 @@ from .weights import Opened, WeightsFile, open_model, opened_module
 
 
 def __getattr__(name: str):
-    """`zfnet.report` loads the report pipeline (and matplotlib) only when it is used."""
+    """`zfnet.report` and `zfnet.show` load the report pipeline / matplotlib only when they are used."""
     if name == "report":
         from .pipelines.report import report
 
         return report
+    if name == "show":
+        from .render.show import show
+
+        return show
     raise AttributeError(f"module 'zfnet' has no attribute {name!r}")
 
 
@@ -85,4 +90,5 @@ __all__ = [
     "project",
     "receptive_field",
     "report",
+    "show",
 ]

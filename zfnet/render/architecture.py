@@ -57,6 +57,13 @@ def blocks(arch: dict) -> list[dict]:
 
 def architecture_figure(arch: dict, path: str, title: str) -> None:
     """The Fig. 3 drawing as a PNG (rows of at most PER_ROW blocks)."""
+    fig = architecture_plot(arch, title)
+    atomic_save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def architecture_plot(arch: dict, title: str = ""):
+    """The Fig. 3 drawing as a matplotlib figure."""
     bl = blocks(arch)
     rows = math.ceil(len(bl) / PER_ROW)
     cols = min(len(bl), PER_ROW)
@@ -114,5 +121,4 @@ def architecture_figure(arch: dict, path: str, title: str) -> None:
             ax.text(cx, -0.62, "\n".join(b["lines"]), ha="center", va="top", fontsize=8.5, linespacing=1.3)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    return fig

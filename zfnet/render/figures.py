@@ -150,6 +150,13 @@ def filter_strip(weight: torch.Tensor, scale: int) -> Image.Image:
 
 def filters_figure(reports: list[tuple[str, FilterReport]], path: str) -> None:
     """Fig. 5 panel per model: the filters, their RMS (dominant ones marked) and their frequency spread."""
+    fig = filters_plot(reports)
+    atomic_save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def filters_plot(reports: list[tuple[str, FilterReport]]):
+    """Fig. 5's panels (see `filters_figure`) as a matplotlib figure."""
     n = len(reports)
     fig, axes = plt.subplots(n, 3, figsize=(13, 4 * n), squeeze=False, gridspec_kw={"width_ratios": [1.3, 1, 1]})
     for row, (title, rep) in zip(axes, reports):
@@ -173,8 +180,7 @@ def filters_figure(reports: list[tuple[str, FilterReport]], path: str) -> None:
         row[2].set_title("mean spatial frequency per filter")
         row[2].set_xlabel("cycles / pixel (0.5 = Nyquist)")
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def save_png(image: Image.Image, path: str) -> None:

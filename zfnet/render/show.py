@@ -1,0 +1,154 @@
+"""`zfnet.show(result)`: the report's figure for any method's result, as a matplotlib figure (a notebook shows
+it inline). It reads only the result (and, where a figure shows the input, the images given); never a model."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+
+from ..methods.architecture import Architecture
+from ..methods.atlas import Scan
+from ..methods.correspondence import CorrespondenceResult
+from ..methods.deconvnet import Projection
+from ..methods.evolution import Evolution
+from ..methods.filters import FilterReport
+from ..methods.invariance import InvarianceResult, transform_images
+from ..methods.occlusion import OcclusionResult, OcclusionResults
+from ..receptive_field import ReceptiveField
+from .analyses import invariance_plot
+from .architecture import architecture_plot
+from .figures import evolution_grid, filters_plot
+from .occlusion import occlusion_plot
+from .render import stretch
+
+
+def _display(images: torch.Tensor | None, preprocess, i: int, shape) -> torch.Tensor:
+    """Image `i` as display pixels [0, 255]: through `preprocess.display` when given, else contrast-stretched;
+    a grey square when no images were passed."""
+    if images is None:
+        return torch.full(tuple(shape), 128.0)
+    x = images[i : i + 1].detach().float().cpu()
+    return (preprocess.display(x) if preprocess is not None else stretch(x))[0]
+
+
+def _stack(figures: list) -> plt.Figure:
+    """Several figures as the rows of one."""
+    arrays = []
+    for f in figures:
+        f.canvas.draw()
+        arrays.append(np.asarray(f.canvas.buffer_rgba()))
+        plt.close(f)
+    h = sum(a.shape[0] for a in arrays)
+    w = max(a.shape[1] for a in arrays)
+    fig = plt.figure(figsize=(w / 90, h / 90), dpi=90)
+    top = 0.0
+    for a in arrays:
+        ax = fig.add_axes((0, 1 - (top + a.shape[0]) / h, a.shape[1] / w, a.shape[0] / h))
+        ax.imshow(a)
+        ax.axis("off")
+        top += a.shape[0]
+    return fig
+
+
+def show(result, images: torch.Tensor | None = None, *, classes: list[str] | None = None, preprocess=None):
+    """The figure the report draws for `result` (any `zfnet.METHODS` result) as a matplotlib Figure.
+    `images`: the batch the method ran on, for the panels that show the input (occlusion (a), invariance (a),
+    the receptive field); `preprocess` turns them back into pixels; `classes` names the classes."""
+    names = classes or []
+    if isinstance(result, OcclusionResults):
+        return _stack(
+            [show(r, None if images is None else images[i : i + 1], classes=classes, preprocess=preprocess)
+             for i, r in enumerate(result)]
+        )  # fmt: skip
+    if isinstance(result, OcclusionResult):
+        shape = result.projection.shape
+        return occlusion_plot(result, _display(images, preprocess, 0, shape), classes, "Fig. 6 (Sec. 4.2)")
+    if isinstance(result, InvarianceResult):
+        rows, examples = [], {}
+        for curve, row in zip(result.curves, result.to_json()["transforms"]):
+            shown = curve.values[:: max(1, len(curve.values) // 5)]
+            if images is not None:
+                tiles = [_display(transform_images(images[:1].float().cpu(), curve.transform, v, result.fill),
+                                  preprocess, 0, ()) for v in shown]  # fmt: skip
+            else:
+                tiles = [torch.full((3, 32, 32), 128.0) for _ in shown]
+            examples[curve.transform] = tiles
+            rows.append({**row, "shown_values": shown})
+        return invariance_plot(rows, examples, names, "Feature invariance (arXiv Sec. 4.4)")
+    if isinstance(result, Architecture):
+        return architecture_plot(result.to_json(), f"{result.params:,} parameters (drawn as Fig. 3)")
+    if isinstance(result, FilterReport):
+        return filters_plot([("layer 1", result)])
+    if isinstance(result, Projection):
+        n = len(result.images)
+        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+        for i, ax in enumerate(axes[0]):
+            p = stretch(result.images[i : i + 1].detach().float().cpu())[0] / 255.0
+            ax.imshow(
+                (p[0] if p.shape[0] == 1 else p.permute(1, 2, 0)).numpy(), cmap="gray" if p.shape[0] == 1 else None
+            )
+            t, l, b, r = result.boxes[i]
+            ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1))
+            ax.set_title(f"{result.layer} map {result.channels[i]}\nactivation {float(result.activations[i]):.3g}")
+            ax.axis("off")
+        fig.suptitle(f"Deconvnet projections (Sec. 2.1, {result.mode}); red: the unit's receptive field")
+        fig.tight_layout()
+        return fig
+    if isinstance(result, CorrespondenceResult):
+        fig, axes = plt.subplots(1, len(result.layers), figsize=(5 * len(result.layers), 3.6), squeeze=False)
+        for ax, layer in zip(axes[0], result.layers):
+            keys = [*result.parts, "random"]
+            ax.bar(keys, [result.delta[layer][k] for k in keys], yerr=[result.std[layer][k] for k in keys],
+                   color=["tab:blue"] * len(result.parts) + ["tab:grey"])  # fmt: skip
+            ax.set_title(f"{layer}: mean sign change (lower = more consistent)")
+            ax.tick_params(axis="x", rotation=30)
+        fig.suptitle(f"Correspondence (arXiv Sec. 4.3), {result.images} images")
+        fig.tight_layout()
+        return fig
+    if isinstance(result, ReceptiveField):
+        h, w = result.input_size
+        fig, ax = plt.subplots(figsize=(4, 4))
+        if images is not None:
+            im = _display(images, preprocess, 0, ()) / 255.0
+            ax.imshow(
+                (im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)).numpy(), cmap="gray" if im.shape[0] == 1 else None
+            )
+        else:
+            ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=True, color="0.9"))
+        t, l, b, r = result.box(0, 0)
+        ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1.5))
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(f"{result.layer}: field {result.size[0]}x{result.size[1]} px, jump {result.jump}")
+        return fig
+    if isinstance(result, Evolution):
+        figs = []
+        for layer, chans in result.cells.items():
+            cells = [[cell[0] for cell in chans[c]] for c in result.layers[layer]]
+            img = evolution_grid(cells, 2, f"{layer}: maps (rows) by epoch (columns)", result.epochs,
+                                 result.layers[layer])  # fmt: skip
+            f, ax = plt.subplots(figsize=(img.width / 90, img.height / 90), dpi=90)
+            ax.imshow(img)
+            ax.axis("off")
+            figs.append(f)
+        return _stack(figs)
+    if isinstance(result, Scan):
+        fig, axes = plt.subplots(1, len(result.top), figsize=(3.2 * len(result.top), 3), squeeze=False)
+        for ax, (layer, tk) in zip(axes[0], result.top.items()):
+            v = tk.values.clamp_min(0)
+            ax.imshow(v.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.set_title(f"{layer}: top-{tk.k} per map")
+            ax.set_xlabel("map")
+            ax.set_ylabel("rank")
+        fig.suptitle(f"Fig. 2's selection over {result.images} images (project them with zfnet.project)")
+        fig.tight_layout()
+        return fig
+    raise TypeError(f"zfnet.show takes a zfnet method's result, not a {type(result).__name__}")
+
+
+__all__ = ["show"]
