@@ -205,7 +205,15 @@ def test_report_on_a_users_module_through_module_callable_and_python(photos, tmp
 MODELS = [
     "torchvision:resnet18",
     pytest.param("torchvision:vgg11", marks=pytest.mark.slow),
-    pytest.param("torchvision:densenet121", marks=pytest.mark.slow),
+    pytest.param(
+        "torchvision:densenet121",
+        marks=[
+            pytest.mark.slow,
+            pytest.mark.xfail(
+                reason="killed for memory in the atlas stage (dense concatenations); open in issue 20", strict=True
+            ),
+        ],
+    ),
     pytest.param("torchvision:mobilenet_v3_small", marks=pytest.mark.slow),
     "timm:resnet18",
 ]
