@@ -93,6 +93,17 @@ def test_stage_layers_are_each_resolution_stages_last_rectified_output():
         assert sizes == sorted(sizes, reverse=True), (name, sizes)
 
 
+def test_a_field_covering_the_whole_image_from_every_unit_is_global():
+    """DenseNet's deep layers at 64 px: geometric fields of 1000+ px; the atlas would cut tiles that size."""
+    from zfnet.receptive_field import layer_field
+
+    net = torchvision.models.densenet121()
+    assert layer_field(net, "features.transition3.relu", (3, 64, 64)).is_global
+    assert layer_field(net, "features.denseblock4.denselayer16.relu2", (3, 64, 64)).box(0, 0) == (0, 0, 64, 64)
+    small = layer_field(net, "features.transition1.relu", (3, 64, 64))
+    assert not small.is_global and small.size == (59, 59)
+
+
 def test_data_labels_name_the_models_classes_or_the_target_is_predicted():
     assert label_classes(["b", "a"], ["a", "b", "c"], 3) == [1, 0]  # by name
     assert label_classes(["n01", "n02"], ["tench", "goldfish"], 2) == [0, 1]  # synset folders, in class order
@@ -205,15 +216,7 @@ def test_report_on_a_users_module_through_module_callable_and_python(photos, tmp
 MODELS = [
     "torchvision:resnet18",
     pytest.param("torchvision:vgg11", marks=pytest.mark.slow),
-    pytest.param(
-        "torchvision:densenet121",
-        marks=[
-            pytest.mark.slow,
-            pytest.mark.xfail(
-                reason="killed for memory in the atlas stage (dense concatenations); open in issue 20", strict=True
-            ),
-        ],
-    ),
+    pytest.param("torchvision:densenet121", marks=pytest.mark.slow),
     pytest.param("torchvision:mobilenet_v3_small", marks=pytest.mark.slow),
     "timm:resnet18",
 ]

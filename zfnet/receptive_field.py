@@ -321,6 +321,17 @@ def _cat_dim(args, kwargs) -> int:
     return int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
 
 
+def _whole_image(g: tuple[Axis, Axis] | None, out: torch.Tensor, input_shape: tuple[int, ...]) -> bool:
+    """Every unit's field covers the whole input on both axes (DenseNet's deep layers at a small input): the
+    field is global, and a box bigger than the image would only show padding."""
+    if g is None or out.dim() != 4:
+        return False
+    sizes = (int(input_shape[-2]), int(input_shape[-1]))
+    return all(
+        a.start + (n - 1) * a.jump <= 0 and a.start + a.size >= size for a, n, size in zip(g, out.shape[-2:], sizes)
+    )
+
+
 def layer_geometries(
     model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
 ) -> dict[str, tuple[Axis, Axis] | None]:
@@ -337,7 +348,7 @@ def layer_geometries(
             out = output[0] if isinstance(output, (tuple, list)) else output
             if name not in found:
                 known, g = mode.get(out)
-                found[name] = g if known else None
+                found[name] = g if known and not _whole_image(g, out, input_shape) else None
             if len(found) == len(modules):
                 raise StopForward
 
