@@ -218,8 +218,19 @@ MODELS = [
     pytest.param("torchvision:vgg11", marks=pytest.mark.slow),
     pytest.param("torchvision:densenet121", marks=pytest.mark.slow),
     pytest.param("torchvision:mobilenet_v3_small", marks=pytest.mark.slow),
-    "timm:resnet18",
+    pytest.param("timm:resnet18", marks=pytest.mark.slow),  # the fast timm test below covers what differs
 ]
+
+
+def test_timm_models_take_their_preprocessing_and_class_names_from_timm():
+    import timm
+
+    opened = open_model("timm:resnet18")
+    cfg = timm.create_model("resnet18").pretrained_cfg
+    pp = opened.preprocess
+    assert (pp.input_size, pp.base_size) == (cfg["input_size"][-1], round(cfg["input_size"][-1] / cfg["crop_pct"]))
+    assert (pp.channel_mean, pp.channel_std) == (tuple(cfg["mean"]), tuple(cfg["std"]))
+    assert opened.classes is not None and len(opened.classes) == 1000 and opened.classes[0] == "tench"
 
 
 @needs_chromium
