@@ -4,7 +4,8 @@ ankle boots of the Fashion-MNIST test set, for `zfnet correspondence` (arXiv "Co
 Every boot in Fashion-MNIST points left, sole down. Each box (6 x 6 px of the 28 px image = the model input, since
 the embedded model pads 28 to 32 and crops the centre 28) is placed by a rule on that boot's own silhouette
 (pixels > 20), so a part sits where it is in each image: toe = the bottom-left corner of the silhouette's
-bounding box, heel = the bottom-right corner, shaft opening = centred on the topmost silhouette pixels.
+bounding box, heel = the bottom-right corner, shaft opening = centred on the topmost silhouette pixels. The
+"object" box is the silhouette's bounding box: where the random parts of the control are placed.
 The boxes are drawn on the images in the command's figure (correspondence.png), where they were checked by eye.
 
     python scripts/make_boot_parts.py
@@ -29,6 +30,11 @@ DEST = os.path.join(
     "fashion_mnist",
     "parts-ankle-boot.json",
 )
+
+
+def object_box(img: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(img > 20)
+    return [int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1]
 
 
 def boxes(img: np.ndarray) -> dict[str, list[int]]:
@@ -62,6 +68,7 @@ def main() -> None:
         "box": "y0, x0, y1, x1 in model-input pixels, end-exclusive",
         "rule": "placed on each boot's silhouette by scripts/make_boot_parts.py",
         "parts": {p: [b[p] for b in per] for p in ("toe", "heel", "shaft opening")},
+        "object": [object_box(x[i]) for i in idx],
     }
     with open(DEST, "w") as f:
         json.dump(out, f, indent=1)

@@ -1,10 +1,13 @@
 """Correspondence (arXiv Sec. 4.3) and feature invariance: the sign-change measure against a slow reference
-written here from the definition, hand-worked values, identity checks, the commands' files, no hook left."""
+written here from the definition with the grey mask painted into the raw pixels, the random control's placement
+and spread, the transformations against raw-pixel and pixel-by-pixel references, the commands' files, no hook
+left."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 
 import pytest
@@ -52,66 +55,146 @@ def boots():
     spec = read_parts(f"{pretrained_folder()}/parts-ankle-boot.json")
     ds = zdata.open_dataset("fashion-mnist", "test", p.preprocess)
     idx = spec["images"][:4]
-    x = p.preprocess.eval_input(ds.bases[idx])
+    bases = ds.bases[idx]
+    x = p.preprocess.eval_input(bases)
     parts = {k: v[:4] for k, v in spec["parts"].items()}
-    return p, x, parts
+    return p, x, parts, bases, spec["object"][:4]
+
+
+def grey_masked(p, bases, i, box) -> torch.Tensor:
+    """Image i with `box` (model-input pixels) painted with the training mean pixel in its uint8 base square,
+    then preprocessed: the definition of the grey mask, independent of zfnet.pixels."""
+    o = p.preprocess.center_offset
+    grey = round(float(p.preprocess.mean_image.double().mean()))
+    b = bases[i : i + 1].clone()
+    y0, x0, y1, x1 = box
+    b[:, :, o + y0 : o + y1, o + x0 : o + x1] = grey
+    return p.preprocess.eval_input(b)
+
+
+def reference_eps(p, x, bases, layer, boxes):
+    """e_i = features(image i) - features(image i with its box grey), one fresh forward per image."""
+    eps = []
+    for i, box in enumerate(boxes):
+        with torch.no_grad():
+            f0 = features(p.model.eval(), x[i : i + 1], [layer])[layer].flatten()
+            f = features(p.model, grey_masked(p, bases, i, box), [layer])[layer].flatten()
+        eps.append((f0 - f).tolist())
+    return eps
 
 
 def test_delta_equals_the_definition_on_the_real_model(boots):
-    p, x, parts = boots
-    res = correspondence(p.model, x, parts=parts, layers=("conv5", "fc7"), random_draws=3, seed=1)
+    p, x, parts, bases, _ = boots
+    res = correspondence(p, x, parts=parts, layers=("conv5", "fc7"), random_draws=3, seed=1)
     for layer in ("conv5", "fc7"):
-        with torch.no_grad():
-            base = [features(p.model.eval(), x[i : i + 1], [layer])[layer].flatten().tolist() for i in range(4)]
         for name, boxes in parts.items():
-            eps = []
-            for i, (y0, x0, y1, x1) in enumerate(boxes):  # a fresh forward per masked image
-                m = x[i : i + 1].clone()
-                m[:, :, y0:y1, x0:x1] = 0.0
-                with torch.no_grad():
-                    f = features(p.model, m, [layer])[layer].flatten().tolist()
-                eps.append([a - b for a, b in zip(base[i], f)])
-            mean, std = slow_delta(eps)
+            mean, std = slow_delta(reference_eps(p, x, bases, layer, boxes))
             assert res.delta[layer][name] == pytest.approx(mean, abs=1e-9)
             assert res.std[layer][name] == pytest.approx(std, abs=1e-9)
-    assert len(res.random_boxes) == 3 and "random" in res.delta["conv5"]
-    sizes = {(b[2] - b[0], b[3] - b[1]) for b in res.random_boxes}
-    assert sizes == {(6, 6)}  # the parts' median size
+    assert res.fill == "grey" and res.fill_pixels == [56.0]
 
 
-def test_invariance_identity_and_transforms(boots):
-    p, x, _ = boots
-    labels = [9, 9, 9, 9]
-    for t, ident in (("translate", 0), ("scale", 1.0), ("rotate", 0)):
-        res = invariance(
-            p.model, x, labels=labels, transforms=[t], values={t: [ident, ident]}, layers=("conv1", "fc7")
-        ).curve(t)
-        assert float(res.distance["conv1"].abs().max()) == 0 and float(res.distance["fc7"].abs().max()) == 0
+def test_random_parts_lie_on_each_object_and_spread_over_pairs(boots):
+    """The control: each image its own box of the parts' size inside its object box, and Delta +- std the mean
+    and spread over image pairs of each pair's mean over the draws (recomputed here from the definition)."""
+    p, x, parts, bases, objects = boots
+    res = correspondence(p, x, parts=parts, objects=objects, layers=("conv5",), random_draws=4, seed=3)
+    assert len(res.random_boxes) == 4 and all(len(d) == 4 for d in res.random_boxes)
+    for draw in res.random_boxes:
+        for (y0, x0, y1, x1), (oy0, ox0, oy1, ox1) in zip(draw, objects):
+            assert (y1 - y0, x1 - x0) == (6, 6)  # the parts' median size
+            assert oy0 <= y0 and y1 <= oy1 and ox0 <= x0 and x1 <= ox1
+    assert any(len({b for b in draw}) > 1 for draw in res.random_boxes)  # not one position for all images
+    per_draw = []
+    for draw in res.random_boxes:
+        eps = reference_eps(p, x, bases, "conv5", draw)
+        per_draw.append(
+            {(i, j): statistics.mean(
+                (a > 0) - (a < 0) != (b > 0) - (b < 0) for a, b in zip(eps[i], eps[j]))
+             for i, j in itertools.permutations(range(4), 2)}
+        )  # fmt: skip
+    pair_means = [statistics.mean(d[k] for d in per_draw) for k in per_draw[0]]
+    assert res.delta["conv5"]["random"] == pytest.approx(statistics.mean(pair_means), abs=1e-9)
+    assert res.std["conv5"]["random"] == pytest.approx(statistics.stdev(pair_means), abs=1e-9)
+    # without object boxes: the hull of the named parts, grown to the part size
+    hull = correspondence(p, x, parts=parts, layers=("conv5",), random_draws=2, seed=3)
+    assert hull.region_source == "parts"
+    for i, (y0, x0, y1, x1) in enumerate(hull.regions):
+        named = [parts[k][i] for k in parts]
+        assert (y0, x0) == (min(b[0] for b in named), min(b[1] for b in named))
+        assert (y1, x1) == (max(b[2] for b in named), max(b[3] for b in named))
+
+
+def slow_transform(img: torch.Tensor, transform: str, value: float, fill: float) -> torch.Tensor:
+    """Scale / rotate one H x W pixel image about its centre from the definition, pixel by pixel: each output
+    pixel centre (i + 0.5, j + 0.5) mapped back to the source by the inverse transform, bilinear between the
+    four nearest source pixel centres, a neighbour outside the image counting as `fill`."""
+    h, w = img.shape
+    out = torch.empty(h, w, dtype=torch.float64)
+
+    def at(r: int, c: int) -> float:
+        return float(img[r, c]) if 0 <= r < h and 0 <= c < w else fill
+
+    for i in range(h):
+        for j in range(w):
+            u, v = i + 0.5 - h / 2, j + 0.5 - w / 2  # from the centre, y down
+            if transform == "scale":
+                su, sv = u / value, v / value
+            else:  # counter-clockwise on screen by `value` degrees: the source is the output rotated back
+                a = math.radians(value)
+                su, sv = math.cos(a) * u + math.sin(a) * v, -math.sin(a) * u + math.cos(a) * v
+            r, c = su + h / 2 - 0.5, sv + w / 2 - 0.5
+            r0, c0 = math.floor(r), math.floor(c)
+            fr, fc = r - r0, c - c0
+            out[i, j] = (
+                at(r0, c0) * (1 - fr) * (1 - fc)
+                + at(r0, c0 + 1) * (1 - fr) * fc
+                + at(r0 + 1, c0) * fr * (1 - fc)
+                + at(r0 + 1, c0 + 1) * fr * fc
+            )
+    return out
+
+
+def test_transforms_act_on_pixels_against_references(boots):
+    """translate: the raw uint8 pixels shifted, uncovered rows grey, then preprocessed - p(true) equal to the
+    method's at every shift (the Done-when check); scale and rotate against `slow_transform` on the pixels."""
+    p, x, _, bases, _ = boots
+    pp, o = p.preprocess, p.preprocess.center_offset
+    grey = round(float(pp.mean_image.double().mean()))
+    shifts = [-5, -2, 0, 3, 7]
+    res = invariance(p, x, labels=[9] * 4, transforms=["translate"], values={"translate": shifts}).curve("translate")
+    for k, dy in enumerate(shifts):
+        crop = bases[:, :, o : o + 28, o : o + 28].clone()
+        moved = torch.full_like(crop, grey)
+        if dy >= 0:
+            moved[:, :, dy:] = crop[:, :, : 28 - dy]
+        else:
+            moved[:, :, :dy] = crop[:, :, -dy:]
+        b = bases.clone()
+        b[:, :, o : o + 28, o : o + 28] = moved
         with torch.no_grad():
-            plain = F.softmax(p.model(x), 1)[:, 9]
-        torch.testing.assert_close(res.prob[:, 0], plain)
-    # exact transformations where they are exact: 90 degrees is rot90, a translation is a shift with fill
-    torch.testing.assert_close(transform_images(x, "rotate", 90), torch.rot90(x, 1, (-2, -1)), atol=1e-4, rtol=0)
-    shifted = transform_images(x, "translate", 3, fill=-1.0)
-    assert torch.equal(shifted[:, :, 3:], x[:, :, :-3]) and bool((shifted[:, :, :3] == -1.0).all())
-    res = invariance(
-        p.model, x, labels=labels, transforms=["rotate"], values={"rotate": [0, 90]}, layers=("conv1", "fc7")
-    ).curves[0]
-    with torch.no_grad():
-        f = features(p.model, torch.rot90(x, 1, (-2, -1)), ["fc7"])["fc7"].flatten(1)
-        f0 = features(p.model, x, ["fc7"])["fc7"].flatten(1)
-    torch.testing.assert_close(res.distance["fc7"][:, 1], (f - f0).norm(dim=1), rtol=1e-3, atol=1e-3)
+            want = F.softmax(p.model(pp.eval_input(b)), 1)[:, 9]
+        # the method takes the float input back to pixels: ~1e-5 px of rounding against these exact integers
+        torch.testing.assert_close(res.prob[:, k], want, rtol=1e-4, atol=1e-5)
+    assert float(res.distance["fc7"][:, shifts.index(0)].abs().max()) == 0.0
+    pixels = pp.to_pixels(x[:1]).double()
+    for t, v in (("scale", 1.5), ("scale", 0.6), ("rotate", 30.0), ("rotate", 90.0)):
+        got = pp.to_pixels(transform_images(x[:1], t, v, preprocess=pp))[0, 0].double()
+        want = slow_transform(pixels[0, 0], t, v, float(grey))
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=0)  # float32 grid_sample vs float64 loops
 
 
 def test_no_hook_left_also_after_errors(boots):
-    p, x, parts = boots
+    p, x, parts, _, _ = boots
     p.model.train()
     with pytest.raises(UsageError, match="not inside"):
         correspondence(p.model, x, parts={"bad": [(0, 0, 40, 4)] * 4})
     with pytest.raises(UsageError, match="does not exist"):
-        invariance(p.model, x, labels=[99] * 4, transforms=["rotate"], values={"rotate": [10]})
-    correspondence(p.model, x, parts=parts, random_draws=1)
-    invariance(p.model, x, labels=[9] * 4, transforms=["scale"], values={"scale": [1.2]})
+        invariance(p, x, labels=[99] * 4, transforms=["rotate"], values={"rotate": [10]})
+    with pytest.raises(UsageError, match="mean image is not known"):
+        invariance(p.model, x, labels=[9] * 4, transforms=["rotate"], values={"rotate": [10]})
+    correspondence(p, x, parts=parts, random_draws=1)
+    invariance(p, x, labels=[9] * 4, transforms=["scale"], values={"scale": [1.2]})
     assert hook_count(p.model) == 0 and p.model.training
     p.model.eval()
 

@@ -40,24 +40,29 @@ class UserNet(nn.Module):
 
 
 def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
-    """One call of every public method, as the README's API section writes it."""
+    """One call of every public method, as the README's API section writes it; the methods that work in pixels
+    (occlusion, correspondence, invariance) get the model with its preprocessing, as an opened model."""
+    pp = zfnet.weights.default_preprocess(model)
+    if pp.mean_image is None and pp.channel_mean is None:  # a fresh paper model: give it a mean image
+        pp = pp.with_mean(torch.full((pp.channels, pp.base_size, pp.base_size), 60.0))
+    opened = zfnet.opened_module(model, pp)
     return {
         "architecture": lambda: zfnet.architecture(model, x),
         "atlas": lambda: zfnet.atlas(model, x, layers=[layer], k=2),
         "correspondence": lambda: zfnet.correspondence(
-            model, x, parts={"corner": [(0, 0, 4, 4)] * len(x)}, layers=[layer], random_draws=2
+            opened, x, parts={"corner": [(0, 0, 4, 4)] * len(x)}, layers=[layer], random_draws=2
         ),
         "evolution": lambda: zfnet.evolution(model, x, snapshots=snaps, layers=[layer], maps=2),
         "filters": lambda: zfnet.filters(model, x),
         "invariance": lambda: zfnet.invariance(
-            model,
+            opened,
             x,
             labels=[0] * len(x),
             transforms=["translate", "rotate"],
             values={"translate": [0, 2], "rotate": [0, 90]},
             layers=[layer],
         ),
-        "occlusion": lambda: zfnet.occlusion(model, x, window=4, stride=4, layer=layer, mode="naive"),
+        "occlusion": lambda: zfnet.occlusion(opened, x, window=4, stride=4, layer=layer, mode="naive"),
         "project": lambda: zfnet.project(model, x, layer=layer, channel=1),
         "receptive_field": lambda: zfnet.receptive_field(model, x, layer=layer),
     }

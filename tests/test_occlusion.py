@@ -1,6 +1,8 @@
-"""Occlusion sensitivity (Sec. 4.2, Fig. 6): positions, a hand-worked case, incremental inference equal to whole
-forwards at every position on the paper's models and torchvision ones, Captum's Occlusion where the definitions
-coincide, the command's files, and no hook left behind."""
+"""Occlusion sensitivity (Sec. 4.2, Fig. 6): positions, a hand-worked case, the grey square pasted into the raw
+pixels and preprocessed (a reference written here) on the embedded model and a torchvision ResNet, incremental
+inference equal to whole forwards at every position with a per-pixel fill on the paper's models and
+torchvision ones, Captum's Occlusion where the definitions coincide, SSIM against scikit-image, the command's
+files, and no hook left behind."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import torch.nn.functional as F
 from conftest import hook_count
 from torch import nn
 
+import zfnet
+from zfnet import data as zdata
 from zfnet import models
 from zfnet.cli import main
 from zfnet.errors import UsageError
 from zfnet.methods.occlusion import occlusion, positions, ssim
+from zfnet.weights import default_preprocess, with_input
 
 
 def test_positions_cover_the_edges():
@@ -34,10 +39,64 @@ def test_hand_worked_activity():
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
     x = torch.ones(1, 6, 6)
     for mode in ("exact", "naive"):
-        r = occlusion(model, x[None], window=2, stride=2, layer="conv1", mode=mode)[0]
+        r = occlusion(model, x[None], window=2, stride=2, layer="conv1", mode=mode, fill="mean-image")[0]
         assert r.base_activity == 256.0
         assert float(r.activity[0, 0]) == pytest.approx(231.0) and float(r.activity[2, 2]) == pytest.approx(231.0)
         assert float(r.activity[1, 1]) == pytest.approx(256.0 - 9 * 4)  # the centre: each pixel in 9 windows
+
+
+def grey_square_reference(model, pp, bases, label, window, stride):
+    """p(label) per occluder position, from the definition: a uniform square of the training mean pixel
+    (rounded to a whole 8-bit value) pasted into each uint8 base square inside its centre crop, then
+    preprocessed with `pp` and run through the whole model."""
+    o = pp.center_offset
+    grey = torch.tensor([round(float(v)) for v in pp.mean_image.double().mean((1, 2))]) if pp.mean_image is not None \
+        else torch.tensor([round(v * 255) for v in pp.channel_mean])  # fmt: skip
+    ys = xs = positions(pp.input_size, window, stride)
+    out = torch.zeros(len(ys), len(xs))
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            b = bases.clone()
+            b[:, :, o + y : o + y + window, o + x : o + x + window] = grey.to(torch.uint8).view(-1, 1, 1)
+            with torch.no_grad():
+                out[i, j] = F.softmax(model(pp.eval_input(b)), 1)[0, label]
+    return out, grey
+
+
+def test_grey_square_pasted_in_pixels_on_the_embedded_model():
+    """The Done-when check of the grey square: the map equals the reference at every position, the square's
+    pixels are the training mean pixel, and it is not the mean image (the old fill) - which moves the result."""
+    p = zfnet.pretrained()
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+    k = next(i for i in range(len(ds)) if int(ds.labels[i]) == 9)  # an ankle boot
+    bases, label = ds.bases[k : k + 1], int(ds.labels[k])
+    want, grey = grey_square_reference(p.model, p.preprocess, bases, label, 8, 2)
+    x = p.preprocess.eval_input(bases)
+    for mode in ("exact", "naive"):
+        r = occlusion(p, x, target=label, window=8, stride=2, mode=mode)[0]
+        # exact recomputes regions in float32 where the reference runs whole forwards: rounding only
+        torch.testing.assert_close(r.prob, want, rtol=1e-4, atol=1e-5)
+        assert r.fill == "grey" and r.fill_pixels == grey.float().tolist()
+    assert float((p.preprocess.mean_image.mean((1, 2)) - grey).abs().max()) <= 0.5
+    old = occlusion(p.model, x, target=label, window=8, stride=2, fill="mean-image")[0]
+    assert float((old.prob - want).abs().max()) > 0.05  # the mean image is another occluder
+    with pytest.raises(UsageError, match="mean image is not known"):
+        occlusion(p.model, x, target=label, window=8, stride=2)  # a bare paper model: its grey is unknown
+
+
+def test_grey_square_on_a_torchvision_resnet_photo():
+    """ResNet-18 (residual additions: whole forwards) on a real photo at 64 px: the grey is ImageNet's mean
+    pixel (124, 116, 104) and the map equals the pasted-pixels reference."""
+    from skimage import data as skdata
+
+    model = models.build("torchvision:resnet18").eval()
+    pp = with_input(default_preprocess(model), 64)
+    bases = pp.bases([skdata.astronaut()])
+    want, grey = grey_square_reference(model, pp, bases, 0, 16, 12)
+    assert grey.tolist() == [124, 116, 104]
+    r = occlusion(model, pp.eval_input(bases), target=0, window=16, stride=12, preprocess=pp)[0]
+    assert r.mode == "naive"
+    torch.testing.assert_close(r.prob, want, rtol=1e-4, atol=1e-6)
 
 
 CASES = [  # (model, input size, window, stride)
@@ -59,9 +118,12 @@ def test_exact_equals_naive_at_every_position(name, size, window, stride):
     model = models.build(name).eval() if name.startswith("torchvision") else models.build(name, seed=0).eval()
     channels = models.model_input_shape(model)[0]
     x = torch.randn(channels, size, size) * (1.0 if "small" in name or "torchvision" in name else 60.0)
-    fill = 0.0 if window != 5 else 0.7
-    exact = occlusion(model, x[None], window=window, stride=stride, fill=fill, mode="exact")[0]
-    naive = occlusion(model, x[None], window=window, stride=stride, fill=fill, mode="naive")[0]
+    # a per-pixel mean image: the grey square's fill differs at every pixel in model-input units
+    pp = zdata.Preprocess(size, size, channels, "pad", 255.0 if "small" not in name else 1.0)
+    pp = pp.with_mean(torch.rand(channels, size, size) * 200)
+    fill = "grey" if window != 5 else 90.0
+    exact = occlusion(model, x[None], window=window, stride=stride, fill=fill, preprocess=pp, mode="exact")[0]
+    naive = occlusion(model, x[None], window=window, stride=stride, fill=fill, preprocess=pp, mode="naive")[0]
     assert exact.mode == "exact" and naive.mode == "naive"
     assert exact.channel == naive.channel and exact.target == naive.target
     scale = float(naive.activity.abs().max())
@@ -74,29 +136,36 @@ def test_exact_equals_naive_at_every_position(name, size, window, stride):
     assert exact.base_prob == pytest.approx(float(p[exact.target]), rel=1e-5)
 
 
-def test_resnet_falls_back_to_whole_forwards():
-    model = models.build("torchvision:resnet18").eval()
-    x = torch.randn(3, 64, 64)
-    r = occlusion(model, x[None], window=16, stride=12, layer="layer4.1.conv2", mode="exact")[0]
-    n = occlusion(model, x[None], window=16, stride=12, layer="layer4.1.conv2", mode="naive")[0]
-    assert r.mode == "naive"  # residual additions are no chain: whole forwards
-    torch.testing.assert_close(r.prob, n.prob)
-
-
 def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
     model = models.build("alexnet", seed=0).eval()
     x = torch.randn(3, 224, 224) * 60
-    exact = occlusion(model, x[None], window=32, stride=64, mode="exact")[0]
-    full = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=None)[0]
+    exact = occlusion(model, x[None], window=32, stride=64, mode="exact", fill="mean-image")[0]
+    full = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=None, fill="mean-image")[0]
     torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
-    drilled = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=1.0)[0]  # every position
+    drilled = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=1.0, fill="mean-image")[
+        0
+    ]  # every position
     torch.testing.assert_close(drilled.prob, exact.prob, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(drilled.activity, exact.activity, rtol=1e-5, atol=1e-3)
-    capped = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=0.3, compare_exact=True)[0]
+    capped = occlusion(
+        model, x[None], window=32, stride=64, mode="approx", tau=0.3, compare_exact=True, fill="mean-image"
+    )[0]
     d = capped.deviation
     assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "ssim_activity", "top_class_agreement"}
     assert d["max_abs_prob"] == pytest.approx(float((capped.prob - exact.prob).abs().max()))
-    assert ssim(exact.prob, exact.prob) == pytest.approx(1.0)
+
+
+def test_ssim_equals_scikit_image():
+    """Our SSIM (uniform 7 x 7 window over the positions where it fits, K1 0.01, K2 0.03) against scikit-image's
+    with the same choices (population covariance; its reflected borders cropped away before the mean)."""
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((9, 9), (25, 13)):
+        a = torch.rand(shape, generator=g, dtype=torch.float64)
+        b = (a + 0.3 * torch.rand(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+        theirs = structural_similarity(a.numpy(), b.numpy(), win_size=7, data_range=1.0, use_sample_covariance=False)
+        assert ssim(a, b) == pytest.approx(theirs, abs=1e-12)
 
 
 def test_p_true_equals_captums_occlusion():
@@ -106,7 +175,7 @@ def test_p_true_equals_captums_occlusion():
 
     model = models.build("zfnet-small", seed=0).eval()
     x = torch.randn(1, 1, 28, 28)
-    ours = occlusion(model, x[:1], target=3, window=7, stride=7, fill=0.0, mode="exact")[0]
+    ours = occlusion(model, x[:1], target=3, window=7, stride=7, fill="mean-image", mode="exact")[0]
     attr = Occlusion(lambda t: F.softmax(model(t), 1)).attribute(
         x, sliding_window_shapes=(1, 7, 7), strides=(1, 7, 7), baselines=0.0, target=3, perturbations_per_eval=16
     )
@@ -121,11 +190,11 @@ def test_no_hook_left_and_model_unchanged_also_after_an_error():
     with torch.no_grad():
         before = model.eval()(x[None])
     model.train()
-    occlusion(model, x[None], window=8, stride=4)
+    occlusion(model, x[None], window=8, stride=4, fill="mean-image")
     with pytest.raises(UsageError):
-        occlusion(model, x[None], window=8, stride=4, target=99)
+        occlusion(model, x[None], window=8, stride=4, target=99, fill="mean-image")
     with pytest.raises(UsageError):
-        occlusion(model, x[None], window=8, stride=4, layer="fc6")
+        occlusion(model, x[None], window=8, stride=4, layer="fc6", fill="mean-image")
     assert hook_count(model) == 0 and model.training and all(m.training for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model.eval()(x[None]), before)

@@ -5,6 +5,7 @@ end on tiny data."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,6 +54,91 @@ def test_features_once_equal_per_image_forwards_and_probe_equals_sklearn():
         pred = clf.predict(sc.transform(x[te]))
         want.append(np.mean([np.mean(pred[labels[te] == c] == c) for c in np.unique(labels[te])]))
     assert got == pytest.approx(want)
+
+
+def test_feature_store_equals_in_memory_features_and_resumes(tmp_path):
+    """The on-disk store holds exactly `extract`'s rows; a run stopped after some chunks keeps them and the next
+    run recomputes only the missing ones (their rows were wiped here, and come back equal)."""
+    model = models.build("zfnet-small", seed=0).eval()
+    pp = default_preprocess(model).with_mean(torch.full((1, 32, 32), 30.0))
+    ds = zdata.open_dataset("synthetic:50,3", "test", pp)
+    layers = ["conv2", "fc7"]
+    feats, pos = tx.extract(model, ds, layers=layers, batch_size=7, progress=False)
+    store = tx.extract_to_store(model, ds, str(tmp_path / "s"), layers=layers, key="k", batch_size=8, progress=False)
+    assert np.array_equal(store.positions(), pos.numpy())
+    for l in layers:
+        torch.testing.assert_close(torch.from_numpy(np.array(store.array(l))), feats[l], rtol=1e-5, atol=1e-5)
+    chunks, rows = store.flags("chunks", "r+"), store.array("conv2", "r+")
+    chunks[[1, 4]] = 0  # as if the run had stopped before these two chunks
+    rows[8:16] = -1
+    rows[32:40] = -1
+    chunks.flush()
+    rows.flush()
+    del chunks, rows
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        again = tx.extract_to_store(
+            model, ds, str(tmp_path / "s"), layers=layers, key="k", batch_size=8, progress=False
+        )
+    finally:
+        handle.remove()
+    assert calls == [1, 8, 8]  # one image to size the layers, then the two missing chunks only
+    torch.testing.assert_close(torch.from_numpy(np.array(again.array("conv2"))), feats["conv2"], rtol=1e-5, atol=1e-5)
+    other = tx.extract_to_store(model, ds, str(tmp_path / "s"), layers=["fc7"], key="k2", progress=False)
+    assert other.layers == ["fc7"]  # another key starts over
+
+
+MEMORY_RUN = """
+import resource, sys
+import torch
+from zfnet import data as zdata, models
+from zfnet.cli import main
+from zfnet.experiments import transfer as tx
+from zfnet.weights import default_preprocess
+
+def vm_data():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+
+cap, n, out = int(sys.argv[1]) * 2**20, int(sys.argv[2]), sys.argv[3]
+model = models.build("zfnet-small").eval()
+with torch.no_grad():
+    model(torch.zeros(64, 1, 28, 28))  # threads and allocator pools exist before the cap
+limit = vm_data() + cap
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+code = main(["layerprobe", "--model", "zfnet-small", "--data", f"synthetic:{n},4", "--split", "test",
+             "--per-class", "4", "--folds", "1", "--test-per-class", "6", "--out", out, "--no-progress"])
+print("layerprobe", code)
+ds = zdata.open_dataset(f"synthetic:{n},4", "test", default_preprocess(model).with_mean(torch.zeros(1, 32, 32)))
+try:  # holding every layer's features in memory, as Table 6 did before the store
+    tx.extract(model, ds, layers=["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"], progress=False)
+    print("in-memory fits")
+except (MemoryError, RuntimeError):
+    print("in-memory refused")
+"""
+
+
+def test_table6_runs_within_a_memory_cap_four_times_below_its_features(tmp_path):
+    """Layers 1-7 of zfnet-small are 305 KB per image; 3,520 images are 1.07 GB (1,024 MiB) of features, 4x the 256 MiB
+    cap on the process's data (RLIMIT_DATA: heap and anonymous memory; the store's file-backed maps are not
+    data). Table 6 completes under it; holding the features in memory does not."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "p"
+    run = subprocess.run(
+        [sys.executable, "-c", MEMORY_RUN, "256", "3520", str(out)], capture_output=True, text=True, env=env
+    )
+    assert "layerprobe 0" in run.stdout, run.stderr[-2000:]
+    assert "in-memory refused" in run.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["feature_store"]["bytes"] >= 4 * 256 * 2**20 and res["feature_store"]["images"] == 3520
+    assert len(res["summary"]) == 14
+    shutil.rmtree(out / ".features")  # a gigabyte: not left in pytest's kept temporary folders
 
 
 def test_pascal_ap_leaves_difficult_out():
@@ -128,6 +214,20 @@ def test_commands_end_to_end(tmp_path, capsys):
     assert res["layers"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     assert len(res["summary"]) == 14 and (tmp_path / "p" / "layers.png").is_file()
     assert "SVM (7: fc7)" in (tmp_path / "p" / "table.md").read_text()
+    assert (
+        main(
+            ["layerprobe", "--model", "zfnet-small", "--data", "synthetic:80,4", "--split", "test", "--per-class",
+             "4", "--folds", "1", "--test-per-class", "6", "--layers", "conv5,fc7", "--out", str(tmp_path / "q"),
+             "--no-progress"]
+        )
+        == 0
+    )  # fmt: skip
+    md = (tmp_path / "q" / "table.md").read_text()
+    # rows by the paper's layer number: conv5 beside the paper's layer-5 figures, not layer 1's
+    from zfnet.render.transfer import PAPER_TABLE6
+
+    assert "SVM (5: conv5)" in md and "SVM (1:" not in md
+    assert f"{PAPER_TABLE6['SVM (5)'][0][0]:.1f}" in md.split("SVM (5: conv5)")[1].splitlines()[0]
     capsys.readouterr()
     assert (
         main(["transfer", "--pretrained", "--data", "synthetic", "--protocol", "nope", "--out", str(tmp_path / "x")])

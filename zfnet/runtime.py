@@ -81,6 +81,12 @@ def teardown(dist: Dist) -> None:
         torch_dist.destroy_process_group()
 
 
+def barrier(dist: Dist) -> None:
+    """Wait for every process of a torchrun run (nothing in a single process)."""
+    if dist.world > 1 and torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
 def all_sum(values: list[float], dist: Dist) -> list[float]:
     """Element-wise sum over processes (float64); identity in a single process."""
     if dist.world == 1:

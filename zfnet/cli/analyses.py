@@ -6,7 +6,7 @@ import json
 import os
 
 from ..methods.invariance import check_transforms
-from .args import add_device, add_images, add_model, positive
+from .args import FILL_HELP, add_device, add_images, add_model, fill, positive
 from .registry import command
 
 
@@ -25,7 +25,7 @@ def _corr_args(p) -> None:
     )
     p.add_argument("--split")
     p.add_argument("--layers", default="conv5,fc7", help="comma-separated layers (the paper: 5 and 7)")
-    p.add_argument("--fill", type=float, default=0.0, help="mask value in model-input units (0 = the mean)")
+    p.add_argument("--fill", type=fill, default="grey", help="what masks a part: " + FILL_HELP)
     p.add_argument("--random-draws", type=positive, default=10, help="random mask positions (baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -91,7 +91,7 @@ def _inv_args(p) -> None:
     add_images(p)
     p.add_argument("--transforms", default="translate,scale,rotate", help="comma-separated: translate, scale, rotate")
     p.add_argument("--layers", default="conv1,fc7", help="the low and the high layer (the paper: 1 and 7)")
-    p.add_argument("--fill", type=float, default=0.0, help="value of uncovered pixels (model-input units)")
+    p.add_argument("--fill", type=fill, default="grey", help="pixels the transformation uncovers: " + FILL_HELP)
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
 

@@ -29,6 +29,23 @@ def _at_least(lo: int):
 
 
 positive = _at_least(1)  # argparse type: an integer >= 1
+
+
+def fill(text: str):
+    """argparse type for --fill: grey, mean-image, a pixel value 0-255 or one per channel (zfnet.pixels)."""
+    from ..errors import UsageError
+    from ..pixels import parse_fill
+
+    try:
+        return parse_fill(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+FILL_HELP = (
+    "grey (default: the training mean pixel per channel, pasted in pixel space), mean-image (0 in model-input "
+    "units), or pixel values 0-255 (one, or one per channel: 124,116,104)"
+)
 nonnegative = _at_least(0)  # argparse type: an integer >= 0
 
 

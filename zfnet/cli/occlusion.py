@@ -6,7 +6,7 @@ import json
 import os
 
 from ..methods.occlusion import MODES
-from .args import add_device, add_images, add_model, check_images, positive
+from .args import FILL_HELP, add_device, add_images, add_model, check_images, fill, positive
 from .registry import command
 
 
@@ -15,7 +15,7 @@ def _occlusion_args(p) -> None:
     add_images(p)
     p.add_argument("--window", type=positive, default=32, help="occluder side, px (model input)")
     p.add_argument("--stride", type=positive, default=8, help="occluder step, px")
-    p.add_argument("--fill", type=float, default=0.0, help="occluder value in model-input units (0 = the mean: grey)")
+    p.add_argument("--fill", type=fill, default="grey", help="the occluder: " + FILL_HELP)
     p.add_argument("--layer", default="conv5", help="layer whose strongest map (b) and (c) show")
     p.add_argument(
         "--mode",

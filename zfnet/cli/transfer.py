@@ -89,6 +89,12 @@ def _probe_args(p) -> None:
     _common(p)
     p.add_argument("--per-class", type=positive, help="training images per class (default: the protocol's largest)")
     p.add_argument("--layers", help="comma-separated layers (default: 1-7 = conv1-conv5, fc6, fc7)")
+    p.add_argument(
+        "--store-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="the on-disk feature store's type (OUT/.features; float16 halves it)",
+    )
 
 
 @command(
@@ -101,22 +107,30 @@ def _probe_args(p) -> None:
 def _probe_run(args) -> int:
     from .. import data as zdata
     from ..pipelines.transfer import ProbeOptions, check_protocol, run_layerprobe
-    from ..runtime import resolve_device
+    from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
     from .args import open_from_args
 
     check_protocol(args.protocol, probe=True)
     layers = tuple(l for l in args.layers.split(",") if l) if args.layers else None
-    dev = resolve_device(args.device)
-    opened = open_from_args(args, dev)
-    ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
-    options = ProbeOptions(
-        protocol=args.protocol,
-        per_class=args.per_class,
-        folds=args.folds,
-        layers=layers,
-        test_per_class=args.test_per_class,
-    )
-    r = run_layerprobe(opened, ds, args.out, options=options, device=dev, progress=not args.no_progress)
+    dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
+    try:
+        opened = open_from_args(args, dist.device)
+        ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
+        options = ProbeOptions(
+            protocol=args.protocol,
+            per_class=args.per_class,
+            folds=args.folds,
+            layers=layers,
+            test_per_class=args.test_per_class,
+            store_dtype=args.store_dtype,
+        )
+        r = run_layerprobe(
+            opened, ds, args.out, options=options, device=dist.device, progress=not args.no_progress, dist=dist
+        )
+    finally:
+        teardown(dist)
+    if r is None:  # another torchrun process: rank 0 writes
+        return 0
     print(
         json.dumps(
             {

@@ -202,6 +202,41 @@ class Preprocess:
 
     def display(self, model_input: torch.Tensor) -> torch.Tensor:
         """Invert `normalize` on model input (N x C x S x S) -> uint8-range float pixels, for showing patches."""
+        return self.to_pixels(model_input).clamp(0, 255)
+
+    # --- pixel space: the image as the camera gave it (0-255 per channel), before any mean or scale -----------
+    @property
+    def grey(self) -> tuple[float, ...]:
+        """Sec. 4.2's grey in 8-bit pixel values per channel: the training set's mean pixel (the mean image's
+        channel means, or the channel mean x 255), rounded to whole values so that it is a pixel an image can
+        hold; mid-grey 128 when the preprocessing subtracts no mean."""
+        if self.mean_image is not None:
+            return tuple(float(round(float(v))) for v in self.mean_image.double().mean((1, 2)))
+        if self.channel_mean is not None:
+            return tuple(float(round(v * 255.0)) for v in self.channel_mean)
+        return (128.0,) * self.channels
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float pixel values (N x C x S x S or C x S x S, 0-255) of the centre crop -> model input: the same
+        arithmetic as `eval_input` on a base square holding them (the mean image's centre crop subtracted)."""
+        x = pixels.float()
+        if self.mean_image is not None:
+            mean = self.center(self.mean_image[None])[0].to(x.device)
+            if mean.shape[-2:] != x.shape[-2:]:
+                raise UsageError(
+                    f"images of {tuple(x.shape[-2:])} px do not fit the {self.input_size} px mean image's crop; "
+                    "preprocess them with this model's preprocessing"
+                )
+            x = x - mean
+        if self.scale != 255.0:
+            x = x * (self.scale / 255.0)
+        if self.channel_mean is not None:
+            mean, std = self._channel_stats(x.device)
+            x = (x - mean[0]) / std[0] if x.dim() == 3 else (x - mean) / std
+        return x
+
+    def to_pixels(self, model_input: torch.Tensor) -> torch.Tensor:
+        """Inverse of `from_pixels` (N x C x S x S), unclipped: the pixels a model input was made from."""
         x = model_input
         if self.channel_mean is not None:
             mean, std = self._channel_stats(x.device)
@@ -209,7 +244,7 @@ class Preprocess:
         x = x * (255.0 / self.scale)
         if self.mean_image is not None:
             x = x + self.center(self.mean_image[None].to(x.device))
-        return x.clamp(0, 255)
+        return x
 
     def to_dict(self) -> dict:
         return {

@@ -14,15 +14,21 @@ precision, 'difficult only' (0) entries left out of that class's AP, and their m
 
 Per-layer probes (Table 6): a linear SVM (scikit-learn `LinearSVC`) and a softmax on the features of each of
 layers 1 ... 7 (rectified outputs, flattened), all layers from one forward per image, same protocol.
-The softmax is scikit-learn's multinomial `LogisticRegression` (L2, C = 1) on standardized features.
+The softmax is scikit-learn's multinomial `LogisticRegression` (L2, C = 1) on standardized features. Layer 1's
+maps alone are ~4.6 MB per image at ZFNet-224, so the probes' features go to a `FeatureStore` on disk (one
+memory-mapped N x D array per layer, written as extraction goes, resumable, shardable under torchrun): memory
+holds one batch while extracting and one fold's training (then test) rows of one layer while classifying,
+whatever the dataset's size.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,6 +75,124 @@ def extract(
                 out[l].append(f[l].flatten(1).cpu())
             kept.append(idx)
     return {l: torch.cat(v) for l, v in out.items()}, torch.cat(kept)
+
+
+def layer_depth(layer: str) -> int | None:
+    """The paper's layer number of a Fig. 3-family layer name (conv1-conv5 -> 1-5, fc6, fc7 -> 6, 7), so that
+    Table 6's rows line up by depth whatever layers are asked for (an -rm34 model's conv5 is still row 5);
+    None for any other name (no paper figure beside it)."""
+    m = re.fullmatch(r"(conv|fc)(\d)", layer)
+    return int(m.group(2)) if m else None
+
+
+class FeatureStore:
+    """Per-layer features of every image of a dataset in `folder`: `<k>.npy` (N x D_k, float32 or float16,
+    opened memory-mapped), `kept.npy` (1 where image i was read) and `chunks.npy` (1 where chunk c is written
+    and flushed), with `store.json` naming the layers, shapes and the key of what was extracted (model,
+    weights, data, preprocessing). A run that stops keeps every finished chunk; the next run with the same key
+    extracts only the rest (another key starts over). Under torchrun, rank r extracts chunks r, r + W, ...
+    into the same files (disjoint rows)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        with open(os.path.join(folder, "store.json"), encoding="utf-8") as f:
+            self.meta = json.load(f)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.meta["layers"])
+
+    def array(self, layer: str, mode: str = "r") -> np.memmap:
+        k = self.layers.index(layer)
+        return self._open(f"{k}.npy", mode)
+
+    def flags(self, name: str, mode: str = "r") -> np.memmap:
+        return self._open(f"{name}.npy", mode)
+
+    def _open(self, name: str, mode: str) -> np.memmap:
+        return cast(np.memmap, np.load(os.path.join(self.folder, name), mmap_mode=mode))  # type: ignore[arg-type]
+
+    def positions(self) -> np.ndarray:
+        """The dataset indices whose features are stored (the readable images), ascending."""
+        return np.nonzero(np.asarray(self.flags("kept")))[0]
+
+    @classmethod
+    def create(cls, folder: str, key: str, layers: list[str], dims: list[int], n: int, chunk: int, dtype: str):
+        """Open the store for `key` in `folder`, creating (or, for another key, recreating) its files."""
+        meta = {"key": key, "layers": layers, "dims": dims, "images": n, "chunk": chunk, "dtype": dtype}
+        path = os.path.join(folder, "store.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    if json.load(f) == meta:
+                        return cls(folder)
+            except ValueError:
+                pass
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".npy") or name == "store.json":
+                os.remove(os.path.join(folder, name))
+        for k, d in enumerate(dims):
+            np.lib.format.open_memmap(os.path.join(folder, f"{k}.npy"), "w+", np.dtype(dtype), (n, d)).flush()
+        n_chunks = -(-n // chunk)
+        for name, size in (("kept", n), ("chunks", n_chunks)):
+            np.lib.format.open_memmap(os.path.join(folder, f"{name}.npy"), "w+", np.uint8, (size,)).flush()
+        atomic_write_json(path, meta)
+        return cls(folder)
+
+
+def extract_to_store(
+    model: nn.Module,
+    ds: zdata.ImageSet,
+    folder: str,
+    *,
+    layers: list[str],
+    key: str,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    workers: int = 0,
+    dist: Dist | None = None,
+    progress: bool = True,
+) -> FeatureStore:
+    """`extract` into a `FeatureStore` (see there): rows written as each batch is done, nothing held."""
+    from ..runtime import barrier
+
+    dist = dist or Dist(device=next(model.parameters()).device)
+    pp = ds.preprocess
+    with torch.no_grad(), eval_mode(model):
+        probe_x = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=dist.device)
+        dims = [int(v.flatten(1).shape[1]) for v in features(model, probe_x, layers).values()]
+    if dist.main:
+        store = FeatureStore.create(folder, key, layers, dims, len(ds), batch_size, dtype)
+    barrier(dist)
+    store = FeatureStore(folder)
+    chunk_done = store.flags("chunks", "r+")
+    kept = store.flags("kept", "r+")
+    arrays = [store.array(l, "r+") for l in layers]
+    todo = [c for c in range(dist.rank, len(chunk_done), dist.world) if not chunk_done[c]]
+    chunks = [torch.arange(c * batch_size, min(len(ds), (c + 1) * batch_size)) for c in todo]
+    with torch.no_grad(), eval_mode(model):
+        pending = set(todo)
+        for bases, _, idx in zdata.batches(
+            ds, chunks, workers=workers, progress=progress and dist.main, desc="features"
+        ):
+            f = features(model, pp.eval_input(bases.to(dist.device)), layers)
+            rows = idx.numpy()
+            for a, l in zip(arrays, layers):
+                a[rows] = f[l].flatten(1).cpu().numpy().astype(a.dtype, copy=False)
+            kept[rows] = 1
+            c = int(rows[0]) // batch_size
+            for a in arrays:
+                a.flush()
+            kept.flush()
+            chunk_done[c] = 1  # only after its rows are on disk
+            chunk_done.flush()
+            pending.discard(c)
+        for c in pending:  # chunks with no readable image: nothing to write, but done
+            chunk_done[c] = 1
+        chunk_done.flush()
+    barrier(dist)
+    return FeatureStore(folder)
 
 
 def folds_split(labels: np.ndarray, per_class: int, test_per_class: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,24 +254,33 @@ class FoldScores:
 
 
 def probe(
-    feats: dict[str, torch.Tensor],
+    feats: Mapping[str, torch.Tensor | np.ndarray],
     labels: np.ndarray,
     per_class: list[int],
     test_per_class: int,
     folds: int,
     classifiers: list[str],
     layers: list[str] | None = None,
+    rows: np.ndarray | None = None,
 ) -> FoldScores:
-    """Train each classifier on each layer's fixed features for every fold and training-set size."""
+    """Train each classifier on each layer's fixed features for every fold and training-set size. `feats`:
+    layer -> N x D tensor or array (a `FeatureStore`'s memory maps: only the fold's rows are read, one layer at
+    a time); `rows`: where label i's features are (default: row i)."""
     out = FoldScores()
     for n in per_class:
         for f in range(folds):
             tr, te = folds_split(labels, n, test_per_class, f)
+            r_tr, r_te = (tr, te) if rows is None else (rows[tr], rows[te])
             for layer in layers or list(feats):
-                x = feats[layer].numpy()
-                for name in classifiers:
-                    clf = CLASSIFIERS[name](x[tr], labels[tr], f)
-                    out.add(f"{name}/{layer}/{n}", mean_class_accuracy(clf.predict(x[te]), labels[te]))
+                f_l = feats[layer]
+                x = f_l.numpy() if isinstance(f_l, torch.Tensor) else f_l
+                x_tr = np.asarray(x[r_tr], dtype=np.float32)
+                fitted = {name: CLASSIFIERS[name](x_tr, labels[tr], f) for name in classifiers}
+                del x_tr
+                x_te = np.asarray(x[r_te], dtype=np.float32)
+                for name, clf in fitted.items():
+                    out.add(f"{name}/{layer}/{n}", mean_class_accuracy(clf.predict(x_te), labels[te]))
+                del x_te, fitted
     return out
 
 

@@ -2,16 +2,20 @@
 same object part in different images change the features in a consistent way?
 
 For each image i and layer l, x_i are the layer's features - its rectified output (the feature maps the atlas
-uses; for fc layers the ReLU after them), flattened - and x~_i those of the image with the part masked
-(filled with `fill`, model-input units, in all channels). With e_i = x_i - x~_i,
+uses; for fc layers the ReLU after them), flattened - and x~_i those of the image with the part masked by a
+grey square (`fill`, pasted in pixel space as occlusion's, see `zfnet.pixels`). With e_i = x_i - x~_i,
 
     Delta_l = mean over ordered pairs (i, j), i != j, of  (1/D) * #{d : sign(e_i[d]) != sign(e_j[d])}
 
 signs in {-1, 0, +1} (the paper's Hamming distance between sign vectors, divided by the feature length D so
 that it reads as a fraction), and its std over those pairs. Lower = the part's removal changes the
-representation the same way in every image. The baseline "random" masks, for each of `random_draws` draws, one
-box at a random position - the same in every image - of the parts' median size; its Delta and std pool the
-pairs of all draws.
+representation the same way in every image.
+
+The baseline compares "to random parts of the object": in each of `random_draws` draws every image gets its own
+box of the parts' median size, placed uniformly at random on the object - inside the image's object box when
+one is given (`objects`), else inside the hull of its named parts grown to at least the box size - and
+clipped to the image. Each pair's value is its mean over the draws, so Delta_random and its std are a mean
+and a spread over image pairs exactly as for a part (the draws' own scatter is averaged out, not added in).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import features
+from ..pixels import Fill, WithPreprocess, resolve_fill, split_model
 from ..runtime import eval_mode
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1) in model-input pixels, end-exclusive
@@ -36,9 +42,12 @@ class CorrespondenceResult:
     layers: list[str]
     parts: list[str]
     images: int
-    fill: float
-    random_boxes: list[Box] = field(default_factory=list)
+    fill: str  # "grey", "mean-image" or "pixels"
+    random_boxes: list[list[Box]] = field(default_factory=list)  # per draw, one box per image
     pairs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "layer/part" -> per-pair values
+    regions: list[Box] = field(default_factory=list)  # per image, where its random boxes were placed
+    region_source: str = "parts"  # "object": the object boxes given; "parts": the hull of the named parts
+    fill_pixels: list[float] | None = None
 
     def to_json(self) -> dict:
         return {
@@ -48,7 +57,10 @@ class CorrespondenceResult:
             "parts": self.parts,
             "images": self.images,
             "fill": self.fill,
-            "random_boxes": [list(b) for b in self.random_boxes],
+            "fill_pixels": self.fill_pixels,
+            "random_boxes": [[list(b) for b in draw] for draw in self.random_boxes],
+            "random_regions": [list(b) for b in self.regions],
+            "random_region_source": self.region_source,
         }
 
 
@@ -60,10 +72,55 @@ def sign_change(eps: torch.Tensor) -> torch.Tensor:
     return diff[~torch.eye(n, dtype=torch.bool)]
 
 
-def mask(images: torch.Tensor, boxes: list[Box], fill: float) -> torch.Tensor:
+def mask(images: torch.Tensor, boxes: list[Box], fill: torch.Tensor) -> torch.Tensor:
+    """Each image with its box replaced by the fill (model input, C x H x W or a number)."""
     out = images.clone()
+    fill = torch.as_tensor(fill, dtype=images.dtype).expand(images.shape[1:])
     for i, (y0, x0, y1, x1) in enumerate(boxes):
-        out[i, :, y0:y1, x0:x1] = fill
+        out[i, :, y0:y1, x0:x1] = fill[:, y0:y1, x0:x1]
+    return out
+
+
+def object_regions(parts: dict[str, list[Box]], n: int, size: tuple[int, int], h: int, w: int) -> list[Box]:
+    """Per image, where its random parts go when no object box is given: the hull of its named parts, grown
+    symmetrically (then shifted inside the image) to at least `size`."""
+    out = []
+    for i in range(n):
+        boxes = [bs[i] for bs in parts.values()]
+        y0, x0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        y1, x1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        out.append(_grow((y0, x0, y1, x1), size, h, w))
+    return out
+
+
+def _grow(box: Box, size: tuple[int, int], h: int, w: int) -> Box:
+    """`box` grown about its centre to at least `size` (bh, bw), moved to lie inside the h x w image."""
+    y0, x0, y1, x1 = box
+
+    def axis(a0: int, a1: int, want: int, limit: int) -> tuple[int, int]:
+        if a1 - a0 >= want:
+            return a0, a1
+        a0 -= (want - (a1 - a0)) // 2
+        a0 = min(max(0, a0), limit - want)
+        return a0, a0 + want
+
+    (y0, y1), (x0, x1) = axis(y0, y1, size[0], h), axis(x0, x1, size[1], w)
+    return y0, x0, y1, x1
+
+
+def random_parts(regions: list[Box], size: tuple[int, int], draws: int, seed: int) -> list[list[Box]]:
+    """`draws` x images boxes of `size`, each uniform over the positions that keep it inside its image's region
+    (a region smaller than the box on an axis: the box centred on it there)."""
+    g = torch.Generator().manual_seed(seed)
+    bh, bw = size
+    out = []
+    for _ in range(draws):
+        draw = []
+        for y0, x0, y1, x1 in regions:
+            ys = int(torch.randint(y0, y1 - bh + 1, (1,), generator=g)) if y1 - y0 >= bh else (y0 + y1 - bh) // 2
+            xs = int(torch.randint(x0, x1 - bw + 1, (1,), generator=g)) if x1 - x0 >= bw else (x0 + x1 - bw) // 2
+            draw.append((ys, xs, ys + bh, xs + bw))
+        out.append(draw)
     return out
 
 
@@ -80,18 +137,22 @@ def _check_boxes(name: str, boxes: list[Box], n: int, h: int, w: int) -> None:
 
 
 def correspondence(
-    model: nn.Module,
+    model: nn.Module | WithPreprocess,
     images: torch.Tensor,
     *,
     parts: dict[str, list[Box]],
+    objects: list[Box] | None = None,
     layers: Sequence[str] = ("conv5", "fc7"),
-    fill: float = 0.0,
+    fill: Fill = "grey",
+    preprocess: Preprocess | None = None,
     random_draws: int = 10,
     seed: int = 0,
     batch_size: int = 256,
 ) -> CorrespondenceResult:
     """Delta (see the module docstring) per layer for each part (`parts`: name -> one box per image of the
-    batch) and for random boxes (arXiv Sec. 4.3)."""
+    batch) and for random parts of the object (`objects`: one box per image, else the parts' hull) (arXiv
+    Sec. 4.3). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`."""
+    model, pp = split_model(model, preprocess)
     boxes = parts
     if images.dim() != 4 or images.shape[0] < 2:
         raise UsageError("correspondence needs N x C x H x W model input with at least 2 images")
@@ -103,16 +164,17 @@ def correspondence(
     if random_draws < 0:
         raise UsageError("random_draws must be 0 or more")
     sizes = torch.tensor([[b[2] - b[0], b[3] - b[1]] for bs in boxes.values() for b in bs], dtype=torch.float)
-    bh, bw = (int(v) for v in sizes.median(0).values)
-    g = torch.Generator().manual_seed(seed)
-    random_boxes = []
-    for _ in range(random_draws):
-        y0 = int(torch.randint(0, h - bh + 1, (1,), generator=g))
-        x0 = int(torch.randint(0, w - bw + 1, (1,), generator=g))
-        random_boxes.append((y0, x0, y0 + bh, x0 + bw))
-    variants = {name: mask(images, bs, fill) for name, bs in boxes.items()}
-    for k, b in enumerate(random_boxes):
-        variants[f"random/{k}"] = mask(images, [b] * n, fill)
+    size = tuple(int(v) for v in sizes.median(0).values)
+    if objects is not None:
+        _check_boxes("object", list(objects), n, h, w)
+        regions = [_grow(tuple(b), size, h, w) for b in objects]  # type: ignore[arg-type]
+    else:
+        regions = object_regions(boxes, n, size, h, w)  # type: ignore[arg-type]
+    random_boxes = random_parts(regions, size, random_draws, seed)  # type: ignore[arg-type]
+    fill_map, fill_name, shown = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
+    variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
+    for k, draw in enumerate(random_boxes):
+        variants[f"random/{k}"] = mask(images, draw, fill_map)
     layers = list(layers)
 
     def feats(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -134,8 +196,21 @@ def correspondence(
             p = sign_change(base[l] - changed[name][l])
             pairs[f"{l}/{name}"] = p
             delta[l][name], std[l][name] = float(p.mean()), float(p.std())
-        if random_boxes:
-            p = torch.cat([sign_change(base[l] - changed[f"random/{k}"][l]) for k in range(len(random_boxes))])
+        if random_boxes:  # each pair's mean over the draws: a spread over pairs, as for the parts
+            p = torch.stack([sign_change(base[l] - changed[f"random/{k}"][l]) for k in range(len(random_boxes))])
+            p = p.mean(0)
             pairs[f"{l}/random"] = p
             delta[l]["random"], std[l]["random"] = float(p.mean()), float(p.std())
-    return CorrespondenceResult(delta, std, layers, list(boxes), n, fill, random_boxes, pairs)
+    return CorrespondenceResult(
+        delta,
+        std,
+        layers,
+        list(boxes),
+        n,
+        fill_name,
+        random_boxes,
+        pairs,
+        regions,
+        "object" if objects is not None else "parts",
+        shown,
+    )

@@ -2,14 +2,16 @@
 and rotated by varying amounts; for each amount the Euclidean distance between the features of the original
 and of the transformed image at a low and a high layer, and the probability of the true class.
 
-Features are a layer's rectified output, flattened (as everywhere in zfnet). Transformations act on the model
-input (preprocessed, mean-subtracted) about the image centre; pixels they uncover take `fill` (model-input
-units; 0 = the training mean, grey):
+Features are a layer's rectified output, flattened (as everywhere in zfnet). The paper transforms the images:
+each model input is taken back to its pixels (`Preprocess.to_pixels`), transformed there about the image
+centre, and preprocessed again, so the object moves and the mean image stays where it is; pixels the
+transformation uncovers take `fill` (default the training mean pixel, grey; see `zfnet.pixels`):
     translate  vertical shift by an integer number of pixels (positive = down), no interpolation
     scale      zoom by a factor (>1 enlarges), bilinear
     rotate     by degrees (positive = counter-clockwise), bilinear
-The identity (0 px, factor 1, 0 degrees) returns the image itself, so its distance is 0 and its probability
-is the plain forward's.
+The untransformed reference is the image through the same round trip (equal to the input up to float
+rounding), so that the identity (0 px, factor 1, 0 degrees) gives distance 0 by the same arithmetic as every
+other value, with no special case.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import capture, features
+from ..pixels import WithPreprocess, fill_pixels, pixel_preprocess, split_model
 from ..runtime import eval_mode
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -59,9 +63,10 @@ class InvarianceResult:
 
     layers: list[str]
     labels: torch.Tensor  # N: the class whose probability the curves show
-    fill: float
+    fill: str  # "grey", "mean-image" or "pixels"
     curves: list[TransformCurve]
     predicted: list[bool] | None = None  # per image: its class is the predicted one (it had no label)
+    fill_pixels: list[float] | None = None  # the uncovered pixels' values per channel (None: the mean image)
 
     def curve(self, transform: str) -> TransformCurve:
         return next(c for c in self.curves if c.transform == transform)
@@ -72,6 +77,8 @@ class InvarianceResult:
             "labels": self.labels.tolist(),
             "predicted": self.predicted or [False] * len(self.labels),
             "fill": self.fill,
+            "fill_pixels": self.fill_pixels,
+            "space": "pixels",
             "transforms": [
                 {
                     **c.to_json(),
@@ -92,20 +99,20 @@ def check_transforms(transforms: Sequence[str]) -> None:
         raise UsageError(f"unknown transform {bad[0]!r}; choose one of {', '.join(TRANSFORMS)}")
 
 
-def transform_images(images: torch.Tensor, transform: str, value: float, fill: float = 0.0) -> torch.Tensor:
-    """`images` (N x C x H x W model input) translated, scaled or rotated by `value` (see the module docstring)."""
+def transform_pixels(pixels: torch.Tensor, transform: str, value: float, fill: torch.Tensor) -> torch.Tensor:
+    """`pixels` (N x C x H x W, pixel space) translated, scaled or rotated by `value` about the centre (see the
+    module docstring); uncovered pixels take `fill` (C x H x W pixel values at those positions)."""
     check_transforms([transform])
-    if value == IDENTITY[transform] or (transform == "rotate" and value % 360 == 0):
-        return images.clone()
-    n, c, h, w = images.shape
+    n, c, h, w = pixels.shape
+    fill = fill.to(pixels).expand(n, c, h, w)
     if transform == "translate":
         dy = int(round(value))
-        out = torch.full_like(images, fill)
+        out = fill.clone()
         if abs(dy) < h:
             if dy >= 0:
-                out[:, :, dy:] = images[:, :, : h - dy]
+                out[:, :, dy:] = pixels[:, :, : h - dy]
             else:
-                out[:, :, : h + dy] = images[:, :, -dy:]
+                out[:, :, : h + dy] = pixels[:, :, -dy:]
         return out
     if transform == "scale" and value <= 0:
         raise UsageError(f"scale factor {value} must be positive")
@@ -118,25 +125,55 @@ def transform_images(images: torch.Tensor, transform: str, value: float, fill: f
         # counter-clockwise on screen (y down): sample the source at R(-a) applied to the output position,
         # with the aspect ratio of non-square inputs kept
         theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]])
-    grid = F.affine_grid(theta[None].expand(n, 2, 3).to(images), [n, c, h, w], align_corners=False)
-    shifted = images - fill  # sample with zeros outside, then add the fill back: uncovered pixels = fill
-    return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    grid = F.affine_grid(theta[None].expand(n, 2, 3).to(pixels), [n, c, h, w], align_corners=False)
+    # sample (pixels - fill) with zeros outside, then add the fill back: uncovered pixels = fill, and a pixel
+    # half outside mixes the image with the fill as bilinear interpolation mixes neighbours
+    return F.grid_sample(pixels - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+def fill_pixel_map(fill: str | float | Sequence[float], pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
+    """The uncovered pixels' values C x H x W: the grey (or given pixel values) everywhere, or for
+    "mean-image" the mean image's pixels (the pixels that preprocess to 0)."""
+    c, h, w = like.shape[-3:]
+    pixels = fill_pixels(fill, pp)
+    if pixels is None:
+        return pp.to_pixels(like.new_zeros(1, c, h, w))[0]
+    return torch.tensor(pixels, dtype=torch.float32).view(c, 1, 1).expand(c, h, w).to(like)
+
+
+def transform_images(
+    images: torch.Tensor,
+    transform: str,
+    value: float,
+    *,
+    preprocess: Preprocess,
+    fill: str | float | Sequence[float] = "grey",
+) -> torch.Tensor:
+    """Model input (N x C x H x W) -> the model input of the transformed images: back to pixels, transformed
+    there (`transform_pixels`), preprocessed again."""
+    pixels = preprocess.to_pixels(images.float())
+    moved = transform_pixels(pixels, transform, value, fill_pixel_map(fill, preprocess, images))
+    return preprocess.from_pixels(moved).to(images.dtype)
 
 
 def invariance(
-    model: nn.Module,
+    model: nn.Module | WithPreprocess,
     images: torch.Tensor,
     *,
     labels: torch.Tensor | Sequence[int | None] | None = None,
     transforms: Sequence[str] = TRANSFORMS,
     values: dict[str, Sequence[float]] | None = None,
     layers: Sequence[str] = ("conv1", "fc7"),
-    fill: float = 0.0,
+    fill: str | float | Sequence[float] = "grey",
+    preprocess: Preprocess | None = None,
 ) -> InvarianceResult:
     """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
     (`values[t]`, default `DEFAULT_VALUES[t]`), the distance to the untransformed features per layer and
     p(true class) (arXiv Sec. 4.4). An image without a label (None, or `labels` None) follows the class the
-    model predicts on it untransformed."""
+    model predicts on it untransformed. The transformations act on the pixels, so the preprocessing is needed:
+    pass an opened model (`zfnet.pretrained()`, `zfnet.open_model`) or `preprocess=`."""
+    model, pp = split_model(model, preprocess)
+    pp = pixel_preprocess(model, pp, "invariance's transformations")
     check_transforms(transforms)
     given = [None] * len(images) if labels is None else [None if l is None else int(l) for l in labels]
     predicted = [l is None for l in given]
@@ -152,8 +189,11 @@ def invariance(
         )
     layers = list(layers)
     curves = []
+    fill_map = fill_pixel_map(fill, pp, images)
+    pixels = pp.to_pixels(images.float())
     with torch.no_grad(), eval_mode(model):
-        base = {l: f.flatten(1) for l, f in features(model, images, layers).items()}
+        reference = pp.from_pixels(pixels).to(images.dtype)  # the images through the same round trip
+        base = {l: f.flatten(1) for l, f in features(model, reference, layers).items()}
         for t in transforms:
             vals = list(DEFAULT_VALUES[t] if values is None or t not in values else values[t])
             if not vals:
@@ -161,7 +201,7 @@ def invariance(
             dist = {l: torch.zeros(len(images), len(vals)) for l in layers}
             prob = torch.zeros(len(images), len(vals))
             for k, v in enumerate(vals):
-                x = transform_images(images, t, v, fill)
+                x = pp.from_pixels(transform_pixels(pixels, t, v, fill_map)).to(images.dtype)
                 with capture(model, layers, stop=False) as found:
                     logits = model(x)
                 p = F.softmax(logits.float(), 1)
@@ -171,4 +211,6 @@ def invariance(
                 for l in layers:
                     dist[l][:, k] = (found[l].flatten(1) - base[l]).norm(dim=1).cpu()
             curves.append(TransformCurve(t, vals, dist, prob))
-    return InvarianceResult(layers, labels, fill, curves, predicted)
+    shown = fill_pixels(fill, pp)
+    name = fill if isinstance(fill, str) else "pixels"
+    return InvarianceResult(layers, labels, name, curves, predicted, list(shown) if shown else None)

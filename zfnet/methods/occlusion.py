@@ -3,8 +3,11 @@ grid and record (b) the total activation of the layer's strongest feature map, (
 class and (e) the most probable class; (c) is the deconvnet projection of that map on the unoccluded image.
 
 Positions: the square's top-left corner at 0, S, 2S, ... <= H - W on each axis; when S does not divide H - W,
-also the flush last position H - W, so that the bottom and right edges are always covered. The square is
-filled with `fill` in model-input units (0 = the training mean after mean subtraction: the paper's grey).
+also the flush last position H - W, so that the bottom and right edges are always covered. The square is the
+paper's grey square: uniform in pixel space, grey = the training set's mean pixel per channel
+(`Preprocess.grey`), pasted into the image before preprocessing - in model-input units `grey - mean image`
+(see `zfnet.pixels`). `fill="mean-image"` pastes 0 in model-input units instead (the per-pixel mean image
+itself: not a square the model could have seen), a number or one per channel pastes those pixel values.
 The strongest map is the one with the largest single activation on the unoccluded image (as in Fig. 2, and
 where (c) projects it from); its activity (b) is the map's sum over all positions.
 
@@ -36,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import feature_module, features, resolve_layer
+from ..pixels import Fill, WithPreprocess, resolve_fill, split_model
 from ..runtime import eval_mode
 from .deconvnet import Deconvnet
 
@@ -81,7 +86,7 @@ class OcclusionResult:
     base_class: int
     window: int
     stride: int
-    fill: float
+    fill: str  # "grey", "mean-image" or "pixels" (see the module docstring)
     mode: str
     tau: float | None = None
     drill: float | None = None
@@ -89,6 +94,7 @@ class OcclusionResult:
     deviation: dict = field(default_factory=dict)  # approx vs exact, when compared
     requested: str = ""  # the mode asked for (`mode` is what ran: naive when the model is not a chain)
     target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
+    fill_pixels: list[float] | None = None  # the square's pixel values per channel (None: the mean image)
 
     def describe(self) -> str:
         """What ran, in words, for captions: exact / naive / approx, and a fallback with its reason."""
@@ -113,6 +119,7 @@ class OcclusionResult:
             "window": self.window,
             "stride": self.stride,
             "fill": self.fill,
+            "fill_pixels": self.fill_pixels,
             "mode": self.mode,
             "tau": self.tau,
             "drill": self.drill,
@@ -351,13 +358,14 @@ class OcclusionResults:
 
 
 def occlusion(
-    model: nn.Module,
+    model: nn.Module | WithPreprocess,
     images: torch.Tensor,
     *,
     target: int | Sequence[int | None] | None = None,
     window: int = 32,
     stride: int = 8,
-    fill: float = 0.0,
+    fill: Fill = "grey",
+    preprocess: Preprocess | None = None,
     layer: str = "conv5",
     mode: str = "exact",
     tau: float = 0.5,
@@ -368,7 +376,8 @@ def occlusion(
 ) -> OcclusionResults:
     """Fig. 6 for each image of a batch of model input (N x C x H x W): see the module docstring. `target`: the
     class whose probability (d) maps - one for all images, one per image, or None (each image's predicted
-    class)."""
+    class). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`."""
+    model, pp = split_model(model, preprocess)
     if images.dim() != 4:
         raise UsageError(
             f"occlusion takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
@@ -378,6 +387,7 @@ def occlusion(
     targets: list[Any] = list(target) if isinstance(target, (list, tuple, torch.Tensor)) else [target] * n
     if len(targets) != n:
         raise UsageError(f"{len(targets)} targets for {n} images; give one target, one per image, or none")
+    occluder = resolve_fill(model, fill, pp, images, "occlusion's grey square")
     return OcclusionResults(
         [
             _occlude(
@@ -386,7 +396,7 @@ def occlusion(
                 None if t is None else int(t),
                 window,
                 stride,
-                fill,
+                occluder,
                 layer,
                 mode,
                 tau,
@@ -406,7 +416,7 @@ def _occlude(
     target: int | None,
     window: int,
     stride: int,
-    fill: float,
+    fill: tuple[torch.Tensor, str, list[float] | None],
     layer: str,
     mode: str,
     tau: float,
@@ -415,7 +425,8 @@ def _occlude(
     projection_mode: str,
     drill: float | None,
 ) -> OcclusionResult:
-    """Fig. 6 for one image (1 x C x H x W)."""
+    """Fig. 6 for one image (1 x C x H x W); `fill`: (the occluder as model input C x H x W, its name, its
+    pixel values)."""
     if mode not in MODES:
         raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < tau <= 1:
@@ -426,6 +437,7 @@ def _occlude(
     if x.dim() != 4 or x.shape[0] != 1:
         raise UsageError(f"occlusion takes one image (C x H x W), got shape {tuple(image.shape)}")
     source = "predicted" if target is None else "label"
+    fill_map = fill[0].to(x)
     resolve_layer(model, layer)
     _, c_in, h, w = x.shape
     ys, xs = positions(h, window, stride), positions(w, window, stride)
@@ -456,10 +468,10 @@ def _occlude(
             for s in range(0, len(cells), bs):
                 part = [(ys[i], xs[j]) for i, j in cells[s : s + bs]]
                 if run_mode == "naive":
-                    lg, act = _naive_batch(model, feat, x, part, window, fill, channel)
+                    lg, act = _naive_batch(model, feat, x, part, window, fill_map, channel)
                 else:
                     box = torch.tensor([[y, xx, window, window] for y, xx in part])
-                    patch = x.new_full((len(part), c_in, window, window), fill)
+                    patch = torch.stack([fill_map[:, y : y + window, xx : xx + window] for y, xx in part])
                     assert steps is not None and feature_step is not None  # a traced chain
                     lg, act = _incremental_batch(
                         steps, feature_step, channel, box, patch, tau if run_mode == "approx" else None
@@ -495,13 +507,14 @@ def _occlude(
         base_class,
         window,
         stride,
-        float(fill),
+        fill[1],
         run_mode,
         tau if run_mode == "approx" else None,
         drill if run_mode == "approx" else None,
         seconds,
         requested=mode,
         target_source=source,
+        fill_pixels=fill[2],
     )
     if compare_exact and run_mode == "approx":
         exact = _occlude(
@@ -563,11 +576,17 @@ def _drill_down(evaluate, shape: tuple[int, int], target: int, drill: float):
     return p, act
 
 
-def _naive_batch(model, feat, x, part, window, fill, channel):
-    """Whole forwards of the occluded images, with the feature map's total captured on the way."""
+def occluded(x: torch.Tensor, fill_map: torch.Tensor, part: Sequence[tuple[int, int]], window: int) -> torch.Tensor:
+    """Copies of the image x (1 x C x H x W) with the occluder (from `fill_map`, C x H x W) at each (y, x)."""
     imgs = x.expand(len(part), *x.shape[1:]).clone()
     for i, (y, xx) in enumerate(part):
-        imgs[i, :, y : y + window, xx : xx + window] = fill
+        imgs[i, :, y : y + window, xx : xx + window] = fill_map[:, y : y + window, xx : xx + window]
+    return imgs
+
+
+def _naive_batch(model, feat, x, part, window, fill_map, channel):
+    """Whole forwards of the occluded images, with the feature map's total captured on the way."""
+    imgs = occluded(x, fill_map, part, window)
     found = []
     h = feat.register_forward_hook(lambda m, i, o: found.append(o[:, channel].flatten(1).sum(1)))
     try:

@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
 from ..methods.correspondence import correspondence
 from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, check_transforms, invariance, transform_images
+from ..pixels import fill_input
 from ..provenance import environment
 from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
 from ..weights import Opened
@@ -23,7 +24,8 @@ from .inputs import Inputs, load_inputs
 
 def read_parts(path: str) -> dict:
     """A parts file: {"parts": {name: [[y0, x0, y1, x1] per image]}, "images": [dataset indices or file names],
-    optional "data" and "split"}."""
+    optional "object" (the object's box: one per image, or one for all; where the random control's parts go),
+    "data" and "split"}."""
     if not os.path.isfile(path):
         raise UsageError(f"parts file {path!r} does not exist; check the path given to --parts")
     try:
@@ -31,6 +33,10 @@ def read_parts(path: str) -> dict:
             spec = json.load(f)
         parts = {str(k): [tuple(int(v) for v in b) for b in boxes] for k, boxes in spec["parts"].items()}
         images = list(spec["images"])
+        objects = spec.get("object")
+        if objects is not None:
+            one = len(objects) == 4 and all(isinstance(v, (int, float)) for v in objects)
+            objects = [tuple(int(v) for v in (objects if one else b)) for b in (images if one else objects)]
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(
             f"cannot read parts file {path!r} ({type(e).__name__}: {e}); it needs 'images' and "
@@ -41,7 +47,12 @@ def read_parts(path: str) -> dict:
             raise UsageError(
                 f"parts file {path!r}: part {name!r} needs one [y0, x0, y1, x1] box per image ({len(images)} images)"
             )
-    return {**spec, "parts": parts, "images": images}
+    if objects is not None and (len(objects) != len(images) or any(len(b) != 4 for b in objects)):
+        raise UsageError(
+            f"parts file {path!r}: 'object' needs one [y0, x0, y1, x1] box per image ({len(images)} images), "
+            "or one box for all"
+        )
+    return {**spec, "parts": parts, "images": images, "object": objects}
 
 
 def parts_inputs(
@@ -68,7 +79,7 @@ def run_correspondence(
     out: str,
     *,
     layers: tuple[str, ...] = ("conv5", "fc7"),
-    fill: float = 0.0,
+    fill: str | float | tuple[float, ...] = "grey",
     random_draws: int = 10,
     seed: int = 0,
     parts_file: str | None = None,
@@ -78,9 +89,10 @@ def run_correspondence(
     (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
     started = time.perf_counter()
     res = correspondence(
-        opened.model,
+        opened,
         inputs.x.to(device),
         parts=spec["parts"],
+        objects=spec.get("object"),
         layers=tuple(layers),
         fill=fill,
         random_draws=random_draws,
@@ -92,20 +104,26 @@ def run_correspondence(
     atomic_write_text(os.path.join(out, "correspondence.md"), correspondence_markdown(body, title))
     shown_random = res.random_boxes[:3]
     titles = ["original", *spec["parts"], *[f"random {k + 1}" for k in range(len(shown_random))]]
+    fill_map = (
+        inputs.x.new_zeros(inputs.x.shape[1:])
+        if fill == "mean-image"
+        else fill_input(fill, opened.preprocess, inputs.x)
+    )
     panels = []
-    for i in range(min(5, len(inputs.names))):  # the masked images as the model sees them (fill = its value)
-        boxes = [None, *[spec["parts"][p][i] for p in spec["parts"]], *shown_random]
+    for i in range(min(5, len(inputs.names))):  # the masked images as the model sees them
+        boxes = [None, *[spec["parts"][p][i] for p in spec["parts"]], *[d[i] for d in shown_random]]
         x = inputs.x[i : i + 1].repeat(len(boxes), 1, 1, 1)
         for k, b in enumerate(boxes):
             if b is not None:
-                x[k, :, b[0] : b[2], b[1] : b[3]] = fill
+                x[k, :, b[0] : b[2], b[1] : b[3]] = fill_map[:, b[0] : b[2], b[1] : b[3]]
         panels.append(list(opened.preprocess.display(x).cpu()))
     correspondence_figure(
         panels,
         titles,
         inputs.names[: len(panels)],
         os.path.join(out, "correspondence.png"),
-        f"Correspondence (arXiv Sec. 4.3): {title}, each part masked (fill {fill:g}) as the model sees it",
+        f"Correspondence (arXiv Sec. 4.3): {title}, each part masked ({res.fill}) as the model sees it; "
+        f"random: parts of the {'object box' if res.region_source == 'object' else 'parts hull'}",
     )
     result = {
         "method": "correspondence (arXiv Sec. 4.3)",
@@ -113,7 +131,13 @@ def run_correspondence(
         "images": inputs.names,
         "parts_file": os.path.abspath(parts_file) if parts_file else None,
         "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
-        "settings": {"random_draws": random_draws, "seed": seed, "fill": fill, "layers": list(layers)},
+        "objects": [list(b) for b in spec["object"]] if spec.get("object") else None,
+        "settings": {"random_draws": random_draws, "seed": seed, "fill": res.fill, "layers": list(layers)},
+        "random": (
+            "in each draw every image gets its own box of the parts' median size, uniform inside its "
+            + ("object box" if res.region_source == "object" else "named parts' hull grown to that size")
+            + "; each pair's value is its mean over the draws, the +- the spread over pairs (as for a part)"
+        ),
         "model": opened.info(),
         "table": "correspondence.md",
         "figure": "correspondence.png",
@@ -131,11 +155,11 @@ def run_invariance(
     *,
     transforms: tuple[str, ...] = TRANSFORMS,
     layers: tuple[str, ...] = ("conv1", "fc7"),
-    fill: float = 0.0,
+    fill: str | float | tuple[float, ...] = "grey",
     device: torch.device | str = "cpu",
 ) -> dict:
     """The invariance figure (one row per transformation) and invariance.json. Translations are the paper's
-    range scaled to the input size (its 224 px -> ours)."""
+    range scaled to the input size (its 224 px -> ours); every transformation acts on the pixels."""
     check_transforms(transforms)
     started = time.perf_counter()
     x = inputs.x.to(device)
@@ -144,14 +168,15 @@ def run_invariance(
     if "translate" in values:
         values["translate"] = sorted({int(round(v * size / 224)) for v in values["translate"]})
     labels = list(inputs.labels)  # None: the class predicted on the untransformed image
-    res = invariance(
-        opened.model, x, labels=labels, transforms=transforms, values=values, layers=tuple(layers), fill=fill
-    )
+    res = invariance(opened, x, labels=labels, transforms=transforms, values=values, layers=tuple(layers), fill=fill)
     rows, examples = [], {}
     for curve, row in zip(res.curves, res.to_json()["transforms"]):
         shown = curve.values[:: max(1, len(curve.values) // 5)]
         examples[curve.transform] = [
-            opened.preprocess.display(transform_images(x[:1], curve.transform, v, fill))[0].cpu() for v in shown
+            opened.preprocess.display(
+                transform_images(x[:1], curve.transform, v, preprocess=opened.preprocess, fill=fill)
+            )[0].cpu()
+            for v in shown
         ]
         rows.append({**row, "shown_values": shown})
     classes = inputs.classes or []
@@ -171,7 +196,9 @@ def run_invariance(
         "classes": classes,
         "transforms": rows,
         "interpolation": "translate: integer shift; scale, rotate: bilinear about the centre",
-        "fill": fill,
+        "space": "pixels: each input back to its pixels, transformed, preprocessed again",
+        "fill": res.fill,
+        "fill_pixels": res.fill_pixels,
         "layers": list(layers),
         "model": opened.info(),
         "figure": "invariance.png",

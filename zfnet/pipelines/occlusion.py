@@ -25,7 +25,7 @@ class OcclusionOptions:
 
     window: int = 32  # occluder side
     stride: int = 8  # occluder step
-    fill: float = 0.0  # occluder value in model-input units
+    fill: str | float | tuple[float, ...] = "grey"  # grey | mean-image | pixel value(s) (zfnet.pixels)
     layer: str = "conv5"  # the layer whose strongest map (b) and (c) show
     mode: str = "exact"  # exact | naive | approx (zfnet.methods.occlusion.MODES)
     tau: float = 0.5  # approx: projective-field threshold
@@ -57,6 +57,7 @@ def run_occlusion(
                 window=o.window,
                 stride=o.stride,
                 fill=o.fill,
+                preprocess=pp,
                 layer=o.layer,
                 mode=o.mode,
                 tau=o.tau,

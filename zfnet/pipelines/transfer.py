@@ -19,6 +19,7 @@ from ..layers import resolve_layer
 from ..methods.atlas import fingerprint
 from ..provenance import environment
 from ..render.transfer import fig7, probe_markdown, probe_plot, transfer_markdown
+from ..runtime import Dist
 from ..weights import Opened
 
 
@@ -192,6 +193,8 @@ class ProbeOptions:
     folds: int = 5
     layers: tuple[str, ...] | None = None  # None: layers 1-7 (`paper_layers`)
     test_per_class: int | None = None
+    store_dtype: str = "float32"  # the feature store's (float16 halves the disk, rounds the features)
+    batch_size: int = 64  # images per extraction batch (what memory holds while extracting)
 
 
 def run_layerprobe(
@@ -202,20 +205,59 @@ def run_layerprobe(
     options: ProbeOptions = ProbeOptions(),
     device: torch.device | str = "cpu",
     progress: bool = True,
-) -> dict:
-    """Table 6: a linear SVM and a softmax on each layer's fixed features."""
+    dist: Dist | None = None,
+) -> dict | None:
+    """Table 6: a linear SVM and a softmax on each layer's fixed features, streamed through a feature store in
+    OUT/.features (resumable; under torchrun every process extracts its share, rank 0 classifies and writes;
+    other ranks return None)."""
+    import resource
+
     o = options
     check_protocol(o.protocol, probe=True)
+    if o.store_dtype not in ("float32", "float16"):
+        raise UsageError(f"store dtype {o.store_dtype!r}: pass float32 or float16")
     started = time.perf_counter()
     default_n, default_test = tx.PROTOCOLS[o.protocol]
     n = o.per_class or default_n[-1]
     test_n = o.test_per_class or default_test
     ds = dataset
+    dist = dist or Dist(device=torch.device(device))
     layers = list(o.layers or paper_layers(opened.model))
-    feats, pos = tx.extract(opened.model, ds, layers=layers, device=device, progress=progress)
+    for layer in layers:
+        resolve_layer(opened.model, layer)
+    pp = ds.preprocess
+    key = fingerprint(
+        {
+            "model": opened.name,
+            "weights": opened.weights_sha256,
+            "data": ds.spec,
+            "split": ds.split,
+            "images": len(ds),
+            "exclude": ds.exclude,
+            "layers": layers,
+            "pp": pp.to_dict(),
+            "mean": None if pp.mean_image is None else float(pp.mean_image.double().sum()),
+            "dtype": o.store_dtype,
+        }
+    )
+    store = tx.extract_to_store(
+        opened.model,
+        ds,
+        os.path.join(out, ".features"),
+        layers=layers,
+        key=key,
+        batch_size=o.batch_size,
+        dtype=o.store_dtype,
+        dist=dist,
+        progress=progress,
+    )
+    if not dist.main:
+        return None
     ds.check_readable()
-    labels = ds.labels[pos].numpy()
-    summary = tx.probe(feats, labels, [n], test_n, o.folds, ["svm", "softmax"], layers).summary()
+    pos = store.positions()
+    labels = ds.labels[torch.as_tensor(pos)].numpy()
+    feats = {l: store.array(l) for l in layers}
+    summary = tx.probe(feats, labels, [n], test_n, o.folds, ["svm", "softmax"], layers, rows=pos).summary()
     os.makedirs(out, exist_ok=True)
     title = f"{opened.name} -> {ds.spec} ({ds.split}): per-layer probes, {n}/class, {o.folds} folds"
     atomic_write_text(os.path.join(out, "table.md"), probe_markdown(summary, layers, n, title))
@@ -227,6 +269,14 @@ def run_layerprobe(
         "test_per_class": test_n,
         "folds": o.folds,
         "features": {l: int(feats[l].shape[1]) for l in layers},
+        "depth": {l: tx.layer_depth(l) for l in layers},
+        "feature_store": {
+            "folder": ".features",
+            "dtype": o.store_dtype,
+            "bytes": int(sum(feats[l].nbytes for l in layers)),
+            "images": int(len(pos)),
+        },
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "classifiers": {
             "svm": "LinearSVC C=1 on standardized features",
             "softmax": "multinomial logistic regression, L2 C=1, standardized",

@@ -1,4 +1,5 @@
-"""Fig. 6's five panels from an occlusion result (never a model): (a) the image with the occluder's size drawn,
+"""Fig. 6's five panels from an occlusion result (never a model): (a) the image as the model saw it with the
+occluder at its most sensitive position (where p(target) is lowest; a grey square is pasted in its pixel values),
 (b) the activity of the strongest map per occluder position with a colour bar, (c) that map's deconvnet
 projection, (d) p(true class) per position with a colour bar, (e) the most probable class per position with
 the class names in a legend."""
@@ -23,17 +24,31 @@ def _show(t: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
-def _extent(result, h: int, w: int) -> tuple[float, float, float, float]:
-    """Each cell centred on its occluder's centre, in image pixels."""
-    half = result.window / 2
-    step_y = float(result.ys[1] - result.ys[0]) if len(result.ys) > 1 else result.window
-    step_x = float(result.xs[1] - result.xs[0]) if len(result.xs) > 1 else result.window
-    return (
-        float(result.xs[0]) + half - step_x / 2,
-        float(result.xs[-1]) + half + step_x / 2,
-        float(result.ys[-1]) + half + step_y / 2,
-        float(result.ys[0]) + half - step_y / 2,
-    )
+def cell_edges(starts: torch.Tensor, window: int) -> np.ndarray:
+    """Cell boundaries along one axis: each cell around its occluder's centre, split halfway between
+    neighbouring centres (so the flush last position, closer than one stride, gets a narrower cell); the outer
+    cells extend half a step beyond their centres."""
+    c = starts.double().numpy() + window / 2
+    if len(c) == 1:
+        return np.array([c[0] - window / 2, c[0] + window / 2])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[c[0] - (c[1] - c[0]) / 2], mid, [c[-1] + (c[-1] - c[-2]) / 2]])
+
+
+def _cells(ax, result, values, **kw):
+    """A per-position map drawn on the image's pixel axes with `cell_edges`."""
+    return ax.pcolormesh(cell_edges(result.xs, result.window), cell_edges(result.ys, result.window), values, **kw)
+
+
+def with_occluder(result, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The display image with the occluder pasted where p(target) is lowest (when the fill is uniform in pixels,
+    its pixel values; the mean image is left as drawn) and that top-left corner."""
+    flat = int(result.prob.argmin())
+    y, x = int(result.ys[flat // len(result.xs)]), int(result.xs[flat % len(result.xs)])
+    out = image.clone().float()
+    if getattr(result, "fill_pixels", None):
+        out[:, y : y + result.window, x : x + result.window] = torch.tensor(result.fill_pixels).view(-1, 1, 1)
+    return out, (y, x)
 
 
 def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, path: str, title: str = "") -> None:
@@ -51,31 +66,29 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
         return names[k] if k < len(names) else str(k)
 
     h, w = image.shape[-2:]
-    ext = _extent(result, h, w)
     fig, ax = plt.subplots(1, 5, figsize=(19, 4.2))
     grey = "gray" if image.shape[0] == 1 else None
-    ax[0].imshow(_show(image), cmap=grey, vmin=0, vmax=1)
-    ax[0].add_patch(
-        Rectangle(
-            (-0.5, -0.5),
-            result.window,
-            result.window,
-            fill=True,
-            facecolor=(0.5, 0.5, 0.5, 0.8),
-            edgecolor="red",
-            lw=1.5,
-        )
-    )
+    shown, (oy, ox) = with_occluder(result, image)
+    ax[0].imshow(_show(shown), cmap=grey, vmin=0, vmax=1)
+    ax[0].add_patch(Rectangle((ox - 0.5, oy - 0.5), result.window, result.window, fill=False, edgecolor="red", lw=1.5))
     said = "predicted" if result.target_source == "predicted" else "true"
-    ax[0].set_title(f"(a) input; {said}: {name(result.target)}\noccluder {result.window}px, stride {result.stride}")
-    im = ax[1].imshow(result.activity.numpy(), extent=ext, cmap="jet")
+    what = (
+        f"grey {'/'.join(f'{v:g}' for v in result.fill_pixels)}"
+        if getattr(result, "fill_pixels", None) and result.fill == "grey"
+        else result.fill
+    )
+    ax[0].set_title(
+        f"(a) input; {said}: {name(result.target)}\n{what} occluder {result.window}px, stride {result.stride}"
+    )
+    im = _cells(ax[1], result, result.activity.numpy(), cmap="jet")
     fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.04)
     ax[1].set_title(
         f"(b) total activation, {result.layer} map {result.channel}\n(unoccluded: {result.base_activity:.3g})"
     )
-    ax[2].imshow(_show(stretch(result.projection)), cmap=grey, vmin=0, vmax=1)
+    # pixel i spans [i, i + 1] on (b)-(e): the occluder at top-left y covers [y, y + window]
+    ax[2].imshow(_show(stretch(result.projection)), cmap=grey, vmin=0, vmax=1, extent=(0, w, h, 0))
     ax[2].set_title(f"(c) projection of {result.layer} map {result.channel}")
-    im = ax[3].imshow(result.prob.numpy(), extent=ext, cmap="jet", vmin=0, vmax=1)
+    im = _cells(ax[3], result, result.prob.numpy(), cmap="jet", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax[3], fraction=0.046, pad=0.04)
     ax[3].set_title(f"(d) p({name(result.target)}, {said} class)\n(unoccluded: {result.base_prob:.3f})")
     present = sorted(set(result.top_class.flatten().tolist()))
@@ -83,9 +96,7 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
     colours = [palette(i % 20) for i in range(len(present))]
     index = {k: i for i, k in enumerate(present)}
     codes = result.top_class.clone().apply_(lambda k: index[k]).numpy()
-    ax[4].imshow(
-        codes, extent=ext, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(present) - 0.5, interpolation="nearest"
-    )
+    _cells(ax[4], result, codes, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(present) - 0.5)
     ax[4].legend(
         handles=[Patch(color=colours[index[k]], label=name(k)) for k in present],
         loc="upper left",
@@ -97,6 +108,7 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
     for a in ax[1:]:
         a.set_xlim(0, w)
         a.set_ylim(h, 0)
+        a.set_aspect("equal")
     for a in (ax[1], ax[3], ax[4]):
         a.set_xlabel("occluder centre x (px)")
     ax[1].set_ylabel("occluder centre y (px)")

@@ -72,9 +72,11 @@ def show(result, images: torch.Tensor | None = None, *, classes: list[str] | Non
         rows, examples = [], {}
         for curve, row in zip(result.curves, result.to_json()["transforms"]):
             shown = curve.values[:: max(1, len(curve.values) // 5)]
-            if images is not None:
-                tiles = [_display(transform_images(images[:1].float().cpu(), curve.transform, v, result.fill),
-                                  preprocess, 0, ()) for v in shown]  # fmt: skip
+            if images is not None and preprocess is not None:
+                fill = result.fill_pixels or "mean-image"
+                tiles = [_display(transform_images(images[:1].float().cpu(), curve.transform, v,
+                                                   preprocess=preprocess, fill=fill), preprocess, 0, ())
+                         for v in shown]  # fmt: skip
             else:
                 tiles = [torch.full((3, 32, 32), 128.0) for _ in shown]
             examples[curve.transform] = tiles

@@ -10,6 +10,7 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
+from ..experiments.transfer import layer_depth
 from ..io import atomic_save_figure
 
 PAPER_TABLE3 = {
@@ -115,18 +116,22 @@ def probe_markdown(summary: dict, layers: list[str], per_class: int, title: str)
         "|---|---|---|---|",
     ]
     for name, label in (("svm", "SVM"), ("softmax", "Softmax")):
-        for i, layer in enumerate(layers, start=1):
-            p = PAPER_TABLE6.get(f"{label} ({i})", (None, None))
+        for layer in layers:
+            depth = layer_depth(layer)  # rows by the paper's layer number, not by list position
+            p = PAPER_TABLE6.get(f"{label} ({depth})", (None, None))
             lines.append(
-                f"| {label} ({i}: {layer}) | {_cell(summary.get(f'{name}/{layer}/{per_class}'))} | "
-                f"{_paper(p[0])} | {_paper(p[1])} |"
+                f"| {label} ({depth if depth is not None else '-'}: {layer}) | "
+                f"{_cell(summary.get(f'{name}/{layer}/{per_class}'))} | {_paper(p[0])} | {_paper(p[1])} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def probe_plot(summary: dict, layers: list[str], per_class: int, path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    xs = list(range(1, len(layers) + 1))
+    depths = [layer_depth(l) for l in layers]
+    xs = [d for d in depths if d is not None]
+    if len(xs) != len(layers):  # not all paper-named: by position
+        xs = list(range(1, len(layers) + 1))
     for name, label in (("svm", "linear SVM"), ("softmax", "softmax")):
         m = [100 * summary[f"{name}/{l}/{per_class}"]["mean"] for l in layers]
         s = [100 * summary[f"{name}/{l}/{per_class}"]["std"] for l in layers]

@@ -1,0 +1,112 @@
+"""Pixel space for the methods that change the image (Sec. 4.2's grey square, the arXiv invariance transforms):
+the model input mapped back to the pixels it was made from, and a fill given in pixels mapped forward.
+
+The methods take model input (preprocessed images) as every method does; to paste a grey square or to move the
+object they need the preprocessing too: `preprocess=`, or an opened model (`zfnet.open_model`,
+`zfnet.pretrained()`: anything with `.model` and `.preprocess`) in place of the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .data.preprocess import Preprocess
+from .errors import UsageError
+
+# what `fill=` takes: "grey" (the training mean pixel per channel), "mean-image" (0 in model-input units: the
+# per-pixel mean image, or the channel mean), a pixel value 0-255 (all channels) or one per channel
+FILL_CHOICES = "grey, mean-image, a pixel value 0-255, or one value per channel (R,G,B)"
+
+
+class WithPreprocess(Protocol):
+    """An opened model: `zfnet.Opened`, `zfnet.pretrained()`'s result."""
+
+    model: nn.Module
+    preprocess: Preprocess
+
+
+Fill = str | float | Sequence[float]
+
+
+def split_model(model: Any, preprocess: Preprocess | None = None) -> tuple[nn.Module, Preprocess | None]:
+    """(module, preprocessing) from a module or an opened model (`.model` + `.preprocess`); `preprocess` wins."""
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        return model.model, preprocess or getattr(model, "preprocess", None)
+    return model, preprocess
+
+
+def pixel_preprocess(module: nn.Module, preprocess: Preprocess | None, what: str) -> Preprocess:
+    """The preprocessing that maps pixels to `module`'s input: the one given, else the model family's default
+    when that one knows the training mean (torchvision / timm normalisation); a paper-style model (its mean
+    image comes with its weights) must be given its own."""
+    if preprocess is not None:
+        return preprocess
+    from .weights import default_preprocess
+
+    pp = default_preprocess(module)
+    if pp.mean_image is None and pp.channel_mean is None:
+        raise UsageError(
+            f"{what} works in pixels and this model's mean image is not known: pass preprocess= (or the opened "
+            "model, e.g. zfnet.pretrained()) in place of the module"
+        )
+    return pp
+
+
+def parse_fill(text: str) -> str | float | tuple[float, ...]:
+    """`--fill` from the command line: a name, one pixel value or one per channel (comma-separated)."""
+    if text in ("grey", "gray", "mean-image"):
+        return "grey" if text == "gray" else text
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--fill {text!r}: pass {FILL_CHOICES}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def fill_pixels(fill: str | float | Sequence[float], pp: Preprocess) -> tuple[float, ...] | None:
+    """The fill as pixel values per channel (None for "mean-image", which is not uniform in pixels)."""
+    if isinstance(fill, str):
+        if fill in ("grey", "gray"):
+            return pp.grey
+        if fill == "mean-image":
+            return None
+        raise UsageError(f"fill {fill!r}: pass {FILL_CHOICES}")
+    values = (float(fill),) * pp.channels if isinstance(fill, (int, float)) else tuple(float(v) for v in fill)
+    if len(values) != pp.channels or not all(0 <= v <= 255 for v in values):
+        raise UsageError(f"fill {fill!r}: pass {FILL_CHOICES} ({pp.channels} channels, pixel values 0-255)")
+    return values
+
+
+def fill_input(fill: str | float | Sequence[float], pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
+    """The fill as model input, C x H x W like one image of `like` (N x C x H x W): uniform pixels through the
+    preprocessing (so with a per-pixel mean image it varies over the image), or zeros for "mean-image"."""
+    pixels = fill_pixels(fill, pp)
+    c, h, w = like.shape[-3:]
+    if pixels is None:
+        return like.new_zeros(c, h, w)
+    if len(pixels) != c:
+        raise UsageError(f"the preprocessing has {len(pixels)} channels and the images {c}; pass matching ones")
+    square = torch.tensor(pixels, dtype=torch.float32).view(c, 1, 1).expand(c, h, w)
+    return pp.from_pixels(square).to(like)
+
+
+def resolve_fill(
+    module: nn.Module, fill: Fill, preprocess: Preprocess | None, like: torch.Tensor, what: str
+) -> tuple[torch.Tensor, str, list[float] | None]:
+    """(the fill as model input C x H x W, its name for results, its pixel values per channel or None)."""
+    if fill == "mean-image":
+        return like.new_zeros(like.shape[-3:]), "mean-image", None
+    pp = pixel_preprocess(module, preprocess, what)
+    pixels = fill_pixels(fill, pp)
+    return fill_input(fill, pp, like), fill if isinstance(fill, str) else "pixels", list(pixels) if pixels else None
+
+
+def describe_fill(fill: str | float | Sequence[float], pp: Preprocess | None) -> dict:
+    """The fill for a result's JSON: its name and, when uniform in pixels, the pixel values per channel."""
+    name = fill if isinstance(fill, str) else "pixels"
+    pixels = fill_pixels(fill, pp) if pp is not None else None
+    return {"fill": name, "fill_pixels": list(pixels) if pixels is not None else None}
