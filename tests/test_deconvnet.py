@@ -19,7 +19,18 @@ from zfnet.methods.deconvnet import Deconvnet, Target, project
 
 def _transposed_filter(signal: torch.Tensor, conv: nn.Conv2d, in_hw: tuple[int, int]) -> torch.Tensor:
     """'filter with transposed versions of the same filters ... flipping each filter vertically and
-    horizontally': dilate by the stride, pad fully, correlate with flipped, in/out-swapped filters, no bias."""
+    horizontally': dilate by the stride, pad fully, correlate with flipped, in/out-swapped filters, no bias.
+    A grouped conv (Krizhevsky's two towers) is transposed group by group: each group's output maps go back
+    through that group's filters to that group's input maps."""
+    g = conv.groups
+    if g > 1:
+        per_out, per_in = conv.out_channels // g, conv.in_channels // g
+        parts = []
+        for i in range(g):
+            one = nn.Conv2d(per_in, per_out, conv.kernel_size, conv.stride, conv.padding, bias=False)
+            one.weight.data = conv.weight[i * per_out : (i + 1) * per_out]
+            parts.append(_transposed_filter(signal[:, i * per_out : (i + 1) * per_out], one, in_hw))
+        return torch.cat(parts, 1)
     s, p, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
     n, c, h, w = signal.shape
     z = signal.new_zeros(n, c, (h - 1) * s + 1, (w - 1) * s + 1)
@@ -91,6 +102,23 @@ def test_matches_slow_reference_on_zfnet_with_contrast_norm(mode):
             y, xx = divmod(int(acts.argmax()), acts.shape[-1])
             ours = dn.project(x, layer, c, position=(y, xx))[0]
             ref = reference_projection(model, x, layer, c, y, xx, mode)
+            assert ref.abs().max() > 0
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_matches_slow_reference_on_krizhevskys_grouped_alexnet():
+    """Table 2's replication baseline has groups=2 in conv2, conv4 and conv5: the backward rule on autograd
+    projects through them as the group-by-group transposed filters of the reference."""
+    torch.manual_seed(3)
+    model = models.build("alexnet", num_classes=10, init="kaiming").eval()
+    assert [model.conv2.groups, model.conv3.groups, model.conv4.groups, model.conv5.groups] == [2, 1, 2, 2]
+    x = torch.randn(1, 3, 224, 224)
+    with Deconvnet(model) as dn:
+        for layer, c in (("conv2", 200), ("conv4", 7), ("conv5", 30)):
+            acts = dn.activations(x, layer)[0, c]
+            y, xx = divmod(int(acts.argmax()), acts.shape[-1])
+            ours = dn.project(x, layer, c, position=(y, xx))[0]
+            ref = reference_projection(model, x, layer, c, y, xx)
             assert ref.abs().max() > 0
             torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 

@@ -99,6 +99,21 @@ def test_overrides_and_small_family():
     assert not hasattr(models.build("zfnet-small", norm=False), "norm1")
 
 
+def test_alexnet_is_krizhevskys_grouped_net():
+    """60,965,224 parameters, counted by hand from Krizhevsky et al.'s table: conv1 96*3*11*11+96; conv2 (two
+    towers) 256*48*5*5+256; conv3 384*256*9+384; conv4 384*192*9+384; conv5 256*192*9+256; fc6 9216*4096+4096;
+    fc7 4096*4096+4096; fc8 4096*1000+1000. The dense variant connects every map of the layer below."""
+    hand = (
+        96 * 3 * 121 + 96 + 256 * 48 * 25 + 256 + 384 * 256 * 9 + 384 + 384 * 192 * 9 + 384 + 256 * 192 * 9 + 256
+        + 9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    )  # fmt: skip
+    assert hand == 60_965_224
+    assert sum(p.numel() for p in models.build("alexnet", init="torch").parameters()) == hand
+    dense = models.build("alexnet-dense", init="torch")
+    assert all(getattr(dense, f"conv{i}").groups == 1 for i in range(1, 6))
+    assert models.build("alexnet-rm34", init="torch").conv5.groups == 2  # Table 2's Krizhevsky rows are grouped
+
+
 def test_paper_init_statistics():
     net = models.build("zfnet", init="paper")
     w = net.conv3.weight

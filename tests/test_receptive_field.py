@@ -68,6 +68,20 @@ def test_zfnet_fields_are_the_papers_and_match_brute_force():
         assert found[(y, x)] == rf.clipped_box(y, x)
 
 
+def test_grouped_alexnet_fields_are_krizhevskys_and_match_brute_force():
+    """11x11/4 conv1, 3x3/2 pools, 5x5 conv2 (groups 2), 3x3 conv3-5: fields 11, 51, 99, 131, 163 px
+    (11 + 2*4 = 19 after pool1; + 4*8 = 51; pool2 -> 67 at jump 16; + 2*16 per 3x3 conv)."""
+    model = models.build("alexnet", init="torch")
+    sizes = {l: layer_field(model, l).size[0] for l in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    assert sizes == {"conv1": 11, "conv2": 51, "conv3": 99, "conv4": 131, "conv5": 163}
+    small = models.build("alexnet", init="torch", input_size=99, remove=("fc6", "fc7"))
+    rf = layer_field(small, "conv2", (3, 99, 99))
+    spots = [(0, 0), (2, 3)]
+    found = brute_force_fields(small, "conv2", (3, 99, 99), spots)
+    for y, x in spots:
+        assert found[(y, x)] == rf.clipped_box(y, x)
+
+
 def test_resnet_field_with_residual_branches():
     model = models.build("torchvision:resnet18")
     rf = layer_field(model, "layer1.0", (3, 40, 40))

@@ -65,6 +65,7 @@ class Row:
     val_top1_err: float | None = None
     val_top5_err: float | None = None
     val_top1_err_10crop: float | None = None
+    val_top5_err_10crop: float | None = None
     train_seconds: float | None = None
     parameters: int | None = None
 
@@ -113,6 +114,7 @@ def collect(out: str, base: str, variants: list[str]) -> list[Row]:
                     m["val"]["centre"]["top1_err"],
                     m["val"]["centre"]["top5_err"],
                     m["val"]["ten_crop"]["top1_err"],
+                    m["val"]["ten_crop"]["top5_err"],
                     m["train_wall_seconds"],
                     params,
                 )

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..registry import Registry
-from .alexnet import ALEXNET
+from .alexnet import ALEXNET, ALEXNET_DENSE
 from .convnet import (
     TABLE2_VARIANTS,
     Arch,
@@ -122,7 +122,7 @@ def _arch_builder(base: Arch, default_classes: int, transform=None):
 
 _BASES = {
     "zfnet": (ZFNET, 1000, "Zeiler & Fergus Fig. 3: 7x7/2 conv1, 5x5/2 conv2, dense 3-5"),
-    "alexnet": (ALEXNET, 1000, "Krizhevsky et al. with dense layers 3-5 (the paper's replication baseline)"),
+    "alexnet": (ALEXNET, 1000, "Krizhevsky et al. exactly: groups=2 in conv2, 4, 5 (Table 2's replication baseline)"),
     "zfnet-small": (SMALL, 10, "small-image family (28-64 px, grey or colour), trainable on a laptop"),
 }
 for _name, (_arch, _classes, _desc) in _BASES.items():
@@ -131,6 +131,9 @@ for _name, (_arch, _classes, _desc) in _BASES.items():
         register(f"{_name}-{_suffix}", f"Table 2 '{_row}' of {_name}")(
             _arch_builder(_arch.with_(name=f"{_name}-{_suffix}"), _classes, _fn)
         )
+register("alexnet-dense", "Krizhevsky et al. with dense layers 2-5 (no two-GPU towers)")(
+    _arch_builder(ALEXNET_DENSE, 1000)
+)
 register("zfnet-small-rgb", "small-image family for 32x32 colour images (CIFAR-sized)")(
     _arch_builder(SMALL.with_(name="zfnet-small-rgb", in_channels=3, input_size=32), 10)
 )

@@ -26,6 +26,7 @@ class Conv:
     padding: int = 0
     pool: bool = False  # 3x3 max-pool, stride 2, after the ReLU
     norm: bool = False  # contrast normalization across feature maps
+    groups: int = 1  # 2: Krizhevsky et al.'s two GPU towers (each half of the maps sees only its half of the input)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def _conv_layers(arch: Arch) -> OrderedDict[str, nn.Module]:
     for i, conv in enumerate(arch.convs, start=1):
         if conv is None:
             continue
-        layers[f"conv{i}"] = nn.Conv2d(c_in, conv.out, conv.kernel, conv.stride, conv.padding)
+        groups = conv.groups if c_in % conv.groups == 0 and conv.out % conv.groups == 0 else 1
+        layers[f"conv{i}"] = nn.Conv2d(c_in, conv.out, conv.kernel, conv.stride, conv.padding, groups=groups)
         layers[f"relu{i}"] = nn.ReLU()
         steps = [("pool", conv.pool), ("norm", conv.norm)]
         for kind, on in reversed(steps) if arch.norm_before_pool else steps:
