@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from zfnet import models
 from zfnet.cli import main
 from zfnet.experiments.ablation import paper_row, variant_names
 from zfnet.models import TABLE2_VARIANTS
@@ -142,13 +143,24 @@ def test_high_frequency_share_hand_worked():
     both = checker + slow  # Parseval: the checker carries 256 of the 256 + 128 units of power
     shares = high_frequency_share(torch.cat([checker, slow, both]))
     assert shares.tolist() == pytest.approx([1.0, 0.0, 2 / 3], abs=1e-9)
+    # a stride-4 grid's harmonic sits exactly on a 0.25 cutoff: it counts half, not all-or-nothing by rounding
+    grid4 = torch.cos(2 * torch.pi * xx / 4)[None, None]  # 0.25 cycles/px
+    assert float(high_frequency_share(grid4, 0.25)[0]) == pytest.approx(0.5, abs=1e-9)
+    assert float(high_frequency_share(grid4, 0.125)[0]) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_archselect_end_to_end(tmp_path, capsys):
-    from zfnet.experiments.archselect import configs
+    from zfnet.experiments.archselect import configs, cutoff
 
-    assert configs("zfnet-small")["krizhevsky-like"] == ((7, 2, 3), True)
-    assert configs("zfnet")["krizhevsky-like-noclip"] == ((11, 4, 2), False)
+    # Sec. 4.1: layers 1 and 2 - Krizhevsky 11x11/4 then conv2 stride 1, ZFNet 7x7/2 then conv2 stride 2
+    assert configs("zfnet")["krizhevsky-like-noclip"] == ((11, 4, 2), 1, False)
+    assert configs("zfnet")["zfnet-like"] == ((7, 2, 1), 2, True)
+    assert configs("zfnet-small")["krizhevsky-like"] == ((7, 2, 3), 1, True)
+    assert configs("zfnet-small")["zfnet-like"] == ((5, 1, 2), 2, True)
+    assert cutoff("zfnet") == 0.125 and cutoff("zfnet-small") == 0.25
+    k, z = (models.build("zfnet", first_layer=f, second_stride=s2, init="torch") for f, s2, _ in
+            (configs("zfnet")["krizhevsky-like"], configs("zfnet")["zfnet-like"]))  # fmt: skip
+    assert (k.conv1.stride, k.conv2.stride, z.conv1.stride, z.conv2.stride) == ((4, 4), (1, 1), (2, 2), (2, 2))
     out = tmp_path / "arch"
     assert (
         main(
@@ -191,10 +203,13 @@ def test_archselect_end_to_end(tmp_path, capsys):
         opened = open_model(
             "zfnet-small",
             str(out / r["name"] / "model.safetensors"),
-            overrides={"first_layer": (k, s, r["first_layer"]["padding"])},
+            overrides={"first_layer": (k, s, r["first_layer"]["padding"]), "second_stride": r["second_stride"]},
         )
         assert opened.model.conv1.kernel_size == (k, k) and opened.model.conv1.stride == (s, s)
+        assert opened.model.conv2.stride == (r["second_stride"],) * 2
         if r["clipping"]:
             assert r["filters"]["rms_max"] <= 0.1 + 1e-6
         assert 0 <= r["layer2_high_frequency_mean"] <= 1 and len(r["layer2_high_frequency_per_map"]) == 96
-    assert (out / "fig5.png").is_file() and "| krizhevsky-like | 7x7 stride 2 | on |" in (out / "table.md").read_text()
+    assert (out / "fig5.png").is_file() and "| krizhevsky-like | 7x7 stride 2 | 1 | on |" in (
+        out / "table.md"
+    ).read_text()

@@ -64,8 +64,8 @@ def boots():
 def grey_masked(p, bases, i, box) -> torch.Tensor:
     """Image i with `box` (model-input pixels) painted with the training mean pixel in its uint8 base square,
     then preprocessed: the definition of the grey mask, independent of zfnet.pixels."""
-    o = p.preprocess.center_offset
-    grey = round(float(p.preprocess.mean_image.double().mean()))
+    o, s = p.preprocess.center_offset, p.preprocess.input_size
+    grey = round(float(p.preprocess.mean_image[:, o : o + s, o : o + s].double().mean()))
     b = bases[i : i + 1].clone()
     y0, x0, y1, x1 = box
     b[:, :, o + y0 : o + y1, o + x0 : o + x1] = grey
@@ -91,7 +91,7 @@ def test_delta_equals_the_definition_on_the_real_model(boots):
             mean, std = slow_delta(reference_eps(p, x, bases, layer, boxes))
             assert res.delta[layer][name] == pytest.approx(mean, abs=1e-9)
             assert res.std[layer][name] == pytest.approx(std, abs=1e-9)
-    assert res.fill == "grey" and res.fill_pixels == [56.0]
+    assert res.fill == "grey" and res.fill_pixels == [73.0]
 
 
 def test_random_parts_lie_on_each_object_and_spread_over_pairs(boots):
@@ -160,7 +160,7 @@ def test_transforms_act_on_pixels_against_references(boots):
     method's at every shift (the Done-when check); scale and rotate against `slow_transform` on the pixels."""
     p, x, _, bases, _ = boots
     pp, o = p.preprocess, p.preprocess.center_offset
-    grey = round(float(pp.mean_image.double().mean()))
+    grey = round(float(pp.mean_image[:, o : o + 28, o : o + 28].double().mean()))
     shifts = [-5, -2, 0, 3, 7]
     res = invariance(p, x, labels=[9] * 4, transforms=["translate"], values={"translate": shifts}).curve("translate")
     for k, dy in enumerate(shifts):

@@ -207,11 +207,13 @@ class Preprocess:
     # --- pixel space: the image as the camera gave it (0-255 per channel), before any mean or scale -----------
     @property
     def grey(self) -> tuple[float, ...]:
-        """Sec. 4.2's grey in 8-bit pixel values per channel: the training set's mean pixel (the mean image's
-        channel means, or the channel mean x 255), rounded to whole values so that it is a pixel an image can
+        """Sec. 4.2's grey in 8-bit pixel values per channel: the training set's mean pixel (the channel means of
+        the mean image over the centre crop the model sees - for padded digits the images' own mean, not diluted
+        by the padding - or the channel mean x 255), rounded to whole values so that it is a pixel an image can
         hold; mid-grey 128 when the preprocessing subtracts no mean."""
         if self.mean_image is not None:
-            return tuple(float(round(float(v))) for v in self.mean_image.double().mean((1, 2)))
+            crop = self.center(self.mean_image[None])[0]
+            return tuple(float(round(float(v))) for v in crop.double().mean((1, 2)))
         if self.channel_mean is not None:
             return tuple(float(round(v * 255.0)) for v in self.channel_mean)
         return (128.0,) * self.channels

@@ -1,18 +1,21 @@
-"""Architecture selection (Sec. 4.1, Fig. 5): the same data trained with a first layer like Krizhevsky's (large
-filters, large stride) and like ZFNet's (smaller filters, smaller stride), each with feature scale clipping on and
-off; then, per run, the first layer's dead and dominant filters, how much aliasing its second layer shows, and
-the accuracy.
+"""Architecture selection (Sec. 4.1, Fig. 5): the same data trained with layers 1-2 like Krizhevsky's (large
+filters, large stride in layer 1, stride 1 in layer 2) and like ZFNet's ("reduced the 1st layer filter size from
+11x11 to 7x7 and made the stride of the convolution 2, rather than 4" - and conv2 stride 2, Fig. 3), each with
+feature scale clipping on and off; then, per run, the first layer's dead and dominant filters, how much aliasing
+its second layer shows, and the accuracy.
 
-First layers (kernel, stride, padding). The paper compares 11x11 stride 4 (Krizhevsky) with 7x7 stride 2 (ZFNet)
-on 224 px images; for the small family (28-64 px), whose own first layer is 5x5 stride 1, Krizhevsky-like is
-7x7 stride 2 (larger filters, 2x the stride) and ZFNet-like is the family's 5x5 stride 1. Other models keep the
-paper's pair. The Krizhevsky-like net sees its input at half the resolution from layer 1 on, as AlexNet does
-relative to ZFNet at layer 1.
+Layers 1-2: (conv1 kernel, stride, padding) and conv2's stride. The paper's pair on 224 px images: Krizhevsky
+11x11/4 then conv2 stride 1, ZFNet 7x7/2 then conv2 stride 2 - both reach the same resolution after layer 2, the
+stride only moves from layer 1 to layer 2. For the small family (28-64 px; its own conv1 5x5/1): Krizhevsky-like
+7x7/2 then conv2 stride 1, ZFNet-like 5x5/1 then conv2 stride 2 - again the same resolution from layer 2 on.
 
 Aliasing in layer 2 (Fig. 5(d)): for every layer-2 map, its strongest activation over the scanned images is
 projected to pixels (deconvnet); the measure is the share of each projection's spectral power (mean removed)
-above half the Nyquist frequency (radial frequency > 0.25 cycles/px), averaged over maps. Aliasing from a large
-first-layer stride shows as grid-like high-frequency artefacts, i.e. a larger share.
+above the Nyquist frequency of the coarser first-layer grid, 1 / (2 x its stride) cycles/px (0.125 for the
+paper's stride 4, 0.25 for the small family's stride 2), averaged over maps. A large first-layer stride folds
+detail it cannot sample into grid-like artefacts at and above that frequency, i.e. a larger share. Power
+exactly on the cutoff (where a coarser grid's harmonics can sit) counts half, as a DFT's Nyquist bin belongs
+half to each band, so that no spectral peak flips the measure by rounding.
 """
 
 from __future__ import annotations
@@ -33,48 +36,56 @@ from ..recipe import Recipe, RunOptions
 from ..weights import open_model
 from .runs import finished, train_runs
 
-FIRST_LAYERS = {
-    "small": {"krizhevsky-like": (7, 2, 3), "zfnet-like": (5, 1, 2)},
-    "paper": {"krizhevsky-like": (11, 4, 2), "zfnet-like": (7, 2, 1)},
+FIRST_LAYERS = {  # name -> ((conv1 kernel, stride, padding), conv2 stride)
+    "small": {"krizhevsky-like": ((7, 2, 3), 1), "zfnet-like": ((5, 1, 2), 2)},
+    "paper": {"krizhevsky-like": ((11, 4, 2), 1), "zfnet-like": ((7, 2, 1), 2)},
 }
-HIGH = 0.25  # cycles/px: half the Nyquist frequency
 
 
-def configs(model: str) -> dict[str, tuple[tuple[int, int, int], bool]]:
-    """run name -> (first layer, clipping on) for the four runs."""
+def cutoff(model: str) -> float:
+    """The aliasing measure's cutoff: the Nyquist frequency of the coarser first-layer grid (cycles/px)."""
+    pair = FIRST_LAYERS["small" if model.startswith("zfnet-small") else "paper"]
+    return 1.0 / (2 * max(first[1] for first, _ in pair.values()))
+
+
+def configs(model: str) -> dict[str, tuple[tuple[int, int, int], int, bool]]:
+    """run name -> (first layer, conv2 stride, clipping on) for the four runs."""
     pair = FIRST_LAYERS["small" if model.startswith("zfnet-small") else "paper"]
     out = {}
-    for name, first in pair.items():
-        out[name] = (first, True)
-        out[f"{name}-noclip"] = (first, False)
+    for name, (first, second) in pair.items():
+        out[name] = (first, second, True)
+        out[f"{name}-noclip"] = (first, second, False)
     return out
 
 
 def recipes(base: Recipe) -> dict[str, Recipe]:
     return {
         name: base.replace(
-            model_overrides={**base.model_overrides, "first_layer": list(first)},
+            model_overrides={**base.model_overrides, "first_layer": list(first), "second_stride": second},
             clip_radius=base.clip_radius if clip else None,
         )
-        for name, (first, clip) in configs(base.model).items()
+        for name, (first, second, clip) in configs(base.model).items()
     }
 
 
-def high_frequency_share(x: torch.Tensor) -> torch.Tensor:
-    """Per image (N x C x H x W): share of spectral power (mean removed, summed over channels) above HIGH."""
+def high_frequency_share(x: torch.Tensor, cut: float = 0.25) -> torch.Tensor:
+    """Per image (N x C x H x W): share of spectral power (mean removed, summed over channels) above `cut`
+    cycles/px; power on the cutoff (to 1e-9) counts half."""
     x = x.double()
     x = x - x.mean(dim=(-1, -2), keepdim=True)
     power = torch.fft.fft2(x).abs().pow(2).sum(1)  # N x H x W
     h, w = x.shape[-2:]
-    radius = (torch.fft.fftfreq(h).view(-1, 1) ** 2 + torch.fft.fftfreq(w).view(1, -1) ** 2).sqrt()
+    radius = (torch.fft.fftfreq(h).double().view(-1, 1) ** 2 + torch.fft.fftfreq(w).double().view(1, -1) ** 2).sqrt()
+    weight = (radius > cut + 1e-9).double() + 0.5 * ((radius - cut).abs() <= 1e-9).double()
     total = power.flatten(1).sum(1).clamp_min(1e-30)
-    return (power * (radius > HIGH)).flatten(1).sum(1) / total
+    return (power * weight).flatten(1).sum(1) / total
 
 
 @dataclass
 class RunAnalysis:
     name: str
     first_layer: tuple[int, int, int]
+    second_stride: int
     clipping: bool
     val_top1_err: float
     filters: FilterReport
@@ -91,6 +102,7 @@ class RunAnalysis:
                 "stride": self.first_layer[1],
                 "padding": self.first_layer[2],
             },
+            "second_stride": self.second_stride,
             "clipping": self.clipping,
             "val_top1_err": self.val_top1_err,
             "filters": s,
@@ -104,27 +116,27 @@ def analyse_run(folder: str, name: str, recipe: Recipe, limit: int = 2000, devic
     """Filters, layer-2 aliasing and accuracy of one finished run."""
     overrides = dict(recipe.model_overrides)
     overrides["first_layer"] = tuple(overrides["first_layer"])
+    second = int(overrides.get("second_stride", 1))
     opened = open_model(recipe.model, os.path.join(folder, "model.safetensors"), device=device, overrides=overrides)
     model, pp = opened.model, opened.preprocess
     ds = zdata.open_dataset(recipe.data, recipe.val_split, pp).head(limit)
     names = layer_names(model)
     convs = [n for n in names if isinstance(dict(model.named_modules())[n], torch.nn.Conv2d)]
-    first, second = convs[0], convs[1]
-    result = scan(model, ds, layers=[first, second], k=1, workers=0, progress=False)
+    first, layer2 = convs[0], convs[1]
+    result = scan(model, ds, layers=[first, layer2], k=1, workers=0, progress=False)
     conv = first_conv(model)
     report = analyse(conv.weight, result.top[first].values[0])
-    tk = result.top[second]
-    rf = layer_field(model, second, (pp.channels, pp.input_size, pp.input_size))
+    tk = result.top[layer2]
+    rf = layer_field(model, layer2, (pp.channels, pp.input_size, pp.input_size))
     chans = list(range(tk.values.shape[1]))
     with Deconvnet(model) as dn:
-        proj = top_projections(dn, ds, pp, tk, second, chans, rf, torch.device(device))
+        proj = top_projections(dn, ds, pp, tk, layer2, chans, rf, torch.device(device))
     fields = torch.stack([proj[c][0][0] for c in chans])
     with open(os.path.join(folder, "metrics.json")) as f:
         err = json.load(f)["val"]["centre"]["top1_err"]
     first_layer = tuple(recipe.model_overrides["first_layer"])
-    return RunAnalysis(
-        name, first_layer, recipe.clip_radius is not None, err, report, second, fields, high_frequency_share(fields)
-    )
+    share = high_frequency_share(fields, cutoff(recipe.model))
+    return RunAnalysis(name, first_layer, second, recipe.clip_radius is not None, err, report, layer2, fields, share)
 
 
 def run(
@@ -144,4 +156,4 @@ def run(
     return [analyse_run(os.path.join(out, n), n, r) for n, r in rs.items() if finished(os.path.join(out, n))]
 
 
-__all__ = ["FIRST_LAYERS", "RunAnalysis", "analyse_run", "configs", "high_frequency_share", "recipes", "run"]
+__all__ = ["FIRST_LAYERS", "RunAnalysis", "analyse_run", "configs", "cutoff", "high_frequency_share", "recipes", "run"]

@@ -44,9 +44,11 @@ def run_archselect(
         "experiment": "architecture selection (Sec. 4.1, Fig. 5)",
         "runs": rows,
         "configs": {
-            n: {"first_layer": list(f), "clipping": c} for n, (f, c) in archselect.configs(recipe.model).items()
+            n: {"first_layer": list(f), "second_stride": s2, "clipping": c}
+            for n, (f, s2, c) in archselect.configs(recipe.model).items()
         },
         "val_top1_err_krizhevsky_minus_zfnet": diff,
+        "aliasing_cutoff_cycles_per_px": archselect.cutoff(recipe.model),
         "recipe": recipe.to_dict(),
         "table": "table.md",
         "figure": "fig5.png",

@@ -49,7 +49,8 @@ def ablation_markdown(base: str, rows: list[dict], paper: dict[str, tuple], reci
         status = r["status"] if r["status"] != "partial" else f"partial ({r['epochs_done']} epochs)"
         lines.append(
             f"| {name} | {_pct(r['train_top1_err'])} | {_pct(r['val_top1_err'])} | "
-            f"{_pct(r.get('val_top1_err_10crop'))} | {_pct(r['val_top5_err'])} | {_pct(r.get('val_top5_err_10crop'))} | "
+            f"{_pct(r.get('val_top1_err_10crop'))} | {_pct(r['val_top5_err'])} | "
+            f"{_pct(r.get('val_top5_err_10crop'))} | "
             f"{paper_cells} | {r['parameters']:,} | {status} |"
         )
     return "\n".join(lines) + "\n"

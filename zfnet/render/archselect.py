@@ -25,7 +25,8 @@ def archselect_figure(analyses: list, path: str, maps: int = 36) -> None:
         row[0].imshow(mosaic, cmap="gray" if mosaic.mode == "L" else None, interpolation="nearest")
         summ = a.filters.summary()
         row[0].set_title(
-            f"{a.name}: layer 1, {k}x{k} stride {s}, clipping {'on' if a.clipping else 'off'}\n"
+            f"{a.name}: layer 1 {k}x{k} stride {s}, layer 2 stride {a.second_stride}, "
+            f"clipping {'on' if a.clipping else 'off'}\n"
             f"dominant {summ['dominant']}, dead {summ.get('dead', '-')}; val top-1 err "
             f"{100 * a.val_top1_err:.2f}%",
             fontsize=9,
@@ -52,14 +53,14 @@ def archselect_markdown(rows: list[dict], note: str) -> str:
         "",
         note,
         "",
-        "| run | layer 1 | clipping | val top-1 error % | dominant filters | dead filters | "
+        "| run | layer 1 | layer 2 stride | clipping | val top-1 error % | dominant filters | dead filters | "
         "layer-2 high-frequency share |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f = r["first_layer"]
         lines.append(
-            f"| {r['name']} | {f['kernel']}x{f['kernel']} stride {f['stride']} | "
+            f"| {r['name']} | {f['kernel']}x{f['kernel']} stride {f['stride']} | {r.get('second_stride', 1)} | "
             f"{'on' if r['clipping'] else 'off'} | {100 * r['val_top1_err']:.2f} | "
             f"{r['filters']['dominant']} of {r['filters']['filters']} | {r['filters'].get('dead', '-')} | "
             f"{r['layer2_high_frequency_mean']:.3f} |"
