@@ -108,6 +108,22 @@ def test_streaming_topk_equals_brute_force():
     assert torch.equal(m.a_index, (top.indices + 1000).t()) and m.comparisons == 103 * 37
 
 
+def test_ties_go_to_the_lower_a_index_within_and_across_blocks():
+    """Exact duplicates in A score the same against B: the documented rule keeps the lower A index first,
+    whether the copies share a block or not (torch.topk's own tie order is unspecified)."""
+    g = torch.Generator().manual_seed(2)
+    base = F.normalize(torch.randn(20, 8, generator=g), dim=1)
+    da = base.clone()
+    for dup, orig in ((13, 2), (5, 2), (17, 9), (10, 9), (11, 9)):  # copies later in A, in other blocks and in one
+        da[dup] = base[orig]
+    db = base[[2, 9]]
+    for block in (4, 7, 20):
+        m = match(((da[s : s + block], torch.arange(20)[s : s + block]) for s in range(0, 20, block)), db,
+                  torch.arange(2), k=3)  # fmt: skip
+        assert m.a_index[:, 0].tolist() == [2, 5, 13][:3] and m.a_index[:, 1].tolist() == [9, 10, 11]
+        assert bool((m.scores > 1 - 1e-6).all())
+
+
 def test_descriptor_is_normalized_correlation():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (2, 1, 32, 32), generator=g, dtype=torch.uint8)

@@ -81,6 +81,52 @@ def teardown(dist: Dist) -> None:
         torch_dist.destroy_process_group()
 
 
+class PeakMemory:
+    """The process's peak anonymous memory (heap, tensors, arrays: Linux's RssAnon, sampled every `every`
+    seconds on a thread) over a `with` block - unlike the peak RSS it leaves out file pages a memory map has
+    read, which the kernel can drop at any time. `peak_mb` is None where /proc is not there."""
+
+    def __init__(self, every: float = 0.05):
+        import threading
+
+        self.every = every
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def anon_mb() -> float | None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = self.anon_mb()
+            if now is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, now)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._run_once()
+
+    def _run_once(self) -> None:
+        now = self.anon_mb()
+        if now is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, now)
+
+
 def barrier(dist: Dist) -> None:
     """Wait for every process of a torchrun run (nothing in a single process)."""
     if dist.world > 1 and torch_dist.is_initialized():

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, note
 from ..io import atomic_save_tensors, cache_dir, load_tensors
 from ..progress import bar
 from ..registry import Registry
@@ -131,8 +131,11 @@ def open_dataset(spec: str, split: str | None, preprocess: Preprocess, exclude: 
     ds = k.loader(split or default_split(spec), preprocess, arg)
     ds.spec = spec
     if exclude:
+        before = len(ds)
         ds = ds.without(read_exclusions(exclude))
         ds.exclude = os.path.abspath(exclude)
+        if len(ds) == before:  # an exclusion list made for another set names none of these images
+            note(f"the exclusion list {exclude!r} names none of the {before} images of {spec} split {ds.split!r}")
         if len(ds) == 0:
             raise UsageError(f"the exclusion list {exclude!r} removes every image of {spec} split {ds.split!r}")
     return ds

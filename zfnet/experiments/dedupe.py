@@ -72,6 +72,25 @@ class Matches:
         return sorted(out, key=lambda t: (-t[2], t[1], t[0]))
 
 
+def _block_best(s: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the columns of the k largest values, ties to the lower column (torch.topk leaves the order of
+    ties unspecified): everything above the k-th value, then the first of those equal to it."""
+    kth = s.topk(k, dim=1).values[:, -1:]
+    above = s > kth
+    tied = s == kth
+    need = k - above.sum(1, keepdim=True)
+    keep = above | (tied & (tied.cumsum(1) <= need))
+    return keep.nonzero()[:, 1].view(s.shape[0], k)
+
+
+def _best_lower_index(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values per row with their indices, equal values ordered by the lower index."""
+    by_index = index.sort(dim=1, stable=True).indices
+    v, i = values.gather(1, by_index), index.gather(1, by_index)
+    order = v.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return v.gather(1, order), i.gather(1, order)
+
+
 def match(desc_a_blocks, desc_b: torch.Tensor, b_index: torch.Tensor, k: int = 5) -> Matches:
     """Stream A's (descriptor block, A indices) pairs against all of B, keeping each B image's k best."""
     n_b = desc_b.shape[0]
@@ -82,11 +101,10 @@ def match(desc_a_blocks, desc_b: torch.Tensor, b_index: torch.Tensor, k: int = 5
         t0 = time.perf_counter()
         s = desc_b @ block.t()  # n_b x n_a normalized correlations
         kk = min(k, s.shape[1])
-        top = s.topk(kk, dim=1)  # the block's best per B image, then merged with the running best
-        cand_s = torch.cat([scores, top.values], 1)
-        cand_i = torch.cat([a_idx, idx.to(desc_b.device)[top.indices]], 1)
-        best = cand_s.topk(k, dim=1)
-        scores, a_idx = best.values, cand_i.gather(1, best.indices)
+        cols = _block_best(s, kk)  # the block's best per B image, then merged with the running best
+        cand_s = torch.cat([scores, s.gather(1, cols)], 1)
+        cand_i = torch.cat([a_idx, idx.to(desc_b.device)[cols]], 1)
+        scores, a_idx = _best_lower_index(cand_s, cand_i, k)
         if s.is_cuda:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0

@@ -10,7 +10,8 @@ the first `per_class` train, and up to `test_per_class` of the rest test (Caltec
 50 test; Caltech-256: 15/30/45/60 train, up to 25 test). The score is the mean of the per-class accuracies,
 reported as mean +- std over the folds. PASCAL 2012 (Table 5): a 20-way softmax on the label matrix (targets:
 each image's positive classes, equally weighted) trained on `train` and tested on `val`; per-class average
-precision, 'difficult only' (0) entries left out of that class's AP, and their mean.
+precision as the VOC 2012 devkit defines it (`voc_ap`), 'difficult only' (0) entries left out of that class's AP,
+and their mean.
 
 Per-layer probes (Table 6): a linear SVM (scikit-learn `LinearSVC`) and a softmax on the features of each of
 layers 1 ... 7 (rectified outputs, flattened), all layers from one forward per image, same protocol.
@@ -341,9 +342,8 @@ def pascal(
     feats: torch.Tensor, label_matrix: np.ndarray, train_pos: np.ndarray, test_pos: np.ndarray, classes: list[str]
 ) -> dict[str, float]:
     """Table 5: a softmax over the 20 classes on the label matrix (1 present, 0 difficult only, -1 absent);
-    per-class average precision on the test images, 'difficult only' entries left out of that class's AP."""
-    from sklearn.metrics import average_precision_score
-
+    per-class average precision (`voc_ap`) on the test images, 'difficult only' entries left out of that
+    class's AP."""
     x = feats.numpy()
     y = label_matrix
     targets = (y[train_pos] > 0).astype(np.float64)
@@ -363,11 +363,34 @@ def pascal(
     opt.step(closure)
     with torch.no_grad():
         scores = torch.softmax(net(torch.from_numpy((x[test_pos] - mu) / sd).double()), 1).numpy()
+    return class_aps(scores, y[test_pos], classes)
+
+
+def class_aps(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Per-class `voc_ap` of the test images' scores (N x K) against the label matrix (1 / 0 / -1), each
+    class's 'difficult only' (0) images left out of its AP, and the mean over the classes with a positive."""
     ap = {}
     for k, c in enumerate(classes):
-        yk = y[test_pos, k]
+        yk = labels[:, k]
         use = yk != 0
         if (yk[use] > 0).any():
-            ap[c] = float(average_precision_score(yk[use] > 0, scores[use, k]))
+            ap[c] = voc_ap(scores[use, k], yk[use] > 0)
     ap["mean"] = float(np.mean(list(ap.values()))) if ap else float("nan")
     return ap
+
+
+def voc_ap(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision as the PASCAL VOC 2010-2012 devkit computes it (VOCap.m): rank by score (stable on
+    ties), precision made monotone from the right (the envelope), summed over the recall steps - the area
+    under the interpolated curve, not VOC 2007's 11-point mean, and not scikit-learn's step sum without the
+    envelope."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    tp = np.asarray(positive, dtype=bool)[order]
+    hits = np.cumsum(tp)
+    rec = hits / max(1, int(tp.sum()))
+    prec = hits / np.arange(1, len(tp) + 1)
+    mrec = np.concatenate([[0.0], rec, [1.0]])
+    mpre = np.concatenate([[0.0], prec, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.nonzero(mrec[1:] != mrec[:-1])[0] + 1
+    return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))

@@ -19,7 +19,7 @@ from ..layers import resolve_layer
 from ..methods.atlas import fingerprint
 from ..provenance import environment
 from ..render.transfer import fig7, probe_markdown, probe_plot, transfer_markdown
-from ..runtime import Dist
+from ..runtime import Dist, PeakMemory
 from ..weights import Opened
 
 
@@ -172,6 +172,11 @@ def run_pascal(
     result = {
         "experiment": "transfer, PASCAL 2012 (Sec. 5.2, Table 5)",
         "ap": ap,
+        "ap_definition": "PASCAL VOC 2010-2012 devkit (VOCap.m): area under the interpolated precision envelope",
+        "data": {
+            s.split: {"spec": s.spec, "images": len(s), "exclude": s.exclude, "skipped": s.skipped_report()}
+            for s in (train, val)
+        },
         "layer": layer,
         "model": opened.info(),
         "train_images": len(pt),
@@ -240,24 +245,26 @@ def run_layerprobe(
             "dtype": o.store_dtype,
         }
     )
-    store = tx.extract_to_store(
-        opened.model,
-        ds,
-        os.path.join(out, ".features"),
-        layers=layers,
-        key=key,
-        batch_size=o.batch_size,
-        dtype=o.store_dtype,
-        dist=dist,
-        progress=progress,
-    )
+    with PeakMemory() as extracting:
+        store = tx.extract_to_store(
+            opened.model,
+            ds,
+            os.path.join(out, ".features"),
+            layers=layers,
+            key=key,
+            batch_size=o.batch_size,
+            dtype=o.store_dtype,
+            dist=dist,
+            progress=progress,
+        )
     if not dist.main:
         return None
     ds.check_readable()
     pos = store.positions()
     labels = ds.labels[torch.as_tensor(pos)].numpy()
     feats = {l: store.array(l) for l in layers}
-    summary = tx.probe(feats, labels, [n], test_n, o.folds, ["svm", "softmax"], layers, rows=pos).summary()
+    with PeakMemory() as classifying:
+        summary = tx.probe(feats, labels, [n], test_n, o.folds, ["svm", "softmax"], layers, rows=pos).summary()
     os.makedirs(out, exist_ok=True)
     title = f"{opened.name} -> {ds.spec} ({ds.split}): per-layer probes, {n}/class, {o.folds} folds"
     atomic_write_text(os.path.join(out, "table.md"), probe_markdown(summary, layers, n, title))
@@ -275,6 +282,10 @@ def run_layerprobe(
             "dtype": o.store_dtype,
             "bytes": int(sum(feats[l].nbytes for l in layers)),
             "images": int(len(pos)),
+        },
+        "peak_memory_mb": {  # anonymous memory (RssAnon), not the memory map's cached file pages
+            "extracting": extracting.peak_mb,
+            "classifying": classifying.peak_mb,
         },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "classifiers": {
