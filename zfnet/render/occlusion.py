@@ -78,7 +78,8 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
         else result.fill
     )
     ax[0].set_title(
-        f"(a) input; {said}: {name(result.target)}\n{what} occluder {result.window}px, stride {result.stride}"
+        f"(a) input; {said}: {name(result.target)}\noccluder {result.window}px, stride {result.stride}\n{what}",
+        fontsize=10,
     )
     im = _cells(ax[1], result, result.activity.numpy(), cmap="jet")
     fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.04)

@@ -310,9 +310,18 @@ def _occlusion(out: str, o: dict) -> str:
         return classes[c] if c is not None and 0 <= c < len(classes) else str(c)
 
     ran = sorted({r.get("computation") or f"{r.get('mode')} computation" for r in o["images"]})
+    first = o["images"][0] if o["images"] else {}
+    if first.get("fill") == "grey" and first.get("fill_pixels"):
+        fill = (
+            "the training mean pixel (grey " + "/".join(f"{v:g}" for v in first["fill_pixels"]) + "), pasted in pixels"
+        )
+    elif first.get("fill") == "mean-image" or s.get("fill") in (0, 0.0):
+        fill = "the mean image (0 in model-input units)"
+    else:
+        fill = "pixel values " + "/".join(f"{v:g}" for v in first.get("fill_pixels") or [])
     html = (
-        f"<p>Occluder {_e(s['window'])}x{_e(s['window'])} px, stride {_e(s['stride'])}, filled with the "
-        f"mean; layer {_e(s['layer'])}; {_e('; '.join(ran))}.</p>"
+        f"<p>Occluder {_e(s['window'])}x{_e(s['window'])} px, stride {_e(s['stride'])}, filled with "
+        f"{_e(fill)}; layer {_e(s['layer'])}; {_e('; '.join(ran))}.</p>"
     )
     if any(r.get("target_source") == "predicted" for r in o["images"]):
         html += (
@@ -330,6 +339,12 @@ def _occlusion(out: str, o: dict) -> str:
             )
         cap += f"; strongest map {r['layer']}/{r['channel']}"
         html += _img(out, "occlusion/" + r["figure"], cap, f"occlusion of {r['image']}")
+        # Fig. 6 (c) also shows "visualizations of this map from other images": the atlas's top-9 of the map
+        others = f"atlas/maps/{r['layer']}/{int(r['channel']):04d}.png"
+        if _inside(out, others) and os.path.isfile(os.path.join(out, others)):
+            html += _img(
+                out, others, f"(c) continued: {r['layer']} map {r['channel']} on other images (the atlas's top 9)"
+            )
     return html + "</div>"
 
 
