@@ -89,6 +89,34 @@ def test_feature_store_equals_in_memory_features_and_resumes(tmp_path):
     assert other.layers == ["fc7"]  # another key starts over
 
 
+def test_torchrun_sharded_feature_store_equals_single(tmp_path):
+    """Two torchrun processes extract alternate chunks into one store; rank 0 classifies: the same features,
+    bit for bit (same batches, one thread each), and the same table."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
+    args = ["layerprobe", "--model", "zfnet-small", "--data", "synthetic:150,3", "--split", "test", "--per-class",
+            "4", "--folds", "1", "--test-per-class", "6", "--layers", "conv2,fc7", "--no-progress"]  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, "-m", "zfnet", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zfnet",
+         *args, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = tx.FeatureStore(str(tmp_path / "one" / ".features")), tx.FeatureStore(str(tmp_path / "two" / ".features"))
+    for layer in ("conv2", "fc7"):
+        assert np.array_equal(np.asarray(a.array(layer)), np.asarray(b.array(layer)))
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())["summary"]
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())["summary"]
+    assert r1 == r2
+
+
 MEMORY_RUN = """
 import resource, sys
 import torch
