@@ -287,11 +287,13 @@ def test_api_errors_are_one_line():
     p = zfnet.pretrained()
     x = p.preprocess([Image.new("L", (28, 28), 128)])
     calls = {
-        "occlusion window": lambda: zfnet.occlusion(p.model, x[:1], window=29),
-        "occlusion stride": lambda: zfnet.occlusion(p.model, x[:1], window=8, stride=0),
-        "occlusion layer": lambda: zfnet.occlusion(p.model, x[:1], window=8, layer="conv8"),
-        "invariance transform": lambda: zfnet.invariance(p.model, x, labels=[0], transforms=["spin"]),
-        "correspondence box": lambda: zfnet.correspondence(p.model, x, parts={"toe": [(0, 0, 40, 40)]}),
+        "occlusion window": lambda: zfnet.occlusion(p, x[:1], window=29),
+        "occlusion stride": lambda: zfnet.occlusion(p, x[:1], window=8, stride=0),
+        "occlusion layer": lambda: zfnet.occlusion(p, x[:1], window=8, layer="conv8"),
+        "occlusion fill": lambda: zfnet.occlusion(p, x[:1], window=8, fill=300),
+        "occlusion grey unknown": lambda: zfnet.occlusion(p.model, x[:1], window=8),
+        "invariance transform": lambda: zfnet.invariance(p, x, labels=[0], transforms=["spin"]),
+        "correspondence box": lambda: zfnet.correspondence(p, x, parts={"toe": [(0, 0, 40, 40)]}),
         "project channel": lambda: zfnet.project(p.model, x, layer="conv1", channel=480),
         "receptive field layer": lambda: zfnet.receptive_field(p.model, x, layer="conv7"),
         "build model": lambda: zfnet.models.build("zfnet-huge"),
@@ -587,16 +589,21 @@ def _analyses():
         "deconvnet targets": deconv_many,
         "unit projection": lambda m, x, y, ds: zfnet.project(m, x[:1], layer="conv5", channel=2, unit=True),
         "atlas": atlas,
-        "occlusion exact": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4),
-        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(
-            m, x[:1], target=y[0], window=8, stride=4, mode="approx"
+        "occlusion exact": lambda m, x, y, ds: zfnet.occlusion(
+            m, x[:1], target=y[0], window=8, stride=4, preprocess=ds.preprocess
         ),
-        "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(m, x[:1], target=y[0], window=8, stride=4, mode="naive"),
+        "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(
+            m, x[:1], target=y[0], window=8, stride=4, mode="approx", preprocess=ds.preprocess
+        ),
+        "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(
+            m, x[:1], target=y[0], window=8, stride=4, mode="naive", preprocess=ds.preprocess
+        ),
         "correspondence": lambda m, x, y, ds: zfnet.correspondence(
-            m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)}, random_draws=2
+            m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)}, random_draws=2, preprocess=ds.preprocess
         ),
         "invariance": lambda m, x, y, ds: zfnet.invariance(
-            m, x, labels=y, transforms=["rotate"], values={"rotate": [0, 30]}, layers=("conv1", "fc7")
+            m, x, labels=y, transforms=["rotate"], values={"rotate": [0, 30]}, layers=("conv1", "fc7"),
+            preprocess=ds.preprocess,
         ),
         "layer probe / transfer features": lambda m, x, y, ds: extract(
             m, ds, layers=["conv1", "conv5", "fc7"], progress=False
