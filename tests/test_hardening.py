@@ -602,7 +602,12 @@ def _analyses():
             m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)}, random_draws=2, preprocess=ds.preprocess
         ),
         "invariance": lambda m, x, y, ds: zfnet.invariance(
-            m, x, labels=y, transforms=["rotate"], values={"rotate": [0, 30]}, layers=("conv1", "fc7"),
+            m,
+            x,
+            labels=y,
+            transforms=["rotate"],
+            values={"rotate": [0, 30]},
+            layers=("conv1", "fc7"),
             preprocess=ds.preprocess,
         ),
         "layer probe / transfer features": lambda m, x, y, ds: extract(

@@ -14,7 +14,7 @@ PKG = os.path.join(REPO, "zfnet")
 ROOMS = [
     ({"_version", "errors", "registry", "io", "progress", "provenance", "runtime"}, 0),
     ({"models", "data", "layers", "receptive_field", "recipe"}, 1),
-    ({"weights"}, 2),
+    ({"weights", "pixels"}, 2),
     ({"checkpoints"}, 3),
     ({"pretrained", "train"}, 4),
     ({"methods"}, 5),

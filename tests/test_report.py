@@ -72,8 +72,11 @@ def test_report_in_browser(report, browser):
         Promise.all(srcs.map(s => new Promise(r => { const im = new Image();
             im.onload = () => r([s, im.naturalWidth]); im.onerror = () => r([s, 0]); im.src = s; })))
           .then(done);""")
-    # Fig. 3 + curves, Fig. 5, 5 atlas panels, 5 evolution grids, 3 occlusions, correspondence, invariance, 2 included
-    assert len(sizes) == 20 and all(w > 0 for _, w in sizes), [s for s, w in sizes if not w]
+    # Fig. 3 + curves, Fig. 5, 5 atlas panels, 5 evolution grids, 3 occlusions each with its map's top 9 from the
+    # atlas (Fig. 6 (c)'s "this map from other images"), correspondence, invariance, 2 included
+    assert len(sizes) == 23 and all(w > 0 for _, w in sizes), [s for s, w in sizes if not w]
+    others = [s for s, _ in sizes if "atlas/maps/" in s]
+    assert len(others) == 3, others
     links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a[href]")]
     ids = {e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, "[id]")}
     for href in links:
