@@ -77,7 +77,7 @@ def bench(
                 target=t,
                 window=window,
                 stride=stride,
-                fill=0.0,
+                fill="mean-image",  # 0 in model-input units, as Captum's baselines=0.0
                 layer="conv5",
                 mode=mode,
                 tau=tau,
