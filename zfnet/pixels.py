@@ -103,10 +103,3 @@ def resolve_fill(
     pp = pixel_preprocess(module, preprocess, what)
     pixels = fill_pixels(fill, pp)
     return fill_input(fill, pp, like), fill if isinstance(fill, str) else "pixels", list(pixels) if pixels else None
-
-
-def describe_fill(fill: str | float | Sequence[float], pp: Preprocess | None) -> dict:
-    """The fill for a result's JSON: its name and, when uniform in pixels, the pixel values per channel."""
-    name = fill if isinstance(fill, str) else "pixels"
-    pixels = fill_pixels(fill, pp) if pp is not None else None
-    return {"fill": name, "fill_pixels": list(pixels) if pixels is not None else None}

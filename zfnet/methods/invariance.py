@@ -26,7 +26,7 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import capture, features
-from ..pixels import WithPreprocess, fill_pixels, pixel_preprocess, split_model
+from ..pixels import Fill, WithPreprocess, fill_pixels, pixel_preprocess, split_model
 from ..runtime import eval_mode
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -147,7 +147,7 @@ def transform_images(
     value: float,
     *,
     preprocess: Preprocess,
-    fill: str | float | Sequence[float] = "grey",
+    fill: Fill = "grey",
 ) -> torch.Tensor:
     """Model input (N x C x H x W) -> the model input of the transformed images: back to pixels, transformed
     there (`transform_pixels`), preprocessed again."""
@@ -164,7 +164,7 @@ def invariance(
     transforms: Sequence[str] = TRANSFORMS,
     values: dict[str, Sequence[float]] | None = None,
     layers: Sequence[str] = ("conv1", "fc7"),
-    fill: str | float | Sequence[float] = "grey",
+    fill: Fill = "grey",
     preprocess: Preprocess | None = None,
 ) -> InvarianceResult:
     """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
