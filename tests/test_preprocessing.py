@@ -186,6 +186,28 @@ def test_sixteen_bit_image_gives_the_eight_bit_input(embedded, tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_a_phones_sideways_photo_is_read_upright(tmp_path):
+    """EXIF orientation 6 (the camera held upright, the sensor's rows stored sideways): the file holds a 40 x 20
+    image whose top is on its right; every reader gets the 20 x 40 picture as it is meant to be seen - the same
+    pixels as the upright PNG - and a damaged tag is ignored."""
+    from zfnet.data.base import open_image
+
+    upright = np.zeros((40, 20), dtype=np.uint8)
+    upright[:10] = 255  # a bright top
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    stored = np.rot90(upright, 1)  # as the sensor wrote it: rotated a quarter turn counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "phone.png", exif=exif)
+    assert Image.open(tmp_path / "phone.png").size == (40, 20)
+    got = open_image(str(tmp_path / "phone.png"))
+    assert got.size == (20, 40)
+    assert np.array_equal(np.array(got), upright)
+    exif[0x0112] = 99  # not an orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "odd.png", exif=exif)
+    assert open_image(str(tmp_path / "odd.png")).size == (40, 20)
+
+
 def _plain_weights(tmp_path) -> str:
     """zfnet-small-64 weights with no mean image and no preprocessing record (as if ported)."""
     net = models.build("zfnet-small-64", seed=3)

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import UsageError, note
 from .preprocess import Preprocess
@@ -196,6 +196,15 @@ class FileImageSet(ImageSet):
 MAX_PIXELS = 100_000_000  # larger images are refused (PIL's decompression-bomb guard, made a clear error)
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a camera's EXIF orientation (phone photos are stored sideways and
+    tagged) applied; a damaged orientation tag is ignored rather than refusing the picture."""
+    try:
+        return ImageOps.exif_transpose(img) or img.copy()
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError):
+        return img.copy()
+
+
 def open_image(path: str) -> Image.Image:
     """One image file, decoded; an unreadable, truncated or oversized file is a one-line UsageError."""
 
@@ -211,7 +220,7 @@ def open_image(path: str) -> Image.Image:
                         f"({MAX_PIXELS:,}); downscale it first"
                     )
                 img.load()
-                return img.copy()
+                return _upright(img)
     except UsageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
