@@ -227,6 +227,22 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         ),
         ("bad recipe value", ["train", "--recipe", str(d / "recipe-bad.json"), *small, *mini, "--out", "OUT"], ("lr",)),
         ("zero epochs", ["train", *small, *mini, "--epochs", "0", "--out", "OUT"], ("epochs",)),
+        ("infinite learning rate", ["train", *small, *mini, "--lr", "inf", "--out", "OUT"], ("lr is inf",)),
+        (
+            "projection onto its own image",
+            ["project", "--pretrained", "--image", img, "--layer", "conv3", "--channel", "0", "--out", img],
+            ("is the --image itself",),
+        ),
+        (
+            "per-class of zero",
+            ["transfer", "--pretrained", "--data", "mnist5k", "--per-class", "0", "--out", "OUT"],
+            ("--per-class",),
+        ),
+        (
+            "not-a-number fill",
+            ["occlusion", "--pretrained", "--image", img, "--fill", "nan", "--out", "OUT"],
+            ("--fill",),
+        ),
         ("negative workers", ["report", "--workers", "-2", "--out", "OUT"], ("--workers",)),
         ("k of zero", ["atlas", "--pretrained", *mini, "--k", "0", "--out", "OUT"], ("--k",)),
         ("--include not a folder", ["report", "--include", str(d / "afile"), "--out", "OUT"], ("--include",)),

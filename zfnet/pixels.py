@@ -64,6 +64,8 @@ def parse_fill(text: str) -> str | float | tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"--fill {text!r}: pass {FILL_CHOICES}") from None
+    if not all(0 <= v <= 255 for v in values):  # NaN fails this too
+        raise UsageError(f"--fill {text!r}: pixel values are 0-255; pass {FILL_CHOICES}")
     return values[0] if len(values) == 1 else values
 
 

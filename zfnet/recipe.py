@@ -194,6 +194,15 @@ def resolve_run(
 
 
 def validate(r: Recipe) -> None:
+    import math
+
+    reals = {
+        k: getattr(r, k)
+        for k in ("lr", "momentum", "weight_decay", "lr_factor", "lr_threshold", "min_lr", "dropout", "clip_radius")
+    }
+    for k, v in reals.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"bad recipe: {k} is {v}; pass a finite number")
     checks = [
         (r.epochs >= 1, "epochs must be >= 1"),
         (r.limit_train is None or r.limit_train >= 1, "limit_train must be >= 1 (or none)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -46,11 +47,15 @@ def _transfer_args(p) -> None:
 )
 def _transfer_run(args) -> int:
     from .. import data as zdata
+    from ..errors import UsageError
     from ..pipelines.transfer import TransferOptions, check_protocol, run_pascal, run_transfer
     from ..runtime import resolve_device
     from .args import open_from_args
 
-    per = tuple(positive(v) for v in args.per_class.split(",")) if args.per_class else None
+    try:
+        per = tuple(positive(v) for v in args.per_class.split(",")) if args.per_class else None
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"--per-class {args.per_class!r}: {e}; pass whole numbers >= 1, comma-separated") from None
     check_protocol(args.protocol)
     dev = resolve_device(args.device)
     progress = not args.no_progress
