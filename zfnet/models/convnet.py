@@ -1,6 +1,6 @@
 """The 8-layer convnet family of Sec. 2 / Fig. 3: five conv layers, two fully connected layers, C-way softmax.
 
-One layer table (`Arch`) describes ZFNet, the dense AlexNet baseline, the small-image family and every
+One layer table (`Arch`) describes ZFNet, Krizhevsky's grouped AlexNet, the small-image family and every
 Table 2 variant; `ConvNet` builds it as a flat `nn.Sequential` whose children carry the paper's names
 (`conv1` ... `conv5`, `fc6`, `fc7`, `fc8`), so `dict(model.named_modules())["conv3"]` is layer 3.
 """
