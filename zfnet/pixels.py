@@ -69,7 +69,7 @@ def parse_fill(text: str) -> str | float | tuple[float, ...]:
     return values[0] if len(values) == 1 else values
 
 
-def fill_pixels(fill: str | float | Sequence[float], pp: Preprocess) -> tuple[float, ...] | None:
+def fill_pixels(fill: Fill, pp: Preprocess) -> tuple[float, ...] | None:
     """The fill as pixel values per channel (None for "mean-image", which is not uniform in pixels)."""
     if isinstance(fill, str):
         if fill in ("grey", "gray"):
@@ -83,24 +83,31 @@ def fill_pixels(fill: str | float | Sequence[float], pp: Preprocess) -> tuple[fl
     return values
 
 
-def fill_input(fill: str | float | Sequence[float], pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
-    """The fill as model input, C x H x W like one image of `like` (N x C x H x W): uniform pixels through the
-    preprocessing (so with a per-pixel mean image it varies over the image), or zeros for "mean-image"."""
-    pixels = fill_pixels(fill, pp)
+def fill_pixel_map(fill: Fill, pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
+    """The fill in pixel values, C x H x W like one image of `like` (N x C x H x W): the grey (or the given
+    values) everywhere, or for "mean-image" the mean image's pixels (the pixels that preprocess to 0)."""
     c, h, w = like.shape[-3:]
+    pixels = fill_pixels(fill, pp)
     if pixels is None:
-        return like.new_zeros(c, h, w)
+        return pp.to_pixels(like.new_zeros(1, c, h, w))[0]
     if len(pixels) != c:
         raise UsageError(f"the preprocessing has {len(pixels)} channels and the images {c}; pass matching ones")
-    square = torch.tensor(pixels, dtype=torch.float32).view(c, 1, 1).expand(c, h, w)
-    return pp.from_pixels(square).to(like)
+    return torch.tensor(pixels, dtype=torch.float32).view(c, 1, 1).expand(c, h, w).to(like)
+
+
+def fill_input(fill: Fill, pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
+    """The fill as model input, C x H x W: `fill_pixel_map` through the preprocessing (so with a per-pixel
+    mean image a uniform grey varies over the image), exactly zeros for "mean-image"."""
+    if fill == "mean-image":
+        return like.new_zeros(like.shape[-3:])
+    return pp.from_pixels(fill_pixel_map(fill, pp, like)).to(like)
 
 
 def resolve_fill(
     module: nn.Module, fill: Fill, preprocess: Preprocess | None, like: torch.Tensor, what: str
 ) -> tuple[torch.Tensor, str, list[float] | None]:
     """(the fill as model input C x H x W, its name for results, its pixel values per channel or None)."""
-    if fill == "mean-image":
+    if fill == "mean-image":  # needs no preprocessing: 0 in model-input units
         return like.new_zeros(like.shape[-3:]), "mean-image", None
     pp = pixel_preprocess(module, preprocess, what)
     pixels = fill_pixels(fill, pp)

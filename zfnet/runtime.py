@@ -105,11 +105,14 @@ class PeakMemory:
             pass
         return None
 
+    def _sample(self) -> None:
+        now = self.anon_mb()
+        if now is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, now)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = self.anon_mb()
-            if now is not None:
-                self.peak_mb = max(self.peak_mb or 0.0, now)
+            self._sample()
             self._stop.wait(self.every)
 
     def __enter__(self) -> PeakMemory:
@@ -119,12 +122,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._run_once()
-
-    def _run_once(self) -> None:
-        now = self.anon_mb()
-        if now is not None:
-            self.peak_mb = max(self.peak_mb or 0.0, now)
+        self._sample()
 
 
 def barrier(dist: Dist) -> None:

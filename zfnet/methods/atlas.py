@@ -134,6 +134,11 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def tensor_hash(t: torch.Tensor | None) -> str | None:
+    """A tensor's bytes, hashed (for result keys that depend on a mean image)."""
+    return None if t is None else hashlib.sha256(t.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def atlas(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet,

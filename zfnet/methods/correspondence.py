@@ -164,13 +164,14 @@ def correspondence(
     if random_draws < 0:
         raise UsageError("random_draws must be 0 or more")
     sizes = torch.tensor([[b[2] - b[0], b[3] - b[1]] for bs in boxes.values() for b in bs], dtype=torch.float)
-    size = tuple(int(v) for v in sizes.median(0).values)
+    bh, bw = (int(v) for v in sizes.median(0).values)
+    size = (bh, bw)
     if objects is not None:
         _check_boxes("object", list(objects), n, h, w)
-        regions = [_grow(tuple(b), size, h, w) for b in objects]  # type: ignore[arg-type]
+        regions = [_grow(b, size, h, w) for b in objects]
     else:
-        regions = object_regions(boxes, n, size, h, w)  # type: ignore[arg-type]
-    random_boxes = random_parts(regions, size, random_draws, seed)  # type: ignore[arg-type]
+        regions = object_regions(boxes, n, size, h, w)
+    random_boxes = random_parts(regions, size, random_draws, seed)
     fill_map, fill_name, shown = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
     variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
     for k, draw in enumerate(random_boxes):

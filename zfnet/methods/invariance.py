@@ -26,7 +26,7 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import capture, features
-from ..pixels import Fill, WithPreprocess, fill_pixels, pixel_preprocess, split_model
+from ..pixels import Fill, WithPreprocess, fill_pixel_map, fill_pixels, pixel_preprocess, split_model
 from ..runtime import eval_mode
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -129,16 +129,6 @@ def transform_pixels(pixels: torch.Tensor, transform: str, value: float, fill: t
     # sample (pixels - fill) with zeros outside, then add the fill back: uncovered pixels = fill, and a pixel
     # half outside mixes the image with the fill as bilinear interpolation mixes neighbours
     return F.grid_sample(pixels - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-
-
-def fill_pixel_map(fill: str | float | Sequence[float], pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
-    """The uncovered pixels' values C x H x W: the grey (or given pixel values) everywhere, or for
-    "mean-image" the mean image's pixels (the pixels that preprocess to 0)."""
-    c, h, w = like.shape[-3:]
-    pixels = fill_pixels(fill, pp)
-    if pixels is None:
-        return pp.to_pixels(like.new_zeros(1, c, h, w))[0]
-    return torch.tensor(pixels, dtype=torch.float32).view(c, 1, 1).expand(c, h, w).to(like)
 
 
 def transform_images(

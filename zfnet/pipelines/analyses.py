@@ -13,9 +13,9 @@ import torch
 from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
-from ..methods.correspondence import correspondence
+from ..methods.correspondence import correspondence, mask
 from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, check_transforms, invariance, transform_images
-from ..pixels import fill_input
+from ..pixels import resolve_fill
 from ..provenance import environment
 from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
 from ..weights import Opened
@@ -104,19 +104,13 @@ def run_correspondence(
     atomic_write_text(os.path.join(out, "correspondence.md"), correspondence_markdown(body, title))
     shown_random = res.random_boxes[:3]
     titles = ["original", *spec["parts"], *[f"random {k + 1}" for k in range(len(shown_random))]]
-    fill_map = (
-        inputs.x.new_zeros(inputs.x.shape[1:])
-        if fill == "mean-image"
-        else fill_input(fill, opened.preprocess, inputs.x)
-    )
+    fill_map = resolve_fill(opened.model, fill, opened.preprocess, inputs.x, "correspondence's grey mask")[0]
     panels = []
-    for i in range(min(5, len(inputs.names))):  # the masked images as the model sees them
-        boxes = [None, *[spec["parts"][p][i] for p in spec["parts"]], *[d[i] for d in shown_random]]
-        x = inputs.x[i : i + 1].repeat(len(boxes), 1, 1, 1)
-        for k, b in enumerate(boxes):
-            if b is not None:
-                x[k, :, b[0] : b[2], b[1] : b[3]] = fill_map[:, b[0] : b[2], b[1] : b[3]]
-        panels.append(list(opened.preprocess.display(x).cpu()))
+    for i in range(min(5, len(inputs.names))):  # the original, then each mask as the model sees it
+        boxes = [*[spec["parts"][p][i] for p in spec["parts"]], *[d[i] for d in shown_random]]
+        x = inputs.x[i : i + 1]
+        masked = mask(x.repeat(len(boxes), 1, 1, 1), boxes, fill_map)
+        panels.append(list(opened.preprocess.display(torch.cat([x, masked])).cpu()))
     correspondence_figure(
         panels,
         titles,

@@ -9,7 +9,6 @@ OUT/settings.json   the settings that change results, and their key: a rerun wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_write_json
 from ..layers import resolve_layer
-from ..methods.atlas import Scan, default_layers, fingerprint, manifest_layers, scan, top_projections
+from ..methods.atlas import Scan, default_layers, fingerprint, manifest_layers, scan, tensor_hash, top_projections
 from ..methods.deconvnet import MODES, Deconvnet
 from ..methods.evolution import evolution
 from ..methods.filters import analyse, first_conv
@@ -74,10 +73,6 @@ def _check(cfg: AtlasConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1 (or left out)")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UsageError(f"--out {cfg.out!r} is a file; pass a folder")
-
-
-def _tensor_hash(t: torch.Tensor | None) -> str | None:
-    return None if t is None else hashlib.sha256(t.float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _claim_folder(out: str, key: str, settings: dict) -> None:
@@ -138,7 +133,7 @@ def build_atlas(
         **({"exclude": dataset.exclude} if dataset.exclude else {}),
     }
     scan_key = fingerprint(
-        {**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(), "mean": _tensor_hash(pp.mean_image)}
+        {**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
     )
     settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
     settings.update(
@@ -150,7 +145,7 @@ def build_atlas(
         split=dataset.split,
         images=len(dataset),
         weights_sha256=opened.weights_sha256,
-        mean_sha256=_tensor_hash(pp.mean_image),
+        mean_sha256=tensor_hash(pp.mean_image),
         evolution_images=None if train is None else dataset_info(train),
     )
     key = fingerprint(settings)

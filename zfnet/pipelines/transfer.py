@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..experiments import transfer as tx
 from ..io import atomic_write_json, atomic_write_text
 from ..layers import resolve_layer
-from ..methods.atlas import fingerprint
+from ..methods.atlas import fingerprint, tensor_hash
 from ..provenance import environment
 from ..render.transfer import fig7, probe_markdown, probe_plot, transfer_markdown
 from ..runtime import Dist, PeakMemory
@@ -241,7 +241,7 @@ def run_layerprobe(
             "exclude": ds.exclude,
             "layers": layers,
             "pp": pp.to_dict(),
-            "mean": None if pp.mean_image is None else float(pp.mean_image.double().sum()),
+            "mean": tensor_hash(pp.mean_image),
             "dtype": o.store_dtype,
         }
     )
