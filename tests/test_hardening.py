@@ -231,7 +231,7 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         (
             "projection onto its own image",
             ["project", "--pretrained", "--image", img, "--layer", "conv3", "--channel", "0", "--out", img],
-            ("is the --image itself",),
+            ("is --image", "itself", "overwritten"),
         ),
         (
             "per-class of zero",

@@ -17,6 +17,13 @@ from conftest import REPO
 from PIL import Image
 
 from zfnet.io import load_tensors
+from zfnet.outputs import sibling
+
+
+def partial(out):
+    """Where a staged command writes until it is complete (`zfnet.outputs.staged`)."""
+    return type(out)(sibling(str(out), "partial"))
+
 
 ENV = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
 
@@ -98,10 +105,11 @@ def test_killed_atlas_resumes_to_the_same_atlas(tmp_path):
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(args(straight))
-    maps = killed / "maps" / "conv3"
-    kill_when(args(killed), lambda: maps.is_dir() and len(os.listdir(maps)) >= 20, killed)
-    assert not (killed / "index.html").exists()
-    m = json.loads((killed / "manifest.json").read_text())
+    work = partial(killed)  # the run writes here; the folder appears under its name when complete
+    maps = work / "maps" / "conv3"
+    kill_when(args(killed), lambda: maps.is_dir() and len(os.listdir(maps)) >= 20, work)
+    assert not killed.exists() and not (work / "index.html").exists()
+    m = json.loads((work / "manifest.json").read_text())
     assert m["complete"] is False  # what is on disk says it is unfinished
     run(args(killed))
     a = json.loads((straight / "manifest.json").read_text())
@@ -139,10 +147,10 @@ def test_killed_transfer_resumes_to_the_same_table(tmp_path):
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(args(straight))
-    state = killed / ".scratch"
-    kill_when(args(killed), lambda: state.is_dir() and len(os.listdir(state)) >= 2, killed)
+    state = partial(killed) / ".scratch"
+    kill_when(args(killed), lambda: state.is_dir() and len(os.listdir(state)) >= 2, partial(killed))
     done = len(os.listdir(state))
-    assert not (killed / "results.json").exists() and done < 6
+    assert not (partial(killed) / "results.json").exists() and not killed.exists() and done < 6
     run(args(killed))
     a = json.loads((straight / "results.json").read_text())
     b = json.loads((killed / "results.json").read_text())
@@ -152,13 +160,13 @@ def test_killed_transfer_resumes_to_the_same_table(tmp_path):
 
 @pytest.mark.parametrize("stage", ["evolution"])
 def test_killed_report_resumes_to_the_same_report(tmp_path, stage):
-    small = ["--limit", "300", "--evolution-limit", "300", "--examples", "3"]
+    small = ["--limit", "160", "--evolution-limit", "160", "--examples", "2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(["report", *small, "--out", str(straight)])
 
     def in_stage():
-        p = killed / "report.json"
-        return p.is_file() and "atlas" in json.loads(p.read_text())["stages"] and (killed / stage).is_dir()
+        p = partial(killed) / "report.json"
+        return p.is_file() and "atlas" in json.loads(p.read_text())["stages"] and (partial(killed) / stage).is_dir()
 
     def second_run(pid):  # a second run into the same folder at once is refused, naming the first
         r = subprocess.run(
@@ -171,8 +179,8 @@ def test_killed_report_resumes_to_the_same_report(tmp_path, stage):
         )
         assert r.returncode == 2 and f"another zfnet run (pid {pid}) is writing" in r.stderr, r.stderr
 
-    kill_when(["report", *small, "--out", str(killed)], in_stage, killed, meanwhile=second_run)
-    assert not (killed / "index.html").exists()
+    kill_when(["report", *small, "--out", str(killed)], in_stage, partial(killed), meanwhile=second_run)
+    assert not killed.exists() and not (partial(killed) / "index.html").exists()
     run(["report", *small, "--out", str(killed)])  # the killed run's lock is gone with it
     a = json.loads((straight / "report.json").read_text())
     b = json.loads((killed / "report.json").read_text())

@@ -188,7 +188,7 @@ def test_other_model_into_the_same_folder_is_refused(report):
 def test_non_report_folder_is_refused(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     r = run_cli("report", "--out", str(tmp_path))
-    assert r.returncode == 2 and "holds no zfnet report" in r.stderr
+    assert r.returncode == 2 and "did not make" in r.stderr
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 

@@ -31,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e) from None
     os.close(fd)
     try:
         yield tmp
@@ -40,22 +40,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file the user writes
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in _WRITE_ERRNOS:
-            raise _write_error(path, e) from None
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e) from None
+        raise
+    except Exception as e:  # writers that wrap the OS error (safetensors, PIL, matplotlib backends)
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            raise write_error(path, OSError(errno.ENOSPC, "No space left on device")) from None
         raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def _write_error(path: str, e: OSError):
+class DiskFull(UsageError):
+    """A write failed for want of space; what was finished is kept (`zfnet.outputs.staged`)."""
+
+
+def write_error(path: str, e: OSError) -> UsageError:
     """A failed write as the user's one-line error; the file at `path` is still the previous one."""
 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UsageError(
+        return DiskFull(
             f"disk full while writing {path!r}; free some space and rerun the same command "
             "(the previous version of the file is intact, finished work is kept)"
         )
@@ -185,12 +193,22 @@ def _real(path: str) -> str:
     return os.path.join(os.path.realpath(head), *reversed(tail))
 
 
+def _lock_file(path: str) -> str | None:
+    """`path` when a lock file can be created there, else None."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError:
+        return None
+    return path
+
+
 @contextmanager
 def folder_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold the output folder `path` for one run: a second run into it refuses at once. The lock is an advisory
     `flock` on a file named after the folder's real path in ~/.cache/zfnet/locks ($ZFNET_CACHE), which the
-    kernel drops when its process dies - a killed run never leaves it stuck - and nothing is written near the
-    folder. (No-op where `fcntl` is missing.)"""
+    kernel drops when its process dies - a killed run never leaves it stuck; where the cache cannot be written,
+    on `.NAME.zfnet-lock` beside the folder. (No-op where `fcntl` is missing.)"""
 
     try:
         import fcntl
@@ -198,14 +216,16 @@ def folder_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
         return
     real = _real(os.fspath(path))
-    folder = cache_dir("locks")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
+    name = hashlib.sha1(real.encode()).hexdigest()[:20] + ".lock"
+    lock = _lock_file(os.path.join(cache_dir("locks"), name))
+    if lock is None:  # an unwritable cache: the lock goes beside the output folder instead
+        head, tail = os.path.split(real.rstrip(os.sep))
+        lock = _lock_file(os.path.join(head, "." + tail[:200] + ".zfnet-lock"))
+    if lock is None:
         raise UsageError(
-            f"cannot create the lock folder {folder!r} ({e.strerror}); set ZFNET_CACHE to a writable folder"
-        ) from None
-    lock = os.path.join(folder, hashlib.sha1(real.encode()).hexdigest()[:20] + ".lock")
+            f"cannot create a lock file in {cache_dir('locks')!r} nor beside {os.fspath(path)!r}; set ZFNET_CACHE "
+            "to a writable folder"
+        )
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import warnings
 
 from ..errors import UsageError, ZfnetNote
-from ..io import folder_lock
+from ..io import folder_lock, write_error
+from ..outputs import check_name
 from . import analyses, atlas, dedupe, models, occlusion, project, report, serve, train, transfer  # noqa: F401  (each registers)
 from .registry import COMMANDS, Parser
 
@@ -39,6 +41,19 @@ def build_parser() -> Parser:
     return parser
 
 
+@contextlib.contextmanager
+def _staged(args, cmd):
+    """A staged command writes into `args.work`, which replaces --out when it succeeds (`zfnet.outputs`)."""
+    if not cmd.output:
+        yield
+        return
+    from ..outputs import stage_of
+
+    with stage_of(args, args.command, reuse=cmd.output == "reuse", legacy=cmd.legacy) as work:
+        args.work = work
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,11 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZfnetNote)
             cmd = COMMANDS.get(args.command)
+            if isinstance(getattr(args, "out", None), str):
+                check_name(args.out)  # before any path is built from it
             out = getattr(args, "out", None) if cmd.locks_out and os.environ.get("RANK", "0") == "0" else None
-            with folder_lock(out) if out else contextlib.nullcontext():
+            with folder_lock(out) if out else contextlib.nullcontext(), _staged(args, cmd):
                 code = cmd.run(args) or 0
     except UsageError as e:
         print(f"zfnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # a full or read-only disk: one line
+            raise
+        print(f"zfnet {args.command}: error: {write_error(e.filename or '?', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zfnet {args.command}: interrupted", file=sys.stderr)

@@ -39,17 +39,17 @@ def _corr_args(p) -> None:
     "  zfnet correspondence --model zfnet --weights zf.safetensors --parts dogs.json --images dogs/ --out corr",
     arguments=_corr_args,
     locks_out=True,
+    output="fresh",
+    legacy=("correspondence.json",),
 )
 def _corr_run(args) -> int:
     from ..errors import UsageError
-    from ..io import check_output_dir
     from ..pipelines.analyses import parts_inputs, read_parts, run_correspondence
     from ..pipelines.inputs import check_files
     from ..pretrained import EMBEDDED_PARTS, folder
     from ..runtime import resolve_device
     from .args import open_from_args
 
-    check_output_dir(args.out)
     parts_file = args.parts
     if parts_file is None:
         if not args.pretrained:
@@ -69,7 +69,7 @@ def _corr_run(args) -> int:
         opened,
         inputs,
         spec,
-        args.out,
+        args.work,
         layers=tuple(l for l in args.layers.split(",") if l),
         fill=args.fill,
         random_draws=args.random_draws,
@@ -103,15 +103,15 @@ def _inv_args(p) -> None:
     "  zfnet invariance --model zfnet --weights zf.safetensors --image a.jpg --label 3 --out inv",
     arguments=_inv_args,
     locks_out=True,
+    output="fresh",
+    legacy=("invariance.json",),
 )
 def _inv_run(args) -> int:
     from ..errors import UsageError
-    from ..io import check_output_dir
     from ..pipelines.analyses import run_invariance
     from ..runtime import resolve_device
     from .args import check_images, inputs_from_args, open_from_args
 
-    check_output_dir(args.out)
     layers = tuple(l for l in args.layers.split(",") if l)
     if len(layers) != 2:
         raise UsageError(f"--layers {args.layers!r}: give two layers, the low and the high one (e.g. conv1,fc7)")
@@ -121,6 +121,6 @@ def _inv_run(args) -> int:
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)
     inputs = inputs_from_args(args, opened, pil)
-    r = run_invariance(opened, inputs, args.out, transforms=transforms, layers=layers, fill=args.fill, device=dev)
+    r = run_invariance(opened, inputs, args.work, transforms=transforms, layers=layers, fill=args.fill, device=dev)
     print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]}, indent=2))
     return 0

@@ -50,21 +50,21 @@ def _atlas_args(p) -> None:
     "--data folder:photos --split all --layers conv5,conv10,conv13 --out atlas-vgg",
     arguments=_atlas_args,
     locks_out=True,
+    output="reuse",
+    legacy=("settings.json", "manifest.json"),
 )
 def _atlas_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import find_snapshots
-    from ..io import check_output_dir
     from ..pipelines.atlas import AtlasConfig, build_atlas
     from ..pretrained import snapshots as embedded_snapshots
     from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
     from .args import open_from_args
 
-    check_output_dir(args.out)
     if args.evolution == "pretrained" and not args.pretrained:
         raise UsageError("--evolution pretrained goes with --pretrained; for another model pass its run folder")
     cfg = AtlasConfig(
-        out=args.out,
+        out=args.work,
         layers=tuple(l for l in (args.layers or "").split(",") if l),
         k=args.k,
         mode=args.mode,
@@ -129,16 +129,16 @@ def _filters_args(p) -> None:
     "--data fashion-mnist --out filt",
     arguments=_filters_args,
     locks_out=True,
+    output="fresh",
+    legacy=("filters.json",),
 )
 def _filters_run(args) -> int:
     from .. import data as zdata
-    from ..io import check_output_dir
     from ..methods.filters import filters
     from ..render.atlas_site import write_filters
     from ..runtime import resolve_device
     from .args import open_from_args
 
-    check_output_dir(args.out)
     dev = resolve_device(args.device)
     entries = [(open_from_args(args, dev), args.title or ("embedded" if args.pretrained else args.model))]
     if args.compare_model:
@@ -150,7 +150,7 @@ def _filters_run(args) -> int:
         if args.data:
             ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude).head(args.limit)
         reports.append((title, filters(opened.model, ds, progress=True)))
-    info = write_filters(args.out, reports)
+    info = write_filters(args.work, reports)
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0
 
@@ -177,18 +177,18 @@ def _evolution_args(p) -> None:
     "  zfnet evolution --model zfnet --run runs/zf --data imagenet:/data/imagenet --limit 50000 --out evo",
     arguments=_evolution_args,
     locks_out=True,
+    output="fresh",
+    legacy=("evolution",),
 )
 def _evolution_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import find_snapshots
-    from ..io import check_output_dir
     from ..pipelines.atlas import run_evolution
     from ..pretrained import open_embedded
     from ..pretrained import snapshots as embedded_snapshots
     from ..runtime import resolve_device
     from ..weights import WeightsFile, open_model
 
-    check_output_dir(args.out)
     dev = resolve_device(args.device)
     if args.pretrained:
         if args.model or args.run:
@@ -205,7 +205,7 @@ def _evolution_run(args) -> int:
     train = zdata.open_dataset(args.data, args.split, opened.preprocess).head(args.limit)
     layers = [l for l in (args.layers or "").split(",") if l] or None
     info = run_evolution(
-        opened.model, train, snaps, args.out, layers=layers, maps=args.maps, seed=args.seed, mode=args.mode, device=dev
+        opened.model, train, snaps, args.work, layers=layers, maps=args.maps, seed=args.seed, mode=args.mode, device=dev
     )
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0

@@ -33,16 +33,16 @@ def _args(p) -> None:
     "  zfnet train --recipe r.json --exclude dd/exclude.txt --out runs/clean",
     arguments=_args,
     locks_out=True,
+    output="fresh",
+    legacy=("dedupe.json", "pairs.csv"),
 )
 def _run(args) -> int:
-    from ..io import check_output_dir
     from ..pipelines.dedupe import run_dedupe
 
-    check_output_dir(args.out)
     r = run_dedupe(
         args.set_a,
         args.set_b,
-        out=args.out,
+        out=args.work,
         split_a=args.split_a,
         split_b=args.split_b,
         threshold=args.threshold,

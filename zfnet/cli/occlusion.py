@@ -44,14 +44,14 @@ def _occlusion_args(p) -> None:
     "  zfnet occlusion --model zfnet --weights zf.safetensors --image dog.jpg --label 151 --out occ-dog",
     arguments=_occlusion_args,
     locks_out=True,
+    output="fresh",
+    legacy=("occlusion.json",),
 )
 def _occlusion_run(args) -> int:
-    from ..io import check_output_dir
     from ..pipelines.occlusion import OcclusionOptions, run_occlusion
     from ..runtime import resolve_device
     from .args import inputs_from_args, open_from_args
 
-    check_output_dir(args.out)
     pil = check_images(args)  # unreadable images are refused before the model is loaded
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)
@@ -66,7 +66,7 @@ def _occlusion_run(args) -> int:
         drill=args.drill,
         compare_exact=args.compare_exact,
     )
-    result = run_occlusion(opened, inputs, args.out, options=options, device=dev, progress=not args.no_progress)
+    result = run_occlusion(opened, inputs, args.work, options=options, device=dev, progress=not args.no_progress)
     print(
         json.dumps(
             {

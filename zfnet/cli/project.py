@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from .args import add_device, add_mode, add_model, position
 from .registry import command
@@ -31,17 +30,15 @@ def _project_args(p) -> None:
 )
 def _project_run(args) -> int:
     from ..data.base import open_image
-    from ..errors import UsageError
-    from ..io import atomic_save_image, check_output_file
+    from ..io import atomic_save_image
     from ..methods.deconvnet import project
+    from ..outputs import check_file, input_paths
     from ..receptive_field import layer_field
     from ..render.render import display_scale, pair
     from ..runtime import resolve_device
     from .args import open_from_args
 
-    check_output_file(args.out, extensions=(".png", ".jpg", ".jpeg"))
-    if os.path.exists(args.out) and os.path.exists(args.image) and os.path.samefile(args.out, args.image):
-        raise UsageError(f"--out {args.out!r} is the --image itself: it would be overwritten; pass another file")
+    check_file(args.out, input_paths(args), extensions=(".png", ".jpg", ".jpeg"))
     dev = resolve_device(args.device)
     image = open_image(args.image)  # a missing or broken image is refused before the model is loaded
     opened = open_from_args(args, dev)

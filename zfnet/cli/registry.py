@@ -17,19 +17,29 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
     locks_out: bool = False  # --out is a folder this run holds (zfnet.io.folder_lock) while it writes
+    output: str = ""  # how --out is written (zfnet.outputs): "fresh" | "reuse" (staged), "" (the command guards it)
+    legacy: tuple[str, ...] = ()  # files that show a folder from before markers is this command's
 
 
 COMMANDS: Registry[Command] = Registry("command")
 
 
 def command(
-    name: str, help: str, example: str, arguments: Callable[[argparse.ArgumentParser], None], locks_out: bool = False
+    name: str,
+    help: str,
+    example: str,
+    arguments: Callable[[argparse.ArgumentParser], None],
+    locks_out: bool = False,
+    output: str = "",
+    legacy: tuple[str, ...] = (),
 ):
     """Register the decorated `run(args)` as subcommand `name`, with its argument builder and an example;
-    `locks_out`: a second run into the same --out folder is refused while this one runs."""
+    `locks_out`: a second run into the same --out folder is refused while this one runs; `output`: --out is
+    staged (`zfnet.outputs.staged`; "reuse" when the command skips what is on disk): `run` writes into
+    `args.work` and names `args.out` to the user."""
 
     def wrap(run):
-        COMMANDS.register(name, Command(help, example, arguments, run, locks_out))
+        COMMANDS.register(name, Command(help, example, arguments, run, locks_out, output, legacy))
         return run
 
     return wrap

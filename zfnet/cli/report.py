@@ -67,17 +67,17 @@ def _args(p) -> None:
     "--out rep",
     arguments=_args,
     locks_out=True,
+    output="reuse",
+    legacy=("report.json",),
 )
 def _run(args) -> int:
     from .. import data as zdata
     from ..errors import UsageError
-    from ..io import check_output_dir
     from ..pipelines.report import STAGES, ReportConfig, build_report, check_config
     from ..pretrained import EMBEDDED_DATA
     from ..runtime import resolve_device
     from .args import open_from_args
 
-    check_output_dir(args.out)
     only = tuple(s for s in args.only.split(",") if s)
     for s in only:
         if s not in STAGES:
@@ -88,7 +88,7 @@ def _run(args) -> int:
     if not embedded and not args.data:
         raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
     cfg = ReportConfig(
-        out=args.out,
+        out=args.work,
         train_split=args.train_split,
         embedded=embedded,
         snapshots=args.snapshots,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -35,6 +36,13 @@ def _resolve(args, model_default: str | None = None):
     return resolve_run(args.recipe, flags)
 
 
+def _claim(out: str, args, recipe, command: str, legacy: tuple[str, ...]) -> None:
+    """The output guard (`zfnet.outputs.claim`) for a run folder: the inputs are the flags' and the recipe's data."""
+    from ..outputs import claim, input_paths
+
+    claim(out, command, [*input_paths(args), *input_paths(argparse.Namespace(data=recipe.data))], legacy)
+
+
 def _lock(out: str):
     """The run folder held for this run (rank 0 only under torchrun)."""
     import contextlib
@@ -60,11 +68,10 @@ def _train_args(p) -> None:
     arguments=_train_args,
 )
 def _train_run(args) -> int:
-    from ..io import check_output_dir
     from ..pipelines.train import train
 
     recipe, options = _resolve(args)
-    check_output_dir(options.out)
+    _claim(options.out, args, recipe, "train", ("recipe.json", "checkpoint.safetensors", "metrics.json"))
     with _lock(options.out):
         result = train(recipe, options, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -93,15 +100,16 @@ def _evaluate_args(p) -> None:
 )
 def _evaluate_run(args) -> int:
     from .. import data as zdata
-    from ..io import atomic_write_json, check_output_file
+    from ..io import atomic_write_json
     from ..models import num_outputs
+    from ..outputs import check_file, input_paths
     from ..provenance import Timer, environment
     from ..runtime import resolve_device
     from ..train import evaluate
     from .args import open_from_args
 
     if args.out:
-        check_output_file(args.out, extensions=(".json",))
+        check_file(args.out, input_paths(args), extensions=(".json",))
     dev = resolve_device(args.device)
     if not args.pretrained and not (args.model and args.weights):
         raise UsageError("evaluate needs --model and --weights (or --pretrained)")
@@ -170,7 +178,6 @@ def _ablate_args(p) -> None:
     arguments=_ablate_args,
 )
 def _ablate_run(args) -> int:
-    from ..io import check_output_dir
     from ..pipelines.ablation import run_ablation
 
     if args.model:
@@ -178,7 +185,7 @@ def _ablate_run(args) -> int:
     recipe, options = _resolve(args)
     if not args.out:
         raise UsageError("pass --out DIR (the ablation's folder)")
-    check_output_dir(options.out)
+    _claim(options.out, args, recipe, "ablate", ("recipe.json", "table.md"))
     with _lock(options.out):
         r = run_ablation(
             options.out,
@@ -218,7 +225,6 @@ def _archselect_args(p) -> None:
     arguments=_archselect_args,
 )
 def _archselect_run(args) -> int:
-    from ..io import check_output_dir
     from ..pipelines.archselect import run_archselect
 
     recipe, options = _resolve(args, model_default="zfnet-small")
@@ -226,7 +232,7 @@ def _archselect_run(args) -> int:
         raise UsageError("pass --out DIR (the experiment's folder)")
     if recipe.model.startswith("torchvision:"):
         raise UsageError("archselect changes the first layer of a zfnet model; pick zfnet, alexnet or zfnet-small")
-    check_output_dir(options.out)
+    _claim(options.out, args, recipe, "archselect", ("recipe.json", "table.md"))
     with _lock(options.out):
         r = run_archselect(
             options.out, recipe, options=options, progress=not args.no_progress, table_only=args.table_only

@@ -44,6 +44,8 @@ def _transfer_args(p) -> None:
     "caltech101 --out tr101",
     arguments=_transfer_args,
     locks_out=True,
+    output="reuse",
+    legacy=("results.json",),
 )
 def _transfer_run(args) -> int:
     from .. import data as zdata
@@ -63,7 +65,7 @@ def _transfer_run(args) -> int:
         opened = open_from_args(args, dev, split="train")
         train = zdata.open_dataset(args.data, "train", opened.preprocess, args.exclude)
         val = zdata.open_dataset(args.data, "val", opened.preprocess, args.exclude)
-        r = run_pascal(opened, train, val, args.out, layer=args.layer, device=dev, progress=progress)
+        r = run_pascal(opened, train, val, args.work, layer=args.layer, device=dev, progress=progress)
     else:
         opened = open_from_args(args, dev)
         ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude)
@@ -76,7 +78,7 @@ def _transfer_run(args) -> int:
             no_scratch=args.no_scratch,
             test_per_class=args.test_per_class,
         )
-        r = run_transfer(opened, ds, args.out, options=options, device=dev, progress=progress)
+        r = run_transfer(opened, ds, args.work, options=options, device=dev, progress=progress)
     print(
         json.dumps(
             {
@@ -111,11 +113,13 @@ def _probe_args(p) -> None:
 )
 def _probe_run(args) -> int:
     from .. import data as zdata
+    from ..outputs import claim, input_paths
     from ..pipelines.transfer import ProbeOptions, check_protocol, run_layerprobe
     from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
     from .args import open_from_args
 
     check_protocol(args.protocol, probe=True)
+    claim(args.out, "layerprobe", input_paths(args), legacy=("results.json", ".features"))
     layers = tuple(l for l in args.layers.split(",") if l) if args.layers else None
     dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
     try:

@@ -9,7 +9,6 @@ retrained, a run with a checkpoint resumes exactly (zfnet.train), the rest start
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 
@@ -17,8 +16,18 @@ from .. import models
 from ..errors import UsageError
 from ..io import safetensors_metadata
 from ..models import TABLE2_VARIANTS
+from ..readback import Finite, read_json_or_none
 from ..recipe import Recipe, RunOptions
 from .runs import train_runs
+
+CROP = {"top1_err": Finite, "top5_err": Finite}
+# A finished run's metrics.json (`zfnet.train`); one that does not hold these is not a finished row.
+METRICS_SCHEMA = {
+    "epochs": int,
+    "train_top1_err": Finite,
+    "train_wall_seconds": Finite,
+    "val": {"centre": CROP, "ten_crop": CROP},
+}
 
 BASES = ("zfnet", "alexnet", "zfnet-small")
 
@@ -101,9 +110,8 @@ def collect(out: str, base: str, variants: list[str]) -> list[Row]:
         name = model_name(base, v)
         params = sum(p.numel() for p in models.build(name, init="torch").parameters())
         metrics = os.path.join(folder, "metrics.json")
-        if os.path.isfile(metrics) and os.path.isfile(os.path.join(folder, "model.safetensors")):
-            with open(metrics) as f:
-                m = json.load(f)
+        m = read_json_or_none(metrics, METRICS_SCHEMA)
+        if m is not None and os.path.isfile(os.path.join(folder, "model.safetensors")):
             rows.append(
                 Row(
                     v,

@@ -20,7 +20,6 @@ half to each band, so that no spectral peak flips the measure by rounding.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ from ..layers import layer_names
 from ..methods.atlas import scan, top_projections
 from ..methods.deconvnet import Deconvnet
 from ..methods.filters import FilterReport, analyse, first_conv
+from ..readback import Finite, read_json
 from ..receptive_field import layer_field
 from ..recipe import Recipe, RunOptions
 from ..weights import open_model
@@ -132,8 +132,9 @@ def analyse_run(folder: str, name: str, recipe: Recipe, limit: int = 2000, devic
     with Deconvnet(model) as dn:
         proj = top_projections(dn, ds, pp, tk, layer2, chans, rf, torch.device(device))
     fields = torch.stack([proj[c][0][0] for c in chans])
-    with open(os.path.join(folder, "metrics.json")) as f:
-        err = json.load(f)["val"]["centre"]["top1_err"]
+    path = os.path.join(folder, "metrics.json")
+    fix = f"delete the run folder {folder} to retrain it"
+    err = read_json(path, {"val": {"centre": {"top1_err": Finite}}}, fix=fix)["val"]["centre"]["top1_err"]
     first_layer = tuple(recipe.model_overrides["first_layer"])
     share = high_frequency_share(fields, cutoff(recipe.model))
     return RunAnalysis(name, first_layer, second, recipe.clip_radius is not None, err, report, layer2, fields, share)

@@ -24,7 +24,6 @@ whatever the dataset's size.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from .. import models
 from ..errors import UsageError
 from ..io import atomic_write_json
 from ..layers import features
+from ..readback import Finite, read_json, read_json_or_none
 from ..recipe import Recipe
 from ..runtime import Dist, eval_mode
 from ..train import epoch_plan, predict, train_one_epoch
@@ -86,6 +86,9 @@ def layer_depth(layer: str) -> int | None:
     return int(m.group(2)) if m else None
 
 
+STORE_SCHEMA = {"key": str, "layers": [str], "dims": [int], "images": int, "chunk": int, "dtype": str}
+
+
 class FeatureStore:
     """Per-layer features of every image of a dataset in `folder`: `<k>.npy` (N x D_k, float32 or float16,
     opened memory-mapped), `kept.npy` (1 where image i was read) and `chunks.npy` (1 where chunk c is written
@@ -96,8 +99,11 @@ class FeatureStore:
 
     def __init__(self, folder: str):
         self.folder = folder
-        with open(os.path.join(folder, "store.json"), encoding="utf-8") as f:
-            self.meta = json.load(f)
+        self.meta = read_json(
+            os.path.join(folder, "store.json"),
+            STORE_SCHEMA,
+            fix=f"delete {folder} and rerun: the features are extracted again",
+        )
 
     @property
     def layers(self) -> list[str]:
@@ -122,13 +128,8 @@ class FeatureStore:
         """Open the store for `key` in `folder`, creating (or, for another key, recreating) its files."""
         meta = {"key": key, "layers": layers, "dims": dims, "images": n, "chunk": chunk, "dtype": dtype}
         path = os.path.join(folder, "store.json")
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    if json.load(f) == meta:
-                        return cls(folder)
-            except ValueError:
-                pass
+        if read_json_or_none(path, STORE_SCHEMA) == meta:
+            return cls(folder)
         os.makedirs(folder, exist_ok=True)
         for name in os.listdir(folder):
             if name.endswith(".npy") or name == "store.json":
@@ -313,10 +314,9 @@ def scratch(
     for n in per_class:
         for f in range(folds):
             done = os.path.join(state, f"scratch-{n}-{f}.json") if state else None
-            if done and os.path.isfile(done):
-                with open(done) as fh:
-                    kept = json.load(fh)
-                if kept.get("key") == key:
+            kept = read_json_or_none(done, {"key": str, "accuracy": Finite}) if done else None
+            if kept is not None:
+                if kept["key"] == key:
                     out.add(f"scratch/{n}", kept["accuracy"])
                     continue
             tr, te = folds_split(labels, n, test_per_class, f)

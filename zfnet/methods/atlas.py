@@ -201,14 +201,22 @@ def scan(
                     shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
                     top = {n: TopK.from_tensors(t, n) for n in shapes}
                     done = int(meta["done"])
-            except (OSError, ValueError, KeyError):  # a damaged state file: scan from the start
+                    skipped = {int(i): str(r) for i, r in json.loads(meta.get("skipped", "{}")).items()}
+                    if not 0 <= done <= len(share):
+                        raise ValueError("done out of range")
+                    dataset.skipped.update(skipped)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: scan from the start
                 top, shapes, done = {}, {}, 0
     last = time.monotonic()
+    start = done
 
     def save() -> None:
         if path:
             tensors = {kk: v for n, tk in top.items() for kk, v in tk.tensors(n).items()}
-            atomic_save_tensors(tensors, path, {"key": key, "done": str(done), "shapes": json.dumps(shapes)})
+            lo = int(share[0]) if len(share) else 0
+            mine = {str(i): r for i, r in dataset.skipped.items() if lo <= i < lo + len(share)}
+            meta = {"key": key, "done": str(done), "shapes": json.dumps(shapes), "skipped": json.dumps(mine)}
+            atomic_save_tensors(tensors, path, meta)
 
     chunks = zdata.chunked(share[done:], batch_size)
     t0 = time.perf_counter()
@@ -224,16 +232,20 @@ def scan(
                     shapes[name] = tuple(a.shape[1:])
                     top[name] = TopK.empty(k, a.shape[1])
                 top[name] = top[name].update(a, idx)
-            done += len(idx)
+            # resume counts positions, readable or not: every chunk up to this one's end is done
+            done = min(start + ((int(idx[0]) - int(share[0]) - start) // batch_size + 1) * batch_size, len(share))
             if path and time.monotonic() - last > save_every:
                 save()
                 last = time.monotonic()
     elapsed = time.perf_counter() - t0
+    done = len(share)
     save()
+    lo = int(share[0]) if len(share) else 0
+    readable = len(share) - sum(1 for i in dataset.skipped if lo <= i < lo + len(share))
     if dist.world > 1:
         top = _merge_across_processes(top, layers, dist)
-        done = int(_sum_across(done, dist))
-    return Scan(top, shapes, done, elapsed)
+        readable = int(_sum_across(readable, dist))
+    return Scan(top, shapes, readable, elapsed)
 
 
 def _sum_across(v: float, dist: Dist) -> float:

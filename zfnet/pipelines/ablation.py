@@ -4,7 +4,6 @@ OUT/recipe.json (the one recipe every row shares)."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -12,6 +11,7 @@ from ..errors import UsageError
 from ..experiments.ablation import collect, paper_row, train_variants, variant_names
 from ..io import atomic_write_json, atomic_write_text
 from ..provenance import environment
+from ..readback import read_json
 from ..recipe import Recipe, RunOptions
 from ..render.ablation import ablation_markdown, ablation_plot
 from .train import draw_curves
@@ -22,8 +22,7 @@ def _claim(out: str, recipe: Recipe) -> None:
     shared = {k: v for k, v in recipe.to_dict().items() if k != "model"}
     path = os.path.join(out, "recipe.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = read_json(path, dict, fix=f"restore it, or pass a new --out (the runs in {out} stay as they are)")
         changed = sorted(k for k in set(old) | set(shared) if old.get(k) != shared.get(k))
         if changed:
             raise UsageError(

@@ -9,7 +9,6 @@ OUT/settings.json   the settings that change results, and their key: a rerun wit
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -26,8 +25,10 @@ from ..methods.atlas import Scan, default_layers, fingerprint, manifest_layers, 
 from ..methods.deconvnet import MODES, Deconvnet
 from ..methods.evolution import evolution
 from ..methods.filters import analyse, first_conv
+from ..outputs import user_files
 from ..progress import bar
 from ..provenance import changed_keys, environment
+from ..readback import read_json
 from ..receptive_field import layer_field
 from ..render import atlas_site
 from ..render.render import display_scale
@@ -79,9 +80,8 @@ def _claim_folder(out: str, key: str, settings: dict) -> None:
     """Record the result key in OUT/settings.json, or refuse a folder that holds results of another key."""
     path = os.path.join(out, "settings.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old.get("key") != key:
+        old = read_json(path, {"key": str, "settings": dict}, fix=f"delete the folder {out} to remake the atlas")
+        if old["key"] != key:
             changed = changed_keys(old.get("settings", {}), settings)
             what = ", ".join(changed) or "the model or data"
             raise UsageError(
@@ -154,9 +154,10 @@ def build_atlas(
     try:
         _claim_folder(cfg.out, key, settings)
         manifest = _build(cfg, dist, opened, dataset, layers, scan_key, key, snapshots, train, progress)
-    except BaseException as e:
-        if created and (isinstance(e, UsageError) or set(os.listdir(cfg.out)) <= {"settings.json"}):
-            # a refused first run leaves no folder behind; an interrupted one keeps its scan state to resume
+    except BaseException:
+        if created and set(user_files(cfg.out)) <= {"settings.json"}:
+            # a refused first run leaves no folder behind; an interrupted one (a full disk too) keeps its scan
+            # state to resume
             shutil.rmtree(cfg.out, ignore_errors=True)
         raise
     if manifest is not None:

@@ -18,6 +18,9 @@ from ..provenance import environment
 from ..render.dedupe import pairs_sheet, score_histogram
 from ..runtime import resolve_device
 
+MAX_SIZE = 64  # descriptor side: 4,096 numbers per image
+MAX_BLOCK = 65536  # images of B compared at once
+
 
 def run_dedupe(
     set_a: str,
@@ -35,10 +38,15 @@ def run_dedupe(
     progress: bool = True,
     sheet: int = 60,
 ) -> dict:
-    if not -1 <= threshold <= 1:
+    if not -1 <= threshold <= 1:  # NaN fails this too
         raise UsageError(f"--threshold {threshold} must be a correlation in [-1, 1]")
-    if size < 2 or k < 1 or block < 1:
-        raise UsageError("--size must be >= 2, --k and --block >= 1")
+    if not 2 <= size <= MAX_SIZE:
+        raise UsageError(
+            f"--size {size} must be 2..{MAX_SIZE}: each image becomes a size x size descriptor, and {MAX_SIZE} px "
+            "already tells near-duplicates apart (the default is 16)"
+        )
+    if k < 1 or block < 1 or block > MAX_BLOCK:
+        raise UsageError(f"--k must be >= 1 and --block 1..{MAX_BLOCK}")
     dev = resolve_device(device)
     pp = zdata.Preprocess(2 * size, 2 * size, 3, "resize", 255.0)  # aspect and size out of the way; grey later
     a = zdata.open_dataset(set_a, split_a, pp)

@@ -11,7 +11,7 @@ A stage that fails is recorded with its reason (the traceback in OUT/<stage>/err
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import shutil
 import sys
@@ -26,15 +26,17 @@ from torch import nn
 
 from .. import data as zdata
 from ..checkpoints import find_snapshots
-from ..errors import UsageError
-from ..io import atomic_write_json
+from ..errors import UsageError, note
+from ..io import DiskFull, atomic_write_json, atomic_write_text, write_error
 from ..layers import features, resolve_layer
 from ..methods.architecture import Architecture, architecture
 from ..methods.atlas import default_layers, fingerprint
 from ..models import ConvNet, num_outputs
+from ..outputs import staged, user_files
 from ..pretrained import EMBEDDED_DATA, EMBEDDED_PARTS, folder, open_embedded
 from ..pretrained import snapshots as embedded_snapshots
 from ..provenance import changed_keys, environment, file_sha256
+from ..readback import Damaged, Finite, parse_json, read_json, read_json_or_none
 from ..registry import Registry
 from ..render.architecture import architecture_figure
 from ..render.page import write_report
@@ -159,7 +161,15 @@ class Skip(Exception):
 # --- the stages -------------------------------------------------------------------------------------------
 
 
-@stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)")
+def _run_files_stamp(c: ReportConfig, opened: Opened) -> dict:
+    """The training run's files beside the weights (metrics, history, recipe), so that a repaired or new one redoes
+    the model stage."""
+    source = os.path.dirname(os.path.abspath(opened.weights)) if opened.weights else None
+    names = ("metrics.json", "metrics.jsonl", "recipe.json")
+    return {"run_files": [_sha(os.path.join(source, n)) if source else None for n in names]}
+
+
+@stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)", _run_files_stamp)
 def _model(ctx: Context) -> dict:
     out = ctx.folder("model")
     os.makedirs(out, exist_ok=True)
@@ -229,9 +239,12 @@ def _run_files(folder: str | None) -> tuple[dict, list[dict], dict | None]:
         if not os.path.isfile(path):
             return [] if lines else None
         try:
-            with open(path, encoding="utf-8") as f:
-                return [json.loads(l) for l in f if l.strip()] if lines else json.load(f)
-        except ValueError:
+            if lines:
+                with open(path, encoding="utf-8") as f:
+                    return [parse_json(l, path, dict, fix="") for l in f if l.strip()]
+            return read_json(path, dict, fix="")
+        except (Damaged, OSError, UnicodeDecodeError) as e:
+            note(f"{str(e).split(';')[0]}: left out of the report; rewrite or remove it")
             return [] if lines else None
 
     history = [r for r in read("metrics.jsonl", True) if isinstance(r, dict) and "epoch" in r]
@@ -509,12 +522,8 @@ def collect_results(folders: tuple[str, ...], out: str, depth: int = 3) -> list[
 
 
 def _result_entry(path: str, name: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            r = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(r, dict):
+    r = read_json_or_none(path, dict)
+    if r is None:
         return None
     if name == "dedupe.json":
         files: dict = r["files"] if isinstance(r.get("files"), dict) else {}
@@ -594,9 +603,13 @@ def _claim(out: str, identity: dict) -> dict:
     """The report.json of `out` (a new one when the folder is new); refuses a folder holding other files or
     another model's report."""
     path = os.path.join(out, "report.json")
+    old = None
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        try:
+            old = read_json(path, {"identity": dict, "stages": {}}, fix="")
+        except Damaged as e:
+            note(f"{str(e).split(';')[0]}; every stage is redone")
+    if old is not None:
         if old.get("identity") != identity:
             changed = changed_keys(old.get("identity", {}), identity)
             raise UsageError(
@@ -604,7 +617,9 @@ def _claim(out: str, identity: dict) -> dict:
                 "pass a new --out, or delete the folder to remake it"
             )
         return old
-    if os.path.isdir(out) and os.listdir(out):
+    if old is None and os.path.isfile(path):
+        return {"identity": identity, "stages": {}}
+    if user_files(out):
         raise UsageError(f"{out!r} is not empty and holds no zfnet report; pass a new or empty --out")
     return {"identity": identity, "stages": {}}
 
@@ -653,16 +668,14 @@ def build_report(
             entry = {"status": "done", **summary}
         except Skip as e:
             entry = {"status": "skipped", "reason": str(e)}
+        except DiskFull:
+            raise  # the finished stages stay in the work folder; the rerun continues (zfnet.outputs.staged)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise write_error(folder_, e) from None
+            entry = _failed(name, folder_, e)
         except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others go on
-            reason = (
-                str(e).strip().splitlines()[0]
-                if isinstance(e, UsageError) and str(e).strip()
-                else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
-            )
-            os.makedirs(folder_, exist_ok=True)
-            with open(os.path.join(folder_, "error.txt"), "w", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
-            entry = {"status": "failed", "reason": reason, "traceback": f"{name}/error.txt"}
+            entry = _failed(name, folder_, e)
         entry.update(key=key, seconds=round(time.perf_counter() - t0, 2), title=st.title, paper=st.paper)
         state["stages"][name] = entry
         _say(
@@ -713,11 +726,44 @@ def report(
         dataset = data
     else:
         dataset = zdata.open_dataset(str(data), split, opened.preprocess)
-    return build_report(opened, dataset, cfg, progress=progress, only=only)
+    with staged(out, "report", reuse=True, legacy=("report.json",)) as work:
+        return build_report(opened, dataset, replace(cfg, out=work), progress=progress, only=only)
+
+
+# What each stage's result file must hold to be reused (`zfnet.readback`); anything less redoes the stage.
+RESULT_SCHEMAS: dict[str, dict] = {
+    "model.json": {"name": str, "architecture": dict, "preprocess": dict, "layers": [str], "figure": str},
+    "manifest.json": {"complete": bool, "layer_order": [str], "layers": dict, "dataset": {"images": int}},
+    "evolution.json": {"epochs": [int], "channels": dict, "figures": dict},
+    "occlusion.json": {"images": [{"figure": str, "base_prob": Finite, "prob": [[Finite]]}], "settings": dict},
+    "correspondence.json": {"images": [str], "table": str, "figure": str, "delta": dict},
+    "invariance.json": {"images": [str], "transforms": list, "figure": str},
+    "included.json": {"results": [dict]},
+}
+
+
+def _failed(name: str, folder_: str, e: Exception) -> dict:
+    """A stage that raised: its one-line reason, and the traceback in STAGE/error.txt."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else "no message"
+    reason = first if isinstance(e, UsageError) and text else f"{type(e).__name__}: {first}"
+    os.makedirs(folder_, exist_ok=True)
+    atomic_write_text(os.path.join(folder_, "error.txt"), traceback.format_exc())
+    return {"status": "failed", "reason": reason, "traceback": f"{name}/error.txt"}
 
 
 def _present(out: str, entry: dict) -> bool:
-    return os.path.isfile(os.path.join(out, entry.get("json", "")))
+    """The stage's result file is there, sound, complete (an atlas), and names figures that are on disk."""
+    rel = entry.get("json")
+    if not isinstance(rel, str):
+        return False
+    path = os.path.join(out, rel)
+    r = read_json_or_none(path, RESULT_SCHEMAS.get(os.path.basename(rel), {}))
+    if r is None or (os.path.basename(rel) == "manifest.json" and r["complete"] is not True):
+        return False
+    folder_ = os.path.dirname(path)
+    named = [r.get("figure")] + [i.get("figure") for i in r.get("images", []) if isinstance(i, dict)]
+    return all(os.path.isfile(os.path.join(folder_, f)) for f in named if isinstance(f, str))
 
 
 def _say(progress: bool, line: str) -> None:

@@ -55,6 +55,19 @@ def check_protocol(protocol: str, probe: bool = False) -> None:
         raise UsageError(f"unknown --protocol {protocol!r}; choose one of {', '.join(tx.PROTOCOLS)}")
 
 
+def check_labels(ds: zdata.ImageSet) -> None:
+    """A classifier needs single labels of at least two classes, present in the images."""
+    name = ds.spec or ds.name
+    if ds.labels.dim() != 1:
+        raise UsageError(f"{name} is multi-label; use --protocol pascal2012")
+    present = len(set(ds.labels.tolist()))
+    if len(ds.classes) < 2 or present < 2:
+        raise UsageError(
+            f"{name} has {present} class{'es' if present != 1 else ''} of images; a classifier needs two or more "
+            "(a folder of images: one subfolder per class)"
+        )
+
+
 def run_transfer(
     opened: Opened,
     dataset: zdata.ImageSet,
@@ -75,8 +88,7 @@ def run_transfer(
     per_class = list(o.per_class or default_n)
     test_n = o.test_per_class or default_test
     ds = dataset
-    if ds.labels.dim() != 1:
-        raise UsageError(f"{ds.spec or ds.name} is multi-label; use --protocol pascal2012")
+    check_labels(ds)
     resolve_layer(opened.model, o.layer)
     feats, pos = tx.extract(opened.model, ds, layers=[o.layer], device=device, progress=progress)
     ds.check_readable()
@@ -226,6 +238,7 @@ def run_layerprobe(
     n = o.per_class or default_n[-1]
     test_n = o.test_per_class or default_test
     ds = dataset
+    check_labels(ds)
     dist = dist or Dist(device=torch.device(device))
     layers = list(o.layers or paper_layers(opened.model))
     for layer in layers:
