@@ -12,9 +12,9 @@ PKG = os.path.join(REPO, "zfnet")
 
 # rank of each room; a module may import only from rooms of lower or equal rank
 ROOMS = [
-    ({"_version", "errors", "registry", "io", "progress", "provenance", "runtime"}, 0),
+    ({"_version", "errors", "registry", "io", "progress", "provenance", "runtime", "readback"}, 0),
     ({"models", "data", "layers", "receptive_field", "recipe"}, 1),
-    ({"weights", "pixels"}, 2),
+    ({"weights", "pixels", "outputs"}, 2),
     ({"checkpoints"}, 3),
     ({"pretrained", "train"}, 4),
     ({"methods"}, 5),
