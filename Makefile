@@ -11,8 +11,11 @@ demo:
 	$(BIN)/zfnet report --out report/
 	@echo "open report/index.html in a browser (or: $(BIN)/zfnet serve report)"
 
+# two workers on two cores, each test file on one worker (its module fixtures built once), one thread each
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 lint:  # ruff (lint + format) and mypy, as CI runs them
 	@scripts/setup.sh test
@@ -22,7 +25,7 @@ lint:  # ruff (lint + format) and mypy, as CI runs them
 
 test-all:  # also the slow real-data runs
 	@scripts/setup.sh test
-	$(BIN)/python -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 bench:
 	@scripts/setup.sh test

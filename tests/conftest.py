@@ -9,6 +9,9 @@ import sys
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each, no
+    os.environ["OMP_NUM_THREADS"] = "1"  # oversubscription (the runs they start inherit it)
+    torch.set_num_threads(1)
 os.environ.setdefault("ZFNET_PROGRESS", "0")
 os.environ.setdefault("ZFNET_OFFLINE", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +42,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
     return subprocess.run(
         [sys.executable, "-m", "zfnet", *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=REPO
     )
+
+
+def torchrun_errors(stderr: str) -> str:
+    """What the processes of a failed torchrun run said, without the launcher's own log and traceback
+    (which otherwise push the processes' lines out of an assertion message)."""
+    own = [l for l in stderr.splitlines() if not l.startswith(("W1", "E1", "I1", "  ", "Traceback", "torch."))]
+    return "\n".join(own)[-4000:]
 
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -137,7 +137,8 @@ def test_default_report_opens_the_embedded_weights_at_most_twice(tmp_path):
     env = dict(os.environ, ZFNET_PROGRESS="0")
     # --seccomp-bpf: only the traced calls stop the process, so strace does not slow the run down
     trace = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=open,openat,openat2", "-o", str(log)]
-    report = ["report", "--out", str(tmp_path / "rep"), "--limit", "120", "--evolution-limit", "60", "--examples", "1"]
+    report = ["report", "--out", str(tmp_path / "rep"), "--limit", "120", "--evolution-limit", "60", "--examples", "1",
+              "--atlas-maps", "8"]  # fmt: skip
     r = subprocess.run(
         [*trace, sys.executable, "-m", "zfnet", *report], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
     )

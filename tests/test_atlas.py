@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, torchrun_errors
 
 from zfnet import data as zdata
 from zfnet import models
@@ -213,13 +213,31 @@ def test_torchrun_sharded_scan_equals_single(tmp_path):
         text=True,
         timeout=600,
     )
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, torchrun_errors(two.stderr)
     m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())
     m2 = json.loads((tmp_path / "two" / "manifest.json").read_text())
     for layer in ("conv1", "conv2", "conv5"):
         for a, b in zip(m1["layers"][layer]["maps"], m2["layers"][layer]["maps"]):
             assert [(e["image"], e["y"], e["x"]) for e in a] == [(e["image"], e["y"], e["x"]) for e in b]
             assert [e["value"] for e in a] == pytest.approx([e["value"] for e in b], rel=1e-5)
+
+
+def test_torchrun_error_after_the_group_formed_is_one_line(tmp_path):
+    """Every process fails after joining the group (the weights file is opened after it): each says one line
+    and leaves the group, exit 2 - no abort in gloo's threads, nothing left in --out."""
+    env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
+    out = tmp_path / "two"
+    cmd = [*_atlas_cmd(out), "--weights", str(tmp_path / "nope.safetensors")]
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+         "-m", "zfnet", *cmd],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode != 0
+    said = [l for l in r.stderr.splitlines() if l.startswith("zfnet atlas: error:")]
+    assert len(said) == 2 and all("nope.safetensors" in l and "does not exist" in l for l in said), r.stderr
+    assert "exitcode  : 2" in r.stderr and "SIGABRT" not in r.stderr and "terminate called" not in r.stderr
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".two")]
 
 
 def test_atlas_folder_end_to_end(tmp_path):

@@ -73,6 +73,7 @@ def files(tmp_path_factory):
         )
     )
     (d / "parts-broken.json").write_text("{not json")
+    (d / "parts-list.json").write_text(json.dumps({"images": [0], "parts": [[0, 0, 4, 4]]}))
     (d / "recipe-bad.json").write_text(json.dumps({"lr": -1}))
     (d / "afile").write_text("x")
     np.save(d / "mean-wrong.npy", np.zeros((3, 5, 5), np.float32))
@@ -224,6 +225,26 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
             "exclusion list missing",
             ["atlas", "--pretrained", *mini, "--exclude", str(d / "nope.txt"), "--out", "OUT"],
             ("nope.txt",),
+        ),
+        (
+            "exclusion list that is an image",
+            ["atlas", "--pretrained", *mini, "--exclude", img, "--out", "OUT"],
+            ("exclusion list", "grey.png", "not UTF-8"),
+        ),
+        (
+            "class names file that is an image",
+            ["occlusion", *small, "--image", img, "--classes", img, "--out", "OUT"],
+            ("--classes", "not UTF-8"),
+        ),
+        (
+            "parts file of the wrong shape",
+            ["correspondence", "--pretrained", "--parts", str(d / "parts-list.json"), "--out", "OUT"],
+            ("parts-list.json", "'parts'"),
+        ),
+        (
+            "parts file that is an image",
+            ["correspondence", "--pretrained", "--parts", img, "--out", "OUT"],
+            ("parts file", "not UTF-8"),
         ),
         ("bad recipe value", ["train", "--recipe", str(d / "recipe-bad.json"), *small, *mini, "--out", "OUT"], ("lr",)),
         ("zero epochs", ["train", *small, *mini, "--epochs", "0", "--out", "OUT"], ("epochs",)),

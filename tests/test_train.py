@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, torchrun_errors
 
 from zfnet import data as zdata
 from zfnet import models
@@ -307,7 +307,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         text=True,
         timeout=600,
     )
-    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert multi.returncode == 0, torchrun_errors(multi.stderr)
     a, b = load_tensors(tmp_path / "one" / "model.safetensors"), load_tensors(tmp_path / "two" / "model.safetensors")
     classes = int(a["fc8.weight"].shape[0])
     torch.manual_seed(Recipe().seed)  # the run's initialization, as build_run makes it

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_errors
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.preprocessing import StandardScaler
@@ -108,7 +109,7 @@ def test_torchrun_sharded_feature_store_equals_single(tmp_path):
          *args, "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, torchrun_errors(two.stderr)
     a, b = tx.FeatureStore(str(tmp_path / "one" / ".features")), tx.FeatureStore(str(tmp_path / "two" / ".features"))
     for layer in ("conv2", "fc7"):
         assert np.array_equal(np.asarray(a.array(layer)), np.asarray(b.array(layer)))

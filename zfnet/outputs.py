@@ -254,8 +254,9 @@ def staged(
     starts empty and a failure removes it. A refusal (`UsageError`) of a first run removes it too; a crash,
     an interrupt or a full disk keeps a resumable command's work for the rerun."""
     work = sibling(out, "partial")
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 owns the folder; the others write their shards
-        os.makedirs(work, exist_ok=True)
+    if os.environ.get("RANK", "0") != "0":
+        # torchrun: rank 0 prepares the folder before the process group forms, the others write their
+        # shards into it only after joining the group, so they never touch it first
         yield work
         return
     check_folder(out, command, list(inputs), legacy)
@@ -269,7 +270,7 @@ def staged(
             if reuse and os.path.isdir(target):
                 _link_tree(target, work)
             else:
-                os.makedirs(work)
+                os.makedirs(work, exist_ok=True)
         _mark(work, command)
     except OSError as e:
         shutil.rmtree(work, ignore_errors=True)

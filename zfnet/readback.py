@@ -87,19 +87,26 @@ def parse_json(text: str, path: str, schema: Any, fix: str) -> Any:
     return value
 
 
-def read_json(path: str | os.PathLike, schema: Any = Any, *, fix: str) -> Any:
-    """The JSON file at `path`, checked against `schema`; `Damaged` (one line: the file, what is wrong, `fix`)."""
+def read_text(path: str | os.PathLike, *, fix: str, what: str = "") -> str:
+    """The UTF-8 text of `path`; `Damaged` (one line naming the file - as `what` when given - and `fix`)
+    when it cannot be read or is not UTF-8 text (a binary file, a folder, no permission)."""
     path = os.fspath(path)
+    name = what or path
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise Damaged(f"cannot read {path} ({e.strerror or e}); {fix}") from None
+        raise Damaged(f"cannot read {name} ({e.strerror or e}); {fix}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise Damaged(f"{path} is damaged (not UTF-8 text); {fix}") from None
-    return parse_json(text, path, schema, fix)
+        raise Damaged(f"{name} is not UTF-8 text; {fix}") from None
+
+
+def read_json(path: str | os.PathLike, schema: Any = Any, *, fix: str) -> Any:
+    """The JSON file at `path`, checked against `schema`; `Damaged` (one line: the file, what is wrong, `fix`)."""
+    path = os.fspath(path)
+    return parse_json(read_text(path, fix=fix), path, schema, fix)
 
 
 def read_json_or_none(path: str | os.PathLike, schema: Any = Any) -> Any:
@@ -112,4 +119,4 @@ def read_json_or_none(path: str | os.PathLike, schema: Any = Any) -> Any:
         return None
 
 
-__all__ = ["Damaged", "Finite", "parse_json", "problem", "read_json", "read_json_or_none"]
+__all__ = ["Damaged", "Finite", "parse_json", "problem", "read_json", "read_json_or_none", "read_text"]

@@ -76,8 +76,19 @@ def setup_processes(device: str = "auto", threads: int | None = None, batch_size
 
 
 def teardown(dist: Dist) -> None:
-    """End the process group a torchrun run opened."""
+    """End the process group a torchrun run opened, all processes together: one that destroys its group
+    while a peer still works (rank 0 writing the results) can abort in gloo's threads at exit."""
     if dist.world > 1 and torch_dist.is_initialized():
+        try:
+            torch_dist.barrier()
+        finally:
+            torch_dist.destroy_process_group()
+
+
+def abandon_processes() -> None:
+    """On an error, end the process group without waiting for the peers (which may never arrive), so the
+    process exits with its one-line error rather than an abort in gloo's threads."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
 

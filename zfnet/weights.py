@@ -98,7 +98,12 @@ class WeightsFile:
     def num_classes(self) -> int | None:
         """The class count the file was trained for (metadata, else the classifier's rows)."""
         if "num_classes" in self.metadata:
-            return int(self.metadata["num_classes"])
+            try:
+                return int(self.metadata["num_classes"])
+            except ValueError:
+                raise UsageError(
+                    f"{self.path!r} has a damaged 'num_classes' record; re-save the weights with zfnet"
+                ) from None
         key = next((k for k in _CLASSIFIER_KEYS if k in self.state), None)
         return int(self.state[key].shape[0]) if key else None
 
@@ -258,8 +263,9 @@ def read_classes(path: str) -> list[str]:
     """Class names from a file: a JSON list, or one name per line (`--classes FILE`)."""
     if not os.path.isfile(path):
         raise UsageError(f"--classes {path!r}: no such file; pass a text file with one class name per line")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    from .readback import read_text
+
+    text = read_text(path, what=f"--classes {path!r}", fix="pass a text file with one class name per line")
     try:
         names = json.loads(text)
     except ValueError:

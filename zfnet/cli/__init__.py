@@ -61,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        code = _run(args)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun process that failed: leave the group
+            from ..runtime import abandon_processes
+
+            abandon_processes()
+    return code
+
+
+def _run(args) -> int:
+    try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZfnetNote)
             cmd = COMMANDS.get(args.command)

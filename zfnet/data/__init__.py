@@ -112,8 +112,10 @@ def read_exclusions(path: str) -> set[str]:
     """An exclusion list: one image id per line (as `zfnet dedupe` writes it); '#' starts a comment."""
     if not os.path.isfile(path):
         raise UsageError(f"exclusion list {path!r} does not exist; pass the exclude.txt `zfnet dedupe` wrote")
-    with open(path, encoding="utf-8") as f:
-        return {line.split("#", 1)[0].strip() for line in f} - {""}
+    from ..readback import read_text
+
+    text = read_text(path, what=f"exclusion list {path!r}", fix="pass the exclude.txt `zfnet dedupe` wrote")
+    return {line.split("#", 1)[0].strip() for line in text.splitlines()} - {""}
 
 
 def open_dataset(spec: str, split: str | None, preprocess: Preprocess, exclude: str | None = None) -> ImageSet:

@@ -277,7 +277,13 @@ def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, i
 
 
 def describe(name: str, **overrides: Any) -> dict[str, Any]:
-    """One row of the `zfnet models` table: input size, parameters and the output size of each named layer."""
+    """One row of the `zfnet models` table: input size, parameters and the output size of each named layer.
+    Built on the meta device: shapes and counts without allocating or initialising any weights."""
+    with torch.device("meta"):
+        return _describe(name, **overrides)
+
+
+def _describe(name: str, **overrides: Any) -> dict[str, Any]:
     model = build(name, init="torch", **overrides) if kind(name) == "zfnet" else build(name, **overrides)
     c, h, w = model_input_shape(model)
     row: dict[str, Any] = {

@@ -17,6 +17,7 @@ from ..methods.correspondence import correspondence, mask
 from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, check_transforms, invariance, transform_images
 from ..pixels import resolve_fill
 from ..provenance import environment
+from ..readback import read_text
 from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
 from ..weights import Opened
 from .inputs import Inputs, load_inputs
@@ -28,16 +29,16 @@ def read_parts(path: str) -> dict:
     "data" and "split"}."""
     if not os.path.isfile(path):
         raise UsageError(f"parts file {path!r} does not exist; check the path given to --parts")
+    text = read_text(path, what=f"parts file {path!r}", fix="pass the JSON parts file for --parts")
     try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
+        spec = json.loads(text)
         parts = {str(k): [tuple(int(v) for v in b) for b in boxes] for k, boxes in spec["parts"].items()}
         images = list(spec["images"])
         objects = spec.get("object")
         if objects is not None:
             one = len(objects) == 4 and all(isinstance(v, (int, float)) for v in objects)
             objects = [tuple(int(v) for v in (objects if one else b)) for b in (images if one else objects)]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(
             f"cannot read parts file {path!r} ({type(e).__name__}: {e}); it needs 'images' and "
             "'parts': {name: [[y0, x0, y1, x1], ...]}"

@@ -4,7 +4,6 @@ model/model.json, atlas/manifest.json, ...). Every string from those files is HT
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from html import escape
@@ -39,14 +38,9 @@ def _e(v) -> str:
 def _read(out: str, rel: str | None) -> dict | None:
     if not rel:
         return None
-    path = os.path.join(out, rel)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError:
-        return None
+    from ..readback import read_json_or_none
+
+    return read_json_or_none(os.path.join(out, rel), dict)
 
 
 def _href(rel: str) -> str:
