@@ -76,8 +76,10 @@ def setup_processes(device: str = "auto", threads: int | None = None, batch_size
 
 
 def teardown(dist: Dist) -> None:
-    """End the process group a torchrun run opened, all processes together: one that destroys its group
-    while a peer still works (rank 0 writing the results) can abort in gloo's threads at exit."""
+    """End the process group a torchrun run opened, all processes together (a barrier, then destroy): one that
+    destroys its group while a peer still works can abort in gloo's threads at exit. Called right after a
+    command's last collective, so the barrier waits only for that step, never for rank 0's writing (which may
+    outlast the group's timeout); a second call does nothing."""
     if dist.world > 1 and torch_dist.is_initialized():
         try:
             torch_dist.barrier()

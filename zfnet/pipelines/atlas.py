@@ -32,7 +32,7 @@ from ..readback import read_json
 from ..receptive_field import layer_field
 from ..render import atlas_site
 from ..render.render import display_scale
-from ..runtime import Dist
+from ..runtime import Dist, teardown
 from ..weights import Opened, WeightsFile
 
 
@@ -192,6 +192,7 @@ def _build(
         dist=dist,
         progress=progress,
     )
+    teardown(dist)  # the scan was the last collective: the others need not wait while rank 0 renders
     if not dist.main:
         return None
     dataset.check_readable()

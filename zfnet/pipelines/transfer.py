@@ -19,7 +19,7 @@ from ..layers import resolve_layer
 from ..methods.atlas import fingerprint, tensor_hash
 from ..provenance import environment
 from ..render.transfer import fig7, probe_markdown, probe_plot, transfer_markdown
-from ..runtime import Dist, PeakMemory
+from ..runtime import Dist, PeakMemory, teardown
 from ..weights import Opened
 
 
@@ -270,6 +270,7 @@ def run_layerprobe(
             dist=dist,
             progress=progress,
         )
+    teardown(dist)  # the extraction was the last collective: the others need not wait while rank 0 classifies
     if not dist.main:
         return None
     ds.check_readable()
