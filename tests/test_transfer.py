@@ -135,6 +135,11 @@ cap, n, out = int(sys.argv[1]) * 2**20, int(sys.argv[2]), sys.argv[3]
 model = models.build("zfnet-small").eval()
 with torch.no_grad():
     model(torch.zeros(64, 1, 28, 28))  # threads and allocator pools exist before the cap
+import numpy as np, scipy.linalg.blas
+a = np.ones((64, 64))
+# numpy's and scipy's OpenBLAS take their work buffers before the cap too: OpenBLAS retries a buffer it cannot
+# map forever (a hang, not an error), so a first BLAS call of the probes at the cap would never return
+a @ a, scipy.linalg.blas.dgemm(1.0, a, a)
 limit = vm_data() + cap
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 code = main(["layerprobe", "--model", "zfnet-small", "--data", f"synthetic:{n},4", "--split", "test",
@@ -160,7 +165,11 @@ def test_table6_runs_within_a_memory_cap_four_times_below_its_features(tmp_path)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "p"
     run = subprocess.run(
-        [sys.executable, "-c", MEMORY_RUN, "256", "3520", str(out)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", MEMORY_RUN, "256", "3520", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert "layerprobe 0" in run.stdout, run.stderr[-2000:]
     assert "in-memory refused" in run.stdout
