@@ -28,13 +28,14 @@ test-all:  # also the slow real-data runs
 	$(PYTEST) -m ""
 
 bench:
-	@scripts/setup.sh test
+	@scripts/setup.sh bench
 	$(BIN)/python bench/train_throughput.py --json bench/results/train_throughput.json
 	$(BIN)/python bench/deconv.py --json bench/results/deconv.json
 	$(BIN)/python bench/atlas.py --json bench/results/atlas.json
 	$(BIN)/python bench/occlusion.py --json bench/results/occlusion.json
 	$(BIN)/python bench/dedupe.py --json bench/results/dedupe.json
 	$(BIN)/python bench/report.py --json bench/results/report.json
+	$(BIN)/python bench/peers.py --json bench/results/peers.json
 
 clean:
 	rm -rf report .pytest_cache

@@ -1,18 +1,26 @@
-"""Occlusion sensitivity speed (Fig. 6): Captum's Occlusion against our naive, exact (incremental) and approximate
-modes, in one run, on the same images, windows, strides and fill.
+"""Occlusion sensitivity speed (Fig. 6): Captum's Occlusion against our naive, exact (incremental), auto and
+approximate modes, in one run, on the same images, windows, strides and fill (0 in model-input units, Captum's
+baseline 0).
 
-  ZFNet-224 (Fig. 3, He-initialised, seed 0: the cost does not depend on training; fc8 scaled so that the
-      logits' std is 2 on the bench images, since a He-initialised net on [-128, 128] pixels puts p = 1.0 on one
-      class everywhere and its p(true) maps would be flat), 32 px window, stride 8: 25 x 25 = 625 positions
-  the embedded Fashion-MNIST model at the README's figure settings (8 px window, stride 2): 11 x 11 positions
+  embedded    the shipped Fashion-MNIST model, 28 px, 8 px window, stride 2 (11 x 11 positions), 3 test images
+  zfnet-224   ZFNet (Fig. 3), 32 px window, stride 8 (25 x 25), 2 smooth-noise images and 3 scikit-image photos
+  alexnet     Krizhevsky's grouped AlexNet (zfnet's), 224 px, 32 / 8
+  vgg11       torchvision VGG-11, 224 px, 32 / 16 (13 x 13)
+  resnet18    torchvision ResNet-18, 224 px, 64 / 16 (11 x 11): residual additions
 
-Captum is run with the best `perturbations_per_eval` of a small sweep (timed on one image). Approx is Krypton's
-projective-field threshold (--tau 0.5) with adaptive drill-down (--drill 0.5). Prints seconds per
-image (the p(true) and activity maps; the deconvnet projection (c), which Captum does not make, is timed apart),
-the ratios to Captum, and how far approx is from exact (SSIM of the p(true) and of the activity maps).
+The 224 px models are He-initialised (seed 0; torchvision's own initialisation for VGG / ResNet): the cost does
+not depend on training. ZFNet's and AlexNet's fc8 are scaled so that the logits' std is 2 on the bench images
+(a He-initialised net on [-128, 128] pixels puts p = 1.0 on one class everywhere, and its p(true) maps would be
+flat). Captum runs with the best `perturbations_per_eval` of 16 / 64 / 256 (timed on the first image).
 
-    python bench/occlusion.py                      # about 15 minutes on 2 cores
-    python bench/occlusion.py --images 1 --quick   # a quick look
+Per model it prints seconds per image (the p(true) and activity maps; the deconvnet projection (c), which
+Captum does not make, is not counted), each mode's ratio to Captum and to naive, auto against the better of
+exact and naive, what auto estimated, and how far approx is from exact, measured on the maps as Fig. 6 plots
+them: SSIM of p(true) with the exact map's range as data range, and the share of positions with the same top
+class.
+
+    python bench/occlusion.py --json bench/results/occlusion.json     # about 25 minutes on 2 cores
+    python bench/occlusion.py --models zfnet-224 --images 1           # a quick look
 """
 
 from __future__ import annotations
@@ -40,6 +48,20 @@ def smooth_images(n: int, size: int, channels: int, seed: int = 0, scale: float 
     return (x / x.abs().amax() * scale).contiguous()
 
 
+def photos(size: int = 224) -> torch.Tensor:
+    """scikit-image's astronaut, coffee and cat, centre squares resized to `size`, in [-128, 128]."""
+    from skimage import data as sk
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        im = torch.from_numpy(getattr(sk, name)()).permute(2, 0, 1).float()[None]
+        s = min(im.shape[-2:])
+        top, left = (im.shape[-2] - s) // 2, (im.shape[-1] - s) // 2
+        im = F.interpolate(im[..., top : top + s, left : left + s], size=size, mode="bilinear", antialias=True)
+        out.append(im[0] - 128.0)
+    return torch.stack(out)
+
+
 def captum_seconds(model, x, target, window, stride, ppe) -> float:
     from captum.attr import Occlusion
 
@@ -57,96 +79,160 @@ def captum_seconds(model, x, target, window, stride, ppe) -> float:
     return time.perf_counter() - t0
 
 
-def bench(
-    name: str, model, images: torch.Tensor, window: int, stride: int, tau: float, sweep, drill: float = 0.5
-) -> dict:
+def bench(name, model, images, window, stride, layer, sweep, with_captum, approx_kw, profile=False) -> dict:
     model.eval()
     with torch.no_grad():
         targets = model(images).argmax(1).tolist()
-    # Captum: pick its best perturbations_per_eval on the first image, then time every image with it
-    best = min(sweep, key=lambda p: captum_seconds(model, images[0], targets[0], window, stride, p))
-    rows = {"captum": [], "naive": [], "exact": [], "approx": []}
-    devs = []
+    modes = ["naive", "exact", "auto"] + (["approx"] if approx_kw is not None else [])
+    rows: dict[str, list[float]] = {m: [] for m in (["captum"] if with_captum else []) + modes}
+    best = None
+    if with_captum:  # its best perturbations_per_eval, on the first image
+        best = min(sweep, key=lambda p: captum_seconds(model, images[0], targets[0], window, stride, p))
+    devs, estimates, auto_ran = [], [], []
     for x, t in zip(images, targets):
-        rows["captum"].append(captum_seconds(model, x, t, window, stride, best))
-        results = {}
-        for mode in ("naive", "exact", "approx"):
-            results[mode] = occlusion(
-                model,
-                x[None],
-                target=t,
-                window=window,
-                stride=stride,
-                fill="mean-image",  # 0 in model-input units, as Captum's baselines=0.0
-                layer="conv5",
-                mode=mode,
-                tau=tau,
-                drill=drill,
+        if with_captum:
+            rows["captum"].append(captum_seconds(model, x, t, window, stride, best))
+        res = {}
+        for mode in modes:
+            kw = approx_kw if mode == "approx" else {}
+            res[mode] = occlusion(
+                model, x[None], target=t, window=window, stride=stride, fill="mean-image", layer=layer, mode=mode, **kw
             )[0]
-            rows[mode].append(results[mode].seconds)
-        d = deviation(results["approx"], results["exact"])
-        d["exact_vs_naive_max_abs_prob"] = float((results["exact"].prob - results["naive"].prob).abs().max())
+            rows[mode].append(res[mode].seconds)
+        estimates.append(res["auto"].estimated_speedup)
+        auto_ran.append(res["auto"].mode)
+        d = deviation(res["approx"], res["exact"]) if "approx" in res else {}
+        d["exact_vs_naive_max_abs_prob"] = float((res["exact"].prob - res["naive"].prob).abs().max())
         devs.append(d)
-        print(
-            f"  {name}: "
-            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items())
-            + f"; approx SSIM {d['ssim_prob']:.4f} (p), {d['ssim_activity']:.4f} (activity)",
-            flush=True,
-        )
+        print(f"  {name}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in rows.items()), end="", flush=True)
+        if "approx" in res:
+            print(f"; approx p(true) SSIM {d['ssim_prob']:.4f}, top class {d['top_class_agreement']:.4f}", end="")
+        print(flush=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    n_pos = results["exact"].prob.numel()
+    better = min(med["exact"], med["naive"])
     out = {
         "model": name,
         "window": window,
         "stride": stride,
-        "positions": n_pos,
-        "tau": tau,
-        "drill": drill,
-        "captum_perturbations_per_eval": best,
-        "seconds_per_image": med,
-        "speedup_vs_captum": {k: med["captum"] / med[k] for k in ("naive", "exact", "approx")},
-        "approx_ssim_min": min(d["ssim_prob"] for d in devs),
-        "approx_ssim_activity_min": min(d["ssim_activity"] for d in devs),
-        "approx_max_abs_prob": max(d["max_abs_prob"] for d in devs),
-        "approx_top_class_agreement_min": min(d["top_class_agreement"] for d in devs),
-        "exact_vs_naive_max_abs_prob": max(d["exact_vs_naive_max_abs_prob"] for d in devs),
+        "positions": res["exact"].prob.numel(),
         "images": len(images),
+        "layer": layer,
+        "seconds_per_image": med,
+        "exact_vs_naive": med["naive"] / med["exact"],
+        "auto_vs_better": better / med["auto"],
+        "auto_ran": auto_ran,
+        "auto_estimated_speedup": estimates,
+        "exact_vs_naive_max_abs_prob": max(d["exact_vs_naive_max_abs_prob"] for d in devs),
     }
-    print(
-        f"{name}: seconds/image "
-        + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
-        + " | vs Captum "
-        + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_captum"].items())
-        + f" | approx SSIM >= {out['approx_ssim_min']:.4f} (p), {out['approx_ssim_activity_min']:.4f} (activity)",
-        flush=True,
-    )
+    if with_captum:
+        out["captum_perturbations_per_eval"] = best
+        out["speedup_vs_captum"] = {k: med["captum"] / med[k] for k in modes}
+    if profile:
+        print(f"  {name}, where the time goes (one image, torch.profiler, self CPU time by kind of op):", flush=True)
+        out["time_by_op"] = {
+            m: where_the_time_goes(
+                model, images[0], targets[0], window, stride, layer, m, approx_kw if m == "approx" else {}
+            )  # fmt: skip
+            for m in modes
+            if m != "auto"
+        }
+    if approx_kw is not None:
+        out["approx"] = dict(approx_kw)
+        out["approx_vs_exact"] = med["exact"] / med["approx"]
+        for key in ("ssim_prob", "ssim_activity", "top_class_agreement"):
+            out[f"approx_{key}_min"] = min(d[key] for d in devs)
+        out["approx_max_abs_prob"] = max(d["max_abs_prob"] for d in devs)
+    line = f"{name}: seconds/image " + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+    line += f" | exact/naive {out['exact_vs_naive']:.2f}x, auto/better {out['auto_vs_better']:.2f}x ({auto_ran[0]})"
+    if with_captum:
+        line += " | vs Captum " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_captum"].items())
+    if approx_kw is not None:
+        line += (
+            f" | approx SSIM >= {out['approx_ssim_prob_min']:.4f}, top >= {out['approx_top_class_agreement_min']:.4f}"
+        )
+    print(line, flush=True)
     return out
+
+
+CATEGORIES = {  # aten ops -> what they are, for "where the time goes"
+    "convolutions": ("convolution", "conv2d", "mkldnn_convolution", "_convolution"),
+    "linear layers": ("addmm", "mm", "linear", "matmul"),
+    "copies and gathers": ("copy_", "cat", "stack", "index", "pad", "constant_pad_nd", "clone", "contiguous",
+                           "slice", "as_strided", "empty", "zero_", "fill_", "_to_copy", "to"),
+    "pooling": ("max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool2d"),
+}  # fmt: skip
+
+
+def where_the_time_goes(model, x, target, window, stride, layer, mode, kw) -> dict:
+    """Self CPU time of one image's occlusion by kind of op (torch.profiler), in seconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        occlusion(model, x[None], target=target, window=window, stride=stride, fill="mean-image", layer=layer,
+                  mode=mode, **kw)  # fmt: skip
+    out = dict.fromkeys([*CATEGORIES, "elementwise and other ops"], 0.0)
+    for e in prof.key_averages():
+        name = e.key.removeprefix("aten::")
+        if not e.key.startswith("aten::"):
+            continue
+        kind = next((k for k, names in CATEGORIES.items() if name in names), "elementwise and other ops")
+        out[kind] += e.self_cpu_time_total / 1e6
+    total = sum(out.values())
+    print(f"  {mode}: " + ", ".join(f"{k} {v:.2f}s ({v / total:.0%})" for k, v in out.items()), flush=True)
+    return out
+
+
+def scaled_fc8(model, images):
+    with torch.no_grad():
+        model.fc8.weight.mul_(2.0 / float(model(images).std()))
+    return model
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=3)
-    ap.add_argument("--tau", type=float, default=0.5, help="approx: Krypton's projective-field threshold")
-    ap.add_argument("--drill", type=float, default=0.5, help="approx: adaptive drill-down share")
-    ap.add_argument("--taus", default="", help="also time approx at these comma-separated thresholds")
-    ap.add_argument("--quick", action="store_true", help="skip the perturbations_per_eval sweep")
+    ap.add_argument("--models", default="embedded,zfnet-224,alexnet,vgg11,resnet18")
+    ap.add_argument("--images", type=int, default=0, help="images per model (0: the defaults above)")
+    ap.add_argument("--tau", type=float, default=1.0, help="approx: Krypton's projective-field threshold")
+    ap.add_argument("--drill", type=float, default=-1, help="approx: adaptive drill-down share (-1: none)")
+    ap.add_argument("--precision", default="bfloat16", help="approx: the precision convs see the change in")
+    ap.add_argument("--quick", action="store_true", help="Captum without the perturbations_per_eval sweep")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.manual_seed(0)
     sweep = (64,) if args.quick else (16, 64, 256)
-    zf = models.build("zfnet", seed=0, init="kaiming").eval()
-    images = smooth_images(args.images, 224, 3)
-    with torch.no_grad():
-        zf.fc8.weight.mul_(2.0 / float(zf(images).std()))
-    res = {"zfnet-224": bench("zfnet-224", zf, images, 32, 8, args.tau, sweep, args.drill)}
-    from zfnet import data as zdata
-    from zfnet import pretrained
+    approx = {"tau": args.tau, "drill": None if args.drill < 0 else args.drill, "precision": args.precision}
+    wanted = args.models.split(",")
+    res = {}
+    smooth = smooth_images(3, 224, 3)
 
-    p = pretrained()
-    test = zdata.open_dataset("fashion-mnist", "test", p.preprocess).head(args.images)
-    res["embedded"] = bench(
-        "embedded (zfnet-small 28 px)", p.model, p.preprocess.eval_input(test.bases), 8, 2, args.tau, sweep, args.drill
-    )
+    def pick(x, n):
+        return x[: args.images or n]
+
+    if "embedded" in wanted:
+        from zfnet import data as zdata
+        from zfnet import pretrained
+
+        p = pretrained()
+        test = zdata.open_dataset("fashion-mnist", "test", p.preprocess).head(3)
+        x = pick(p.preprocess.eval_input(test.bases), 3)
+        res["embedded"] = bench("embedded", p.model, x, 8, 2, "conv5", sweep, True, approx)
+    if "zfnet-224" in wanted:
+        zf = scaled_fc8(models.build("zfnet", seed=0, init="kaiming").eval(), smooth)
+        x = pick(torch.cat([smooth[:2], photos()]), 5)
+        res["zfnet-224"] = bench("zfnet-224", zf, x, 32, 8, "conv5", sweep, True, approx, profile=True)
+    if "alexnet" in wanted:
+        ax = scaled_fc8(models.build("alexnet", seed=0, init="kaiming").eval(), smooth)
+        res["alexnet"] = bench("alexnet", ax, pick(smooth, 2), 32, 8, "conv5", sweep, False, None)
+    if "vgg11" in wanted:
+        import torchvision
+
+        vgg = torchvision.models.vgg11().eval()
+        res["vgg11"] = bench("vgg11", vgg, pick(smooth, 1) / 128, 32, 16, "features.18", sweep, False, None)
+    if "resnet18" in wanted:
+        import torchvision
+
+        r18 = torchvision.models.resnet18().eval()
+        res["resnet18"] = bench("resnet18", r18, pick(smooth, 2) / 128, 64, 16, "layer4", sweep, False, None, True)
     return finish({"results": res}, args.json)
 
 

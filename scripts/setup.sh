@@ -2,6 +2,7 @@
 # Set up a fresh checkout: Debian packages (when root), a virtual environment in .venv, zfnet and its deps.
 #   scripts/setup.sh demo   what `make demo` needs: Python packages only (the report's data ships with zfnet)
 #   scripts/setup.sh test   what `make test` needs: also Debian's Fashion-MNIST, Chromium, ChromeDriver and strace
+#   scripts/setup.sh bench  what `make bench` needs: the test setup and the peers bench/peers.py measures
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-demo}"
@@ -11,7 +12,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 
 debs=""
-[ "$what" = "test" ] && debs="dataset-fashion-mnist chromium chromium-driver strace"
+[ "$what" != "demo" ] && debs="dataset-fashion-mnist chromium chromium-driver strace"
 missing=""
 for p in $debs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -40,6 +41,7 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC 2>&1 | grep -v "^WARNING" || true
   extra=""
   [ "$what" = "test" ] && extra="[test]"
+  [ "$what" = "bench" ] && extra="[test,bench]"
   "$VENV/bin/python" -m pip install -q -e ".$extra" 2>&1 | grep -v "^WARNING" || true
   "$VENV/bin/python" -c "import torch, torchvision, zfnet" 
   rm -f "$VENV"/.zfnet-"$what"-*

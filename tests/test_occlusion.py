@@ -19,7 +19,7 @@ from zfnet import data as zdata
 from zfnet import models
 from zfnet.cli import main
 from zfnet.errors import UsageError
-from zfnet.methods.occlusion import occlusion, positions, ssim
+from zfnet.methods.occlusion import OcclusionResult, deviation, occlusion, positions, ssim
 from zfnet.weights import default_preprocess, with_input
 
 
@@ -86,8 +86,8 @@ def test_grey_square_pasted_in_pixels_on_the_embedded_model():
 
 
 def test_grey_square_on_a_torchvision_resnet_photo():
-    """ResNet-18 (residual additions: whole forwards) on a real photo at 64 px: the grey is ImageNet's mean
-    pixel (124, 116, 104) and the map equals the pasted-pixels reference."""
+    """ResNet-18 (residual additions: incremental inference through them) on a real photo at 64 px: the grey is
+    ImageNet's mean pixel (124, 116, 104) and the map equals the pasted-pixels reference."""
     from skimage import data as skdata
 
     model = models.build("torchvision:resnet18").eval()
@@ -95,8 +95,8 @@ def test_grey_square_on_a_torchvision_resnet_photo():
     bases = pp.bases([skdata.astronaut()])
     want, grey = grey_square_reference(model, pp, bases, 0, 16, 12)
     assert grey.tolist() == [124, 116, 104]
-    r = occlusion(model, pp.eval_input(bases), target=0, window=16, stride=12, preprocess=pp)[0]
-    assert r.mode == "naive"
+    r = occlusion(model, pp.eval_input(bases), target=0, window=16, stride=12, preprocess=pp, mode="exact")[0]
+    assert r.mode == "exact" and not r.fallback
     torch.testing.assert_close(r.prob, want, rtol=1e-4, atol=1e-6)
 
 
@@ -152,21 +152,49 @@ def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
         model, x[None], window=32, stride=64, mode="approx", tau=0.3, compare_exact=True, fill="mean-image"
     )[0]
     d = capped.deviation
-    assert set(d) == {"max_abs_prob", "max_rel_activity", "ssim_prob", "ssim_activity", "top_class_agreement"}
+    assert set(d) == {
+        "max_abs_prob", "max_rel_prob", "max_rel_activity", "ssim_prob", "ssim_activity", "top_class_agreement"
+    }  # fmt: skip
     assert d["max_abs_prob"] == pytest.approx(float((capped.prob - exact.prob).abs().max()))
 
 
 def test_ssim_equals_scikit_image():
-    """Our SSIM (uniform 7 x 7 window over the positions where it fits, K1 0.01, K2 0.03) against scikit-image's
-    with the same choices (population covariance; its reflected borders cropped away before the mean)."""
+    """Our SSIM against scikit-image's defaults (uniform 7 x 7 window over the positions where it fits, sample
+    covariances, K1 0.01, K2 0.03), at the data range of the map's own span as Fig. 6 plots it."""
     from skimage.metrics import structural_similarity
 
     g = torch.Generator().manual_seed(0)
     for shape in ((9, 9), (25, 13)):
-        a = torch.rand(shape, generator=g, dtype=torch.float64)
-        b = (a + 0.3 * torch.rand(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
-        theirs = structural_similarity(a.numpy(), b.numpy(), win_size=7, data_range=1.0, use_sample_covariance=False)
-        assert ssim(a, b) == pytest.approx(theirs, abs=1e-12)
+        a = torch.rand(shape, generator=g, dtype=torch.float64) * 0.2 + 0.5
+        b = (a + 0.03 * torch.rand(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+        span = float(a.max() - a.min())
+        theirs = structural_similarity(a.numpy(), b.numpy(), win_size=7, data_range=span)
+        assert ssim(a, b, data_range=span) == pytest.approx(theirs, abs=1e-12)
+        # on a scale that flatters: the same maps at data range 1 look more alike than they are plotted
+        assert ssim(a, b, data_range=1.0) > ssim(a, b, data_range=span)
+
+
+def test_deviation_measures_the_maps_as_plotted():
+    """A p(target) map in a narrow band (0.50-0.52) and a copy with noise of a quarter of that band: SSIM at the
+    map's own range, not at 1.0 (which would call any two maps in a 0.02 band alike)."""
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(1)
+    exact_p = 0.5 + 0.02 * torch.rand(12, 12, generator=g)
+    approx_p = exact_p + 0.005 * torch.randn(12, 12, generator=g)
+
+    def result(p):
+        return OcclusionResult(
+            torch.arange(12), torch.arange(12), p * 10, p, torch.zeros(12, 12, dtype=torch.long), p,
+            torch.zeros(1, 4, 4), "conv5", 0, None, 0, 0.5, 1.0, 0, 4, 1, "grey", "exact",
+        )  # fmt: skip
+
+    d = deviation(result(approx_p), result(exact_p))
+    span = float(exact_p.max() - exact_p.min())
+    want = structural_similarity(approx_p.double().numpy(), exact_p.double().numpy(), win_size=7, data_range=span)
+    assert d["ssim_prob"] == pytest.approx(want, abs=1e-9)
+    assert d["ssim_prob"] < 0.9 < ssim(approx_p, exact_p, data_range=1.0)
+    assert d["max_rel_prob"] == pytest.approx(float((approx_p - exact_p).abs().max()) / span)
 
 
 def test_p_true_equals_captums_occlusion():
@@ -227,7 +255,8 @@ def test_command_writes_figure_and_json(tmp_path, capsys):
     result = json.loads((tmp_path / "occ" / "occlusion.json").read_text())
     assert [r["label_name"] for r in result["images"]] == ["Ankle boot", "Trouser"]
     first = result["images"][0]
-    assert len(first["prob"]) == len(first["ys"]) == 6 and first["mode"] == "exact"  # 0, 4, ..., 20
+    assert len(first["prob"]) == len(first["ys"]) == 6  # 0, 4, ..., 20
+    assert first["requested"] == "auto" and first["mode"] in ("exact", "naive") and first["estimated_speedup"] > 0
     from PIL import Image
 
     img = Image.open(tmp_path / "occ" / first["figure"])
@@ -248,3 +277,25 @@ def test_command_writes_figure_and_json(tmp_path, capsys):
         ]
     )
     assert code == 2 and "does not fit" in capsys.readouterr().err
+
+
+def test_approx_takes_the_change_in_low_precision_and_keeps_what_did_not_change():
+    """bfloat16 approx computes each conv and linear layer as its kept float32 output plus the layer applied to
+    the change alone. An occluder that changes nothing (the image is the fill everywhere) gives the unoccluded
+    probabilities bit for bit at every position, which bfloat16 applied to the activations themselves would
+    not; on a real image the maps keep their structure (SSIM as plotted) and the top class everywhere."""
+    model = models.build("zfnet-small", seed=0).eval()
+    zero = torch.zeros(1, 1, 28, 28)
+    r = occlusion(model, zero, window=8, stride=4, fill="mean-image", layer="conv5", mode="approx", tau=1.0,
+                  drill=None, precision="bfloat16")[0]  # fmt: skip
+    assert r.precision == "bfloat16" and "bfloat16" in r.describe()
+    assert torch.equal(r.prob, torch.full_like(r.prob, r.base_prob))
+    assert torch.equal(r.activity, torch.full_like(r.activity, r.base_activity))
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    kw = dict(window=8, stride=2, fill="mean-image", layer="conv5")
+    exact = occlusion(model, x, mode="exact", **kw)[0]
+    low = occlusion(model, x, mode="approx", tau=1.0, drill=None, precision="bfloat16", **kw)[0]
+    d = deviation(low, exact)
+    assert d["ssim_prob"] > 0.95 and d["top_class_agreement"] == 1.0
+    with pytest.raises(UsageError, match="precision"):
+        occlusion(model, x, mode="approx", precision="float8", **kw)

@@ -122,7 +122,8 @@ def output_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ..
         for n in names:
             hooks.append(modules[n].register_forward_hook(record(n)))
         with torch.no_grad(), eval_mode(model):
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+            w = next(model.parameters())
+            model(torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype))
     finally:
         for h in hooks:
             h.remove()
@@ -170,9 +171,9 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
 
     hooks = [m.register_forward_hook(record(n)) for n, m in modules.items() if n]
     try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        w = next(model.parameters(), torch.zeros(()))
         with torch.no_grad(), eval_mode(model):
-            model(torch.zeros(1, *input_shape, device=device))
+            model(torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype))
     finally:
         for h in hooks:
             h.remove()

@@ -339,7 +339,8 @@ def layer_geometries(
     forward in eval mode that stops after the last of `layers`."""
     modules = {name: feature_module(model, name) for name in layers}
     found: dict[str, tuple[Axis, Axis] | None] = {}
-    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    w = next(model.parameters())
+    x = torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype)  # the model's own float type
     mode = _GeometryMode(x)
     handles = []
 

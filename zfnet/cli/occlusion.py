@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..methods.occlusion import MODES
+from ..methods.occlusion import MODES, PRECISIONS
 from .args import FILL_HELP, add_device, add_images, add_model, check_images, fill, positive
 from .registry import command
 
@@ -19,9 +19,10 @@ def _occlusion_args(p) -> None:
     p.add_argument("--layer", default="conv5", help="layer whose strongest map (b) and (c) show")
     p.add_argument(
         "--mode",
-        default="exact",
+        default="auto",
         choices=MODES,
-        help="exact: incremental inference; naive: whole forwards; approx: Krypton's threshold",
+        help="auto (default): exact where the model's geometry says it pays, else naive; exact: incremental "
+        "inference; naive: whole forwards; approx: Krypton's threshold and drill-down",
     )
     p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
     p.add_argument(
@@ -29,6 +30,13 @@ def _occlusion_args(p) -> None:
         type=float,
         default=0.5,
         help="approx: share of the in-between positions computed after the coarse pass (adaptive drill-down; 1 = all)",
+    )
+    p.add_argument(
+        "--precision",
+        default="bfloat16",
+        choices=PRECISIONS,
+        help="approx: convs and linear layers see the change the occluder makes in this precision "
+        "(the kept fp32 values plus the change: the error scales with the change)",
     )
     p.add_argument("--compare-exact", action="store_true", help="approx: also run exact and report the deviation")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -64,6 +72,7 @@ def _occlusion_run(args) -> int:
         mode=args.mode,
         tau=args.tau,
         drill=args.drill,
+        precision=args.precision,
         compare_exact=args.compare_exact,
     )
     result = run_occlusion(opened, inputs, args.work, options=options, device=dev, progress=not args.no_progress)

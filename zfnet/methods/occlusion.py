@@ -12,14 +12,18 @@ The strongest map is the one with the largest single activation on the unocclude
 where (c) projects it from); its activity (b) is the map's sum over all positions.
 
 Modes:
-  naive   every occluded image through the whole model, batched.
-  exact   incremental inference (the idea of Krypton, Nakandala et al., SIGMOD 2019): the unoccluded image runs
-          once and every layer's output is kept; for a batch of occluder positions each conv / pool layer
-          recomputes only the region the occluder can have changed - the window's projective field, read from
-          the kept maps around it - pointwise layers (ReLU, contrast normalization, dropout, batch norm) act on
-          that region alone, and fully-connected layers run in full. Equal to `naive` up to float rounding.
-          A model that is not a chain of such modules (a ResNet's additions, functional ops between modules)
-          falls back to whole forwards; a module it does not know makes the rest of the chain run in full.
+  auto    (the default) exact where it pays, else naive: `incremental.estimate` prices both from the model's
+          geometry (the share of each layer's map an occluder changes, the multiply-adds and copies that costs)
+          and incremental inference runs when it is estimated at least `AUTO_MARGIN` times faster.
+  naive   every occluded image through the whole model, batched (channels-last, which oneDNN's convs prefer).
+  exact   incremental inference (`zfnet.methods.incremental`; the idea of Krypton, Nakandala et al., SIGMOD
+          2019, carried from chains to any module graph): the unoccluded image runs once, recorded as a graph
+          of modules and functions with every value kept; for a batch of occluder positions each conv / pool
+          recomputes only the rectangle the occluder can have changed (its projective field, read from the
+          kept maps around it), pointwise ops act on that rectangle alone, additions and concatenations on the
+          union of their inputs' rectangles (ResNet, DenseNet), and any other op on whole maps from there on.
+          Equal to `naive` up to float rounding. A model whose recorded graph cannot be replayed on a batch
+          falls back to whole forwards, and the result says why.
   approx  Krypton's two approximations on top of exact: the changed region may grow to at most `tau` of each
           layer's map (projective-field threshold; outside it the unoccluded values are used), and adaptive
           drill-down: every other grid position is occluded first, the positions in between are interpolated,
@@ -29,7 +33,6 @@ Modes:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,25 +48,20 @@ from ..layers import feature_module, features, resolve_layer
 from ..pixels import Fill, WithPreprocess, resolve_fill, split_model
 from ..runtime import eval_mode
 from .deconvnet import Deconvnet
+from .incremental import Batch, CostModel, Estimate, Region, Replay, estimate, order_positions, record
 
-MODES = ("exact", "naive", "approx")
+MODES = ("auto", "exact", "naive", "approx")
+PRECISIONS = ("bfloat16", "float32")  # approx: what convs and linear layers take the change in
+AUTO_MARGIN = 1.25  # auto runs incremental inference only when it is estimated this much faster than whole forwards
 
-_POINTWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.LocalResponseNorm,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.BatchNorm2d,
-    nn.Identity,
-)
+
+def _pick(mode: str, replay: Replay | None, estimated: Estimate | None) -> str:
+    """The mode that runs: naive when incremental inference cannot; auto decides by the estimate."""
+    if replay is None:
+        return "naive"
+    if mode == "auto":
+        return "exact" if estimated is not None and estimated.speedup >= AUTO_MARGIN else "naive"
+    return mode
 
 
 @dataclass
@@ -92,19 +90,25 @@ class OcclusionResult:
     drill: float | None = None
     seconds: float = 0.0
     deviation: dict = field(default_factory=dict)  # approx vs exact, when compared
-    requested: str = ""  # the mode asked for (`mode` is what ran: naive when the model is not a chain)
+    requested: str = ""  # the mode asked for (`mode` is what ran: naive when incremental inference cannot)
+    fallback: str = ""  # why incremental inference could not run, when it could not
+    estimated_speedup: float | None = None  # auto: incremental inference's estimated speed over whole forwards
+    precision: str | None = None  # approx: the precision convs and linear layers take the change in
     target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
     fill_pixels: list[float] | None = None  # the square's pixel values per channel (None: the mean image)
 
     def describe(self) -> str:
-        """What ran, in words, for captions: exact / naive / approx, and a fallback with its reason."""
+        """What ran, in words, for captions: exact / naive / approx, why auto chose it, a fallback and its reason."""
         what = {
             "exact": "exact incremental computation (only the region each occluder changes is recomputed)",
             "naive": "whole forward passes",
-            "approx": f"approximate (tau {self.tau}, drill {self.drill})",
+            "approx": f"approximate (tau {self.tau}, drill {self.drill}, layers on the change in {self.precision})",
         }[self.mode]
-        if self.requested and self.requested != self.mode:
-            return f"{self.requested} asked, fell back to {what}: the model is not a chain of modules"
+        if self.fallback:
+            return f"{self.requested} asked, fell back to {what}: {self.fallback}"
+        if self.requested == "auto" and self.estimated_speedup is not None:
+            speed = f"{self.estimated_speedup:.2f}x"
+            return f"{what}, chosen by auto (incremental inference estimated {speed} whole forwards)"
         return what
 
     def to_json(self) -> dict:
@@ -123,9 +127,12 @@ class OcclusionResult:
             "mode": self.mode,
             "tau": self.tau,
             "drill": self.drill,
+            "precision": self.precision,
             "seconds": self.seconds,
             "deviation": self.deviation,
             "requested": self.requested or self.mode,
+            "fallback": self.fallback,
+            "estimated_speedup": self.estimated_speedup,
             "target_source": self.target_source,
             "computation": self.describe(),
             "ys": self.ys.tolist(),
@@ -149,190 +156,55 @@ def positions(size: int, window: int, stride: int) -> list[int]:
     return out
 
 
-# --- the chain of modules, from one traced forward -------------------------------------------------------
+# --- one batch of occluder positions through the recorded graph ----------------------------------------------
 
 
-@dataclass
-class _Step:
-    module: nn.Module
-    kind: str  # "window", "pointwise", "reshape+full" or "full"
-    base_in: torch.Tensor
-    base_out: torch.Tensor
+def _region_sum(value: Region | Batch, channel: int) -> torch.Tensor:
+    """Each sample's total of one feature map; for a region, the base map's total with the rectangle swapped
+    (rectangle sums from a summed-area table, in float64)."""
+    if isinstance(value, Batch):
+        return value.value[:, channel].flatten(1).sum(1)
+    if value.full():
+        return value.patch[:, channel].flatten(1).sum(1)
+    base = value.base[0, channel].double()
+    sat = F.pad(base.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    h, w = value.size
+    t, l = torch.tensor(value.top), torch.tensor(value.left)
+    inside = sat[t + h, l + w] - sat[t, l + w] - sat[t + h, l] + sat[t, l]
+    return (base.sum() - inside.to(base.device) + value.patch[:, channel].double().flatten(1).sum(1)).float()
 
 
-def _window_geometry(m: nn.Module):
-    """(kernel, stride, padding, dilation, pad value, op) for modules the incremental path recomputes by region."""
-
-    def pair(v):
-        return (v, v) if isinstance(v, int) else tuple(v)
-
-    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-
-        def op(x):
-            return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
-
-        return pair(m.kernel_size), pair(m.stride), pair(m.padding), pair(m.dilation), 0.0, op
-    if isinstance(m, nn.MaxPool2d) and not m.return_indices:
-        k, s, d = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.dilation)
-
-        def op(x):
-            return F.max_pool2d(x, k, s, 0, d)
-
-        return k, s, pair(m.padding), d, float("-inf"), op
-    if isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.count_include_pad and m.divisor_override is None:
-        k, s = pair(m.kernel_size), pair(m.stride or m.kernel_size)
-
-        def op(x):
-            return F.avg_pool2d(x, k, s, 0)
-
-        return k, s, pair(m.padding), (1, 1), 0.0, op
-    return None
+def _whole(value: Region | Batch) -> torch.Tensor:
+    return value.materialize() if isinstance(value, Region) else value.value
 
 
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Step] | None, torch.Tensor]:
-    """The model's leaf modules in call order with their inputs and outputs, when it is a chain (each module
-    fed by the previous one's output, or by a flattened copy of it); else None. Returns (steps, output)."""
-    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
-
-    def hook(module, inputs, output):
-        calls.append((module, inputs[0] if inputs else None, output))
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+def _replay_or_reason(
+    model: nn.Module, x: torch.Tensor, feat: nn.Module, probe: tuple[int, int, torch.Tensor]
+) -> tuple[Replay | None, str, torch.Tensor]:
+    """Record the model's graph on x and check a replay against whole forwards; (replay, "", logits) or (None,
+    why incremental inference cannot run on this model, logits). `probe`: one occluder (top, left, patch)."""
+    graph, logits = record(model, x, feat)
+    if graph.output < 0 or not isinstance(logits, torch.Tensor):
+        return None, "its output is not one tensor made by the recorded forward", logits
+    if graph.feature < 0:
+        return None, "the feature layer's output is not a recorded value", logits
+    replay = Replay.of(graph)
+    # a no-op occluder (the image's own pixels) and a real one must give what whole forwards give: a replay that
+    # cannot follow the model (a batch size baked into an op, a branch the occluder takes) shows here
+    top, left, patch = probe
+    h, w = patch.shape[-2:]
+    occluded_x = x.clone()
+    occluded_x[0, :, top : top + h, left : left + w] = patch
+    want = torch.cat([logits, model(occluded_x)])
     try:
-        out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    steps: list[_Step] = []
-    prev = x
-    for module, inp, output in calls:
-        if not isinstance(inp, torch.Tensor) or not isinstance(output, torch.Tensor):
-            return None, out
-        if inp is prev:
-            reshaped = False
-        elif (
-            inp.numel() == prev.numel()
-            and inp.shape[0] == prev.shape[0]
-            and torch.equal(inp.reshape(-1), prev.reshape(-1))
-        ):
-            reshaped = True  # a functional flatten between modules
-        else:
-            return None, out
-        if reshaped or prev.dim() != 4:
-            kind = "reshape+full" if reshaped else "full"
-        elif _window_geometry(module) is not None:
-            kind = "window"
-        elif isinstance(module, _POINTWISE) or (
-            isinstance(module, nn.AdaptiveAvgPool2d) and output.shape[-2:] == inp.shape[-2:]
-        ):
-            kind = "pointwise"
-        else:
-            kind = "full"
-        steps.append(_Step(module, kind, inp, output))
-        prev = output
-    if prev is not out or len({id(s.module) for s in steps}) != len(steps):
-        return None, out  # the output is not the last module's, or a module runs twice
-    return steps, out
-
-
-# --- one batch of occluder positions, region by region -----------------------------------------------------
-
-
-def _out_range(a: torch.Tensor, n: torch.Tensor, k: int, s: int, p: int, d: int, size_out: int):
-    """Output indices a window op changes for input rows [a, a + n): (lo, hi) inclusive, clipped."""
-    ke = d * (k - 1) + 1
-    lo = torch.clamp(torch.div(a + p - ke + 1 + s - 1, s, rounding_mode="floor"), min=0)
-    hi = torch.clamp(torch.div(a + n - 1 + p, s, rounding_mode="floor"), max=size_out - 1)
-    return lo, torch.maximum(hi, lo)
-
-
-def _region_step(step: _Step, box: torch.Tensor, patch: torch.Tensor, tau: float | None):
-    """Recompute a window op (conv / pool) over the region its changed input can reach."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), pad_value, op = _window_geometry(step.module)
-    base_in, base_out = step.base_in, step.base_out
-    h_in, w_in = base_in.shape[-2:]
-    h_out, w_out = base_out.shape[-2:]
-    ke_h, ke_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    r_lo, r_hi = _out_range(box[:, 0], box[:, 2], kh, sh, ph, dh, h_out)
-    c_lo, c_hi = _out_range(box[:, 1], box[:, 3], kw, sw, pw, dw, w_out)
-    n_r, n_c = int((r_hi - r_lo).max()) + 1, int((c_hi - c_lo).max()) + 1
-    if tau is not None:  # Krypton's projective-field threshold: the region grows to at most tau of the map
-        cap_r, cap_c = max(1, math.ceil(tau * h_out)), max(1, math.ceil(tau * w_out))
-        if n_r > cap_r:
-            r_lo, n_r = torch.clamp((r_lo + r_hi) // 2 - cap_r // 2, min=0), cap_r
-        if n_c > cap_c:
-            c_lo, n_c = torch.clamp((c_lo + c_hi) // 2 - cap_c // 2, min=0), cap_c
-    r0 = torch.clamp(r_lo, max=h_out - n_r)
-    c0 = torch.clamp(c_lo, max=w_out - n_c)
-    hs, ws = (n_r - 1) * sh + ke_h, (n_c - 1) * sw + ke_w
-    pad_b = max(0, (h_out - 1) * sh + ke_h - ph - h_in)
-    pad_r = max(0, (w_out - 1) * sw + ke_w - pw - w_in)
-    padded = F.pad(base_in, (pw, pad_r, ph, pad_b), value=pad_value) if (ph or pw or pad_b or pad_r) else base_in
-    # every sample's slab (its origin in padded coordinates: r0 * stride), gathered in one indexing op
-    top, left = r0 * sh, c0 * sw
-    rows = top[:, None] + torch.arange(hs)
-    cols = left[:, None] + torch.arange(ws)
-    slabs = padded[0][:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3).contiguous()  # B x C x hs x ws
-    # the changed patch pasted into its slab (patch rows or columns past the slab change no output here)
-    _paste(slabs, patch, box[:, 0] + ph - top, box[:, 1] + pw - left)
-    out = op(slabs)
-    new_box = torch.stack([r0, c0, torch.full_like(r0, n_r), torch.full_like(c0, n_c)], 1)
-    return new_box, out
-
-
-def _paste(dest: torch.Tensor, patch: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> None:
-    """dest[b, :, top_b + u, left_b + v] = patch[b, :, u, v] wherever that lies inside dest (in place)."""
-    b, _, h, w = patch.shape
-    rows = top[:, None, None] + torch.arange(h)[None, :, None]  # B x h x 1
-    cols = left[:, None, None] + torch.arange(w)[None, None, :]  # B x 1 x w
-    ok = (rows >= 0) & (rows < dest.shape[-2]) & (cols >= 0) & (cols < dest.shape[-1])  # B x h x w
-    bi = torch.arange(b)[:, None, None].expand(b, h, w)[ok]
-    ui = torch.arange(h)[None, :, None].expand(b, h, w)[ok]
-    vi = torch.arange(w)[None, None, :].expand(b, h, w)[ok]
-    ri, ci = rows.expand(b, h, w)[ok], cols.expand(b, h, w)[ok]
-    dest.permute(0, 2, 3, 1)[bi, ri, ci] = patch.permute(0, 2, 3, 1)[bi, ui, vi]
-
-
-def _materialize(base: torch.Tensor, box: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
-    """The whole maps of each sample: the kept unoccluded maps with each sample's changed region pasted in."""
-    full = base.expand(len(box), *base.shape[1:]).clone()
-    _paste(full, patch, box[:, 0], box[:, 1])
-    return full
-
-
-def _incremental_batch(
-    steps: list[_Step], feature_step: int, channel: int, box: torch.Tensor, patch: torch.Tensor, tau: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, activity of `channel` at the feature step) for one batch of occluded inputs."""
-    full = None
-    activity = None
-    for i, step in enumerate(steps):
-        if full is None and step.kind == "window":
-            box, patch = _region_step(step, box, patch, tau)
-        elif full is None and step.kind == "pointwise":
-            patch = step.module(patch)
-        else:
-            if full is None:
-                full = _materialize(step.base_in, box, patch) if step.base_in.dim() == 4 else None
-                if full is None:
-                    raise RuntimeError("occlusion: lost track of the changed region")
-            if step.kind == "reshape+full":
-                full = full.reshape(len(full), *step.base_in.shape[1:])
-            full = step.module(full)
-        if i == feature_step:
-            if full is not None:
-                activity = full[:, channel].flatten(1).sum(1)
-            else:  # the map's total, with each sample's region swapped (box sums from a summed-area table)
-                base = step.base_out[0, channel].double()
-                sat = F.pad(base.cumsum(0).cumsum(1), (1, 0, 1, 0))
-                t, l, h, w = box.unbind(1)
-                inside = sat[t + h, l + w] - sat[t, l + w] - sat[t + h, l] + sat[t, l]
-                activity = (base.sum() - inside + patch[:, channel].double().flatten(1).sum(1)).float()
-    if full is None:
-        full = _materialize(steps[-1].base_out, box, patch)
-    assert activity is not None, "the feature step is part of the chain"
-    return full, activity
+        out, _ = replay.run([0, top], [0, left], torch.stack([x[0, :, :h, :w], patch]))
+        got = _whole(out)
+    except Exception as e:  # noqa: BLE001 - any op the replay cannot run means whole forwards, said in the result
+        return None, f"its graph cannot be replayed on a batch ({type(e).__name__}: {str(e)[:80]})", logits
+    scale = max(1.0, float(want.abs().max()))
+    if got.shape != want.shape or not torch.allclose(got, want, atol=1e-3 * scale):
+        return None, "a replay of its recorded graph does not give what its forward gives (control flow?)", logits
+    return replay, "", logits
 
 
 # --- the method ---------------------------------------------------------------------------------------------
@@ -367,12 +239,13 @@ def occlusion(
     fill: Fill = "grey",
     preprocess: Preprocess | None = None,
     layer: str = "conv5",
-    mode: str = "exact",
+    mode: str = "auto",
     tau: float = 0.5,
     batch_size: int | None = None,
     compare_exact: bool = False,
     projection_mode: str = "deconvnet",
     drill: float | None = 0.5,
+    precision: str = "bfloat16",
 ) -> OcclusionResults:
     """Fig. 6 for each image of a batch of model input (N x C x H x W): see the module docstring. `target`: the
     class whose probability (d) maps - one for all images, one per image, or None (each image's predicted
@@ -404,6 +277,7 @@ def occlusion(
                 compare_exact,
                 projection_mode,
                 drill,
+                precision,
             )
             for i, t in enumerate(targets)
         ]
@@ -424,6 +298,7 @@ def _occlude(
     compare_exact: bool,
     projection_mode: str,
     drill: float | None,
+    precision: str = "float32",
 ) -> OcclusionResult:
     """Fig. 6 for one image (1 x C x H x W); `fill`: (the occluder as model input C x H x W, its name, its
     pixel values)."""
@@ -431,6 +306,8 @@ def _occlude(
         raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")
     if not 0 < tau <= 1:
         raise UsageError(f"tau {tau} must be in (0, 1]")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if drill is not None and not 0 <= drill <= 1:
         raise UsageError(f"drill {drill} must be in [0, 1] (the share of in-between positions computed)")
     x = image[None] if image.dim() == 3 else image
@@ -444,41 +321,53 @@ def _occlude(
     feat = feature_module(model, layer)
     started = time.perf_counter()
     with torch.no_grad(), eval_mode(model):
-        steps, logits = _trace(model, x)
+        probe_y, probe_x = ys[len(ys) // 2], xs[len(xs) // 2]
+        probe = (probe_y, probe_x, fill_map[:, probe_y : probe_y + window, probe_x : probe_x + window])
+        replay, fallback, logits = _replay_or_reason(model, x, feat, probe) if mode != "naive" else (None, "", model(x))
         probs = F.softmax(logits.float(), 1)[0]
         if not 0 <= (target if target is not None else 0) < probs.numel():
             raise UsageError(f"target class {target} does not exist (the model has {probs.numel()} classes)")
         base_class = int(probs.argmax())
         target = base_class if target is None else int(target)
-        feature_step = next((i for i, s in enumerate(steps or []) if s.module is feat), None)
-        feat_out = (
-            steps[feature_step].base_out if steps and feature_step is not None else features(model, x, [layer])[layer]
-        )
+        feat_out = replay.graph.nodes[replay.graph.feature].value if replay else features(model, x, [layer])[layer]
         if feat_out.dim() != 4:
             raise UsageError(f"layer {layer!r} has no feature maps (it is fully connected); pick a conv layer")
         channel = int(feat_out[0].flatten(1).max(1).values.argmax())
         where = int(feat_out[0, channel].argmax())
         cpos = (where // feat_out.shape[-1], where % feat_out.shape[-1])
-        run_mode = mode if feature_step is not None else "naive"  # not a chain: whole forwards
         bs = batch_size or max(1, min(256, (64 * 224 * 224) // (h * w)))
+        run_tau = tau if mode == "approx" and tau < 1 else None
+        low = mode == "approx" and precision == "bfloat16"
+        rank: dict[tuple[int, int], int] = {}
+        estimated = None
+        if replay is not None:  # like-sized rectangles batched together
+            rank = {c: r for r, c in enumerate(order_positions(replay, ys, xs, window, run_tau))}
+        if mode == "auto" and replay is not None:
+            order = sorted(rank, key=rank.__getitem__)
+            batches = [
+                ([ys[i] for i, _ in order[s : s + bs]], [xs[j] for _, j in order[s : s + bs]])
+                for s in range(0, len(order), bs)
+            ]
+            estimated = estimate(replay, batches, window, None, CostModel())
+        run_mode = _pick(mode, replay, estimated)
 
         def evaluate(cells: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-            """(probabilities, activity) for grid cells (i, j), i.e. occluders at (ys[i], xs[j])."""
+            """(probabilities, activity) for grid cells (i, j), i.e. occluders at (ys[i], xs[j]), in that order."""
+            perm = sorted(range(len(cells)), key=lambda q: rank.get(cells[q], q))
             out_logits, activity = [], []
             for s in range(0, len(cells), bs):
-                part = [(ys[i], xs[j]) for i, j in cells[s : s + bs]]
-                if run_mode == "naive":
+                part = [(ys[cells[q][0]], xs[cells[q][1]]) for q in perm[s : s + bs]]
+                if replay is None or run_mode == "naive":
                     lg, act = _naive_batch(model, feat, x, part, window, fill_map, channel)
                 else:
-                    box = torch.tensor([[y, xx, window, window] for y, xx in part])
                     patch = torch.stack([fill_map[:, y : y + window, xx : xx + window] for y, xx in part])
-                    assert steps is not None and feature_step is not None  # a traced chain
-                    lg, act = _incremental_batch(
-                        steps, feature_step, channel, box, patch, tau if run_mode == "approx" else None
-                    )
+                    out, fv = replay.run([y for y, _ in part], [xx for _, xx in part], patch, run_tau, low)
+                    lg, act = _whole(out), _region_sum(fv, channel)
                 out_logits.append(lg.float())
                 activity.append(act.float())
-            return F.softmax(torch.cat(out_logits), 1), torch.cat(activity)
+            back = torch.empty(len(cells), dtype=torch.long)
+            back[torch.tensor(perm, dtype=torch.long)] = torch.arange(len(cells))
+            return F.softmax(torch.cat(out_logits), 1)[back], torch.cat(activity)[back]
 
         shape = (len(ys), len(xs))
         if run_mode == "approx" and drill is not None:
@@ -513,13 +402,16 @@ def _occlude(
         drill if run_mode == "approx" else None,
         seconds,
         requested=mode,
+        fallback=fallback,
+        estimated_speedup=estimated.speedup if estimated is not None else None,
+        precision=precision if run_mode == "approx" else None,
         target_source=source,
         fill_pixels=fill[2],
     )
     if compare_exact and run_mode == "approx":
         exact = _occlude(
             model, image, target, window, stride, fill, layer, "exact", tau, batch_size, False, projection_mode, None
-        )
+        )  # fmt: skip
         result.deviation = deviation(result, exact)
     return result
 
@@ -578,7 +470,8 @@ def _drill_down(evaluate, shape: tuple[int, int], target: int, drill: float):
 
 def occluded(x: torch.Tensor, fill_map: torch.Tensor, part: Sequence[tuple[int, int]], window: int) -> torch.Tensor:
     """Copies of the image x (1 x C x H x W) with the occluder (from `fill_map`, C x H x W) at each (y, x)."""
-    imgs = x.expand(len(part), *x.shape[1:]).clone()
+    imgs = torch.empty(len(part), *x.shape[1:], dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    imgs.copy_(x.expand_as(imgs))  # a fresh batch (channels-last: oneDNN's convs prefer it; values unchanged)
     for i, (y, xx) in enumerate(part):
         imgs[i, :, y : y + window, xx : xx + window] = fill_map[:, y : y + window, xx : xx + window]
     return imgs
@@ -597,29 +490,36 @@ def _naive_batch(model, feat, x, part, window, fill_map, channel):
 
 
 def deviation(approx: OcclusionResult, exact: OcclusionResult) -> dict:
-    """How far an approximate result is from the exact one: max |diff| of p(target) and of the activity
-    (relative to the exact activity's range), SSIM of the two p(target) maps and of the two activity maps
-    (scaled by that range), and the share of positions whose top class agrees."""
-    lo = float(exact.activity.min())
-    span = float(exact.activity.max()) - lo or 1.0
+    """How far an approximate result is from the exact one, measured on the maps as Fig. 6 plots them (each
+    scaled to its own range): SSIM of the p(target) maps and of the activity maps with the exact map's range
+    as the data range (what `skimage.metrics.structural_similarity` takes), the largest |difference| of
+    p(target) and of the activity (relative to that range), and the share of positions whose top class agrees."""
+
+    def span(t: torch.Tensor) -> float:
+        return float(t.max() - t.min()) or 1.0
+
     return {
         "max_abs_prob": float((approx.prob - exact.prob).abs().max()),
-        "max_rel_activity": float((approx.activity - exact.activity).abs().max()) / span,
-        "ssim_prob": ssim(approx.prob, exact.prob, data_range=1.0),
-        "ssim_activity": ssim((approx.activity - lo) / span, (exact.activity - lo) / span, data_range=1.0),
+        "max_rel_prob": float((approx.prob - exact.prob).abs().max()) / span(exact.prob),
+        "max_rel_activity": float((approx.activity - exact.activity).abs().max()) / span(exact.activity),
+        "ssim_prob": ssim(approx.prob, exact.prob, data_range=span(exact.prob)),
+        "ssim_activity": ssim(approx.activity, exact.activity, data_range=span(exact.activity)),
         "top_class_agreement": float((approx.top_class == exact.top_class).float().mean()),
     }
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 7) -> float:
-    """Mean structural similarity (Wang et al. 2004) of two 2-D maps, uniform window (clipped to the map),
-    K1 = 0.01, K2 = 0.03."""
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int = 7) -> float:
+    """Mean structural similarity (Wang et al. 2004) of two 2-D maps as scikit-image computes it by default:
+    a uniform window (clipped to the map) over the positions where it fits, sample covariances, K1 = 0.01,
+    K2 = 0.03. `data_range`: the range the maps are plotted over."""
     a, b = a.double()[None, None], b.double()[None, None]
     k = max(1, min(window, a.shape[-1], a.shape[-2]))
+    n = k * k
+    norm = n / (n - 1) if n > 1 else 1.0
     mu_a, mu_b = F.avg_pool2d(a, k, 1), F.avg_pool2d(b, k, 1)
-    var_a = F.avg_pool2d(a * a, k, 1) - mu_a**2
-    var_b = F.avg_pool2d(b * b, k, 1) - mu_b**2
-    cov = F.avg_pool2d(a * b, k, 1) - mu_a * mu_b
+    var_a = norm * (F.avg_pool2d(a * a, k, 1) - mu_a**2)
+    var_b = norm * (F.avg_pool2d(b * b, k, 1) - mu_b**2)
+    cov = norm * (F.avg_pool2d(a * b, k, 1) - mu_a * mu_b)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())

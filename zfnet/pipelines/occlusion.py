@@ -27,9 +27,10 @@ class OcclusionOptions:
     stride: int = 8  # occluder step
     fill: str | float | tuple[float, ...] = "grey"  # grey | mean-image | pixel value(s) (zfnet.pixels)
     layer: str = "conv5"  # the layer whose strongest map (b) and (c) show
-    mode: str = "exact"  # exact | naive | approx (zfnet.methods.occlusion.MODES)
+    mode: str = "auto"  # auto | exact | naive | approx (zfnet.methods.occlusion.MODES)
     tau: float = 0.5  # approx: projective-field threshold
     drill: float = 0.5  # approx: share of the in-between positions computed
+    precision: str = "bfloat16"  # approx: convs and linear layers on the change in this precision
     compare_exact: bool = False  # approx: also run exact and report the deviation
 
 
@@ -63,6 +64,7 @@ def run_occlusion(
                 tau=o.tau,
                 compare_exact=o.compare_exact,
                 drill=o.drill,
+                precision=o.precision,
             )[0]
             figure = f"occlusion-{k}.png"
             occlusion_figure(

@@ -1,0 +1,805 @@
+"""Incremental inference for occlusion (Sec. 4.2, Fig. 6): the idea of Krypton (Nakandala et al., SIGMOD 2019)
+carried from chains of layers to any module graph.
+
+One forward of the unoccluded image is recorded as a graph of leaf-module calls and the torch functions called
+between them (`record`: a `TorchFunctionMode` and module hooks, so functional ReLUs, additions, concatenations
+and views are nodes; control flow is resolved by the run itself). Every node keeps its value on that image. A
+batch of occluded images then replays the graph (`Replay.run`) with each value held as a `Region` - the kept map
+of the unoccluded image and, per sample, the rectangle the occluder can have changed with its new contents -
+for as long as the ops allow:
+
+  window ops (conv, max / average pooling)  the output rectangle the changed input reaches (its projective
+                                            field), computed from that input rectangle widened by the halo
+  pointwise ops (ReLU, batch norm in eval,  the rectangle alone
+  contrast normalization, dropout, ...)
+  additions, products, concatenations       the union of the inputs' rectangles
+  anything else                             whole maps (`Batch`), from there on: the region falls back only
+                                            where an op is not known
+
+`tau` (approximate mode) caps each window op's rectangle at that share of its map: Krypton's projective-field
+threshold. `estimate` walks the same rules on rectangles alone, to price incremental inference against whole
+forwards from the model's geometry (`mode="auto"`).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+# --- what each op does to a changed rectangle --------------------------------------------------------------
+
+_POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.LocalResponseNorm,  # mixes channels at one position only
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+
+T = torch.Tensor
+CL = torch.channels_last  # the replay's layout: whole rows of channels copy fast and oneDNN's convs prefer it
+LOW = torch.bfloat16  # approximate mode's precision for the change a conv or linear layer sees
+_POINTWISE_FUNCTIONS = {
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    T.relu,
+    T.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.leaky_relu_,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    torch.sigmoid,
+    T.sigmoid,
+    F.sigmoid,
+    torch.tanh,
+    T.tanh,
+    F.dropout,
+    F.dropout2d,
+    F.local_response_norm,
+    torch.clamp,
+    T.clamp,
+    T.clamp_,
+    torch.clamp_min,
+    T.clamp_min,
+    T.clamp_min_,
+    T.contiguous,
+    T.clone,
+    T.detach,
+}
+_BINARY_FUNCTIONS = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    T.add,
+    T.add_,
+    T.sub,
+    T.sub_,
+    T.mul,
+    T.mul_,
+    T.div,
+    T.div_,
+    T.__add__,
+    T.__radd__,
+    T.__iadd__,
+    T.__sub__,
+    T.__rsub__,
+    T.__isub__,
+    T.__mul__,
+    T.__rmul__,
+    T.__imul__,
+    T.__truediv__,
+    T.__itruediv__,
+}
+_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+_VIEW_FUNCTIONS = {T.view, T.reshape, torch.reshape}
+# queries about a tensor that return no tensor (shapes, dtypes) are not recorded; these are not either
+_NOT_RECORDED = {T.__format__, T.__repr__, T.__bool__, T.__len__, T.__iter__, T.__hash__, T.item, T.tolist}
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding-window op's geometry; `op` runs it without padding on an already padded slab."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    pad_value: float
+    op: Callable[[torch.Tensor], torch.Tensor]
+    macs_per_output: int  # multiply-adds per output element (per output channel for convs: c_in / groups * k * k)
+    change: Callable[[torch.Tensor], torch.Tensor] | None = None  # a conv on a change: no bias, in LOW precision
+
+
+def window_of_module(m: nn.Module) -> Window | None:
+    """The geometry of convs (zero padding) and max / average pooling modules; None for anything else."""
+    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        return _conv_window(m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+    if isinstance(m, nn.MaxPool2d) and not m.return_indices:
+        return _max_window(m.kernel_size, m.stride, m.padding, m.dilation)
+    if isinstance(m, nn.AvgPool2d):
+        return _avg_window(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+    return None
+
+
+def _conv_window(weight, bias, stride, padding, dilation, groups) -> Window | None:
+    if isinstance(padding, str):
+        return None
+    s, d = _pair(stride), _pair(dilation)
+    k = (int(weight.shape[-2]), int(weight.shape[-1]))
+
+    def op(x):
+        return F.conv2d(x, weight, bias, s, 0, d, groups)
+
+    low: list[torch.Tensor] = []  # the weights in LOW precision, cast on first use
+
+    def change(x):
+        if not low:
+            low.append(weight.detach().to(LOW))
+        return F.conv2d(x.to(LOW), low[0], None, s, 0, d, groups).to(x.dtype)
+
+    return Window(k, s, _pair(padding), d, 0.0, op, int(weight.shape[1]) * k[0] * k[1], change)
+
+
+def _max_window(kernel, stride, padding, dilation) -> Window:
+    k, d = _pair(kernel), _pair(dilation)
+    s = _pair(stride or kernel)
+
+    def op(x):
+        return F.max_pool2d(x, k, s, 0, d)
+
+    return Window(k, s, _pair(padding), d, float("-inf"), op, k[0] * k[1])
+
+
+def _avg_window(kernel, stride, padding, ceil_mode, count_include_pad, divisor_override) -> Window | None:
+    if ceil_mode or not count_include_pad or divisor_override is not None:
+        return None  # the divisor would depend on where the window sits
+    k, s = _pair(kernel), _pair(stride or kernel)
+
+    def op(x):
+        return F.avg_pool2d(x, k, s, 0)
+
+    return Window(k, s, _pair(padding), (1, 1), 0.0, op, k[0] * k[1])
+
+
+def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple) -> list:
+    """Positional and keyword arguments of a functional op as one list in signature order."""
+    out = list(args) + [None] * (len(names) - len(args))
+    for i, n in enumerate(names):
+        if n in kwargs:
+            out[i] = kwargs[n]
+        elif i >= len(args):
+            out[i] = defaults[i]
+    return out
+
+
+def window_of_function(func, args: tuple, kwargs: dict) -> Window | None:
+    """The geometry of functional convs and poolings (F.conv2d, F.max_pool2d, F.avg_pool2d)."""
+    if func is F.conv2d or func is torch.conv2d:
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        _, w, b, s, p, d, g = _bind(args, kwargs, names, (None, None, None, 1, 0, 1, 1))
+        fixed = isinstance(w, torch.Tensor) and not isinstance(b, Ref)  # the weights are no node's value
+        return _conv_window(w, b, s, p, d, g) if fixed else None
+    if getattr(func, "__name__", "") in ("max_pool2d", "_max_pool2d"):
+        _, k, s, p, d, ceil, ind = _bind(
+            args, kwargs, ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+            (None, None, None, 0, 1, False, False),
+        )  # fmt: skip
+        return None if ind else _max_window(k, s, p, d)
+    if func is F.avg_pool2d:
+        _, k, s, p, ceil, cip, div = _bind(
+            args, kwargs,
+            ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+            (None, None, None, 0, False, True, None),
+        )  # fmt: skip
+        return _avg_window(k, s, p, ceil, cip, div)
+    return None
+
+
+def pointwise_module(m: nn.Module, out_hw: tuple[int, ...], in_hw: tuple[int, ...]) -> bool:
+    """Modules that act on each position alone (in eval mode)."""
+    if isinstance(m, _POINTWISE_MODULES):
+        return True
+    if isinstance(m, nn.BatchNorm2d):  # running statistics: a per-channel affine map; batch statistics are global
+        return m.running_mean is not None and not m.training
+    return isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and out_hw == in_hw
+
+
+# --- the recorded graph ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Ref:
+    """An argument that is the value of an earlier node."""
+
+    node: int
+
+
+@dataclass
+class Node:
+    """One recorded call: a leaf module or a torch function, its arguments (earlier values as `Ref`s) and its
+    value on the unoccluded image (a copy taken when it was made, so later in-place ops do not change it)."""
+
+    target: Any  # nn.Module or a function
+    args: tuple
+    kwargs: dict
+    value: Any
+    is_module: bool
+    varies: bool = False  # depends on the input image
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the torch functions called outside leaf modules, in order, as graph nodes."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.graph.depth == 0 and func not in _NOT_RECORDED:
+            self.graph.add(func, args, kwargs, out, is_module=False)
+        return out
+
+
+class Graph:
+    """A model's forward on one input, as recorded by `record`."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = [Node(None, (), {}, None, False, True)]  # node 0: the input
+        self.by_id: dict[int, int] = {}  # id of a live tensor -> the node whose value it is
+        self.keep: list[Any] = []  # the recorded tensors, alive while recording (so their ids are not reused)
+        self.depth = 0  # > 0 inside a leaf module
+        self.output = -1
+        self.feature = -1  # the node holding the feature module's output
+
+    def ref(self, a):
+        if isinstance(a, torch.Tensor) and id(a) in self.by_id:
+            return Ref(self.by_id[id(a)])
+        return a
+
+    def add(self, target, args, kwargs, out, is_module: bool) -> None:
+        flat, _ = tree_flatten(out)
+        if not any(isinstance(t, torch.Tensor) for t in flat):
+            return  # shapes, flags: the run resolved the control flow they steer
+        args, kwargs = tree_map(self.ref, args), tree_map(self.ref, kwargs)
+        used = [a.node for a in tree_flatten((args, kwargs))[0] if isinstance(a, Ref)]
+        varies = any(self.nodes[i].varies for i in used)
+        value = tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, out)
+        self.nodes.append(Node(target, args, kwargs, value, is_module, varies))
+        self.keep.append(out)
+        k = len(self.nodes) - 1
+        if isinstance(out, torch.Tensor):
+            self.by_id[id(out)] = k
+        else:  # a tuple of tensors: each element is a getitem of this node
+            for i, t in enumerate(out if isinstance(out, (tuple, list)) else []):
+                if isinstance(t, torch.Tensor):
+                    self.nodes.append(Node(operator.getitem, (Ref(k), i), {}, t.detach().clone(), False, varies))
+                    self.by_id[id(t)] = len(self.nodes) - 1
+                    self.keep.append(t)
+
+
+def record(model: nn.Module, x: torch.Tensor, feature: nn.Module) -> tuple[Graph, torch.Tensor]:
+    """Run `model` on `x` (1 x C x H x W, no grad, eval mode set by the caller) and record its graph; the graph's
+    `feature` is the first output of the module `feature`. Hooks and the mode are gone on return."""
+    g = Graph()
+    g.nodes[0].value = x
+    g.by_id[id(x)] = 0
+    leaves = [m for m in model.modules() if not list(m.children())]
+
+    def pre(m, args, kwargs):
+        g.depth += 1
+
+    def post(m, args, kwargs, out):
+        g.depth -= 1
+        if g.depth == 0:
+            g.add(m, args, kwargs, out, is_module=True)
+
+    def on_feature(m, args, out):
+        if g.feature < 0 and isinstance(out, torch.Tensor) and id(out) in g.by_id:
+            g.feature = g.by_id[id(out)]
+
+    handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in leaves]
+    handles += [m.register_forward_hook(post, with_kwargs=True) for m in leaves]
+    handles.append(feature.register_forward_hook(on_feature))  # after `post`: the output is a node by then
+    try:
+        with _Recorder(g):
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if isinstance(out, torch.Tensor) and id(out) in g.by_id:
+        g.output = g.by_id[id(out)]
+    g.by_id.clear()
+    g.keep.clear()
+    return g, out
+
+
+# --- values during a replay --------------------------------------------------------------------------------
+
+
+@dataclass
+class Region:
+    """B samples of a 4-D value that equals `base` (1 x C x H x W) except in one rectangle per sample: rows
+    top[b] .. top[b] + h - 1, columns left[b] .. + w - 1 (h, w: `patch`'s last two sizes, shared by the batch),
+    where it is `patch[b]`."""
+
+    base: torch.Tensor
+    top: list[int]
+    left: list[int]
+    patch: torch.Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.patch.shape[-2]), int(self.patch.shape[-1])
+
+    def full(self) -> bool:
+        return self.size == tuple(self.base.shape[-2:])
+
+    def crop(self, top: list[int], left: list[int], h: int, w: int) -> torch.Tensor:
+        """Each sample's h x w window at (top[b], left[b]): the base there with the sample's patch pasted in."""
+        if (h, w) == self.size and top == self.top and left == self.left:
+            return self.patch
+        out = gather(self.base, top, left, h, w)
+        _paste(out, self.patch, [a - t for a, t in zip(self.top, top)], [a - l for a, l in zip(self.left, left)])
+        return out
+
+    def materialize(self) -> torch.Tensor:
+        if self.full():
+            return self.patch
+        return self.crop([0] * len(self.top), [0] * len(self.top), *self.base.shape[-2:])
+
+
+@dataclass
+class Batch:
+    """B samples of a value that may differ anywhere (its leading dimension is the batch)."""
+
+    value: Any
+
+
+def gather(base: torch.Tensor, top: list[int], left: list[int], h: int, w: int) -> torch.Tensor:
+    """B x C x h x w (channels last): the windows of base (1 x C x H x W) at (top[b], left[b])."""
+    out = torch.empty(len(top), base.shape[1], h, w, dtype=base.dtype, device=base.device, memory_format=CL)
+    for b, (t, l) in enumerate(zip(top, left)):
+        out[b].copy_(base[0, :, t : t + h, l : l + w])
+    return out
+
+
+def _paste(dest: torch.Tensor, patch: torch.Tensor, top: list[int], left: list[int]) -> None:
+    """dest[b, :, top[b] + u, left[b] + v] = patch[b, :, u, v] wherever that lies inside dest (in place)."""
+    h, w = patch.shape[-2:]
+    hd, wd = dest.shape[-2:]
+    for b, (t, l) in enumerate(zip(top, left)):
+        r0, r1, c0, c1 = max(0, -t), min(h, hd - t), max(0, -l), min(w, wd - l)
+        if r0 < r1 and c0 < c1:
+            dest[b, :, t + r0 : t + r1, l + c0 : l + c1] = patch[b, :, r0:r1, c0:c1]
+
+
+# --- rectangles: where each op's output can differ from the unoccluded one ---------------------------------
+
+
+@dataclass(frozen=True)
+class Rects:
+    """One rectangle per sample (one size for the batch): rows top[b] .. top[b] + h - 1, columns likewise."""
+
+    top: list[int]
+    left: list[int]
+    h: int
+    w: int
+
+
+def _out_range(a: int, n: int, k: int, s: int, p: int, d: int, size_out: int) -> tuple[int, int]:
+    """Output indices [lo, hi] (inclusive, clipped) a window op changes when its input rows [a, a + n) change."""
+    ke = d * (k - 1) + 1
+    lo = max(0, -((ke - 1 - a - p) // s))  # ceil((a + p - ke + 1) / s)
+    hi = min(size_out - 1, (a + n - 1 + p) // s)
+    return lo, max(hi, lo)
+
+
+def _fit(lo: list[int], hi: list[int], size: int, cap: int | None) -> tuple[list[int], int]:
+    """One extent for the batch covering every [lo, hi], kept inside the map (and, capped, centred on each)."""
+    n = max(h - l for l, h in zip(lo, hi)) + 1
+    if cap is not None and n > cap:
+        lo, n = [max(0, (l + h) // 2 - cap // 2) for l, h in zip(lo, hi)], cap
+    n = min(n, size)
+    return [min(l, size - n) for l in lo], n
+
+
+def window_rects(win: Window, r: Rects, h_out: int, w_out: int, tau: float | None) -> Rects:
+    """The output rectangles a window op recomputes for changed input rectangles (its projective field); with
+    `tau`, at most that share of each side of the map (Krypton's threshold)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = win.kernel, win.stride, win.padding, win.dilation
+    rows = [_out_range(t, r.h, kh, sh, ph, dh, h_out) for t in r.top]
+    cols = [_out_range(l, r.w, kw, sw, pw, dw, w_out) for l in r.left]
+    cap_r = max(1, math.ceil(tau * h_out)) if tau is not None else None
+    cap_c = max(1, math.ceil(tau * w_out)) if tau is not None else None
+    r0, n_r = _fit([a for a, _ in rows], [b for _, b in rows], h_out, cap_r)
+    c0, n_c = _fit([a for a, _ in cols], [b for _, b in cols], w_out, cap_c)
+    return Rects(r0, c0, n_r, n_c)
+
+
+def union_rects(rs: list[Rects], h_map: int, w_map: int) -> Rects:
+    """Per sample, the smallest rectangle (one size for the batch) holding each input's rectangle."""
+    n = len(rs[0].top)
+    tops = [min(r.top[b] for r in rs) for b in range(n)]
+    lefts = [min(r.left[b] for r in rs) for b in range(n)]
+    top, h = _fit(tops, [max(r.top[b] + r.h for r in rs) - 1 for b in range(n)], h_map, None)
+    left, w = _fit(lefts, [max(r.left[b] + r.w for r in rs) - 1 for b in range(n)], w_map, None)
+    return Rects(top, left, h, w)
+
+
+def _rects(reg: Region) -> Rects:
+    return Rects(reg.top, reg.left, *reg.size)
+
+
+def window_region(win: Window, reg: Region, base_out: torch.Tensor, padded: torch.Tensor, tau, low: bool) -> Region:
+    """Recompute a window op over the rectangle its changed input reaches; `padded`: the input's base, padded.
+    With `low`, a conv is its kept output plus the conv of the change alone (no bias) in LOW precision: the
+    rounding error scales with the change, not with the activations."""
+    h_out, w_out = base_out.shape[-2:]
+    out = window_rects(win, _rects(reg), h_out, w_out, tau)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = win.kernel, win.stride, win.padding, win.dilation
+    everywhere = reg.full() and (out.h, out.w) == (h_out, w_out)  # changed everywhere: the padded patch is the slab
+    hs, ws = (out.h - 1) * sh + dh * (kh - 1) + 1, (out.w - 1) * sw + dw * (kw - 1) + 1
+    tops, lefts = [r * sh for r in out.top], [c * sw for c in out.left]  # slab origins, padded coordinates
+    paste_at = ([a + ph - t for a, t in zip(reg.top, tops)], [a + pw - l for a, l in zip(reg.left, lefts)])
+    if low and win.change is not None:
+        h, w = reg.size
+        delta = reg.patch - (reg.base if everywhere else gather(reg.base, reg.top, reg.left, h, w))
+        if everywhere:
+            slabs = pad_like(win, delta, base_out, value=0.0)
+        else:
+            shape = (len(tops), delta.shape[1], hs, ws)
+            slabs = torch.empty(shape, dtype=delta.dtype, device=delta.device, memory_format=CL).zero_()
+            _paste(slabs, delta, *paste_at)
+        kept = base_out if everywhere else gather(base_out, out.top, out.left, out.h, out.w)
+        return Region(base_out, out.top, out.left, win.change(slabs) + kept)
+    if everywhere:
+        slabs = pad_like(win, reg.patch, base_out)
+    else:
+        slabs = gather(padded, tops, lefts, hs, ws)
+        # the changed patch pasted into its slab (patch rows or columns past the slab change no output here)
+        _paste(slabs, reg.patch, *paste_at)
+    return Region(base_out, out.top, out.left, win.op(slabs))
+
+
+def pad_like(win: Window, x: torch.Tensor, base_out: torch.Tensor, value: float | None = None) -> torch.Tensor:
+    """x padded as the op pads its input, plus what a ceil-mode pooling reads past the edge."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = win.kernel, win.stride, win.padding, win.dilation
+    h_in, w_in = x.shape[-2:]
+    h_out, w_out = base_out.shape[-2:]
+    pad_b = max(0, (h_out - 1) * sh + dh * (kh - 1) + 1 - ph - h_in)
+    pad_r = max(0, (w_out - 1) * sw + dw * (kw - 1) + 1 - pw - w_in)
+    if not (ph or pw or pad_b or pad_r):
+        return x
+    return F.pad(x, (pw, pad_r, ph, pad_b), value=win.pad_value if value is None else value)
+
+
+def _spatially_constant(a: Any) -> bool:
+    """A fixed operand that broadcasts over the map without spatial extent (a number, a per-channel scale)."""
+    if not isinstance(a, torch.Tensor):
+        return True
+    return a.dim() < 2 or tuple(a.shape[-2:]) == (1, 1)
+
+
+# --- the replay --------------------------------------------------------------------------------------------
+
+
+def _name(target) -> str:
+    if isinstance(target, nn.Module):
+        return type(target).__name__
+    return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+
+
+def _refs(n: Node) -> list[int]:
+    return [a.node for a in tree_flatten((n.args, n.kwargs))[0] if isinstance(a, Ref)]
+
+
+@dataclass
+class Replay:
+    """A recorded graph ready to run batches of occluded inputs. Each node that depends on the input has a
+    kind, fixed from the recorded values: "window" (with its `Window`), "pointwise", "union" (additions,
+    products, concatenations over the union of their inputs' rectangles) or "whole" (run on whole maps)."""
+
+    graph: Graph
+    live: list[int] = field(default_factory=list)  # the nodes the output and the feature depend on, in order
+    kinds: dict[int, str] = field(default_factory=dict)
+    windows: dict[int, Window] = field(default_factory=dict)
+    padded: dict[int, torch.Tensor] = field(default_factory=dict)  # each window op's input base, padded
+    low_weights: dict[int, torch.Tensor] = field(default_factory=dict)  # linear layers' weights in LOW precision
+
+    @classmethod
+    def of(cls, graph: Graph) -> Replay:
+        need = {graph.output, graph.feature}
+        for k in range(len(graph.nodes) - 1, 0, -1):
+            if k in need:
+                need |= set(_refs(graph.nodes[k]))
+        r = cls(graph, sorted(k for k in need if k > 0 and graph.nodes[k].varies))
+        for n in graph.nodes:
+            if isinstance(n.value, torch.Tensor) and n.value.dim() == 4:
+                n.value = n.value.contiguous(memory_format=CL)
+        for k in r.live:
+            r.kinds[k] = r._kind(k, graph.nodes[k])
+        return r
+
+    def _kind(self, k: int, n: Node) -> str:
+        nodes = self.graph.nodes
+        out = n.value
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            return "whole"
+        varying = [i for i in _refs(n) if nodes[i].varies]
+        if not all(isinstance(nodes[i].value, torch.Tensor) and nodes[i].value.dim() == 4 for i in varying):
+            return "whole"
+        first = n.args[0] if n.args else None
+        first_varies = isinstance(first, Ref) and nodes[first.node].varies
+        fixed = [a for a in tree_flatten((n.args[1:], n.kwargs))[0] if not isinstance(a, Ref)]
+        hw = tuple(out.shape[-2:])
+        win = window_of_module(n.target) if n.is_module else window_of_function(n.target, n.args, n.kwargs)
+        if win is not None and first_varies and len(varying) == 1:
+            self.windows[k] = win
+            return "window"
+        same_hw = isinstance(first, Ref) and first_varies and tuple(nodes[first.node].value.shape[-2:]) == hw
+        if n.is_module:
+            ok = same_hw and len(varying) == 1 and pointwise_module(n.target, hw, hw)
+            return "pointwise" if ok else "whole"
+        if n.target in _POINTWISE_FUNCTIONS and same_hw and len(varying) == 1:
+            training = n.kwargs.get("training") or (len(n.args) > 2 and n.args[2] is True)
+            if all(_spatially_constant(a) for a in fixed) and not (n.target in (F.dropout, F.dropout2d) and training):
+                return "pointwise"
+            return "whole"
+        if n.target in _BINARY_FUNCTIONS:
+            others = [
+                a for a in tree_flatten((n.args, n.kwargs))[0] if not isinstance(a, Ref) or not nodes[a.node].varies
+            ]
+            others = [nodes[a.node].value if isinstance(a, Ref) else a for a in others]
+            if all(tuple(nodes[i].value.shape[-2:]) == hw for i in varying) and all(map(_spatially_constant, others)):
+                return "union"
+            return "whole"
+        if n.target in _CAT_FUNCTIONS:
+            parts = n.args[0] if n.args else n.kwargs.get("tensors")
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            if dim in (1, -3) and all(isinstance(p, Ref) and nodes[p.node].varies for p in parts or ()):
+                return "union"
+        return "whole"
+
+    def run(self, top: list[int], left: list[int], patch: torch.Tensor, tau: float | None = None, low: bool = False):
+        """Replay on B occluded inputs: the input equals the recorded one but for `patch[b]` at (top[b], left[b]).
+        Returns (the output's values, the feature node's value) - each a Region or a Batch. `tau` and `low`
+        (convs and linear layers on the change, in LOW precision) are approximate mode's."""
+        g = self.graph
+        env: dict[int, Any] = {0: Region(g.nodes[0].value, list(top), list(left), patch.contiguous(memory_format=CL))}
+        for k in self.live:
+            env[k] = self._step(k, g.nodes[k], env, tau, low)
+        return env[g.output], env[g.feature]
+
+    def _step(self, k: int, n: Node, env: dict[int, Any], tau, low: bool):
+        def val(a):
+            if isinstance(a, Ref):
+                return env[a.node] if a.node in env else self.graph.nodes[a.node].value
+            return a
+
+        args, kwargs = tree_map(val, n.args), tree_map(val, n.kwargs)
+        kind = self.kinds[k]
+        variable = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, (Region, Batch))]
+        if kind != "whole" and all(isinstance(a, Region) for a in variable):
+            if kind == "window":
+                if k not in self.padded:
+                    self.padded[k] = pad_like(self.windows[k], args[0].base, n.value)
+                return window_region(self.windows[k], args[0], n.value, self.padded[k], tau, low)
+            if kind == "pointwise":
+                first = args[0]
+                return Region(n.value, first.top, first.left, n.target(first.patch, *args[1:], **kwargs))
+            # union: each input cropped to the union of their rectangles, then the op
+            regions = [a for a in variable if isinstance(a, Region)]
+            u = union_rects([_rects(a) for a in regions], int(n.value.shape[-2]), int(n.value.shape[-1]))
+            crops = {id(a): a.crop(u.top, u.left, u.h, u.w) for a in regions}
+            args, kwargs = tree_map(lambda a: crops[id(a)] if isinstance(a, Region) else a, (args, kwargs))
+            return Region(n.value, u.top, u.left, n.target(*args, **kwargs))
+        batch = next(len(a.top) if isinstance(a, Region) else _batch_of(a.value) for a in variable)
+        args, kwargs = tree_map(_whole, (args, kwargs))
+        if low and isinstance(n.target, nn.Linear) and len(args) == 1 and not kwargs and isinstance(n.args[0], Ref):
+            # the kept output plus the layer on the change alone (no bias), in LOW precision
+            if k not in self.low_weights:
+                self.low_weights[k] = n.target.weight.detach().to(LOW)
+            change = (args[0] - self.graph.nodes[n.args[0].node].value).to(LOW)
+            return Batch(n.value + F.linear(change, self.low_weights[k]).to(n.value.dtype))
+        if n.target in _VIEW_FUNCTIONS:
+            args = _batch_shape(args, batch)
+        return tree_map(lambda t: Batch(t) if isinstance(t, torch.Tensor) else t, n.target(*args, **kwargs))
+
+    def whole_ops(self) -> list[str]:
+        """The ops where incremental inference stops: they run on whole maps although a region comes in."""
+        nodes, region, stops = self.graph.nodes, {0: True}, []
+        for k in self.live:
+            ins = [region.get(i, False) for i in _refs(nodes[k]) if nodes[i].varies]
+            region[k] = self.kinds[k] != "whole" and all(ins)
+            if not region[k] and any(ins):
+                stops.append(_name(nodes[k].target))
+        return stops
+
+
+def _whole(a):
+    if isinstance(a, Region):
+        return a.materialize()
+    return a.value if isinstance(a, Batch) else a
+
+
+def _batch_of(t) -> int:
+    flat = [x for x in tree_flatten(t)[0] if isinstance(x, torch.Tensor)]
+    return int(flat[0].shape[0]) if flat else 1
+
+
+def _batch_shape(args: tuple, batch: int) -> tuple:
+    """view / reshape: the recorded shape's leading 1 (the recorded batch) becomes this batch's size."""
+    shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
+    if shape and shape[0] == 1:
+        shape = (batch, *shape[1:])
+    return (args[0], tuple(shape))
+
+
+# --- pricing a replay from the model's geometry (mode="auto") ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per unit of work on one CPU core-pair, fitted to this project's bench machine (bench/occlusion.py
+    prints estimate beside measurement); only their ratios steer `auto`, which wants a clear margin."""
+
+    mac: float = 1.6e-11  # a multiply-add of a conv or linear layer
+    element: float = 1.2e-9  # an element read and written by a pointwise op, a pooling tap or a copy
+    call: float = 3.0e-5  # one op called on a batch (dispatch, allocation)
+    sample: float = 3.0e-6  # one per-sample copy in a gather or paste
+
+
+def _numel(v) -> int:
+    return sum(t.numel() for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a run of the given positions should cost, incremental against whole forwards (seconds)."""
+
+    incremental: float
+    whole: float
+
+    @property
+    def speedup(self) -> float:
+        return self.whole / self.incremental if self.incremental > 0 else float("inf")
+
+
+def _full_cost(n: Node, win: Window | None, cm: CostModel) -> float:
+    """One sample of a node on whole maps."""
+    if win is not None:
+        taps = win.macs_per_output if isinstance(n.target, nn.Conv2d) or n.target in (F.conv2d, torch.conv2d) else 0
+        if taps:
+            return n.value.numel() * taps * cm.mac
+        return n.value.numel() * win.kernel[0] * win.kernel[1] * cm.element
+    if isinstance(n.target, nn.Linear):
+        return n.target.weight.numel() * cm.mac
+    if isinstance(n.target, nn.Conv2d):  # a conv the replay runs whole (padding modes, strings)
+        return n.value.numel() * n.target.weight[0].numel() * cm.mac
+    return _numel(n.value) * cm.element
+
+
+def rects_of(replay: Replay, tops: list[int], lefts: list[int], window: int, tau: float | None):
+    """Each live node's rectangles for occluders at (tops[b], lefts[b]) (None: whole maps), walking the same
+    rules as `Replay.run` without computing anything."""
+    nodes = replay.graph.nodes
+    env: dict[int, Rects | None] = {0: Rects(list(tops), list(lefts), window, window)}
+    for k in replay.live:
+        n = nodes[k]
+        ins = [env[i] for i in _refs(n) if nodes[i].varies]
+        kind = replay.kinds[k]
+        if kind == "whole" or any(r is None for r in ins):
+            env[k] = None
+        elif kind == "window":
+            env[k] = window_rects(replay.windows[k], ins[0], int(n.value.shape[-2]), int(n.value.shape[-1]), tau)  # type: ignore[arg-type]
+        elif kind == "pointwise":
+            env[k] = ins[0]
+        else:
+            env[k] = union_rects([r for r in ins if r is not None], *n.value.shape[-2:])
+    return env
+
+
+def estimate(
+    replay: Replay, batches: list[tuple[list[int], list[int]]], window: int, tau: float | None, cm: CostModel
+) -> Estimate:
+    """Price the batches of occluder positions (tops, lefts) incremental and as whole forwards."""
+    nodes = replay.graph.nodes
+    inc = whole = 0.0
+    x = nodes[0].value
+    for tops, lefts in batches:
+        b = len(tops)
+        env = rects_of(replay, tops, lefts, window, tau)
+        whole += b * x.numel() * cm.element + b * cm.sample  # the occluded images
+        for k in replay.live:
+            n = nodes[k]
+            win = replay.windows.get(k)
+            full = _full_cost(n, win, cm)
+            whole += b * full + cm.call
+            r = env[k]
+            ins = [(i, env[i]) for i in _refs(n) if nodes[i].varies]
+            if r is None:  # whole maps; regions coming in are materialized first
+                made = [nodes[i].value.numel() for i, ri in ins if ri is not None and not _covers(ri, nodes[i].value)]
+                inc += b * (full + sum(made) * cm.element) + len(made) * b * cm.sample + cm.call
+                continue
+            area = r.h * r.w
+            out_hw = n.value.shape[-2] * n.value.shape[-1]
+            if replay.kinds[k] == "window":
+                i, ri = ins[0]
+                c_in = nodes[i].value.shape[1]
+                (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.stride, win.dilation  # type: ignore[union-attr]
+                slab = c_in * ((r.h - 1) * sh + dh * (kh - 1) + 1) * ((r.w - 1) * sw + dw * (kw - 1) + 1)
+                copies = 0 if ri is None or _covers(ri, nodes[i].value) else slab + c_in * ri.h * ri.w
+                inc += b * (full * area / out_hw + copies * cm.element) + (2 * b * cm.sample if copies else 0) + cm.call
+            else:
+                c = n.value.shape[1]
+                crops = (
+                    [nodes[i].value.shape[1] * area for i, ri in ins if ri != r] if replay.kinds[k] == "union" else []
+                )
+                inc += b * (c * area + 2 * sum(crops)) * cm.element + 2 * b * len(crops) * cm.sample + cm.call
+    return Estimate(inc, whole)
+
+
+def _covers(r: Rects | None, value: torch.Tensor) -> bool:
+    return r is not None and (r.h, r.w) == tuple(value.shape[-2:])
+
+
+def order_positions(
+    replay: Replay, ys: list[int], xs: list[int], window: int, tau: float | None
+) -> list[tuple[int, int]]:
+    """Grid cells (i, j) ordered so that cells whose rectangles have the same sizes at every op sit together:
+    a batch computes each op over its largest rectangle, so like with like wastes nothing. Rows and columns
+    are independent (every rule acts on each axis alone), so one walk per row and one per column suffice."""
+
+    def sizes(env, axis):
+        return tuple((getattr(r, axis) if r is not None else -1) for r in env.values())
+
+    row_sig = [sizes(rects_of(replay, [y], [0], window, tau), "h") for y in ys]
+    col_sig = [sizes(rects_of(replay, [0], [x], window, tau), "w") for x in xs]
+    cells = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    return sorted(cells, key=lambda c: (row_sig[c[0]], col_sig[c[1]]))
