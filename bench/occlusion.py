@@ -193,7 +193,7 @@ def main() -> int:
     ap.add_argument("--models", default="embedded,zfnet-224,alexnet,vgg11,resnet18")
     ap.add_argument("--images", type=int, default=0, help="images per model (0: the defaults above)")
     ap.add_argument("--tau", type=float, default=1.0, help="approx: Krypton's projective-field threshold")
-    ap.add_argument("--drill", type=float, default=-1, help="approx: adaptive drill-down share (-1: none)")
+    ap.add_argument("--drill", type=float, default=0.4, help="approx: checkerboard drill-down share (-1: none)")
     ap.add_argument("--precision", default="bfloat16", help="approx: the precision convs see the change in")
     ap.add_argument("--quick", action="store_true", help="Captum without the perturbations_per_eval sweep")
     ap.add_argument("--json")

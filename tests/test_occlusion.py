@@ -141,11 +141,10 @@ def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
     model = models.build("alexnet", seed=0).eval()
     x = torch.randn(3, 224, 224) * 60
     exact = occlusion(model, x[None], window=32, stride=64, mode="exact", fill="mean-image")[0]
-    full = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=None, fill="mean-image")[0]
+    kw = dict(window=32, stride=64, mode="approx", fill="mean-image", precision="float32")  # no approximation left
+    full = occlusion(model, x[None], tau=1.0, drill=None, **kw)[0]
     torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
-    drilled = occlusion(model, x[None], window=32, stride=64, mode="approx", tau=1.0, drill=1.0, fill="mean-image")[
-        0
-    ]  # every position
+    drilled = occlusion(model, x[None], tau=1.0, drill=1.0, **kw)[0]  # every position
     torch.testing.assert_close(drilled.prob, exact.prob, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(drilled.activity, exact.activity, rtol=1e-5, atol=1e-3)
     capped = occlusion(

@@ -22,14 +22,20 @@ def _occlusion_args(p) -> None:
         default="auto",
         choices=MODES,
         help="auto (default): exact where the model's geometry says it pays, else naive; exact: incremental "
-        "inference; naive: whole forwards; approx: Krypton's threshold and drill-down",
+        "inference; naive: whole forwards; approx: layers on the change in bfloat16 and checkerboard drill-down",
     )
-    p.add_argument("--tau", type=float, default=0.5, help="approx: the largest share of a map the region may grow to")
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=1.0,
+        help="approx: the largest share of a map the region may grow to (Krypton's threshold; 1: no cap)",
+    )
     p.add_argument(
         "--drill",
         type=float,
-        default=0.5,
-        help="approx: share of the in-between positions computed after the coarse pass (adaptive drill-down; 1 = all)",
+        default=0.4,
+        help="approx: the checkerboard's half is computed, the other half interpolated from its four neighbours; "
+        "this share of those, where p(true) varies most around them, is computed too (1 = all)",
     )
     p.add_argument(
         "--precision",

@@ -28,8 +28,8 @@ class OcclusionOptions:
     fill: str | float | tuple[float, ...] = "grey"  # grey | mean-image | pixel value(s) (zfnet.pixels)
     layer: str = "conv5"  # the layer whose strongest map (b) and (c) show
     mode: str = "auto"  # auto | exact | naive | approx (zfnet.methods.occlusion.MODES)
-    tau: float = 0.5  # approx: projective-field threshold
-    drill: float = 0.5  # approx: share of the in-between positions computed
+    tau: float = 1.0  # approx: projective-field threshold (1: none)
+    drill: float = 0.4  # approx: share of the checkerboard's other half computed
     precision: str = "bfloat16"  # approx: convs and linear layers on the change in this precision
     compare_exact: bool = False  # approx: also run exact and report the deviation
 
