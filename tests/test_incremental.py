@@ -82,6 +82,24 @@ def test_exact_equals_whole_forwards_through_additions_and_concatenations(build,
     assert set(Replay.of(graph).whole_ops()) == whole
 
 
+def test_an_adaptive_pool_to_its_own_size_passes_the_region_through():
+    """VGG's AdaptiveAvgPool2d((7, 7)) meets a 7 x 7 map at 224 px: there it is the identity, and on a region it
+    must stay one (run on the patch it would resample it). A small module with the same situation, in float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d((8, 8)),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 5),
+    ).double().eval()  # fmt: skip
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    kw = dict(window=4, stride=3, fill="mean-image", layer="conv2")
+    exact, naive = occlusion(model, x, mode="exact", **kw)[0], occlusion(model, x, mode="naive", **kw)[0]
+    assert exact.mode == "exact" and not exact.fallback
+    torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-6, atol=1e-9)
+    with torch.no_grad():
+        graph, _ = record(model, x, model[5])
+    assert Replay.of(graph).whole_ops() == ["Flatten"]
+
+
 def test_rectangles_by_hand():
     """conv 3x3, padding 1: changed rows 4..7 of 10 change outputs 3..8; ZFNet's conv1 (7x7, stride 2, padding
     1) from a 32 px square at the top of 224 px: outputs r with [2r - 1, 2r + 5] meeting 0..31, i.e. 0..16; a
@@ -197,12 +215,12 @@ def test_a_model_the_replay_cannot_follow_falls_back_to_whole_forwards_and_says_
 
 def test_auto_runs_incremental_where_it_pays_and_whole_forwards_where_it_does_not():
     """An occluder the size of the image changes every map everywhere: incremental inference only adds copies,
-    so auto runs whole forwards. An 8 px occluder on VGG-11's 128 px input changes a small share of the early
-    maps, where most of its multiply-adds are: auto runs exact, and the estimate says why."""
+    so auto runs whole forwards. An 8 px occluder at 121 positions of VGG-11's 128 px input changes a small
+    share of the early maps, where most of its multiply-adds are: auto runs exact, and the estimate says why."""
     torch.manual_seed(0)
     vgg = torchvision.models.vgg11().eval()
     x = torch.randn(1, 3, 128, 128)
-    small = occlusion(vgg, x, window=8, stride=60, fill="mean-image", layer="features.18", mode="auto")[0]
+    small = occlusion(vgg, x, window=8, stride=12, fill="mean-image", layer="features.18", mode="auto")[0]
     assert small.mode == "exact" and small.requested == "auto" and small.estimated_speedup > 2
     assert "chosen by auto" in small.describe()
     whole = occlusion(vgg, x, window=128, stride=1, fill="mean-image", layer="features.18", mode="auto")[0]
@@ -214,18 +232,22 @@ def test_auto_runs_incremental_where_it_pays_and_whole_forwards_where_it_does_no
 
 
 def test_estimate_prices_the_rectangles():
-    """With every cost but the multiply-adds at zero, the estimate is the conv work inside the rectangles: for
-    one 3x3 conv on a 10 x 10 map and a 2 x 2 occluder at the corner, 3 x 3 outputs of 100."""
+    """With every cost but the multiply-adds at zero, the estimate is the conv and linear work: whole forwards do
+    all of it per sample; incremental inference does the conv inside the rectangles (for one 3x3 conv on a
+    10 x 10 map and a 2 x 2 occluder at the corner, 3 x 3 outputs of 100) and the linear layer in full, plus its
+    fixed cost, three forwards of the image (recording it, checking it: a whole forward and a replay of two)."""
     conv = nn.Conv2d(2, 4, 3, padding=1)
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(400, 2)).eval()
     x = torch.randn(1, 2, 10, 10)
     with torch.no_grad():
         graph, _ = record(model, x, conv)
     macs_only = CostModel(mac=1.0, element=0.0, call=0.0, sample=0.0)
+    conv_macs, fc_macs = 4 * 100 * 2 * 9, 400 * 2
     e = estimate(Replay.of(graph), [([0], [0])], 2, None, macs_only)
-    conv_macs = 4 * 100 * 2 * 9
-    assert e.whole == conv_macs + 400 * 2
-    assert e.incremental == conv_macs * 9 / 100 + 400 * 2
+    assert e.whole == conv_macs + fc_macs
+    assert e.incremental == conv_macs * 9 / 100 + fc_macs + 3 * (conv_macs + fc_macs)
+    five = estimate(Replay.of(graph), [([0] * 5, [0] * 5)], 2, None, macs_only)  # a batch of 5 at the corner
+    assert five.whole == 5 * e.whole and five.incremental == 5 * (conv_macs * 9 / 100 + fc_macs) + 3 * e.whole
     assert positions(10, 2, 8) == [0, 8]
 
 

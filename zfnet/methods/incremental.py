@@ -337,7 +337,9 @@ class Graph:
         args, kwargs = tree_map(self.ref, args), tree_map(self.ref, kwargs)
         used = [a.node for a in tree_flatten((args, kwargs))[0] if isinstance(a, Ref)]
         varies = any(self.nodes[i].varies for i in used)
+        self.depth += 1  # the copies below are the recorder's own, not the model's
         value = tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, out)
+        self.depth -= 1
         self.nodes.append(Node(target, args, kwargs, value, is_module, varies))
         self.keep.append(out)
         k = len(self.nodes) - 1
@@ -346,7 +348,7 @@ class Graph:
         else:  # a tuple of tensors: each element is a getitem of this node
             for i, t in enumerate(out if isinstance(out, (tuple, list)) else []):
                 if isinstance(t, torch.Tensor):
-                    self.nodes.append(Node(operator.getitem, (Ref(k), i), {}, t.detach().clone(), False, varies))
+                    self.nodes.append(Node(operator.getitem, (Ref(k), i), {}, value[i], False, varies))
                     self.by_id[id(t)] = len(self.nodes) - 1
                     self.keep.append(t)
 
@@ -589,6 +591,8 @@ class Replay:
     live: list[int] = field(default_factory=list)  # the nodes the output and the feature depend on, in order
     kinds: dict[int, str] = field(default_factory=dict)
     windows: dict[int, Window] = field(default_factory=dict)
+    varying: dict[int, list[int]] = field(default_factory=dict)  # each node's inputs that depend on the image
+    fixed: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # a pointwise op's other arguments
     padded: dict[int, torch.Tensor] = field(default_factory=dict)  # each window op's input base, padded
 
     @classmethod
@@ -602,7 +606,11 @@ class Replay:
             if isinstance(n.value, torch.Tensor) and n.value.dim() == 4:
                 n.value = n.value.contiguous(memory_format=CL)
         for k in r.live:
-            r.kinds[k] = r._kind(k, graph.nodes[k])
+            n = graph.nodes[k]
+            r.kinds[k] = r._kind(k, n)
+            r.varying[k] = [i for i in _refs(n) if graph.nodes[i].varies]
+            if r.kinds[k] == "pointwise":  # its first argument is the only one that varies
+                r.fixed[k] = r._args(Node(n.target, n.args[1:], n.kwargs, None, False), {})
         return r
 
     def _kind(self, k: int, n: Node) -> str:
@@ -656,32 +664,31 @@ class Replay:
         return env[g.output], env[g.feature]
 
     def _step(self, k: int, n: Node, env: dict[int, Any], tau, low: bool):
-        def val(a):
-            if isinstance(a, Ref):
-                return env[a.node] if a.node in env else self.graph.nodes[a.node].value
-            return a
-
-        args, kwargs = tree_map(val, n.args), tree_map(val, n.kwargs)
         kind = self.kinds[k]
-        variable = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, (Region, Batch))]
+        variable = [env[i] for i in self.varying[k]]
         if kind != "whole" and all(isinstance(a, Region) for a in variable):
+            first = variable[0]
             if kind == "window":
                 if k not in self.padded:
-                    self.padded[k] = pad_like(self.windows[k], args[0].base, n.value)
-                return window_region(self.windows[k], args[0], n.value, self.padded[k], tau, low)
+                    self.padded[k] = pad_like(self.windows[k], first.base, n.value)
+                return window_region(self.windows[k], first, n.value, self.padded[k], tau, low)
             if kind == "pointwise":
-                first, t = args[0], n.target
+                t = n.target
                 if isinstance(t, nn.LocalResponseNorm):
                     patch = local_response_norm(first.patch, t.size, t.alpha, t.beta, t.k)
+                elif isinstance(t, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                    patch = first.patch  # output size = input size: the identity (on a patch it would resample)
                 else:
-                    patch = t(first.patch, *args[1:], **kwargs)
+                    rest, kw = self.fixed[k]
+                    patch = t(first.patch, *rest, **kw)
                 return Region(n.value, first.top, first.left, patch)
             # union: each input cropped to the union of their rectangles, then the op
-            regions = [a for a in variable if isinstance(a, Region)]
-            u = union_rects([_rects(a) for a in regions], int(n.value.shape[-2]), int(n.value.shape[-1]))
-            crops = {id(a): a.crop(u.top, u.left, u.h, u.w) for a in regions}
+            u = union_rects([_rects(a) for a in variable], int(n.value.shape[-2]), int(n.value.shape[-1]))
+            crops = {id(a): a.crop(u.top, u.left, u.h, u.w) for a in variable}
+            args, kwargs = self._args(n, env)
             args, kwargs = tree_map(lambda a: crops[id(a)] if isinstance(a, Region) else a, (args, kwargs))
             return Region(n.value, u.top, u.left, n.target(*args, **kwargs))
+        args, kwargs = self._args(n, env)
         batch = next(len(a.top) if isinstance(a, Region) else _batch_of(a.value) for a in variable)
         args, kwargs = tree_map(_whole, (args, kwargs))
         if low and isinstance(n.target, nn.Linear) and len(args) == 1 and not kwargs and isinstance(n.args[0], Ref):
@@ -691,6 +698,19 @@ class Replay:
         if n.target in _VIEW_FUNCTIONS:
             args = _batch_shape(args, batch)
         return tree_map(lambda t: Batch(t) if isinstance(t, torch.Tensor) else t, n.target(*args, **kwargs))
+
+    def _args(self, n: Node, env: dict[int, Any]) -> tuple[tuple, dict]:
+        """The node's arguments with each earlier value filled in (this batch's, or the kept one)."""
+        nodes = self.graph.nodes
+
+        def val(a):
+            if isinstance(a, Ref):
+                return env[a.node] if a.node in env else nodes[a.node].value
+            return a
+
+        if any(isinstance(a, (list, tuple, dict)) for a in (*n.args, *n.kwargs.values())):
+            return tree_map(val, n.args), tree_map(val, n.kwargs)
+        return tuple(val(a) for a in n.args), {key: val(a) for key, a in n.kwargs.items()}
 
     def whole_ops(self) -> list[str]:
         """The ops where incremental inference stops: they run on whole maps although a region comes in."""
@@ -727,13 +747,14 @@ def _batch_shape(args: tuple, batch: int) -> tuple:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per unit of work on one CPU core-pair, fitted to this project's bench machine (bench/occlusion.py
-    prints estimate beside measurement); only their ratios steer `auto`, which wants a clear margin."""
+    """Seconds per unit of work, measured on the bench machine (2 cores, channels-last, one multiply-add of a
+    mid-sized conv; an element through a copy or a pointwise op; one op of the replay with its Python around it);
+    only their ratios steer `auto`, which also wants a clear margin (`AUTO_MARGIN` in `methods.occlusion`)."""
 
-    mac: float = 1.6e-11  # a multiply-add of a conv or linear layer
-    element: float = 1.2e-9  # an element read and written by a pointwise op, a pooling tap or a copy
-    call: float = 3.0e-5  # one op called on a batch (dispatch, allocation)
-    sample: float = 3.0e-6  # one per-sample copy in a gather or paste
+    mac: float = 6e-12  # a multiply-add of a conv or linear layer
+    element: float = 5e-10  # an element read and written by a pointwise op, a pooling tap or a copy
+    call: float = 5e-5  # one op called on a batch (dispatch, allocation, the replay's bookkeeping)
+    sample: float = 2e-7  # one sample's rectangle in a gather or paste (its index arithmetic)
 
 
 def _numel(v) -> int:
@@ -786,43 +807,57 @@ def rects_of(replay: Replay, tops: list[int], lefts: list[int], window: int, tau
     return env
 
 
+def _weights(n: Node) -> int:
+    """Elements of a conv's or linear layer's weights: oneDNN reorders them at every call."""
+    w = getattr(n.target, "weight", None) if n.is_module else None
+    if w is None and n.target in (F.conv2d, torch.conv2d) and len(n.args) > 1:
+        w = n.args[1]
+    return w.numel() if isinstance(w, torch.Tensor) else 0
+
+
 def estimate(
     replay: Replay, batches: list[tuple[list[int], list[int]]], window: int, tau: float | None, cm: CostModel
 ) -> Estimate:
-    """Price the batches of occluder positions (tops, lefts) incremental and as whole forwards."""
+    """Price the batches of occluder positions (tops, lefts) incremental and as whole forwards. Incremental
+    inference also pays, once, for recording the image's graph (a forward that keeps a copy of every value)
+    and for its check against whole forwards (one whole forward and a replay of two occluders)."""
     nodes = replay.graph.nodes
-    inc = whole = 0.0
     x = nodes[0].value
+    per_call = {k: cm.call + _weights(nodes[k]) * cm.element for k in replay.live}
+    full = {k: _full_cost(nodes[k], replay.windows.get(k), cm) for k in replay.live}
+    one_forward = sum(per_call.values()) + sum(full.values())
+    kept = sum(_numel(nodes[k].value) for k in replay.live) * cm.element
+    inc = 3 * one_forward + kept  # the recording, the check's whole forward, its replay of two (about one forward)
+    whole = 0.0
     for tops, lefts in batches:
         b = len(tops)
         env = rects_of(replay, tops, lefts, window, tau)
         whole += b * x.numel() * cm.element + b * cm.sample  # the occluded images
         for k in replay.live:
             n = nodes[k]
-            win = replay.windows.get(k)
-            full = _full_cost(n, win, cm)
-            whole += b * full + cm.call
+            whole += b * full[k] + per_call[k]
             r = env[k]
             ins = [(i, env[i]) for i in _refs(n) if nodes[i].varies]
             if r is None:  # whole maps; regions coming in are materialized first
                 made = [nodes[i].value.numel() for i, ri in ins if ri is not None and not _covers(ri, nodes[i].value)]
-                inc += b * (full + sum(made) * cm.element) + len(made) * b * cm.sample + cm.call
+                inc += b * (full[k] + sum(made) * cm.element) + len(made) * b * cm.sample + per_call[k]
                 continue
             area = r.h * r.w
             out_hw = n.value.shape[-2] * n.value.shape[-1]
             if replay.kinds[k] == "window":
+                win = replay.windows[k]
                 i, ri = ins[0]
                 c_in = nodes[i].value.shape[1]
-                (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.stride, win.dilation  # type: ignore[union-attr]
+                (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.stride, win.dilation
                 slab = c_in * ((r.h - 1) * sh + dh * (kh - 1) + 1) * ((r.w - 1) * sw + dw * (kw - 1) + 1)
                 copies = 0 if ri is None or _covers(ri, nodes[i].value) else slab + c_in * ri.h * ri.w
-                inc += b * (full * area / out_hw + copies * cm.element) + (2 * b * cm.sample if copies else 0) + cm.call
+                inc += b * (full[k] * area / out_hw + copies * cm.element) + 2 * b * cm.sample + per_call[k]
             else:
                 c = n.value.shape[1]
                 crops = (
                     [nodes[i].value.shape[1] * area for i, ri in ins if ri != r] if replay.kinds[k] == "union" else []
                 )
-                inc += b * (c * area + 2 * sum(crops)) * cm.element + 2 * b * len(crops) * cm.sample + cm.call
+                inc += b * (c * area + 2 * sum(crops)) * cm.element + 2 * b * len(crops) * cm.sample + per_call[k]
     return Estimate(inc, whole)
 
 
