@@ -33,7 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UsageError
-from ..layers import StopForward, capture, feature_module, features
+from ..layers import StopForward, capture, feature_module, features, local_response_norm
 from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
 from ..runtime import eval_mode
 
@@ -74,6 +74,12 @@ class _SkipOnTheWayDown(torch.autograd.Function):
         return g, None
 
 
+def _bind_lrn(args: tuple, kwargs: dict) -> tuple:
+    """F.local_response_norm's arguments (input, size, alpha, beta, k) with its defaults."""
+    names, defaults = ("input", "size", "alpha", "beta", "k"), (None, None, 1e-4, 0.75, 1.0)
+    return tuple(args[i] if i < len(args) else kwargs.get(n, d) for i, (n, d) in enumerate(zip(names, defaults)))
+
+
 class _Rules(TorchFunctionMode):
     def __init__(self, mode: str, skip_norm: bool) -> None:
         super().__init__()
@@ -88,6 +94,8 @@ class _Rules(TorchFunctionMode):
             x = args[0]
             rest, kw = args[1:], kwargs
             return _SkipOnTheWayDown.apply(x, lambda t: func(t, *rest, **kw))
+        if name == "local_response_norm" and args[0].dim() == 4:  # its gradient, taken through channels-last slices
+            return local_response_norm(*_bind_lrn(args, kwargs))
         return func(*args, **kwargs)
 
 
@@ -290,7 +298,7 @@ class Deconvnet:
                         images[group[i].image, :, plans[i][0][0] : plans[i][0][2], plans[i][0][1] : plans[i][0][3]]
                         for i in part
                     ]
-                )
+                ).contiguous(memory_format=torch.channels_last)  # oneDNN's convs, up and down, prefer it
                 chans = torch.tensor([group[i].channel for i in part], device=images.device)
                 grads = self._down(
                     crops, group[0].layer, chans, [plans[i][1][0] for i in part], [plans[i][1][1] for i in part], unit

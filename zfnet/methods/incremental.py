@@ -38,6 +38,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from ..layers import local_response_norm
+
 # --- what each op does to a changed rectangle --------------------------------------------------------------
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
@@ -252,19 +254,6 @@ def window_of_function(func, args: tuple, kwargs: dict) -> Window | None:
         )  # fmt: skip
         return _avg_window(k, s, p, ceil, cip, div)
     return None
-
-
-def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """Contrast normalization across maps, PyTorch's definition (x / (k + alpha / size * sum of x^2 over `size`
-    neighbouring maps, zero-padded)^beta), with the sum taken as `size` shifted channel slices: in channels-last
-    each is one contiguous run, 3x faster than the 3-D average pooling torch uses (same terms, rounding aside)."""
-    c = x.shape[1]
-    padded = torch.empty(x.shape[0], c + size - 1, *x.shape[2:], dtype=x.dtype, device=x.device, memory_format=CL)
-    padded.zero_()[:, size // 2 : size // 2 + c] = x * x
-    acc = padded[:, :c].clone()
-    for o in range(1, size):
-        acc += padded[:, o : o + c]
-    return x / acc.mul_(alpha / size).add_(k).pow_(beta)
 
 
 def pointwise_module(m: nn.Module, out_hw: tuple[int, ...], in_hw: tuple[int, ...]) -> bool:
