@@ -102,7 +102,7 @@ class OcclusionResult:
         if self.fallback:
             return f"{self.requested} asked, fell back to {what}: {self.fallback}"
         if self.requested == "auto" and self.estimated_speedup is not None:
-            speed = f"{self.estimated_speedup:.2f}x"
+            speed = f"{self.estimated_speedup:.3g}x"
             return f"{what}, chosen by auto (incremental inference estimated {speed} whole forwards)"
         return what
 
