@@ -38,22 +38,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..layers import local_response_norm
+from ..layers import RECTIFIERS, local_response_norm
 
 # --- what each op does to a changed rectangle --------------------------------------------------------------
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Hardswish,
+    *RECTIFIERS,
     nn.Hardsigmoid,
     nn.Sigmoid,
     nn.Tanh,
