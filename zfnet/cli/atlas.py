@@ -15,6 +15,13 @@ def _atlas_args(p) -> None:
     add_data(p)
     p.add_argument("--layers", help="comma-separated layers (default conv1..conv5, or every conv layer)")
     p.add_argument("--k", type=positive, default=9, help="top-k activations per map (Fig. 2: 9)")
+    p.add_argument(
+        "--per-class",
+        type=nonnegative,
+        default=0,
+        metavar="K",
+        help="also keep each map's top-K images within every class (same pass; the viewer and zfnet explore show them)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     add_mode(p)
     p.add_argument("--batch-size", type=positive, default=128)
@@ -79,6 +86,7 @@ def _atlas_run(args) -> int:
         else ("pretrained" if args.evolution == "pretrained" else os.path.abspath(args.evolution)),
         evolution_maps=args.evolution_maps,
         seed=args.seed,
+        per_class=args.per_class,
         device=args.device,
     )
     dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import warnings
 
@@ -210,14 +211,23 @@ def open_image(path: str) -> Image.Image:
 
     if not os.path.isfile(path):
         raise UsageError(f"image {path!r} does not exist; check the path")
+    return _decode(path, repr(path))
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file's bytes (an upload), decoded with the same guards as `open_image` and a pixel cap."""
+    return _decode(io.BytesIO(data), repr(name), max_pixels)
+
+
+def _decode(source, label: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
+            with Image.open(source) as img:
+                if img.width * img.height > max_pixels:
                     raise UsageError(
-                        f"image {path!r} has {img.width}x{img.height} pixels, more than zfnet reads "
-                        f"({MAX_PIXELS:,}); downscale it first"
+                        f"image {label} has {img.width}x{img.height} pixels, more than zfnet reads "
+                        f"({max_pixels:,}); downscale it first"
                     )
                 img.load()
                 return _upright(img)
@@ -225,11 +235,11 @@ def open_image(path: str) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UsageError(
-            f"image {path!r} has more pixels than zfnet reads ({MAX_PIXELS:,}); downscale it first"
+            f"image {label} has more pixels than zfnet reads ({max_pixels:,}); downscale it first"
         ) from None
     except (OSError, ValueError, SyntaxError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise UsageError(f"cannot read image {path!r} ({reason}); pass a PNG or JPEG file") from None
+        raise UsageError(f"cannot read image {label} ({reason}); pass a PNG or JPEG file") from None
 
 
 def read_image(path: str, preprocess: Preprocess) -> torch.Tensor:

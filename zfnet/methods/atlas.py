@@ -97,6 +97,7 @@ class Scan:
     images: int  # images scanned
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    per_class: dict[str, dict[int, TopK]] = field(default_factory=dict)  # layer -> class -> its top-k within it
 
     def to_json(self) -> dict:
         """Per layer and channel the top-k [{image, value, y, x}] (y, x None for fc layers)."""
@@ -178,10 +179,13 @@ def scan(
     progress: bool = True,
     save_every: float = 30.0,
     desc: str = "atlas scan",
+    per_class: int = 0,
 ) -> Scan:
     """One pass over `dataset` keeping each map's top-k (Fig. 2), fed through `preprocess` (default: the
-    dataset's own). With `state_path`, resumable: a rerun with the same `key` continues from the saved state.
-    Under torchrun, each process scans its shard; all get the merged result."""
+    dataset's own). With `per_class`, the same pass also keeps each map's top-`per_class` within every class of
+    the dataset (zennit-crp's per-class references: which maps fire for a class, on which of its images). With
+    `state_path`, resumable: a rerun with the same `key` continues from the saved state. Under torchrun, each
+    process scans its shard; all get the merged result."""
     dist = dist or Dist()
     pp = preprocess or dataset.preprocess
     if k < 1:
@@ -199,7 +203,10 @@ def scan(
                 if meta.get("key") == key:
                     t = load_tensors(path)
                     shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
-                    top = {n: TopK.from_tensors(t, n) for n in shapes}
+                    names = {kk.rsplit("/", 1)[0] for kk in t}
+                    top = {n: TopK.from_tensors(t, n) for n in names}
+                    if set(shapes) - names:
+                        raise ValueError("a layer's table is missing")
                     done = int(meta["done"])
                     skipped = {int(i): str(r) for i, r in json.loads(meta.get("skipped", "{}")).items()}
                     if not 0 <= done <= len(share):
@@ -221,7 +228,7 @@ def scan(
     chunks = zdata.chunked(share[done:], batch_size)
     t0 = time.perf_counter()
     with torch.no_grad(), eval_mode(model):  # the model's modes come back as they were
-        for bases, _, idx in zdata.batches(
+        for bases, labels, idx in zdata.batches(
             dataset, chunks, workers=workers, progress=progress and dist.main, desc=desc
         ):
             x = pp.eval_input(bases.to(dist.device))
@@ -231,7 +238,14 @@ def scan(
                 if name not in top:
                     shapes[name] = tuple(a.shape[1:])
                     top[name] = TopK.empty(k, a.shape[1])
+                    for c in range(len(dataset.classes) if per_class else 0):  # every class, in every process
+                        top[_class_key(name, c)] = TopK.empty(per_class, a.shape[1])
                 top[name] = top[name].update(a, idx)
+                if per_class:
+                    for c in labels.unique().tolist():
+                        mask = labels == c
+                        key_c = _class_key(name, int(c))
+                        top[key_c] = top[key_c].update(a[mask.to(a.device)], idx[mask])
             # resume counts positions, readable or not: every chunk up to this one's end is done
             done = min(start + ((int(idx[0]) - int(share[0]) - start) // batch_size + 1) * batch_size, len(share))
             if path and time.monotonic() - last > save_every:
@@ -243,9 +257,18 @@ def scan(
     lo = int(share[0]) if len(share) else 0
     readable = len(share) - sum(1 for i in dataset.skipped if lo <= i < lo + len(share))
     if dist.world > 1:
-        top = _merge_across_processes(top, layers, dist)
+        top = _merge_across_processes(top, list(top), dist)
         readable = int(_sum_across(readable, dist))
-    return Scan(top, shapes, readable, elapsed)
+    classes: dict[str, dict[int, TopK]] = {}
+    for key_c in [n for n in top if "@class" in n]:
+        name, label = key_c.rsplit("@class", 1)
+        classes.setdefault(name, {})[int(label)] = top.pop(key_c)
+    return Scan(top, shapes, readable, elapsed, per_class=classes)
+
+
+def _class_key(layer: str, c: int) -> str:
+    """Where a layer's per-class table sits beside its own in the scan state (saved, resumed, merged alike)."""
+    return f"{layer}@class{c}"
 
 
 def _sum_across(v: float, dist: Dist) -> float:
@@ -268,29 +291,37 @@ def _merge_across_processes(top: dict[str, TopK], layers: list[str], dist: Dist)
 
 
 def manifest_layers(result: Scan, dataset: zdata.ImageSet, fields: dict) -> dict:
-    """Per layer and channel, the list of {image, id, label, value, y, x} (JSON-ready)."""
+    """Per layer and channel, the list of {image, id, label, value, y, x} (JSON-ready); with per-class references,
+    also "per_class": {class name: per channel the same list within that class}."""
+
+    def entries(tk: TopK, c: int) -> list[dict]:
+        out = []
+        for r in range(tk.k):
+            i = int(tk.images[r, c])
+            if i < 0:
+                continue
+            label = dataset.labels[i]
+            out.append(
+                {
+                    "image": i,
+                    "id": dataset.image_id(i),
+                    "label": dataset.classes[int(label)] if label.dim() == 0 and len(dataset.classes) > 1 else None,
+                    "value": float(tk.values[r, c]),
+                    "y": int(tk.ys[r, c]),
+                    "x": int(tk.xs[r, c]),
+                }
+            )
+        return out
+
     out = {}
     for name, tk in result.top.items():
-        maps = []
-        for c in range(tk.values.shape[1]):
-            entries = []
-            for r in range(tk.k):
-                i = int(tk.images[r, c])
-                if i < 0:
-                    continue
-                label = dataset.labels[i]
-                entries.append(
-                    {
-                        "image": i,
-                        "id": dataset.image_id(i),
-                        "label": dataset.classes[int(label)] if label.dim() == 0 and len(dataset.classes) > 1 else None,
-                        "value": float(tk.values[r, c]),
-                        "y": int(tk.ys[r, c]),
-                        "x": int(tk.xs[r, c]),
-                    }
-                )
-            maps.append(entries)
+        maps = [entries(tk, c) for c in range(tk.values.shape[1])]
         out[name] = {"shape": list(result.shapes[name]), "channels": len(maps), **fields.get(name, {}), "maps": maps}
+        if name in result.per_class:
+            out[name]["per_class"] = {
+                dataset.classes[label]: [entries(ctk, c) for c in range(ctk.values.shape[1])]
+                for label, ctk in sorted(result.per_class[name].items())
+            }
     return out
 
 

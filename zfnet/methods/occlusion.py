@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +195,22 @@ def _replays(model: nn.Module, x: torch.Tensor, replay: Replay, logits: torch.Te
 
 
 @dataclass
+class _Tally:
+    """Positions computed so far over a batch of images, reported to a `progress(done, total)` callback."""
+
+    callback: Callable[[int, int], None] | None
+    images: int
+    per_image: int
+    image: int
+    done: int = 0
+
+    def add(self, n: int) -> None:
+        self.done = min(self.per_image, self.done + n)
+        if self.callback is not None:
+            self.callback(self.image * self.per_image + self.done, self.images * self.per_image)
+
+
+@dataclass
 class _Plan:
     """What runs for one image: the mode, the replay (None: whole forwards), why incremental inference could not
     run (when asked for and it could not), the unoccluded logits and feature maps, auto's estimate."""
@@ -301,10 +317,12 @@ def occlusion(
     projection_mode: str = "deconvnet",
     drill: float | None = 0.4,
     precision: str = "bfloat16",
+    progress: Callable[[int, int], None] | None = None,
 ) -> OcclusionResults:
     """Fig. 6 for each image of a batch of model input (N x C x H x W): see the module docstring. `target`: the
     class whose probability (d) maps - one for all images, one per image, or None (each image's predicted
-    class). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`."""
+    class). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`.
+    `progress(done, total)` is called as positions are computed (all images of the batch together)."""
     model, pp = split_model(model, preprocess)
     if images.dim() != 4:
         raise UsageError(
@@ -333,6 +351,12 @@ def occlusion(
                 projection_mode,
                 drill,
                 precision,
+                _Tally(
+                    progress,
+                    n,
+                    len(positions(images.shape[-2], window, stride)) * len(positions(images.shape[-1], window, stride)),
+                    i,
+                ),
             )
             for i, t in enumerate(targets)
         ]
@@ -354,6 +378,7 @@ def _occlude(
     projection_mode: str,
     drill: float | None,
     precision: str = "float32",
+    tally: _Tally | None = None,
 ) -> OcclusionResult:
     """Fig. 6 for one image (1 x C x H x W); `fill`: (the occluder as model input C x H x W, its name, its
     pixel values)."""
@@ -415,6 +440,8 @@ def _occlude(
                     lg, act = _whole(out), _region_sum(fv, channel)
                 out_logits.append(lg.float())
                 activity.append(act.float())
+                if tally is not None:
+                    tally.add(len(part))
             back = torch.empty(len(cells), dtype=torch.long)
             back[torch.tensor(perm, dtype=torch.long)] = torch.arange(len(cells))
             return F.softmax(torch.cat(out_logits), 1)[back], torch.cat(activity)[back]
@@ -425,6 +452,8 @@ def _occlude(
         else:
             p, act = evaluate([(i, j) for i in range(shape[0]) for j in range(shape[1])])
             p, act = p.view(*shape, -1), act.view(shape)
+        if tally is not None:  # drill-down interpolates some positions: the image is done all the same
+            tally.add(tally.per_image)
     seconds = time.perf_counter() - started
     top_prob, top_class = p.max(-1)
     with Deconvnet(model, mode=projection_mode) as dn:

@@ -53,6 +53,7 @@ class AtlasConfig:
     evolution_maps: int = 8  # maps per layer in Fig. 4
     evolution_limit: int | None = None  # training images scanned per snapshot (None: all)
     seed: int = 0  # which maps the panels and Fig. 4 show
+    per_class: int = 0  # also each map's top-K within every class (0: none)
     device: str = "auto"
 
 
@@ -69,6 +70,8 @@ def _check(cfg: AtlasConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
     if cfg.workers < 0:
         raise UsageError(f"--workers {cfg.workers} must be 0 (decode in this process) or more")
+    if cfg.per_class < 0 or cfg.per_class > 100:
+        raise UsageError(f"--per-class {cfg.per_class} must be 0 (none) to 100")
     for name in ("limit", "evolution_limit"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1 (or left out)")
@@ -119,6 +122,10 @@ def build_atlas(
     started = time.perf_counter()
     dist = dist or Dist(device=next(opened.model.parameters()).device)
     dataset = dataset.head(cfg.limit)
+    if cfg.per_class and len(dataset.classes) < 2:
+        raise UsageError(
+            "--per-class needs labelled data: this data names no classes (a folder of class folders, a dataset)"
+        )
     train = train.head(cfg.evolution_limit) if train is not None else None
     model, pp = opened.model, dataset.preprocess
     layers = list(cfg.layers) or default_layers(model)
@@ -134,6 +141,7 @@ def build_atlas(
     }
     scan_key = fingerprint(
         {**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
+        | ({"per_class": cfg.per_class} if cfg.per_class else {})  # atlases without it keep their keys
     )
     settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
     settings.update(
@@ -191,6 +199,7 @@ def _build(
         key=scan_key,
         dist=dist,
         progress=progress,
+        per_class=cfg.per_class,
     )
     teardown(dist)  # the scan was the last collective: the others need not wait while rank 0 renders
     if not dist.main:
@@ -229,6 +238,11 @@ def _build(
             entry: dict = manifest["layers"][layer]  # type: ignore[index]
             entry["projected"] = _projected(result, layer, panel_choice[layer], cfg.max_maps)
     panels = _project_maps(cfg, model, pp, dataset, result, layers, rfs, tiles, panel_choice, dist.device, progress)
+    if cfg.per_class and len(dataset.classes) <= CLASS_SHEETS_UP_TO:
+        for layer in layers:
+            manifest["layers"][layer]["class_sheets"] = _class_sheets(  # type: ignore[index]
+                cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
+            )
     manifest["figures"] = {
         layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2)) for layer in layers
     }
@@ -325,6 +339,28 @@ def _project_maps(
                                 panels[layer].append((c, projections, patches))
                     pbar.update(len(chunk))
     return panels
+
+
+CLASS_SHEETS_UP_TO = 100  # classes; with more, per-class references are in the manifest (and zfnet explore) only
+CLASS_SHEET_MAPS = 16  # maps per class sheet
+
+
+def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str, rf, scale: int, device) -> dict:
+    """Per class, the maps of `layer` that fire most within it (by their strongest activation on the class's
+    images), each with its top projections and patches within the class, as one sheet; the manifest entry."""
+    out = {}
+    folder = os.path.join(cfg.out, "maps", layer)
+    with Deconvnet(model, mode=cfg.mode) as dn:
+        for label, tk in sorted(result.per_class.get(layer, {}).items()):
+            ranked = [c for c in tk.values[0].argsort(descending=True).tolist() if tk.images[0, c] >= 0]
+            ranked = ranked[:CLASS_SHEET_MAPS]
+            if not ranked:
+                continue
+            proj = top_projections(dn, dataset, pp, tk, layer, ranked, rf, device)
+            rows = [proj[c] for c in ranked if len(proj[c][0])]
+            name = atlas_site.write_class_sheet(folder, label, rows, max(1, scale // 2))
+            out[dataset.classes[label]] = {"file": f"maps/{layer}/{name}", "maps": ranked, "k": tk.k}
+    return out
 
 
 def _projected(result: Scan, layer: str, panel: list[int], most: int) -> list[int]:

@@ -3,6 +3,7 @@ here loads a model, reads a dataset or computes an analysis.
 
 OUT/maps/L/CCCC.png one sprite per map: row 0 the k projections, row 1 the k receptive-field patches
 OUT/maps/L/filters.png  the first layer's filters, one tile per map (shown beside each map, Fig. 2)
+OUT/maps/L/class-NNNN.png  with --per-class: the maps that fire most for class N, a row each (projections, patches)
 OUT/figures/L.png   Fig. 2 panels (a fixed random subset of maps per layer)
 OUT/filters.png     Fig. 5: first-layer filters with RMS / dominance / dead / frequency (filters.json)
 OUT/evolution/L.png Fig. 4 (evolution.json)
@@ -17,13 +18,28 @@ import torch
 
 from ..io import atomic_write_json
 from . import figures
-from .render import display_scale
+from .render import display_scale, grid, stretch
 from .web import write_site
 
 
 def write_map(folder: str, channel: int, projections: torch.Tensor, patches: torch.Tensor, scale: int) -> None:
     """maps/<layer>/<channel>.png: the map's k projections over the k patches."""
     figures.save_png(figures.map_sprite(projections, patches, scale), os.path.join(folder, f"{channel:04d}.png"))
+
+
+def write_class_sheet(folder: str, label: int, rows: list[tuple[torch.Tensor, torch.Tensor]], scale: int) -> str:
+    """maps/<layer>/class-<label>.png: one row per map, its top projections within the class then their patches
+    (per-class references); returns the file name."""
+    k = max(len(p) for p, _ in rows)
+    tiles = []
+    for projections, patches in rows:
+        blank = torch.full_like(patches[0], 255.0)
+        row = [figures._rgb(stretch(p)) for p in projections] + [figures._rgb(blank)] * (k - len(projections))
+        row += [figures._rgb(q) for q in patches] + [figures._rgb(blank)] * (k - len(patches))
+        tiles += row
+    name = f"class-{label:04d}.png"
+    figures.save_png(grid(tiles, cols=2 * k, pad=1, scale=scale), os.path.join(folder, name))
+    return name
 
 
 def write_filter_strip(out: str, layer: str, weight: torch.Tensor) -> dict:

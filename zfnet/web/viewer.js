@@ -166,6 +166,32 @@
     });
   }
 
+  function renderClasses() {  // per-class references (zfnet atlas --per-class K)
+    var layers = A.layer_order.filter(function (l) { return A.layers[l].class_sheets; });
+    if (!layers.length) return;
+    document.getElementById("classes-tab").hidden = false;
+    var cls = document.getElementById("class-select"), lay = document.getElementById("class-layer");
+    Object.keys(A.layers[layers[0]].class_sheets).forEach(function (c) { var o = el("option", "", c); o.value = c; cls.appendChild(o); });
+    layers.forEach(function (l) { var o = el("option", "", l); o.value = l; lay.appendChild(o); });
+    function show() {
+      var sheet = (A.layers[lay.value].class_sheets || {})[cls.value];
+      var box = document.getElementById("class-maps");
+      clear(box);
+      var img = document.getElementById("class-sheet");
+      if (!sheet) { img.hidden = true; box.appendChild(el("p", "", "No references for this class.")); return; }
+      img.hidden = false;
+      img.src = sheet.file;
+      sheet.maps.forEach(function (c) {
+        var b = el("button", "", lay.value + " #" + c);
+        b.addEventListener("click", function () { showTab("atlas"); selectLayer(lay.value); openMap(c); });
+        box.appendChild(b);
+      });
+    }
+    cls.addEventListener("change", show);
+    lay.addEventListener("change", show);
+    show();
+  }
+
   function init() {
     if (!A) { document.body.appendChild(el("p", "", "atlas-data.js is missing.")); return; }
     document.getElementById("subtitle").textContent =
@@ -191,6 +217,7 @@
     });
     renderFilters();
     renderEvolution();
+    renderClasses();
     var fromHash = window.location.hash ? decodeURIComponent(window.location.hash.slice(1)) : "";
     if (!(fromHash && jump(fromHash))) selectLayer(A.layer_order[0]);
   }

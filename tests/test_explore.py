@@ -1,0 +1,379 @@
+"""Issue 24: `zfnet explore`, the live toolbox, and `zfnet serve` on the same server.
+
+The server runs as the user starts it (`python -m zfnet explore --port 0`, on 127.0.0.1) over the embedded model,
+its bundled images and an atlas made with per-class references. Its answers are checked against the library
+called directly (prediction, feature maps, projection, occlusion); bad requests are one JSON line and the server
+keeps serving; uploads are capped and decoded with the CLI's guards; nothing outside the assets and the atlas
+folder is reachable; 8 clients at once get the answers one client gets; Ctrl-C stops it cleanly. In headless
+Chromium: pick an image, step through the layers, click a map, switch the rectification, open the atlas's top-9
+and a class's references, run occlusion, upload a PNG and a corrupt file; the address reproduces the view. With
+ZFNET_SCREENSHOTS=DIR the browser test saves the README's screenshots there."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, needs_chromium
+from PIL import Image
+
+import zfnet
+from zfnet import data as zdata
+from zfnet.layers import features
+from zfnet.methods.deconvnet import Deconvnet, Target
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    """`python -m zfnet ARGS --port 0`; returns the process and the URL it printed (printed once it listens)."""
+    env = dict(os.environ, ZFNET_PROGRESS="0", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zfnet", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    killer = threading.Timer(300, proc.kill)  # a server that never says where it listens is a failure, not a hang
+    killer.start()
+    line = proc.stdout.readline()
+    killer.cancel()
+    found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    if not found:
+        proc.kill()
+        raise AssertionError(f"no URL printed: {line!r} {proc.stderr.read()[-2000:]}")
+    return proc, found.group(0)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    """Ctrl-C, as a user stops it; its exit status."""
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=60)
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            return r.status, r.read(), r.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("content-type", "")
+
+
+def post(url: str, body: bytes = b"") -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    status, body, _ = get(url)
+    return status, json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tmp_path_factory):
+    """An atlas of the embedded model over 300 of its bundled test images, with 2 references per class."""
+    out = tmp_path_factory.mktemp("atlas") / "atlas"
+    r = subprocess.run(
+        [sys.executable, "-m", "zfnet", "atlas", "--pretrained", "--data", "fashion-mnist-mini", "--limit", "300",
+         "--per-class", "2", "--max-maps", "6", "--out", str(out), "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, ZFNET_PROGRESS="0"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(atlas_dir):
+    proc, url = start_server("explore", "--atlas", str(atlas_dir))
+    yield url
+    assert stop(proc) == 0  # Ctrl-C stops it cleanly (status 0, no traceback)
+    assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The same model and images, called directly."""
+    p = zfnet.pretrained()
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+    return p, ds
+
+
+def png_file(pixels) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_answers_equal_the_library_called_directly(server, reference):
+    p, ds = reference
+    status, info = get_json(server + "api/info")
+    assert (
+        status == 200
+        and info["model"] == "zfnet-small"
+        and info["layers"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    )
+    assert info["atlas"]["per_class"] and info["atlas"]["same_data"] and info["dataset"]["images"] == 2000
+    _, pg = get_json(server + "api/dataset?page=1")
+    assert [it["index"] for it in pg["items"]] == list(range(48, 96)) and pg["pages"] == 42
+    assert pg["items"][0]["label"] == ds.classes[int(ds.labels[48])]
+    x = p.preprocess.eval_input(ds.bases[7:8])
+    with torch.no_grad():
+        probs = F.softmax(p.model.eval()(x), 1)[0]
+        maps = features(p.model, x, ["conv3"])["conv3"][0]
+    _, pred = get_json(server + "api/predict/d7")
+    top = probs.topk(5)
+    assert [t["class"] for t in pred["top"]] == top.indices.tolist()
+    assert [t["p"] for t in pred["top"]] == pytest.approx(top.values.tolist(), abs=1e-6)
+    _, layer = get_json(server + "api/layer/d7/conv3")
+    assert layer["channels"] == maps.shape[0]
+    best, where = maps.flatten(1).max(1)
+    assert [m[0] for m in layer["maps"]] == pytest.approx([round(float(v), 4) for v in best], abs=1e-4)
+    status, grid, kind = get(server + "api/layer/d7/conv3.png")
+    g = layer["grid"]
+    img = Image.open(io.BytesIO(grid))
+    assert status == 200 and kind == "image/png" and img.width == g["pad"] + g["cols"] * g["cell"][1]
+    # the projection of map 5 from its strongest unit, as the deconvnet gives it
+    c = 5
+    y, xx = int(where[c]) // maps.shape[-1], int(where[c]) % maps.shape[-1]
+    _, proj = get_json(server + f"api/project/d7/conv3/{c}?mode=guided")
+    assert proj["unit"] == [y, xx] and proj["activation"] == pytest.approx(float(maps[c, y, xx]), rel=1e-5)
+    shown = Image.open(io.BytesIO(base64.b64decode(proj["projection"].split(",", 1)[1])))
+    with Deconvnet(p.model, mode="guided") as dn:
+        want = dn.project_targets(x, [Target(0, "conv3", c, y, xx)])[0]
+    import numpy as np
+
+    from zfnet.render.explore import projection_image
+
+    assert np.array_equal(np.asarray(shown), np.asarray(projection_image(want)))  # the same picture, pixel for pixel
+    _, unit = get_json(server + f"api/project/d7/conv3/{c}?mode=deconvnet&y=0&x=0")
+    assert unit["unit"] == [0, 0] and unit["activation"] == pytest.approx(float(maps[c, 0, 0]), abs=1e-6)
+
+
+def test_the_atlas_and_its_per_class_references(server, atlas_dir):
+    manifest = json.loads((atlas_dir / "manifest.json").read_text())
+    conv5 = manifest["layers"]["conv5"]
+    c = conv5["projected"][0]
+    _, refs = get_json(server + f"api/atlas/conv5/{c}?class=9")
+    assert refs["top"] == conv5["maps"][c] and refs["class"]["top"] == conv5["per_class"]["Ankle boot"][c]
+    assert all(e["label"] == "Ankle boot" for e in refs["class"]["top"])
+    status, sprite, kind = get(server + refs["sprite"].lstrip("/"))
+    assert status == 200 and kind == "image/png"
+    _, ranked = get_json(server + "api/classmaps/conv5?class=9")
+    tops = [m["top"][0]["value"] for m in ranked["maps"]]
+    assert tops == sorted(tops, reverse=True) and get(server + ranked["sheet"].lstrip("/"))[0] == 200
+
+
+def test_bad_requests_are_one_line_and_the_server_keeps_serving(server):
+    for path, words in [
+        ("api/project/d7/conv3/9999", "does not exist"),
+        ("api/layer/d7/fc6", "not one the explorer shows"),
+        ("api/predict/d999999", "does not exist"),
+        ("api/predict/u0000", "no image"),
+        ("api/project/d7/conv3/1?mode=nope", "unknown mode"),
+        ("api/project/d7/conv3/1?y=1", "both y and x"),
+        ("api/project/d7/conv3/1?y=99&x=0", "outside"),
+        ("api/dataset?page=x", "whole number"),
+        ("api/atlas/conv5/0?class=9999", "no references"),
+    ]:
+        status, body = get_json(server + path)
+        assert status == 400 and words in body["error"] and "\n" not in body["error"], (path, body)
+    assert get_json(server + "api/predict/d0")[0] == 200
+
+
+def test_uploads_are_capped_and_decoded_with_the_cli_guards(server, reference):
+    p, ds = reference
+    import numpy as np
+
+    digit = ds.bases[3, 0, 2:30, 2:30].numpy().astype(np.uint8)  # a 28 x 28 image, padded as the data is
+    status, up = post(server + "api/upload?name=shoe.png", png_file(digit))
+    assert status == 200 and up["key"].startswith("u")
+    _, pred = get_json(server + f"api/predict/{up['key']}")
+    with torch.no_grad():
+        want = int(p.model(p.preprocess(Image.fromarray(digit))).argmax())
+    assert pred["top"][0]["class"] == want
+    status, err = post(server + "api/upload?name=bad.png", b"\x89PNG\r\n\x1a\n this is not an image")
+    assert status == 400 and "cannot read image 'bad.png'" in err["error"]
+    status, err = post(server + "api/upload", b"")
+    assert status == 400 and "empty" in err["error"]
+    status, err = post(server + "api/upload", b"0" * (20 * 1024 * 1024 + 1))
+    assert status == 400 and "more than" in err["error"]
+    big = png_file(np.zeros((7000, 7000), np.uint8))  # 49 M pixels, a small file: over the pixel cap
+    status, err = post(server + "api/upload?name=big.png", big)
+    assert status == 400 and "pixels" in err["error"]
+    assert get_json(server + f"api/predict/{up['key']}")[0] == 200  # still serving
+
+
+def test_nothing_outside_the_assets_and_the_atlas_is_reachable(server):
+    for path in [
+        "atlas/../manifest.json", "atlas/%2e%2e/%2e%2e/etc/passwd", "static/..%2f..%2fpipelines/explore.py",
+        "static/../../../etc/passwd", "atlas/maps/../../../../../etc/passwd", "api/../../etc/passwd",
+    ]:  # fmt: skip
+        status, body, _ = get(server + path)
+        assert status == 404 and b"root:" not in body, path
+    assert get(server + "static/explore.js")[0] == 200
+
+
+def test_eight_clients_at_once_get_what_one_client_gets(server):
+    paths = [f"api/project/d{i}/conv{1 + i % 5}/{i % 7}?mode={('deconvnet', 'guided')[i % 2]}" for i in range(100, 116)]
+    paths += [f"api/predict/d{i}" for i in range(116, 132)] + [f"api/layer/d{i}/conv2" for i in range(132, 140)]
+    with ThreadPoolExecutor(8) as pool:  # first, on images whose maps are not kept yet
+        together = dict(zip(paths, pool.map(lambda path: get(server + path), paths)))
+    alone = {path: get(server + path) for path in paths}
+    assert all(status == 200 for status, _, _ in together.values())
+    assert together == alone
+
+
+def test_occlusion_runs_as_a_job_with_progress(server):
+    status, job = post(server + "api/occlusion/d0?class=9&window=8&stride=4")
+    assert status == 200
+    while True:  # polls the job (no deadline: the job ends or the server says why)
+        _, s = get_json(server + f"api/occlusion-job/{job['job']}")
+        assert s["error"] is None, s["error"]
+        if s["result"]:
+            break
+    _, pred = get_json(server + "api/predict/d0")
+    assert s["done"] == s["total"] == 36 and s["result"]["target"] == 9
+    assert s["result"]["base_prob"] == pytest.approx(next(t["p"] for t in pred["top"] if t["class"] == 9), rel=1e-5)
+    assert s["result"]["figure"].startswith("data:image/png;base64,")
+    status, job = post(server + "api/occlusion/d0?window=99")
+    _, s = get_json(server + f"api/occlusion-job/{job['job']}")
+    while not (s["error"] or s["result"]):
+        _, s = get_json(server + f"api/occlusion-job/{job['job']}")
+    assert "window must be" in s["error"]
+
+
+def test_serve_on_the_same_server_keeps_to_its_folder(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>atlas</p>")
+    (tmp_path / "secret.txt").write_text("not for the web")
+    os.symlink(tmp_path / "secret.txt", site / "link.txt")
+    proc, url = start_server("serve", str(site))
+    try:
+        assert get(url)[0] == 200 and b"atlas" in get(url)[1]
+        for path in ["../secret.txt", "%2e%2e/secret.txt", "link.txt"]:
+            status, body, _ = get(url + path)
+            assert status == 404 and b"not for the web" not in body, path
+    finally:
+        assert stop(proc) == 0
+
+
+def test_host_other_than_loopback_is_warned(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("x")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zfnet", "serve", str(site), "--host", "0.0.0.0", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    proc.stdout.readline()
+    stop(proc)
+    assert "warning: --host 0.0.0.0" in proc.stderr.read()
+
+
+@needs_chromium
+def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = os.environ.get("ZFNET_SCREENSHOTS")
+    browser.set_window_size(1500, 1100)
+    browser.get(server)
+    wait = WebDriverWait(browser, 120)
+
+    def loaded(element_id):
+        return browser.execute_script(f"return document.getElementById('{element_id}').naturalWidth") > 0
+
+    def text(element_id):
+        return browser.find_element(By.ID, element_id).text
+
+    wait.until(lambda d: loaded("grid") and text("predictions"))
+    # pick a dataset image: the third thumbnail (image 2, a trouser)
+    browser.find_elements(By.CSS_SELECTOR, "#thumbs button")[2].click()
+    wait.until(lambda d: "image=d2" in d.current_url and "Trouser" in text("predictions").split("\n")[0])
+    # step through the layers with the keys
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_UP)
+    wait.until(lambda d: text("layer-name").startswith("conv4"))
+    body.send_keys(Keys.ARROW_UP)
+    wait.until(lambda d: text("layer-name").startswith("conv3") and loaded("grid"))
+    # click the strongest map of the grid's first row: its projection decodes
+    grid = browser.find_element(By.ID, "grid")
+    scale = grid.size["width"] / browser.execute_script("return arguments[0].naturalWidth", grid)
+    meta = json.loads(get(server + "api/layer/d2/conv3")[1])
+    g = meta["grid"]
+    from selenium.webdriver import ActionChains
+
+    m = max(range(g["cols"]), key=lambda c: meta["maps"][c][0])  # a map that fires on this image
+    cx = (g["pad"] + g["cell"][1] * (m + 0.5)) * scale - grid.size["width"] / 2
+    cy = (g["pad"] + g["cell"][0] * 0.5) * scale - grid.size["height"] / 2
+    ActionChains(browser).move_to_element_with_offset(grid, int(cx), int(cy)).click().perform()
+    wait.until(lambda d: f"map={m}" in d.current_url and loaded("projection") and loaded("patch"))
+    assert text("map-name") == f"conv3 #{m}"
+    first = browser.find_element(By.ID, "projection").get_attribute("src")
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=guided]").click()
+    wait.until(
+        lambda d: "mode=guided" in d.current_url and d.find_element(By.ID, "projection").get_attribute("src") != first
+    )
+    # a link opens a view: the atlas's top-9 of a map it projected, and a class's references
+    c = json.loads((atlas_dir / "manifest.json").read_text())["layers"]["conv5"]["projected"][0]
+    browser.get("about:blank")
+    browser.get(server + f"#image=d2&layer=conv5&map={c}&mode=guided")
+    wait.until(lambda d: loaded("projection") and text("map-name") == f"conv5 #{c}" and loaded("atlas"))
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=guided]").is_selected()
+    browser.find_element(By.ID, "ref-class").send_keys("Trouser")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#class-maps button") and loaded("class-sheet"))
+    # typing picks "T-shirt/top" on the way to "Trouser": only the last choice's answers are shown
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#class-refs img")) == 2)
+    shown_maps = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#class-maps button")]
+    assert len(shown_maps) == 16 == len(set(shown_maps))
+    labels = {int(i.get_attribute("alt")[1:]) for i in browser.find_elements(By.CSS_SELECTOR, "#class-refs img")}
+    assert {reference[1].classes[int(reference[1].labels[i])] for i in labels} == {"Trouser"}
+    if shots:
+        os.makedirs(shots, exist_ok=True)
+        browser.save_screenshot(os.path.join(shots, "explore.png"))
+    body = browser.find_element(By.TAG_NAME, "body")
+    # occlusion for the predicted class
+    browser.find_element(By.ID, "occ-window").send_keys("8")
+    browser.find_element(By.ID, "occ-stride").send_keys("4")
+    browser.find_element(By.ID, "occ-run").click()
+    wait.until(lambda d: loaded("occ-figure"))
+    assert text("occ-info").endswith(" s")
+    if shots:
+        browser.execute_script("document.getElementById('occ-figure').scrollIntoView()")
+        browser.save_screenshot(os.path.join(shots, "explore-occlusion.png"))
+    # upload a PNG, then a corrupt file: the error shows, and the page keeps working
+    p, ds = reference
+    import numpy as np
+
+    good = tmp_path / "sneaker.png"
+    good.write_bytes(png_file(ds.bases[6, 0].numpy().astype(np.uint8)))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    browser.find_element(By.ID, "upload").send_keys(str(good))
+    wait.until(lambda d: "image=u" in d.current_url and loaded("image") and text("predictions"))
+    browser.find_element(By.ID, "upload").send_keys(str(bad))
+    wait.until(lambda d: "cannot read image 'broken.png'" in text("error"))
+    browser.find_elements(By.CSS_SELECTOR, "#thumbs button")[0].click()
+    wait.until(lambda d: "image=d0" in d.current_url and text("error") == "")
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "broken.png" not in e["message"]
+              and "400" not in e["message"]]  # fmt: skip
+    assert not severe, severe

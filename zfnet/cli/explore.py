@@ -1,0 +1,57 @@
+"""`zfnet explore`: the live toolbox - any image, every layer's feature maps, a map's deconvnet projection and
+its top-9, occlusion maps - in the browser (zfnet.pipelines.explore)."""
+
+from __future__ import annotations
+
+from .args import add_device, add_model, port
+from .registry import command
+from .serve import NEEDS_SERVER, run_server
+
+
+def _explore_args(p) -> None:
+    add_model(p)  # none of --model/--weights/--pretrained: the embedded Fashion-MNIST model
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="images to browse (default with the embedded model: the Fashion-MNIST test images bundled with zfnet)",
+    )
+    p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
+    p.add_argument("--atlas", metavar="DIR", help="an atlas of the same model (zfnet atlas --out DIR): top-9 per map")
+    p.add_argument("--port", type=port, default=0, help="TCP port (default 0: a free one; the URL is printed)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="listen address (another than loopback exposes the model: warned)"
+    )
+    add_device(p)
+
+
+@command(
+    "explore",
+    "the live toolbox: browse or upload images, every layer's maps, click a map for its projection and top-9",
+    "zfnet explore                                       # the embedded model on its bundled images\n"
+    "  zfnet explore --pretrained --atlas atlas-fm --port 8800\n"
+    "  zfnet explore --model torchvision:resnet18 --weights IMAGENET1K_V1 --data photos/",
+    arguments=_explore_args,
+)
+def _explore_run(args) -> int:
+    from .. import data as zdata
+    from ..errors import UsageError
+    from ..pretrained import EMBEDDED_DATA
+    from ..runtime import resolve_device
+    from .args import open_from_args
+
+    try:  # the server is an extra: say so before any model is opened
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from ..pipelines.explore import Explorer, explore_app
+    except ImportError:
+        raise UsageError(f"zfnet explore: {NEEDS_SERVER}") from None
+    if args.weights and not args.model:
+        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
+    embedded = args.pretrained or (args.model is None and args.weights is None)
+    dev = resolve_device(args.device)
+    opened = open_from_args(args, dev, pretrained=True) if embedded else open_from_args(args, dev)
+    spec = args.data or (EMBEDDED_DATA if embedded else None)
+    dataset = zdata.open_dataset(spec, args.split, opened.preprocess) if spec else None
+    with Explorer(opened, dataset, args.atlas) as explorer:
+        return run_server(explore_app(explorer), args.host, args.port, f"zfnet explore ({opened.name})")

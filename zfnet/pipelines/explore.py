@@ -1,0 +1,530 @@
+"""`zfnet explore` as a library call: the live toolbox of Yosinski et al.'s Deep Visualization Toolbox, on this
+paper's methods. `Explorer` holds an opened model, a dataset and optionally an atlas of the same model, and answers
+what the page asks - an image's prediction, one layer's feature maps (Fig. 2's rectified maps, all at once), a
+map's deconvnet projection from its strongest or a chosen unit with the receptive-field patch (Sec. 2.1), the
+atlas's top-9 of that map (Fig. 2) and its per-class references, occlusion maps for a class (Fig. 6).
+`explore_app` puts it behind a Starlette app: model work runs off the event loop, one request at a time on the
+shared model (a lock), and no request reaches a file outside the app's assets and the atlas folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import data as zdata
+from ..data.base import decode_image
+from ..errors import UsageError
+from ..layers import features
+from ..methods.atlas import default_layers
+from ..methods.deconvnet import MODES as PROJECTION_MODES
+from ..methods.deconvnet import Deconvnet, Target
+from ..methods.occlusion import occlusion
+from ..readback import read_json
+from ..receptive_field import cut_box, layer_field
+from ..render.explore import data_url, map_grid, pixels_image, png, projection_image
+from ..render.occlusion import occlusion_plot
+from ..runtime import eval_mode
+from ..weights import Opened
+
+WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
+
+
+@dataclass(frozen=True)
+class ExploreLimits:
+    """What one request may ask of the server."""
+
+    upload_bytes: int = 20 * 1024 * 1024  # an uploaded image file
+    upload_pixels: int = 40_000_000  # its decoded width x height
+    uploads_kept: int = 64  # uploaded images held (the oldest go first)
+    images_cached: int = 32  # images whose feature maps are kept
+    page_size: int = 48  # dataset thumbnails per page
+    occlusion_positions: int = 4096  # occluder positions one occlusion request may compute
+
+
+class Explorer:
+    """The model work behind `zfnet explore` (use it as a context manager: the model stays in eval mode, one
+    deconvnet per rectification mode open, and everything is restored on exit). Images are named by keys:
+    "d<index>" a dataset image, "u<hex>" an upload."""
+
+    def __init__(
+        self,
+        opened: Opened,
+        dataset: zdata.ImageSet | None = None,
+        atlas: str | None = None,
+        limits: ExploreLimits = ExploreLimits(),
+    ) -> None:
+        self.opened, self.dataset, self.limits = opened, dataset, limits
+        self.model, self.pp = opened.model, opened.preprocess
+        self.classes = opened.classes or (dataset.classes if dataset is not None else None)
+        shape = (self.pp.channels, self.pp.input_size, self.pp.input_size)
+        self.layers = default_layers(self.model, shape)
+        self.atlas_dir = os.path.realpath(atlas) if atlas else None
+        self.atlas: dict | None = None
+        atlas_data: dict = {}
+        if self.atlas_dir:
+            self.atlas, atlas_data = _read_atlas(self.atlas_dir, opened)
+        # the atlas's image numbers name this dataset's images only when it is the atlas's own
+        self.atlas_same_data = (  # the atlas ran over this dataset, or its first images (--limit)
+            dataset is not None
+            and (atlas_data.get("spec"), atlas_data.get("split")) == (dataset.spec, dataset.split)
+            and 0 < int(atlas_data.get("images") or 0) <= len(dataset)
+        )
+        self.lock = threading.Lock()  # one model: one request at a time on it
+        self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._fields: dict[str, Any] = {}
+        self._stack = ExitStack()
+        self._dn: dict[str, Deconvnet] = {}
+        self.jobs: dict[str, dict] = {}
+
+    def __enter__(self) -> Explorer:
+        self._stack.enter_context(eval_mode(self.model))
+        for mode in PROJECTION_MODES:
+            self._dn[mode] = self._stack.enter_context(Deconvnet(self.model, mode=mode))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    # --- what there is ------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        ds = self.dataset
+        return {
+            "model": self.opened.name,
+            "input": [self.pp.channels, self.pp.input_size, self.pp.input_size],
+            "classes": self.classes,
+            "layers": self.layers,
+            "modes": list(PROJECTION_MODES),
+            "dataset": {"images": len(ds), "classes": ds.classes, "page_size": self.limits.page_size} if ds else None,
+            "atlas": {
+                "layers": sorted(self.atlas),
+                "per_class": any(v.get("per_class") for v in self.atlas.values()),
+                "same_data": self.atlas_same_data,
+            }
+            if self.atlas
+            else None,
+            "limits": {"upload_bytes": self.limits.upload_bytes, "upload_pixels": self.limits.upload_pixels},
+        }
+
+    def page(self, n: int, label: int | None = None) -> dict:
+        """Dataset page n (from 0): each image's key, index and class name; `label`: that class's images only."""
+        ds = self._need_dataset()
+        idx = range(len(ds)) if label is None else [i for i in range(len(ds)) if int(ds.labels[i]) == label]
+        per = self.limits.page_size
+        pages = max(1, -(-len(idx) // per))
+        if not 0 <= n < pages:
+            raise UsageError(f"page {n} does not exist; pick 0..{pages - 1}")
+        items = [
+            {"key": f"d{i}", "index": i, "label": self._class_name(int(ds.labels[i]))}
+            for i in list(idx)[n * per : (n + 1) * per]
+        ]
+        return {"page": n, "pages": pages, "items": items}
+
+    # --- images ---------------------------------------------------------------------------------------------
+    def upload(self, data: bytes, name: str = "upload") -> dict:
+        """Decode an uploaded image (the CLI's guards, a size and pixel cap) and keep it; returns its key."""
+        if not data:
+            raise UsageError("the upload is empty; choose a PNG or JPEG file")
+        if len(data) > self.limits.upload_bytes:
+            raise UsageError(
+                f"the upload is {len(data):,} bytes, more than {self.limits.upload_bytes:,}; send a smaller image"
+            )
+        img = decode_image(data, os.path.basename(name) or "upload", self.limits.upload_pixels)
+        base = self.pp.bases([img])
+        key = "u" + hashlib.sha256(data).hexdigest()[:16]
+        self._uploads[key] = base
+        self._uploads.move_to_end(key)
+        while len(self._uploads) > self.limits.uploads_kept:
+            self._uploads.popitem(last=False)
+        return {"key": key, "name": os.path.basename(name)}
+
+    def _base(self, key: str) -> torch.Tensor:
+        if key.startswith("d") and key[1:].isdigit():
+            ds = self._need_dataset()
+            i = int(key[1:])
+            if not 0 <= i < len(ds):
+                raise UsageError(f"image d{i} does not exist; the dataset has {len(ds)} images")
+            return ds.base(i)[None]
+        if key in self._uploads:
+            return self._uploads[key]
+        raise UsageError(f"no image {key!r}; pick a dataset image or upload one again (uploads are kept a while)")
+
+    def _entry(self, key: str) -> dict:
+        """The image's model input, logits and feature maps of every layer, computed once and kept."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        x = self.pp.eval_input(self._base(key)).to(next(self.model.parameters()).device)
+        logits = self.model(x)
+        entry = {"x": x, "probs": F.softmax(logits.float(), 1)[0].cpu(), "maps": features(self.model, x, self.layers)}
+        self._cache[key] = entry
+        while len(self._cache) > self.limits.images_cached:
+            self._cache.popitem(last=False)
+        return entry
+
+    def image_png(self, key: str, size: int = 224) -> bytes:
+        return png(pixels_image(self.pp.display(self._entry(key)["x"])[0].cpu(), size))
+
+    def thumbnail(self, key: str) -> bytes:
+        return png(pixels_image(self.pp.display(self.pp.eval_input(self._base(key)))[0], 64))
+
+    def predict(self, key: str, top: int = 5) -> dict:
+        probs = self._entry(key)["probs"]
+        p, c = probs.topk(min(top, probs.numel()))
+        return {
+            "key": key,
+            "top": [{"class": int(k), "name": self._class_name(int(k)), "p": float(v)} for v, k in zip(p, c)],
+        }
+
+    # --- one layer --------------------------------------------------------------------------------------------
+    def layer(self, key: str, layer: str) -> tuple[dict, bytes]:
+        """The layer's feature maps for the image: the grid picture and, per map, its largest activation and where."""
+        maps = self._maps(key, layer)
+        image, geometry = map_grid(maps)
+        flat = maps.flatten(1)
+        best, where = flat.max(1)
+        w = maps.shape[-1]
+        per_map = [[round(float(v), 4), int(i) // w, int(i) % w] for v, i in zip(best, where)]
+        return {"key": key, "layer": layer, "channels": maps.shape[0], "grid": geometry, "maps": per_map}, png(image)
+
+    def _maps(self, key: str, layer: str) -> torch.Tensor:
+        if layer not in self.layers:
+            raise UsageError(f"layer {layer!r} is not one the explorer shows; pick one of {', '.join(self.layers)}")
+        maps = self._entry(key)["maps"][layer][0].float().cpu()
+        if maps.dim() != 3:
+            raise UsageError(f"layer {layer!r} has no feature maps")
+        return maps
+
+    def project(
+        self, key: str, layer: str, channel: int, mode: str = "deconvnet", y: int | None = None, x: int | None = None
+    ) -> dict:
+        """Sec. 2.1: the map's projection to pixels from its strongest unit (or unit y, x), with the unit's
+        receptive-field patch of the image beside it (Fig. 2's pairs)."""
+        if mode not in PROJECTION_MODES:
+            raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(PROJECTION_MODES)}")
+        maps = self._maps(key, layer)
+        if not 0 <= channel < maps.shape[0]:
+            raise UsageError(f"map {channel} does not exist in {layer} ({maps.shape[0]} maps: 0..{maps.shape[0] - 1})")
+        if (y is None) != (x is None):
+            raise UsageError("give both y and x of the unit, or neither (its strongest unit)")
+        if y is None or x is None:
+            where = int(maps[channel].flatten().argmax())
+            y, x = where // maps.shape[-1], where % maps.shape[-1]
+        if not (0 <= y < maps.shape[-2] and 0 <= x < maps.shape[-1]):
+            raise UsageError(f"unit {y},{x} is outside {layer}'s {maps.shape[-2]}x{maps.shape[-1]} maps")
+        entry = self._entry(key)
+        proj = self._dn[mode].project_targets(entry["x"], [Target(0, layer, channel, y, x)])[0].cpu()
+        rf = self._field(layer)
+        box = rf.box(y, x)
+        pixels = self.pp.display(entry["x"])[0].cpu()
+        return {
+            "key": key, "layer": layer, "map": channel, "mode": mode, "unit": [y, x],
+            "activation": float(maps[channel, y, x]), "box": list(box),
+            "projection": data_url(projection_image(proj)),
+            "field": data_url(projection_image(cut_box(proj, (0, 0), box), 112)),
+            "patch": data_url(pixels_image(cut_box(pixels, (0, 0), box), 112)),
+        }  # fmt: skip
+
+    def _field(self, layer: str):
+        if layer not in self._fields:
+            shape = (self.pp.channels, self.pp.input_size, self.pp.input_size)
+            self._fields[layer] = layer_field(self.model, layer, shape)
+        return self._fields[layer]
+
+    # --- the atlas --------------------------------------------------------------------------------------------
+    def atlas_refs(self, layer: str, channel: int, label: int | None = None) -> dict:
+        """Fig. 2's top-k of the map over the atlas's images (its sprite: k projections over k patches), or, for a
+        class, the map's top images within it (per-class references, `zfnet atlas --per-class K`)."""
+        if not self.atlas:
+            raise UsageError("no atlas given; start with --atlas DIR (a `zfnet atlas --out DIR` of the same model)")
+        if layer not in self.atlas:
+            raise UsageError(f"the atlas has no layer {layer!r}; it has {', '.join(sorted(self.atlas))}")
+        entry = self.atlas[layer]
+        maps = entry["maps"]
+        if not 0 <= channel < len(maps):
+            raise UsageError(f"map {channel} is not in the atlas's {layer} (0..{len(maps) - 1})")
+        out: dict = {"layer": layer, "map": channel, "top": maps[channel]}
+        sprite = f"maps/{layer}/{channel:04d}.png"
+        if os.path.isfile(os.path.join(self.atlas_dir or "", sprite)):
+            out["sprite"] = "/atlas/" + sprite
+        if label is not None:
+            per = entry.get("per_class") or {}
+            name = self._class_name(label)
+            if name not in per:
+                raise UsageError(f"the atlas keeps no references for class {name!r}; make it with --per-class K")
+            out["class"] = {"name": name, "top": per[name][channel]}
+        return out
+
+    def _sheet(self, layer: str, name: str) -> str | None:
+        sheet = (self.atlas or {}).get(layer, {}).get("class_sheets", {}).get(name)
+        return (
+            "/atlas/" + sheet["file"]
+            if sheet and os.path.isfile(os.path.join(self.atlas_dir or "", sheet["file"]))
+            else None
+        )
+
+    def class_maps(self, layer: str, label: int, top: int = 16) -> dict:
+        """Which maps fire for a class: the layer's maps ranked by their strongest activation within the class."""
+        if not self.atlas or layer not in self.atlas or not self.atlas[layer].get("per_class"):
+            raise UsageError("the atlas keeps no per-class references; make it with `zfnet atlas --per-class K`")
+        name = self._class_name(label)
+        per = self.atlas[layer]["per_class"].get(name)
+        if per is None:
+            raise UsageError(f"the atlas keeps no references for class {name!r}")
+        ranked = sorted(range(len(per)), key=lambda c: -(per[c][0]["value"] if per[c] else float("-inf")))
+        maps = [{"map": c, "top": per[c]} for c in ranked[:top]]
+        return {"layer": layer, "class": name, "maps": maps, "sheet": self._sheet(layer, name)}
+
+    # --- occlusion --------------------------------------------------------------------------------------------
+    def occlusion(self, key: str, target: int | None, window: int, stride: int, progress=None) -> dict:
+        """Fig. 6 for the image and a class (None: the predicted one): the five panels and the maps."""
+        size = self.pp.input_size
+        if not 1 <= window <= size or stride < 1:
+            raise UsageError(f"the window must be 1..{size} px and the stride at least 1")
+        n = (-(-(size - window) // stride) + 1) ** 2
+        if n > self.limits.occlusion_positions:
+            raise UsageError(f"{n} occluder positions is more than {self.limits.occlusion_positions}; raise the stride")
+        if target is not None and not 0 <= target < self._entry(key)["probs"].numel():
+            raise UsageError(f"class {target} does not exist")
+        entry = self._entry(key)
+        res = occlusion(
+            self.opened,
+            entry["x"],
+            target=target,
+            window=window,
+            stride=stride,
+            layer=self.layers[-1],
+            progress=progress,
+        )[0]
+        fig = occlusion_plot(res, self.pp.display(entry["x"])[0].cpu(), self.classes)
+        import matplotlib.pyplot as plt
+
+        buf_png = _figure_png(fig)
+        plt.close(fig)
+        keep = ("target", "base_prob", "mode", "computation", "seconds", "window", "stride", "layer")
+        return {"key": key, "figure": "data:image/png;base64," + buf_png, **{k: res.to_json()[k] for k in keep}}
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _class_name(self, k: int) -> str:
+        return self.classes[k] if self.classes and 0 <= k < len(self.classes) else str(k)
+
+    def _need_dataset(self) -> zdata.ImageSet:
+        if self.dataset is None:
+            raise UsageError("no dataset given; start with --data SPEC (or upload an image)")
+        return self.dataset
+
+
+def _figure_png(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _read_atlas(folder: str, opened: Opened) -> tuple[dict, dict]:
+    """The atlas's layers (per map its top-k; per-class references when kept) and the dataset it was made on, from
+    its manifest, checked to be an atlas of this model (its name and weights)."""
+    fix = "pass --atlas a folder `zfnet atlas --out` wrote for this model"
+    manifest = read_json(os.path.join(folder, "manifest.json"), fix=fix)
+    found = manifest.get("layers") if isinstance(manifest, dict) else None
+    if not isinstance(found, dict) or not found:
+        raise UsageError(f"{folder!r} holds no atlas layers; {fix}")
+    made_by = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    if (made_by.get("name"), made_by.get("weights_sha256")) != (opened.name, opened.weights_sha256):
+        raise UsageError(
+            f"the atlas in {folder!r} was made with {made_by.get('name')!r} (weights {made_by.get('weights_sha256')}), "
+            f"not {opened.name!r} (weights {opened.weights_sha256}); {fix}"
+        )
+    data = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    return found, data
+
+
+# --- the server -----------------------------------------------------------------------------------------------
+
+
+def explore_app(explorer: Explorer):
+    """The Starlette app: the page and its assets, the JSON / PNG API, the atlas folder's pictures."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    async def work(fn, *args, **kwargs):
+        """Model work in a worker thread, one at a time; a bad request is one JSON line, status 400."""
+
+        def locked():
+            with explorer.lock, torch.no_grad():  # no_grad is per thread: set here, in the worker
+                return fn(*args, **kwargs)
+
+        try:
+            return await run_in_threadpool(locked)
+        except UsageError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+
+    def q_int(request: Request, name: str, default: int | None = None) -> int | None:
+        v = request.query_params.get(name)
+        if v is None or v == "":
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise UsageError(f"{name} must be a whole number, not {v!r}") from None
+
+    def guarded(handler):
+        async def run(request: Request):
+            try:
+                return await handler(request)
+            except UsageError as e:
+                return JSONResponse({"error": str(e)}, status_code=400)
+
+        return run
+
+    @guarded
+    async def info(request: Request):
+        return JSONResponse(explorer.info())
+
+    @guarded
+    async def page(request: Request):
+        out = await work(explorer.page, q_int(request, "page", 0), q_int(request, "class"))
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    @guarded
+    async def image(request: Request):
+        out = await work(explorer.image_png, request.path_params["key"])
+        return out if isinstance(out, Response) else Response(out, media_type="image/png")
+
+    @guarded
+    async def thumb(request: Request):
+        out = await work(explorer.thumbnail, request.path_params["key"])
+        return out if isinstance(out, Response) else Response(out, media_type="image/png")
+
+    @guarded
+    async def predict(request: Request):
+        out = await work(explorer.predict, request.path_params["key"])
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    @guarded
+    async def layer(request: Request):
+        out = await work(explorer.layer, request.path_params["key"], request.path_params["layer"])
+        if isinstance(out, Response):
+            return out
+        meta, picture = out
+        if request.url.path.endswith(".png"):
+            return Response(picture, media_type="image/png")
+        return JSONResponse(meta)
+
+    @guarded
+    async def project(request: Request):
+        p = request.path_params
+        mode = request.query_params.get("mode", "deconvnet")
+        y, x = q_int(request, "y"), q_int(request, "x")
+        out = await work(explorer.project, p["key"], p["layer"], int(p["map"]), mode, y, x)
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    @guarded
+    async def atlas(request: Request):
+        p = request.path_params
+        out = await work(explorer.atlas_refs, p["layer"], int(p["map"]), q_int(request, "class"))
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    @guarded
+    async def class_maps(request: Request):
+        out = await work(explorer.class_maps, request.path_params["layer"], q_int(request, "class", 0))
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    @guarded
+    async def upload(request: Request):
+        parts, size, cap = [], 0, explorer.limits.upload_bytes
+        async for chunk in request.stream():  # keep no more than the cap (the rest is read and dropped)
+            size += len(chunk)
+            if size <= cap:
+                parts.append(chunk)
+        if size > cap:
+            raise UsageError(f"the upload is {size:,} bytes, more than {cap:,}; send a smaller image")
+        body = b"".join(parts)
+        out = await work(explorer.upload, body, request.query_params.get("name", "upload"))
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    @guarded
+    async def start_occlusion(request: Request):
+        key = request.path_params["key"]
+        target, window, stride = q_int(request, "class"), q_int(request, "window"), q_int(request, "stride")
+        size = explorer.pp.input_size
+        window = window or max(2, round(size * 2 / 7))
+        stride = stride or max(1, window // 4)
+        job = uuid.uuid4().hex[:12]
+        state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
+
+        def tick(done: int, total: int) -> None:
+            state["done"], state["total"] = done, total
+
+        async def run() -> None:
+            out = await work(explorer.occlusion, key, target, window, stride, tick)
+            if isinstance(out, Response):
+                state["error"] = json.loads(bytes(out.body))["error"]
+            else:
+                state["result"] = out
+
+        import asyncio
+
+        state["task"] = asyncio.ensure_future(run())
+        while len(explorer.jobs) > 16:  # the oldest finished jobs go
+            old = next(iter(explorer.jobs))
+            explorer.jobs.pop(old)
+        return JSONResponse({"job": job})
+
+    @guarded
+    async def poll_occlusion(request: Request):
+        state = explorer.jobs.get(request.path_params["job"])
+        if state is None:
+            raise UsageError("no such occlusion job; start it again")
+        return JSONResponse({k: state[k] for k in ("done", "total", "result", "error")})
+
+    async def index(request: Request):
+        return FileResponse(os.path.join(WEB, "index.html"), headers={"Cache-Control": "no-cache"})
+
+    routes = [
+        Route("/", index),
+        Route("/api/info", info),
+        Route("/api/dataset", page),
+        Route("/api/upload", upload, methods=["POST"]),
+        Route("/api/image/{key}.png", image),
+        Route("/api/thumb/{key}.png", thumb),
+        Route("/api/predict/{key}", predict),
+        Route("/api/layer/{key}/{layer}.png", layer),
+        Route("/api/layer/{key}/{layer}", layer),
+        Route("/api/project/{key}/{layer}/{map:int}", project),
+        Route("/api/atlas/{layer}/{map:int}", atlas),
+        Route("/api/classmaps/{layer}", class_maps),
+        Route("/api/occlusion/{key}", start_occlusion, methods=["POST"]),
+        Route("/api/occlusion-job/{job}", poll_occlusion),
+        Mount("/static", StaticFiles(directory=WEB), name="static"),
+    ]
+    if explorer.atlas_dir:
+        routes.append(Mount("/atlas", StaticFiles(directory=explorer.atlas_dir), name="atlas"))
+    return Starlette(routes=routes)
+
+
+def folder_app(folder: str):
+    """`zfnet serve`: a report or atlas folder's files, and nothing outside it (Starlette's static files refuse
+    any path that leaves the folder, symlinks included)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    return Starlette(routes=[Mount("/", StaticFiles(directory=folder, html=True))])

@@ -1,0 +1,255 @@
+// zfnet explore: the page. Plain JS, no build step, nothing fetched but this server's own API. Every string that
+// comes from the server or the user is shown as text (textContent), never parsed as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { image: null, layer: null, map: null, mode: "deconvnet", unit: null };
+let info = null, page = 0, pages = 1, grid = null, occJob = null;
+
+async function api(path, options) {
+  const r = await fetch(path, options);
+  const body = await r.json().catch(() => ({ error: `${r.status} ${r.statusText}` }));
+  if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
+  return body;
+}
+
+function showError(e) { $("error").textContent = e ? String(e.message || e) : ""; }
+
+function option(select, value, text) {
+  const o = document.createElement("option");
+  o.value = value; o.textContent = text; select.appendChild(o);
+}
+
+// --- the address bar: every view is a link ------------------------------------------------------------------
+function writeHash() {
+  const p = new URLSearchParams();
+  for (const k of ["image", "layer", "map", "mode"]) if (state[k] !== null && state[k] !== undefined) p.set(k, state[k]);
+  if (state.unit) p.set("unit", state.unit.join(","));
+  const h = "#" + p.toString();
+  if (location.hash !== h) history.replaceState(null, "", h);
+}
+
+function readHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  state.image = p.get("image"); state.layer = p.get("layer");
+  state.map = p.has("map") ? parseInt(p.get("map"), 10) : null;
+  state.mode = p.get("mode") || "deconvnet";
+  state.unit = p.has("unit") ? p.get("unit").split(",").map(Number) : null;
+}
+
+// --- choosing an image ----------------------------------------------------------------------------------------
+async function loadPage(n) {
+  if (!info.dataset) { $("browse").hidden = true; return; }
+  const cls = $("browse-class").value;
+  const d = await api(`/api/dataset?page=${n}` + (cls !== "" ? `&class=${cls}` : ""));
+  page = d.page; pages = d.pages;
+  $("pageinfo").textContent = `page ${page + 1} of ${pages}`;
+  const box = $("thumbs"); box.replaceChildren();
+  for (const it of d.items) {
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "thumb"; b.dataset.key = it.key; b.title = `#${it.index}: ${it.label}`;
+    const img = document.createElement("img"); img.src = `/api/thumb/${it.key}.png`; img.alt = it.label;
+    b.appendChild(img); b.addEventListener("click", () => chooseImage(it.key));
+    if (it.key === state.image) b.classList.add("current");
+    box.appendChild(b);
+  }
+}
+
+async function upload(file) {
+  showError(null);
+  try {
+    const r = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+    await chooseImage(r.key);
+  } catch (e) { showError(e); }
+}
+
+async function chooseImage(key) {
+  showError(null);
+  try {
+    const pred = await api(`/api/predict/${key}`);
+    state.image = key;
+    $("image").src = `/api/image/${key}.png`;
+    const ol = $("predictions"); ol.replaceChildren();
+    for (const t of pred.top) {
+      const li = document.createElement("li");
+      li.textContent = `${t.name} ${(100 * t.p).toFixed(1)}%`;
+      ol.appendChild(li);
+    }
+    for (const b of document.querySelectorAll("#thumbs button")) b.classList.toggle("current", b.dataset.key === key);
+    await showLayer(state.layer || info.layers[info.layers.length - 1]);
+  } catch (e) { showError(e); }
+}
+
+// --- one layer: the grid of its maps --------------------------------------------------------------------------
+async function showLayer(layer) {
+  if (!state.image) return;
+  const meta = await api(`/api/layer/${state.image}/${encodeURIComponent(layer)}`);
+  state.layer = layer; grid = meta;
+  $("layer-name").textContent = `${layer} (${meta.channels} maps)`;
+  for (const b of document.querySelectorAll("#layers button")) b.classList.toggle("current", b.dataset.layer === layer);
+  await new Promise((resolve) => {
+    const img = $("grid");
+    img.onload = img.onerror = resolve;
+    img.src = `/api/layer/${state.image}/${encodeURIComponent(layer)}.png`;
+  });
+  if (state.map !== null && state.map < meta.channels) await showMap(state.map, state.unit);
+  else { state.map = null; writeHash(); }
+}
+
+function mapAt(event) {
+  // the click's map and unit, from the grid's geometry (cells of `cell` px after `pad`, `scale` px a unit)
+  const img = $("grid"), g = grid.grid;
+  const sx = img.naturalWidth / img.clientWidth, sy = img.naturalHeight / img.clientHeight;
+  const px = event.offsetX * sx - g.pad, py = event.offsetY * sy - g.pad;
+  const col = Math.floor(px / g.cell[1]), row = Math.floor(py / g.cell[0]);
+  if (col < 0 || row < 0 || col >= g.cols) return null;
+  const m = row * g.cols + col;
+  if (m >= grid.channels) return null;
+  const y = Math.floor((py - row * g.cell[0]) / g.scale), x = Math.floor((px - col * g.cell[1]) / g.scale);
+  const inside = y >= 0 && x >= 0 && y < g.map[0] && x < g.map[1];
+  return { map: m, unit: inside ? [y, x] : null };
+}
+
+// --- one map: its projection, patch, atlas references --------------------------------------------------------
+let mapSeq = 0;
+async function showMap(m, unit) {
+  const my = ++mapSeq;
+  showError(null);
+  const q = new URLSearchParams({ mode: state.mode });
+  if (unit) { q.set("y", unit[0]); q.set("x", unit[1]); }
+  try {
+    const p = await api(`/api/project/${state.image}/${encodeURIComponent(state.layer)}/${m}?` + q);
+    if (my !== mapSeq) return;  // a later click won
+    state.map = m; state.unit = unit;
+    $("map-name").textContent = `${state.layer} #${m}`;
+    $("projection").src = p.projection; $("field").src = p.field; $("patch").src = p.patch;
+    $("unit-info").textContent = `unit (${p.unit[0]}, ${p.unit[1]}), activation ${p.activation.toFixed(3)}, ` +
+      `receptive field rows ${p.box[0]}-${p.box[2]}, columns ${p.box[1]}-${p.box[3]} (${p.mode})`;
+    writeHash();
+    if (info.atlas) await showAtlas();
+  } catch (e) { showError(e); }
+}
+
+async function showAtlas() {
+  try {
+    const a = await api(`/api/atlas/${encodeURIComponent(state.layer)}/${state.map}`);
+    $("atlas").hidden = !a.sprite;
+    if (a.sprite) $("atlas").src = a.sprite;
+    $("atlas-info").textContent = a.top.map((t) => `${t.label ?? "#" + t.image} ${t.value.toFixed(2)}`).join(" · ");
+    await showClassRefs();
+  } catch (e) { $("atlas").hidden = true; $("atlas-info").textContent = String(e.message || e); }
+}
+
+let refsSeq = 0;  // answers to an earlier choice that arrive late are dropped
+async function showClassRefs() {
+  const my = ++refsSeq;
+  const k = $("ref-class").value;
+  if (k === "" || state.map === null) {
+    $("class-refs").replaceChildren(); $("class-maps").replaceChildren();
+    $("class-maps-info").textContent = ""; $("class-sheet").hidden = true;
+    return;
+  }
+  try {
+    const a = await api(`/api/atlas/${encodeURIComponent(state.layer)}/${state.map}?class=${k}`);
+    const c = await api(`/api/classmaps/${encodeURIComponent(state.layer)}?class=${k}`);
+    if (my !== refsSeq) return;
+    const refs = [];
+    for (const t of a.class.top) {
+      if (info.atlas.same_data) {  // the atlas's image numbers are this dataset's
+        const img = document.createElement("img");
+        img.src = `/api/thumb/d${t.image}.png`; img.alt = `#${t.image}`; img.title = `#${t.image}: ${t.value.toFixed(3)}`;
+        refs.push(img);
+      } else refs.push(document.createTextNode(`${t.id} ${t.value.toFixed(3)}  `));
+    }
+    $("class-refs").replaceChildren(...refs);
+    $("class-maps-info").textContent = `the maps of ${state.layer} that fire most for ${c.class}:`;
+    $("class-maps").replaceChildren(...c.maps.map((e) => {
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = `#${e.map}`; b.addEventListener("click", () => showMap(e.map, null));
+      return b;
+    }));
+    $("class-sheet").hidden = !c.sheet;
+    if (c.sheet) $("class-sheet").src = c.sheet;
+  } catch (e) { if (my === refsSeq) showError(e); }
+}
+
+// --- occlusion ------------------------------------------------------------------------------------------------
+async function runOcclusion() {
+  if (!state.image) return;
+  showError(null);
+  const q = new URLSearchParams();
+  for (const [name, id] of [["class", "occ-class"], ["window", "occ-window"], ["stride", "occ-stride"]])
+    if ($(id).value !== "") q.set(name, $(id).value);
+  try {
+    const { job } = await api(`/api/occlusion/${state.image}?` + q, { method: "POST" });
+    occJob = job; $("occ-progress").value = 0; $("occ-info").textContent = "running...";
+    while (occJob === job) {
+      const s = await api(`/api/occlusion-job/${job}`);
+      if (s.total) $("occ-progress").value = s.done / s.total;
+      if (s.error) { showError(s.error); $("occ-info").textContent = ""; break; }
+      if (s.result) {
+        $("occ-progress").value = 1; $("occ-figure").src = s.result.figure; $("occ-figure").hidden = false;
+        $("occ-info").textContent = `${s.result.computation}; ${s.result.seconds.toFixed(2)} s`;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } catch (e) { showError(e); }
+}
+
+// --- start ----------------------------------------------------------------------------------------------------
+async function start() {
+  readHash();  // before the controls are built: they show the linked view
+  info = await api("/api/info");
+  $("model").textContent = `${info.model} (${info.input.join("x")})`;
+  for (const l of info.layers) {
+    const b = document.createElement("button");
+    b.type = "button"; b.dataset.layer = l; b.textContent = l;
+    b.addEventListener("click", () => showLayer(l).catch(showError));
+    $("layers").appendChild(b);
+  }
+  for (const m of info.modes) {
+    const lab = document.createElement("label"), r = document.createElement("input");
+    r.type = "radio"; r.name = "mode"; r.value = m; r.checked = m === state.mode;
+    r.addEventListener("change", () => { state.mode = m; if (state.map !== null) showMap(state.map, state.unit); });
+    lab.appendChild(r); lab.appendChild(document.createTextNode(" " + m + " ")); $("modes").appendChild(lab);
+  }
+  (info.classes || []).forEach((c, k) => { option($("occ-class"), k, c); option($("ref-class"), k, c); });
+  if (info.dataset) (info.dataset.classes || []).forEach((c, k) => option($("browse-class"), k, c));
+  $("atlas-panel").hidden = !info.atlas;
+  const size = info.input[1];
+  $("occ-window").placeholder = Math.max(2, Math.round(size * 2 / 7));
+  $("prev").addEventListener("click", () => loadPage(Math.max(0, page - 1)).catch(showError));
+  $("next").addEventListener("click", () => loadPage(Math.min(pages - 1, page + 1)).catch(showError));
+  $("browse-class").addEventListener("change", () => loadPage(0).catch(showError));
+  $("ref-class").addEventListener("change", showClassRefs);
+  $("upload").addEventListener("change", (e) => { if (e.target.files[0]) upload(e.target.files[0]); });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+    if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+  });
+  const g = $("grid");
+  g.addEventListener("mousemove", (e) => {
+    const at = grid && mapAt(e);
+    $("grid-info").textContent = at ? `map ${at.map}, largest activation ${grid.maps[at.map][0]}` : "";
+  });
+  g.addEventListener("click", (e) => {
+    const at = grid && mapAt(e);
+    if (at) showMap(at.map, $("use-unit").checked ? at.unit : null);
+  });
+  $("occ-run").addEventListener("click", runOcclusion);
+  document.addEventListener("keydown", (e) => {
+    if (!state.image || !["ArrowUp", "ArrowDown"].includes(e.key) || e.target.tagName === "INPUT") return;
+    e.preventDefault();
+    const i = info.layers.indexOf(state.layer) + (e.key === "ArrowDown" ? 1 : -1);
+    if (i >= 0 && i < info.layers.length) showLayer(info.layers[i]).catch(showError);
+  });
+  await loadPage(0).catch(showError);
+  const first = state.image || (info.dataset ? "d0" : null);
+  if (first) await chooseImage(first);
+}
+
+start().catch(showError);
