@@ -36,6 +36,7 @@ bench:
 	$(BIN)/python bench/dedupe.py --json bench/results/dedupe.json
 	$(BIN)/python bench/report.py --json bench/results/report.json
 	$(BIN)/python bench/peers.py --json bench/results/peers.json
+	$(BIN)/python bench/explore.py --json bench/results/explore.json
 
 clean:
 	rm -rf report .pytest_cache

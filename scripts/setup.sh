@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh checkout: Debian packages (when root), a virtual environment in .venv, zfnet and its deps.
-#   scripts/setup.sh demo   what `make demo` needs: Python packages only (the report's data ships with zfnet)
+#   scripts/setup.sh demo   what `make demo` needs: Python packages only (the report's data ships with zfnet; the
+#                           explore extra, zfnet explore's and zfnet serve's server, comes with it)
 #   scripts/setup.sh test   what `make test` needs: also Debian's Fashion-MNIST, Chromium, ChromeDriver and strace
 #   scripts/setup.sh bench  what `make bench` needs: the test setup and the peers bench/peers.py measures
 set -euo pipefail
@@ -39,9 +40,9 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing torch ($TORCH_SPEC) and zfnet into $VENV (a minute or two)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC 2>&1 | grep -v "^WARNING" || true
-  extra=""
-  [ "$what" = "test" ] && extra="[test]"
-  [ "$what" = "bench" ] && extra="[test,bench]"
+  extra="[explore]"
+  [ "$what" = "test" ] && extra="[test,explore]"
+  [ "$what" = "bench" ] && extra="[test,bench,explore]"
   "$VENV/bin/python" -m pip install -q -e ".$extra" 2>&1 | grep -v "^WARNING" || true
   "$VENV/bin/python" -c "import torch, torchvision, zfnet" 
   rm -f "$VENV"/.zfnet-"$what"-*

@@ -76,6 +76,24 @@ def test_topk_equals_brute_force_and_fresh_forwards(setup):
                 assert value == pytest.approx(fresh, rel=1e-5, abs=1e-6)
 
 
+def test_per_class_references_equal_brute_force_within_each_class(setup):
+    """`per_class=3`: in the same pass, each map's top 3 among the images of each class (distinct images, ties to
+    the lower index), against every image of the class at every position; the overall top-k is unchanged."""
+    model, pp, ds = setup
+    result = scan(model, ds, preprocess=pp, layers=LAYERS, k=5, batch_size=16, workers=0, progress=False, per_class=3)
+    plain = scan(model, ds, preprocess=pp, layers=LAYERS, k=5, batch_size=16, workers=0, progress=False)
+    labels = ds.labels.tolist()
+    for layer in LAYERS:
+        assert torch.equal(result.top[layer].images, plain.top[layer].images)
+        assert sorted(result.per_class[layer]) == list(range(len(ds.classes)))
+        everyone = brute_force_topk(model, pp, ds, layer, len(ds))  # every image, ranked, per map
+        for cls, tk in result.per_class[layer].items():
+            for c, ranked in enumerate(everyone):
+                want = [(i, pos) for i, _, pos in ranked if labels[i] == cls][:3]
+                got = [(int(tk.images[r, c]), (int(tk.ys[r, c]), int(tk.xs[r, c]))) for r in range(3)]
+                assert got == want, (layer, cls, c)
+
+
 def test_batch_size_does_not_change_the_result(setup):
     model, pp, ds = setup
     a = scan(model, ds, preprocess=pp, layers=LAYERS, k=4, batch_size=7, workers=0, progress=False)
@@ -192,7 +210,7 @@ def _atlas_cmd(out, *extra):
 
 def test_torchrun_sharded_scan_equals_single(tmp_path):
     env = dict(os.environ, ZFNET_PROGRESS="0", OMP_NUM_THREADS="1")
-    one = run_cli(*_atlas_cmd(tmp_path / "one"))
+    one = run_cli(*_atlas_cmd(tmp_path / "one", "--per-class", "2"))
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [
@@ -205,7 +223,7 @@ def test_torchrun_sharded_scan_equals_single(tmp_path):
             "29518",
             "-m",
             "zfnet",
-            *_atlas_cmd(tmp_path / "two"),
+            *_atlas_cmd(tmp_path / "two", "--per-class", "2"),
         ],
         env=env,
         cwd=REPO,
@@ -220,6 +238,11 @@ def test_torchrun_sharded_scan_equals_single(tmp_path):
         for a, b in zip(m1["layers"][layer]["maps"], m2["layers"][layer]["maps"]):
             assert [(e["image"], e["y"], e["x"]) for e in a] == [(e["image"], e["y"], e["x"]) for e in b]
             assert [e["value"] for e in a] == pytest.approx([e["value"] for e in b], rel=1e-5)
+        per1, per2 = m1["layers"][layer]["per_class"], m2["layers"][layer]["per_class"]  # merged like the top-k
+        assert list(per1) == list(per2) == m1["dataset"]["classes"]
+        for name in per1:
+            for a, b in zip(per1[name], per2[name]):
+                assert [(e["image"], e["y"], e["x"]) for e in a] == [(e["image"], e["y"], e["x"]) for e in b]
 
 
 def test_torchrun_error_after_the_group_formed_is_one_line(tmp_path):

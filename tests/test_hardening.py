@@ -73,6 +73,12 @@ def files(tmp_path_factory):
         )
     )
     (d / "parts-broken.json").write_text("{not json")
+    os.makedirs(d / "flat")  # a folder of photos: no classes
+    Image.fromarray(grey).save(d / "flat" / "one.png")
+    os.makedirs(d / "other-atlas")  # an atlas manifest of another model
+    (d / "other-atlas" / "manifest.json").write_text(
+        json.dumps({"model": {"name": "zfnet", "weights_sha256": "x"}, "layers": {"conv1": {"maps": []}}})
+    )
     (d / "parts-list.json").write_text(json.dumps({"images": [0], "parts": [[0, 0, 4, 4]]}))
     (d / "recipe-bad.json").write_text(json.dumps({"lr": -1}))
     (d / "afile").write_text("x")
@@ -275,6 +281,15 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
             ("fc99",),
         ),
         ("port out of range", ["serve", str(d), "--port", "70000"], ("TCP port",)),
+        (
+            "per-class references of unlabelled data",
+            ["atlas", "--pretrained", "--data", str(d / "flat"), "--per-class", "2", "--out", "OUT"],
+            ("--per-class needs labelled data",),
+        ),
+        ("per-class negative", ["atlas", "--pretrained", "--per-class", "-1", "--out", "OUT"], ("--per-class",)),
+        ("explore port out of range", ["explore", "--port", "70000"], ("TCP port",)),
+        ("explore atlas that is no atlas", ["explore", "--atlas", str(d / "empty")], ("manifest.json",)),
+        ("explore atlas of another model", ["explore", "--atlas", str(d / "other-atlas")], ("made with 'zfnet'",)),
     ]
 
 
