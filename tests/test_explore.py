@@ -377,3 +377,34 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "broken.png" not in e["message"]
               and "400" not in e["message"]]  # fmt: skip
     assert not severe, severe
+
+
+@needs_chromium
+def test_the_atlas_viewer_shows_a_class_s_references(browser, atlas_dir):
+    """The static viewer (opened from the file system) of an atlas made with --per-class: its "By class" tab shows,
+    for a chosen class, the sheet of the maps that fire most within it; a map's button opens that map, when the
+    atlas drew it (--max-maps: the others say so)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get((atlas_dir / "index.html").as_uri())
+    wait = WebDriverWait(browser, 60)
+    tab = browser.find_element(By.ID, "classes-tab")
+    wait.until(lambda d: tab.is_displayed())
+    tab.click()
+    Select(browser.find_element(By.ID, "class-select")).select_by_value("Sandal")
+    Select(browser.find_element(By.ID, "class-layer")).select_by_value("conv3")
+    sheet = browser.find_element(By.ID, "class-sheet")
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", sheet) > 0)
+    manifest = json.loads((atlas_dir / "manifest.json").read_text())
+    entry = manifest["layers"]["conv3"]["class_sheets"]["Sandal"]
+    assert sheet.get_attribute("src").endswith(entry["file"])
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#class-maps button")
+    assert [b.text for b in buttons] == [f"conv3 #{c}" for c in entry["maps"]]
+    projected = manifest["layers"]["conv3"].get("projected")
+    openable = [c for c in entry["maps"] if projected is None or c in projected]
+    assert [b.is_enabled() for b in buttons] == [c in openable for c in entry["maps"]]
+    if openable:  # a map the atlas drew opens on the atlas tab
+        buttons[entry["maps"].index(openable[0])].click()
+        title = browser.find_element(By.ID, "detail-title")
+        wait.until(lambda d: title.text == f"conv3 / map {openable[0]}")

@@ -32,7 +32,7 @@ from ..methods.deconvnet import Deconvnet, Target
 from ..methods.occlusion import occlusion
 from ..readback import read_json
 from ..receptive_field import cut_box, layer_field
-from ..render.explore import data_url, map_grid, pixels_image, png, projection_image
+from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
 from ..render.occlusion import occlusion_plot
 from ..runtime import eval_mode
 from ..weights import Opened
@@ -307,13 +307,9 @@ class Explorer:
             layer=self.layers[-1],
             progress=progress,
         )[0]
-        fig = occlusion_plot(res, self.pp.display(entry["x"])[0].cpu(), self.classes)
-        import matplotlib.pyplot as plt
-
-        buf_png = _figure_png(fig)
-        plt.close(fig)
+        figure = figure_data_url(occlusion_plot(res, self.pp.display(entry["x"])[0].cpu(), self.classes))
         keep = ("target", "base_prob", "mode", "computation", "seconds", "window", "stride", "layer")
-        return {"key": key, "figure": "data:image/png;base64," + buf_png, **{k: res.to_json()[k] for k in keep}}
+        return {"key": key, "figure": figure, **{k: res.to_json()[k] for k in keep}}
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _class_name(self, k: int) -> str:
@@ -323,15 +319,6 @@ class Explorer:
         if self.dataset is None:
             raise UsageError("no dataset given; start with --data SPEC (or upload an image)")
         return self.dataset
-
-
-def _figure_png(fig) -> str:
-    import base64
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _read_atlas(folder: str, opened: Opened) -> tuple[dict, dict]:

@@ -23,6 +23,16 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(png(image)).decode("ascii")
 
 
+def figure_data_url(fig, dpi: int = 80) -> str:
+    """A matplotlib figure as a PNG data URL; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def map_grid(maps: torch.Tensor, tile: int = 40, pad: int = 2) -> tuple[Image.Image, dict]:
     """A layer's feature maps (C x h x w) as DeepVis draws them: every map in one grid, each scaled by the
     layer's largest activation (a strong map shows bright, a silent one black), enlarged to about `tile` px.

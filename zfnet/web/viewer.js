@@ -181,9 +181,13 @@
       if (!sheet) { img.hidden = true; box.appendChild(el("p", "", "No references for this class.")); return; }
       img.hidden = false;
       img.src = sheet.file;
+      var projected = A.layers[lay.value].projected;
       sheet.maps.forEach(function (c) {
         var b = el("button", "", lay.value + " #" + c);
-        b.addEventListener("click", function () { showTab("atlas"); selectLayer(lay.value); openMap(c); });
+        if (projected && projected.indexOf(c) < 0) {  // its top-k were not drawn (--max-maps): no page to open
+          b.disabled = true;
+          b.title = "not projected in this atlas (zfnet atlas --max-maps)";
+        } else b.addEventListener("click", function () { showTab("atlas"); selectLayer(lay.value); openMap(c); });
         box.appendChild(b);
       });
     }
