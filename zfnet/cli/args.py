@@ -139,6 +139,14 @@ def add_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="deconvnet", choices=MODES, help="rectification on the way down (footnote 1)")
 
 
+def wants_embedded(args: argparse.Namespace) -> bool:
+    """--pretrained, or none of --model / --weights: the commands that default to the embedded model (report,
+    explore); --weights without --model is refused."""
+    if args.weights and not args.model:
+        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
+    return bool(args.pretrained or (args.model is None and args.weights is None))
+
+
 def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu", **overrides: Any) -> Opened:
     """The model the flags name, opened once (weights read once): --pretrained, or --model with --weights (and
     --mean; --data/--split/--workers for --mean data). `overrides` replace flag values (a second model)."""

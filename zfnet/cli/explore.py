@@ -37,7 +37,7 @@ def _explore_run(args) -> int:
     from ..errors import UsageError
     from ..pretrained import EMBEDDED_DATA
     from ..runtime import resolve_device
-    from .args import open_from_args
+    from .args import open_from_args, wants_embedded
 
     try:  # the server is an extra: say so before any model is opened
         import starlette  # noqa: F401
@@ -46,9 +46,7 @@ def _explore_run(args) -> int:
         from ..pipelines.explore import Explorer, explore_app
     except ImportError:
         raise UsageError(f"zfnet explore: {NEEDS_SERVER}") from None
-    if args.weights and not args.model:
-        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
-    embedded = args.pretrained or (args.model is None and args.weights is None)
+    embedded = wants_embedded(args)
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev, pretrained=True) if embedded else open_from_args(args, dev)
     spec = args.data or (EMBEDDED_DATA if embedded else None)

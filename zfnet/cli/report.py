@@ -76,15 +76,13 @@ def _run(args) -> int:
     from ..pipelines.report import STAGES, ReportConfig, build_report, check_config
     from ..pretrained import EMBEDDED_DATA
     from ..runtime import resolve_device
-    from .args import open_from_args
+    from .args import open_from_args, wants_embedded
 
     only = tuple(s for s in args.only.split(",") if s)
     for s in only:
         if s not in STAGES:
             raise UsageError(f"--only {s!r} is not a stage; choose from {', '.join(STAGES)}")
-    embedded = args.pretrained or (args.model is None and args.weights is None)
-    if args.weights and not args.model:
-        raise UsageError("--weights needs --model NAME (the architecture the weights belong to; see zfnet models)")
+    embedded = wants_embedded(args)
     if not embedded and not args.data:
         raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
     cfg = ReportConfig(
