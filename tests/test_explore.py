@@ -170,12 +170,12 @@ def test_the_atlas_and_its_per_class_references(server, atlas_dir):
     manifest = json.loads((atlas_dir / "manifest.json").read_text())
     conv5 = manifest["layers"]["conv5"]
     c = conv5["projected"][0]
-    _, refs = get_json(server + f"api/atlas/conv5/{c}?class=9")
+    _, refs = get_json(server + f"api/atlas/conv5/{c}?cls=Ankle%20boot")
     assert refs["top"] == conv5["maps"][c] and refs["class"]["top"] == conv5["per_class"]["Ankle boot"][c]
     assert all(e["label"] == "Ankle boot" for e in refs["class"]["top"])
     status, sprite, kind = get(server + refs["sprite"].lstrip("/"))
     assert status == 200 and kind == "image/png"
-    _, ranked = get_json(server + "api/classmaps/conv5?class=9")
+    _, ranked = get_json(server + "api/classmaps/conv5?cls=Ankle%20boot")
     tops = [m["top"][0]["value"] for m in ranked["maps"]]
     assert tops == sorted(tops, reverse=True) and get(server + ranked["sheet"].lstrip("/"))[0] == 200
 
@@ -190,7 +190,7 @@ def test_bad_requests_are_one_line_and_the_server_keeps_serving(server):
         ("api/project/d7/conv3/1?y=1", "both y and x"),
         ("api/project/d7/conv3/1?y=99&x=0", "outside"),
         ("api/dataset?page=x", "whole number"),
-        ("api/atlas/conv5/0?class=9999", "no references"),
+        ("api/atlas/conv5/0?cls=Zebra", "no references"),
     ]:
         status, body = get_json(server + path)
         assert status == 400 and words in body["error"] and "\n" not in body["error"], (path, body)
@@ -408,3 +408,27 @@ def test_the_atlas_viewer_shows_a_class_s_references(browser, atlas_dir):
         buttons[entry["maps"].index(openable[0])].click()
         title = browser.find_element(By.ID, "detail-title")
         wait.until(lambda d: title.text == f"conv3 / map {openable[0]}")
+
+
+@needs_chromium
+def test_hostile_names_are_shown_as_text(browser, tmp_path):
+    """A dataset whose class names are HTML: the page shows them as they are written, runs none of them."""
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hostile = ['<img src=x onerror="document.title=1">', "a&amp;b<i>"]
+    for name in hostile:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.fromarray(np.full((28, 28), 100, np.uint8)).save(tmp_path / "data" / name / "x.png")
+    proc, url = start_server("explore", "--pretrained", "--data", f"folder:{tmp_path / 'data'}")
+    try:
+        browser.get(url)
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thumbs button")) == 2)
+        options = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#browse-class option")][1:]
+        titles = [b.get_attribute("title") for b in browser.find_elements(By.CSS_SELECTOR, "#thumbs button")]
+        assert sorted(options) == sorted(hostile) and sorted(t.split(": ", 1)[1] for t in titles) == sorted(hostile)
+        assert browser.title == "zfnet explore" and not browser.find_elements(By.CSS_SELECTOR, "#browse-class img, i")
+    finally:
+        assert stop(proc) == 0

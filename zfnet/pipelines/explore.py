@@ -111,6 +111,7 @@ class Explorer:
                 "layers": sorted(self.atlas),
                 "per_class": any(v.get("per_class") for v in self.atlas.values()),
                 "same_data": self.atlas_same_data,
+                "classes": next((list(v["per_class"]) for v in self.atlas.values() if v.get("per_class")), []),
             }
             if self.atlas
             else None,
@@ -126,7 +127,7 @@ class Explorer:
         if not 0 <= n < pages:
             raise UsageError(f"page {n} does not exist; pick 0..{pages - 1}")
         items = [
-            {"key": f"d{i}", "index": i, "label": self._class_name(int(ds.labels[i]))}
+            {"key": f"d{i}", "index": i, "label": _name(ds.classes, int(ds.labels[i]))}
             for i in list(idx)[n * per : (n + 1) * per]
         ]
         return {"page": n, "pages": pages, "items": items}
@@ -243,9 +244,10 @@ class Explorer:
         return self._fields[layer]
 
     # --- the atlas --------------------------------------------------------------------------------------------
-    def atlas_refs(self, layer: str, channel: int, label: int | None = None) -> dict:
-        """Fig. 2's top-k of the map over the atlas's images (its sprite: k projections over k patches), or, for a
-        class, the map's top images within it (per-class references, `zfnet atlas --per-class K`)."""
+    def atlas_refs(self, layer: str, channel: int, cls: str | None = None) -> dict:
+        """Fig. 2's top-k of the map over the atlas's images (its sprite: k projections over k patches), and for a
+        class (by name: the atlas data's classes) the map's top images within it (per-class references, `zfnet
+        atlas --per-class K`)."""
         if not self.atlas:
             raise UsageError("no atlas given; start with --atlas DIR (a `zfnet atlas --out DIR` of the same model)")
         if layer not in self.atlas:
@@ -258,12 +260,11 @@ class Explorer:
         sprite = f"maps/{layer}/{channel:04d}.png"
         if os.path.isfile(os.path.join(self.atlas_dir or "", sprite)):
             out["sprite"] = "/atlas/" + sprite
-        if label is not None:
+        if cls is not None:
             per = entry.get("per_class") or {}
-            name = self._class_name(label)
-            if name not in per:
-                raise UsageError(f"the atlas keeps no references for class {name!r}; make it with --per-class K")
-            out["class"] = {"name": name, "top": per[name][channel]}
+            if cls not in per:
+                raise UsageError(f"the atlas keeps no references for class {cls!r}; make it with --per-class K")
+            out["class"] = {"name": cls, "top": per[cls][channel]}
         return out
 
     def _sheet(self, layer: str, name: str) -> str | None:
@@ -274,17 +275,16 @@ class Explorer:
             else None
         )
 
-    def class_maps(self, layer: str, label: int, top: int = 16) -> dict:
-        """Which maps fire for a class: the layer's maps ranked by their strongest activation within the class."""
+    def class_maps(self, layer: str, cls: str, top: int = 16) -> dict:
+        """Which maps fire for a class (by name): the layer's maps ranked by their strongest activation within it."""
         if not self.atlas or layer not in self.atlas or not self.atlas[layer].get("per_class"):
             raise UsageError("the atlas keeps no per-class references; make it with `zfnet atlas --per-class K`")
-        name = self._class_name(label)
-        per = self.atlas[layer]["per_class"].get(name)
+        per = self.atlas[layer]["per_class"].get(cls)
         if per is None:
-            raise UsageError(f"the atlas keeps no references for class {name!r}")
+            raise UsageError(f"the atlas keeps no references for class {cls!r}")
         ranked = sorted(range(len(per)), key=lambda c: -(per[c][0]["value"] if per[c] else float("-inf")))
         maps = [{"map": c, "top": per[c]} for c in ranked[:top]]
-        return {"layer": layer, "class": name, "maps": maps, "sheet": self._sheet(layer, name)}
+        return {"layer": layer, "class": cls, "maps": maps, "sheet": self._sheet(layer, cls)}
 
     # --- occlusion --------------------------------------------------------------------------------------------
     def occlusion(self, key: str, target: int | None, window: int, stride: int, progress=None) -> dict:
@@ -312,13 +312,17 @@ class Explorer:
         return {"key": key, "figure": figure, **{k: res.to_json()[k] for k in keep}}
 
     # --- helpers ----------------------------------------------------------------------------------------------
-    def _class_name(self, k: int) -> str:
-        return self.classes[k] if self.classes and 0 <= k < len(self.classes) else str(k)
+    def _class_name(self, k: int) -> str:  # the model's class k
+        return _name(self.classes, k)
 
     def _need_dataset(self) -> zdata.ImageSet:
         if self.dataset is None:
             raise UsageError("no dataset given; start with --data SPEC (or upload an image)")
         return self.dataset
+
+
+def _name(classes: list[str] | None, k: int) -> str:
+    return classes[k] if classes and 0 <= k < len(classes) else str(k)
 
 
 def _read_atlas(folder: str, opened: Opened) -> tuple[dict, dict]:
@@ -426,12 +430,12 @@ def explore_app(explorer: Explorer):
     @guarded
     async def atlas(request: Request):
         p = request.path_params
-        out = await work(explorer.atlas_refs, p["layer"], int(p["map"]), q_int(request, "class"))
+        out = await work(explorer.atlas_refs, p["layer"], int(p["map"]), request.query_params.get("cls"))
         return out if isinstance(out, Response) else JSONResponse(out)
 
     @guarded
     async def class_maps(request: Request):
-        out = await work(explorer.class_maps, request.path_params["layer"], q_int(request, "class", 0))
+        out = await work(explorer.class_maps, request.path_params["layer"], request.query_params.get("cls", ""))
         return out if isinstance(out, Response) else JSONResponse(out)
 
     @guarded

@@ -150,8 +150,9 @@ async function showClassRefs() {
     return;
   }
   try {
-    const a = await api(`/api/atlas/${encodeURIComponent(state.layer)}/${state.map}?class=${k}`);
-    const c = await api(`/api/classmaps/${encodeURIComponent(state.layer)}?class=${k}`);
+    const cls = encodeURIComponent(k);
+    const a = await api(`/api/atlas/${encodeURIComponent(state.layer)}/${state.map}?cls=${cls}`);
+    const c = await api(`/api/classmaps/${encodeURIComponent(state.layer)}?cls=${cls}`);
     if (my !== refsSeq) return;
     const refs = [];
     for (const t of a.class.top) {
@@ -214,7 +215,8 @@ async function start() {
     r.addEventListener("change", () => { state.mode = m; if (state.map !== null) showMap(state.map, state.unit); });
     lab.appendChild(r); lab.appendChild(document.createTextNode(" " + m + " ")); $("modes").appendChild(lab);
   }
-  (info.classes || []).forEach((c, k) => { option($("occ-class"), k, c); option($("ref-class"), k, c); });
+  (info.classes || []).forEach((c, k) => option($("occ-class"), k, c));  // the model's classes: occlusion targets
+  if (info.atlas) info.atlas.classes.forEach((c) => option($("ref-class"), c, c));  // the atlas data's classes
   if (info.dataset) (info.dataset.classes || []).forEach((c, k) => option($("browse-class"), k, c));
   $("atlas-panel").hidden = !info.atlas;
   const size = info.input[1];
