@@ -34,6 +34,7 @@ import zfnet
 from zfnet import data as zdata
 from zfnet.layers import features
 from zfnet.methods.deconvnet import Deconvnet, Target
+from zfnet.pipelines.explore import forget_finished
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
@@ -257,6 +258,16 @@ def test_occlusion_runs_as_a_job_with_progress(server):
     while not (s["error"] or s["result"]):
         _, s = get_json(server + f"api/occlusion-job/{job['job']}")
     assert "window must be" in s["error"]
+
+
+def test_only_finished_jobs_are_forgotten():
+    jobs = {f"j{i}": {"result": {"x": i} if i % 3 else None, "error": None} for i in range(30)}  # j0, j3, .. run
+    forget_finished(jobs, keep=16)
+    running = [f"j{i}" for i in range(0, 30, 3)]
+    assert len(jobs) == 16 and all(j in jobs for j in running)
+    assert list(jobs)[-6:] == [f"j{i}" for i in range(24, 30)]  # the newest finished ones stay
+    forget_finished(jobs, keep=4)  # more running than keep: every running job stays, no finished one
+    assert list(jobs) == running
 
 
 def test_serve_on_the_same_server_keeps_to_its_folder(tmp_path):

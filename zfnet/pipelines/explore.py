@@ -8,6 +8,7 @@ shared model (a lock), and no request reaches a file outside the app's assets an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -321,6 +322,14 @@ class Explorer:
         return self.dataset
 
 
+def forget_finished(jobs: dict[str, dict], keep: int = 16) -> None:
+    """Drop the oldest finished occlusion jobs beyond `keep` (in place); a running job is never dropped, so its
+    poll always finds it."""
+    finished = [j for j, s in jobs.items() if s["result"] is not None or s["error"] is not None]
+    for old in finished[: max(0, len(jobs) - keep)]:
+        jobs.pop(old)
+
+
 def _name(classes: list[str] | None, k: int) -> str:
     return classes[k] if classes and 0 <= k < len(classes) else str(k)
 
@@ -471,12 +480,8 @@ def explore_app(explorer: Explorer):
             else:
                 state["result"] = out
 
-        import asyncio
-
         state["task"] = asyncio.ensure_future(run())
-        while len(explorer.jobs) > 16:  # the oldest finished jobs go
-            old = next(iter(explorer.jobs))
-            explorer.jobs.pop(old)
+        forget_finished(explorer.jobs)
         return JSONResponse({"job": job})
 
     @guarded
