@@ -231,17 +231,17 @@ def main() -> int:
         res["zfnet-224"] = bench("zfnet-224", zf, x, 32, 8, "conv5", sweep, True, approx, profile=True)
     if "alexnet" in wanted:
         ax = scaled_fc8(models.build("alexnet", seed=0, init="kaiming").eval(), smooth)
-        res["alexnet"] = bench("alexnet", ax, pick(smooth, 2), 32, 8, "conv5", sweep, False, None)
+        res["alexnet"] = bench("alexnet", ax, pick(smooth, 2), 32, 8, "conv5", sweep, False, approx)
     if "vgg11" in wanted:
         import torchvision
 
         vgg = torchvision.models.vgg11().eval()
-        res["vgg11"] = bench("vgg11", vgg, pick(smooth, 1) / 128, 32, 16, "features.18", sweep, False, None)
+        res["vgg11"] = bench("vgg11", vgg, pick(smooth, 1) / 128, 32, 16, "features.18", sweep, False, approx)
     if "resnet18" in wanted:
         import torchvision
 
         r18 = torchvision.models.resnet18().eval()
-        res["resnet18"] = bench("resnet18", r18, pick(smooth, 2) / 128, 64, 16, "layer4", sweep, False, None, True)
+        res["resnet18"] = bench("resnet18", r18, pick(smooth, 2) / 128, 64, 16, "layer4", sweep, False, approx, True)
     return finish({"results": res}, args.json)
 
 
