@@ -15,11 +15,8 @@ import base64
 import io
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO, needs_chromium
 from PIL import Image
+from servers import ServerProcess
 
 import zfnet
 from zfnet import data as zdata
@@ -37,32 +35,15 @@ from zfnet.methods.deconvnet import Deconvnet, Target
 from zfnet.pipelines.explore import forget_finished
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    """`python -m zfnet ARGS --port 0`; returns the process and the URL it printed (printed once it listens)."""
-    env = dict(os.environ, ZFNET_PROGRESS="0", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zfnet", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
-    killer = threading.Timer(300, proc.kill)  # a server that never says where it listens is a failure, not a hang
-    killer.start()
-    line = proc.stdout.readline()
-    killer.cancel()
-    found = re.search(r"http://127\.0\.0\.1:\d+/", line)
-    if not found:
-        proc.kill()
-        raise AssertionError(f"no URL printed: {line!r} {proc.stderr.read()[-2000:]}")
-    return proc, found.group(0)
+def start_server(*args: str) -> tuple[ServerProcess, str]:
+    """`python -m zfnet ARGS --port 0`; returns the server and the URL it printed (printed once it listens)."""
+    proc = ServerProcess(*args)
+    return proc, proc.url()
 
 
-def stop(proc: subprocess.Popen) -> int:
-    """Ctrl-C, as a user stops it; its exit status."""
-    proc.send_signal(signal.SIGINT)
-    return proc.wait(timeout=60)
+def stop(proc: ServerProcess) -> int:
+    """Ctrl-C, as a user stops it; its exit status (a server that does not stop fails the test)."""
+    return proc.stop()
 
 
 def get(url: str) -> tuple[int, bytes, str]:
@@ -103,9 +84,10 @@ def atlas_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(atlas_dir):
     proc, url = start_server("explore", "--atlas", str(atlas_dir))
-    yield url
-    assert stop(proc) == 0  # Ctrl-C stops it cleanly (status 0, no traceback)
-    assert "Traceback" not in proc.stderr.read()
+    with proc:
+        yield url
+        assert stop(proc) == 0  # Ctrl-C stops it cleanly (status 0, no traceback)
+        assert "Traceback" not in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -277,12 +259,11 @@ def test_serve_on_the_same_server_keeps_to_its_folder(tmp_path):
     (tmp_path / "secret.txt").write_text("not for the web")
     os.symlink(tmp_path / "secret.txt", site / "link.txt")
     proc, url = start_server("serve", str(site))
-    try:
+    with proc:
         assert get(url)[0] == 200 and b"atlas" in get(url)[1]
         for path in ["../secret.txt", "%2e%2e/secret.txt", "link.txt"]:
             status, body, _ = get(url + path)
             assert status == 404 and b"not for the web" not in body, path
-    finally:
         assert stop(proc) == 0
 
 
@@ -290,13 +271,10 @@ def test_host_other_than_loopback_is_warned(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("x")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zfnet", "serve", str(site), "--host", "0.0.0.0", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    proc.stdout.readline()
-    stop(proc)
-    assert "warning: --host 0.0.0.0" in proc.stderr.read()
+    with ServerProcess("serve", str(site), "--host", "0.0.0.0") as proc:
+        proc.url()
+        assert stop(proc) == 0
+        assert "warning: --host 0.0.0.0" in proc.stderr
 
 
 @needs_chromium

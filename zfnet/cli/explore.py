@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .args import add_device, add_model, port
 from .registry import command
-from .serve import NEEDS_SERVER, run_server
+from .serve import NEEDS_SERVER, Lifetime, Stopped, run_server
 
 
 def _explore_args(p) -> None:
@@ -33,6 +33,14 @@ def _explore_args(p) -> None:
     arguments=_explore_args,
 )
 def _explore_run(args) -> int:
+    life = Lifetime().install()  # first: a Ctrl-C while the model loads ends the command (issue 41)
+    try:
+        return _explore(args, life)
+    except Stopped:
+        return 0
+
+
+def _explore(args, life: Lifetime) -> int:
     from .. import data as zdata
     from ..errors import UsageError
     from ..pretrained import EMBEDDED_DATA
@@ -52,4 +60,4 @@ def _explore_run(args) -> int:
     spec = args.data or (EMBEDDED_DATA if embedded else None)
     dataset = zdata.open_dataset(spec, args.split, opened.preprocess) if spec else None
     with Explorer(opened, dataset, args.atlas) as explorer:
-        return run_server(explore_app(explorer), args.host, args.port, f"zfnet explore ({opened.name})")
+        return run_server(explore_app(explorer), args.host, args.port, f"zfnet explore ({opened.name})", life)

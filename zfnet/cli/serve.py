@@ -18,36 +18,65 @@ from .registry import command
 NEEDS_SERVER = "its server is not installed: pip install 'zfnet[explore]' (make demo installs it)"
 
 
+class Lifetime:
+    """Ctrl-C and SIGTERM over a server command's whole life (issue 41), from its first line until the process
+    exits: one handler, installed before anything is loaded and never handed to asyncio or uvicorn.
+
+    While the command is still starting (loading a model, binding the socket), a signal interrupts it where it is;
+    once a server exists, the first signal asks it to stop gracefully and a second one stops it at once. A signal
+    that arrives between the URL line and uvicorn's start is kept on the server (`should_exit`), which uvicorn reads
+    right after its start-up, so no moment loses one. (Before: Python 3.11's `asyncio.Runner` took the default
+    SIGINT handler over, and uvicorn's start-up swallowed the cancellation it sent.)"""
+
+    def __init__(self) -> None:
+        self.server = None  # the uvicorn server, once there is one
+        self.signals = 0
+
+    def install(self) -> Lifetime:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, sig, frame) -> None:
+        self.signals += 1
+        server = self.server
+        if server is None:
+            raise Stopped  # still starting: stop right where it is
+        server.force_exit = self.signals > 1  # a second one: stop without waiting for open connections
+        server.should_exit = True
+
+    def serve(self, server, sockets: list) -> None:
+        self.server = server
+        if self.signals:  # a signal came while the server was being made
+            server.should_exit = True
+        server.run(sockets=sockets)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked for while a server command was starting: the command ends with status 0."""
+
+
 def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn's server, stopped by Ctrl-C (or SIGTERM) as a normal end: it shuts down the same graceful way,
-        without raising the signal again afterwards (uvicorn does, and the process would report an interrupt)."""
+        """uvicorn's server, stopped through `Lifetime` (Ctrl-C or SIGTERM as a normal end, status 0): it installs
+        no signal handler of its own, and so never raises the signal again after shutting down, as uvicorn does."""
 
         @contextlib.contextmanager
         def capture_signals(self):
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            old = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in old.items():
-                    signal.signal(sig, handler)
-
-        def _stop(self, sig, frame) -> None:
-            self.force_exit = self.should_exit  # a second Ctrl-C: stop without waiting
-            self.should_exit = True
+            yield
 
     return Server
 
 
-def run_server(app, host: str, port_: int, what: str) -> int:
-    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port), printing the URL; Ctrl-C stops it cleanly."""
+def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = None) -> int:
+    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port), printing the URL; Ctrl-C or SIGTERM stops it
+    cleanly at any moment (`life`: the command's own, installed when it started; else one from here on)."""
     import uvicorn
 
+    life = life or Lifetime().install()
     _Server = _server_class()
     if not _loopback(host):
         print(
@@ -64,12 +93,12 @@ def run_server(app, host: str, port_: int, what: str) -> int:
         raise UsageError(
             f"cannot listen on {host}:{port_} ({getattr(e, 'strerror', None) or e}); pass another --port or --host"
         ) from None
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"{what} at http://{shown}:{bound}/ (Ctrl-C stops)", flush=True)
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     try:
-        server.run(sockets=[sock])
+        server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"{what} at http://{shown}:{bound}/ (Ctrl-C stops)", flush=True)
+        life.serve(server, [sock])
     finally:
         sock.close()
     return 0
@@ -97,6 +126,14 @@ def _serve_args(p) -> None:
     arguments=_serve_args,
 )
 def _serve_run(args) -> int:
+    life = Lifetime().install()
+    try:
+        return _serve(args, life)
+    except Stopped:
+        return 0
+
+
+def _serve(args, life: Lifetime) -> int:
     if not os.path.isfile(os.path.join(args.folder, "index.html")):
         raise UsageError(
             f"{args.folder!r} holds no page (index.html); run `zfnet report --out {args.folder}` (or zfnet atlas) first"
@@ -109,4 +146,4 @@ def _serve_run(args) -> int:
         app = folder_app(os.path.realpath(args.folder))
     except ImportError:
         raise UsageError(f"zfnet serve: {NEEDS_SERVER}") from None
-    return run_server(app, args.host, args.port, f"serving {args.folder}")
+    return run_server(app, args.host, args.port, f"serving {args.folder}", life)
