@@ -89,7 +89,7 @@ def bench(name: str, args: list[str], images: int, n: int, seed: int = 0) -> dic
     proc, base = start(args)
     try:
         info = json.loads(urllib.request.urlopen(base + "api/info").read())
-        layers, modes = info["layers"], info["modes"]
+        layers, modes = info["layers"], info["rules"]
         rng = random.Random(seed)
         keys = [f"d{i}" for i in rng.sample(range(images), min(images, n))]
         if len(keys) < n:  # fewer images than requests: the rest repeat (the image view's cost is a first visit)
@@ -105,7 +105,7 @@ def bench(name: str, args: list[str], images: int, n: int, seed: int = 0) -> dic
         for _ in range(n):
             k, layer = rng.choice(keys), rng.choice(layers)
             grid_reqs.append([f"api/layer/{k}/{layer}.png"])
-            proj_reqs.append([f"api/project/{k}/{layer}/{rng.randrange(channels[layer])}?mode={rng.choice(modes)}"])
+            proj_reqs.append([f"api/project/{k}/{layer}/{rng.randrange(channels[layer])}?rule={rng.choice(modes)}"])
         res["layer_grid"] = measure(base, "layer_grid", grid_reqs)
         res["projection"] = measure(base, "projection", proj_reqs)
         return res

@@ -93,7 +93,7 @@ def bench(name, model, images, window, stride, layer, sweep, with_captum, approx
     devs, estimates, auto_ran = [], [], []
     for mode in modes:  # one untimed run of each (Captum's is the sweep above): first calls set up oneDNN's kernels
         occlusion(model, images[:1], target=targets[0], window=window, stride=stride, fill="mean-image", layer=layer,
-                  mode=mode, **(approx_kw if mode == "approx" else {}))  # fmt: skip
+                  strategy=mode, **(approx_kw if mode == "approx" else {}))  # fmt: skip
     for x, t in zip(images, targets):
         if with_captum:
             first = captum_seconds(model, x, t, window, stride, best)
@@ -105,11 +105,11 @@ def bench(name, model, images, window, stride, layer, sweep, with_captum, approx
             runs = []  # a run under a second is repeated (about a second in all, at most 10) and the best kept
             while not runs or (sum(r.seconds for r in runs) < 1.0 and len(runs) < 10):
                 runs.append(occlusion(model, x[None], target=t, window=window, stride=stride, fill="mean-image",
-                                      layer=layer, mode=mode, **kw)[0])  # fmt: skip
+                                      layer=layer, strategy=mode, **kw)[0])  # fmt: skip
             res[mode] = min(runs, key=lambda r: r.seconds)
             rows[mode].append(res[mode].seconds)
         estimates.append(res["auto"].estimated_speedup)
-        auto_ran.append(res["auto"].mode)
+        auto_ran.append(res["auto"].strategy)
         d = deviation(res["approx"], res["exact"]) if "approx" in res else {}
         d["exact_vs_naive_max_abs_prob"] = float((res["exact"].prob - res["naive"].prob).abs().max())
         devs.append(d)
@@ -178,7 +178,7 @@ def where_the_time_goes(model, x, target, window, stride, layer, mode, kw) -> di
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         occlusion(model, x[None], target=target, window=window, stride=stride, fill="mean-image", layer=layer,
-                  mode=mode, **kw)  # fmt: skip
+                  strategy=mode, **kw)  # fmt: skip
     out = dict.fromkeys([*CATEGORIES, "elementwise and other ops"], 0.0)
     for e in prof.key_averages():
         name = e.key.removeprefix("aten::")

@@ -8,7 +8,7 @@ the same job as the zfnet call it is timed against, with the outputs compared:
   top-9 projections (Fig. 2) Deconvnet.project_targets   vs  zennit-crp get_max_reference(mode="activation",
                                                              rf=True) with zennit's DeconvNet composite, and
                                                              Captum's NeuronDeconvolution, one call per unit
-  guided backprop of a class Deconvnet(mode="guided")    vs  pytorch-grad-cam GuidedBackpropReLUModel
+  guided backprop of a class Deconvnet(rule="guided")    vs  pytorch-grad-cam GuidedBackpropReLUModel
   occlusion (Fig. 6)         zfnet.occlusion (auto,      vs  Captum Occlusion on the softmax
                              approx)
 
@@ -171,7 +171,7 @@ def guided(model, images) -> dict:
     with torch.no_grad():
         classes = model(images).argmax(1).tolist()
     targets = [Target(i, "fc8", c) for i, c in enumerate(classes)]
-    with Deconvnet(model, mode="guided", norm="gradient") as dn:
+    with Deconvnet(model, rule="guided", norm="gradient") as dn:
         dn.project_targets(images[:1], targets[:1], unit=True)
         t0 = time.perf_counter()
         mine = dn.project_targets(images, targets, unit=True)
@@ -206,7 +206,7 @@ def occlusion_side_by_side(model, images, window: int, stride: int) -> dict:
     ssims = []
     for mode in ("auto", "approx"):  # one untimed run each: first calls set up oneDNN's kernels (Captum: ppe sweep)
         occlusion(model, images[:1], target=targets[0], window=window, stride=stride, fill="mean-image",
-                  layer="conv5", mode=mode)  # fmt: skip
+                  layer="conv5", strategy=mode)  # fmt: skip
     for x, t in zip(images, targets):
         best = None
         for ppe in (16, 64):
@@ -221,7 +221,7 @@ def occlusion_side_by_side(model, images, window: int, stride: int) -> dict:
         res = {}
         for mode in ("auto", "approx"):
             res[mode] = occlusion(model, x[None], target=t, window=window, stride=stride, fill="mean-image",
-                                  layer="conv5", mode=mode)[0]  # fmt: skip
+                                  layer="conv5", strategy=mode)[0]  # fmt: skip
             rows[mode].append(res[mode].seconds)
         ssims.append(deviation(res["approx"], res["auto"])["ssim_prob"])
     med = {k: float(np.median(v)) for k, v in rows.items()}

@@ -62,7 +62,7 @@ def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
             values={"translate": [0, 2], "rotate": [0, 90]},
             layers=[layer],
         ),
-        "occlusion": lambda: zfnet.occlusion(opened, x, window=4, stride=4, layer=layer, mode="naive"),
+        "occlusion": lambda: zfnet.occlusion(opened, x, window=4, stride=4, layer=layer, strategy="naive"),
         "project": lambda: zfnet.project(model, x, layer=layer, channel=1),
         "receptive_field": lambda: zfnet.receptive_field(model, x, layer=layer),
     }
@@ -188,3 +188,29 @@ def test_report_from_python_on_a_users_module_and_a_folder(tmp_path):
     }, state["stages"]
     assert (tmp_path / "rep" / "index.html").is_file()
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_experiments_extra_is_optional(tmp_path, monkeypatch, capsys):
+    """Issue 34: scikit-learn and mlxtend are the `experiments` extra, not dependencies; a command that needs one
+    without it is one line naming the extra, before any feature is extracted."""
+    import importlib.util
+
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    deps = " ".join(project["dependencies"])
+    assert "scikit-learn" not in deps and "mlxtend" not in deps
+    assert any(d.startswith("scikit-learn") for d in project["optional-dependencies"]["experiments"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    from zfnet.cli import main
+
+    out = tmp_path / "probe"
+    code = main(["layerprobe", "--pretrained", "--data", "fashion-mnist-mini", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (
+        "zfnet layerprobe: error: zfnet layerprobe's classifiers needs scikit-learn: "
+        "pip install 'zfnet[experiments]' (or pip install scikit-learn)\n"
+    )
+    assert not os.path.isdir(out / ".features")  # refused before any feature was extracted

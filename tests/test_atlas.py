@@ -21,6 +21,7 @@ from zfnet.io import safetensors_metadata
 from zfnet.layers import features
 from zfnet.methods.atlas import TopK, scan
 from zfnet.methods.filters import analyse, radial_frequency
+from zfnet.pipelines.atlas import ScanFile
 from zfnet.weights import default_preprocess
 
 LAYERS = ["conv1", "conv3", "fc6"]
@@ -138,8 +139,7 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
             batch_size=10,
             workers=0,
             progress=False,
-            state_path=state,
-            key="x",
+            store=ScanFile(state, "x"),
             save_every=0,
         )
     monkeypatch.setattr(atlas, "features", real)
@@ -161,8 +161,7 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
         batch_size=10,
         workers=0,
         progress=False,
-        state_path=state,
-        key="x",
+        store=ScanFile(state, "x"),
     )
     assert counted["n"] == 4  # 40 images left, batches of 10
     for layer in LAYERS:
@@ -178,8 +177,7 @@ def test_scan_resumes_after_a_crash(setup, tmp_path, monkeypatch):
         batch_size=10,
         workers=0,
         progress=False,
-        state_path=state,
-        key="y",
+        store=ScanFile(state, "y"),
     )
     assert fresh.images == 70
 

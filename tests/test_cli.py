@@ -100,7 +100,7 @@ def test_project_writes_patch_and_projection(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["position"] == [3, 3] and info["mode"] == "guided" and len(info["field_box"]) == 4
+    assert info["position"] == [3, 3] and info["settings"]["rule"] == "guided" and len(info["field_box"]) == 4
     assert Image.open(out).width > 2 * 23  # two tiles of the 23 px conv3 field, enlarged
     bad = run_cli(
         "project",

@@ -96,7 +96,7 @@ def test_matches_slow_reference_on_zfnet_with_contrast_norm(mode):
     torch.manual_seed(1)
     model = models.build("zfnet", num_classes=10, init="kaiming").eval()
     x = torch.randn(1, 3, 224, 224)
-    with Deconvnet(model, mode=mode) as dn:
+    with Deconvnet(model, rule=mode) as dn:
         for layer, c in (("conv1", 3), ("conv2", 17), ("conv3", 5), ("conv5", 100)):
             acts = dn.activations(x, layer)[0, c]
             y, xx = divmod(int(acts.argmax()), acts.shape[-1])
@@ -165,13 +165,13 @@ def test_hand_worked_rectification_modes():
     m = _two_layer([1.0, -1.0], [2.0, 3.0])
     expect = {"deconvnet": [0.0, -6.0], "backprop": [0.0, -18.0], "guided": [0.0, -18.0]}
     for mode, want in expect.items():
-        got = project(m, x, layer="conv2", channel=0, position=(0, 1), mode=mode).images
+        got = project(m, x, layer="conv2", channel=0, position=(0, 1), rule=mode).images
         assert got.flatten().tolist() == want, mode
     # conv1 = (x, 2x) -> ([1,0], [2,0]); conv2 = 3a - b = [1, 0]; unit 0 (value 1): conv2^T = (3, -1);
     # deconvnet: relu -> (3, 0) -> 3; backprop: mask (1, 1) -> 3 - 2 = 1; guided: relu and mask -> 3.
     m = _two_layer([1.0, 2.0], [3.0, -1.0])
     for mode, want in {"deconvnet": [3.0, 0.0], "backprop": [1.0, 0.0], "guided": [3.0, 0.0]}.items():
-        assert project(m, x, layer="conv2", channel=0, position=(0, 0), mode=mode).images.flatten().tolist() == want, (
+        assert project(m, x, layer="conv2", channel=0, position=(0, 0), rule=mode).images.flatten().tolist() == want, (
             mode
         )
 
@@ -303,7 +303,7 @@ def test_no_hook_left_and_modes_restored_even_after_errors():
     before = model(x).detach()
     model.train()
     model.layer2.eval()
-    with Deconvnet(model, mode="guided") as dn:
+    with Deconvnet(model, rule="guided") as dn:
         dn.project(x, "layer3", 4)
         assert not model.training
     assert hook_count(model) == 0
@@ -340,6 +340,6 @@ def test_strongest_position_and_fc_targets():
 def test_needs_with_block_and_valid_mode():
     model = models.build("zfnet-small")
     with pytest.raises(UsageError):
-        Deconvnet(model, mode="nope")
+        Deconvnet(model, rule="nope")
     with pytest.raises(RuntimeError):
         Deconvnet(model).project(torch.zeros(1, 1, 28, 28), "conv1", 0)

@@ -89,6 +89,7 @@ def test_folder_atlas_reruns(tmp_path, capsys):
 def test_interrupted_folder_atlas_resumes(tmp_path, capsys):
     from zfnet import data as zdata
     from zfnet.methods.atlas import scan
+    from zfnet.pipelines.atlas import ScanFile
     from zfnet.weights import open_model
 
     data = _folder(tmp_path)
@@ -108,8 +109,7 @@ def test_interrupted_folder_atlas_resumes(tmp_path, capsys):
         batch_size=3,
         workers=0,
         progress=False,
-        state_path=state,
-        key="k",
+        store=ScanFile(state, "k"),
     )
     resumed = scan(
         opened.model,
@@ -120,8 +120,7 @@ def test_interrupted_folder_atlas_resumes(tmp_path, capsys):
         batch_size=3,
         workers=0,
         progress=False,
-        state_path=state,
-        key="k",
+        store=ScanFile(state, "k"),
     )
     assert torch.equal(resumed.top["conv2"].images, full.top["conv2"].images)
     assert torch.equal(resumed.top["conv2"].values, full.top["conv2"].values)
@@ -211,7 +210,7 @@ def test_every_file_broken_is_an_error(tmp_path, capsys):
 # 3. a rerun with other settings never mixes results ------------------------------------------------------
 
 RESULT_CHANGING = [
-    ("--mode", "guided"),
+    ("--rule", "guided"),
     ("--k", "3"),
     ("--layers", "conv1"),
     ("--limit", "5"),

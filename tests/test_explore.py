@@ -135,17 +135,17 @@ def test_answers_equal_the_library_called_directly(server, reference):
     # the projection of map 5 from its strongest unit, as the deconvnet gives it
     c = 5
     y, xx = int(where[c]) // maps.shape[-1], int(where[c]) % maps.shape[-1]
-    _, proj = get_json(server + f"api/project/d7/conv3/{c}?mode=guided")
+    _, proj = get_json(server + f"api/project/d7/conv3/{c}?rule=guided")
     assert proj["unit"] == [y, xx] and proj["activation"] == pytest.approx(float(maps[c, y, xx]), rel=1e-5)
     shown = Image.open(io.BytesIO(base64.b64decode(proj["projection"].split(",", 1)[1])))
-    with Deconvnet(p.model, mode="guided") as dn:
+    with Deconvnet(p.model, rule="guided") as dn:
         want = dn.project_targets(x, [Target(0, "conv3", c, y, xx)])[0]
     import numpy as np
 
     from zfnet.render.explore import projection_image
 
     assert np.array_equal(np.asarray(shown), np.asarray(projection_image(want)))  # the same picture, pixel for pixel
-    _, unit = get_json(server + f"api/project/d7/conv3/{c}?mode=deconvnet&y=0&x=0")
+    _, unit = get_json(server + f"api/project/d7/conv3/{c}?rule=deconvnet&y=0&x=0")
     assert unit["unit"] == [0, 0] and unit["activation"] == pytest.approx(float(maps[c, 0, 0]), abs=1e-6)
 
 
@@ -169,7 +169,7 @@ def test_bad_requests_are_one_line_and_the_server_keeps_serving(server):
         ("api/layer/d7/fc6", "not one the explorer shows"),
         ("api/predict/d999999", "does not exist"),
         ("api/predict/u0000", "no image"),
-        ("api/project/d7/conv3/1?mode=nope", "unknown mode"),
+        ("api/project/d7/conv3/1?rule=nope", "rule='nope'"),
         ("api/project/d7/conv3/1?y=1", "both y and x"),
         ("api/project/d7/conv3/1?y=99&x=0", "outside"),
         ("api/dataset?page=x", "whole number"),
@@ -214,7 +214,7 @@ def test_nothing_outside_the_assets_and_the_atlas_is_reachable(server):
 
 
 def test_eight_clients_at_once_get_what_one_client_gets(server):
-    paths = [f"api/project/d{i}/conv{1 + i % 5}/{i % 7}?mode={('deconvnet', 'guided')[i % 2]}" for i in range(100, 116)]
+    paths = [f"api/project/d{i}/conv{1 + i % 5}/{i % 7}?rule={('deconvnet', 'guided')[i % 2]}" for i in range(100, 116)]
     paths += [f"api/predict/d{i}" for i in range(116, 132)] + [f"api/layer/d{i}/conv2" for i in range(132, 140)]
     with ThreadPoolExecutor(8) as pool:  # first, on images whose maps are not kept yet
         together = dict(zip(paths, pool.map(lambda path: get(server + path), paths)))
@@ -235,11 +235,25 @@ def test_occlusion_runs_as_a_job_with_progress(server):
     assert s["done"] == s["total"] == 36 and s["result"]["target"] == 9
     assert s["result"]["base_prob"] == pytest.approx(next(t["p"] for t in pred["top"] if t["class"] == 9), rel=1e-5)
     assert s["result"]["figure"].startswith("data:image/png;base64,")
-    status, job = post(server + "api/occlusion/d0?window=99")
-    _, s = get_json(server + f"api/occlusion-job/{job['job']}")
-    while not (s["error"] or s["result"]):
-        _, s = get_json(server + f"api/occlusion-job/{job['job']}")
-    assert "window must be" in s["error"]
+    status, body = post(server + "api/occlusion/d0?window=99")  # refused before a job starts
+    assert status == 400 and body["error"] == "occlusion setting window=99: must be at most the 28 px input"
+
+
+def test_a_bad_setting_is_the_line_the_python_api_raises(server):
+    """Issue 34: the explorer parses a request into the method's settings class; a bad value is refused with the
+    settings' own line (the one the CLI prints and the Python API raises), never replaced by a default."""
+    for path, post_it, make in [
+        ("api/occlusion/d0?window=0", True, lambda: zfnet.OcclusionSettings(window=0)),
+        ("api/occlusion/d0?stride=-2", True, lambda: zfnet.OcclusionSettings(stride=-2)),
+        ("api/occlusion/d0?strategy=fast", True, lambda: zfnet.OcclusionSettings(strategy="fast")),
+        ("api/occlusion/d0?tau=nan", True, lambda: zfnet.OcclusionSettings(tau=float("nan"))),
+        ("api/project/d7/conv3/1?rule=nope", False, lambda: zfnet.ProjectSettings(rule="nope")),
+        ("api/project/d7/conv3/1?mode=guided", False, lambda: zfnet.ProjectSettings.build(None, mode="guided")),
+    ]:
+        with pytest.raises(zfnet.UsageError) as raised:
+            make()
+        status, body = post(server + path) if post_it else get_json(server + path)
+        assert status == 400 and body["error"] == str(raised.value), (path, body)
 
 
 def test_only_finished_jobs_are_forgotten():
@@ -318,16 +332,16 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
     wait.until(lambda d: f"map={m}" in d.current_url and loaded("projection") and loaded("patch"))
     assert text("map-name") == f"conv3 #{m}"
     first = browser.find_element(By.ID, "projection").get_attribute("src")
-    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=guided]").click()
+    browser.find_element(By.CSS_SELECTOR, "input[name=rule][value=guided]").click()
     wait.until(
-        lambda d: "mode=guided" in d.current_url and d.find_element(By.ID, "projection").get_attribute("src") != first
+        lambda d: "rule=guided" in d.current_url and d.find_element(By.ID, "projection").get_attribute("src") != first
     )
     # a link opens a view: the atlas's top-9 of a map it projected, and a class's references
     c = json.loads((atlas_dir / "manifest.json").read_text())["layers"]["conv5"]["projected"][0]
     browser.get("about:blank")
-    browser.get(server + f"#image=d2&layer=conv5&map={c}&mode=guided")
+    browser.get(server + f"#image=d2&layer=conv5&map={c}&rule=guided")
     wait.until(lambda d: loaded("projection") and text("map-name") == f"conv5 #{c}" and loaded("atlas"))
-    assert browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=guided]").is_selected()
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=rule][value=guided]").is_selected()
     browser.find_element(By.ID, "ref-class").send_keys("Trouser")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#class-maps button") and loaded("class-sheet"))
     # typing picks "T-shirt/top" on the way to "Trouser": only the last choice's answers are shown

@@ -131,7 +131,7 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         ("position out of range", [*proj, "--image", img, "--position", "50,50"], ("outside conv3",)),
         ("position not Y,X", [*proj, "--image", img, "--position", "5"], ("Y,X",)),
         ("occluder larger than the image", [*occ, "--window", "40"], ("40",)),
-        ("occluder stride 0", [*occ, "--stride", "0"], ("at least 1",)),
+        ("occluder stride 0", [*occ, "--stride", "0"], ("occlusion setting stride=0: must be an integer >= 1",)),
         ("occluder window 0 in the report", ["report", "--window", "0", "--out", "OUT"], ("at least 1",)),
         (
             "weights of another architecture",
@@ -268,10 +268,10 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         (
             "not-a-number fill",
             ["occlusion", "--pretrained", "--image", img, "--fill", "nan", "--out", "OUT"],
-            ("--fill",),
+            ("occlusion setting fill=nan",),
         ),
         ("negative workers", ["report", "--workers", "-2", "--out", "OUT"], ("--workers",)),
-        ("k of zero", ["atlas", "--pretrained", *mini, "--k", "0", "--out", "OUT"], ("--k",)),
+        ("k of zero", ["atlas", "--pretrained", *mini, "--k", "0", "--out", "OUT"], ("atlas setting k=0",)),
         ("--include not a folder", ["report", "--include", str(d / "afile"), "--out", "OUT"], ("--include",)),
         ("--snapshots not a folder", ["report", "--snapshots", str(d / "nope"), "--out", "OUT"], ("--snapshots",)),
         ("report of a model without data", ["report", *small, "--out", "OUT"], ("--data",)),
@@ -286,7 +286,11 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
             ["atlas", "--pretrained", "--data", str(d / "flat"), "--per-class", "2", "--out", "OUT"],
             ("--per-class needs labelled data",),
         ),
-        ("per-class negative", ["atlas", "--pretrained", "--per-class", "-1", "--out", "OUT"], ("--per-class",)),
+        (
+            "per-class negative",
+            ["atlas", "--pretrained", *mini, "--per-class", "-1", "--out", "OUT"],
+            ("atlas setting per_class=-1",),
+        ),
         ("explore port out of range", ["explore", "--port", "70000"], ("TCP port",)),
         ("explore atlas that is no atlas", ["explore", "--atlas", str(d / "empty")], ("manifest.json",)),
         ("explore atlas of another model", ["explore", "--atlas", str(d / "other-atlas")], ("made with 'zfnet'",)),
@@ -633,7 +637,7 @@ def _analyses():
             )
 
     def deconv_many(m, x, y, ds):
-        with Deconvnet(m, mode="guided") as dn:
+        with Deconvnet(m, rule="guided") as dn:
             dn.project_targets(x, dn.targets(x, "conv4", [3, 1, 0]) + [Target(0, "conv2", 1, 2, 2)])
 
     return {
@@ -645,10 +649,10 @@ def _analyses():
             m, x[:1], target=y[0], window=8, stride=4, preprocess=ds.preprocess
         ),
         "occlusion approx": lambda m, x, y, ds: zfnet.occlusion(
-            m, x[:1], target=y[0], window=8, stride=4, mode="approx", preprocess=ds.preprocess
+            m, x[:1], target=y[0], window=8, stride=4, strategy="approx", preprocess=ds.preprocess
         ),
         "occlusion naive": lambda m, x, y, ds: zfnet.occlusion(
-            m, x[:1], target=y[0], window=8, stride=4, mode="naive", preprocess=ds.preprocess
+            m, x[:1], target=y[0], window=8, stride=4, strategy="naive", preprocess=ds.preprocess
         ),
         "correspondence": lambda m, x, y, ds: zfnet.correspondence(
             m, x, parts={"toe": [(20, 0, 28, 8)] * len(x)}, random_draws=2, preprocess=ds.preprocess

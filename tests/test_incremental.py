@@ -69,9 +69,9 @@ def test_exact_equals_whole_forwards_through_additions_and_concatenations(build,
     layer = stage_layers(model, (3, size, size))[-1]
     pp = zdata.Preprocess(size, size, 3, "pad", 255.0).with_mean(torch.rand(3, size, size) * 200)
     kw = dict(window=window, stride=stride, preprocess=pp, layer=layer)
-    exact = occlusion(model, x, mode="exact", batch_size=3, **kw)[0]
-    naive = occlusion(model, x, mode="naive", **kw)[0]
-    assert exact.mode == "exact" and not exact.fallback, exact.fallback
+    exact = occlusion(model, x, strategy="exact", batch_size=3, **kw)[0]
+    naive = occlusion(model, x, strategy="naive", **kw)[0]
+    assert exact.strategy == "exact" and not exact.fallback, exact.fallback
     assert exact.channel == naive.channel and torch.equal(exact.top_class, naive.top_class)
     torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-6, atol=1e-9)  # float32 softmax of float64 logits
     scale = float(naive.activity.abs().max())
@@ -92,8 +92,8 @@ def test_an_adaptive_pool_to_its_own_size_passes_the_region_through():
     ).double().eval()  # fmt: skip
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
     kw = dict(window=4, stride=3, fill="mean-image", layer="conv2")
-    exact, naive = occlusion(model, x, mode="exact", **kw)[0], occlusion(model, x, mode="naive", **kw)[0]
-    assert exact.mode == "exact" and not exact.fallback
+    exact, naive = occlusion(model, x, strategy="exact", **kw)[0], occlusion(model, x, strategy="naive", **kw)[0]
+    assert exact.strategy == "exact" and not exact.fallback
     torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-6, atol=1e-9)
     with torch.no_grad():
         graph, _ = record(model, x, model[5])
@@ -170,8 +170,8 @@ def test_an_unknown_op_runs_on_whole_maps_where_it_sits():
     ).double().eval()  # fmt: skip
     x = torch.randn(1, 3, 24, 24, dtype=torch.float64)
     kw = dict(window=6, stride=6, fill="mean-image", layer="conv2")
-    exact, naive = occlusion(model, x, mode="exact", **kw)[0], occlusion(model, x, mode="naive", **kw)[0]
-    assert exact.mode == "exact"
+    exact, naive = occlusion(model, x, strategy="exact", **kw)[0], occlusion(model, x, strategy="naive", **kw)[0]
+    assert exact.strategy == "exact"
     torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(exact.activity, naive.activity, rtol=1e-9, atol=1e-9)
     with torch.no_grad():
@@ -199,8 +199,8 @@ def test_a_model_the_replay_cannot_follow_falls_back_to_whole_forwards_and_says_
     torch.manual_seed(0)
     model = _Branchy().eval()
     x = torch.full((1, 1, 16, 16), 0.6)  # mean 0.6: branch a; a square of 0 at the centre: 0.45, branch b
-    r = occlusion(model, x, window=8, stride=4, fill="mean-image", layer="c", mode="exact", batch_size=1)[0]
-    assert r.mode == "naive" and r.requested == "exact" and "control flow" in r.fallback
+    r = occlusion(model, x, window=8, stride=4, fill="mean-image", layer="c", strategy="exact", batch_size=1)[0]
+    assert r.strategy == "naive" and r.settings.strategy == "exact" and "control flow" in r.fallback
     assert "fell back" in r.describe()
     want = torch.zeros(len(r.ys), len(r.xs))
     with torch.no_grad():
@@ -220,14 +220,14 @@ def test_auto_runs_incremental_where_it_pays_and_whole_forwards_where_it_does_no
     torch.manual_seed(0)
     vgg = torchvision.models.vgg11().eval()
     x = torch.randn(1, 3, 128, 128)
-    small = occlusion(vgg, x, window=8, stride=12, fill="mean-image", layer="features.18", mode="auto")[0]
-    assert small.mode == "exact" and small.requested == "auto" and small.estimated_speedup > 2
+    small = occlusion(vgg, x, window=8, stride=12, fill="mean-image", layer="features.18", strategy="auto")[0]
+    assert small.strategy == "exact" and small.settings.strategy == "auto" and small.estimated_speedup > 2
     assert "chosen by auto" in small.describe()
-    whole = occlusion(vgg, x, window=128, stride=1, fill="mean-image", layer="features.18", mode="auto")[0]
-    assert whole.mode == "naive" and whole.estimated_speedup < AUTO_MARGIN
+    whole = occlusion(vgg, x, window=128, stride=1, fill="mean-image", layer="features.18", strategy="auto")[0]
+    assert whole.strategy == "naive" and whole.estimated_speedup < AUTO_MARGIN
     torch.testing.assert_close(
         whole.prob,
-        occlusion(vgg, x, window=128, stride=1, fill="mean-image", layer="features.18", mode="exact")[0].prob,
+        occlusion(vgg, x, window=128, stride=1, fill="mean-image", layer="features.18", strategy="exact")[0].prob,
     )
 
 

@@ -12,7 +12,7 @@ PKG = os.path.join(REPO, "zfnet")
 
 # rank of each room; a module may import only from rooms of lower or equal rank
 ROOMS = [
-    ({"_version", "errors", "registry", "io", "progress", "provenance", "runtime", "readback"}, 0),
+    ({"_version", "errors", "registry", "io", "progress", "provenance", "runtime", "readback", "settings"}, 0),
     ({"models", "data", "layers", "receptive_field", "recipe"}, 1),
     ({"weights", "pixels", "outputs"}, 2),
     ({"checkpoints"}, 3),
@@ -100,3 +100,25 @@ def test_rendering_never_loads_a_model():
                 "zfnet.runtime",
                 "zfnet.data",
             }, (m, deps)
+
+
+def test_html_comes_from_templates_and_compute_writes_no_file():
+    """Issue 34: no page is concatenated in Python (templates under render/templates, autoescaped), no explorer
+    handler re-checks an answer for an error response (one exception handler answers a UsageError), and no method
+    under zfnet/methods writes a file (the pipelines do: a scan's resume state goes through a store it is given)."""
+
+    def writes(call: str) -> bool:
+        last = call.rsplit(".", 1)[-1]
+        return (
+            call in ("open", "torch.save", "os.makedirs", "os.mkdir", "shutil.copy")
+            or last.startswith("atomic_")
+            or last in ("write_text", "write_bytes", "savefig", "imsave")
+        )
+
+    for m, p in _modules().items():
+        text = open(p, encoding="utf-8").read()
+        assert "<html" not in text.lower(), m
+        assert "isinstance(out, Response)" not in text, m
+        if m.startswith("zfnet.methods"):
+            calls = {ast.unparse(n.func) for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)}
+            assert not [c for c in calls if writes(c)], (m, [c for c in calls if writes(c)])

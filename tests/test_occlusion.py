@@ -39,7 +39,7 @@ def test_hand_worked_activity():
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
     x = torch.ones(1, 6, 6)
     for mode in ("exact", "naive"):
-        r = occlusion(model, x[None], window=2, stride=2, layer="conv1", mode=mode, fill="mean-image")[0]
+        r = occlusion(model, x[None], window=2, stride=2, layer="conv1", strategy=mode, fill="mean-image")[0]
         assert r.base_activity == 256.0
         assert float(r.activity[0, 0]) == pytest.approx(231.0) and float(r.activity[2, 2]) == pytest.approx(231.0)
         assert float(r.activity[1, 1]) == pytest.approx(256.0 - 9 * 4)  # the centre: each pixel in 9 windows
@@ -74,7 +74,7 @@ def test_grey_square_pasted_in_pixels_on_the_embedded_model():
     want, grey = grey_square_reference(p.model, p.preprocess, bases, label, 8, 2)
     x = p.preprocess.eval_input(bases)
     for mode in ("exact", "naive"):
-        r = occlusion(p, x, target=label, window=8, stride=2, mode=mode)[0]
+        r = occlusion(p, x, target=label, window=8, stride=2, strategy=mode)[0]
         # exact recomputes regions in float32 where the reference runs whole forwards: rounding only
         torch.testing.assert_close(r.prob, want, rtol=1e-4, atol=1e-5)
         assert r.fill == "grey" and r.fill_pixels == grey.float().tolist()
@@ -95,8 +95,8 @@ def test_grey_square_on_a_torchvision_resnet_photo():
     bases = pp.bases([skdata.astronaut()])
     want, grey = grey_square_reference(model, pp, bases, 0, 16, 12)
     assert grey.tolist() == [124, 116, 104]
-    r = occlusion(model, pp.eval_input(bases), target=0, window=16, stride=12, preprocess=pp, mode="exact")[0]
-    assert r.mode == "exact" and not r.fallback
+    r = occlusion(model, pp.eval_input(bases), target=0, window=16, stride=12, preprocess=pp, strategy="exact")[0]
+    assert r.strategy == "exact" and not r.fallback
     torch.testing.assert_close(r.prob, want, rtol=1e-4, atol=1e-6)
 
 
@@ -124,9 +124,9 @@ def test_exact_equals_naive_at_every_position(name, size, window, stride):
     pp = zdata.Preprocess(size, size, channels, "pad", 255.0 if "small" not in name else 1.0)
     pp = pp.with_mean(torch.rand(channels, size, size) * 200)
     fill = "grey" if window != 5 else 90.0
-    exact = occlusion(model, x[None], window=window, stride=stride, fill=fill, preprocess=pp, mode="exact")[0]
-    naive = occlusion(model, x[None], window=window, stride=stride, fill=fill, preprocess=pp, mode="naive")[0]
-    assert exact.mode == "exact" and naive.mode == "naive"
+    exact = occlusion(model, x[None], window=window, stride=stride, fill=fill, preprocess=pp, strategy="exact")[0]
+    naive = occlusion(model, x[None], window=window, stride=stride, fill=fill, preprocess=pp, strategy="naive")[0]
+    assert exact.strategy == "exact" and naive.strategy == "naive"
     assert exact.channel == naive.channel and exact.target == naive.target
     scale = float(naive.activity.abs().max())
     torch.testing.assert_close(exact.activity, naive.activity, rtol=1e-5, atol=1e-5 * scale)
@@ -141,15 +141,15 @@ def test_exact_equals_naive_at_every_position(name, size, window, stride):
 def test_approx_is_exact_without_a_threshold_and_reports_its_deviation():
     model = models.build("alexnet", seed=0).eval()
     x = torch.randn(3, 224, 224) * 60
-    exact = occlusion(model, x[None], window=32, stride=64, mode="exact", fill="mean-image")[0]
-    kw = dict(window=32, stride=64, mode="approx", fill="mean-image", precision="float32")  # no approximation left
+    exact = occlusion(model, x[None], window=32, stride=64, strategy="exact", fill="mean-image")[0]
+    kw = dict(window=32, stride=64, strategy="approx", fill="mean-image", precision="float32")  # no approximation left
     full = occlusion(model, x[None], tau=1.0, drill=None, **kw)[0]
     torch.testing.assert_close(full.prob, exact.prob, rtol=1e-5, atol=1e-6)
     drilled = occlusion(model, x[None], tau=1.0, drill=1.0, **kw)[0]  # every position
     torch.testing.assert_close(drilled.prob, exact.prob, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(drilled.activity, exact.activity, rtol=1e-5, atol=1e-3)
     capped = occlusion(
-        model, x[None], window=32, stride=64, mode="approx", tau=0.3, compare_exact=True, fill="mean-image"
+        model, x[None], window=32, stride=64, strategy="approx", tau=0.3, compare_exact=True, fill="mean-image"
     )[0]
     d = capped.deviation
     assert set(d) == {
@@ -204,7 +204,7 @@ def test_p_true_equals_captums_occlusion():
 
     model = models.build("zfnet-small", seed=0).eval()
     x = torch.randn(1, 1, 28, 28)
-    ours = occlusion(model, x[:1], target=3, window=7, stride=7, fill="mean-image", mode="exact")[0]
+    ours = occlusion(model, x[:1], target=3, window=7, stride=7, fill="mean-image", strategy="exact")[0]
     attr = Occlusion(lambda t: F.softmax(model(t), 1)).attribute(
         x, sliding_window_shapes=(1, 7, 7), strides=(1, 7, 7), baselines=0.0, target=3, perturbations_per_eval=16
     )
@@ -256,7 +256,11 @@ def test_command_writes_figure_and_json(tmp_path, capsys):
     assert [r["label_name"] for r in result["images"]] == ["Ankle boot", "Trouser"]
     first = result["images"][0]
     assert len(first["prob"]) == len(first["ys"]) == 6  # 0, 4, ..., 20
-    assert first["requested"] == "auto" and first["mode"] in ("exact", "naive") and first["estimated_speedup"] > 0
+    assert (
+        first["settings"]["strategy"] == "auto"
+        and first["strategy"] in ("exact", "naive")
+        and first["estimated_speedup"] > 0
+    )
     from PIL import Image
 
     img = Image.open(tmp_path / "occ" / first["figure"])
@@ -286,16 +290,16 @@ def test_approx_takes_the_change_in_low_precision_and_keeps_what_did_not_change(
     not; on a real image the maps keep their structure (SSIM as plotted) and the top class everywhere."""
     model = models.build("zfnet-small", seed=0).eval()
     zero = torch.zeros(1, 1, 28, 28)
-    r = occlusion(model, zero, window=8, stride=4, fill="mean-image", layer="conv5", mode="approx", tau=1.0,
+    r = occlusion(model, zero, window=8, stride=4, fill="mean-image", layer="conv5", strategy="approx", tau=1.0,
                   drill=None, precision="bfloat16")[0]  # fmt: skip
-    assert r.precision == "bfloat16" and "bfloat16" in r.describe()
+    assert r.settings.precision == "bfloat16" and "bfloat16" in r.describe()
     assert torch.equal(r.prob, torch.full_like(r.prob, r.base_prob))
     assert torch.equal(r.activity, torch.full_like(r.activity, r.base_activity))
     x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     kw = dict(window=8, stride=2, fill="mean-image", layer="conv5")
-    exact = occlusion(model, x, mode="exact", **kw)[0]
-    low = occlusion(model, x, mode="approx", tau=1.0, drill=None, precision="bfloat16", **kw)[0]
+    exact = occlusion(model, x, strategy="exact", **kw)[0]
+    low = occlusion(model, x, strategy="approx", tau=1.0, drill=None, precision="bfloat16", **kw)[0]
     d = deviation(low, exact)
     assert d["ssim_prob"] > 0.95 and d["top_class_agreement"] == 1.0
     with pytest.raises(UsageError, match="precision"):
-        occlusion(model, x, mode="approx", precision="float8", **kw)
+        occlusion(model, x, strategy="approx", precision="float8", **kw)

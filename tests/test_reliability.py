@@ -244,6 +244,7 @@ SCAN = textwrap.dedent("""
     import torch
     from zfnet import data as zdata
     from zfnet.methods.atlas import scan
+    from zfnet.pipelines.atlas import ScanFile
     from zfnet.pretrained import open_embedded
 
     folder, state, kill_at, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -257,8 +258,9 @@ SCAN = textwrap.dedent("""
         return get(i)
 
     ds.__class__ = type("Dying", (type(ds),), {"__getitem__": lambda self, i: getitem(i)})
-    r = scan(opened.model, ds, layers=["conv1", "conv3"], k=3, batch_size=2, workers=0, state_path=state or None,
-             key="k", progress=False, save_every=0.0)
+    store = ScanFile(state, "k") if state else None
+    r = scan(opened.model, ds, layers=["conv1", "conv3"], k=3, batch_size=2, workers=0, store=store,
+             progress=False, save_every=0.0)
     json.dump({"images": r.images, "skipped": sorted(ds.skipped), "top": {n: [t.values.tolist(), t.images.tolist()]
                for n, t in r.top.items()}}, open(out, "w"))
 """)

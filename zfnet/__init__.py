@@ -9,6 +9,7 @@ returns a result dataclass of plain tensors whose `to_json()` is a JSON-ready di
     zfnet.project(p.model, x, layer="conv5", channel=12)        # Sec. 2.1 (Fig. 1)
     zfnet.atlas(p.model, x, layers=["conv1", "conv5"])          # Fig. 2's top-9 selection
     zfnet.occlusion(p.model, x, window=8, stride=2)             # Sec. 4.2 (Fig. 6), one result per image
+    zfnet.occlusion(p.model, x, settings=zfnet.OcclusionSettings(window=8, stride=2))   # the same, as one value
     zfnet.receptive_field(p.model, x, layer="conv3")            # Sec. 2.1
     zfnet.show(zfnet.occlusion(p.model, x), x)                 # any result as the report's figure
     zfnet.report(p.model, "fashion-mnist-mini", out="rep")      # the whole paper as one page
@@ -17,16 +18,19 @@ returns a result dataclass of plain tensors whose `to_json()` is a JSON-ready di
 from . import models
 from ._version import __version__
 from .errors import UsageError, ZfnetNote
-from .methods.architecture import Architecture, architecture
-from .methods.atlas import Scan, atlas
-from .methods.correspondence import CorrespondenceResult, correspondence
-from .methods.deconvnet import Deconvnet, Projection, Target, project
-from .methods.evolution import Evolution, evolution
-from .methods.filters import FilterReport, filters
-from .methods.invariance import InvarianceResult, TransformCurve, invariance
-from .methods.occlusion import OcclusionResult, OcclusionResults, occlusion
+from .methods.architecture import Architecture, ArchitectureSettings, architecture
+from .methods.atlas import AtlasSettings, Scan, atlas
+from .methods.correspondence import CorrespondenceResult, CorrespondenceSettings, correspondence
+from .methods.deconvnet import Deconvnet, Projection, ProjectSettings, Target, project
+from .methods.evolution import Evolution, EvolutionSettings, evolution
+from .methods.filters import FilterReport, FiltersSettings, filters
+from .methods.invariance import InvarianceResult, InvarianceSettings, TransformCurve, invariance
+from .methods.occlusion import OcclusionResult, OcclusionResults, OcclusionSettings, occlusion
+from .methods.registry import METHODS as _METHODS
+from .methods.registry import Method
 from .pretrained import pretrained
-from .receptive_field import ReceptiveField, receptive_field
+from .receptive_field import ReceptiveField, ReceptiveFieldSettings, receptive_field
+from .settings import Run, Settings
 from .weights import Opened, WeightsFile, open_model, opened_module
 
 
@@ -43,22 +47,25 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'zfnet' has no attribute {name!r}")
 
 
-# the public methods: each takes (model, images, *, ...) and returns a result with to_json() -> dict
-METHODS = (
-    "architecture",
-    "atlas",
-    "correspondence",
-    "evolution",
-    "filters",
-    "invariance",
-    "occlusion",
-    "project",
-    "receptive_field",
-)
+# the public methods as records: each takes (model, images, *, ..., settings=None, **fields) and returns a result
+# with to_json() -> dict; METHODS[name] has .function, .settings (the settings class) and .result
+METHODS = _METHODS
 
 __all__ = [
     "METHODS",
     "Architecture",
+    "ArchitectureSettings",
+    "AtlasSettings",
+    "CorrespondenceSettings",
+    "EvolutionSettings",
+    "FiltersSettings",
+    "InvarianceSettings",
+    "Method",
+    "OcclusionSettings",
+    "ProjectSettings",
+    "ReceptiveFieldSettings",
+    "Run",
+    "Settings",
     "CorrespondenceResult",
     "Deconvnet",
     "Evolution",

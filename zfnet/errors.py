@@ -8,6 +8,7 @@ failed command prints. Library users see them as ordinary warnings (filter them 
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 
@@ -24,3 +25,20 @@ class ZfnetNote(UserWarning):
 
 def note(message: str) -> None:
     warnings.warn(message, ZfnetNote, stacklevel=2)
+
+
+# the optional parts of zfnet and what installs them (pyproject's extras)
+EXTRAS = {
+    "sklearn": ("scikit-learn", "experiments"),
+    "mlxtend": ("mlxtend", "experiments"),
+    "starlette": ("starlette", "explore"),
+    "uvicorn": ("uvicorn", "explore"),
+    "timm": ("timm", "timm"),
+}
+
+
+def needs(module: str, what: str) -> None:
+    """Refuse, in one line naming the extra to install, `what` when the optional `module` is missing."""
+    if importlib.util.find_spec(module) is None:
+        package, extra = EXTRAS[module]
+        raise UsageError(f"{what} needs {package}: pip install 'zfnet[{extra}]' (or pip install {package})")

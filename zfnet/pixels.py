@@ -56,17 +56,34 @@ def pixel_preprocess(module: nn.Module, preprocess: Preprocess | None, what: str
     return pp
 
 
+FILL_HELP = (
+    "grey (the training mean pixel per channel, pasted in pixel space), mean-image (0 in model-input units), or "
+    "pixel values 0-255 (one, or one per channel: 124,116,104)"
+)
+
+
 def parse_fill(text: str) -> str | float | tuple[float, ...]:
-    """`--fill` from the command line: a name, one pixel value or one per channel (comma-separated)."""
+    """A fill from text (the command line, a URL): a name, one pixel value or one per channel (comma-separated).
+    Text that is neither stays text, for `fill_problem` to refuse."""
     if text in ("grey", "gray", "mean-image"):
         return "grey" if text == "gray" else text
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise UsageError(f"--fill {text!r}: pass {FILL_CHOICES}") from None
-    if not all(0 <= v <= 255 for v in values):  # NaN fails this too
-        raise UsageError(f"--fill {text!r}: pixel values are 0-255; pass {FILL_CHOICES}")
+        return text
     return values[0] if len(values) == 1 else values
+
+
+def fill_problem(fill: object) -> str:
+    """ "" for a fill `fill=` takes (see FILL_CHOICES), else what is wrong (the pixel values' count is checked
+    against the model's channels when it is used)."""
+    if isinstance(fill, str):
+        return "" if fill in ("grey", "gray", "mean-image") else f"must be {FILL_CHOICES}"
+    values = fill if isinstance(fill, (tuple, list)) else (fill,)
+    ok = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not ok or not all(0 <= v <= 255 for v in values):  # NaN fails this too
+        return f"must be {FILL_CHOICES}"
+    return ""
 
 
 def fill_pixels(fill: Fill, pp: Preprocess) -> tuple[float, ...] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from .errors import UsageError
 from .layers import StopForward, feature_module
 from .models import model_input_shape
 from .runtime import eval_mode
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -385,9 +387,20 @@ def layer_field(model: nn.Module, layer: str, input_shape: tuple[int, ...] | Non
     return ReceptiveField(layer, rows, cols, (shape[1], shape[2]))
 
 
-def receptive_field(model: nn.Module, images: torch.Tensor, *, layer: str) -> ReceptiveField:
+@dataclass(frozen=True)
+class ReceptiveFieldSettings(Settings):
+    """The receptive field has no knob: it is the geometry of the model up to the layer (the house's one call
+    shape: every method takes `settings=`)."""
+
+    method: ClassVar[str] = "receptive_field"
+
+
+def receptive_field(
+    model: nn.Module, images: torch.Tensor, *, layer: str, settings: ReceptiveFieldSettings | None = None
+) -> ReceptiveField:
     """The receptive field (Fig. 2's patch sizes, Sec. 2.1) of every unit of `layer` for a batch of model
     input `images` shaped like N x C x H x W (only the shape is used: the field depends on the geometry)."""
+    ReceptiveFieldSettings.build(settings)
     if images.dim() != 4:
         raise UsageError(f"receptive_field takes a batch N x C x H x W (got shape {tuple(images.shape)})")
     return layer_field(model, layer, tuple(images.shape[1:]))

@@ -36,6 +36,12 @@ class Registry(Generic[T]):
             known = ", ".join(self.names())
             raise UsageError(f"unknown {self.kind} {name!r}; known: {known}{self.hint}") from None
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
     def names(self) -> list[str]:
         return list(self._items)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-from ..methods.invariance import check_transforms
-from .args import FILL_HELP, add_device, add_images, add_model, fill, positive
+from ..methods.correspondence import CorrespondenceSettings
+from ..methods.invariance import InvarianceSettings
+from ..settings import Run
+from .args import add_device, add_images, add_model
 from .registry import command
+from .settings import add_settings, settings_from_args
 
 
 def _corr_args(p) -> None:
@@ -24,10 +27,7 @@ def _corr_args(p) -> None:
         "--data", metavar="SPEC", help="the dataset the parts file's indices point into (default: the file's 'data')"
     )
     p.add_argument("--split")
-    p.add_argument("--layers", default="conv5,fc7", help="comma-separated layers (the paper: 5 and 7)")
-    p.add_argument("--fill", type=fill, default="grey", help="what masks a part: " + FILL_HELP)
-    p.add_argument("--random-draws", type=positive, default=10, help="random mask positions (baseline)")
-    p.add_argument("--seed", type=int, default=0)
+    add_settings(p, CorrespondenceSettings)
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
 
@@ -50,6 +50,7 @@ def _corr_run(args) -> int:
     from ..runtime import resolve_device
     from .args import open_from_args
 
+    settings = settings_from_args(args, CorrespondenceSettings)
     parts_file = args.parts
     if parts_file is None:
         if not args.pretrained:
@@ -70,12 +71,9 @@ def _corr_run(args) -> int:
         inputs,
         spec,
         args.work,
-        layers=tuple(l for l in args.layers.split(",") if l),
-        fill=args.fill,
-        random_draws=args.random_draws,
-        seed=args.seed,
+        settings,
+        Run(device=dev),
         parts_file=parts_file,
-        device=dev,
     )
     print(
         json.dumps(
@@ -89,9 +87,7 @@ def _corr_run(args) -> int:
 def _inv_args(p) -> None:
     add_model(p)
     add_images(p)
-    p.add_argument("--transforms", default="translate,scale,rotate", help="comma-separated: translate, scale, rotate")
-    p.add_argument("--layers", default="conv1,fc7", help="the low and the high layer (the paper: 1 and 7)")
-    p.add_argument("--fill", type=fill, default="grey", help="pixels the transformation uncovers: " + FILL_HELP)
+    add_settings(p, InvarianceSettings)
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
 
@@ -107,20 +103,15 @@ def _inv_args(p) -> None:
     legacy=("invariance.json",),
 )
 def _inv_run(args) -> int:
-    from ..errors import UsageError
     from ..pipelines.analyses import run_invariance
     from ..runtime import resolve_device
     from .args import check_images, inputs_from_args, open_from_args
 
-    layers = tuple(l for l in args.layers.split(",") if l)
-    if len(layers) != 2:
-        raise UsageError(f"--layers {args.layers!r}: give two layers, the low and the high one (e.g. conv1,fc7)")
-    transforms = tuple(t for t in args.transforms.split(",") if t)
-    check_transforms(transforms)  # before any model is opened
+    settings = settings_from_args(args, InvarianceSettings)  # before any model is opened
     pil = check_images(args)
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)
     inputs = inputs_from_args(args, opened, pil)
-    r = run_invariance(opened, inputs, args.work, transforms=transforms, layers=layers, fill=args.fill, device=dev)
+    r = run_invariance(opened, inputs, args.work, settings, Run(device=dev))
     print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]}, indent=2))
     return 0

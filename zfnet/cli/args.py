@@ -9,8 +9,8 @@ import torch
 
 from .. import data as zdata
 from ..errors import UsageError
-from ..methods.deconvnet import MODES
 from ..pipelines.inputs import Inputs, check_files, load_inputs
+from ..pixels import FILL_HELP  # noqa: F401  (the commands' help)
 from ..pretrained import open_embedded
 from ..weights import Opened, open_model, read_classes
 
@@ -33,19 +33,14 @@ positive = _at_least(1)  # argparse type: an integer >= 1
 
 def fill(text: str):
     """argparse type for --fill: grey, mean-image, a pixel value 0-255 or one per channel (zfnet.pixels)."""
-    from ..errors import UsageError
-    from ..pixels import parse_fill
+    from ..pixels import fill_problem, parse_fill
 
-    try:
-        return parse_fill(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    value = parse_fill(text)
+    if fill_problem(value):
+        raise argparse.ArgumentTypeError(f"--fill {text!r}: {fill_problem(value)}")
+    return value
 
 
-FILL_HELP = (
-    "grey (default: the training mean pixel per channel, pasted in pixel space), mean-image (0 in model-input "
-    "units), or pixel values 0-255 (one, or one per channel: 124,116,104)"
-)
 nonnegative = _at_least(0)  # argparse type: an integer >= 0
 
 
@@ -109,10 +104,14 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
     p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: the weights' or model's own)")
 
 
-def add_data(p: argparse.ArgumentParser, required: bool = True, limit_default: int | None = None) -> None:
+def add_data(
+    p: argparse.ArgumentParser, required: bool = True, limit_default: int | None = None, limit: bool = True
+) -> None:
+    """--data / --split / --exclude, and --limit unless the command's settings hold it (`limit=False`)."""
     p.add_argument("--data", required=required, metavar="SPEC", help="dataset spec or image folder (see README)")
     p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
-    p.add_argument("--limit", type=positive, default=limit_default, help="only the first N images")
+    if limit:
+        p.add_argument("--limit", type=positive, default=limit_default, help="only the first N images")
     p.add_argument(
         "--exclude",
         metavar="FILE",
@@ -133,10 +132,6 @@ def add_images(p: argparse.ArgumentParser) -> None:
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-
-
-def add_mode(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="deconvnet", choices=MODES, help="rectification on the way down (footnote 1)")
 
 
 def wants_embedded(args: argparse.Namespace) -> bool:

@@ -4,42 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from ..errors import UsageError
-from .args import add_data, add_device, add_mode, add_model, nonnegative, positive
+from ..methods.evolution import EvolutionSettings
+from ..methods.filters import FiltersSettings
+from .args import add_data, add_device, add_model, nonnegative, positive
 from .registry import command
+from .settings import add_settings, settings_from_args
 
 
 def _atlas_args(p) -> None:
     add_model(p)
-    add_data(p)
-    p.add_argument("--layers", help="comma-separated layers (default conv1..conv5, or every conv layer)")
-    p.add_argument("--k", type=positive, default=9, help="top-k activations per map (Fig. 2: 9)")
-    p.add_argument(
-        "--per-class",
-        type=nonnegative,
-        default=0,
-        metavar="K",
-        help="also keep each map's top-K images within every class (same pass; the viewer and zfnet explore show them)",
-    )
-    p.add_argument("--out", required=True, metavar="DIR")
-    add_mode(p)
-    p.add_argument("--batch-size", type=positive, default=128)
-    p.add_argument("--workers", type=nonnegative, default=4, help="image-decoding processes (file datasets)")
-    p.add_argument("--panel-maps", type=positive, default=16, help="maps per Fig. 2 panel")
-    p.add_argument(
-        "--max-maps",
-        type=positive,
-        help="maps per layer projected for the viewer (default: every map; the panel's always)",
-    )
+    add_data(p, limit=False)  # --limit is a setting here (AtlasSiteSettings.limit)
+    from ..pipelines.atlas import AtlasSiteSettings
+
+    add_settings(p, AtlasSiteSettings)
     p.add_argument(
         "--evolution",
         metavar="RUN",
         help="training run folder with snapshots (Fig. 4); 'pretrained' for the embedded model's",
     )
-    p.add_argument("--evolution-maps", type=positive, default=8, help="maps per layer in Fig. 4")
-    p.add_argument("--evolution-limit", type=positive, help="training images scanned per snapshot (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="which maps the panels and Fig. 4 show")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--batch-size", type=positive, default=128)
+    p.add_argument("--workers", type=nonnegative, default=4, help="image-decoding processes (file datasets)")
     add_device(p)
     p.add_argument("--no-progress", action="store_true")
 
@@ -63,7 +51,7 @@ def _atlas_args(p) -> None:
 def _atlas_run(args) -> int:
     from .. import data as zdata
     from ..checkpoints import find_snapshots
-    from ..pipelines.atlas import AtlasConfig, build_atlas
+    from ..pipelines.atlas import AtlasConfig, AtlasSiteSettings, build_atlas
     from ..pretrained import snapshots as embedded_snapshots
     from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
     from .args import open_from_args
@@ -72,23 +60,13 @@ def _atlas_run(args) -> int:
         raise UsageError("--evolution pretrained goes with --pretrained; for another model pass its run folder")
     cfg = AtlasConfig(
         out=args.work,
-        layers=tuple(l for l in (args.layers or "").split(",") if l),
-        k=args.k,
-        mode=args.mode,
-        limit=args.limit,
+        settings=settings_from_args(args, AtlasSiteSettings),
+        evolution=None if args.evolution in (None, "pretrained") else os.path.abspath(args.evolution),
         batch_size=args.batch_size,
         workers=args.workers,
-        panel_maps=args.panel_maps,
-        max_maps=args.max_maps,
-        evolution_limit=args.evolution_limit,
-        evolution=None
-        if args.evolution is None
-        else ("pretrained" if args.evolution == "pretrained" else os.path.abspath(args.evolution)),
-        evolution_maps=args.evolution_maps,
-        seed=args.seed,
-        per_class=args.per_class,
         device=args.device,
     )
+    cfg = replace(cfg, evolution="pretrained") if args.evolution == "pretrained" else cfg
     dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
     snaps = None
     if args.evolution:
@@ -123,6 +101,7 @@ def _filters_args(p) -> None:
     p.add_argument("--compare-weights", metavar="FILE")
     p.add_argument("--compare-title")
     add_data(p, required=False, limit_default=2000)
+    add_settings(p, FiltersSettings)
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
 
@@ -147,6 +126,7 @@ def _filters_run(args) -> int:
     from ..runtime import resolve_device
     from .args import open_from_args
 
+    settings = settings_from_args(args, FiltersSettings)
     dev = resolve_device(args.device)
     entries = [(open_from_args(args, dev), args.title or ("embedded" if args.pretrained else args.model))]
     if args.compare_model:
@@ -157,7 +137,7 @@ def _filters_run(args) -> int:
         ds = None
         if args.data:
             ds = zdata.open_dataset(args.data, args.split, opened.preprocess, args.exclude).head(args.limit)
-        reports.append((title, filters(opened.model, ds, progress=True)))
+        reports.append((title, filters(opened.model, ds, settings=settings, progress=True)))
     info = write_filters(args.work, reports)
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0
@@ -169,11 +149,8 @@ def _evolution_args(p) -> None:
     p.add_argument("--pretrained", action="store_true", help="the embedded model's snapshots")
     p.add_argument("--data", required=True, metavar="SPEC", help="the training data")
     p.add_argument("--split", default="train")
-    p.add_argument("--layers", help="comma-separated layers (default conv1..conv5)")
-    p.add_argument("--maps", type=positive, default=8, help="randomly chosen maps per layer")
-    p.add_argument("--seed", type=int, default=0)
+    add_settings(p, EvolutionSettings)
     p.add_argument("--limit", type=positive, help="training images scanned per snapshot (default: all)")
-    add_mode(p)
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
 
@@ -195,7 +172,10 @@ def _evolution_run(args) -> int:
     from ..pretrained import open_embedded
     from ..pretrained import snapshots as embedded_snapshots
     from ..runtime import resolve_device
+    from ..settings import Run
     from ..weights import WeightsFile, open_model
+
+    settings = settings_from_args(args, EvolutionSettings)
 
     dev = resolve_device(args.device)
     if args.pretrained:
@@ -211,9 +191,8 @@ def _evolution_run(args) -> int:
         opened = open_model(args.model, last, device=dev)
         snaps = [*found[:-1], (found[-1][0], last)]
     train = zdata.open_dataset(args.data, args.split, opened.preprocess).head(args.limit)
-    layers = [l for l in (args.layers or "").split(",") if l] or None
     info = run_evolution(
-        opened.model, train, snaps, args.work, layers=layers, maps=args.maps, seed=args.seed, mode=args.mode, device=dev
+        opened.model, train, snaps, args.work, settings, Run(device=dev, batch_size=256, progress=True)
     )
     print(json.dumps({"out": args.out, **info}, indent=2))
     return 0

@@ -5,46 +5,16 @@ from __future__ import annotations
 import json
 import os
 
-from ..methods.occlusion import MODES, PRECISIONS
-from .args import FILL_HELP, add_device, add_images, add_model, check_images, fill, positive
+from ..methods.occlusion import OcclusionSettings
+from .args import add_device, add_images, add_model, check_images
 from .registry import command
+from .settings import add_settings, settings_from_args
 
 
 def _occlusion_args(p) -> None:
     add_model(p)
     add_images(p)
-    p.add_argument("--window", type=positive, default=32, help="occluder side, px (model input)")
-    p.add_argument("--stride", type=positive, default=8, help="occluder step, px")
-    p.add_argument("--fill", type=fill, default="grey", help="the occluder: " + FILL_HELP)
-    p.add_argument("--layer", default="conv5", help="layer whose strongest map (b) and (c) show")
-    p.add_argument(
-        "--mode",
-        default="auto",
-        choices=MODES,
-        help="auto (default): exact where the model's geometry says it pays, else naive; exact: incremental "
-        "inference; naive: whole forwards; approx: layers on the change in bfloat16 and checkerboard drill-down",
-    )
-    p.add_argument(
-        "--tau",
-        type=float,
-        default=1.0,
-        help="approx: the largest share of a map the region may grow to (Krypton's threshold; 1: no cap)",
-    )
-    p.add_argument(
-        "--drill",
-        type=float,
-        default=0.4,
-        help="approx: the checkerboard's half is computed, the other half interpolated from its four neighbours; "
-        "this share of those, where p(true) varies most around them, is computed too (1 = all)",
-    )
-    p.add_argument(
-        "--precision",
-        default="bfloat16",
-        choices=PRECISIONS,
-        help="approx: convs and linear layers see the change the occluder makes in this precision "
-        "(the kept fp32 values plus the change: the error scales with the change)",
-    )
-    p.add_argument("--compare-exact", action="store_true", help="approx: also run exact and report the deviation")
+    add_settings(p, OcclusionSettings)
     p.add_argument("--out", required=True, metavar="DIR")
     add_device(p)
     p.add_argument("--no-progress", action="store_true")
@@ -62,26 +32,17 @@ def _occlusion_args(p) -> None:
     legacy=("occlusion.json",),
 )
 def _occlusion_run(args) -> int:
-    from ..pipelines.occlusion import OcclusionOptions, run_occlusion
+    from ..pipelines.occlusion import run_occlusion
     from ..runtime import resolve_device
+    from ..settings import Run
     from .args import inputs_from_args, open_from_args
 
+    settings = settings_from_args(args, OcclusionSettings)  # a bad setting costs nothing: refused before loading
     pil = check_images(args)  # unreadable images are refused before the model is loaded
     dev = resolve_device(args.device)
     opened = open_from_args(args, dev)
     inputs = inputs_from_args(args, opened, pil)
-    options = OcclusionOptions(
-        window=args.window,
-        stride=args.stride,
-        fill=args.fill,
-        layer=args.layer,
-        mode=args.mode,
-        tau=args.tau,
-        drill=args.drill,
-        precision=args.precision,
-        compare_exact=args.compare_exact,
-    )
-    result = run_occlusion(opened, inputs, args.work, options=options, device=dev, progress=not args.no_progress)
+    result = run_occlusion(opened, inputs, args.work, settings, Run(device=dev, progress=not args.no_progress))
     print(
         json.dumps(
             {

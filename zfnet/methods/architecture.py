@@ -9,6 +9,7 @@ parameters and (convolutions) its receptive field in input pixels.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from ..errors import UsageError
 from ..receptive_field import layer_field
 from ..runtime import eval_mode
+from ..settings import Settings
 
 # module kinds Fig. 3 shows (others - ReLU, dropout, flatten - are folded into the layer before them)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -96,10 +98,21 @@ def _info(name: str, m: nn.Module, out: torch.Tensor) -> LayerInfo | None:
     return None
 
 
-def architecture(model: nn.Module, images: torch.Tensor) -> Architecture:
+@dataclass(frozen=True)
+class ArchitectureSettings(Settings):
+    """Fig. 3 has no knob: the reading depends on the model and the input shape alone (kept for the house's one
+    call shape: every method takes `settings=`)."""
+
+    method: ClassVar[str] = "architecture"
+
+
+def architecture(
+    model: nn.Module, images: torch.Tensor, *, settings: ArchitectureSettings | None = None
+) -> Architecture:
     """Fig. 3 read off the model: one forward of a batch of model input shaped like `images` (zeros; eval
     mode, no grad) records every conv / pool / norm / fc layer it passes through, in order; a module that runs
     twice is listed once. Hooks and mode are restored on exit."""
+    ArchitectureSettings.build(settings)
     if images.dim() != 4:
         raise UsageError(f"architecture takes a batch N x C x H x W (got shape {tuple(images.shape)})")
     input_shape = tuple(int(v) for v in images.shape[1:])

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.distributed as torch_dist
@@ -23,10 +22,10 @@ from torch import nn
 
 from .. import data as zdata
 from ..errors import UsageError
-from ..io import atomic_save_tensors, load_tensors, safetensors_metadata
 from ..layers import features, stage_layers
 from ..models import ConvNet, model_input_shape
 from ..runtime import Dist, eval_mode
+from ..settings import Settings, knob
 from .deconvnet import Target
 
 
@@ -98,6 +97,7 @@ class Scan:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     per_class: dict[str, dict[int, TopK]] = field(default_factory=dict)  # layer -> class -> its top-k within it
+    settings: AtlasSettings | None = None  # what `atlas` was asked (a pipeline's scan: None)
 
     def to_json(self) -> dict:
         """Per layer and channel the top-k [{image, value, y, x}] (y, x None for fc layers)."""
@@ -118,7 +118,8 @@ class Scan:
                     ]
                 )
             out[name] = {"shape": list(self.shapes[name]), "maps": maps}
-        return {"images": self.images, "seconds": self.seconds, "layers": out}
+        settings = self.settings.to_json() if self.settings is not None else None
+        return {"images": self.images, "seconds": self.seconds, "settings": settings, "layers": out}
 
 
 def default_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[str]:
@@ -140,28 +141,65 @@ def tensor_hash(t: torch.Tensor | None) -> str | None:
     return None if t is None else hashlib.sha256(t.float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+@dataclass
+class ScanProgress:
+    """Where one process's scan stands: the top-k tables (per-class ones under `_class_key` names), the maps'
+    shapes, the positions of its share done, and the unreadable images met so far (index -> reason)."""
+
+    top: dict[str, TopK]
+    shapes: dict[str, tuple[int, ...]]
+    done: int
+    skipped: dict[int, str]
+
+
+class ScanStore(Protocol):
+    """Keeps a scan's progress between runs (the pipeline's; compute never writes a file): `load` gives back
+    what an earlier run of the same scan saved, or None."""
+
+    def load(self) -> ScanProgress | None: ...
+
+    def save(self, progress: ScanProgress) -> None: ...
+
+
+@dataclass(frozen=True)
+class AtlasSettings(Settings):
+    """Fig. 2's selection: which layers, and how many of each map's strongest activations (each from a different
+    image) are kept."""
+
+    method: ClassVar[str] = "atlas"
+
+    layers: tuple[str, ...] | None = knob(
+        None, "layers to scan (none: conv1..conv5, or each resolution stage's last layer; see zfnet layers)"
+    )
+    k: int = knob(9, "strongest activations kept per feature map, each from a different image (Fig. 2: 9)", low=1)
+
+
 def atlas(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet,
     *,
-    layers: Sequence[str] | None = None,
-    k: int = 9,
+    settings: AtlasSettings | None = None,
     batch_size: int = 128,
     progress: bool = False,
+    **changes: Any,
 ) -> Scan:
     """Fig. 2's selection: for every feature map of `layers` (default `default_layers`), its `k` strongest
     activations over `images` - a batch of model input, or a dataset (`ImageSet`, read in batches with its own
-    preprocessing) - each from a different image, ties to the lower image index."""
+    preprocessing) - each from a different image, ties to the lower image index. Settings (`AtlasSettings`) as a
+    value or as keywords."""
+    s = AtlasSettings.build(settings, **changes)
     ds = zdata.as_image_set(images)
-    return scan(
+    result = scan(
         model,
         ds,
-        layers=list(layers or default_layers(model)),
-        k=k,
+        layers=list(s.layers or default_layers(model)),
+        k=s.k,
         batch_size=batch_size,
         workers=0,
         progress=progress,
     )
+    result.settings = s
+    return result
 
 
 def scan(
@@ -173,8 +211,7 @@ def scan(
     preprocess: zdata.Preprocess | None = None,
     batch_size: int = 128,
     workers: int = 4,
-    state_path: str | None = None,
-    key: str = "",
+    store: ScanStore | None = None,
     dist: Dist | None = None,
     progress: bool = True,
     save_every: float = 30.0,
@@ -183,9 +220,10 @@ def scan(
 ) -> Scan:
     """One pass over `dataset` keeping each map's top-k (Fig. 2), fed through `preprocess` (default: the
     dataset's own). With `per_class`, the same pass also keeps each map's top-`per_class` within every class of
-    the dataset (zennit-crp's per-class references: which maps fire for a class, on which of its images). With
-    `state_path`, resumable: a rerun with the same `key` continues from the saved state. Under torchrun, each
-    process scans its shard; all get the merged result."""
+    the dataset (zennit-crp's per-class references: which maps fire for a class, on which of its images). With a
+    `store` (the caller's: `zfnet.pipelines.atlas.ScanFile` keeps it in a file), resumable: where the scan stands
+    is handed to `store.save` every `save_every` seconds and at the end, and a scan continues from what
+    `store.load` gives back. Under torchrun, each process scans its shard; all get the merged result."""
     dist = dist or Dist()
     pp = preprocess or dataset.preprocess
     if k < 1:
@@ -194,36 +232,18 @@ def scan(
     top: dict[str, TopK] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     done = 0
-    path = None
-    if state_path:
-        path = state_path if dist.world == 1 else f"{state_path}.rank{dist.rank}-of-{dist.world}"
-        if os.path.isfile(path):
-            try:
-                meta = safetensors_metadata(path)
-                if meta.get("key") == key:
-                    t = load_tensors(path)
-                    shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
-                    names = {kk.rsplit("/", 1)[0] for kk in t}
-                    top = {n: TopK.from_tensors(t, n) for n in names}
-                    if set(shapes) - names:
-                        raise ValueError("a layer's table is missing")
-                    done = int(meta["done"])
-                    skipped = {int(i): str(r) for i, r in json.loads(meta.get("skipped", "{}")).items()}
-                    if not 0 <= done <= len(share):
-                        raise ValueError("done out of range")
-                    dataset.skipped.update(skipped)
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: scan from the start
-                top, shapes, done = {}, {}, 0
+    saved = store.load() if store is not None else None
+    if saved is not None and 0 <= saved.done <= len(share) and set(saved.shapes) <= set(saved.top):
+        top, shapes, done = saved.top, saved.shapes, saved.done
+        dataset.skipped.update(saved.skipped)
     last = time.monotonic()
     start = done
+    lo = int(share[0]) if len(share) else 0
 
     def save() -> None:
-        if path:
-            tensors = {kk: v for n, tk in top.items() for kk, v in tk.tensors(n).items()}
-            lo = int(share[0]) if len(share) else 0
-            mine = {str(i): r for i, r in dataset.skipped.items() if lo <= i < lo + len(share)}
-            meta = {"key": key, "done": str(done), "shapes": json.dumps(shapes), "skipped": json.dumps(mine)}
-            atomic_save_tensors(tensors, path, meta)
+        if store is not None:
+            mine = {i: r for i, r in dataset.skipped.items() if lo <= i < lo + len(share)}
+            store.save(ScanProgress(top, shapes, done, mine))
 
     chunks = zdata.chunked(share[done:], batch_size)
     t0 = time.perf_counter()
@@ -248,13 +268,12 @@ def scan(
                         top[key_c] = top[key_c].update(a[mask.to(a.device)], idx[mask])
             # resume counts positions, readable or not: every chunk up to this one's end is done
             done = min(start + ((int(idx[0]) - int(share[0]) - start) // batch_size + 1) * batch_size, len(share))
-            if path and time.monotonic() - last > save_every:
+            if store is not None and time.monotonic() - last > save_every:
                 save()
                 last = time.monotonic()
     elapsed = time.perf_counter() - t0
     done = len(share)
     save()
-    lo = int(share[0]) if len(share) else 0
     readable = len(share) - sum(1 for i in dataset.skipped if lo <= i < lo + len(share))
     if dist.world > 1:
         top = _merge_across_processes(top, list(top), dist)

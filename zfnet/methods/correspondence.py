@@ -20,8 +20,8 @@ and a spread over image pairs exactly as for a part (the draws' own scatter is a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,8 +29,9 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import features
-from ..pixels import Fill, WithPreprocess, resolve_fill, split_model
+from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
+from ..settings import Settings, knob
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1) in model-input pixels, end-exclusive
 
@@ -48,9 +49,11 @@ class CorrespondenceResult:
     regions: list[Box] = field(default_factory=list)  # per image, where its random boxes were placed
     region_source: str = "parts"  # "object": the object boxes given; "parts": the hull of the named parts
     fill_pixels: list[float] | None = None
+    settings: CorrespondenceSettings = field(default_factory=lambda: CorrespondenceSettings())
 
     def to_json(self) -> dict:
         return {
+            "settings": self.settings.to_json(),
             "delta": self.delta,
             "std": self.std,
             "layers": self.layers,
@@ -136,22 +139,36 @@ def _check_boxes(name: str, boxes: list[Box], n: int, h: int, w: int) -> None:
             )
 
 
+@dataclass(frozen=True)
+class CorrespondenceSettings(Settings):
+    """The arXiv correspondence analysis (Sec. 4.3, Table 7): the layers compared, what masks a part, and the
+    random control's draws."""
+
+    method: ClassVar[str] = "correspondence"
+
+    layers: tuple[str, ...] = knob(("conv5", "fc7"), "layers whose feature changes are compared (Table 7: 5 and 7)")
+    fill: Fill = knob("grey", "what masks a part: " + FILL_HELP, parse=parse_fill, check=fill_problem)
+    random_draws: int = knob(10, "random parts drawn on the object per image, the control row", low=0)
+    seed: int = knob(0, "the random parts' draw", low=0)
+
+
 def correspondence(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,
     *,
     parts: dict[str, list[Box]],
     objects: list[Box] | None = None,
-    layers: Sequence[str] = ("conv5", "fc7"),
-    fill: Fill = "grey",
     preprocess: Preprocess | None = None,
-    random_draws: int = 10,
-    seed: int = 0,
+    settings: CorrespondenceSettings | None = None,
     batch_size: int = 256,
+    **changes: Any,
 ) -> CorrespondenceResult:
     """Delta (see the module docstring) per layer for each part (`parts`: name -> one box per image of the
     batch) and for random parts of the object (`objects`: one box per image, else the parts' hull) (arXiv
-    Sec. 4.3). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`."""
+    Sec. 4.3). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`.
+    Settings (`CorrespondenceSettings`) as a value or as keywords."""
+    st = CorrespondenceSettings.build(settings, **changes)
+    layers, fill, random_draws, seed = list(st.layers), st.fill, st.random_draws, st.seed
     model, pp = split_model(model, preprocess)
     boxes = parts
     if images.dim() != 4 or images.shape[0] < 2:
@@ -161,8 +178,6 @@ def correspondence(
         _check_boxes(name, bs, n, h, w)
     if not boxes:
         raise UsageError("correspondence needs at least one part")
-    if random_draws < 0:
-        raise UsageError("random_draws must be 0 or more")
     sizes = torch.tensor([[b[2] - b[0], b[3] - b[1]] for bs in boxes.values() for b in bs], dtype=torch.float)
     bh, bw = (int(v) for v in sizes.median(0).values)
     size = (bh, bw)
@@ -176,7 +191,6 @@ def correspondence(
     variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
     for k, draw in enumerate(random_boxes):
         variants[f"random/{k}"] = mask(images, draw, fill_map)
-    layers = list(layers)
 
     def feats(x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
@@ -214,4 +228,5 @@ def correspondence(
         regions,
         "object" if objects is not None else "parts",
         shown,
+        st,
     )

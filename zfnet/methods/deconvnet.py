@@ -7,7 +7,7 @@ bias); contrast normalization is skipped on the way down.
 Built as backward rules on autograd, not as a mirrored decoder: the gradient of max-pooling already routes
 through the switches (summing where overlapping windows share a maximum), the gradient of a convolution already
 applies the transposed filters without bias, so only two rules change: ReLU and contrast normalization.
-Rectification modes (footnote 1):
+Rectification rules (footnote 1; `rule=`):
 
     deconvnet  ReLU on the signal coming down (the paper)
     backprop   the forward pass's binary mask (plain gradient)
@@ -23,10 +23,12 @@ whole-image projection, borders included.
 
 from __future__ import annotations
 
+import typing
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -36,8 +38,11 @@ from ..errors import UsageError
 from ..layers import StopForward, capture, feature_module, features, local_response_norm
 from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
 from ..runtime import eval_mode
+from ..settings import Settings, knob
 
-MODES = ("deconvnet", "backprop", "guided")
+Rule = Literal["deconvnet", "backprop", "guided"]  # footnote 1: how the way down passes a ReLU
+RULES: tuple[str, ...] = typing.get_args(Rule)
+RULE_HELP = "the rectification on the way down (footnote 1): deconvnet (the paper), backprop (the gradient), guided"
 _RELU_NAMES = {"relu", "relu_"}
 
 
@@ -45,19 +50,19 @@ class _Rectify(torch.autograd.Function):
     """relu forward; the chosen rectification on the way down."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mode: str) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, rule: str) -> torch.Tensor:
         out = x.clamp_min(0)
-        ctx.mode = mode
-        if mode != "deconvnet":
+        ctx.rule = rule
+        if rule != "deconvnet":
             ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        if ctx.mode == "deconvnet":
+        if ctx.rule == "deconvnet":
             return g.clamp_min(0), None
         (out,) = ctx.saved_tensors
-        if ctx.mode == "backprop":
+        if ctx.rule == "backprop":
             return g * (out > 0), None
         return g.clamp_min(0) * (out > 0), None
 
@@ -81,15 +86,15 @@ def _bind_lrn(args: tuple, kwargs: dict) -> tuple:
 
 
 class _Rules(TorchFunctionMode):
-    def __init__(self, mode: str, skip_norm: bool) -> None:
+    def __init__(self, rule: str, skip_norm: bool) -> None:
         super().__init__()
-        self.mode, self.skip_norm = mode, skip_norm
+        self.rule, self.skip_norm = rule, skip_norm
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name in _RELU_NAMES and args and isinstance(args[0], torch.Tensor):
-            return _Rectify.apply(args[0], self.mode)
+            return _Rectify.apply(args[0], self.rule)
         if name == "local_response_norm" and self.skip_norm:
             x = args[0]
             rest, kw = args[1:], kwargs
@@ -113,7 +118,7 @@ class Target:
 class Deconvnet:
     """Project activations of `model` back to pixels (Sec. 2.1).
 
-        with Deconvnet(model, mode="deconvnet") as dn:
+        with Deconvnet(model, rule="deconvnet") as dn:
             rec = dn.project(images, layer="conv5", channel=12)          # each image's strongest unit
             recs = dn.project_targets(images, [Target(0, "conv5", 12, 3, 4), ...])
 
@@ -125,16 +130,16 @@ class Deconvnet:
     def __init__(
         self,
         model: nn.Module,
-        mode: str = "deconvnet",
+        rule: str = "deconvnet",
         norm: str = "skip",
         fast: bool = True,
         max_batch_pixels: int = 32 * 224 * 224,
     ) -> None:
-        if mode not in MODES:
-            raise UsageError(f"unknown deconvnet mode {mode!r}; choose one of {', '.join(MODES)}")
+        if rule not in RULES:
+            raise UsageError(f"unknown rectification rule {rule!r}; choose one of {', '.join(RULES)}")
         if norm not in ("skip", "gradient"):
             raise UsageError(f"norm must be 'skip' (the paper) or 'gradient', not {norm!r}")
-        self.model, self.mode, self.skip_norm, self.fast = model, mode, norm == "skip", fast
+        self.model, self.rule, self.skip_norm, self.fast = model, rule, norm == "skip", fast
         self.max_batch_pixels = max_batch_pixels
         self._stack: ExitStack | None = None
         self._geometry: dict = {}  # (layers, input shape) -> unit grids, valid inside the with block
@@ -252,7 +257,7 @@ class Deconvnet:
     def _down(self, x: torch.Tensor, layer: str, chans: torch.Tensor, ys, xs, unit: bool) -> torch.Tensor:
         """Forward `x` up to `layer`, seed one activation per sample, come down with the rules."""
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), _Rules(self.mode, self.skip_norm), capture(self.model, [layer]) as found:
+        with torch.enable_grad(), _Rules(self.rule, self.skip_norm), capture(self.model, [layer]) as found:
             try:
                 self.model(x)
             except StopForward:
@@ -320,12 +325,16 @@ class Projection:
     projected down to pixel space by the deconvnet (Fig. 1), and the unit's receptive field."""
 
     layer: str
-    mode: str
+    settings: ProjectSettings
     channels: list[int]
     positions: list[tuple[int, int] | None]  # (y, x) in the layer's maps; None for fc layers
     activations: torch.Tensor  # N: the projected activation's value
     boxes: list[tuple[int, int, int, int]]  # receptive field (top, left, bottom, right), input px, end-exclusive
     images: torch.Tensor  # N x C x H x W projections, zero outside each unit's receptive field
+
+    @property
+    def rule(self) -> str:
+        return self.settings.rule
 
     def field(self, i: int) -> torch.Tensor:
         """Image `i`'s projection over its unit's receptive-field box (zero past the image border)."""
@@ -334,13 +343,24 @@ class Projection:
     def to_json(self) -> dict:
         return {
             "layer": self.layer,
-            "mode": self.mode,
+            "settings": self.settings.to_json(),
             "channels": self.channels,
             "positions": [list(p) if p else None for p in self.positions],
             "activations": self.activations.tolist(),
             "boxes": [list(b) for b in self.boxes],
             "shape": list(self.images.shape),
         }
+
+
+@dataclass(frozen=True)
+class ProjectSettings(Settings):
+    """Sec. 2.1's projection (`project`): how the way down passes each ReLU, and what seeds it."""
+
+    method: ClassVar[str] = "project"
+    renamed: ClassVar[dict[str, str]] = {"mode": "rule"}
+
+    rule: Rule = knob("deconvnet", RULE_HELP, aliases=("--mode",))
+    unit: bool = knob(False, "seed 1 at the unit instead of its activation (the picture's scale, not its shape)")
 
 
 def project(
@@ -350,12 +370,13 @@ def project(
     layer: str,
     channel: int | Sequence[int],
     position: tuple[int, int] | None = None,
-    mode: str = "deconvnet",
-    unit: bool = False,
+    settings: ProjectSettings | None = None,
+    **changes: Any,
 ) -> Projection:
     """Project map `channel` of `layer` (one for all images, or one per image) at `position` (y, x), or where
-    each image's map is strongest, back to pixels for a batch of model input `images` (Sec. 2.1). `unit`
-    seeds 1 instead of the activation's value."""
+    each image's map is strongest, back to pixels for a batch of model input `images` (Sec. 2.1). Settings
+    (`ProjectSettings`: `rule`, `unit`) as a value or as keywords."""
+    s = ProjectSettings.build(settings, **changes)
     if images.dim() != 4:
         raise UsageError(
             f"project takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
@@ -365,7 +386,7 @@ def project(
     chans = [int(channel)] * n if isinstance(channel, int) else [int(c) for c in channel]
     if len(chans) != n:
         raise UsageError(f"{len(chans)} channels for {n} images; give one channel or one per image")
-    with Deconvnet(model, mode) as dn:
+    with Deconvnet(model, s.rule) as dn:
         acts = dn.activations(images, layer)
         targets = dn.targets(images, layer, chans, position, acts)
         values = (
@@ -376,11 +397,11 @@ def project(
             .float()
             .cpu()
         )
-        out = dn.project_targets(images, targets, unit=unit)
+        out = dn.project_targets(images, targets, unit=s.unit)
     rf = layer_field(model, layer, tuple(images.shape[1:]))
     return Projection(
         layer,
-        mode,
+        s,
         chans,
         [(t.y, t.x or 0) if t.y is not None else None for t in targets],
         values,
@@ -389,4 +410,4 @@ def project(
     )
 
 
-__all__ = ["MODES", "Deconvnet", "Projection", "Target", "feature_module", "project"]
+__all__ = ["RULES", "Deconvnet", "ProjectSettings", "Projection", "Rule", "Target", "feature_module", "project"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,9 +18,10 @@ from ..checkpoints import load_snapshot
 from ..layers import features
 from ..receptive_field import layer_field
 from ..runtime import Dist, eval_mode
+from ..settings import Settings, knob
 from ..weights import WeightsFile
 from .atlas import default_layers, scan, top_projections
-from .deconvnet import Deconvnet
+from .deconvnet import RULE_HELP, Deconvnet, Rule
 
 
 @dataclass
@@ -31,9 +33,11 @@ class Evolution:
     # layer -> channel -> per epoch: (projection field, patch, value, image index)
     cells: dict[str, dict[int, list[tuple[torch.Tensor, torch.Tensor, float, int]]]]
     ids: dict[int, str]  # image index -> the dataset's id of that image
+    settings: EvolutionSettings = field(default_factory=lambda: EvolutionSettings())
 
     def to_json(self) -> dict:
         return {
+            "settings": self.settings.to_json(),
             "epochs": self.epochs,
             "layers": {
                 layer: {
@@ -60,30 +64,44 @@ def choose_channels(model: nn.Module, layers: list[str], per_layer: int, seed: i
     return out
 
 
+@dataclass(frozen=True)
+class EvolutionSettings(Settings):
+    """Fig. 4's settings: which layers, how many maps of each (drawn with `seed` unless `channels=` names them),
+    and the rectification of the projections."""
+
+    method: ClassVar[str] = "evolution"
+    renamed: ClassVar[dict[str, str]] = {"mode": "rule"}
+
+    layers: tuple[str, ...] | None = knob(None, "layers shown (none: conv1..conv5, or each stage's last layer)")
+    maps: int = knob(8, "feature maps per layer, drawn at random with seed (Fig. 4 shows a few per layer)", low=1)
+    seed: int = knob(0, "the random draw of the maps", low=0)
+    rule: Rule = knob("deconvnet", RULE_HELP, aliases=("--mode",))
+
+
 def evolution(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet,
     *,
     snapshots: Sequence[tuple[int, str | WeightsFile]],
-    layers: Sequence[str] | None = None,
     channels: dict[str, list[int]] | None = None,
-    maps: int = 8,
-    seed: int = 0,
+    settings: EvolutionSettings | None = None,
     batch_size: int = 256,
     workers: int = 0,
-    mode: str = "deconvnet",
     progress: bool = False,
     device: torch.device | str | None = None,
+    **changes: Any,
 ) -> Evolution:
     """Fig. 4: for each snapshot (epoch, weights file), the strongest activation of each chosen map across
     `images` (the training set: a dataset, or a batch of model input), projected down. The maps are `channels`
     (layer -> maps), else `maps` per layer drawn with `seed`. Each snapshot is fed with the preprocessing stored
     in it (its own mean image), else the dataset's. `model` gives the architecture and is left as it was (the
-    snapshots are loaded into a copy)."""
+    snapshots are loaded into a copy). Settings (`EvolutionSettings`) as a value or as keywords."""
+    s = EvolutionSettings.build(settings, **changes)
+    maps, seed = s.maps, s.seed
     ds = zdata.as_image_set(images)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model)
-    layers = list(layers or default_layers(net))
+    layers = list(s.layers or default_layers(net))
     pp0 = ds.preprocess
     shape = (pp0.channels, pp0.input_size, pp0.input_size)
     channels = channels or choose_channels(net, layers, maps, seed, shape)
@@ -105,7 +123,7 @@ def evolution(
             dist=Dist(device=device),
             desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})",
         )
-        with Deconvnet(net, mode=mode) as dn:
+        with Deconvnet(net, rule=s.rule) as dn:
             for layer in layers:
                 tk = result.top[layer]
                 rf = layer_field(net, layer, shape)
@@ -119,4 +137,5 @@ def evolution(
         {l: channels[l] for l in layers},
         cells,
         {i: ds.image_id(i) for i in sorted(seen) if i >= 0},
+        s,
     )

@@ -2,17 +2,18 @@
 
 Per filter of the first conv layer:
   rms        sqrt(mean(w^2)) over the filter (what feature scale clipping bounds, Sec. 3)
-  dominant   rms >= DOMINANT_RATIO x the layer's median rms ("a few of them dominate", Fig. 5(a))
+  dominant   rms >= `dominant` x the layer's median rms ("a few of them dominate", Fig. 5(a))
   frequency  power-weighted mean radial frequency of the filter's 2-D spectrum, cycles/pixel (Sec. 4.1:
              "a mix of extremely high and low frequency information, with little coverage of the mid
              frequencies"); 0 = flat, 0.5 = Nyquist
-  dead       its rectified response never exceeds DEAD_RATIO x the layer's median maximum response over the
+  dead       its rectified response never exceeds `dead` x the layer's median maximum response over the
              scanned images (an exact 0 = it never fired); needs the per-map maxima of an atlas scan
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,10 +21,20 @@ from torch import nn
 from .. import data as zdata
 from ..errors import UsageError
 from ..layers import layer_names, resolve_layer
+from ..settings import Settings, knob
 from .atlas import scan
 
-DOMINANT_RATIO = 2.0
-DEAD_RATIO = 0.01
+
+@dataclass(frozen=True)
+class FiltersSettings(Settings):
+    """Fig. 5(a)'s diagnostics: the thresholds that call a filter dominant or dead (Sec. 4.1)."""
+
+    method: ClassVar[str] = "filters"
+
+    dominant: float = knob(2.0, "a filter is dominant when its RMS is at least this times the median RMS", above=1)
+    dead: float = knob(
+        0.01, "a filter is dead when its largest response is at most this share of the median largest", low=0, high=1
+    )
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -54,6 +65,7 @@ class FilterReport:
     frequency: torch.Tensor
     max_response: torch.Tensor | None = None  # per filter, over the scanned images
     dead: torch.Tensor | None = None  # bool
+    settings: FiltersSettings = field(default_factory=lambda: FiltersSettings())
 
     def summary(self) -> dict:
         n = len(self.rms)
@@ -69,8 +81,8 @@ class FilterReport:
             "frequency_mean": float(self.frequency.mean()),
             "frequency_quartiles": [float(q) for q in torch.quantile(self.frequency, torch.tensor([0.25, 0.5, 0.75]))],
             "thresholds": {
-                "dominant": f"rms >= {DOMINANT_RATIO} x median rms",
-                "dead": f"max response <= {DEAD_RATIO} x median max response over the data",
+                "dominant": f"rms >= {self.settings.dominant} x median rms",
+                "dead": f"max response <= {self.settings.dead} x median max response over the data",
             },
         }
         if self.dead is not None:
@@ -99,16 +111,18 @@ class FilterReport:
         return rows
 
 
-def analyse(weight: torch.Tensor, max_response: torch.Tensor | None = None) -> FilterReport:
+def analyse(
+    weight: torch.Tensor, max_response: torch.Tensor | None = None, settings: FiltersSettings = FiltersSettings()
+) -> FilterReport:
     """Diagnostics of first-layer filters; `max_response` (per filter, over a dataset) enables 'dead'."""
     w = weight.detach().float().cpu()
     rms = w.pow(2).mean(dim=(1, 2, 3)).sqrt()
-    dominant = rms >= DOMINANT_RATIO * rms.median()
+    dominant = rms >= settings.dominant * rms.median()
     dead = None
     if max_response is not None:
         max_response = max_response.detach().float().cpu()
-        dead = max_response <= DEAD_RATIO * max_response.median().clamp_min(0)
-    return FilterReport(w, rms, dominant, radial_frequency(w), max_response, dead)
+        dead = max_response <= settings.dead * max_response.median().clamp_min(0)
+    return FilterReport(w, rms, dominant, radial_frequency(w), max_response, dead, settings)
 
 
 def first_conv_name(model: nn.Module) -> str:
@@ -125,12 +139,16 @@ def filters(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet | None = None,
     *,
+    settings: FiltersSettings | None = None,
     batch_size: int = 128,
     workers: int = 0,
     progress: bool = False,
+    **changes: float,
 ) -> FilterReport:
     """Fig. 5 / Sec. 4.1: the first layer's filters and their diagnostics; with `images` (a batch of model input
-    or a dataset) also each filter's largest rectified response over them, which tells the dead ones."""
+    or a dataset) also each filter's largest rectified response over them, which tells the dead ones. Settings
+    (`FiltersSettings`) as a value or as keywords."""
+    s = FiltersSettings.build(settings, **changes)
     conv = first_conv(model)
     max_resp = None
     if images is not None:
@@ -139,4 +157,4 @@ def filters(
         result = scan(model, ds, layers=[name], k=1, batch_size=batch_size, workers=workers, progress=progress)
         ds.check_readable()
         max_resp = result.top[name].values[0]
-    return analyse(conv.weight, max_resp)
+    return analyse(conv.weight, max_resp, s)

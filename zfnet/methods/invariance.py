@@ -17,7 +17,8 @@ other value, with no special case.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,19 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import capture, features
-from ..pixels import Fill, WithPreprocess, fill_pixel_map, fill_pixels, pixel_preprocess, split_model
+from ..pixels import (
+    FILL_HELP,
+    Fill,
+    WithPreprocess,
+    fill_pixel_map,
+    fill_pixels,
+    fill_problem,
+    parse_fill,
+    pixel_preprocess,
+    split_model,
+)
 from ..runtime import eval_mode
+from ..settings import Settings, knob
 
 TRANSFORMS = ("translate", "scale", "rotate")
 IDENTITY = {"translate": 0.0, "scale": 1.0, "rotate": 0.0}
@@ -67,12 +79,14 @@ class InvarianceResult:
     curves: list[TransformCurve]
     predicted: list[bool] | None = None  # per image: its class is the predicted one (it had no label)
     fill_pixels: list[float] | None = None  # the uncovered pixels' values per channel (None: the mean image)
+    settings: InvarianceSettings = field(default_factory=lambda: InvarianceSettings())
 
     def curve(self, transform: str) -> TransformCurve:
         return next(c for c in self.curves if c.transform == transform)
 
     def to_json(self) -> dict:
         return {
+            "settings": self.settings.to_json(),
             "layers": self.layers,
             "labels": self.labels.tolist(),
             "predicted": self.predicted or [False] * len(self.labels),
@@ -146,22 +160,44 @@ def transform_images(
     return preprocess.from_pixels(moved).to(images.dtype)
 
 
+def _transforms_problem(value: object) -> str:
+    ok = isinstance(value, tuple) and value and all(t in TRANSFORMS for t in value)
+    return "" if ok else f"must be one or more of {', '.join(TRANSFORMS)}"
+
+
+@dataclass(frozen=True)
+class InvarianceSettings(Settings):
+    """The arXiv invariance figure (Sec. 4.4): which transformations, the layers whose feature distance is
+    plotted, and the pixels a transformation uncovers. The values swept are an input (`values=`, default
+    `DEFAULT_VALUES`)."""
+
+    method: ClassVar[str] = "invariance"
+
+    transforms: tuple[str, ...] = knob(
+        TRANSFORMS, f"transformations swept: {', '.join(TRANSFORMS)}", check=_transforms_problem
+    )
+    layers: tuple[str, ...] = knob(("conv1", "fc7"), "layers whose feature distance is plotted (the figure: 1 and 7)")
+    fill: Fill = knob("grey", "pixels a transformation uncovers: " + FILL_HELP, parse=parse_fill, check=fill_problem)
+
+
 def invariance(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,
     *,
     labels: torch.Tensor | Sequence[int | None] | None = None,
-    transforms: Sequence[str] = TRANSFORMS,
     values: dict[str, Sequence[float]] | None = None,
-    layers: Sequence[str] = ("conv1", "fc7"),
-    fill: Fill = "grey",
     preprocess: Preprocess | None = None,
+    settings: InvarianceSettings | None = None,
+    **changes: Any,
 ) -> InvarianceResult:
     """For a batch of model input (N x C x H x W) with their true classes: under each transformation and value
     (`values[t]`, default `DEFAULT_VALUES[t]`), the distance to the untransformed features per layer and
     p(true class) (arXiv Sec. 4.4). An image without a label (None, or `labels` None) follows the class the
     model predicts on it untransformed. The transformations act on the pixels, so the preprocessing is needed:
-    pass an opened model (`zfnet.pretrained()`, `zfnet.open_model`) or `preprocess=`."""
+    pass an opened model (`zfnet.pretrained()`, `zfnet.open_model`) or `preprocess=`. Settings
+    (`InvarianceSettings`) as a value or as keywords."""
+    st = InvarianceSettings.build(settings, **changes)
+    transforms, layers, fill = st.transforms, list(st.layers), st.fill
     model, pp = split_model(model, preprocess)
     pp = pixel_preprocess(model, pp, "invariance's transformations")
     check_transforms(transforms)
@@ -177,7 +213,6 @@ def invariance(
             f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "
             f"{len(labels)} labels)"
         )
-    layers = list(layers)
     curves = []
     fill_map = fill_pixel_map(fill, pp, images)
     pixels = pp.to_pixels(images.float())
@@ -203,4 +238,4 @@ def invariance(
             curves.append(TransformCurve(t, vals, dist, prob))
     shown = fill_pixels(fill, pp)
     name = fill if isinstance(fill, str) else "pixels"
-    return InvarianceResult(layers, labels, name, curves, predicted, list(shown) if shown else None)
+    return InvarianceResult(list(layers), labels, name, curves, predicted, list(shown) if shown else None, st)

@@ -11,7 +11,7 @@ itself: not a square the model could have seen), a number or one per channel pas
 The strongest map is the one with the largest single activation on the unoccluded image (as in Fig. 2, and
 where (c) projects it from); its activity (b) is the map's sum over all positions.
 
-Modes:
+Strategies (`strategy=`):
   auto    (the default) exact where it pays, else naive: `incremental.estimate` prices both from the model's
           geometry (the share of each layer's map an occluder changes, the multiply-adds and copies that costs)
           and incremental inference runs when it is estimated faster (`AUTO_MARGIN`).
@@ -34,10 +34,11 @@ Modes:
 from __future__ import annotations
 
 import time
+import typing
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,17 +47,66 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import feature_module, features, resolve_layer
-from ..pixels import Fill, WithPreprocess, resolve_fill, split_model
+from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
-from .deconvnet import Deconvnet
+from ..settings import Settings, knob
+from .deconvnet import RULE_HELP, Deconvnet, Rule
 from .incremental import Batch, CostModel, Estimate, Region, Replay, estimate, order_positions, record
 
-MODES = ("auto", "exact", "naive", "approx")
-PRECISIONS = ("bfloat16", "float32")  # approx: what convs and linear layers take the change in
+Strategy = Literal["auto", "exact", "naive", "approx"]
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
+Precision = Literal["bfloat16", "float32"]  # approx: what convs and linear layers take the change in
 # auto runs incremental inference when it is estimated faster than whole forwards; measured on six bench cases the
 # estimate errs low where incremental inference wins big (ZFNet-224: 3.4x estimated, 6.0x measured) and high by at
 # most 25% on ResNets at 64 px (0.75x estimated, 0.60x measured), where whole forwards win either way
 AUTO_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class OcclusionSettings(Settings):
+    """Fig. 6's settings (Sec. 4.2); sizes are in model-input pixels. The paper's 224 px figures use a 32 px
+    square; `for_input` scales window and stride to another input (2/7 of it, a quarter of that) where the caller
+    gave none - the report's and the explorer's rule."""
+
+    method: ClassVar[str] = "occlusion"
+    renamed: ClassVar[dict[str, str]] = {"mode": "strategy", "projection_mode": "rule"}
+
+    window: int = knob(32, "the grey square's side, model-input pixels", low=1)
+    stride: int = knob(8, "the step between occluder positions, model-input pixels", low=1)
+    fill: Fill = knob("grey", "the occluder: " + FILL_HELP, parse=parse_fill, check=fill_problem)
+    layer: str = knob("conv5", "the layer whose strongest map panels (b) and (c) show")
+    strategy: Strategy = knob(
+        "auto",
+        "auto: exact where the model's geometry says it pays, else naive; exact: incremental inference; naive: "
+        "whole forwards; approx: layers on the change in bfloat16 and a checkerboard drill-down",
+        aliases=("--mode",),
+    )
+    rule: Rule = knob("deconvnet", "panel (c): " + RULE_HELP)
+    tau: float = knob(
+        1.0,
+        "approx: the largest share of a map the region may grow to (Krypton's threshold; 1: no cap)",
+        above=0,
+        high=1,
+    )
+    drill: float | None = knob(
+        0.4,
+        "approx: the share of the checkerboard's interpolated positions computed too, where p(true) varies most "
+        "(1 or none: all)",
+        low=0,
+        high=1,
+    )
+    precision: Precision = knob(
+        "bfloat16", "approx: convs and linear layers see the change the occluder makes in this precision"
+    )
+    compare_exact: bool = knob(False, "approx: also run exact and report the deviation")
+
+    @classmethod
+    def for_input(cls, size: int, base: OcclusionSettings | None = None, **given: Any) -> OcclusionSettings:
+        """Settings for a `size` px input: a window of 2/7 of it and a stride of a quarter of that, unless given."""
+        window, stride = given.pop("window", None), given.pop("stride", None)  # a value given is never replaced
+        window = max(2, round(size * 2 / 7)) if window is None else window
+        stride = max(1, window // 4) if stride is None and isinstance(window, int) else stride
+        return cls.build(base, window=window, stride=stride, **given)
 
 
 @dataclass
@@ -77,31 +127,35 @@ class OcclusionResult:
     base_prob: float  # p(target) on the unoccluded image
     base_activity: float
     base_class: int
-    window: int
-    stride: int
+    settings: OcclusionSettings  # what was asked for
     fill: str  # "grey", "mean-image" or "pixels" (see the module docstring)
-    mode: str
-    tau: float | None = None
-    drill: float | None = None
+    strategy: str  # what ran: naive when incremental inference cannot, exact for auto when it pays
     seconds: float = 0.0
     deviation: dict = field(default_factory=dict)  # approx vs exact, when compared
-    requested: str = ""  # the mode asked for (`mode` is what ran: naive when incremental inference cannot)
     fallback: str = ""  # why incremental inference could not run, when it could not
     estimated_speedup: float | None = None  # auto: incremental inference's estimated speed over whole forwards
-    precision: str | None = None  # approx: the precision convs and linear layers take the change in
     target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
     fill_pixels: list[float] | None = None  # the square's pixel values per channel (None: the mean image)
 
+    @property
+    def window(self) -> int:
+        return self.settings.window
+
+    @property
+    def stride(self) -> int:
+        return self.settings.stride
+
     def describe(self) -> str:
         """What ran, in words, for captions: exact / naive / approx, why auto chose it, a fallback and its reason."""
+        s = self.settings
         what = {
             "exact": "exact incremental computation (only the region each occluder changes is recomputed)",
             "naive": "whole forward passes",
-            "approx": f"approximate (tau {self.tau}, drill {self.drill}, layers on the change in {self.precision})",
-        }[self.mode]
+            "approx": f"approximate (tau {s.tau}, drill {s.drill}, layers on the change in {s.precision})",
+        }[self.strategy]
         if self.fallback:
-            return f"{self.requested} asked, fell back to {what}: {self.fallback}"
-        if self.requested == "auto" and self.estimated_speedup is not None:
+            return f"{s.strategy} asked, fell back to {what}: {self.fallback}"
+        if s.strategy == "auto" and self.estimated_speedup is not None:
             speed = f"{self.estimated_speedup:.3g}x"
             return f"{what}, chosen by auto (incremental inference estimated {speed} whole forwards)"
         return what
@@ -115,17 +169,14 @@ class OcclusionResult:
             "base_prob": self.base_prob,
             "base_activity": self.base_activity,
             "base_class": self.base_class,
+            "settings": self.settings.to_json(),
             "window": self.window,
             "stride": self.stride,
             "fill": self.fill,
             "fill_pixels": self.fill_pixels,
-            "mode": self.mode,
-            "tau": self.tau,
-            "drill": self.drill,
-            "precision": self.precision,
+            "strategy": self.strategy,
             "seconds": self.seconds,
             "deviation": self.deviation,
-            "requested": self.requested or self.mode,
             "fallback": self.fallback,
             "estimated_speedup": self.estimated_speedup,
             "target_source": self.target_source,
@@ -305,24 +356,18 @@ def occlusion(
     images: torch.Tensor,
     *,
     target: int | Sequence[int | None] | None = None,
-    window: int = 32,
-    stride: int = 8,
-    fill: Fill = "grey",
     preprocess: Preprocess | None = None,
-    layer: str = "conv5",
-    mode: str = "auto",
-    tau: float = 1.0,
+    settings: OcclusionSettings | None = None,
     batch_size: int | None = None,
-    compare_exact: bool = False,
-    projection_mode: str = "deconvnet",
-    drill: float | None = 0.4,
-    precision: str = "bfloat16",
     progress: Callable[[int, int], None] | None = None,
+    **changes: Any,
 ) -> OcclusionResults:
     """Fig. 6 for each image of a batch of model input (N x C x H x W): see the module docstring. `target`: the
     class whose probability (d) maps - one for all images, one per image, or None (each image's predicted
-    class). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`.
-    `progress(done, total)` is called as positions are computed (all images of the batch together)."""
+    class). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`. Settings
+    (`OcclusionSettings`) as a value or as keywords (`window=8, stride=2`); `batch_size` and `progress(done,
+    total)` (positions computed, all images of the batch together) change only how it runs."""
+    s = OcclusionSettings.build(settings, **changes)
     model, pp = split_model(model, preprocess)
     if images.dim() != 4:
         raise UsageError(
@@ -333,30 +378,20 @@ def occlusion(
     targets: list[Any] = list(target) if isinstance(target, (list, tuple, torch.Tensor)) else [target] * n
     if len(targets) != n:
         raise UsageError(f"{len(targets)} targets for {n} images; give one target, one per image, or none")
-    occluder = resolve_fill(model, fill, pp, images, "occlusion's grey square")
+    occluder = resolve_fill(model, s.fill, pp, images, "occlusion's grey square")
+    per_image = len(positions(images.shape[-2], s.window, s.stride)) * len(
+        positions(images.shape[-1], s.window, s.stride)
+    )
     return OcclusionResults(
         [
             _occlude(
                 model,
                 images[i : i + 1],
                 None if t is None else int(t),
-                window,
-                stride,
+                s,
                 occluder,
-                layer,
-                mode,
-                tau,
                 batch_size,
-                compare_exact,
-                projection_mode,
-                drill,
-                precision,
-                _Tally(
-                    progress,
-                    n,
-                    len(positions(images.shape[-2], window, stride)) * len(positions(images.shape[-1], window, stride)),
-                    i,
-                ),
+                _Tally(progress, n, per_image, i),
             )
             for i, t in enumerate(targets)
         ]
@@ -367,29 +402,14 @@ def _occlude(
     model: nn.Module,
     image: torch.Tensor,
     target: int | None,
-    window: int,
-    stride: int,
+    s: OcclusionSettings,
     fill: tuple[torch.Tensor, str, list[float] | None],
-    layer: str,
-    mode: str,
-    tau: float,
-    batch_size: int | None,
-    compare_exact: bool,
-    projection_mode: str,
-    drill: float | None,
-    precision: str = "float32",
+    batch_size: int | None = None,
     tally: _Tally | None = None,
 ) -> OcclusionResult:
     """Fig. 6 for one image (1 x C x H x W); `fill`: (the occluder as model input C x H x W, its name, its
     pixel values)."""
-    if mode not in MODES:
-        raise UsageError(f"unknown occlusion mode {mode!r}; choose one of {', '.join(MODES)}")
-    if not 0 < tau <= 1:
-        raise UsageError(f"tau {tau} must be in (0, 1]")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if drill is not None and not 0 <= drill <= 1:
-        raise UsageError(f"drill {drill} must be in [0, 1] (the share of in-between positions computed)")
+    window, stride, layer, mode, tau, drill = s.window, s.stride, s.layer, s.strategy, s.tau, s.drill
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise UsageError(f"occlusion takes one image (C x H x W), got shape {tuple(image.shape)}")
@@ -404,7 +424,7 @@ def _occlude(
         bs = batch_size or max(1, min(256, (64 * 224 * 224) // (h * w)))  # whole forwards
         bs_region = batch_size or 2 * bs  # regions are smaller: larger batches pay (measured on ZFNet-224)
         run_tau = tau if mode == "approx" and tau < 1 else None
-        low = mode == "approx" and precision == "bfloat16"
+        low = mode == "approx" and s.precision == "bfloat16"
         probe_y, probe_x = ys[len(ys) // 2], xs[len(xs) // 2]
         probe = (probe_y, probe_x, fill_map[:, probe_y : probe_y + window, probe_x : probe_x + window])
         plan = _plan(model, x, feat, mode, (layer, window, stride), ys, xs, bs_region, probe)
@@ -456,7 +476,7 @@ def _occlude(
             tally.add(tally.per_image)
     seconds = time.perf_counter() - started
     top_prob, top_class = p.max(-1)
-    with Deconvnet(model, mode=projection_mode) as dn:
+    with Deconvnet(model, rule=s.rule) as dn:
         projection = dn.project(x, layer, channel, position=cpos)[0]
     result = OcclusionResult(
         torch.tensor(ys),
@@ -473,24 +493,17 @@ def _occlude(
         float(probs[target]),
         float(feat_out[0, channel].sum()),
         base_class,
-        window,
-        stride,
+        s,
         fill[1],
         run_mode,
-        tau if run_mode == "approx" else None,
-        drill if run_mode == "approx" else None,
         seconds,
-        requested=mode,
         fallback=fallback,
         estimated_speedup=estimated.speedup if estimated is not None else None,
-        precision=precision if run_mode == "approx" else None,
         target_source=source,
         fill_pixels=fill[2],
     )
-    if compare_exact and run_mode == "approx":
-        exact = _occlude(
-            model, image, target, window, stride, fill, layer, "exact", tau, batch_size, False, projection_mode, None
-        )  # fmt: skip
+    if s.compare_exact and run_mode == "approx":
+        exact = _occlude(model, image, target, s.replace(strategy="exact", compare_exact=False), fill, batch_size)
         result.deviation = deviation(result, exact)
     return result
 

@@ -13,12 +13,13 @@ import torch
 from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
-from ..methods.correspondence import correspondence, mask
-from ..methods.invariance import DEFAULT_VALUES, TRANSFORMS, check_transforms, invariance, transform_images
+from ..methods.correspondence import CorrespondenceSettings, correspondence, mask
+from ..methods.invariance import DEFAULT_VALUES, InvarianceSettings, invariance, transform_images
 from ..pixels import resolve_fill
 from ..provenance import environment
 from ..readback import read_text
 from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
+from ..settings import Run
 from ..weights import Opened
 from .inputs import Inputs, load_inputs
 
@@ -78,26 +79,16 @@ def run_correspondence(
     inputs: Inputs,
     spec: dict,
     out: str,
+    settings: CorrespondenceSettings = CorrespondenceSettings(),
+    run: Run = Run(),
     *,
-    layers: tuple[str, ...] = ("conv5", "fc7"),
-    fill: str | float | tuple[float, ...] = "grey",
-    random_draws: int = 10,
-    seed: int = 0,
     parts_file: str | None = None,
-    device: torch.device | str = "cpu",
 ) -> dict:
     """The correspondence table (Markdown + JSON) and the masked-images figure for the parts file `spec`
     (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
-    started = time.perf_counter()
+    started, device, fill = time.perf_counter(), run.device, settings.fill
     res = correspondence(
-        opened,
-        inputs.x.to(device),
-        parts=spec["parts"],
-        objects=spec.get("object"),
-        layers=tuple(layers),
-        fill=fill,
-        random_draws=random_draws,
-        seed=seed,
+        opened, inputs.x.to(device), parts=spec["parts"], objects=spec.get("object"), settings=settings
     )
     os.makedirs(out, exist_ok=True)
     body = res.to_json()
@@ -127,7 +118,7 @@ def run_correspondence(
         "parts_file": os.path.abspath(parts_file) if parts_file else None,
         "boxes": {k: [list(b) for b in v] for k, v in spec["parts"].items()},
         "objects": [list(b) for b in spec["object"]] if spec.get("object") else None,
-        "settings": {"random_draws": random_draws, "seed": seed, "fill": res.fill, "layers": list(layers)},
+        "settings": {**settings.to_json(), "fill": res.fill},
         "random": (
             "in each draw every image gets its own box of the parts' median size, uniform inside its "
             + ("object box" if res.region_source == "object" else "named parts' hull grown to that size")
@@ -147,23 +138,19 @@ def run_invariance(
     opened: Opened,
     inputs: Inputs,
     out: str,
-    *,
-    transforms: tuple[str, ...] = TRANSFORMS,
-    layers: tuple[str, ...] = ("conv1", "fc7"),
-    fill: str | float | tuple[float, ...] = "grey",
-    device: torch.device | str = "cpu",
+    settings: InvarianceSettings = InvarianceSettings(),
+    run: Run = Run(),
 ) -> dict:
     """The invariance figure (one row per transformation) and invariance.json. Translations are the paper's
     range scaled to the input size (its 224 px -> ours); every transformation acts on the pixels."""
-    check_transforms(transforms)
-    started = time.perf_counter()
+    started, device, transforms, fill = time.perf_counter(), run.device, settings.transforms, settings.fill
     x = inputs.x.to(device)
     size = x.shape[-1]
     values: dict[str, Sequence[float]] = {t: list(DEFAULT_VALUES[t]) for t in transforms}
     if "translate" in values:
         values["translate"] = sorted({int(round(v * size / 224)) for v in values["translate"]})
     labels = list(inputs.labels)  # None: the class predicted on the untransformed image
-    res = invariance(opened, x, labels=labels, transforms=transforms, values=values, layers=tuple(layers), fill=fill)
+    res = invariance(opened, x, labels=labels, values=values, settings=settings)
     rows, examples = [], {}
     for curve, row in zip(res.curves, res.to_json()["transforms"]):
         shown = curve.values[:: max(1, len(curve.values) // 5)]
@@ -194,7 +181,8 @@ def run_invariance(
         "space": "pixels: each input back to its pixels, transformed, preprocessed again",
         "fill": res.fill,
         "fill_pixels": res.fill_pixels,
-        "layers": list(layers),
+        "layers": list(settings.layers),
+        "settings": settings.to_json(),
         "model": opened.info(),
         "figure": "invariance.png",
         "wall_seconds": time.perf_counter() - started,

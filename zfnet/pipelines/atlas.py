@@ -9,21 +9,34 @@ OUT/settings.json   the settings that change results, and their key: a rerun wit
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .. import data as zdata
 from ..errors import UsageError
-from ..io import atomic_write_json
+from ..io import atomic_save_tensors, atomic_write_json, load_tensors, safetensors_metadata
 from ..layers import resolve_layer
-from ..methods.atlas import Scan, default_layers, fingerprint, manifest_layers, scan, tensor_hash, top_projections
-from ..methods.deconvnet import MODES, Deconvnet
-from ..methods.evolution import evolution
+from ..methods.atlas import (
+    AtlasSettings,
+    Scan,
+    ScanProgress,
+    TopK,
+    default_layers,
+    fingerprint,
+    manifest_layers,
+    scan,
+    tensor_hash,
+    top_projections,
+)
+from ..methods.deconvnet import RULE_HELP, Deconvnet, Rule
+from ..methods.evolution import EvolutionSettings, evolution
 from ..methods.filters import analyse, first_conv
 from ..outputs import user_files
 from ..progress import bar
@@ -33,50 +46,97 @@ from ..receptive_field import layer_field
 from ..render import atlas_site
 from ..render.render import display_scale
 from ..runtime import Dist, teardown
+from ..settings import Run, knob
 from ..weights import Opened, WeightsFile
 
 
 @dataclass(frozen=True)
+class AtlasSiteSettings(AtlasSettings):
+    """`zfnet atlas`'s settings: Fig. 2's selection (`AtlasSettings`: layers, k) and what the atlas draws of it -
+    the projections' rule, per-class references, the Fig. 2 panels, Fig. 4's maps."""
+
+    renamed: ClassVar[dict[str, str]] = {"mode": "rule"}
+
+    rule: Rule = knob("deconvnet", RULE_HELP, aliases=("--mode",))
+    per_class: int = knob(
+        0,
+        "also keep each map's top-K images within every class, in the same pass (the viewer and zfnet explore "
+        "show them; 0: none)",
+        low=0,
+        high=100,
+    )
+    limit: int | None = knob(None, "scan only the first N images (none: all)", low=1)
+    panel_maps: int = knob(16, "maps per Fig. 2 panel", low=1)
+    max_maps: int | None = knob(
+        None, "maps per layer projected for the viewer (none: every map; the panel's always)", low=1
+    )
+    evolution_maps: int = knob(8, "maps per layer in Fig. 4", low=1)
+    evolution_limit: int | None = knob(None, "training images scanned per snapshot for Fig. 4 (none: all)", low=1)
+    seed: int = knob(0, "which maps the panels and Fig. 4 show", low=0)
+
+
+@dataclass(frozen=True)
 class AtlasConfig:
-    """Settings of one atlas (written into the manifest). `RUN_ONLY` fields never change a result."""
+    """One atlas: where it goes, its settings, where Fig. 4's snapshots come from, and how it runs (batch size,
+    decoding workers, device: never a change to the result)."""
 
     out: str
-    layers: tuple[str, ...] = ()  # () = conv1..conv5 (or every conv layer)
-    k: int = 9  # top-k per map (Fig. 2: 9)
-    mode: str = "deconvnet"
-    limit: int | None = None  # scan only the first N images
+    settings: AtlasSiteSettings = AtlasSiteSettings()
+    evolution: str | None = None  # where Fig. 4's snapshots come from (a run folder; "pretrained")
     batch_size: int = 128
     workers: int = 4
-    panel_maps: int = 16  # maps per Fig. 2 panel
-    max_maps: int | None = None  # maps per layer projected for the viewer (None: every map; the panel's always)
-    evolution: str | None = None  # where Fig. 4's snapshots come from (a run folder; "pretrained")
-    evolution_maps: int = 8  # maps per layer in Fig. 4
-    evolution_limit: int | None = None  # training images scanned per snapshot (None: all)
-    seed: int = 0  # which maps the panels and Fig. 4 show
-    per_class: int = 0  # also each map's top-K within every class (0: none)
     device: str = "auto"
 
 
-RUN_ONLY = ("out", "batch_size", "workers", "device")
-
-
 def _check(cfg: AtlasConfig) -> None:
-    if cfg.mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}")
-    if cfg.max_maps is not None and cfg.max_maps < 1:
-        raise UsageError(f"--max-maps {cfg.max_maps} must be at least 1 (or left out: every map)")
-    for name in ("k", "batch_size", "panel_maps", "evolution_maps"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
-    if cfg.workers < 0:
-        raise UsageError(f"--workers {cfg.workers} must be 0 (decode in this process) or more")
-    if cfg.per_class < 0 or cfg.per_class > 100:
-        raise UsageError(f"--per-class {cfg.per_class} must be 0 (none) to 100")
-    for name in ("limit", "evolution_limit"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1 (or left out)")
+    Run(batch_size=cfg.batch_size, workers=cfg.workers)  # refuses a bad batch size or worker count
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UsageError(f"--out {cfg.out!r} is a file; pass a folder")
+
+
+@dataclass(frozen=True)
+class ScanFile:
+    """A scan's resume state (`methods.atlas.ScanStore`) in one safetensors file per process: the top-k tables as
+    tensors, the result key, positions done, shapes and unreadable images in its metadata. A file of another key,
+    or a damaged one, is no state: the scan starts from the beginning."""
+
+    path: str
+    key: str
+
+    @classmethod
+    def of(cls, path: str, key: str, dist: Dist | None = None) -> ScanFile:
+        """The file of this process (under torchrun each process keeps its own share's state)."""
+        if dist is not None and dist.world > 1:
+            path = f"{path}.rank{dist.rank}-of-{dist.world}"
+        return cls(path, key)
+
+    def load(self) -> ScanProgress | None:
+        if not os.path.isfile(self.path):
+            return None
+        try:
+            meta = safetensors_metadata(self.path)
+            if meta.get("key") != self.key:
+                return None
+            t = load_tensors(self.path)
+            names = {k.rsplit("/", 1)[0] for k in t}
+            return ScanProgress(
+                {n: TopK.from_tensors(t, n) for n in names},
+                {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()},
+                int(meta["done"]),
+                {int(i): str(r) for i, r in json.loads(meta.get("skipped", "{}")).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: no state
+            return None
+
+    def save(self, progress: ScanProgress) -> None:
+        tensors = {k: v for n, tk in progress.top.items() for k, v in tk.tensors(n).items()}
+        meta = {
+            "key": self.key,
+            "done": str(progress.done),
+            "shapes": json.dumps(progress.shapes),
+            "skipped": json.dumps({str(i): r for i, r in progress.skipped.items()}),
+        }
+        atomic_save_tensors(tensors, self.path, meta)
 
 
 def _claim_folder(out: str, key: str, settings: dict) -> None:
@@ -121,14 +181,14 @@ def build_atlas(
         raise UsageError("Fig. 4 needs the training images the snapshots are scanned on")
     started = time.perf_counter()
     dist = dist or Dist(device=next(opened.model.parameters()).device)
-    dataset = dataset.head(cfg.limit)
-    if cfg.per_class and len(dataset.classes) < 2:
+    dataset = dataset.head(cfg.settings.limit)
+    if cfg.settings.per_class and len(dataset.classes) < 2:
         raise UsageError(
             "--per-class needs labelled data: this data names no classes (a folder of class folders, a dataset)"
         )
-    train = train.head(cfg.evolution_limit) if train is not None else None
+    train = train.head(cfg.settings.evolution_limit) if train is not None else None
     model, pp = opened.model, dataset.preprocess
-    layers = list(cfg.layers) or default_layers(model)
+    layers = list(cfg.settings.layers or ()) or default_layers(model)
     for layer in layers:
         resolve_layer(model, layer)  # an unknown layer is refused before anything is written
     ident = {
@@ -140,10 +200,12 @@ def build_atlas(
         **({"exclude": dataset.exclude} if dataset.exclude else {}),
     }
     scan_key = fingerprint(
-        {**ident, "layers": layers, "k": cfg.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
-        | ({"per_class": cfg.per_class} if cfg.per_class else {})  # atlases without it keep their keys
+        {**ident, "layers": layers, "k": cfg.settings.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
+        | (
+            {"per_class": cfg.settings.per_class} if cfg.settings.per_class else {}
+        )  # atlases without it keep their keys
     )
-    settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
+    settings = {**cfg.settings.to_json(), "evolution": cfg.evolution}
     settings.update(
         model=opened.name,
         mean=opened.mean,
@@ -192,14 +254,13 @@ def _build(
         model,
         dataset,
         layers=layers,
-        k=cfg.k,
+        k=cfg.settings.k,
         batch_size=cfg.batch_size,
         workers=cfg.workers,
-        state_path=os.path.join(cfg.out, ".scan-state.safetensors"),
-        key=scan_key,
+        store=ScanFile.of(os.path.join(cfg.out, ".scan-state.safetensors"), scan_key, dist),
         dist=dist,
         progress=progress,
-        per_class=cfg.per_class,
+        per_class=cfg.settings.per_class,
     )
     teardown(dist)  # the scan was the last collective: the others need not wait while rank 0 renders
     if not dist.main:
@@ -214,7 +275,7 @@ def _build(
         fields[layer] = {
             "field": list(rf.size),
             "jump": rf.jump,
-            "k": cfg.k,
+            "k": cfg.settings.k,
             "tile": [h * tiles[layer], w * tiles[layer]],
         }
     manifest = {
@@ -222,8 +283,8 @@ def _build(
         "complete": False,
         "model": opened.info(),
         "dataset": {**dataset_info(dataset), "classes": dataset.classes},
-        "mode": cfg.mode,
-        "settings": asdict(cfg),
+        "rule": cfg.settings.rule,
+        "settings": {**cfg.settings.to_json(), "evolution": cfg.evolution},
         "layer_order": layers,
         "layers": manifest_layers(result, dataset, fields),
         "preprocess": pp.to_dict(),
@@ -233,12 +294,12 @@ def _build(
     atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
 
     panel_choice = _panel_maps(result, layers, cfg)
-    if cfg.max_maps is not None:
+    if cfg.settings.max_maps is not None:
         for layer in layers:
             entry: dict = manifest["layers"][layer]  # type: ignore[index]
-            entry["projected"] = _projected(result, layer, panel_choice[layer], cfg.max_maps)
+            entry["projected"] = _projected(result, layer, panel_choice[layer], cfg.settings.max_maps)
     panels = _project_maps(cfg, model, pp, dataset, result, layers, rfs, tiles, panel_choice, dist.device, progress)
-    if cfg.per_class and len(dataset.classes) <= CLASS_SHEETS_UP_TO:
+    if cfg.settings.per_class and len(dataset.classes) <= CLASS_SHEETS_UP_TO:
         for layer in layers:
             manifest["layers"][layer]["class_sheets"] = _class_sheets(  # type: ignore[index]
                 cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
@@ -249,20 +310,10 @@ def _build(
     manifest["panel_maps"] = panel_choice
     manifest["filters"] = _filters(model, result, layers, cfg.out, opened.name, manifest)
     if snapshots is not None:
-        manifest["evolution"] = run_evolution(
-            model,
-            train,
-            snapshots,
-            cfg.out,
-            layers=layers,
-            maps=cfg.evolution_maps,
-            seed=cfg.seed,
-            mode=cfg.mode,
-            batch_size=max(cfg.batch_size, 256),
-            workers=cfg.workers,
-            device=dist.device,
-            progress=progress,
-        )
+        st = cfg.settings
+        evo = EvolutionSettings(layers=tuple(layers), maps=st.evolution_maps, seed=st.seed, rule=st.rule)
+        run = Run(device=dist.device, batch_size=max(cfg.batch_size, 256), workers=cfg.workers, progress=progress)
+        manifest["evolution"] = run_evolution(model, train, snapshots, cfg.out, evo, run)
     manifest["complete"] = True
     manifest["provenance"] = environment(dist.device)
     return manifest
@@ -273,31 +324,20 @@ def run_evolution(
     train: zdata.ImageSet,
     snapshots: Sequence[tuple[int, str | WeightsFile]],
     out: str,
-    *,
-    layers: Sequence[str] | None = None,
-    maps: int = 8,
-    seed: int = 0,
-    mode: str = "deconvnet",
-    batch_size: int = 256,
-    workers: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
+    settings: EvolutionSettings = EvolutionSettings(),
+    run: Run = Run(batch_size=256, progress=True),
 ) -> dict:
-    """Fig. 4 (`zfnet evolution`, the atlas's and the report's): the evolution of `maps` randomly chosen maps per
-    layer across `snapshots`, scanned on the training images `train`; writes OUT/evolution/ and returns its
-    entry."""
+    """Fig. 4 (`zfnet evolution`, the atlas's and the report's): the evolution of randomly chosen maps per layer
+    across `snapshots`, scanned on the training images `train`; writes OUT/evolution/ and returns its entry."""
     evo = evolution(
         model,
         train,
         snapshots=snapshots,
-        layers=layers,
-        maps=maps,
-        seed=seed,
-        mode=mode,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        device=device,
+        settings=settings,
+        batch_size=run.batch_size or 256,
+        workers=run.workers,
+        progress=run.progress,
+        device=run.device,
     )
     train.check_readable()
     return atlas_site.write_evolution(out, evo, dataset_info(train), evo.to_json())
@@ -309,7 +349,7 @@ def _project_maps(
     """Each map's top-k projections and patches, written as its sprite; maps whose sprite is on disk are
     skipped unless a Fig. 2 panel needs them. Returns the panel maps' (channel, projections, patches)."""
     panels: dict[str, list] = {layer: [] for layer in layers}
-    with Deconvnet(model, mode=cfg.mode) as dn:
+    with Deconvnet(model, rule=cfg.settings.rule) as dn:
         total = sum(result.top[l].values.shape[1] for l in layers)
         with bar(total=total, desc="atlas projections", unit="map", disable=not progress) as pbar:
             for layer in layers:
@@ -318,8 +358,8 @@ def _project_maps(
                 os.makedirs(folder, exist_ok=True)
                 channels = (
                     list(range(tk.values.shape[1]))
-                    if cfg.max_maps is None
-                    else _projected(result, layer, panel_choice[layer], cfg.max_maps)
+                    if cfg.settings.max_maps is None
+                    else _projected(result, layer, panel_choice[layer], cfg.settings.max_maps)
                 )
                 todo = [
                     c
@@ -327,7 +367,7 @@ def _project_maps(
                     if c in panel_choice[layer] or not os.path.isfile(os.path.join(folder, f"{c:04d}.png"))
                 ]
                 pbar.update(len(channels) - len(todo))
-                per = max(1, 256 // cfg.k)
+                per = max(1, 256 // cfg.settings.k)
                 for s in range(0, len(todo), per):
                     chunk = todo[s : s + per]
                     proj = top_projections(dn, dataset, pp, tk, layer, chunk, rf, device)
@@ -350,7 +390,7 @@ def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str
     images), each with its top projections and patches within the class, as one sheet; the manifest entry."""
     out = {}
     folder = os.path.join(cfg.out, "maps", layer)
-    with Deconvnet(model, mode=cfg.mode) as dn:
+    with Deconvnet(model, rule=cfg.settings.rule) as dn:
         for label, tk in sorted(result.per_class.get(layer, {}).items()):
             ranked = [c for c in tk.values[0].argsort(descending=True).tolist() if tk.images[0, c] >= 0]
             ranked = ranked[:CLASS_SHEET_MAPS]
@@ -370,11 +410,11 @@ def _projected(result: Scan, layer: str, panel: list[int], most: int) -> list[in
 
 
 def _panel_maps(result: Scan, layers: list[str], cfg: AtlasConfig) -> dict[str, list[int]]:
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.settings.seed)
     out = {}
     for layer in layers:
         c = result.top[layer].values.shape[1]
-        out[layer] = sorted(torch.randperm(c, generator=g)[: min(cfg.panel_maps, c)].tolist())
+        out[layer] = sorted(torch.randperm(c, generator=g)[: min(cfg.settings.panel_maps, c)].tolist())
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import threading
 import time
@@ -28,9 +27,8 @@ from ..data.base import decode_image
 from ..errors import UsageError
 from ..layers import features
 from ..methods.atlas import default_layers
-from ..methods.deconvnet import MODES as PROJECTION_MODES
-from ..methods.deconvnet import Deconvnet, Target
-from ..methods.occlusion import occlusion
+from ..methods.deconvnet import RULES, Deconvnet, ProjectSettings, Target
+from ..methods.occlusion import OcclusionSettings, occlusion
 from ..readback import read_json
 from ..receptive_field import cut_box, layer_field
 from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
@@ -91,8 +89,8 @@ class Explorer:
 
     def __enter__(self) -> Explorer:
         self._stack.enter_context(eval_mode(self.model))
-        for mode in PROJECTION_MODES:
-            self._dn[mode] = self._stack.enter_context(Deconvnet(self.model, mode=mode))
+        for rule in RULES:
+            self._dn[rule] = self._stack.enter_context(Deconvnet(self.model, rule=rule))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -106,7 +104,8 @@ class Explorer:
             "input": [self.pp.channels, self.pp.input_size, self.pp.input_size],
             "classes": self.classes,
             "layers": self.layers,
-            "modes": list(PROJECTION_MODES),
+            "rules": list(RULES),
+            "occlusion": self.occlusion_settings({}).to_json(),
             "dataset": {"images": len(ds), "classes": ds.classes, "page_size": self.limits.page_size} if ds else None,
             "atlas": {
                 "layers": sorted(self.atlas),
@@ -209,12 +208,16 @@ class Explorer:
         return maps
 
     def project(
-        self, key: str, layer: str, channel: int, mode: str = "deconvnet", y: int | None = None, x: int | None = None
+        self,
+        key: str,
+        layer: str,
+        channel: int,
+        settings: ProjectSettings = ProjectSettings(),
+        y: int | None = None,
+        x: int | None = None,
     ) -> dict:
         """Sec. 2.1: the map's projection to pixels from its strongest unit (or unit y, x), with the unit's
         receptive-field patch of the image beside it (Fig. 2's pairs)."""
-        if mode not in PROJECTION_MODES:
-            raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(PROJECTION_MODES)}")
         maps = self._maps(key, layer)
         if not 0 <= channel < maps.shape[0]:
             raise UsageError(f"map {channel} does not exist in {layer} ({maps.shape[0]} maps: 0..{maps.shape[0] - 1})")
@@ -226,12 +229,13 @@ class Explorer:
         if not (0 <= y < maps.shape[-2] and 0 <= x < maps.shape[-1]):
             raise UsageError(f"unit {y},{x} is outside {layer}'s {maps.shape[-2]}x{maps.shape[-1]} maps")
         entry = self._entry(key)
-        proj = self._dn[mode].project_targets(entry["x"], [Target(0, layer, channel, y, x)])[0].cpu()
+        target = Target(0, layer, channel, y, x)
+        proj = self._dn[settings.rule].project_targets(entry["x"], [target], unit=settings.unit)[0].cpu()
         rf = self._field(layer)
         box = rf.box(y, x)
         pixels = self.pp.display(entry["x"])[0].cpu()
         return {
-            "key": key, "layer": layer, "map": channel, "mode": mode, "unit": [y, x],
+            "key": key, "layer": layer, "map": channel, "settings": settings.to_json(), "unit": [y, x],
             "activation": float(maps[channel, y, x]), "box": list(box),
             "projection": data_url(projection_image(proj)),
             "field": data_url(projection_image(cut_box(proj, (0, 0), box), 112)),
@@ -288,28 +292,30 @@ class Explorer:
         return {"layer": layer, "class": cls, "maps": maps, "sheet": self._sheet(layer, cls)}
 
     # --- occlusion --------------------------------------------------------------------------------------------
-    def occlusion(self, key: str, target: int | None, window: int, stride: int, progress=None) -> dict:
+    def occlusion_settings(self, texts: dict[str, str]) -> OcclusionSettings:
+        """A request's occlusion settings (a URL query's text by field name): fitted to the input where the
+        window or stride is not given (`OcclusionSettings.for_input`), the top default layer unless one is."""
+        given = OcclusionSettings.parse(texts)
+        given.setdefault("layer", self.layers[-1])
+        settings = OcclusionSettings.for_input(self.pp.input_size, **given)
+        if settings.window > self.pp.input_size:
+            raise UsageError(
+                f"occlusion setting window={settings.window}: must be at most the {self.pp.input_size} px input"
+            )
+        return settings
+
+    def occlusion(self, key: str, target: int | None, settings: OcclusionSettings, progress=None) -> dict:
         """Fig. 6 for the image and a class (None: the predicted one): the five panels and the maps."""
-        size = self.pp.input_size
-        if not 1 <= window <= size or stride < 1:
-            raise UsageError(f"the window must be 1..{size} px and the stride at least 1")
+        size, window, stride = self.pp.input_size, settings.window, settings.stride
         n = (-(-(size - window) // stride) + 1) ** 2
         if n > self.limits.occlusion_positions:
             raise UsageError(f"{n} occluder positions is more than {self.limits.occlusion_positions}; raise the stride")
         if target is not None and not 0 <= target < self._entry(key)["probs"].numel():
             raise UsageError(f"class {target} does not exist")
         entry = self._entry(key)
-        res = occlusion(
-            self.opened,
-            entry["x"],
-            target=target,
-            window=window,
-            stride=stride,
-            layer=self.layers[-1],
-            progress=progress,
-        )[0]
+        res = occlusion(self.opened, entry["x"], target=target, settings=settings, progress=progress)[0]
         figure = figure_data_url(occlusion_plot(res, self.pp.display(entry["x"])[0].cpu(), self.classes))
-        keep = ("target", "base_prob", "mode", "computation", "seconds", "window", "stride", "layer")
+        keep = ("target", "base_prob", "strategy", "computation", "seconds", "settings", "layer")
         return {"key": key, "figure": figure, **{k: res.to_json()[k] for k in keep}}
 
     # --- helpers ----------------------------------------------------------------------------------------------
@@ -365,16 +371,13 @@ def explore_app(explorer: Explorer):
     from starlette.staticfiles import StaticFiles
 
     async def work(fn, *args, **kwargs):
-        """Model work in a worker thread, one at a time; a bad request is one JSON line, status 400."""
+        """Model work in a worker thread, one at a time; a `UsageError` it raises reaches `refused`."""
 
         def locked():
             with explorer.lock, torch.no_grad():  # no_grad is per thread: set here, in the worker
                 return fn(*args, **kwargs)
 
-        try:
-            return await run_in_threadpool(locked)
-        except UsageError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
+        return await run_in_threadpool(locked)
 
     def q_int(request: Request, name: str, default: int | None = None) -> int | None:
         v = request.query_params.get(name)
@@ -385,69 +388,52 @@ def explore_app(explorer: Explorer):
         except ValueError:
             raise UsageError(f"{name} must be a whole number, not {v!r}") from None
 
-    def guarded(handler):
-        async def run(request: Request):
-            try:
-                return await handler(request)
-            except UsageError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
+    async def refused(request: Request, exc: Exception) -> Response:
+        """The one answer to a bad request: 400 and the line the CLI would print."""
+        return JSONResponse({"error": str(exc)}, status_code=400)
 
-        return run
-
-    @guarded
     async def info(request: Request):
         return JSONResponse(explorer.info())
 
-    @guarded
     async def page(request: Request):
         out = await work(explorer.page, q_int(request, "page", 0), q_int(request, "class"))
-        return out if isinstance(out, Response) else JSONResponse(out)
+        return JSONResponse(out)
 
-    @guarded
     async def image(request: Request):
         out = await work(explorer.image_png, request.path_params["key"])
-        return out if isinstance(out, Response) else Response(out, media_type="image/png")
+        return Response(out, media_type="image/png")
 
-    @guarded
     async def thumb(request: Request):
         out = await work(explorer.thumbnail, request.path_params["key"])
-        return out if isinstance(out, Response) else Response(out, media_type="image/png")
+        return Response(out, media_type="image/png")
 
-    @guarded
     async def predict(request: Request):
         out = await work(explorer.predict, request.path_params["key"])
-        return out if isinstance(out, Response) else JSONResponse(out)
+        return JSONResponse(out)
 
-    @guarded
     async def layer(request: Request):
         out = await work(explorer.layer, request.path_params["key"], request.path_params["layer"])
-        if isinstance(out, Response):
-            return out
         meta, picture = out
         if request.url.path.endswith(".png"):
             return Response(picture, media_type="image/png")
         return JSONResponse(meta)
 
-    @guarded
     async def project(request: Request):
         p = request.path_params
-        mode = request.query_params.get("mode", "deconvnet")
+        settings = ProjectSettings.build(None, **ProjectSettings.parse(dict(request.query_params)))
         y, x = q_int(request, "y"), q_int(request, "x")
-        out = await work(explorer.project, p["key"], p["layer"], int(p["map"]), mode, y, x)
-        return out if isinstance(out, Response) else JSONResponse(out)
+        out = await work(explorer.project, p["key"], p["layer"], int(p["map"]), settings, y, x)
+        return JSONResponse(out)
 
-    @guarded
     async def atlas(request: Request):
         p = request.path_params
         out = await work(explorer.atlas_refs, p["layer"], int(p["map"]), request.query_params.get("cls"))
-        return out if isinstance(out, Response) else JSONResponse(out)
+        return JSONResponse(out)
 
-    @guarded
     async def class_maps(request: Request):
         out = await work(explorer.class_maps, request.path_params["layer"], request.query_params.get("cls", ""))
-        return out if isinstance(out, Response) else JSONResponse(out)
+        return JSONResponse(out)
 
-    @guarded
     async def upload(request: Request):
         parts, size, cap = [], 0, explorer.limits.upload_bytes
         async for chunk in request.stream():  # keep no more than the cap (the rest is read and dropped)
@@ -458,15 +444,11 @@ def explore_app(explorer: Explorer):
             raise UsageError(f"the upload is {size:,} bytes, more than {cap:,}; send a smaller image")
         body = b"".join(parts)
         out = await work(explorer.upload, body, request.query_params.get("name", "upload"))
-        return out if isinstance(out, Response) else JSONResponse(out)
+        return JSONResponse(out)
 
-    @guarded
     async def start_occlusion(request: Request):
-        key = request.path_params["key"]
-        target, window, stride = q_int(request, "class"), q_int(request, "window"), q_int(request, "stride")
-        size = explorer.pp.input_size
-        window = window or max(2, round(size * 2 / 7))
-        stride = stride or max(1, window // 4)
+        key, target = request.path_params["key"], q_int(request, "class")
+        settings = explorer.occlusion_settings(dict(request.query_params))  # refused here, before any job
         job = uuid.uuid4().hex[:12]
         state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
 
@@ -474,17 +456,19 @@ def explore_app(explorer: Explorer):
             state["done"], state["total"] = done, total
 
         async def run() -> None:
-            out = await work(explorer.occlusion, key, target, window, stride, tick)
-            if isinstance(out, Response):
-                state["error"] = json.loads(bytes(out.body))["error"]
-            else:
-                state["result"] = out
+            try:
+                state["result"] = await work(explorer.occlusion, key, target, settings, tick)
+            except UsageError as e:  # the job keeps its error as a value: the poll answers it
+                state["error"] = str(e)
+            except Exception as e:  # noqa: BLE001 - the model raised: the job ends with it, in one line
+                state["error"] = (
+                    f"the model raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                )
 
         state["task"] = asyncio.ensure_future(run())
         forget_finished(explorer.jobs)
         return JSONResponse({"job": job})
 
-    @guarded
     async def poll_occlusion(request: Request):
         state = explorer.jobs.get(request.path_params["job"])
         if state is None:
@@ -513,7 +497,7 @@ def explore_app(explorer: Explorer):
     ]
     if explorer.atlas_dir:
         routes.append(Mount("/atlas", StaticFiles(directory=explorer.atlas_dir), name="atlas"))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={UsageError: refused})
 
 
 def folder_app(folder: str):

@@ -6,65 +6,34 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
-
-import torch
 
 from ..io import atomic_write_json
-from ..methods.occlusion import occlusion
+from ..methods.occlusion import OcclusionSettings, occlusion
 from ..progress import bar
 from ..provenance import environment
 from ..render.occlusion import occlusion_figure
+from ..settings import Run
 from ..weights import Opened
 from .inputs import Inputs
-
-
-@dataclass(frozen=True)
-class OcclusionOptions:
-    """Fig. 6's settings (Sec. 4.2); units are model-input pixels."""
-
-    window: int = 32  # occluder side
-    stride: int = 8  # occluder step
-    fill: str | float | tuple[float, ...] = "grey"  # grey | mean-image | pixel value(s) (zfnet.pixels)
-    layer: str = "conv5"  # the layer whose strongest map (b) and (c) show
-    mode: str = "auto"  # auto | exact | naive | approx (zfnet.methods.occlusion.MODES)
-    tau: float = 1.0  # approx: projective-field threshold (1: none)
-    drill: float = 0.4  # approx: share of the checkerboard's other half computed
-    precision: str = "bfloat16"  # approx: convs and linear layers on the change in this precision
-    compare_exact: bool = False  # approx: also run exact and report the deviation
 
 
 def run_occlusion(
     opened: Opened,
     inputs: Inputs,
     out: str,
-    *,
-    options: OcclusionOptions = OcclusionOptions(),
-    device: torch.device | str = "cpu",
-    progress: bool = True,
+    settings: OcclusionSettings = OcclusionSettings(),
+    run: Run = Run(progress=True),
 ) -> dict:
     """Fig. 6 for every image of `inputs` (made with `opened.preprocess`); returns occlusion.json's content."""
-    o, pp, classes = options, opened.preprocess, inputs.classes
+    o, pp, classes, device = settings, opened.preprocess, inputs.classes, run.device
     items = list(zip(inputs.names, inputs.x, inputs.labels))
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
     rows = []
-    with bar(total=len(items), desc="occlusion", unit="image", disable=not progress) as pbar:
+    with bar(total=len(items), desc="occlusion", unit="image", disable=not run.progress) as pbar:
         for k, (name, x, label) in enumerate(items):
             res = occlusion(
-                opened.model,
-                x[None].to(device),
-                target=label,
-                window=o.window,
-                stride=o.stride,
-                fill=o.fill,
-                preprocess=pp,
-                layer=o.layer,
-                mode=o.mode,
-                tau=o.tau,
-                compare_exact=o.compare_exact,
-                drill=o.drill,
-                precision=o.precision,
+                opened.model, x[None].to(device), target=label, preprocess=pp, settings=o, batch_size=run.batch_size
             )[0]
             figure = f"occlusion-{k}.png"
             occlusion_figure(
@@ -87,7 +56,7 @@ def run_occlusion(
     result = {
         "method": "occlusion (Sec. 4.2, Fig. 6)",
         "settings": {
-            **asdict(o),
+            **o.to_json(),
             "positions": "top-left corners 0, S, 2S, ... <= H - W, plus the flush last one H - W",
         },
         "model": opened.info(),

@@ -31,6 +31,10 @@ from ..io import DiskFull, atomic_write_json, atomic_write_text, write_error
 from ..layers import features, resolve_layer
 from ..methods.architecture import Architecture, architecture
 from ..methods.atlas import default_layers, fingerprint
+from ..methods.correspondence import CorrespondenceSettings
+from ..methods.evolution import EvolutionSettings
+from ..methods.invariance import InvarianceSettings
+from ..methods.occlusion import OcclusionSettings
 from ..models import ConvNet, num_outputs
 from ..outputs import staged, user_files
 from ..pretrained import EMBEDDED_DATA, EMBEDDED_PARTS, folder, open_embedded
@@ -42,12 +46,13 @@ from ..render.architecture import architecture_figure
 from ..render.page import write_report
 from ..render.plots import training_curves
 from ..runtime import Dist, eval_mode, resolve_device
+from ..settings import Run
 from ..train import evaluate
 from ..weights import Opened, opened_module
 from .analyses import parts_inputs, read_parts, run_correspondence, run_invariance
-from .atlas import AtlasConfig, build_atlas, run_evolution
+from .atlas import AtlasConfig, AtlasSiteSettings, build_atlas, run_evolution
 from .inputs import Inputs, check_files, dataset_inputs
-from .occlusion import OcclusionOptions, run_occlusion
+from .occlusion import run_occlusion
 
 
 @dataclass(frozen=True)
@@ -287,11 +292,8 @@ def _atlas(ctx: Context) -> dict:
         ctx.dataset,
         AtlasConfig(
             out=ctx.folder("atlas"),
-            layers=tuple(ctx.layers),
-            limit=c.limit,
-            max_maps=c.atlas_maps,
+            settings=AtlasSiteSettings(layers=tuple(ctx.layers), limit=c.limit, max_maps=c.atlas_maps, seed=c.seed),
             workers=c.workers,
-            seed=c.seed,
             device=c.device,
         ),
         progress=_progress(),
@@ -325,12 +327,8 @@ def _evolution(ctx: Context) -> dict:
         train.head(c.evolution_limit),
         snaps,
         ctx.folder("evolution"),
-        layers=ctx.layers,
-        maps=8,
-        seed=c.seed,
-        workers=c.workers,
-        device=ctx.device,
-        progress=_progress(),
+        EvolutionSettings(layers=tuple(ctx.layers), seed=c.seed),
+        Run(device=ctx.device, batch_size=256, workers=c.workers, progress=_progress()),
     )
     return {"json": "evolution/evolution.json", "epochs": info["epochs"]}
 
@@ -361,26 +359,22 @@ def _find(c: ReportConfig, opened: Opened) -> list[tuple[int, str]]:
     return snaps
 
 
+def _occlusion_settings(c: ReportConfig, size: int, **given) -> OcclusionSettings:
+    """Fig. 6 fitted to the input (`OcclusionSettings.for_input`), with --window / --stride where given."""
+    return OcclusionSettings.for_input(size, window=c.window, stride=c.stride, **given)
+
+
 @stage(
     "occlusion",
     "Occlusion sensitivity",
     "Sec. 4.2, Fig. 6",
-    lambda c, o: {"examples": c.examples, "window": c.window, "stride": c.stride},
+    lambda c, o: {"examples": c.examples, **_occlusion_settings(c, o.preprocess.input_size).to_json()},
 )
 def _occlusion(ctx: Context) -> dict:
-    c, pp = ctx.cfg, ctx.opened.preprocess
-    window = c.window or max(2, round(pp.input_size * 2 / 7))
-    stride = c.stride or max(1, window // 4)
-    layer = _top(ctx)
-    inputs = ctx.inputs(ctx.picks[: c.examples])
-    res = run_occlusion(
-        ctx.opened,
-        inputs,
-        ctx.folder("occlusion"),
-        options=OcclusionOptions(window=window, stride=stride, layer=layer),
-        device=ctx.device,
-        progress=_progress(),
-    )
+    settings = _occlusion_settings(ctx.cfg, ctx.opened.preprocess.input_size, layer=_top(ctx))
+    inputs = ctx.inputs(ctx.picks[: ctx.cfg.examples])
+    run = Run(device=ctx.device, progress=_progress())
+    res = run_occlusion(ctx.opened, inputs, ctx.folder("occlusion"), settings, run)
     return {"json": "occlusion/occlusion.json", "images": len(res["images"])}
 
 
@@ -406,10 +400,9 @@ def _correspondence(ctx: Context) -> dict:
         inputs,
         spec,
         ctx.folder("correspondence"),
-        layers=tuple(dict.fromkeys((_top(ctx), high))),
-        seed=c.seed,
+        CorrespondenceSettings(layers=tuple(dict.fromkeys((_top(ctx), high))), seed=c.seed),
+        Run(device=ctx.device),
         parts_file=parts,
-        device=ctx.device,
     )
     return {"json": "correspondence/correspondence.json", "images": len(res["images"])}
 
@@ -456,7 +449,8 @@ def _low_high(ctx: Context) -> tuple[str, str]:
 )
 def _invariance(ctx: Context) -> dict:
     inputs = ctx.inputs(ctx.picks[:5])
-    res = run_invariance(ctx.opened, inputs, ctx.folder("invariance"), layers=_low_high(ctx), device=ctx.device)
+    settings = InvarianceSettings(layers=tuple(_low_high(ctx)))
+    res = run_invariance(ctx.opened, inputs, ctx.folder("invariance"), settings, Run(device=ctx.device))
     return {"json": "invariance/invariance.json", "images": len(res["images"])}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import data as zdata
-from ..errors import UsageError
+from ..errors import UsageError, needs
 from ..experiments import transfer as tx
 from ..io import atomic_write_json, atomic_write_text
 from ..layers import resolve_layer
@@ -79,6 +79,7 @@ def run_transfer(
 ) -> dict:
     """Tables 3-4 and Fig. 7 for `opened` on `dataset` (opened with `opened.preprocess`); see `run_pascal` for
     Table 5."""
+    needs("sklearn", "zfnet transfer's classifiers")  # before any feature is extracted
     o = options
     check_protocol(o.protocol)
     if o.protocol == "pascal2012":
@@ -227,6 +228,7 @@ def run_layerprobe(
     """Table 6: a linear SVM and a softmax on each layer's fixed features, streamed through a feature store in
     OUT/.features (resumable; under torchrun every process extracts its share, rank 0 classifies and writes;
     other ranks return None)."""
+    needs("sklearn", "zfnet layerprobe's classifiers")  # before any feature is extracted
     import resource
 
     o = options

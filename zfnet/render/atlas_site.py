@@ -101,7 +101,7 @@ def write_page(out: str, manifest: dict) -> str:
     keep = (
         "model",
         "dataset",
-        "mode",
+        "rule",
         "layer_order",
         "layers",
         "figures",

@@ -1,38 +1,43 @@
 """OUT/index.html of `zfnet report`: one static page (works from the file system, no network) with a table of
 contents and one section per part of the paper, built only from the files the stages wrote (report.json,
-model/model.json, atlas/manifest.json, ...). Every string from those files is HTML-escaped."""
+model/model.json, atlas/manifest.json, ...).
+
+The HTML is Jinja2 templates with autoescaping (`render/templates/report.html.j2`, one template per section under
+`sections/`, the CSS in `report.css`); this module turns each result file into the plain values its template shows
+(a "view"), and links only to files inside the report folder (result files are not trusted to say so). Tables come
+from the JSON results; the Markdown tables other commands wrote (`--include`) are read with markdown-it-py, raw HTML
+in them escaped."""
 
 from __future__ import annotations
 
 import os
-import re
-from html import escape
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from ..io import atomic_write_text
+from .analyses import PAPER_CORRESPONDENCE
 
-CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
-header{background:#1d3557;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:24px}
-header p{margin:0;opacity:.85}header code{background:rgba(255,255,255,.15);color:#fff}
-main{display:flex;gap:28px;padding:0 28px 40px}
-nav.toc{position:sticky;top:0;align-self:flex-start;min-width:230px;max-width:260px;padding:16px 0;font-size:14px}
-nav.toc ol{padding-left:20px}nav.toc a{color:#1d3557;text-decoration:none}nav.toc a:hover{text-decoration:underline}
-.content{flex:1;min-width:0}section{background:#fff;border:1px solid #e3e3e3;border-radius:8px;margin:18px 0;
-padding:6px 22px 18px}h2{font-size:20px;margin:14px 0 6px}h3{font-size:16px;margin:16px 0 6px}
-p.paper{color:#555;margin-top:0}figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eee;
-image-rendering:auto}figcaption{font-size:13px;color:#555}table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f1f4f8}td.num{text-align:right}
-.status{display:inline-block;border-radius:4px;padding:0 6px;font-size:12px;font-weight:600}
-.done{background:#d8f3dc;color:#1b4332}.failed{background:#ffd6d6;color:#8b0000}.skipped{background:#eee;color:#555}
-.missing{background:#fff3cd;color:#7a5b00}.note{background:#fff8e1;border-left:4px solid #f4a261;padding:6px 12px}
-.fail{background:#fff0f0;border-left:4px solid #c0392b;padding:6px 12px}code{background:#f3f3f3;padding:0 3px}
-.grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{flex:1 1 420px}
-footer{padding:0 28px 30px;color:#666;font-size:12px}
-"""
+TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 
 
-def _e(v) -> str:
-    return escape(str(v), quote=True)
+@cache
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **values: Any) -> str:
+    """A template of `render/templates` with `values`, every value escaped unless marked safe."""
+    return _environment().get_template(template).render(**values)
 
 
 def _read(out: str, rel: str | None) -> dict | None:
@@ -56,89 +61,50 @@ def _inside(out: str, rel: str) -> bool:
     return os.path.realpath(os.path.join(root, rel)).startswith(root + os.sep)
 
 
-def _img(out: str, rel: str, caption: str = "", alt: str = "") -> str:
-    if not isinstance(rel, str) or not _inside(out, rel) or not os.path.isfile(os.path.join(out, rel)):
-        return f'<p class="note">missing file {_e(rel)}</p>'
-    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return (
-        f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{_e(alt or caption or rel)}" '
-        f'loading="lazy"></a>{cap}</figure>'
-    )
+@dataclass(frozen=True)
+class Figure:
+    """A picture of the report: its link (None: the file is missing or outside the report), caption, alt text."""
+
+    rel: str
+    href: str | None
+    caption: str = ""
+    alt: str = ""
+
+
+def _figure(out: str, rel: Any, caption: str = "", alt: str = "") -> Figure:
+    ok = isinstance(rel, str) and _inside(out, rel) and os.path.isfile(os.path.join(out, rel))
+    return Figure(str(rel), _href(rel) if ok else None, caption, alt or caption or str(rel))
+
+
+def _exists(out: str, rel: str) -> bool:
+    return _inside(out, rel) and os.path.isfile(os.path.join(out, rel))
 
 
 def _pct(err) -> str:
     return "-" if err is None else f"{100 * (1 - float(err)):.2f}%"
 
 
-def markdown(text: str) -> str:
-    """The Markdown zfnet writes (headings, paragraphs, pipe tables, `code`, **bold**) as escaped HTML."""
-
-    def inline(s: str) -> str:
-        s = _e(s)
-        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
-
-    html: list[str] = []
-    para: list[str] = []
-    table: list[str] = []
-
-    def flush():
-        if para:
-            html.append(f"<p>{inline(' '.join(para))}</p>")
-            para.clear()
-        if table:
-            rows = [r for r in table if not re.fullmatch(r"\|?[\s:|-]+\|?", r)]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            if cells:
-                head = "".join(f"<th>{inline(c)}</th>" for c in cells[0])
-                body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
-                html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-            table.clear()
-
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("|"):
-            if para:
-                flush()
-            table.append(s)
-            continue
-        if table:
-            flush()
-        m = re.match(r"(#{1,6})\s+(.*)", s)
-        if m:
-            flush()
-            html.append(f"<h4>{inline(m.group(2))}</h4>")
-        elif not s:
-            flush()
-        else:
-            para.append(s)
-    flush()
-    return "\n".join(html)
+def _x(v) -> str:
+    return "x".join(map(str, v)) if v else ""
 
 
-def _status_box(entry: dict | None, stage: str) -> str | None:
-    """The note shown instead of a section whose stage did not finish."""
-    if entry is None:
-        return f'<p class="note">The {_e(stage)} stage has not run yet (rerun zfnet report).</p>'
-    if entry.get("status") == "failed":
-        return (
-            f'<p class="fail"><b>This stage failed:</b> {_e(entry.get("reason", ""))} '
-            f'(details: <a href="{_href(entry.get("traceback", stage + "/error.txt"))}">'
-            f"{_e(entry.get('traceback', ''))}</a>)</p>"
-        )
-    if entry.get("status") == "skipped":
-        return f'<p class="note"><b>Not run:</b> {_e(entry.get("reason", ""))}</p>'
-    return None
+def markdown_table(text: str):
+    """Markdown another command wrote (its tables) as HTML, raw HTML in it escaped (markdown-it-py)."""
+    from markdown_it import MarkdownIt
+    from markupsafe import Markup
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    return Markup(md.render(text))  # markdown-it escaped the text (html off)
 
 
-# --- sections ---------------------------------------------------------------------------------------------
+# --- one view per section: the values its template shows ---------------------------------------------------------
 
 
-def _model(out: str, m: dict) -> str:
+def _model_facts(m: dict) -> list[tuple[str, str]]:
     arch = m["architecture"]
     rows = [
         ("parameters", f"{arch['params']:,}"),
-        ("input", "x".join(str(v) for v in arch["input_shape"])),
+        ("input", _x(arch["input_shape"])),
         (
             "weights",
             f"{m.get('weights') or 'random initialization'}"
@@ -156,173 +122,138 @@ def _model(out: str, m: dict) -> str:
         )
     if m.get("unmeasured"):
         rows.append(("accuracy on the report's data", f"not measured: {m['unmeasured']}"))
-    st = m.get("stored_metrics")
-    if st:
-        for crop, label in (("centre", "centre crop"), ("ten_crop", "10 crops, Sec. 3")):
-            if st.get(crop):
-                rows.append(
-                    (
-                        f"top-1 accuracy measured after training ({st.get('images') or 0:,} "
-                        f"{st.get('split', 'test')} images, {label})",
-                        f"{_pct(st[crop].get('top1_err'))} (top-5 {_pct(st[crop].get('top5_err'))})",
-                    )
-                )
-        if st.get("epochs"):
-            wall = st.get("train_wall_seconds")
-            rows.append(("training", f"{st['epochs']} epochs" + (f", {wall / 60:.0f} min" if wall else "")))
+    rows += _stored_metrics(m.get("stored_metrics") or {})
     if m.get("recipe"):
-        r = m["recipe"]
-        rows.append(
-            (
-                "recipe",
-                ", ".join(
-                    f"{k} {v}"
-                    for k, v in r.items()
-                    if k in ("data", "epochs", "batch_size", "lr", "seed") or k == "model"
-                ),
-            )
-        )
+        keep = ("model", "data", "epochs", "batch_size", "lr", "seed")
+        rows.append(("recipe", ", ".join(f"{k} {v}" for k, v in m["recipe"].items() if k in keep)))
     classes = m.get("classes") or []
     if classes:
         rows.append(("classes", ", ".join(str(c) for c in classes[:20]) + (" ..." if len(classes) > 20 else "")))
-    facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    head = (
-        "<tr><th>layer</th><th>kind</th><th>maps / units</th><th>filter</th><th>stride</th><th>pad</th>"
-        "<th>output</th><th>parameters</th><th>receptive field</th></tr>"
-    )
-    body = ""
-    for l in arch["layers"]:
-        shape = l["out_shape"]
-        body += (
-            "<tr>"
-            + "".join(
-                f"<td>{_e(v)}</td>"
-                for v in (
-                    l["name"],
-                    l["kind"] + (f" ({l['detail']})" if l.get("detail") else ""),
-                    shape[0],
-                    "x".join(map(str, l["kernel"])) if l.get("kernel") else "",
-                    "x".join(map(str, l["stride"])) if l.get("stride") else "",
-                    "x".join(map(str, l["padding"])) if l.get("padding") else "",
-                    "x".join(map(str, shape)),
-                    f"{l['params']:,}",
-                    "x".join(map(str, l["receptive_field"])) if l.get("receptive_field") else "",
+    return rows
+
+
+def _stored_metrics(st: dict) -> list[tuple[str, str]]:
+    rows = []
+    for crop, label in (("centre", "centre crop"), ("ten_crop", "10 crops, Sec. 3")):
+        if st.get(crop):
+            rows.append(
+                (
+                    f"top-1 accuracy measured after training ({st.get('images') or 0:,} "
+                    f"{st.get('split', 'test')} images, {label})",
+                    f"{_pct(st[crop].get('top1_err'))} (top-5 {_pct(st[crop].get('top5_err'))})",
                 )
             )
-            + "</tr>"
+    if st.get("epochs"):
+        wall = st.get("train_wall_seconds")
+        rows.append(("training", f"{st['epochs']} epochs" + (f", {wall / 60:.0f} min" if wall else "")))
+    return rows
+
+
+def _model(out: str, m: dict) -> dict:
+    layers = [
+        (
+            l["name"],
+            l["kind"] + (f" ({l['detail']})" if l.get("detail") else ""),
+            l["out_shape"][0],
+            _x(l.get("kernel")),
+            _x(l.get("stride")),
+            _x(l.get("padding")),
+            _x(l["out_shape"]),
+            f"{l['params']:,}",
+            _x(l.get("receptive_field")),
         )
-    html = _img(
-        out,
-        "model/" + m["figure"],
-        "Fig. 3 layout of this model: each layer's maps, filter size, stride and output size, read from the model",
-        "architecture",
-    )
-    html += f"<table>{facts}</table><h3>Layers</h3><table><thead>{head}</thead><tbody>{body}</tbody></table>"
+        for l in m["architecture"]["layers"]
+    ]
+    caption = "Fig. 3 layout of this model: each layer's maps, filter size, stride and output size, read from the model"
+    curves = None
     if m.get("curves"):
-        html += "<h3>Training curves</h3>" + _img(
-            out,
-            "model/" + m["curves"],
-            "errors, losses and learning rate per epoch of the training run",
-            "training curves",
+        curves = _figure(
+            out, "model/" + m["curves"], "errors, losses and learning rate per epoch of the training run", "curves"
         )
-    else:
-        html += '<p class="note">No training history (metrics.jsonl) beside the weights: no curves.</p>'
-    return html
+    return {
+        "figure": _figure(out, "model/" + m["figure"], caption, "architecture"),
+        "facts": _model_facts(m),
+        "layers": layers,
+        "curves": curves,
+    }
 
 
-def _filters(out: str, f: dict) -> str:
-    html = _img(
-        out,
-        "atlas/" + f["figure"],
-        "Fig. 5: the filters (each contrast-stretched), RMS per filter with "
-        "dominant ones in red and dead ones in grey, spatial frequency spread",
-        "layer-1 filters",
+def _filters(out: str, f: dict) -> dict:
+    caption = (
+        "Fig. 5: the filters (each contrast-stretched), RMS per filter with dominant ones in red and dead ones in "
+        "grey, spatial frequency spread"
     )
+    models = []
     for m in f["models"]:
-        s = m["summary"]
-        items = [
+        s, rules = m["summary"], m["summary"].get("thresholds", {})
+        rows = [
             ("filters", f"{s['filters']} of {s['kernel'][0]}x{s['kernel'][1]} x {s['in_channels']}"),
-            ("dominant (RMS >= 3 x median, Fig. 5 (c))", f"{s['dominant']} ({100 * s['dominant_share']:.0f}%)"),
+            (f"dominant ({rules.get('dominant', 'RMS well above the median')}, Fig. 5 (c))",
+             f"{s['dominant']} ({100 * s['dominant_share']:.0f}%)"),
             ("share of energy in the strongest filter", f"{100 * s['energy_share_of_strongest']:.1f}%"),
             ("mean spatial frequency (cycles/px)", f"{s['frequency_mean']:.3f}"),
-        ]
+        ]  # fmt: skip
         if "dead" in s:
-            items.append(
+            rows.append(
                 (
-                    "dead (never respond on the scanned images, Fig. 5 (a))",
+                    f"dead ({rules.get('dead', 'never respond on the scanned images')}, Fig. 5 (a))",
                     f"{s['dead']} ({100 * s['dead_share']:.0f}%)",
                 )
             )
-        html += "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</table>"
-    return html
+        models.append(rows)
+    return {"figure": _figure(out, "atlas/" + f["figure"], caption, "layer-1 filters"), "models": models}
 
 
-def _atlas(out: str, m: dict) -> str:
-    ds = m["dataset"]
-    html = (
-        f"<p>{_e(ds['images'])} images of {_e(ds['spec'])} ({_e(ds['split'])}) scanned. "
-        f'<a href="atlas/index.html">Browse every map of every layer</a> in the atlas viewer (keys: arrows, '
-        "/ to jump).</p>"
-    )
+def _atlas(out: str, m: dict) -> dict:
+    ds, layers = m["dataset"], []
     for layer in m["layer_order"]:
         info = m["layers"].get(layer, {})
         rf = info.get("field")
+        maps = ", ".join(str(c) for c in m.get("panel_maps", {}).get(layer, []))
         cap = (
-            (
-                f"{layer}: {info.get('channels', '?')} maps, receptive field {rf[0]}x{rf[1]} px; "
-                f"maps {', '.join(str(c) for c in m.get('panel_maps', {}).get(layer, []))}"
-            )
+            f"{layer}: {info.get('channels', '?')} maps, receptive field {rf[0]}x{rf[1]} px; maps {maps}"
             if rf
             else layer
         )
         if layer in m.get("figures", {}):
-            html += f"<h3>{_e(layer)}</h3>" + _img(out, "atlas/" + m["figures"][layer], cap, f"{layer} panel")
-    return html
+            layers.append((layer, _figure(out, "atlas/" + m["figures"][layer], cap, f"{layer} panel")))
+    return {"images": ds["images"], "spec": ds["spec"], "split": ds["split"], "layers": layers}
 
 
-def _evolution(out: str, e: dict) -> str:
+def _evolution(out: str, e: dict) -> dict:
     ds = e["dataset"]
-    html = (
-        f"<p>Snapshots at epochs {_e(', '.join(str(x) for x in e['epochs']))}; each column the strongest "
-        f"activation over {_e(ds['images'])} {_e(ds['spec'])} {_e(ds['split'])} images at that epoch.</p>"
-    )
-    for layer, rel in e["figures"].items():
-        html += f"<h3>{_e(layer)}</h3>" + _img(
-            out,
-            "evolution/" + rel,
-            f"{layer}: maps {', '.join(str(c) for c in e['channels'][layer])} (rows) by epoch (columns)",
-            f"{layer} evolution",
+    layers = [
+        (
+            layer,
+            _figure(
+                out,
+                "evolution/" + rel,
+                f"{layer}: maps {', '.join(str(c) for c in e['channels'][layer])} (rows) by epoch (columns)",
+                f"{layer} evolution",
+            ),
         )
-    return html
+        for layer, rel in e["figures"].items()
+    ]
+    return {"epochs": e["epochs"], "images": ds["images"], "spec": ds["spec"], "split": ds["split"], "layers": layers}
 
 
-def _occlusion(out: str, o: dict) -> str:
-    s = o["settings"]
-    classes = o.get("classes") or []
+def _fill_words(s: dict, first: dict) -> str:
+    if first.get("fill") == "grey" and first.get("fill_pixels"):
+        grey = "/".join(f"{v:g}" for v in first["fill_pixels"])
+        return f"the training mean pixel (grey {grey}), pasted in pixels"
+    if first.get("fill") == "mean-image" or s.get("fill") in (0, 0.0):
+        return "the mean image (0 in model-input units)"
+    return "pixel values " + "/".join(f"{v:g}" for v in first.get("fill_pixels") or [])
+
+
+def _occlusion(out: str, o: dict) -> dict:
+    s, classes = o["settings"], o.get("classes") or []
 
     def name(c):
         return classes[c] if c is not None and 0 <= c < len(classes) else str(c)
 
-    ran = sorted({r.get("computation") or f"{r.get('mode')} computation" for r in o["images"]})
     first = o["images"][0] if o["images"] else {}
-    if first.get("fill") == "grey" and first.get("fill_pixels"):
-        fill = (
-            "the training mean pixel (grey " + "/".join(f"{v:g}" for v in first["fill_pixels"]) + "), pasted in pixels"
-        )
-    elif first.get("fill") == "mean-image" or s.get("fill") in (0, 0.0):
-        fill = "the mean image (0 in model-input units)"
-    else:
-        fill = "pixel values " + "/".join(f"{v:g}" for v in first.get("fill_pixels") or [])
-    html = (
-        f"<p>Occluder {_e(s['window'])}x{_e(s['window'])} px, stride {_e(s['stride'])}, filled with "
-        f"{_e(fill)}; layer {_e(s['layer'])}; {_e('; '.join(ran))}.</p>"
-    )
-    if any(r.get("target_source") == "predicted" for r in o["images"]):
-        html += (
-            "<p class=\"note\">The data's labels are not the model's classes: (d) maps the probability of the "
-            "class the model predicts on the unoccluded image.</p>"
-        )
-    html += '<div class="grid">'
+    figures = []
     for r in o["images"]:
         if r.get("target_source") == "predicted":
             cap = f"{r['image']}: predicted {name(r['base_class'])} (p {r['base_prob']:.2f})"
@@ -332,200 +263,185 @@ def _occlusion(out: str, o: dict) -> str:
                 f"{name(r['base_class'])} (p(true) {r['base_prob']:.2f})"
             )
         cap += f"; strongest map {r['layer']}/{r['channel']}"
-        html += _img(out, "occlusion/" + r["figure"], cap, f"occlusion of {r['image']}")
+        figures.append(_figure(out, "occlusion/" + r["figure"], cap, f"occlusion of {r['image']}"))
         # Fig. 6 (c) also shows "visualizations of this map from other images": the atlas's top-9 of the map
         others = f"atlas/maps/{r['layer']}/{int(r['channel']):04d}.png"
-        if _inside(out, others) and os.path.isfile(os.path.join(out, others)):
-            html += _img(
-                out, others, f"(c) continued: {r['layer']} map {r['channel']} on other images (the atlas's top 9)"
-            )
-    return html + "</div>"
+        if _exists(out, others):
+            cap = f"(c) continued: {r['layer']} map {r['channel']} on other images (the atlas's top 9)"
+            figures.append(_figure(out, others, cap))
+    return {
+        "window": s["window"],
+        "stride": s["stride"],
+        "layer": s["layer"],
+        "fill": _fill_words(s, first),
+        "ran": sorted({r.get("computation") or f"{r.get('strategy')} computation" for r in o["images"]}),
+        "predicted": any(r.get("target_source") == "predicted" for r in o["images"]),
+        "figures": figures,
+    }
 
 
-def _correspondence(out: str, c: dict) -> str:
-    html = ""
-    path = os.path.join(out, "correspondence", c.get("table", ""))
-    if c.get("table") and _inside(out, os.path.relpath(path, out)) and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            html += markdown(f.read())
-    html += (
-        "<p>Lower than random = the part is encoded consistently across images (implicit correspondence). "
-        "Sign change of the feature difference vectors, Hamming distance averaged over image pairs.</p>"
-    )
-    return html + _img(out, "correspondence/" + c["figure"], "the masked images as the model sees them", "masks")
+def _correspondence(out: str, c: dict) -> dict:
+    """The table as the paper lays it out (one row per occlusion location, mean sign change +- std per layer),
+    from correspondence.json, with the paper's dog-face table beside it."""
+    layers = c["layers"]
+    parts = c["parts"] + (["random"] if "random" in c["delta"][layers[0]] else [])
+    rows = [
+        (p.capitalize() if p == "random" else p, *(f"{c['delta'][l][p]:.3f} ± {c['std'][l][p]:.3f}" for l in layers))
+        for p in parts
+    ]
+    paper = [
+        (p, f"{m5:.3f} ± {s5:.3f}", f"{m7:.3f} ± {s7:.3f}") for p, ((m5, s5), (m7, s7)) in PAPER_CORRESPONDENCE.items()
+    ]
+    return {
+        "title": f"{len(c.get('images') or [])} images, {len(c['parts'])} parts",
+        "head": ["Occlusion location", *(f"Mean feature sign change, {l}" for l in layers)],
+        "rows": rows,
+        "paper": paper,
+        "figure": _figure(out, "correspondence/" + c["figure"], "the masked images as the model sees them", "masks"),
+    }
 
 
-def _invariance(out: str, v: dict) -> str:
+def _invariance(out: str, v: dict) -> dict:
     classes = v.get("classes") or []
     predicted = v.get("predicted") or [False] * len(v["labels"])
     names = ", ".join(
         f"{i} ({'predicted ' if p else ''}{classes[l] if l is not None and l < len(classes) else l})"
         for i, l, p in zip(v["images"], v["labels"], predicted)
     )
-    html = f"<p>Images: {_e(names)}. Layers {_e(' and '.join(v['layers']))}; {_e(v['interpolation'])}.</p>"
     target = "p(predicted class)" if predicted and all(predicted) else "p(true class)"
-    return html + _img(
-        out,
-        "invariance/" + v["figure"],
+    caption = (
         "rows: translation, scaling, rotation; columns: examples, "
-        f"feature distance at {' and '.join(v['layers'])}, {target}",
-        "invariance",
+        f"feature distance at {' and '.join(v['layers'])}, {target}"
     )
+    return {
+        "names": names,
+        "layers": v["layers"],
+        "interpolation": v["interpolation"],
+        "figure": _figure(out, "invariance/" + v["figure"], caption, "invariance"),
+    }
 
 
-def _included(out: str, inc: dict) -> str:
-    html = ""
+def _included(out: str, inc: dict) -> dict:
+    results = []
     for r in inc["results"]:
-        html += f"<h3>{_e(r['experiment'])}</h3><p>from <code>{_e(r['source'])}</code></p>"
-        if r.get("summary"):
-            html += f"<p>{_e(r['summary'])}</p>"
-        if r.get("table") and _inside(out, os.path.join("included", r["table"])):
-            with open(os.path.join(out, "included", r["table"]), encoding="utf-8") as f:
-                html += markdown(f.read())
-        for fig in r.get("figures", []):
-            html += _img(out, "included/" + fig, "", r["experiment"])
-    return html
+        table = ""
+        rel = os.path.join("included", r["table"]) if r.get("table") else ""
+        if rel and _exists(out, rel):
+            with open(os.path.join(out, rel), encoding="utf-8") as f:
+                table = markdown_table(f.read())
+        figures = [_figure(out, "included/" + fig, "", r["experiment"]) for fig in r.get("figures", [])]
+        results.append(
+            {
+                "experiment": r["experiment"],
+                "source": r["source"],
+                "summary": r.get("summary"),
+                "table": table,
+                "figures": figures,
+            }
+        )
+    return {"results": results}
 
 
-SECTIONS = [  # id, title, the stage it reads, the file, its renderer, the sentence naming the part of the paper
-    (
-        "model",
-        "The model",
-        "model",
-        "model/model.json",
-        _model,
-        "The architecture drawn as Fig. 3 draws ZFNet, read from the model itself, with its parameters, accuracy "
-        "and training curves (Sec. 3).",
-    ),
-    (
-        "filters",
-        "Layer-1 filters",
-        "atlas",
-        "atlas/filters.json",
-        _filters,
-        "The first layer's filters and their diagnostics, as Fig. 5 uses them to choose the architecture "
-        "(dominant filters, dead filters, frequency coverage; Sec. 4.1).",
-    ),
-    (
-        "atlas",
-        "Top-9 atlas",
-        "atlas",
-        "atlas/manifest.json",
-        _atlas,
-        "Fig. 2: for each feature map its 9 strongest activations over the images, projected to pixels by the "
-        "deconvnet (Sec. 2.1), beside the image patches they see.",
-    ),
-    (
-        "evolution",
-        "Feature evolution during training",
-        "evolution",
-        "evolution/evolution.json",
-        _evolution,
-        "Fig. 4: the strongest activation of a few maps per layer at each training snapshot, projected to pixels "
-        "(Sec. 4.1).",
-    ),
-    (
-        "occlusion",
-        "Occlusion sensitivity",
-        "occlusion",
-        "occlusion/occlusion.json",
-        _occlusion,
-        "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and the "
-        "classifier's probability and label as a function of where the square is (Sec. 4.2).",
-    ),
-    (
-        "correspondence",
-        "Correspondence analysis",
-        "correspondence",
-        "correspondence/correspondence.json",
-        _correspondence,
-        "The arXiv version's correspondence table (Sec. 4.3): how consistently masking the same part changes the "
-        "features across different images, against random masks.",
-    ),
-    (
-        "invariance",
-        "Feature invariance",
-        "invariance",
-        "invariance/invariance.json",
-        _invariance,
-        "The arXiv version's invariance figure (Sec. 4.4): feature distance at a low and a high layer and the "
-        "true-class probability as the image is translated, scaled and rotated.",
-    ),
-    (
-        "included",
-        "Transfer, per-layer and ablation results",
-        "included",
-        "included/included.json",
-        _included,
-        "Tables 2-6 and Fig. 7: architecture ablations, transfer to other datasets and per-layer probes (Sec. 5), "
-        "from the result folders given with --include.",
-    ),
-]
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: the stage whose result file it shows, its view, and the paper it reproduces."""
+
+    id: str
+    title: str
+    stage: str
+    file: str
+    view: Callable[[str, dict], dict]
+    sentence: str
 
 
-def _title(out: str, sid: str, title: str) -> str:
+SECTIONS = [
+    Section("model", "The model", "model", "model/model.json", _model,
+            "The architecture drawn as Fig. 3 draws ZFNet, read from the model itself, with its parameters, "
+            "accuracy and training curves (Sec. 3)."),
+    Section("filters", "Layer-1 filters", "atlas", "atlas/filters.json", _filters,
+            "The first layer's filters and their diagnostics, as Fig. 5 uses them to choose the architecture "
+            "(dominant filters, dead filters, frequency coverage; Sec. 4.1)."),
+    Section("atlas", "Top-9 atlas", "atlas", "atlas/manifest.json", _atlas,
+            "Fig. 2: for each feature map its 9 strongest activations over the images, projected to pixels by the "
+            "deconvnet (Sec. 2.1), beside the image patches they see."),
+    Section("evolution", "Feature evolution during training", "evolution", "evolution/evolution.json", _evolution,
+            "Fig. 4: the strongest activation of a few maps per layer at each training snapshot, projected to "
+            "pixels (Sec. 4.1)."),
+    Section("occlusion", "Occlusion sensitivity", "occlusion", "occlusion/occlusion.json", _occlusion,
+            "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and "
+            "the classifier's probability and label as a function of where the square is (Sec. 4.2)."),
+    Section("correspondence", "Correspondence analysis", "correspondence", "correspondence/correspondence.json",
+            _correspondence,
+            "The arXiv version's correspondence table (Sec. 4.3): how consistently masking the same part changes "
+            "the features across different images, against random masks."),
+    Section("invariance", "Feature invariance", "invariance", "invariance/invariance.json", _invariance,
+            "The arXiv version's invariance figure (Sec. 4.4): feature distance at a low and a high layer and the "
+            "true-class probability as the image is translated, scaled and rotated."),
+    Section("included", "Transfer, per-layer and ablation results", "included", "included/included.json",
+            _included,
+            "Tables 2-6 and Fig. 7: architecture ablations, transfer to other datasets and per-layer probes "
+            "(Sec. 5), from the result folders given with --include."),
+]  # fmt: skip
+
+
+def _title(out: str, section: Section) -> str:
     """A section's title naming what it shows (the atlas: its first and last layer)."""
-    if sid != "atlas":
-        return title
+    if section.id != "atlas":
+        return section.title
     m = _read(out, "atlas/manifest.json")
     order = m.get("layer_order") if isinstance(m, dict) else None
     if isinstance(order, list) and order:
-        return f"{title}, {order[0]}" + (f" to {order[-1]}" if len(order) > 1 else "")
-    return title
+        return f"{section.title}, {order[0]}" + (f" to {order[-1]}" if len(order) > 1 else "")
+    return section.title
 
 
-def _section(out: str, rel: str, render) -> str:
-    result = _read(out, rel)
-    return f'<p class="note">{_e(rel)} is missing.</p>' if result is None else render(out, result)
+def _section(out: str, section: Section, stages: dict) -> dict:
+    """What the page shows for one section: its stage's entry, and its view or why there is none."""
+    entry = stages.get(section.stage)
+    entry = None if entry is None else {"status": "", "reason": "", "traceback": "", **entry}
+    shown = {
+        "id": section.id,
+        "title": _title(out, section),
+        "sentence": section.sentence,
+        "stage": section.stage,
+        "rel": section.file,
+        "entry": entry,
+        "badge": (entry or {}).get("status", "missing"),
+        "traceback_href": _href((entry or {}).get("traceback", section.stage + "/error.txt")),
+        "error": None,
+        "view": None,
+    }
+    if entry is None or entry.get("status") in ("failed", "skipped"):
+        return shown
+    try:
+        result = _read(out, section.file)
+        shown["view"] = None if result is None else section.view(out, result)
+    except (KeyError, TypeError, ValueError, IndexError, OSError) as e:  # a damaged result: say so, show the rest
+        shown["error"] = f"{type(e).__name__}: {e}"
+    return shown
 
 
 def write_report(out: str) -> str:
     """OUT/index.html from OUT/report.json and the stage files; a section whose stage failed or was skipped
     shows why. Returns the page's path."""
     state = _read(out, "report.json") or {"stages": {}}
-    stages = state.get("stages", {})
-    toc, body = [], []
-    for sid, title, stage, rel, render, sentence in SECTIONS:
-        title = _title(out, sid, title)
-        entry = stages.get(stage)
-        badge = (entry or {}).get("status", "missing")
-        toc.append(f'<li><a href="#{sid}">{_e(title)}</a> <span class="status {badge}">{_e(badge)}</span></li>')
-        box = _status_box(entry, stage)
-        try:
-            inner = box if box is not None else _section(out, rel, render)
-        except (KeyError, TypeError, ValueError, OSError) as e:  # a damaged result file: say so, render the rest
-            inner = f'<p class="fail">cannot show this section: {_e(type(e).__name__)}: {_e(e)}</p>'
-        body.append(f'<section id="{sid}"><h2>{_e(title)}</h2><p class="paper">{_e(sentence)}</p>{inner}</section>')
-    rows = "".join(
-        f'<tr><td>{_e(n)}</td><td>{_e(e.get("paper", ""))}</td><td><span class="status {_e(e.get("status"))}">'
-        f'{_e(e.get("status"))}</span></td><td class="num">{e.get("seconds", 0):.1f} s</td>'
-        f"<td>{_e(e.get('reason', ''))}</td></tr>"
-        for n, e in stages.items()
-    )
-    env = state.get("environment", {})
-    settings = state.get("settings", {})
-    prov = (
-        f"<table><thead><tr><th>stage</th><th>paper</th><th>status</th><th>time</th><th>note</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
-        f"<p>Total {state.get('wall_seconds', 0):.1f} s. zfnet {_e(env.get('zfnet', '?'))}, torch "
-        f"{_e(env.get('torch', '?'))}, python {_e(env.get('python', '?'))}, device {_e(env.get('device', '?'))}, "
-        f"{_e(env.get('threads', '?'))} threads; seed {_e(settings.get('seed', 0))}. Settings and per-stage "
-        f'results: <a href="report.json">report.json</a>.</p>'
-    )
-    body.append(
-        f'<section id="provenance"><h2>Stages and provenance</h2><p class="paper">How each part was made, '
-        f"how long it took, and what it ran on.</p>{prov}</section>"
-    )
-    toc.append('<li><a href="#provenance">Stages and provenance</a></li>')
-    title = state.get("title", "zfnet report")
-    page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-        f'content="width=device-width, initial-scale=1"><title>zfnet report: {_e(title)}</title>'
-        f"<style>{CSS}</style></head><body><header><h1>Visualizing and Understanding {_e(title)}</h1>"
-        f"<p>Zeiler &amp; Fergus, ECCV 2014, reproduced by zfnet on this model: every figure below was computed "
-        f'by <code>zfnet report</code>.</p></header><main><nav class="toc"><b>Contents</b><ol>{"".join(toc)}'
-        f'</ol></nav><div class="content">{"".join(body)}</div></main><footer>zfnet report, '
-        f"{_e(env.get('platform', ''))}</footer></body></html>\n"
+    stages = {k: {"paper": "", "reason": "", "seconds": 0, **v} for k, v in state.get("stages", {}).items()}
+    page = render(
+        "report.html.j2",
+        title=state.get("title", "zfnet report"),
+        sections=[_section(out, s, stages) for s in SECTIONS],
+        stages=stages,
+        env={
+            "zfnet": "",
+            "torch": "",
+            "python": "",
+            "device": "",
+            "threads": "",
+            "platform": "",
+            **state.get("environment", {}),
+        },
+        seed=state.get("settings", {}).get("seed", 0),
+        wall_seconds=state.get("wall_seconds", 0),
     )
     path = os.path.join(out, "index.html")
     atomic_write_text(path, page)

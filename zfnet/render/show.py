@@ -98,7 +98,7 @@ def show(result, images: torch.Tensor | None = None, *, classes: list[str] | Non
             ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1))
             ax.set_title(f"{result.layer} map {result.channels[i]}\nactivation {float(result.activations[i]):.3g}")
             ax.axis("off")
-        fig.suptitle(f"Deconvnet projections (Sec. 2.1, {result.mode}); red: the unit's receptive field")
+        fig.suptitle(f"Deconvnet projections (Sec. 2.1, {result.rule}); red: the unit's receptive field")
         fig.tight_layout()
         return fig
     if isinstance(result, CorrespondenceResult):

@@ -200,7 +200,7 @@
     if (!A) { document.body.appendChild(el("p", "", "atlas-data.js is missing.")); return; }
     document.getElementById("subtitle").textContent =
       A.model.name + " on " + A.dataset.spec + " (" + A.dataset.split + ", " + A.dataset.images + " images), " +
-      "mode " + A.mode;
+      "rule " + A.rule;
     document.getElementById("provenance").textContent = JSON.stringify(A.provenance, null, 1);
     document.querySelectorAll(".tab").forEach(function (b) {
       b.addEventListener("click", function () { showTab(b.dataset.tab); });

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, layer: null, map: null, mode: "deconvnet", unit: null };
+const state = { image: null, layer: null, map: null, rule: "deconvnet", unit: null };
 let info = null, page = 0, pages = 1, grid = null, occJob = null;
 
 async function api(path, options) {
@@ -23,7 +23,7 @@ function option(select, value, text) {
 // --- the address bar: every view is a link ------------------------------------------------------------------
 function writeHash() {
   const p = new URLSearchParams();
-  for (const k of ["image", "layer", "map", "mode"]) if (state[k] !== null && state[k] !== undefined) p.set(k, state[k]);
+  for (const k of ["image", "layer", "map", "rule"]) if (state[k] !== null && state[k] !== undefined) p.set(k, state[k]);
   if (state.unit) p.set("unit", state.unit.join(","));
   const h = "#" + p.toString();
   if (location.hash !== h) history.replaceState(null, "", h);
@@ -33,7 +33,7 @@ function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
   state.image = p.get("image"); state.layer = p.get("layer");
   state.map = p.has("map") ? parseInt(p.get("map"), 10) : null;
-  state.mode = p.get("mode") || "deconvnet";
+  state.rule = p.get("rule") || "deconvnet";
   state.unit = p.has("unit") ? p.get("unit").split(",").map(Number) : null;
 }
 
@@ -115,7 +115,7 @@ let mapSeq = 0;
 async function showMap(m, unit) {
   const my = ++mapSeq;
   showError(null);
-  const q = new URLSearchParams({ mode: state.mode });
+  const q = new URLSearchParams({ rule: state.rule });
   if (unit) { q.set("y", unit[0]); q.set("x", unit[1]); }
   try {
     const p = await api(`/api/project/${state.image}/${encodeURIComponent(state.layer)}/${m}?` + q);
@@ -124,7 +124,7 @@ async function showMap(m, unit) {
     $("map-name").textContent = `${state.layer} #${m}`;
     $("projection").src = p.projection; $("field").src = p.field; $("patch").src = p.patch;
     $("unit-info").textContent = `unit (${p.unit[0]}, ${p.unit[1]}), activation ${p.activation.toFixed(3)}, ` +
-      `receptive field rows ${p.box[0]}-${p.box[2]}, columns ${p.box[1]}-${p.box[3]} (${p.mode})`;
+      `receptive field rows ${p.box[0]}-${p.box[2]}, columns ${p.box[1]}-${p.box[3]} (${p.settings.rule})`;
     writeHash();
     if (info.atlas) await showAtlas();
   } catch (e) { showError(e); }
@@ -209,18 +209,18 @@ async function start() {
     b.addEventListener("click", () => showLayer(l).catch(showError));
     $("layers").appendChild(b);
   }
-  for (const m of info.modes) {
+  for (const m of info.rules) {
     const lab = document.createElement("label"), r = document.createElement("input");
-    r.type = "radio"; r.name = "mode"; r.value = m; r.checked = m === state.mode;
-    r.addEventListener("change", () => { state.mode = m; if (state.map !== null) showMap(state.map, state.unit); });
+    r.type = "radio"; r.name = "rule"; r.value = m; r.checked = m === state.rule;
+    r.addEventListener("change", () => { state.rule = m; if (state.map !== null) showMap(state.map, state.unit); });
     lab.appendChild(r); lab.appendChild(document.createTextNode(" " + m + " ")); $("modes").appendChild(lab);
   }
   (info.classes || []).forEach((c, k) => option($("occ-class"), k, c));  // the model's classes: occlusion targets
   if (info.atlas) info.atlas.classes.forEach((c) => option($("ref-class"), c, c));  // the atlas data's classes
   if (info.dataset) (info.dataset.classes || []).forEach((c, k) => option($("browse-class"), k, c));
   $("atlas-panel").hidden = !info.atlas;
-  const size = info.input[1];
-  $("occ-window").placeholder = Math.max(2, Math.round(size * 2 / 7));
+  $("occ-window").placeholder = info.occlusion.window;  // the server's default for this input (OcclusionSettings)
+  $("occ-stride").placeholder = info.occlusion.stride;
   $("prev").addEventListener("click", () => loadPage(Math.max(0, page - 1)).catch(showError));
   $("next").addEventListener("click", () => loadPage(Math.min(pages - 1, page + 1)).catch(showError));
   $("browse-class").addEventListener("change", () => loadPage(0).catch(showError));
