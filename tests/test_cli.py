@@ -8,7 +8,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-COMMANDS = ["models", "layers", "train", "evaluate", "project", "atlas", "filters", "evolution", "serve"]
+from zfnet.cli.registry import COMMANDS as REGISTERED
+
+COMMANDS = REGISTERED.names()  # every registered command, not a list kept by hand
 
 
 def test_help_lists_every_command_with_an_example(capsys):
@@ -23,6 +25,26 @@ def test_help_lists_every_command_with_an_example(capsys):
             main([c, "--help"])
         out = capsys.readouterr().out
         assert e.value.code == 0 and "example:" in out and "zfnet " + c in out, c
+
+
+def test_every_help_example_parses():
+    """Each example a command's help shows is a command line its parser takes (flags that exist, values of the
+    right form): an example that names a renamed or removed flag fails here. The examples' files and weights are
+    the user's, so they are parsed, not run."""
+    import shlex
+
+    from zfnet.cli import build_parser
+
+    parser = build_parser()
+    for name in COMMANDS:
+        lines = [l.split("  #")[0].strip() for l in REGISTERED.get(name).example.splitlines()]
+        assert lines, name
+        commands = []
+        for line in lines:
+            words = shlex.split(line)
+            start = words.index("zfnet") + 1 if "zfnet" in words else words.index("-m") + 2  # torchrun ... -m zfnet
+            commands.append(parser.parse_args(words[start:]).command)
+        assert commands[0] == name, (name, lines)  # it may go on with the next step (dedupe, then train)
 
 
 @pytest.mark.parametrize(
