@@ -185,6 +185,9 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
+_FIELDS: dict[type, list[Field]] = {}
+
+
 @dataclass(frozen=True)
 class Settings:
     """The base of every method's settings: a frozen dataclass checked when made (`check`), with `to_json`,
@@ -201,6 +204,13 @@ class Settings:
 
     @classmethod
     def fields(cls) -> list[Field]:
+        """The fields as `Field` records (read from the class once)."""
+        if cls not in _FIELDS:
+            _FIELDS[cls] = cls._read_fields()
+        return _FIELDS[cls]
+
+    @classmethod
+    def _read_fields(cls) -> list[Field]:
         hints = typing.get_type_hints(cls)
         out = []
         for f in fields(cls):

@@ -398,6 +398,57 @@ def occlusion(
     )
 
 
+@dataclass
+class _Grid:
+    """(probabilities, activity) for grid cells (i, j), i.e. occluders at (ys[i], xs[j]), in the order asked:
+    whole forwards (`replay` None) or the recorded graph replayed on the changed rectangles, in batches of
+    like-sized rectangles (`rank`), the layer's map `channel` summed on the way."""
+
+    model: nn.Module
+    feat: nn.Module
+    x: torch.Tensor
+    ys: list[int]
+    xs: list[int]
+    window: int
+    fill_map: torch.Tensor
+    channel: int
+    replay: Replay | None
+    rank: dict[tuple[int, int], int]
+    batch: int = 64
+    tau: float | None = None
+    low: bool = False
+    tally: _Tally | None = None
+
+    def __call__(self, cells: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        perm = sorted(range(len(cells)), key=lambda q: self.rank.get(cells[q], q))
+        out_logits, activity = [], []
+        w = self.window
+        for s in range(0, len(cells), self.batch):
+            part = [(self.ys[cells[q][0]], self.xs[cells[q][1]]) for q in perm[s : s + self.batch]]
+            if self.replay is None:
+                lg, act = _naive_batch(self.model, self.feat, self.x, part, w, self.fill_map, self.channel)
+            else:
+                patch = torch.stack([self.fill_map[:, y : y + w, xx : xx + w] for y, xx in part])
+                out, fv = self.replay.run([y for y, _ in part], [xx for _, xx in part], patch, self.tau, self.low)
+                lg, act = _whole(out), _region_sum(fv, self.channel)
+            out_logits.append(lg.float())
+            activity.append(act.float())
+            if self.tally is not None:
+                self.tally.add(len(part))
+        back = torch.empty(len(cells), dtype=torch.long)
+        back[torch.tensor(perm, dtype=torch.long)] = torch.arange(len(cells))
+        return F.softmax(torch.cat(out_logits), 1)[back], torch.cat(activity)[back]
+
+
+def _strongest(feat_out: torch.Tensor, layer: str) -> tuple[int, tuple[int, int]]:
+    """The map of `layer` with the largest single activation on the unoccluded image, and where it is."""
+    if feat_out.dim() != 4:
+        raise UsageError(f"layer {layer!r} has no feature maps (it is fully connected); pick a conv layer")
+    channel = int(feat_out[0].flatten(1).max(1).values.argmax())
+    where = int(feat_out[0, channel].argmax())
+    return channel, (where // feat_out.shape[-1], where % feat_out.shape[-1])
+
+
 def _occlude(
     model: nn.Module,
     image: torch.Tensor,
@@ -436,36 +487,13 @@ def _occlude(
         base_class = int(probs.argmax())
         target = base_class if target is None else int(target)
         feat_out = plan.feature if plan.feature is not None else features(model, x, [layer])[layer]
-        if feat_out.dim() != 4:
-            raise UsageError(f"layer {layer!r} has no feature maps (it is fully connected); pick a conv layer")
-        channel = int(feat_out[0].flatten(1).max(1).values.argmax())
-        where = int(feat_out[0, channel].argmax())
-        cpos = (where // feat_out.shape[-1], where % feat_out.shape[-1])
+        channel, cpos = _strongest(feat_out, layer)
         rank: dict[tuple[int, int], int] = {}
         if replay is not None:  # like-sized rectangles batched together
             rank = {c: r for r, c in enumerate(order_positions(replay, ys, xs, window, run_tau))}
-
-        def evaluate(cells: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-            """(probabilities, activity) for grid cells (i, j), i.e. occluders at (ys[i], xs[j]), in that order."""
-            perm = sorted(range(len(cells)), key=lambda q: rank.get(cells[q], q))
-            out_logits, activity = [], []
-            step = bs if replay is None or run_mode == "naive" else bs_region
-            for s in range(0, len(cells), step):
-                part = [(ys[cells[q][0]], xs[cells[q][1]]) for q in perm[s : s + step]]
-                if replay is None or run_mode == "naive":
-                    lg, act = _naive_batch(model, feat, x, part, window, fill_map, channel)
-                else:
-                    patch = torch.stack([fill_map[:, y : y + window, xx : xx + window] for y, xx in part])
-                    out, fv = replay.run([y for y, _ in part], [xx for _, xx in part], patch, run_tau, low)
-                    lg, act = _whole(out), _region_sum(fv, channel)
-                out_logits.append(lg.float())
-                activity.append(act.float())
-                if tally is not None:
-                    tally.add(len(part))
-            back = torch.empty(len(cells), dtype=torch.long)
-            back[torch.tensor(perm, dtype=torch.long)] = torch.arange(len(cells))
-            return F.softmax(torch.cat(out_logits), 1)[back], torch.cat(activity)[back]
-
+        whole = replay is None or run_mode == "naive"
+        evaluate = _Grid(model, feat, x, ys, xs, window, fill_map, channel, None if whole else replay, rank,
+                         bs if whole else bs_region, run_tau, low, tally)  # fmt: skip
         shape = (len(ys), len(xs))
         if run_mode == "approx" and drill is not None:
             p, act = _drill_down(evaluate, shape, target, drill)

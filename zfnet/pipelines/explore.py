@@ -361,80 +361,85 @@ def _read_atlas(folder: str, opened: Opened) -> tuple[dict, dict]:
 # --- the server -----------------------------------------------------------------------------------------------
 
 
-def explore_app(explorer: Explorer):
-    """The Starlette app: the page and its assets, the JSON / PNG API, the atlas folder's pictures."""
-    from starlette.applications import Starlette
+def _q_int(request, name: str, default: int | None = None) -> int | None:
+    """A whole-number query parameter (absent or empty: `default`)."""
+    v = request.query_params.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise UsageError(f"{name} must be a whole number, not {v!r}") from None
+
+
+def _worker(explorer: Explorer):
+    """`work(fn, *args)`: model work in a worker thread, one at a time (the explorer's lock); a `UsageError` it
+    raises reaches the app's one handler."""
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
 
     async def work(fn, *args, **kwargs):
-        """Model work in a worker thread, one at a time; a `UsageError` it raises reaches `refused`."""
-
         def locked():
             with explorer.lock, torch.no_grad():  # no_grad is per thread: set here, in the worker
                 return fn(*args, **kwargs)
 
         return await run_in_threadpool(locked)
 
-    def q_int(request: Request, name: str, default: int | None = None) -> int | None:
-        v = request.query_params.get(name)
-        if v is None or v == "":
-            return default
-        try:
-            return int(v)
-        except ValueError:
-            raise UsageError(f"{name} must be a whole number, not {v!r}") from None
+    return work
 
-    async def refused(request: Request, exc: Exception) -> Response:
-        """The one answer to a bad request: 400 and the line the CLI would print."""
-        return JSONResponse({"error": str(exc)}, status_code=400)
 
-    async def info(request: Request):
-        return JSONResponse(explorer.info())
+def _image_routes(explorer: Explorer, work) -> list:
+    """What the page asks of one image: its pixels, prediction, a layer's maps, a map's projection, the atlas."""
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
 
-    async def page(request: Request):
-        out = await work(explorer.page, q_int(request, "page", 0), q_int(request, "class"))
-        return JSONResponse(out)
+    def png(fn):
+        async def handler(request):
+            return Response(await work(fn, request.path_params["key"]), media_type="image/png")
 
-    async def image(request: Request):
-        out = await work(explorer.image_png, request.path_params["key"])
-        return Response(out, media_type="image/png")
+        return handler
 
-    async def thumb(request: Request):
-        out = await work(explorer.thumbnail, request.path_params["key"])
-        return Response(out, media_type="image/png")
+    async def page(request):
+        return JSONResponse(await work(explorer.page, _q_int(request, "page", 0), _q_int(request, "class")))
 
-    async def predict(request: Request):
-        out = await work(explorer.predict, request.path_params["key"])
-        return JSONResponse(out)
+    async def predict(request):
+        return JSONResponse(await work(explorer.predict, request.path_params["key"]))
 
-    async def layer(request: Request):
-        out = await work(explorer.layer, request.path_params["key"], request.path_params["layer"])
-        meta, picture = out
-        if request.url.path.endswith(".png"):
-            return Response(picture, media_type="image/png")
-        return JSONResponse(meta)
+    async def layer(request):
+        meta, picture = await work(explorer.layer, request.path_params["key"], request.path_params["layer"])
+        return Response(picture, media_type="image/png") if request.url.path.endswith(".png") else JSONResponse(meta)
 
-    async def project(request: Request):
+    async def project(request):
         p = request.path_params
         settings = ProjectSettings.build(None, **ProjectSettings.parse(dict(request.query_params)))
-        y, x = q_int(request, "y"), q_int(request, "x")
-        out = await work(explorer.project, p["key"], p["layer"], int(p["map"]), settings, y, x)
-        return JSONResponse(out)
+        y, x = _q_int(request, "y"), _q_int(request, "x")
+        return JSONResponse(await work(explorer.project, p["key"], p["layer"], int(p["map"]), settings, y, x))
 
-    async def atlas(request: Request):
-        p = request.path_params
-        out = await work(explorer.atlas_refs, p["layer"], int(p["map"]), request.query_params.get("cls"))
-        return JSONResponse(out)
+    async def atlas(request):
+        p, cls = request.path_params, request.query_params.get("cls")
+        return JSONResponse(await work(explorer.atlas_refs, p["layer"], int(p["map"]), cls))
 
-    async def class_maps(request: Request):
-        out = await work(explorer.class_maps, request.path_params["layer"], request.query_params.get("cls", ""))
-        return JSONResponse(out)
+    async def class_maps(request):
+        cls = request.query_params.get("cls", "")
+        return JSONResponse(await work(explorer.class_maps, request.path_params["layer"], cls))
 
-    async def upload(request: Request):
+    return [
+        Route("/api/dataset", page),
+        Route("/api/image/{key}.png", png(explorer.image_png)),
+        Route("/api/thumb/{key}.png", png(explorer.thumbnail)),
+        Route("/api/predict/{key}", predict),
+        Route("/api/layer/{key}/{layer}.png", layer),
+        Route("/api/layer/{key}/{layer}", layer),
+        Route("/api/project/{key}/{layer}/{map:int}", project),
+        Route("/api/atlas/{layer}/{map:int}", atlas),
+        Route("/api/classmaps/{layer}", class_maps),
+    ]
+
+
+def _upload_route(explorer: Explorer, work):
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def upload(request):
         parts, size, cap = [], 0, explorer.limits.upload_bytes
         async for chunk in request.stream():  # keep no more than the cap (the rest is read and dropped)
             size += len(chunk)
@@ -442,13 +447,27 @@ def explore_app(explorer: Explorer):
                 parts.append(chunk)
         if size > cap:
             raise UsageError(f"the upload is {size:,} bytes, more than {cap:,}; send a smaller image")
-        body = b"".join(parts)
-        out = await work(explorer.upload, body, request.query_params.get("name", "upload"))
-        return JSONResponse(out)
+        name = request.query_params.get("name", "upload")
+        return JSONResponse(await work(explorer.upload, b"".join(parts), name))
 
-    async def start_occlusion(request: Request):
-        key, target = request.path_params["key"], q_int(request, "class")
-        settings = explorer.occlusion_settings(dict(request.query_params))  # refused here, before any job
+    return Route("/api/upload", upload, methods=["POST"])
+
+
+def _job_error(e: Exception) -> str:
+    """A job's error as one line: a `UsageError`'s own, else what the model raised."""
+    if isinstance(e, UsageError):
+        return str(e)
+    return f"the model raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def _occlusion_routes(explorer: Explorer, work) -> list:
+    """Occlusion as a job: started (its settings refused before any job exists), then polled for progress."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def start(request):
+        key, target = request.path_params["key"], _q_int(request, "class")
+        settings = explorer.occlusion_settings(dict(request.query_params))
         job = uuid.uuid4().hex[:12]
         state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
 
@@ -458,41 +477,49 @@ def explore_app(explorer: Explorer):
         async def run() -> None:
             try:
                 state["result"] = await work(explorer.occlusion, key, target, settings, tick)
-            except UsageError as e:  # the job keeps its error as a value: the poll answers it
-                state["error"] = str(e)
-            except Exception as e:  # noqa: BLE001 - the model raised: the job ends with it, in one line
-                state["error"] = (
-                    f"the model raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                )
+            except Exception as e:  # noqa: BLE001 - the job ends with its error, kept as a value for the poll
+                state["error"] = _job_error(e)
 
         state["task"] = asyncio.ensure_future(run())
         forget_finished(explorer.jobs)
         return JSONResponse({"job": job})
 
-    async def poll_occlusion(request: Request):
+    async def poll(request):
         state = explorer.jobs.get(request.path_params["job"])
         if state is None:
             raise UsageError("no such occlusion job; start it again")
         return JSONResponse({k: state[k] for k in ("done", "total", "result", "error")})
 
-    async def index(request: Request):
+    return [
+        Route("/api/occlusion/{key}", start, methods=["POST"]),
+        Route("/api/occlusion-job/{job}", poll),
+    ]
+
+
+def explore_app(explorer: Explorer):
+    """The Starlette app: the page and its assets, the JSON / PNG API, the atlas folder's pictures. Handlers
+    raise `UsageError`; one exception handler answers it: 400 and the line the CLI would print."""
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse, JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    async def refused(request, exc: Exception):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def index(request):
         return FileResponse(os.path.join(WEB, "index.html"), headers={"Cache-Control": "no-cache"})
 
+    async def info(request):
+        return JSONResponse(explorer.info())
+
+    work = _worker(explorer)
     routes = [
         Route("/", index),
         Route("/api/info", info),
-        Route("/api/dataset", page),
-        Route("/api/upload", upload, methods=["POST"]),
-        Route("/api/image/{key}.png", image),
-        Route("/api/thumb/{key}.png", thumb),
-        Route("/api/predict/{key}", predict),
-        Route("/api/layer/{key}/{layer}.png", layer),
-        Route("/api/layer/{key}/{layer}", layer),
-        Route("/api/project/{key}/{layer}/{map:int}", project),
-        Route("/api/atlas/{layer}/{map:int}", atlas),
-        Route("/api/classmaps/{layer}", class_maps),
-        Route("/api/occlusion/{key}", start_occlusion, methods=["POST"]),
-        Route("/api/occlusion-job/{job}", poll_occlusion),
+        _upload_route(explorer, work),
+        *_image_routes(explorer, work),
+        *_occlusion_routes(explorer, work),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]
     if explorer.atlas_dir:

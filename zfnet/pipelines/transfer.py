@@ -215,6 +215,17 @@ class ProbeOptions:
     batch_size: int = 64  # images per extraction batch (what memory holds while extracting)
 
 
+def _store_key(opened: Opened, ds: zdata.ImageSet, layers: list[str], dtype: str) -> str:
+    """What the feature store's contents depend on: the model and its weights, the images, the layers, the
+    preprocessing (mean image included) and the stored type."""
+    pp = ds.preprocess
+    ident = {"model": opened.name, "weights": opened.weights_sha256, "data": ds.spec, "split": ds.split}
+    return fingerprint(
+        {**ident, "images": len(ds), "exclude": ds.exclude, "layers": layers, "pp": pp.to_dict(),
+         "mean": tensor_hash(pp.mean_image), "dtype": dtype}
+    )  # fmt: skip
+
+
 def run_layerprobe(
     opened: Opened,
     dataset: zdata.ImageSet,
@@ -245,21 +256,7 @@ def run_layerprobe(
     layers = list(o.layers or paper_layers(opened.model))
     for layer in layers:
         resolve_layer(opened.model, layer)
-    pp = ds.preprocess
-    key = fingerprint(
-        {
-            "model": opened.name,
-            "weights": opened.weights_sha256,
-            "data": ds.spec,
-            "split": ds.split,
-            "images": len(ds),
-            "exclude": ds.exclude,
-            "layers": layers,
-            "pp": pp.to_dict(),
-            "mean": tensor_hash(pp.mean_image),
-            "dtype": o.store_dtype,
-        }
-    )
+    key = _store_key(opened, ds, layers, o.store_dtype)
     with PeakMemory() as extracting:
         store = tx.extract_to_store(
             opened.model,
@@ -299,10 +296,8 @@ def run_layerprobe(
             "bytes": int(sum(feats[l].nbytes for l in layers)),
             "images": int(len(pos)),
         },
-        "peak_memory_mb": {  # anonymous memory (RssAnon), not the memory map's cached file pages
-            "extracting": extracting.peak_mb,
-            "classifying": classifying.peak_mb,
-        },
+        # anonymous memory (RssAnon), not the memory map's cached file pages
+        "peak_memory_mb": {"extracting": extracting.peak_mb, "classifying": classifying.peak_mb},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "classifiers": {
             "svm": "LinearSVC C=1 on standardized features",

@@ -3,6 +3,9 @@ it inline). It reads only the result (and, where a figure shows the input, the i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -55,102 +58,137 @@ def _stack(figures: list) -> plt.Figure:
     return fig
 
 
+def _occlusions(result: OcclusionResults, images, names, preprocess):
+    rows = [
+        _occlusion(r, None if images is None else images[i : i + 1], names, preprocess) for i, r in enumerate(result)
+    ]
+    return _stack(rows)
+
+
+def _occlusion(result: OcclusionResult, images, names, preprocess):
+    shape = result.projection.shape
+    return occlusion_plot(result, _display(images, preprocess, 0, shape), names, "Fig. 6 (Sec. 4.2)")
+
+
+def _invariance(result: InvarianceResult, images, names, preprocess):
+    rows, examples = [], {}
+    for curve, row in zip(result.curves, result.to_json()["transforms"]):
+        shown = curve.values[:: max(1, len(curve.values) // 5)]
+        if images is not None and preprocess is not None:
+            fill = result.fill_pixels or "mean-image"
+            x = images[:1].float().cpu()
+            moved = [transform_images(x, curve.transform, v, preprocess=preprocess, fill=fill) for v in shown]
+            examples[curve.transform] = [_display(m, preprocess, 0, ()) for m in moved]
+        else:
+            examples[curve.transform] = [torch.full((3, 32, 32), 128.0) for _ in shown]
+        rows.append({**row, "shown_values": shown})
+    return invariance_plot(rows, examples, names, "Feature invariance (arXiv Sec. 4.4)")
+
+
+def _architecture(result: Architecture, images, names, preprocess):
+    return architecture_plot(result.to_json(), f"{result.params:,} parameters (drawn as Fig. 3)")
+
+
+def _filters(result: FilterReport, images, names, preprocess):
+    return filters_plot([("layer 1", result)])
+
+
+def _imshow(ax, pixels: torch.Tensor) -> None:
+    """A C x H x W picture in [0, 1] (grey or colour) on `ax`."""
+    grey = pixels.shape[0] == 1
+    ax.imshow((pixels[0] if grey else pixels.permute(1, 2, 0)).numpy(), cmap="gray" if grey else None)
+
+
+def _projection(result: Projection, images, names, preprocess):
+    n = len(result.images)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        _imshow(ax, stretch(result.images[i : i + 1].detach().float().cpu())[0] / 255.0)
+        t, l, b, r = result.boxes[i]
+        ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1))
+        ax.set_title(f"{result.layer} map {result.channels[i]}\nactivation {float(result.activations[i]):.3g}")
+        ax.axis("off")
+    fig.suptitle(f"Deconvnet projections (Sec. 2.1, {result.rule}); red: the unit's receptive field")
+    fig.tight_layout()
+    return fig
+
+
+def _correspondence(result: CorrespondenceResult, images, names, preprocess):
+    fig, axes = plt.subplots(1, len(result.layers), figsize=(5 * len(result.layers), 3.6), squeeze=False)
+    for ax, layer in zip(axes[0], result.layers):
+        keys = [*result.parts, "random"]
+        ax.bar(keys, [result.delta[layer][k] for k in keys], yerr=[result.std[layer][k] for k in keys],
+               color=["tab:blue"] * len(result.parts) + ["tab:grey"])  # fmt: skip
+        ax.set_title(f"{layer}: mean sign change (lower = more consistent)")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"Correspondence (arXiv Sec. 4.3), {result.images} images")
+    fig.tight_layout()
+    return fig
+
+
+def _receptive_field(result: ReceptiveField, images, names, preprocess):
+    h, w = result.input_size
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if images is not None:
+        _imshow(ax, _display(images, preprocess, 0, ()) / 255.0)
+    else:
+        ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=True, color="0.9"))
+    t, l, b, r = result.box(0, 0)
+    ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1.5))
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_title(f"{result.layer}: field {result.size[0]}x{result.size[1]} px, jump {result.jump}")
+    return fig
+
+
+def _evolution(result: Evolution, images, names, preprocess):
+    figs = []
+    for layer, chans in result.cells.items():
+        cells = [[cell[0] for cell in chans[c]] for c in result.layers[layer]]
+        title = f"{layer}: maps (rows) by epoch (columns)"
+        img = evolution_grid(cells, 2, title, result.epochs, result.layers[layer])
+        f, ax = plt.subplots(figsize=(img.width / 90, img.height / 90), dpi=90)
+        ax.imshow(img)
+        ax.axis("off")
+        figs.append(f)
+    return _stack(figs)
+
+
+def _scan(result: Scan, images, names, preprocess):
+    fig, axes = plt.subplots(1, len(result.top), figsize=(3.2 * len(result.top), 3), squeeze=False)
+    for ax, (layer, tk) in zip(axes[0], result.top.items()):
+        ax.imshow(tk.values.clamp_min(0).numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{layer}: top-{tk.k} per map")
+        ax.set_xlabel("map")
+        ax.set_ylabel("rank")
+    fig.suptitle(f"Fig. 2's selection over {result.images} images (project them with zfnet.project)")
+    fig.tight_layout()
+    return fig
+
+
+# each method's result type -> the function drawing the report's figure for it
+RENDERERS: dict[type, Callable[..., Any]] = {
+    OcclusionResults: _occlusions,
+    OcclusionResult: _occlusion,
+    InvarianceResult: _invariance,
+    Architecture: _architecture,
+    FilterReport: _filters,
+    Projection: _projection,
+    CorrespondenceResult: _correspondence,
+    ReceptiveField: _receptive_field,
+    Evolution: _evolution,
+    Scan: _scan,
+}
+
+
 def show(result, images: torch.Tensor | None = None, *, classes: list[str] | None = None, preprocess=None):
     """The figure the report draws for `result` (any `zfnet.METHODS` result) as a matplotlib Figure.
     `images`: the batch the method ran on, for the panels that show the input (occlusion (a), invariance (a),
     the receptive field); `preprocess` turns them back into pixels; `classes` names the classes."""
-    names = classes or []
-    if isinstance(result, OcclusionResults):
-        return _stack(
-            [show(r, None if images is None else images[i : i + 1], classes=classes, preprocess=preprocess)
-             for i, r in enumerate(result)]
-        )  # fmt: skip
-    if isinstance(result, OcclusionResult):
-        shape = result.projection.shape
-        return occlusion_plot(result, _display(images, preprocess, 0, shape), classes, "Fig. 6 (Sec. 4.2)")
-    if isinstance(result, InvarianceResult):
-        rows, examples = [], {}
-        for curve, row in zip(result.curves, result.to_json()["transforms"]):
-            shown = curve.values[:: max(1, len(curve.values) // 5)]
-            if images is not None and preprocess is not None:
-                fill = result.fill_pixels or "mean-image"
-                tiles = [_display(transform_images(images[:1].float().cpu(), curve.transform, v,
-                                                   preprocess=preprocess, fill=fill), preprocess, 0, ())
-                         for v in shown]  # fmt: skip
-            else:
-                tiles = [torch.full((3, 32, 32), 128.0) for _ in shown]
-            examples[curve.transform] = tiles
-            rows.append({**row, "shown_values": shown})
-        return invariance_plot(rows, examples, names, "Feature invariance (arXiv Sec. 4.4)")
-    if isinstance(result, Architecture):
-        return architecture_plot(result.to_json(), f"{result.params:,} parameters (drawn as Fig. 3)")
-    if isinstance(result, FilterReport):
-        return filters_plot([("layer 1", result)])
-    if isinstance(result, Projection):
-        n = len(result.images)
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
-        for i, ax in enumerate(axes[0]):
-            p = stretch(result.images[i : i + 1].detach().float().cpu())[0] / 255.0
-            ax.imshow(
-                (p[0] if p.shape[0] == 1 else p.permute(1, 2, 0)).numpy(), cmap="gray" if p.shape[0] == 1 else None
-            )
-            t, l, b, r = result.boxes[i]
-            ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1))
-            ax.set_title(f"{result.layer} map {result.channels[i]}\nactivation {float(result.activations[i]):.3g}")
-            ax.axis("off")
-        fig.suptitle(f"Deconvnet projections (Sec. 2.1, {result.rule}); red: the unit's receptive field")
-        fig.tight_layout()
-        return fig
-    if isinstance(result, CorrespondenceResult):
-        fig, axes = plt.subplots(1, len(result.layers), figsize=(5 * len(result.layers), 3.6), squeeze=False)
-        for ax, layer in zip(axes[0], result.layers):
-            keys = [*result.parts, "random"]
-            ax.bar(keys, [result.delta[layer][k] for k in keys], yerr=[result.std[layer][k] for k in keys],
-                   color=["tab:blue"] * len(result.parts) + ["tab:grey"])  # fmt: skip
-            ax.set_title(f"{layer}: mean sign change (lower = more consistent)")
-            ax.tick_params(axis="x", rotation=30)
-        fig.suptitle(f"Correspondence (arXiv Sec. 4.3), {result.images} images")
-        fig.tight_layout()
-        return fig
-    if isinstance(result, ReceptiveField):
-        h, w = result.input_size
-        fig, ax = plt.subplots(figsize=(4, 4))
-        if images is not None:
-            im = _display(images, preprocess, 0, ()) / 255.0
-            ax.imshow(
-                (im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)).numpy(), cmap="gray" if im.shape[0] == 1 else None
-            )
-        else:
-            ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=True, color="0.9"))
-        t, l, b, r = result.box(0, 0)
-        ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", lw=1.5))
-        ax.set_xlim(-0.5, w - 0.5)
-        ax.set_ylim(h - 0.5, -0.5)
-        ax.set_title(f"{result.layer}: field {result.size[0]}x{result.size[1]} px, jump {result.jump}")
-        return fig
-    if isinstance(result, Evolution):
-        figs = []
-        for layer, chans in result.cells.items():
-            cells = [[cell[0] for cell in chans[c]] for c in result.layers[layer]]
-            img = evolution_grid(cells, 2, f"{layer}: maps (rows) by epoch (columns)", result.epochs,
-                                 result.layers[layer])  # fmt: skip
-            f, ax = plt.subplots(figsize=(img.width / 90, img.height / 90), dpi=90)
-            ax.imshow(img)
-            ax.axis("off")
-            figs.append(f)
-        return _stack(figs)
-    if isinstance(result, Scan):
-        fig, axes = plt.subplots(1, len(result.top), figsize=(3.2 * len(result.top), 3), squeeze=False)
-        for ax, (layer, tk) in zip(axes[0], result.top.items()):
-            v = tk.values.clamp_min(0)
-            ax.imshow(v.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
-            ax.set_title(f"{layer}: top-{tk.k} per map")
-            ax.set_xlabel("map")
-            ax.set_ylabel("rank")
-        fig.suptitle(f"Fig. 2's selection over {result.images} images (project them with zfnet.project)")
-        fig.tight_layout()
-        return fig
-    raise TypeError(f"zfnet.show takes a zfnet method's result, not a {type(result).__name__}")
+    draw = RENDERERS.get(type(result))
+    if draw is None:
+        raise TypeError(f"zfnet.show takes a zfnet method's result, not a {type(result).__name__}")
+    return draw(result, images, classes or [], preprocess)
 
 
 __all__ = ["show"]
