@@ -203,6 +203,21 @@ def _lock_file(path: str) -> str | None:
     return path
 
 
+def _lock_path(real: str, shown: str) -> str:
+    """The lock file of the folder `real`: in the cache, else beside the folder; one line when neither works."""
+    name = hashlib.sha1(real.encode()).hexdigest()[:20] + ".lock"
+    lock = _lock_file(os.path.join(cache_dir("locks"), name))
+    if lock is None:  # an unwritable cache: the lock goes beside the output folder instead
+        head, tail = os.path.split(real.rstrip(os.sep))
+        lock = _lock_file(os.path.join(head, "." + tail[:200] + ".zfnet-lock"))
+    if lock is None:
+        raise UsageError(
+            f"cannot create a lock file in {cache_dir('locks')!r} nor beside {shown!r}; set ZFNET_CACHE "
+            "to a writable folder"
+        )
+    return lock
+
+
 @contextmanager
 def folder_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold the output folder `path` for one run: a second run into it refuses at once. The lock is an advisory
@@ -216,16 +231,7 @@ def folder_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
         return
     real = _real(os.fspath(path))
-    name = hashlib.sha1(real.encode()).hexdigest()[:20] + ".lock"
-    lock = _lock_file(os.path.join(cache_dir("locks"), name))
-    if lock is None:  # an unwritable cache: the lock goes beside the output folder instead
-        head, tail = os.path.split(real.rstrip(os.sep))
-        lock = _lock_file(os.path.join(head, "." + tail[:200] + ".zfnet-lock"))
-    if lock is None:
-        raise UsageError(
-            f"cannot create a lock file in {cache_dir('locks')!r} nor beside {os.fspath(path)!r}; set ZFNET_CACHE "
-            "to a writable folder"
-        )
+    lock = _lock_path(real, os.fspath(path))
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

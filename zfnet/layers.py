@@ -146,19 +146,13 @@ RECTIFIERS = (
 )
 
 
-def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) -> list[str]:
-    """The paper's five layers carried over to any CNN (Sec. 2, Fig. 2 spans conv1..conv5): for each resolution
-    stage, the last rectified output before the resolution drops (ResNet-18: relu, layer1 .. layer4; VGG: the
-    conv before each pool); the stage's own output (the shallowest module name) over one inside a block. A stage
-    whose convs feed no rectifier module (the ReLU is functional) gives its last
-    module output instead; 1x1 maps (squeeze-excitation gates) and stages without a conv are no stages. With
-    more than `most` stages, `most` of them evenly spread, the first and the last kept. Each layer is named
-    by its outermost module that is called once and whose output is that feature map (`layer1`, not
-    `layer1.1.relu`); one forward of zeros in eval mode, hooks removed on exit."""
-    modules = dict(model.named_modules())
+def _module_outputs(model: nn.Module, modules: dict[str, nn.Module], input_shape: tuple[int, ...]):
+    """One forward of zeros in eval mode, hooks removed on exit: how often each module ran, every 4-D module
+    output in the order the modules finished, and each module's first output (what `capture` records) as an
+    index into them."""
     calls: Counter[str] = Counter()
-    outputs: list[tuple[str, torch.Tensor]] = []  # every 4-D module output, in the order the modules finish
-    first: dict[str, int] = {}  # a module's first output (what `capture` records), as an index into outputs
+    outputs: list[tuple[str, torch.Tensor]] = []
+    first: dict[str, int] = {}
 
     def record(name):
         def hook(module, inputs, output) -> None:
@@ -177,6 +171,20 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
     finally:
         for h in hooks:
             h.remove()
+    return calls, outputs, first
+
+
+def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) -> list[str]:
+    """The paper's five layers carried over to any CNN (Sec. 2, Fig. 2 spans conv1..conv5): for each resolution
+    stage, the last rectified output before the resolution drops (ResNet-18: relu, layer1 .. layer4; VGG: the
+    conv before each pool); the stage's own output (the shallowest module name) over one inside a block. A stage
+    whose convs feed no rectifier module (the ReLU is functional) gives its last
+    module output instead; 1x1 maps (squeeze-excitation gates) and stages without a conv are no stages. With
+    more than `most` stages, `most` of them evenly spread, the first and the last kept. Each layer is named
+    by its outermost module that is called once and whose output is that feature map (`layer1`, not
+    `layer1.1.relu`); one forward of zeros in eval mode, hooks removed on exit."""
+    modules = dict(model.named_modules())
+    calls, outputs, first = _module_outputs(model, modules, input_shape)
     # which names show each tensor as their feature map: called once, their feature module's output is it
     aliases: dict[int, list[str]] = {}
     for name in first:

@@ -62,3 +62,22 @@ class Timer:
 def changed_keys(old: dict, new: dict) -> list[str]:
     """The settings that differ between two runs (what a refusal to reuse a folder names)."""
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def write_result(
+    path: str,
+    body: dict[str, Any],
+    *,
+    started: float,
+    device: str | torch.device = "cpu",
+    model: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A pipeline's result file, the envelope every command writes: the result (`body`, its settings inside),
+    the model it was made with (`Opened.info()`), the wall time since `started` (`time.perf_counter()`) and the
+    environment, written atomically. Returns what was written."""
+    from .io import atomic_write_json
+
+    result = {**body, **({"model": model} if model is not None else {})}
+    result |= {"wall_seconds": time.perf_counter() - started, "environment": environment(device)}
+    atomic_write_json(path, result)
+    return result

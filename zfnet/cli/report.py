@@ -110,7 +110,11 @@ def _run(args) -> int:
     opened = open_from_args(args, dev, pretrained=embedded, data=data)  # no --model/--weights: the embedded one
     dataset = zdata.open_dataset(data, args.split, opened.preprocess)
     state = build_report(opened, dataset, cfg, only=only)
-    page = os.path.join(args.out, "index.html")
+    return _said(state, os.path.join(args.out, "index.html"))
+
+
+def _said(state: dict, page: str) -> int:
+    """One line naming the page and each stage's status; a failed stage is one error line and exit 2."""
     failed = {n: e for n, e in state["stages"].items() if e["status"] == "failed"}
     print(
         f"report: {page} ({state['wall_seconds']:.0f} s; "

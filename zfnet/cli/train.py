@@ -90,6 +90,20 @@ def _evaluate_args(p) -> None:
     p.add_argument("--out", metavar="FILE", help="also write the JSON here")
 
 
+def _check_labels(net, dataset, spec: str) -> None:
+    """Top-k error needs one label per image, from the model's own classes."""
+    from ..models import num_outputs
+
+    if dataset.labels.dim() != 1:
+        raise UsageError(f"{spec} is multi-label; top-k error needs single-label data")
+    outputs = num_outputs(net)
+    if outputs is not None and outputs != len(dataset.classes):
+        raise UsageError(
+            f"the model predicts {outputs} classes but {spec} split {dataset.split!r} has "
+            f"{len(dataset.classes)}; evaluate on data with the model's classes"
+        )
+
+
 @command(
     "evaluate",
     "top-1/top-5 error, centre crop and 10-crop (Tables 1-2); ensembles average softmax",
@@ -101,7 +115,6 @@ def _evaluate_args(p) -> None:
 def _evaluate_run(args) -> int:
     from .. import data as zdata
     from ..io import atomic_write_json
-    from ..models import num_outputs
     from ..outputs import check_file, input_paths
     from ..provenance import Timer, environment
     from ..runtime import resolve_device
@@ -117,14 +130,7 @@ def _evaluate_run(args) -> int:
     opened = [open_from_args(args, dev, weights=w) for w in weights]
     nets, pp = [o.model for o in opened], opened[0].preprocess
     dataset = zdata.open_dataset(args.data, args.split, pp, args.exclude).head(args.limit)
-    if dataset.labels.dim() != 1:
-        raise UsageError(f"{args.data} is multi-label; top-k error needs single-label data")
-    outputs = num_outputs(nets[0])
-    if outputs is not None and outputs != len(dataset.classes):
-        raise UsageError(
-            f"the model predicts {outputs} classes but {args.data} split {dataset.split!r} has "
-            f"{len(dataset.classes)}; evaluate on data with the model's classes"
-        )
+    _check_labels(nets[0], dataset, args.data)
     result = {
         "model": opened[0].name,
         "weights": [o.weights for o in opened],

@@ -229,13 +229,7 @@ def scan(
     if k < 1:
         raise UsageError("--k must be at least 1")
     share = torch.tensor_split(torch.arange(len(dataset)), dist.world)[dist.rank]
-    top: dict[str, TopK] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    done = 0
-    saved = store.load() if store is not None else None
-    if saved is not None and 0 <= saved.done <= len(share) and set(saved.shapes) <= set(saved.top):
-        top, shapes, done = saved.top, saved.shapes, saved.done
-        dataset.skipped.update(saved.skipped)
+    top, shapes, done = _restored(store, len(share), dataset)
     last = time.monotonic()
     start = done
     lo = int(share[0]) if len(share) else 0
@@ -254,18 +248,10 @@ def scan(
             x = pp.eval_input(bases.to(dist.device))
             feats = features(model, x, layers)
             for name in layers:
-                a = feats[name]
                 if name not in top:
-                    shapes[name] = tuple(a.shape[1:])
-                    top[name] = TopK.empty(k, a.shape[1])
-                    for c in range(len(dataset.classes) if per_class else 0):  # every class, in every process
-                        top[_class_key(name, c)] = TopK.empty(per_class, a.shape[1])
-                top[name] = top[name].update(a, idx)
-                if per_class:
-                    for c in labels.unique().tolist():
-                        mask = labels == c
-                        key_c = _class_key(name, int(c))
-                        top[key_c] = top[key_c].update(a[mask.to(a.device)], idx[mask])
+                    shapes[name] = tuple(feats[name].shape[1:])
+                    top |= _empty_tables(name, feats[name].shape[1], k, per_class, len(dataset.classes))
+                _update(top, name, feats[name], idx, labels if per_class else None)
             # resume counts positions, readable or not: every chunk up to this one's end is done
             done = min(start + ((int(idx[0]) - int(share[0]) - start) // batch_size + 1) * batch_size, len(share))
             if store is not None and time.monotonic() - last > save_every:
@@ -283,6 +269,33 @@ def scan(
         name, label = key_c.rsplit("@class", 1)
         classes.setdefault(name, {})[int(label)] = top.pop(key_c)
     return Scan(top, shapes, readable, elapsed, per_class=classes)
+
+
+def _restored(store: ScanStore | None, share: int, dataset: zdata.ImageSet) -> tuple[dict, dict, int]:
+    """(top-k tables, map shapes, positions done) of an earlier run of this scan that `store` kept, or a start
+    from nothing; the unreadable images it met are the dataset's again."""
+    saved = store.load() if store is not None else None
+    if saved is None or not 0 <= saved.done <= share or not set(saved.shapes) <= set(saved.top):
+        return {}, {}, 0
+    dataset.skipped.update(saved.skipped)
+    return saved.top, saved.shapes, saved.done
+
+
+def _empty_tables(layer: str, maps: int, k: int, per_class: int, classes: int) -> dict[str, TopK]:
+    """A layer's empty top-k table, and its per-class ones (every class, in every process: they merge alike)."""
+    tables = {layer: TopK.empty(k, maps)}
+    for c in range(classes if per_class else 0):
+        tables[_class_key(layer, c)] = TopK.empty(per_class, maps)
+    return tables
+
+
+def _update(top: dict[str, TopK], layer: str, a: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """One batch's maps of `layer` into its top-k table, and into each of its classes' (`labels` given)."""
+    top[layer] = top[layer].update(a, idx)
+    for c in labels.unique().tolist() if labels is not None else []:
+        mask = labels == c
+        key_c = _class_key(layer, int(c))
+        top[key_c] = top[key_c].update(a[mask.to(a.device)], idx[mask])
 
 
 def _class_key(layer: str, c: int) -> str:

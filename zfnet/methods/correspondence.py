@@ -152,6 +152,27 @@ class CorrespondenceSettings(Settings):
     seed: int = knob(0, "the random parts' draw", low=0)
 
 
+def _random_regions(boxes: dict[str, list[Box]], objects, n: int, h: int, w: int) -> tuple[tuple[int, int], list]:
+    """The random control's part size (the named parts' median) and, per image, where its random parts go: the
+    object's box when given, else the named parts' hull, grown to hold one part."""
+    sizes = torch.tensor([[b[2] - b[0], b[3] - b[1]] for bs in boxes.values() for b in bs], dtype=torch.float)
+    bh, bw = (int(v) for v in sizes.median(0).values)
+    if objects is None:
+        return (bh, bw), object_regions(boxes, n, (bh, bw), h, w)
+    _check_boxes("object", list(objects), n, h, w)
+    return (bh, bw), [_grow(b, (bh, bw), h, w) for b in objects]
+
+
+def _flat_features(model: nn.Module, x: torch.Tensor, layers: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    """Each layer's features of `x`, one flat float64 row per image, in batches."""
+    out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
+    for s in range(0, len(x), batch_size):
+        f = features(model, x[s : s + batch_size], layers)
+        for l in layers:
+            out[l].append(f[l].flatten(1).double())
+    return {l: torch.cat(v) for l, v in out.items()}
+
+
 def correspondence(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,
@@ -178,31 +199,16 @@ def correspondence(
         _check_boxes(name, bs, n, h, w)
     if not boxes:
         raise UsageError("correspondence needs at least one part")
-    sizes = torch.tensor([[b[2] - b[0], b[3] - b[1]] for bs in boxes.values() for b in bs], dtype=torch.float)
-    bh, bw = (int(v) for v in sizes.median(0).values)
-    size = (bh, bw)
-    if objects is not None:
-        _check_boxes("object", list(objects), n, h, w)
-        regions = [_grow(b, size, h, w) for b in objects]
-    else:
-        regions = object_regions(boxes, n, size, h, w)
+    size, regions = _random_regions(boxes, objects, n, h, w)
     random_boxes = random_parts(regions, size, random_draws, seed)
     fill_map, fill_name, shown = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
     variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
     for k, draw in enumerate(random_boxes):
         variants[f"random/{k}"] = mask(images, draw, fill_map)
 
-    def feats(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
-        for s in range(0, len(x), batch_size):
-            f = features(model, x[s : s + batch_size], layers)
-            for l in layers:
-                out[l].append(f[l].flatten(1).double())
-        return {l: torch.cat(v) for l, v in out.items()}
-
     with torch.no_grad(), eval_mode(model):
-        base = feats(images)
-        changed = {name: feats(x) for name, x in variants.items()}
+        base = _flat_features(model, images, layers, batch_size)
+        changed = {name: _flat_features(model, x, layers, batch_size) for name, x in variants.items()}
     delta: dict[str, dict[str, float]] = {l: {} for l in layers}
     std: dict[str, dict[str, float]] = {l: {} for l in layers}
     pairs = {}
@@ -216,17 +222,7 @@ def correspondence(
             p = p.mean(0)
             pairs[f"{l}/random"] = p
             delta[l]["random"], std[l]["random"] = float(p.mean()), float(p.std())
+    source = "object" if objects is not None else "parts"
     return CorrespondenceResult(
-        delta,
-        std,
-        layers,
-        list(boxes),
-        n,
-        fill_name,
-        random_boxes,
-        pairs,
-        regions,
-        "object" if objects is not None else "parts",
-        shown,
-        st,
+        delta, std, layers, list(boxes), n, fill_name, random_boxes, pairs, regions, source, shown, st
     )

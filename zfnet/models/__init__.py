@@ -76,6 +76,20 @@ def register(name: str, description: str = ""):
     return add
 
 
+def _first_layers(arch: Arch, first_layer: tuple[int, int, int] | None, second_stride: int | None) -> Arch:
+    """Sec. 4.1's architecture selection: conv1's (kernel, stride, padding), and conv2's stride (the paper moves
+    stride 2 from ZFNet's conv1 to its conv2)."""
+    if first_layer is not None:
+        k, s, pad = (int(v) for v in first_layer)
+        conv1 = arch.convs[0]
+        assert conv1 is not None  # conv1 is never removed
+        arch = arch.with_(convs=(replace(conv1, kernel=k, stride=s, padding=pad), *arch.convs[1:]))
+    conv2 = arch.convs[1]
+    if second_stride is not None and conv2 is not None:
+        arch = arch.with_(convs=(arch.convs[0], replace(conv2, stride=int(second_stride)), *arch.convs[2:]))
+    return arch
+
+
 def _arch_builder(base: Arch, default_classes: int, transform=None):
     def build_arch(
         num_classes: int | None = None,
@@ -92,16 +106,7 @@ def _arch_builder(base: Arch, default_classes: int, transform=None):
         first_layer: tuple[int, int, int] | None = None,
         second_stride: int | None = None,
     ) -> ConvNet:
-        arch = transform(base) if transform else base
-        if first_layer is not None:  # (kernel, stride, padding) of conv1: Sec. 4.1's architecture selection
-            k, s, pad = (int(v) for v in first_layer)
-            conv1 = arch.convs[0]
-            assert conv1 is not None  # conv1 is never removed
-            arch = arch.with_(convs=(replace(conv1, kernel=k, stride=s, padding=pad), *arch.convs[1:]))
-        if second_stride is not None:  # conv2's stride: Sec. 4.1 moves stride 2 from ZFNet's conv1 to its conv2
-            conv2 = arch.convs[1]
-            if conv2 is not None:
-                arch = arch.with_(convs=(arch.convs[0], replace(conv2, stride=int(second_stride)), *arch.convs[2:]))
+        arch = _first_layers(transform(base) if transform else base, first_layer, second_stride)
         if in_channels is not None:
             arch = arch.with_(in_channels=int(in_channels))
         if input_size is not None:

@@ -12,13 +12,13 @@ import torch
 
 from .. import data as zdata
 from ..errors import UsageError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_text
 from ..methods.correspondence import CorrespondenceSettings, correspondence, mask
-from ..methods.invariance import DEFAULT_VALUES, InvarianceSettings, invariance, transform_images
+from ..methods.invariance import DEFAULT_VALUES, InvarianceSettings, invariance
 from ..pixels import resolve_fill
-from ..provenance import environment
+from ..provenance import write_result
 from ..readback import read_text
-from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure
+from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure, invariance_rows
 from ..settings import Run
 from ..weights import Opened
 from .inputs import Inputs, load_inputs
@@ -124,14 +124,11 @@ def run_correspondence(
             + ("object box" if res.region_source == "object" else "named parts' hull grown to that size")
             + "; each pair's value is its mean over the draws, the +- the spread over pairs (as for a part)"
         ),
-        "model": opened.info(),
         "table": "correspondence.md",
         "figure": "correspondence.png",
-        "wall_seconds": time.perf_counter() - started,
-        "environment": environment(device),
     }
-    atomic_write_json(os.path.join(out, "correspondence.json"), result)
-    return result
+    path = os.path.join(out, "correspondence.json")
+    return write_result(path, result, started=started, device=device, model=opened.info())
 
 
 def run_invariance(
@@ -151,16 +148,7 @@ def run_invariance(
         values["translate"] = sorted({int(round(v * size / 224)) for v in values["translate"]})
     labels = list(inputs.labels)  # None: the class predicted on the untransformed image
     res = invariance(opened, x, labels=labels, values=values, settings=settings)
-    rows, examples = [], {}
-    for curve, row in zip(res.curves, res.to_json()["transforms"]):
-        shown = curve.values[:: max(1, len(curve.values) // 5)]
-        examples[curve.transform] = [
-            opened.preprocess.display(
-                transform_images(x[:1], curve.transform, v, preprocess=opened.preprocess, fill=fill)
-            )[0].cpu()
-            for v in shown
-        ]
-        rows.append({**row, "shown_values": shown})
+    rows, examples = invariance_rows(res, x, opened.preprocess, fill)
     classes = inputs.classes or []
     os.makedirs(out, exist_ok=True)
     invariance_figure(
@@ -183,13 +171,11 @@ def run_invariance(
         "fill_pixels": res.fill_pixels,
         "layers": list(settings.layers),
         "settings": settings.to_json(),
-        "model": opened.info(),
         "figure": "invariance.png",
-        "wall_seconds": time.perf_counter() - started,
-        "environment": environment(device),
     }
-    atomic_write_json(os.path.join(out, "invariance.json"), result)
-    return result
+    return write_result(
+        os.path.join(out, "invariance.json"), result, started=started, device=device, model=opened.info()
+    )
 
 
 __all__ = ["parts_inputs", "read_parts", "run_correspondence", "run_invariance"]

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -187,38 +187,11 @@ def build_atlas(
             "--per-class needs labelled data: this data names no classes (a folder of class folders, a dataset)"
         )
     train = train.head(cfg.settings.evolution_limit) if train is not None else None
-    model, pp = opened.model, dataset.preprocess
+    model = opened.model
     layers = list(cfg.settings.layers or ()) or default_layers(model)
     for layer in layers:
         resolve_layer(model, layer)  # an unknown layer is refused before anything is written
-    ident = {
-        "model": opened.name,
-        "weights": opened.weights_sha256,
-        "data": dataset.spec,
-        "split": dataset.split,
-        "images": len(dataset),
-        **({"exclude": dataset.exclude} if dataset.exclude else {}),
-    }
-    scan_key = fingerprint(
-        {**ident, "layers": layers, "k": cfg.settings.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
-        | (
-            {"per_class": cfg.settings.per_class} if cfg.settings.per_class else {}
-        )  # atlases without it keep their keys
-    )
-    settings = {**cfg.settings.to_json(), "evolution": cfg.evolution}
-    settings.update(
-        model=opened.name,
-        mean=opened.mean,
-        data=dataset.spec,
-        exclude=dataset.exclude,
-        layers=layers,
-        split=dataset.split,
-        images=len(dataset),
-        weights_sha256=opened.weights_sha256,
-        mean_sha256=tensor_hash(pp.mean_image),
-        evolution_images=None if train is None else dataset_info(train),
-    )
-    key = fingerprint(settings)
+    scan_key, key, settings = _keys(cfg, opened, dataset, layers, train)
     created = not os.path.isdir(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     try:
@@ -235,6 +208,31 @@ def build_atlas(
         atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
         atlas_site.write_page(cfg.out, manifest)
     return manifest
+
+
+def _keys(cfg: AtlasConfig, opened: Opened, dataset: zdata.ImageSet, layers: list[str], train) -> tuple:
+    """(the scan's key: what its top-k tables depend on; the atlas's key and the settings it hashes, written to
+    OUT/settings.json: a rerun with other settings is refused)."""
+    pp, st = dataset.preprocess, cfg.settings
+    ident: dict[str, Any] = {"model": opened.name, "weights": opened.weights_sha256, "data": dataset.spec}
+    ident["split"] = dataset.split
+    ident |= {"images": len(dataset), **({"exclude": dataset.exclude} if dataset.exclude else {})}
+    scan = {**ident, "layers": layers, "k": st.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
+    scan |= {"per_class": st.per_class} if st.per_class else {}  # atlases without it keep their keys
+    settings = {**st.to_json(), "evolution": cfg.evolution}
+    settings.update(
+        model=opened.name,
+        mean=opened.mean,
+        data=dataset.spec,
+        exclude=dataset.exclude,
+        layers=layers,
+        split=dataset.split,
+        images=len(dataset),
+        weights_sha256=opened.weights_sha256,
+        mean_sha256=tensor_hash(pp.mean_image),
+        evolution_images=None if train is None else dataset_info(train),
+    )
+    return fingerprint(scan), fingerprint(settings), settings
 
 
 def _build(

@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import time
 
-from ..io import atomic_write_json
 from ..methods.occlusion import OcclusionSettings, occlusion
 from ..progress import bar
-from ..provenance import environment
+from ..provenance import write_result
 from ..render.occlusion import occlusion_figure
 from ..settings import Run
 from ..weights import Opened
@@ -59,12 +58,10 @@ def run_occlusion(
             **o.to_json(),
             "positions": "top-left corners 0, S, 2S, ... <= H - W, plus the flush last one H - W",
         },
-        "model": opened.info(),
         "preprocess": pp.to_dict(),
         "classes": classes,
         "images": rows,
-        "wall_seconds": time.perf_counter() - started,
-        "environment": environment(device),
     }
-    atomic_write_json(os.path.join(out, "occlusion.json"), result)
-    return result
+    return write_result(
+        os.path.join(out, "occlusion.json"), result, started=started, device=device, model=opened.info()
+    )

@@ -178,7 +178,7 @@ def _run_files_stamp(c: ReportConfig, opened: Opened) -> dict:
 def _model(ctx: Context) -> dict:
     out = ctx.folder("model")
     os.makedirs(out, exist_ok=True)
-    pp, model = ctx.opened.preprocess, ctx.opened.model
+    pp = ctx.opened.preprocess
     arch = ctx.arch.to_json()
     name = ctx.opened.name
     architecture_figure(
@@ -186,20 +186,7 @@ def _model(ctx: Context) -> dict:
         os.path.join(out, "fig3.png"),
         f"{name}: {arch['params']:,} parameters, {pp.channels}x{pp.input_size}x{pp.input_size} input (drawn as Fig. 3)",
     )
-    measured, unmeasured = None, None
-    if ctx.class_map is not None and ctx.class_map == list(range(len(ctx.class_map))):
-        try:
-            measured = evaluate(model, ctx.dataset, pp, workers=ctx.cfg.workers, dist=Dist(device=ctx.device))
-        except UsageError as e:  # e.g. other classes than the model's: the rest of the section still stands
-            unmeasured = str(e)
-    elif ctx.class_map is not None:
-        unmeasured = "the data's classes are a subset of the model's, in another order (accuracy is not measured)"
-    else:
-        unmeasured = (
-            "the data has no class labels"
-            if len(ctx.dataset.classes) <= 1
-            else f"the data's labels ({', '.join(ctx.dataset.classes[:3])}, ...) are not the model's classes"
-        ) + "; every analysis targets the predicted class"
+    measured, unmeasured = _accuracy(ctx)
     source = os.path.dirname(os.path.abspath(ctx.opened.weights)) if ctx.opened.weights else None
     stored, history, recipe = _run_files(source)
     curves = None
@@ -228,6 +215,27 @@ def _model(ctx: Context) -> dict:
     }
     atomic_write_json(os.path.join(out, "model.json"), body)
     return {"json": "model/model.json"}
+
+
+def _accuracy(ctx: Context) -> tuple[dict | None, str | None]:
+    """The model's top-1/top-5 error on the report's data where its labels are the model's classes, else why
+    it is not measured."""
+    if ctx.class_map is not None and ctx.class_map == list(range(len(ctx.class_map))):
+        try:
+            dist = Dist(device=ctx.device)
+            return evaluate(
+                ctx.opened.model, ctx.dataset, ctx.opened.preprocess, workers=ctx.cfg.workers, dist=dist
+            ), None
+        except UsageError as e:  # e.g. other classes than the model's: the rest of the section still stands
+            return None, str(e)
+    if ctx.class_map is not None:
+        return None, "the data's classes are a subset of the model's, in another order (accuracy is not measured)"
+    why = (
+        "the data has no class labels"
+        if len(ctx.dataset.classes) <= 1
+        else f"the data's labels ({', '.join(ctx.dataset.classes[:3])}, ...) are not the model's classes"
+    )
+    return None, why + "; every analysis targets the predicted class"
 
 
 def _labelled(ds: zdata.ImageSet) -> bool:

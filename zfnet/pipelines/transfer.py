@@ -14,10 +14,10 @@ import torch
 from .. import data as zdata
 from ..errors import UsageError, needs
 from ..experiments import transfer as tx
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_text
 from ..layers import resolve_layer
 from ..methods.atlas import fingerprint, tensor_hash
-from ..provenance import environment
+from ..provenance import write_result
 from ..render.transfer import fig7, probe_markdown, probe_plot, transfer_markdown
 from ..runtime import Dist, PeakMemory, teardown
 from ..weights import Opened
@@ -146,15 +146,11 @@ def run_transfer(
             "classes": ds.classes,
             "skipped": ds.skipped_report(),
         },
-        "model": opened.info(),
         "summary": summary,
         "table": "table.md",
         "plot": "fig7.png",
-        "wall_seconds": time.perf_counter() - started,
-        "environment": environment(device),
     }
-    atomic_write_json(os.path.join(out, "results.json"), result)
-    return result
+    return write_result(os.path.join(out, "results.json"), result, started=started, device=device, model=opened.info())
 
 
 def run_pascal(
@@ -191,15 +187,11 @@ def run_pascal(
             for s in (train, val)
         },
         "layer": layer,
-        "model": opened.info(),
         "train_images": len(pt),
         "test_images": len(pv),
         "table": "table.md",
-        "wall_seconds": time.perf_counter() - started,
-        "environment": environment(device),
     }
-    atomic_write_json(os.path.join(out, "results.json"), result)
-    return result
+    return write_result(os.path.join(out, "results.json"), result, started=started, device=device, model=opened.info())
 
 
 @dataclass(frozen=True)
@@ -304,13 +296,8 @@ def run_layerprobe(
             "softmax": "multinomial logistic regression, L2 C=1, standardized",
         },
         "data": {"spec": ds.spec, "split": ds.split, "images": len(ds), "classes": ds.classes},
-        "model": opened.info(),
         "summary": summary,
         "table": "table.md",
         "plot": "layers.png",
-        "wall_seconds": time.perf_counter() - started,
-        "environment": environment(device),
     }
-
-    atomic_write_json(os.path.join(out, "results.json"), result)
-    return result
+    return write_result(os.path.join(out, "results.json"), result, started=started, device=device, model=opened.info())

@@ -121,3 +121,22 @@ def invariance_plot(results: list, examples: dict[str, list[torch.Tensor]], clas
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def invariance_rows(result, images: torch.Tensor | None, preprocess, fill) -> tuple[list[dict], dict[str, list]]:
+    """The invariance figure's rows from an `InvarianceResult`: each transformation's curve with about five of its
+    values picked for panel (a), and the first image at those values as display pixels (grey tiles when no image
+    or preprocessing is given). What the report and `zfnet.show` both draw."""
+    from ..methods.invariance import transform_images
+
+    rows, examples = [], {}
+    for curve, row in zip(result.curves, result.to_json()["transforms"]):
+        shown = curve.values[:: max(1, len(curve.values) // 5)]
+        if images is not None and preprocess is not None:
+            x = images[:1].float().cpu()
+            moved = [transform_images(x, curve.transform, v, preprocess=preprocess, fill=fill) for v in shown]
+            examples[curve.transform] = [preprocess.display(m)[0].cpu() for m in moved]
+        else:
+            examples[curve.transform] = [torch.full((3, 32, 32), 128.0) for _ in shown]
+        rows.append({**row, "shown_values": shown})
+    return rows, examples

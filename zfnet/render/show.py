@@ -20,10 +20,10 @@ from ..methods.correspondence import CorrespondenceResult
 from ..methods.deconvnet import Projection
 from ..methods.evolution import Evolution
 from ..methods.filters import FilterReport
-from ..methods.invariance import InvarianceResult, transform_images
+from ..methods.invariance import InvarianceResult
 from ..methods.occlusion import OcclusionResult, OcclusionResults
 from ..receptive_field import ReceptiveField
-from .analyses import invariance_plot
+from .analyses import invariance_plot, invariance_rows
 from .architecture import architecture_plot
 from .figures import evolution_grid, filters_plot
 from .occlusion import occlusion_plot
@@ -71,17 +71,7 @@ def _occlusion(result: OcclusionResult, images, names, preprocess):
 
 
 def _invariance(result: InvarianceResult, images, names, preprocess):
-    rows, examples = [], {}
-    for curve, row in zip(result.curves, result.to_json()["transforms"]):
-        shown = curve.values[:: max(1, len(curve.values) // 5)]
-        if images is not None and preprocess is not None:
-            fill = result.fill_pixels or "mean-image"
-            x = images[:1].float().cpu()
-            moved = [transform_images(x, curve.transform, v, preprocess=preprocess, fill=fill) for v in shown]
-            examples[curve.transform] = [_display(m, preprocess, 0, ()) for m in moved]
-        else:
-            examples[curve.transform] = [torch.full((3, 32, 32), 128.0) for _ in shown]
-        rows.append({**row, "shown_values": shown})
+    rows, examples = invariance_rows(result, images, preprocess, result.fill_pixels or "mean-image")
     return invariance_plot(rows, examples, names, "Feature invariance (arXiv Sec. 4.4)")
 
 
