@@ -128,6 +128,7 @@ def test_rerun_reuses_every_stage(report):
     )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("reused") == len(list(STAGES)), r.stderr
+    assert all(STAGES.get(n).schema for n in STAGES)  # each stage's result is read back with its own schema
     assert {p: os.path.getmtime(report / p) for p in before} == before  # what was done, not how long it took
 
 

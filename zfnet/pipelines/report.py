@@ -146,14 +146,24 @@ class Stage:
     paper: str
     run: Callable[[Context], dict]  # writes OUT/<stage>/ and returns its summary for report.json
     settings: Callable[[ReportConfig, Opened], dict]  # what its result depends on besides the model and data
+    schema: dict  # what its result file must hold to be reused (`zfnet.readback`); anything less redoes it
 
 
 STAGES: Registry[Stage] = Registry("report stage")
 
 
-def stage(name: str, title: str, paper: str, settings: Callable[[ReportConfig, Opened], dict] = lambda c, o: {}):
+def stage(
+    name: str,
+    title: str,
+    paper: str,
+    settings: Callable[[ReportConfig, Opened], dict] = lambda c, o: {},
+    schema: dict | None = None,
+):
+    """Register the decorated `run(ctx)` as report stage `name`: its title, the part of the paper, the settings
+    its result depends on (the resume key) and the schema its result file is read back with."""
+
     def wrap(run):
-        STAGES.register(name, Stage(title, paper, run, settings))
+        STAGES.register(name, Stage(title, paper, run, settings, schema or {}))
         return run
 
     return wrap
@@ -174,7 +184,13 @@ def _run_files_stamp(c: ReportConfig, opened: Opened) -> dict:
     return {"run_files": [_sha(os.path.join(source, n)) if source else None for n in names]}
 
 
-@stage("model", "The model", "Fig. 3 (architecture), Sec. 3 (training)", _run_files_stamp)
+@stage(
+    "model",
+    "The model",
+    "Fig. 3 (architecture), Sec. 3 (training)",
+    _run_files_stamp,
+    {"name": str, "architecture": dict, "preprocess": dict, "layers": [str], "figure": str},
+)
 def _model(ctx: Context) -> dict:
     out = ctx.folder("model")
     os.makedirs(out, exist_ok=True)
@@ -292,6 +308,7 @@ def _stored_summary(m: dict) -> dict | None:
     "Top-9 atlas and layer-1 filters",
     "Fig. 2 (top-9 per map), Fig. 5 (filters)",
     lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed, "maps": c.atlas_maps},
+    {"complete": bool, "layer_order": [str], "layers": dict, "dataset": {"images": int}},
 )
 def _atlas(ctx: Context) -> dict:
     c = ctx.cfg
@@ -322,6 +339,7 @@ def _atlas(ctx: Context) -> dict:
         "seed": c.seed,
         "found": _snapshot_stamp(c, o),
     },
+    {"epochs": [int], "channels": dict, "figures": dict},
 )
 def _evolution(ctx: Context) -> dict:
     c, pp = ctx.cfg, ctx.opened.preprocess
@@ -377,6 +395,7 @@ def _occlusion_settings(c: ReportConfig, size: int, **given) -> OcclusionSetting
     "Occlusion sensitivity",
     "Sec. 4.2, Fig. 6",
     lambda c, o: {"examples": c.examples, **_occlusion_settings(c, o.preprocess.input_size).to_json()},
+    {"images": [{"figure": str, "base_prob": Finite, "prob": [[Finite]]}], "settings": dict},
 )
 def _occlusion(ctx: Context) -> dict:
     settings = _occlusion_settings(ctx.cfg, ctx.opened.preprocess.input_size, layer=_top(ctx))
@@ -391,6 +410,7 @@ def _occlusion(ctx: Context) -> dict:
     "Correspondence analysis",
     "arXiv Sec. 4.3 (Table 7)",
     lambda c, o: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images},
+    {"images": [str], "table": str, "figure": str, "delta": dict},
 )
 def _correspondence(ctx: Context) -> dict:
     c = ctx.cfg
@@ -453,7 +473,11 @@ def _low_high(ctx: Context) -> tuple[str, str]:
 
 
 @stage(
-    "invariance", "Feature invariance", "arXiv Sec. 4.4 (translation, scale, rotation)", lambda c, o: {"examples": 5}
+    "invariance",
+    "Feature invariance",
+    "arXiv Sec. 4.4 (translation, scale, rotation)",
+    lambda c, o: {"examples": 5},
+    {"images": [str], "transforms": list, "figure": str},
 )
 def _invariance(ctx: Context) -> dict:
     inputs = ctx.inputs(ctx.picks[:5])
@@ -467,6 +491,7 @@ def _invariance(ctx: Context) -> dict:
     "Transfer, per-layer and ablation results",
     "Tables 2-6, Fig. 7 (from --include)",
     lambda c, o: {"include": [os.path.abspath(d) for d in c.include], "stamps": [_stamp(d) for d in c.include]},
+    {"results": [dict]},
 )
 def _included(ctx: Context) -> dict:
     if not ctx.cfg.include:
@@ -656,7 +681,7 @@ def build_report(
         key = fingerprint({"identity": identity, "stage": name, **st.settings(cfg, opened)})
         prev = state["stages"].get(name, {})
         head = f"[{i}/{len(names)}] {name}: {st.paper}"
-        if prev.get("key") == key and prev.get("status") == "done" and _present(cfg.out, prev):
+        if prev.get("key") == key and prev.get("status") == "done" and _present(cfg.out, prev, st.schema):
             _say(progress, f"{head} - reused ({prev['status']})")
             continue
         folder_ = os.path.join(cfg.out, name)
@@ -732,18 +757,6 @@ def report(
         return build_report(opened, dataset, replace(cfg, out=work), progress=progress, only=only)
 
 
-# What each stage's result file must hold to be reused (`zfnet.readback`); anything less redoes the stage.
-RESULT_SCHEMAS: dict[str, dict] = {
-    "model.json": {"name": str, "architecture": dict, "preprocess": dict, "layers": [str], "figure": str},
-    "manifest.json": {"complete": bool, "layer_order": [str], "layers": dict, "dataset": {"images": int}},
-    "evolution.json": {"epochs": [int], "channels": dict, "figures": dict},
-    "occlusion.json": {"images": [{"figure": str, "base_prob": Finite, "prob": [[Finite]]}], "settings": dict},
-    "correspondence.json": {"images": [str], "table": str, "figure": str, "delta": dict},
-    "invariance.json": {"images": [str], "transforms": list, "figure": str},
-    "included.json": {"results": [dict]},
-}
-
-
 def _failed(name: str, folder_: str, e: Exception) -> dict:
     """A stage that raised: its one-line reason, and the traceback in STAGE/error.txt."""
     text = str(e).strip()
@@ -754,13 +767,13 @@ def _failed(name: str, folder_: str, e: Exception) -> dict:
     return {"status": "failed", "reason": reason, "traceback": f"{name}/error.txt"}
 
 
-def _present(out: str, entry: dict) -> bool:
+def _present(out: str, entry: dict, schema: dict) -> bool:
     """The stage's result file is there, sound, complete (an atlas), and names figures that are on disk."""
     rel = entry.get("json")
     if not isinstance(rel, str):
         return False
     path = os.path.join(out, rel)
-    r = read_json_or_none(path, RESULT_SCHEMAS.get(os.path.basename(rel), {}))
+    r = read_json_or_none(path, schema)
     if r is None or (os.path.basename(rel) == "manifest.json" and r["complete"] is not True):
         return False
     folder_ = os.path.dirname(path)
