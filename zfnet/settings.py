@@ -298,13 +298,12 @@ def _jsonable(v: Any) -> Any:
 @dataclass(frozen=True)
 class Run:
     """How a method is carried out; nothing here changes a result (issue 34): the device, the batch size, the
-    data-loading workers, the progress bar, and under torchrun the process group."""
+    data-loading workers, the progress bar. (Under torchrun the pipelines still take the process group apart.)"""
 
     device: torch.device | str = "cpu"
     batch_size: int | None = None  # images per forward (None: the method's own choice from the input size)
     workers: int = 0  # data-loading processes for datasets read from files
     progress: bool = False
-    dist: Any = None  # zfnet.runtime.Dist under torchrun
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):

@@ -10,7 +10,6 @@ import torch
 from .. import data as zdata
 from ..errors import UsageError
 from ..pipelines.inputs import Inputs, check_files, load_inputs
-from ..pixels import FILL_HELP  # noqa: F401  (the commands' help)
 from ..pretrained import open_embedded
 from ..weights import Opened, open_model, read_classes
 
@@ -29,16 +28,6 @@ def _at_least(lo: int):
 
 
 positive = _at_least(1)  # argparse type: an integer >= 1
-
-
-def fill(text: str):
-    """argparse type for --fill: grey, mean-image, a pixel value 0-255 or one per channel (zfnet.pixels)."""
-    from ..pixels import fill_problem, parse_fill
-
-    value = parse_fill(text)
-    if fill_problem(value):
-        raise argparse.ArgumentTypeError(f"--fill {text!r}: {fill_problem(value)}")
-    return value
 
 
 nonnegative = _at_least(0)  # argparse type: an integer >= 0

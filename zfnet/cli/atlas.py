@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 
 from ..errors import UsageError
 from ..methods.evolution import EvolutionSettings
@@ -61,12 +60,11 @@ def _atlas_run(args) -> int:
     cfg = AtlasConfig(
         out=args.work,
         settings=settings_from_args(args, AtlasSiteSettings),
-        evolution=None if args.evolution in (None, "pretrained") else os.path.abspath(args.evolution),
+        evolution=args.evolution if args.evolution in (None, "pretrained") else os.path.abspath(args.evolution),
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
     )
-    cfg = replace(cfg, evolution="pretrained") if args.evolution == "pretrained" else cfg
     dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
     snaps = None
     if args.evolution:

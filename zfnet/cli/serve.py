@@ -47,9 +47,7 @@ class Lifetime:
         server.should_exit = True
 
     def serve(self, server, sockets: list) -> None:
-        self.server = server
-        if self.signals:  # a signal came while the server was being made
-            server.should_exit = True
+        self.server = server  # from here a signal is kept on the server; before, it raised `Stopped`
         server.run(sockets=sockets)
 
 

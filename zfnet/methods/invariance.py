@@ -200,7 +200,6 @@ def invariance(
     transforms, layers, fill = st.transforms, list(st.layers), st.fill
     model, pp = split_model(model, preprocess)
     pp = pixel_preprocess(model, pp, "invariance's transformations")
-    check_transforms(transforms)
     given = [None] * len(images) if labels is None else [None if l is None else int(l) for l in labels]
     predicted = [l is None for l in given]
     if any(predicted) and images.dim() == 4 and len(given) == len(images):
