@@ -18,7 +18,7 @@ from test_your_model import USER_MODULE
 from torch import nn
 
 from zfnet import data as zdata
-from zfnet.layers import feature_module, stage_layers
+from zfnet.layers import sites, stage_layers
 from zfnet.methods.incremental import (
     CostModel,
     Rects,
@@ -78,7 +78,7 @@ def test_exact_equals_whole_forwards_through_additions_and_concatenations(build,
     torch.testing.assert_close(exact.activity, naive.activity, rtol=1e-6, atol=1e-6 * scale)
     # additions and concatenations ran on regions: only the ops named here saw whole maps
     with torch.no_grad():
-        graph, _ = record(model, x, feature_module(model, layer))
+        graph, _ = record(model, x, sites(model, [layer], x)[layer])
     assert set(Replay.of(graph).whole_ops()) == whole
 
 
@@ -96,7 +96,7 @@ def test_an_adaptive_pool_to_its_own_size_passes_the_region_through():
     assert exact.strategy == "exact" and not exact.fallback
     torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-6, atol=1e-9)
     with torch.no_grad():
-        graph, _ = record(model, x, model[5])
+        graph, _ = record(model, x, sites(model, ["conv2"], x)["conv2"])
     assert Replay.of(graph).whole_ops() == ["Flatten"]
 
 
@@ -131,7 +131,7 @@ def test_rectangles_hold_every_value_that_changes():
     torch.manual_seed(0)
     model = user_model().eval()
     x = torch.randn(1, 3, 32, 32)
-    feat = feature_module(model, "stage4")
+    feat = sites(model, ["stage4"], x)["stage4"]
     with torch.no_grad():
         base, _ = record(model, x, feat)
         replay = Replay.of(base)
@@ -175,7 +175,7 @@ def test_an_unknown_op_runs_on_whole_maps_where_it_sits():
     torch.testing.assert_close(exact.prob, naive.prob, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(exact.activity, naive.activity, rtol=1e-9, atol=1e-9)
     with torch.no_grad():
-        graph, _ = record(model, x, model[4])
+        graph, _ = record(model, x, sites(model, ["conv2"], x)["conv2"])
     assert Replay.of(graph).whole_ops() == ["_Centre"]
 
 
@@ -240,7 +240,7 @@ def test_estimate_prices_the_rectangles():
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(400, 2)).eval()
     x = torch.randn(1, 2, 10, 10)
     with torch.no_grad():
-        graph, _ = record(model, x, conv)
+        graph, _ = record(model, x, sites(model, ["0"], x)["0"])
     macs_only = CostModel(mac=1.0, element=0.0, call=0.0, sample=0.0)
     conv_macs, fc_macs = 4 * 100 * 2 * 9, 400 * 2
     e = estimate(Replay.of(graph), [([0], [0])], 2, None, macs_only)

@@ -74,7 +74,7 @@ def photos(tmp_path_factory):
 
 def test_stage_layers_are_each_resolution_stages_last_rectified_output():
     torch.manual_seed(0)
-    assert stage_layers(torchvision.models.resnet18(), (3, 64, 64)) == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert stage_layers(torchvision.models.resnet18(), (3, 64, 64)) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
     vgg = torchvision.models.vgg11()
     # independently: the conv right before each max-pool (skipping its ReLU), in the features Sequential
     kids = list(vgg.features.children())

@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import UsageError
-from .layers import StopForward, feature_module
+from .layers import StopForward, capture, sites
 from .models import model_input_shape
 from .runtime import eval_mode
 from .settings import Settings
@@ -339,36 +339,20 @@ def layer_geometries(
 ) -> dict[str, tuple[Axis, Axis] | None]:
     """Grid geometry of each named layer's output for an input of `input_shape` (C, H, W): one traced
     forward in eval mode that stops after the last of `layers`."""
-    modules = {name: feature_module(model, name) for name in layers}
-    found: dict[str, tuple[Axis, Axis] | None] = {}
-    w = next(model.parameters())
+    w = next(model.parameters(), torch.zeros(()))
     x = torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype)  # the model's own float type
+    sites(model, layers, x)  # traced before the geometry mode starts, which keys its record by tensor ids
     mode = _GeometryMode(x)
-    handles = []
-
-    def hook_for(name):
-        def hook(module, inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if name not in found:
-                known, g = mode.get(out)
-                found[name] = g if known and not _whole_image(g, out, input_shape) else None
-            if len(found) == len(modules):
-                raise StopForward
-
-        return hook
-
-    try:
-        for name, m in modules.items():
-            handles.append(m.register_forward_hook(hook_for(name)))
-        with torch.no_grad(), eval_mode(model), mode:
-            try:
-                model(x)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in modules if n not in found]
+    with torch.no_grad(), eval_mode(model), mode, capture(model, layers, x, copy=False) as maps:
+        try:
+            model(x)
+        except StopForward:
+            pass
+    found: dict[str, tuple[Axis, Axis] | None] = {}
+    for name, out in maps.items():
+        known, g = mode.get(out)
+        found[name] = g if known and not _whole_image(g, out, input_shape) else None
+    missing = [n for n in layers if n not in found]
     if missing:
         raise UsageError(
             f"layer(s) {', '.join(missing)} never ran in the model's forward pass; pick layers "

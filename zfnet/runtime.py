@@ -153,6 +153,22 @@ def all_sum(values: list[float], dist: Dist) -> list[float]:
     return t.tolist()
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating type of the model's first floating parameter or buffer (float32 for a model with none):
+    what its input is cast to."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter or buffer lives (the CPU for a model with none)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -147,7 +147,9 @@ class InputSet(TensorImageSet):
         self.name, self.split = "inputs", "batch"
         self.classes = list(classes or [])
         self.preprocess = Preprocess(h, h, c, "pad", 255.0)
-        self.bases = inputs.detach().float().cpu()
+        self.bases = inputs.detach().cpu()
+        if not self.bases.is_floating_point():
+            self.bases = self.bases.float()
         self.labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels, dtype=torch.long)
         self._ids = None
         self.skipped = {}

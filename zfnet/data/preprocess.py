@@ -143,8 +143,9 @@ class Preprocess:
 
     # --- batches of base squares -> model input --------------------------------------------------------
     def normalize(self, base: torch.Tensor) -> torch.Tensor:
-        """uint8 N x C x B x B -> float: minus the mean image, in `scale` units (or per-channel mean/std)."""
-        x = base.float()
+        """uint8 N x C x B x B -> float: minus the mean image, in `scale` units (or per-channel mean/std); a
+        float64 base stays float64."""
+        x = base if base.dtype == torch.float64 else base.float()
         if self.mean_image is not None:
             x = x - self.mean_image.to(x.device)
         if self.scale != 255.0:

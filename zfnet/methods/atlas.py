@@ -22,9 +22,9 @@ from torch import nn
 
 from .. import data as zdata
 from ..errors import UsageError
-from ..layers import features, stage_layers
+from ..layers import features, read_maps, stage_layers
 from ..models import ConvNet, model_input_shape
-from ..runtime import Dist, eval_mode
+from ..runtime import Dist, eval_mode, model_dtype
 from ..settings import Settings, knob
 from .deconvnet import Target
 
@@ -98,6 +98,7 @@ class Scan:
     extra: dict = field(default_factory=dict)
     per_class: dict[str, dict[int, TopK]] = field(default_factory=dict)  # layer -> class -> its top-k within it
     settings: AtlasSettings | None = None  # what `atlas` was asked (a pipeline's scan: None)
+    maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
 
     def to_json(self) -> dict:
         """Per layer and channel the top-k [{image, value, y, x}] (y, x None for fc layers)."""
@@ -119,7 +120,13 @@ class Scan:
                 )
             out[name] = {"shape": list(self.shapes[name]), "maps": maps}
         settings = self.settings.to_json() if self.settings is not None else None
-        return {"images": self.images, "seconds": self.seconds, "settings": settings, "layers": out}
+        return {
+            "images": self.images,
+            "seconds": self.seconds,
+            "settings": settings,
+            "feature_maps": self.maps,
+            "layers": out,
+        }
 
 
 def default_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[str]:
@@ -240,13 +247,16 @@ def scan(
             store.save(ScanProgress(top, shapes, done, mine))
 
     chunks = zdata.chunked(share[done:], batch_size)
+    maps: dict[str, dict] = {}
+    dtype = model_dtype(model)
     t0 = time.perf_counter()
     with torch.no_grad(), eval_mode(model):  # the model's modes come back as they were
         for bases, labels, idx in zdata.batches(
             dataset, chunks, workers=workers, progress=progress and dist.main, desc=desc
         ):
-            x = pp.eval_input(bases.to(dist.device))
+            x = pp.eval_input(bases.to(dist.device)).to(dtype)
             feats = features(model, x, layers)
+            maps = maps or read_maps(model, layers, x)
             for name in layers:
                 if name not in top:
                     shapes[name] = tuple(feats[name].shape[1:])
@@ -268,7 +278,7 @@ def scan(
     for key_c in [n for n in top if "@class" in n]:
         name, label = key_c.rsplit("@class", 1)
         classes.setdefault(name, {})[int(label)] = top.pop(key_c)
-    return Scan(top, shapes, readable, elapsed, per_class=classes)
+    return Scan(top, shapes, readable, elapsed, per_class=classes, maps=maps)
 
 
 def _restored(store: ScanStore | None, share: int, dataset: zdata.ImageSet) -> tuple[dict, dict, int]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..layers import features
+from ..layers import features, read_maps
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
 from ..settings import Settings, knob
@@ -50,10 +50,12 @@ class CorrespondenceResult:
     region_source: str = "parts"  # "object": the object boxes given; "parts": the hull of the named parts
     fill_pixels: list[float] | None = None
     settings: CorrespondenceSettings = field(default_factory=lambda: CorrespondenceSettings())
+    maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
 
     def to_json(self) -> dict:
         return {
             "settings": self.settings.to_json(),
+            "feature_maps": self.maps,
             "delta": self.delta,
             "std": self.std,
             "layers": self.layers,
@@ -224,5 +226,17 @@ def correspondence(
             delta[l]["random"], std[l]["random"] = float(p.mean()), float(p.std())
     source = "object" if objects is not None else "parts"
     return CorrespondenceResult(
-        delta, std, layers, list(boxes), n, fill_name, random_boxes, pairs, regions, source, shown, st
+        delta,
+        std,
+        layers,
+        list(boxes),
+        n,
+        fill_name,
+        random_boxes,
+        pairs,
+        regions,
+        source,
+        shown,
+        st,
+        read_maps(model, layers, images),
     )

@@ -27,7 +27,7 @@ import typing
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -35,7 +35,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UsageError
-from ..layers import StopForward, capture, feature_module, features, local_response_norm
+from ..layers import StopForward, capture, features, local_response_norm, read_maps, sites
 from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
 from ..runtime import eval_mode
 from ..settings import Settings, knob
@@ -232,6 +232,7 @@ class Deconvnet:
             by_layer[t.layer].append(k)
         c, h, w = (int(v) for v in images.shape[1:])
         shape = (c, h, w)
+        sites(self.model, list(by_layer), images)  # found on the whole image: the way down may run on crops
         missing = [l for l in by_layer if (l, shape) not in self._geometry]
         if missing:
             for l, g in layer_geometries(self.model, missing, shape).items():
@@ -257,7 +258,7 @@ class Deconvnet:
     def _down(self, x: torch.Tensor, layer: str, chans: torch.Tensor, ys, xs, unit: bool) -> torch.Tensor:
         """Forward `x` up to `layer`, seed one activation per sample, come down with the rules."""
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), _Rules(self.rule, self.skip_norm), capture(self.model, [layer]) as found:
+        with torch.enable_grad(), _Rules(self.rule, self.skip_norm), capture(self.model, [layer], x) as found:
             try:
                 self.model(x)
             except StopForward:
@@ -331,6 +332,7 @@ class Projection:
     activations: torch.Tensor  # N: the projected activation's value
     boxes: list[tuple[int, int, int, int]]  # receptive field (top, left, bottom, right), input px, end-exclusive
     images: torch.Tensor  # N x C x H x W projections, zero outside each unit's receptive field
+    maps: dict[str, dict] = field(default_factory=dict)  # the tensor seeded (`zfnet.layers.read_maps`)
 
     @property
     def rule(self) -> str:
@@ -349,6 +351,7 @@ class Projection:
             "activations": self.activations.tolist(),
             "boxes": [list(b) for b in self.boxes],
             "shape": list(self.images.shape),
+            "feature_maps": self.maps,
         }
 
 
@@ -407,7 +410,8 @@ def project(
         values,
         [rf.box(t.y or 0, t.x or 0) for t in targets],
         out,
+        read_maps(model, [layer], images),
     )
 
 
-__all__ = ["RULES", "Deconvnet", "ProjectSettings", "Projection", "Rule", "Target", "feature_module", "project"]
+__all__ = ["RULES", "Deconvnet", "ProjectSettings", "Projection", "Rule", "Target", "project"]

@@ -34,10 +34,12 @@ class Evolution:
     cells: dict[str, dict[int, list[tuple[torch.Tensor, torch.Tensor, float, int]]]]
     ids: dict[int, str]  # image index -> the dataset's id of that image
     settings: EvolutionSettings = field(default_factory=lambda: EvolutionSettings())
+    maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
 
     def to_json(self) -> dict:
         return {
             "settings": self.settings.to_json(),
+            "feature_maps": self.maps,
             "epochs": self.epochs,
             "layers": {
                 layer: {
@@ -138,4 +140,5 @@ def evolution(
         cells,
         {i: ds.image_id(i) for i in sorted(seen) if i >= 0},
         s,
+        result.maps if snapshots else {},
     )

@@ -38,7 +38,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..layers import RECTIFIERS, local_response_norm
+from ..layers import RECTIFIER_FUNCTIONS, RECTIFIERS, Site, local_response_norm
 
 # --- what each op does to a changed rectangle --------------------------------------------------------------
 
@@ -288,8 +288,13 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.graph.depth == 0 and func not in _NOT_RECORDED:
-            self.graph.add(func, args, kwargs, out, is_module=False)
+        g = self.graph
+        if g.depth == 0 and func not in _NOT_RECORDED:
+            g.add(func, args, kwargs, out, is_module=False)
+        if func in RECTIFIER_FUNCTIONS:  # counted as `sites` counts them: the feature may be one of these calls
+            if g.rectifier == 0 and g.feature < 0 and isinstance(out, torch.Tensor) and id(out) in g.by_id:
+                g.feature = g.by_id[id(out)]
+            g.rectifier -= 1
         return out
 
 
@@ -302,7 +307,8 @@ class Graph:
         self.keep: list[Any] = []  # the recorded tensors, alive while recording (so their ids are not reused)
         self.depth = 0  # > 0 inside a leaf module
         self.output = -1
-        self.feature = -1  # the node holding the feature module's output
+        self.feature = -1  # the node holding the layer's feature maps
+        self.rectifier = -1  # rectifier function calls to go until the feature maps' (when a function's)
 
     def ref(self, a):
         if isinstance(a, torch.Tensor) and id(a) in self.by_id:
@@ -332,13 +338,17 @@ class Graph:
                     self.keep.append(t)
 
 
-def record(model: nn.Module, x: torch.Tensor, feature: nn.Module) -> tuple[Graph, torch.Tensor]:
+def record(model: nn.Module, x: torch.Tensor, feature: Site) -> tuple[Graph, torch.Tensor]:
     """Run `model` on `x` (1 x C x H x W, no grad, eval mode set by the caller) and record its graph; the graph's
-    `feature` is the first output of the module `feature`. Hooks and the mode are gone on return."""
+    `feature` is the tensor the layer's feature maps are read from (`zfnet.layers.sites`). Hooks and the mode
+    are gone on return."""
     g = Graph()
     g.nodes[0].value = x
     g.by_id[id(x)] = 0
+    g.rectifier = feature.ordinal if feature.module is None else -1
     leaves = [m for m in model.modules() if not list(m.children())]
+    holder = dict(model.named_modules())[feature.module] if feature.module is not None else None
+    calls = [0]
 
     def pre(m, args, kwargs):
         g.depth += 1
@@ -349,12 +359,14 @@ def record(model: nn.Module, x: torch.Tensor, feature: nn.Module) -> tuple[Graph
             g.add(m, args, kwargs, out, is_module=True)
 
     def on_feature(m, args, out):
-        if g.feature < 0 and isinstance(out, torch.Tensor) and id(out) in g.by_id:
+        k, calls[0] = calls[0], calls[0] + 1
+        if k == feature.call and g.feature < 0 and isinstance(out, torch.Tensor) and id(out) in g.by_id:
             g.feature = g.by_id[id(out)]
 
     handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in leaves]
     handles += [m.register_forward_hook(post, with_kwargs=True) for m in leaves]
-    handles.append(feature.register_forward_hook(on_feature))  # after `post`: the output is a node by then
+    if holder is not None:
+        handles.append(holder.register_forward_hook(on_feature))  # after `post`: the output is a node by then
     try:
         with _Recorder(g):
             out = model(x)

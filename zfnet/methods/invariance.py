@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..layers import capture, features
+from ..layers import capture, features, read_maps
 from ..pixels import (
     FILL_HELP,
     Fill,
@@ -80,6 +80,7 @@ class InvarianceResult:
     predicted: list[bool] | None = None  # per image: its class is the predicted one (it had no label)
     fill_pixels: list[float] | None = None  # the uncovered pixels' values per channel (None: the mean image)
     settings: InvarianceSettings = field(default_factory=lambda: InvarianceSettings())
+    maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
 
     def curve(self, transform: str) -> TransformCurve:
         return next(c for c in self.curves if c.transform == transform)
@@ -87,6 +88,7 @@ class InvarianceResult:
     def to_json(self) -> dict:
         return {
             "settings": self.settings.to_json(),
+            "feature_maps": self.maps,
             "layers": self.layers,
             "labels": self.labels.tolist(),
             "predicted": self.predicted or [False] * len(self.labels),
@@ -226,7 +228,7 @@ def invariance(
             prob = torch.zeros(len(images), len(vals))
             for k, v in enumerate(vals):
                 x = pp.from_pixels(transform_pixels(pixels, t, v, fill_map)).to(images.dtype)
-                with capture(model, layers, stop=False) as found:
+                with capture(model, layers, x, stop=False) as found:
                     logits = model(x)
                 p = F.softmax(logits.float(), 1)
                 if int(labels.max()) >= p.shape[1]:
@@ -237,4 +239,5 @@ def invariance(
             curves.append(TransformCurve(t, vals, dist, prob))
     shown = fill_pixels(fill, pp)
     name = fill if isinstance(fill, str) else "pixels"
-    return InvarianceResult(list(layers), labels, name, curves, predicted, list(shown) if shown else None, st)
+    maps = read_maps(model, list(layers), reference)
+    return InvarianceResult(list(layers), labels, name, curves, predicted, list(shown) if shown else None, st, maps)

@@ -46,7 +46,7 @@ from torch import nn
 
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..layers import feature_module, features, resolve_layer
+from ..layers import Site, capture, features, resolve_layer, sites, unrectified_note
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
 from ..settings import Settings, knob
@@ -136,6 +136,7 @@ class OcclusionResult:
     estimated_speedup: float | None = None  # auto: incremental inference's estimated speed over whole forwards
     target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
     fill_pixels: list[float] | None = None  # the square's pixel values per channel (None: the mean image)
+    maps: dict[str, dict] = field(default_factory=dict)  # the tensor panel (b) reads (`zfnet.layers.read_maps`)
 
     @property
     def window(self) -> int:
@@ -181,6 +182,8 @@ class OcclusionResult:
             "estimated_speedup": self.estimated_speedup,
             "target_source": self.target_source,
             "computation": self.describe(),
+            "feature_maps": self.maps,
+            "feature_maps_note": unrectified_note(self.maps),
             "ys": self.ys.tolist(),
             "xs": self.xs.tolist(),
             "activity": self.activity.tolist(),
@@ -293,7 +296,7 @@ def _structure(model: nn.Module) -> tuple:
 def _plan(
     model: nn.Module,
     x: torch.Tensor,
-    feat: nn.Module,
+    feat: Site,
     mode: str,
     geometry: tuple,
     ys: list[int],
@@ -405,7 +408,7 @@ class _Grid:
     like-sized rectangles (`rank`), the layer's map `channel` summed on the way."""
 
     model: nn.Module
-    feat: nn.Module
+    layer: str
     x: torch.Tensor
     ys: list[int]
     xs: list[int]
@@ -426,7 +429,7 @@ class _Grid:
         for s in range(0, len(cells), self.batch):
             part = [(self.ys[cells[q][0]], self.xs[cells[q][1]]) for q in perm[s : s + self.batch]]
             if self.replay is None:
-                lg, act = _naive_batch(self.model, self.feat, self.x, part, w, self.fill_map, self.channel)
+                lg, act = _naive_batch(self.model, self.layer, self.x, part, w, self.fill_map, self.channel)
             else:
                 patch = torch.stack([self.fill_map[:, y : y + w, xx : xx + w] for y, xx in part])
                 out, fv = self.replay.run([y for y, _ in part], [xx for _, xx in part], patch, self.tau, self.low)
@@ -469,7 +472,7 @@ def _occlude(
     resolve_layer(model, layer)
     _, c_in, h, w = x.shape
     ys, xs = positions(h, window, stride), positions(w, window, stride)
-    feat = feature_module(model, layer)
+    feat = sites(model, [layer], x)[layer]
     started = time.perf_counter()
     with torch.no_grad(), eval_mode(model):
         bs = batch_size or max(1, min(256, (64 * 224 * 224) // (h * w)))  # whole forwards
@@ -492,7 +495,7 @@ def _occlude(
         if replay is not None:  # like-sized rectangles batched together
             rank = {c: r for r, c in enumerate(order_positions(replay, ys, xs, window, run_tau))}
         whole = replay is None or run_mode == "naive"
-        evaluate = _Grid(model, feat, x, ys, xs, window, fill_map, channel, None if whole else replay, rank,
+        evaluate = _Grid(model, layer, x, ys, xs, window, fill_map, channel, None if whole else replay, rank,
                          bs if whole else bs_region, run_tau, low, tally)  # fmt: skip
         shape = (len(ys), len(xs))
         if run_mode == "approx" and drill is not None:
@@ -529,6 +532,7 @@ def _occlude(
         estimated_speedup=estimated.speedup if estimated is not None else None,
         target_source=source,
         fill_pixels=fill[2],
+        maps={layer: feat.to_json()},
     )
     if s.compare_exact and run_mode == "approx":
         exact = _occlude(model, image, target, s.replace(strategy="exact", compare_exact=False), fill, batch_size)
@@ -585,16 +589,12 @@ def occluded(x: torch.Tensor, fill_map: torch.Tensor, part: Sequence[tuple[int, 
     return imgs
 
 
-def _naive_batch(model, feat, x, part, window, fill_map, channel):
+def _naive_batch(model, layer: str, x, part, window, fill_map, channel):
     """Whole forwards of the occluded images, with the feature map's total captured on the way."""
     imgs = occluded(x, fill_map, part, window)
-    found = []
-    h = feat.register_forward_hook(lambda m, i, o: found.append(o[:, channel].flatten(1).sum(1)))
-    try:
+    with capture(model, [layer], x, stop=False, copy=False) as found:
         logits = model(imgs)
-    finally:
-        h.remove()
-    return logits, found[0]
+    return logits, found[layer][:, channel].flatten(1).sum(1)
 
 
 def deviation(approx: OcclusionResult, exact: OcclusionResult) -> dict:
