@@ -13,7 +13,8 @@ PKG = os.path.join(REPO, "zfnet")
 # rank of each room; a module may import only from rooms of lower or equal rank
 ROOMS = [
     ({"_version", "errors", "registry", "io", "progress", "provenance", "runtime", "readback", "settings"}, 0),
-    ({"models", "data", "layers", "receptive_field", "recipe"}, 1),
+    ({"usercode"}, 0),
+    ({"models", "data", "layers", "receptive_field", "recipe", "calling"}, 1),
     ({"weights", "pixels", "outputs"}, 2),
     ({"checkpoints"}, 3),
     ({"pretrained", "train"}, 4),

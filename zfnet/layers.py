@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import UsageError
-from .runtime import eval_mode
+from .runtime import eval_mode, model_device, model_dtype
 
 
 class StopForward(Exception):
@@ -138,8 +138,7 @@ def output_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ..
         for n in names:
             hooks.append(modules[n].register_forward_hook(record(n)))
         with torch.no_grad(), eval_mode(model):
-            w = next(model.parameters())
-            model(torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype))
+            model(torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -198,8 +197,7 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
     by its outermost module that is called once and whose output is that feature map (`layer1`, not
     `layer1.1.relu`); one forward of zeros in eval mode, hooks removed on exit."""
     modules = dict(model.named_modules())
-    w = next(model.parameters(), torch.zeros(()))
-    x = torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype)
+    x = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))
     calls, outputs, at = _module_outputs(model, modules, x)
     candidates = [n for n in modules if n and calls[n] == 1 and (n, 0) in at]
     where = sites(model, candidates, x)
@@ -207,8 +205,10 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
     aliases: dict[int, list[str]] = {}
     for name in candidates:
         s = where[name]
-        if s.module is not None and (s.module, s.call) in at:
-            aliases.setdefault(id(outputs[at[(s.module, s.call)]][1]), []).append(name)
+        # a functional ReLU no module returns: the layer's own output stands for its place in the stage
+        key = (s.module, s.call) if s.module is not None else (name, 0)
+        if key in at:
+            aliases.setdefault(id(outputs[at[key]][1]), []).append(name)
 
     def rank(n: str) -> tuple:
         m = modules[n]

@@ -40,11 +40,15 @@ def check_name(path: str, flag: str = "--out") -> None:
                 f"{flag}: the name {part[:24]!r}... is {len(part.encode())} bytes; file names are at most "
                 f"{NAME_MAX}: pass a shorter one"
             )
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UsageError(
-            f"{flag} {path!r} is a symbolic link to {os.readlink(path)!r}, which does not exist; create the "
-            "target or pass another path"
-        )
+    parts = os.path.normpath(path).split(os.sep)
+    for k in range(1, len(parts) + 1):  # at any depth: writing through it would create its target
+        head = os.sep.join(parts[:k]) or os.sep
+        if os.path.islink(head) and not os.path.exists(head):
+            what = "is" if k == len(parts) else f"passes through {head!r}, which is"
+            raise UsageError(
+                f"{flag} {path!r} {what} a symbolic link to {os.readlink(head)!r}, which does not exist; create "
+                "the target or pass another path"
+            )
 
 
 def real(path: str) -> str:

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .calling import api
 from .errors import UsageError
 from .layers import StopForward, capture, sites
 from .models import model_input_shape
-from .runtime import eval_mode
+from .runtime import eval_mode, model_device, model_dtype
 from .settings import Settings
 
 
@@ -339,8 +340,7 @@ def layer_geometries(
 ) -> dict[str, tuple[Axis, Axis] | None]:
     """Grid geometry of each named layer's output for an input of `input_shape` (C, H, W): one traced
     forward in eval mode that stops after the last of `layers`."""
-    w = next(model.parameters(), torch.zeros(()))
-    x = torch.zeros(1, *input_shape, device=w.device, dtype=w.dtype)  # the model's own float type
+    x = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))  # its own float type
     sites(model, layers, x)  # traced before the geometry mode starts, which keys its record by tensor ids
     mode = _GeometryMode(x)
     with torch.no_grad(), eval_mode(model), mode, capture(model, layers, x, copy=False) as maps:
@@ -379,6 +379,7 @@ class ReceptiveFieldSettings(Settings):
     method: ClassVar[str] = "receptive_field"
 
 
+@api
 def receptive_field(
     model: nn.Module, images: torch.Tensor, *, layer: str, settings: ReceptiveFieldSettings | None = None
 ) -> ReceptiveField:

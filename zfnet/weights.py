@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -26,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import calling, models
 from . import data as zdata
-from . import models
 from .data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError, note
 from .io import atomic_save_tensors, load_tensors, read_tensor_file
-from .runtime import unwrap
+from .runtime import resolve_device, unwrap
 
 MEAN_KEY = "preprocess/mean_image"
 MEAN_CHOICES = (
@@ -215,10 +216,11 @@ def with_input(pp: zdata.Preprocess, input_size: int | None = None, normalize: s
     """`pp` at another input size (base square 256/224 of it, as Sec. 3 and torchvision) and/or with another
     normalisation (`--normalize`): 'imagenet' (torchvision's mean and std of [0, 1] pixels), 'none' ([0, 1]
     pixels as they are) or 'MEAN,STD'."""
-    if input_size is not None:
+    if input_size is not None and input_size != pp.input_size:  # the stored size: the stored input, bit for bit
         if input_size < 8:
             raise UsageError(f"--input-size {input_size} is too small; pass the side the model takes, e.g. 224")
-        pp = replace(pp, input_size=int(input_size), base_size=round(input_size * 256 / 224), mean_image=None)
+        base = round(input_size * 256 / 224)
+        pp = replace(pp, input_size=int(input_size), base_size=base, mean_image=pp.mean_at(base))
     if normalize is None:
         return pp
     c = pp.channels
@@ -233,7 +235,7 @@ def with_input(pp: zdata.Preprocess, input_size: int | None = None, normalize: s
         values = []
     if len(values) == 2:
         values = [values[0]] * c + [values[1]] * c
-    if len(values) != 2 * c or any(v <= 0 for v in values[c:]):
+    if len(values) != 2 * c or any(not math.isfinite(v) for v in values) or any(v <= 0 for v in values[c:]):
         raise UsageError(f"--normalize {normalize!r}: pass {NORMALIZE_CHOICES} (this model has {c} channels)")
     return replace(pp, scale=1.0, mean_image=None, channel_mean=tuple(values[:c]), channel_std=tuple(values[c:]))
 
@@ -266,13 +268,55 @@ def read_classes(path: str) -> list[str]:
     from .readback import read_text
 
     text = read_text(path, what=f"--classes {path!r}", fix="pass a text file with one class name per line")
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark (Windows editors write one)
     try:
-        names = json.loads(text)
+        found = json.loads(text)
     except ValueError:
-        names = [l.strip() for l in text.splitlines() if l.strip()]
-    if not isinstance(names, list) or not names:
+        found = None
+    if isinstance(found, (list, dict)):
+        names = _json_classes(found, path)
+    else:
+        lines = text.splitlines()  # \n, \r\n and \r alike
+        while lines and not lines[-1].strip():
+            lines.pop()
+        blank = next((i for i, l in enumerate(lines) if not l.strip()), None)
+        if blank is not None:
+            raise UsageError(f"--classes {path!r}: line {blank + 1} is blank; every line names one class, in order")
+        names = [l.strip() for l in lines]
+    if not names:
         raise UsageError(f"--classes {path!r} holds no class names; one name per line, or a JSON list")
-    return [str(n) for n in names]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise UsageError(
+                f"--classes {path!r}: {n!r} at entry {i + 1} repeats entry {seen[n] + 1}; class names must differ"
+            )
+        seen[n] = i
+    return names
+
+
+def _json_classes(found: Any, path: str) -> list[str]:
+    """Class names from JSON: a list of names, a list of [wnid, name] pairs, or Keras's
+    imagenet_class_index.json ({"0": ["n01440764", "tench"], ...}, by index)."""
+
+    def name_of(v: Any) -> str:
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) for p in v):
+            return v[1]  # [wnid, name]
+        if isinstance(v, (str, int, float)):
+            return str(v)
+        raise UsageError(f"--classes {path!r}: {v!r} is not a class name or a [wnid, name] pair")
+
+    if isinstance(found, dict):
+        try:
+            order = sorted(found, key=int)
+        except ValueError:
+            raise UsageError(f"--classes {path!r}: a JSON object must map indices 0..N-1 to names") from None
+        if [int(k) for k in order] != list(range(len(order))):
+            raise UsageError(f"--classes {path!r}: the indices are not 0..{len(order) - 1}; each class needs one")
+        return [name_of(found[k]) for k in order]
+    if isinstance(found, list):
+        return [name_of(v) for v in found]
+    raise UsageError(f"--classes {path!r}: pass one name per line, a JSON list, or imagenet_class_index.json")
 
 
 # --- torchvision's own weights, by the name of their enum ---------------------------------------------------
@@ -440,6 +484,7 @@ def open_model(
     input_size: int | None = None,
     normalize: str | None = None,
     classes: list[str] | None = None,
+    output: int | str | None = None,
 ) -> Opened:
     """Model `name` (a registry name, torchvision:/timm:<name> or module:callable) with its weights and their
     stored preprocessing and class names, or (no weights) at its initialization, seeded so that every torchrun
@@ -448,8 +493,10 @@ def open_model(
     the mean image (see `apply_mean`); weights of a paper-style model that carry none must be given one.
     `input_size` / `normalize` replace the input side and normalisation (`with_input`), `classes` the class
     names. `overrides` are the architecture overrides the weights were trained with (a recipe's
-    model_overrides). The embedded model: `zfnet.pretrained.open_embedded`."""
-    device = torch.device(device)
+    model_overrides). `output` picks the logits in a forward's tuple or mapping (`zfnet.calling.pick`); one forward
+    of zeros checks the input size and counts the outputs the class names must match. The embedded model:
+    `zfnet.pretrained.open_embedded`."""
+    device = resolve_device(device)  # as --device: "cuda" without a GPU is one line
     if not name:
         raise UsageError(
             "pass --model NAME (see `zfnet models`), with --weights FILE for a trained model, or --pretrained"
@@ -470,23 +517,33 @@ def open_model(
             if mean is None and normalize is None and isinstance(model, models.ConvNet):
                 raise UsageError(f"{wf.path!r} carries no mean image (Sec. 3 preprocessing); pass {MEAN_CHOICES}")
         pp = apply_mean(with_input(pp, input_size, normalize), mean, data, split, workers)
+        n = _ready(model, pp, name, input_size, output)
         names = classes or wf.classes or (hub.classes if hub else None) or model_classes(model)
-        return Opened(model, pp, name, wf.path, _fit_classes(names, model), wf.sha256, mean, hub.enum if hub else None)
+        return Opened(model, pp, name, wf.path, _fit_classes(names, n), wf.sha256, mean, hub.enum if hub else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(name, **(overrides or {}))
     model = model.to(device).eval()
     pp = apply_mean(with_input(default_preprocess(model), input_size, normalize), mean, data, split, workers)
+    n = _ready(model, pp, name, input_size, output)
     note(
         f"no --weights: {name} at its random initialization (seed {seed})"
         + ("" if pp.mean_image is not None or pp.channel_mean is not None else ", no mean image")
     )
-    return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), model))
+    return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), n))
 
 
-def _fit_classes(names: list[str] | None, model: nn.Module) -> list[str] | None:
-    """Class names checked against the model's outputs (a list that does not fit is refused)."""
-    n = models.num_outputs(model)
+def _ready(model: nn.Module, pp: zdata.Preprocess, name: str, input_size: int | None, output) -> int | None:
+    """The opened model's forward reads as logits (`output`), its input size is checked against the memory
+    there is, and one forward counts its outputs."""
+    calling.install(model, calling.parse_output(output))
+    if input_size is not None:
+        calling.check_input_size(model, pp.channels, pp.input_size)
+    return calling.count_outputs(model, pp.channels, pp.input_size, f"--model {name}")
+
+
+def _fit_classes(names: list[str] | None, n: int | None) -> list[str] | None:
+    """Class names checked against the model's output count (a list that does not fit is refused)."""
     if names is not None and n is not None and len(names) != n:
         raise UsageError(
             f"{len(names)} class names for a model with {n} outputs; pass --classes with one name per output"
@@ -505,7 +562,7 @@ def opened_module(
     class names to its family's, see `model_classes`). The module is not changed: every analysis runs it in
     eval mode and restores its modes afterwards."""
     pp = preprocess or default_preprocess(model)
-    names = _fit_classes(classes or model_classes(model), model)
+    names = _fit_classes(classes or model_classes(model), models.num_outputs(model))
     return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, names)
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+from .. import usercode
 from ..errors import UsageError, ZfnetNote
 from ..io import folder_lock, write_error
 from ..outputs import check_name
@@ -109,6 +110,12 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print(f"zfnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:  # the user's module, builder or forward (sys.exit too): one line, exit 2
+        err = usercode.blame(e)
+        if err is None:
+            raise
+        print(f"zfnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         return 0
     if os.environ.get("RANK", "0") == "0":

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .. import data as zdata
+from ..calling import OUTPUT_HELP
 from ..errors import UsageError
 from ..pipelines.inputs import Inputs, check_files, load_inputs
 from ..pretrained import open_embedded
@@ -91,6 +92,7 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
         help="input normalisation of [0, 1] pixels (default: the weights' or model's own, else imagenet)",
     )
     p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: the weights' or model's own)")
+    p.add_argument("--output", metavar="INDEX|KEY", help=OUTPUT_HELP)
 
 
 def add_data(
@@ -144,7 +146,7 @@ def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
     if v.get("pretrained"):
         if v.get("model") or v.get("weights"):
             raise UsageError("--pretrained is the embedded model; drop --model/--weights, or drop --pretrained")
-        if v.get("input_size") or v.get("normalize") or v.get("classes"):
+        if v.get("input_size") or v.get("normalize") or v.get("classes") or v.get("output"):
             raise UsageError("--pretrained carries its own input and classes; drop --input-size/--normalize/--classes")
         return open_embedded(device, **common)
     return open_model(
@@ -155,6 +157,7 @@ def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
         input_size=v.get("input_size"),
         normalize=v.get("normalize"),
         classes=read_classes(v["classes"]) if v.get("classes") else None,
+        output=v.get("output"),
         **common,
     )
 

@@ -142,6 +142,27 @@ class Preprocess:
         return torch.stack([self.base(img) for img in x])
 
     # --- batches of base squares -> model input --------------------------------------------------------
+    def mean_at(self, base_size: int) -> torch.Tensor | None:
+        """The mean image carried to another base square by the images' own rule: centred and zero-padded (or
+        cut) for "pad", resized with PIL's bilinear filter for "resize" (`base`)."""
+        m = self.mean_image
+        if m is None or base_size == m.shape[-1]:
+            return m
+        if self.fit == "pad":
+            out = torch.zeros(m.shape[0], base_size, base_size, dtype=m.dtype)
+            old = m.shape[-1]
+            src, dst = max(0, (old - base_size) // 2), max(0, (base_size - old) // 2)
+            n = min(old, base_size)
+            out[:, dst : dst + n, dst : dst + n] = m[:, src : src + n, src : src + n]
+            return out
+        chans = [
+            np.asarray(
+                Image.fromarray(c.float().numpy(), mode="F").resize((base_size, base_size), Image.Resampling.BILINEAR)
+            )
+            for c in m
+        ]
+        return torch.from_numpy(np.stack(chans)).to(m.dtype)
+
     def normalize(self, base: torch.Tensor) -> torch.Tensor:
         """uint8 N x C x B x B -> float: minus the mean image, in `scale` units (or per-channel mean/std); a
         float64 base stays float64."""

@@ -41,7 +41,7 @@ from ..io import atomic_write_json
 from ..layers import features
 from ..readback import Finite, read_json, read_json_or_none
 from ..recipe import Recipe
-from ..runtime import Dist, eval_mode
+from ..runtime import Dist, eval_mode, model_device
 from ..train import epoch_plan, predict, train_one_epoch
 
 PROTOCOLS = {  # name -> (default training images per class, test images per class)
@@ -159,7 +159,7 @@ def extract_to_store(
     """`extract` into a `FeatureStore` (see there): rows written as each batch is done, nothing held."""
     from ..runtime import barrier
 
-    dist = dist or Dist(device=next(model.parameters()).device)
+    dist = dist or Dist(device=model_device(model))
     pp = ds.preprocess
     with torch.no_grad(), eval_mode(model):
         probe_x = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=dist.device)

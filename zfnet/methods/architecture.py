@@ -14,9 +14,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..calling import api
 from ..errors import UsageError
 from ..receptive_field import layer_field
-from ..runtime import eval_mode
+from ..runtime import eval_mode, model_device
 from ..settings import Settings
 
 # module kinds Fig. 3 shows (others - ReLU, dropout, flatten - are folded into the layer before them)
@@ -106,6 +107,7 @@ class ArchitectureSettings(Settings):
     method: ClassVar[str] = "architecture"
 
 
+@api
 def architecture(
     model: nn.Module, images: torch.Tensor, *, settings: ArchitectureSettings | None = None
 ) -> Architecture:
@@ -133,7 +135,7 @@ def architecture(
         for m, n in names.items():
             if not list(m.children()):
                 handles.append(m.register_forward_hook(record(n)))
-        device = next(model.parameters()).device
+        device = model_device(model)
         with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, *input_shape, device=device))
     finally:

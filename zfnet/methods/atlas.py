@@ -21,6 +21,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from .. import data as zdata
+from ..calling import api
 from ..errors import UsageError
 from ..layers import features, read_maps, stage_layers
 from ..models import ConvNet, model_input_shape
@@ -181,6 +182,7 @@ class AtlasSettings(Settings):
     k: int = knob(9, "strongest activations kept per feature map, each from a different image (Fig. 2: 9)", low=1)
 
 
+@api
 def atlas(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet,

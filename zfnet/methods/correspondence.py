@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..calling import api
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import features, read_maps
@@ -175,6 +176,7 @@ def _flat_features(model: nn.Module, x: torch.Tensor, layers: list[str], batch_s
     return {l: torch.cat(v) for l, v in out.items()}
 
 
+@api
 def correspondence(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..calling import api
 from ..errors import UsageError
 from ..layers import StopForward, capture, features, local_response_norm, read_maps, sites
 from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
@@ -366,6 +367,7 @@ class ProjectSettings(Settings):
     unit: bool = knob(False, "seed 1 at the unit instead of its activation (the picture's scale, not its shape)")
 
 
+@api
 def project(
     model: nn.Module,
     images: torch.Tensor,

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from .. import data as zdata
+from ..calling import api
 from ..checkpoints import load_snapshot
 from ..layers import features
 from ..receptive_field import layer_field
-from ..runtime import Dist, eval_mode
+from ..runtime import Dist, eval_mode, model_device
 from ..settings import Settings, knob
 from ..weights import WeightsFile
 from .atlas import default_layers, scan, top_projections
@@ -57,7 +58,7 @@ class Evolution:
 def choose_channels(model: nn.Module, layers: list[str], per_layer: int, seed: int, shape) -> dict[str, list[int]]:
     """'a randomly chosen subset of model features' (Fig. 4): `per_layer` maps per layer, fixed by `seed`."""
     with torch.no_grad(), eval_mode(model):
-        feats = features(model, torch.zeros(1, *shape, device=next(model.parameters()).device), layers)
+        feats = features(model, torch.zeros(1, *shape, device=model_device(model)), layers)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for layer in layers:
@@ -80,6 +81,7 @@ class EvolutionSettings(Settings):
     rule: Rule = knob("deconvnet", RULE_HELP, aliases=("--mode",))
 
 
+@api
 def evolution(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet,
@@ -101,7 +103,7 @@ def evolution(
     s = EvolutionSettings.build(settings, **changes)
     maps, seed = s.maps, s.seed
     ds = zdata.as_image_set(images)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     net = copy.deepcopy(model)
     layers = list(s.layers or default_layers(net))
     pp0 = ds.preprocess

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import data as zdata
+from ..calling import api
 from ..errors import UsageError
 from ..layers import layer_names, resolve_layer
 from ..settings import Settings, knob
@@ -135,6 +136,7 @@ def first_conv_name(model: nn.Module) -> str:
     return name
 
 
+@api
 def filters(
     model: nn.Module,
     images: torch.Tensor | zdata.ImageSet | None = None,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calling import api
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import capture, features, read_maps
@@ -182,6 +183,7 @@ class InvarianceSettings(Settings):
     fill: Fill = knob("grey", "pixels a transformation uncovers: " + FILL_HELP, parse=parse_fill, check=fill_problem)
 
 
+@api
 def invariance(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,

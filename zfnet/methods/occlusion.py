@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calling import api
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
 from ..layers import Site, capture, features, resolve_layer, sites, unrectified_note
@@ -354,6 +355,7 @@ class OcclusionResults:
         return {"images": [r.to_json() for r in self.results]}
 
 
+@api
 def occlusion(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import usercode
 from ..errors import UsageError
 from ..registry import Registry
 from .alexnet import ALEXNET, ALEXNET_DENSE
@@ -202,12 +203,17 @@ def user_callable(spec: str) -> Callable[..., Any]:
         sys.path.insert(0, os.getcwd())  # as `python -m` and uvicorn do: modules in the working directory
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - ModuleNotFoundError, or an error inside the user's module
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - ModuleNotFoundError, an error or sys.exit inside the module
         first = str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, SystemExit):
+            first = f"it called sys.exit({e.code!r}) on import"
         raise UsageError(
             f"cannot import {module_name!r} for --model {spec} ({type(e).__name__}: {first}); run zfnet from the "
             f"folder that holds {module_name.split('.')[0]}.py, or add that folder to PYTHONPATH"
         ) from None
+    usercode.register(obj, spec)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UsageError(f"module {module_name!r} has no {attr!r} (for --model {spec}); check the name after ':'")
@@ -228,8 +234,9 @@ def _user(spec: str, num_classes: int | None, **overrides: Any) -> nn.Module:
         if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
             kwargs["num_classes"] = int(num_classes)
     try:
-        model = fn(**kwargs)
-    except TypeError as e:
+        with usercode.running(spec, "its builder"):  # an error inside the builder: named with where it was raised
+            model = fn(**kwargs)
+    except TypeError as e:  # the call itself did not fit the callable's signature
         raise UsageError(f"--model {spec}: calling it failed ({e}); it must build the model from keywords") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {spec} returned a {type(model).__name__}, not a torch nn.Module")

@@ -45,7 +45,7 @@ from ..readback import read_json
 from ..receptive_field import layer_field
 from ..render import atlas_site
 from ..render.render import display_scale
-from ..runtime import Dist, teardown
+from ..runtime import Dist, model_device, teardown
 from ..settings import Run, knob
 from ..weights import Opened, WeightsFile
 
@@ -180,7 +180,7 @@ def build_atlas(
     if snapshots is not None and train is None:
         raise UsageError("Fig. 4 needs the training images the snapshots are scanned on")
     started = time.perf_counter()
-    dist = dist or Dist(device=next(opened.model.parameters()).device)
+    dist = dist or Dist(device=model_device(opened.model))
     dataset = dataset.head(cfg.settings.limit)
     if cfg.settings.per_class and len(dataset.classes) < 2:
         raise UsageError(

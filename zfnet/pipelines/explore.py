@@ -33,7 +33,7 @@ from ..readback import read_json
 from ..receptive_field import cut_box, layer_field
 from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
 from ..render.occlusion import occlusion_plot
-from ..runtime import eval_mode
+from ..runtime import eval_mode, model_device
 from ..weights import Opened
 
 WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
@@ -166,7 +166,7 @@ class Explorer:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        x = self.pp.eval_input(self._base(key)).to(next(self.model.parameters()).device)
+        x = self.pp.eval_input(self._base(key)).to(model_device(self.model))
         logits = self.model(x)
         entry = {"x": x, "probs": F.softmax(logits.float(), 1)[0].cpu(), "maps": features(self.model, x, self.layers)}
         self._cache[key] = entry

@@ -45,7 +45,7 @@ from ..registry import Registry
 from ..render.architecture import architecture_figure
 from ..render.page import write_report
 from ..render.plots import training_curves
-from ..runtime import Dist, eval_mode, resolve_device
+from ..runtime import Dist, eval_mode, model_device, resolve_device
 from ..settings import Run
 from ..train import evaluate
 from ..weights import Opened, opened_module
@@ -659,7 +659,7 @@ def build_report(
     by the caller; every stage uses that object. Returns report.json's content."""
     check_config(cfg)
     started = time.perf_counter()
-    device = next(opened.model.parameters()).device
+    device = model_device(opened.model)
     for layer in cfg.layers:
         resolve_layer(opened.model, layer)
     identity = {
@@ -736,7 +736,8 @@ def report(
     `preprocess`, default the model's own: the Fig. 3 family's table, else torchvision's ImageNet
     normalisation, and its class names), an `Opened`, or None for the embedded model - over `data` (a dataset
     spec, a folder of images, or an opened `ImageSet`; default with the embedded model: the bundled subset).
-    `options` are `ReportConfig` fields (layers, limit, examples, window, ...). Returns report.json's content."""
+    `options` are `ReportConfig` fields (layers, limit, examples, window, ...). Returns report.json's content;
+    raises `UsageError` listing the stages that failed, after writing the others."""
     dev = resolve_device(device)
     cfg = replace(ReportConfig(out=out, device=device), **options)
     check_config(cfg)
@@ -754,7 +755,12 @@ def report(
     else:
         dataset = zdata.open_dataset(str(data), split, opened.preprocess)
     with staged(out, "report", reuse=True, legacy=("report.json",)) as work:
-        return build_report(opened, dataset, replace(cfg, out=work), progress=progress, only=only)
+        state = build_report(opened, dataset, replace(cfg, out=work), progress=progress, only=only)
+    failed = {n: e for n, e in state["stages"].items() if e["status"] == "failed"}
+    if failed:  # what succeeded is written; the call fails as `zfnet report` does (exit 2)
+        named = "; ".join(f"{n}: {e['reason']}" for n, e in failed.items())
+        raise UsageError(f"{len(failed)} report stage(s) failed ({named}); the others are in {out}")
+    return state
 
 
 def _failed(name: str, folder_: str, e: Exception) -> dict:
