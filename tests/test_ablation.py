@@ -213,3 +213,27 @@ def test_archselect_end_to_end(tmp_path, capsys):
     assert (out / "fig5.png").is_file() and "| krizhevsky-like | 7x7 stride 2 | 1 | on |" in (
         out / "table.md"
     ).read_text()
+
+
+@pytest.mark.parametrize("base", ["zfnet", "alexnet", "zfnet-small"])
+def test_archselect_variants_reach_one_resolution_after_every_layer_from_layer_2(base):
+    """Sec. 4.1 compares where the stride sits, not the resolution: both variants' maps have one size from conv2
+    on (ZFNet's base at 224 px: 26 after conv2, 13 after conv3-5; the small family at 28 px: 7 and 3)."""
+    from zfnet import models
+    from zfnet.experiments.archselect import recipes
+    from zfnet.layers import output_shapes
+    from zfnet.recipe import Recipe
+
+    sizes = {}
+    for name, r in recipes(Recipe(model=base)).items():
+        over = {k: tuple(v) if isinstance(v, list) else v for k, v in r.model_overrides.items()}
+        with torch.device("meta"):  # shapes only
+            m = models.build(base, num_classes=10, init="torch", **over)
+        m = m.to_empty(device="cpu").eval()
+        names = ["conv2", "pool2", "conv3", "conv4", "conv5"]
+        sizes[name] = {n: s[-1] for n, s in output_shapes(m, names, m.input_shape).items()}
+    assert len({tuple(s.items()) for s in sizes.values()}) == 1, sizes
+    if base == "zfnet":
+        assert sizes["zfnet-like"] == {"conv2": 26, "pool2": 13, "conv3": 13, "conv4": 13, "conv5": 13}
+    if base == "zfnet-small":
+        assert sizes["zfnet-like"]["conv2"] == 7 and sizes["zfnet-like"]["conv5"] == 3

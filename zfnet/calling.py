@@ -226,14 +226,17 @@ def check_input_size(model: nn.Module, channels: int, side: int, probe: int = 64
         )
 
 
-def count_outputs(model: nn.Module, channels: int, side: int, what: str) -> int | None:
-    """How many logits the model gives (one forward of zeros at `side` px, in eval mode), the forward's failure
-    one line (`what`: the model's name); None when its logits are not a batch of vectors."""
+def count_outputs(
+    model: nn.Module, channels: int, side: int, what: str, output: int | str | None = None
+) -> tuple[int | None, bool]:
+    """How many logits the model gives (one forward of zeros at `side` px, in eval mode; None when they are not
+    a batch of vectors) and whether its forward returns anything but them (then `install` must pick them); the
+    forward's failure is one line (`what`: the model's name)."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(torch.zeros(1, channels, side, side, device=model_device(model), dtype=model_dtype(model)))
+            out = model(torch.zeros(1, channels, side, side, device=model_device(model), dtype=model_dtype(model)))
     except (UsageError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - the model's own refusal of this input (ViT: "Wrong image height")
@@ -241,12 +244,19 @@ def count_outputs(model: nn.Module, channels: int, side: int, what: str) -> int 
 
         if blame(e) is not None:
             raise
+        from .models import model_input_shape
+
         text = str(e).strip().splitlines()
+        own = model_input_shape(model)[-1]
+        fix = f"pass --input-size {own} (its own)" if own != side else "pass the --input-size it takes"
         raise UsageError(
             f"{what} does not run on {channels}x{side}x{side} input ({type(e).__name__}: {text[0] if text else ''}); "
-            "pass the --input-size it takes"
+            + fix
         ) from None
     finally:
         model.train(was)
-    logits = pick(logits) if not isinstance(logits, torch.Tensor) else logits
-    return int(logits.shape[-1]) if logits.dim() == 2 else None
+    logits = pick(out, output)
+    check_finite(logits)
+    return (int(logits.shape[-1]) if logits.dim() == 2 else None), not (
+        isinstance(out, torch.Tensor) and output is None
+    )

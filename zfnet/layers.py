@@ -11,12 +11,13 @@ rectified output of each resolution stage, the last one before each downsampling
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -67,7 +68,7 @@ def capture(
     def keep(name: str, out) -> None:
         if name in found:
             return
-        t = out[0] if isinstance(out, (tuple, list)) else out
+        t = where[name].maps(out[0] if isinstance(out, (tuple, list)) else out)
         last = stop and len(found) + 1 == len(where)
         found[name] = t if last or not copy else t.clone()
         if last:
@@ -162,8 +163,8 @@ RECTIFIERS = (
 
 
 def _module_outputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
-    """One forward of `x` in eval mode, hooks removed on exit: how often each module ran, every 4-D module
-    output in the order the modules finished, and where each module's k-th output is among them."""
+    """One forward of `x` in eval mode, hooks removed on exit: how often each module ran, every 3-D and 4-D
+    module output in the order the modules finished, and where each module's k-th output is among them."""
     calls: Counter[str] = Counter()
     outputs: list[tuple[str, torch.Tensor]] = []
     at: dict[tuple[str, int], int] = {}
@@ -171,7 +172,7 @@ def _module_outputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Te
     def record(name):
         def hook(module, inputs, output) -> None:
             calls[name] += 1
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
+            if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
                 at[(name, calls[name] - 1)] = len(outputs)
                 outputs.append((name, output))
 
@@ -220,14 +221,18 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
 
     stages: dict[tuple[int, int], dict] = {}  # resolution -> its rectified outputs, its outputs, has it a conv
     for k, (name, out) in enumerate(outputs):
-        hw = (int(out.shape[-2]), int(out.shape[-1]))
+        read = _layout(model, Site(name, None, 0, -1, (), False, shape=tuple(out.shape)), ())
+        if read.layout not in ("maps", "tokens", "channels-last"):
+            continue
+        grid = read.maps(out).shape
+        hw = (int(grid[-2]), int(grid[-1]))
         if hw == (1, 1):
             continue
         st = stages.setdefault(hw, {"rectified": [], "all": [], "conv": False})
-        st["conv"] |= isinstance(modules[name], nn.Conv2d)
+        st["conv"] |= isinstance(modules[name], nn.Conv2d) or read.layout != "maps"  # a transformer's stage too
         if id(out) in aliases:
             st["all"].append(k)
-            if isinstance(modules[name], RECTIFIERS):
+            if isinstance(modules[name], RECTIFIERS) and read.layout == "maps":  # a transformer's GELU: no
                 st["rectified"].append(k)
     chosen = []
     for st in stages.values():
@@ -237,9 +242,32 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
             chosen.append((k, min(aliases[id(outputs[k][1])], key=rank)))
     names = [n for _, n in sorted(chosen)]
     names = list(dict.fromkeys(names))
+    blocks = _token_blocks(model, modules, candidates, where)
+    if len(blocks) > len(names):  # a ViT: one resolution throughout, a few of its blocks instead
+        most = min(most, 4)
+        names = blocks
     if len(names) > most:
         names = [names[round(i * (len(names) - 1) / (most - 1))] for i in range(most)]
     return names
+
+
+def _token_blocks(model: nn.Module, modules: dict[str, nn.Module], candidates: list[str], where) -> list[str]:
+    """The longest run of sibling blocks (a ModuleList or Sequential's children, each called once) whose outputs
+    are patch tokens of one shape: a vision transformer's encoder blocks."""
+    best: list[str] = []
+    for name, m in modules.items():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)):
+            continue
+        kids = [f"{name}.{k}" if name else k for k, _ in m.named_children()]
+        sites_ = [where.get(k) for k in kids]
+        if (
+            len(kids) >= 3
+            and all(s is not None and s.layout == "tokens" for s in sites_)
+            and len({s.shape for s in sites_}) == 1
+            and len(kids) > len(best)
+        ):
+            best = kids
+    return best
 
 
 # --- a layer's feature maps, from the traced graph (Sec. 2.1) ----------------------------------------------
@@ -249,6 +277,8 @@ T = torch.Tensor
 _RECTIFIER_MODULES = (nn.ReLU, nn.ReLU6)
 RECTIFIER_FUNCTIONS = {F.relu, F.relu_, F.relu6, torch.relu, torch.relu_, T.relu, T.relu_}
 _ELEMENTWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
+# what makes a network other than a ReLU network for the deconvnet's rules (footnote 1): a transformer's parts
+_NOT_RELU_FUNCTIONS = {F.gelu, F.softmax, torch.softmax, T.softmax, F.scaled_dot_product_attention}
 _ELEMENTWISE_FUNCTIONS = {
     *(getattr(T, f"__{op}__") for op in ("add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul")),
     *(getattr(T, f"__{op}__") for op in ("truediv", "itruediv")),
@@ -270,6 +300,10 @@ class Site:
     ordinal: int
     path: tuple[str, ...]
     rectified: bool
+    layout: str = "maps"  # "maps" (N C H W), "vector" (N C), "tokens" (N T C), "channels-last" (N H W C), "other"
+    prefix: int = 0  # tokens: the class / distillation / register tokens before the patch grid (dropped)
+    not_relu: tuple[str, ...] = ()  # non-ReLU nonlinearities before the maps (GELU, softmax, attention)
+    shape: tuple[int, ...] = ()  # the tensor's shape in the traced forward (batch of one)
 
     @property
     def reads(self) -> str:
@@ -277,7 +311,29 @@ class Site:
         return " -> ".join((self.layer, *self.path))
 
     def to_json(self) -> dict:
-        return {"reads": self.reads, "rectified": self.rectified}
+        out: dict[str, Any] = {"reads": self.reads, "rectified": self.rectified}
+        if self.layout == "tokens":
+            out["layout"] = f"tokens: a square grid of patch tokens, {self.prefix} leading token(s) dropped"
+        elif self.layout == "channels-last":
+            out["layout"] = "channels-last (N x H x W x C), read as C maps"
+        if self.not_relu:
+            out["not_relu"] = list(self.not_relu)
+        return out
+
+    def maps(self, t: torch.Tensor) -> torch.Tensor:
+        """The captured tensor as the paper's maps: N x C x H x W (a view; N x C for fc layers)."""
+        if self.layout == "tokens":
+            n, count, c = t.shape
+            g = math.isqrt(count - self.prefix)
+            return t[:, self.prefix :, :].transpose(1, 2).reshape(n, c, g, g)
+        if self.layout == "channels-last":
+            return t.permute(0, 3, 1, 2)
+        if self.layout == "other":
+            raise UsageError(
+                f"layer {self.layer!r} gives outputs of shape {tuple(self.shape[1:])}, neither feature maps nor a "
+                "square grid of tokens; pick another layer (`zfnet layers` lists them)"
+            )
+        return t
 
 
 def _op_name(target, modules_by_id: dict[int, str]) -> str:
@@ -302,6 +358,14 @@ class _Event:
     elementwise: bool = False
     ordinal: int = -1  # rectifier functions: their index among the forward's rectifier function calls
     call: int = 0  # "end": which call of the module
+    shape: tuple[int, ...] = ()  # the first output's shape
+
+
+def _shape(out) -> tuple[int, ...]:
+    from torch.utils._pytree import tree_flatten
+
+    first = next((t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)), None)
+    return tuple(first.shape) if first is not None else ()
 
 
 def _key(t: torch.Tensor) -> tuple[int, int]:
@@ -323,6 +387,7 @@ class _Tracer(TorchFunctionMode):
         self.keep: list = []
         self.depth = 0  # > 0 inside a leaf module
         self.rectifiers = 0
+        self.not_relu: list[tuple[int, str]] = []  # (event index when seen, name) of GELU, softmax, attention
         self.check: Callable[[], None] = lambda: None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -332,9 +397,11 @@ class _Tracer(TorchFunctionMode):
         rect = func in RECTIFIER_FUNCTIONS
         if rect:
             self.rectifiers += 1
+        if func in _NOT_RELU_FUNCTIONS:
+            self.not_relu.append((len(self.events), getattr(func, "__name__", str(func))))
         if self.depth == 0 and _keys(out):
             self.keep.append(out)
-            ev = _Event("op", func, ins, _keys(out), rect, func in _ELEMENTWISE_FUNCTIONS)
+            ev = _Event("op", func, ins, _keys(out), rect, func in _ELEMENTWISE_FUNCTIONS, shape=_shape(out))
             ev.ordinal = self.rectifiers - 1 if rect else -1
             self.events.append(ev)
             if rect:
@@ -398,10 +465,10 @@ def _trace_sites(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[st
             ins = inputs.pop()
             if tracer.depth == 0 and _keys(out):
                 kind = isinstance(m, _RECTIFIER_MODULES), isinstance(m, _ELEMENTWISE_MODULES)
-                tracer.events.append(_Event("op", m, ins, _keys(out), *kind))
+                tracer.events.append(_Event("op", m, ins, _keys(out), *kind, shape=_shape(out)))
         first = out[0] if isinstance(out, (tuple, list)) and out else out
         first_end.setdefault(id(m), len(tracer.events))
-        tracer.events.append(_Event("end", m, (), _keys(first), call=calls[id(m)]))
+        tracer.events.append(_Event("end", m, (), _keys(first), call=calls[id(m)], shape=_shape(first)))
         calls[id(m)] += 1
         if leaf and isinstance(m, _RECTIFIER_MODULES):
             check()
@@ -423,7 +490,11 @@ def _trace_sites(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[st
     if found is None:
         missing = [n for n, t in targets.items() if id(t) not in first_end]
         raise UsageError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers the model uses")
-    return found
+    out = {}
+    for n, s in found.items():
+        before = tuple(dict.fromkeys(name for k, name in tracer.not_relu if k < first_end[id(targets[n])]))
+        out[n] = _layout(model, s, before)
+    return out
 
 
 def _site_of(name: str, events: list[_Event], end: int, named: dict[int, str]) -> Site:
@@ -432,7 +503,7 @@ def _site_of(name: str, events: list[_Event], end: int, named: dict[int, str]) -
         raise UsageError(f"layer {name!r} returns no tensor; pick a layer whose output is a feature map")
     producer = next((e for e in reversed(events[:end]) if e.kind == "op" and start[0] in e.outputs), None)
     path: tuple[str, ...] = ()
-    raw = Site(name, named.get(id(events[end].target)), events[end].call, -1, (), False)
+    raw = Site(name, named.get(id(events[end].target)), events[end].call, -1, (), False, shape=events[end].shape)
     if producer is not None and producer.rectifier:
         at, path = end, ()
     else:
@@ -454,9 +525,37 @@ def _site_of(name: str, events: list[_Event], end: int, named: dict[int, str]) -
     out = events[at].outputs[0]
     # read it where a module returns it (a hook); a rectifier no module returns is caught by its call's ordinal
     holder = next((e for e in events[at:] if e.kind == "end" and e.outputs[:1] == (out,)), None)
+    shape = events[at].shape
     if holder is not None:
-        return Site(name, named.get(id(holder.target)), holder.call, -1, path, True)
-    return Site(name, None, 0, events[at].ordinal, path, True)
+        return Site(name, named.get(id(holder.target)), holder.call, -1, path, True, shape=shape)
+    return Site(name, None, 0, events[at].ordinal, path, True, shape=shape)
+
+
+def _layout(model: nn.Module, site: Site, not_relu: tuple[str, ...]) -> Site:
+    """How the site's tensor is read as maps, from its traced shape: N x C x H x W
+    as it is; N x T x C tokens when T is a square grid after the model's leading tokens (timm's
+    `num_prefix_tokens`, a torchvision ViT's class token, else the fewest of 0..8 that leave a square); N x H x W
+    x C when H == W != C and a LayerNorm normalizes C (Swin)."""
+    shape = site.shape
+    layout, prefix = "maps", 0
+    if len(shape) == 2:
+        layout = "vector"
+    elif len(shape) == 3:
+        n_tok = shape[1]
+        known = getattr(model, "num_prefix_tokens", None)
+        if known is None and getattr(model, "class_token", None) is not None:
+            known = 1
+        tries = [int(known)] if known is not None else list(range(0, 9))
+        prefix = next((p for p in tries if n_tok - p >= 1 and math.isqrt(n_tok - p) ** 2 == n_tok - p), -1)
+        layout = "tokens" if prefix >= 0 else "other"
+        prefix = max(prefix, 0)
+    elif len(shape) == 4 and shape[1] == shape[2] != shape[3]:
+        norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+        if any(tuple(m.normalized_shape)[-1:] == (shape[3],) for m in norms):
+            layout = "channels-last"
+    elif len(shape) != 4:
+        layout = "other"
+    return replace(site, layout=layout, prefix=prefix, not_relu=not_relu)
 
 
 def read_maps(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, dict]:

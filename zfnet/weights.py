@@ -194,7 +194,9 @@ def default_preprocess(model: nn.Module) -> zdata.Preprocess:
         return zdata.for_model(s, c, scale=model.arch.pixel_scale)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size") and cfg.get("mean") and cfg.get("std"):  # timm
-        c, s = int(cfg["input_size"][0]), int(cfg["input_size"][-1])
+        c = int(cfg["input_size"][0])
+        if getattr(model, "patch_embed", None) is None:  # a ViT's is the size it was built for (img_size=)
+            s = int(cfg["input_size"][-1])
         base = round(s / float(cfg.get("crop_pct") or 0.875))
         return zdata.Preprocess(s, base, c, "resize", 1.0, None, tuple(cfg["mean"])[:c], tuple(cfg["std"])[:c])
     return _imagenet(c, s, round(s * 256 / 224))
@@ -461,6 +463,7 @@ class Opened:
     weights_sha256: str | None = None
     mean: str | None = None  # the `mean=` it was opened with (None: the weights' own)
     weights_enum: str | None = None  # torchvision weights named by their enum (ResNet18_Weights.IMAGENET1K_V1)
+    outputs: int | None = None  # how many logits one forward gives (None: not a batch of vectors, or not counted)
 
     def info(self) -> dict[str, Any]:
         """The model part of every result's provenance (with the input it takes)."""
@@ -519,7 +522,8 @@ def open_model(
         pp = apply_mean(with_input(pp, input_size, normalize), mean, data, split, workers)
         n = _ready(model, pp, name, input_size, output)
         names = classes or wf.classes or (hub.classes if hub else None) or model_classes(model)
-        return Opened(model, pp, name, wf.path, _fit_classes(names, n), wf.sha256, mean, hub.enum if hub else None)
+        fitted = _fit_classes(names, n)
+        return Opened(model, pp, name, wf.path, fitted, wf.sha256, mean, hub.enum if hub else None, n)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(name, **(overrides or {}))
@@ -530,16 +534,19 @@ def open_model(
         f"no --weights: {name} at its random initialization (seed {seed})"
         + ("" if pp.mean_image is not None or pp.channel_mean is not None else ", no mean image")
     )
-    return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), n))
+    return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), n), outputs=n)
 
 
 def _ready(model: nn.Module, pp: zdata.Preprocess, name: str, input_size: int | None, output) -> int | None:
-    """The opened model's forward reads as logits (`output`), its input size is checked against the memory
-    there is, and one forward counts its outputs."""
-    calling.install(model, calling.parse_output(output))
+    """The input size is checked against the memory there is, one forward counts the outputs, and a forward that
+    returns more than logits (a tuple, a mapping) reads as its logits from then on (`output`)."""
+    which = calling.parse_output(output)
     if input_size is not None:
         calling.check_input_size(model, pp.channels, pp.input_size)
-    return calling.count_outputs(model, pp.channels, pp.input_size, f"--model {name}")
+    n, picks = calling.count_outputs(model, pp.channels, pp.input_size, f"--model {name}", which)
+    if picks:
+        calling.install(model, which)
+    return n
 
 
 def _fit_classes(names: list[str] | None, n: int | None) -> list[str] | None:
@@ -562,8 +569,9 @@ def opened_module(
     class names to its family's, see `model_classes`). The module is not changed: every analysis runs it in
     eval mode and restores its modes afterwards."""
     pp = preprocess or default_preprocess(model)
-    names = _fit_classes(classes or model_classes(model), models.num_outputs(model))
-    return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, names)
+    n = models.num_outputs(model)
+    names = _fit_classes(classes or model_classes(model), n)
+    return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, names, outputs=n)
 
 
 __all__ = [

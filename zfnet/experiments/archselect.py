@@ -4,10 +4,13 @@ filters, large stride in layer 1, stride 1 in layer 2) and like ZFNet's ("reduce
 feature scale clipping on and off; then, per run, the first layer's dead and dominant filters, how much aliasing
 its second layer shows, and the accuracy.
 
-Layers 1-2: (conv1 kernel, stride, padding) and conv2's stride. The paper's pair on 224 px images: Krizhevsky
-11x11/4 then conv2 stride 1, ZFNet 7x7/2 then conv2 stride 2 - both reach the same resolution after layer 2, the
-stride only moves from layer 1 to layer 2. For the small family (28-64 px; its own conv1 5x5/1): Krizhevsky-like
-7x7/2 then conv2 stride 1, ZFNet-like 5x5/1 then conv2 stride 2 - again the same resolution from layer 2 on.
+Layers 1-2: (conv1 kernel, stride, padding) and conv2's stride and padding. The paper's pair on 224 px images:
+Krizhevsky 11x11/4 (padding 4) then conv2 stride 1 (padding 1), ZFNet 7x7/2 (padding 1) then conv2 stride 2
+(padding 0) - both reach 26 after conv2 and 13 after conv3-5 on either base (zfnet, alexnet), as ZFNet does; the
+stride only moves from layer 1 to layer 2. The paddings are chosen for that (with the paper's 11x11/4 padding 2
+and conv2 padding 0, the Krizhevsky-like variant of ZFNet would reach 23 and 11). For the small family (28-64
+px; its own conv1 5x5/1): Krizhevsky-like 7x7/2 then conv2 stride 1, ZFNet-like 5x5/1 then conv2 stride 2 -
+again the same resolution from layer 2 on (7 and 3 at 28 px).
 
 Aliasing in layer 2 (Fig. 5(d)): for every layer-2 map, its strongest activation over the scanned images is
 projected to pixels (deconvnet); the measure is the share of each projection's spectral power (mean removed)
@@ -36,9 +39,10 @@ from ..recipe import Recipe, RunOptions
 from ..weights import open_model
 from .runs import finished, train_runs
 
+SECOND_PADDING = {"paper": {"krizhevsky-like": 1, "zfnet-like": 0}}  # conv2's: one resolution from layer 2 on
 FIRST_LAYERS = {  # name -> ((conv1 kernel, stride, padding), conv2 stride)
     "small": {"krizhevsky-like": ((7, 2, 3), 1), "zfnet-like": ((5, 1, 2), 2)},
-    "paper": {"krizhevsky-like": ((11, 4, 2), 1), "zfnet-like": ((7, 2, 1), 2)},
+    "paper": {"krizhevsky-like": ((11, 4, 4), 1), "zfnet-like": ((7, 2, 1), 2)},
 }
 
 
@@ -59,13 +63,15 @@ def configs(model: str) -> dict[str, tuple[tuple[int, int, int], int, bool]]:
 
 
 def recipes(base: Recipe) -> dict[str, Recipe]:
-    return {
-        name: base.replace(
-            model_overrides={**base.model_overrides, "first_layer": list(first), "second_stride": second},
-            clip_radius=base.clip_radius if clip else None,
-        )
-        for name, (first, second, clip) in configs(base.model).items()
-    }
+    family = "small" if base.model.startswith("zfnet-small") else "paper"
+    out = {}
+    for name, (first, second, clip) in configs(base.model).items():
+        overrides = {**base.model_overrides, "first_layer": list(first), "second_stride": second}
+        padding = SECOND_PADDING.get(family, {}).get(name.removesuffix("-noclip"))
+        if padding is not None:
+            overrides["second_padding"] = padding
+        out[name] = base.replace(model_overrides=overrides, clip_radius=base.clip_radius if clip else None)
+    return out
 
 
 def high_frequency_share(x: torch.Tensor, cut: float = 0.25) -> torch.Tensor:

@@ -47,6 +47,21 @@ RULE_HELP = "the rectification on the way down (footnote 1): deconvnet (the pape
 _RELU_NAMES = {"relu", "relu_"}
 
 
+def gradient_instead(model: nn.Module, layers: list[str], x: torch.Tensor, rule: str) -> dict[str, str]:
+    """Per layer reached through non-ReLU nonlinearities (a transformer's GELU, softmax, attention), why `rule`
+    does not apply there (footnote 1 defines the rules for ReLU networks); empty for backprop."""
+    if rule == "backprop":
+        return {}
+    out = {}
+    for layer, site in sites(model, layers, x).items():
+        if site.not_relu:
+            out[layer] = (
+                f"the {rule} rule is defined for ReLU networks (footnote 1); {layer} is reached through "
+                f"{', '.join(site.not_relu)}: projected with the gradient (backprop) instead"
+            )
+    return out
+
+
 class _Rectify(torch.autograd.Function):
     """relu forward; the chosen rectification on the way down."""
 
@@ -126,6 +141,10 @@ class Deconvnet:
     Within the block the model is in eval mode; on exit its modes are restored, and no hook or rule remains
     (also when the block raised). `norm="skip"` (the paper) passes the signal unchanged through contrast
     normalization on the way down; `norm="gradient"` takes its gradient instead (what Captum does).
+
+    The deconvnet and guided rules are defined for ReLU networks (footnote 1). A layer reached through a
+    transformer's GELU, softmax or attention is refused with them, in one line; with `other="gradient"` (what
+    the pipelines pass) it is projected with the gradient instead and `substituted` says so, per layer.
     """
 
     def __init__(
@@ -135,6 +154,7 @@ class Deconvnet:
         norm: str = "skip",
         fast: bool = True,
         max_batch_pixels: int = 32 * 224 * 224,
+        other: str = "refuse",
     ) -> None:
         if rule not in RULES:
             raise UsageError(f"unknown rectification rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -142,6 +162,8 @@ class Deconvnet:
             raise UsageError(f"norm must be 'skip' (the paper) or 'gradient', not {norm!r}")
         self.model, self.rule, self.skip_norm, self.fast = model, rule, norm == "skip", fast
         self.max_batch_pixels = max_batch_pixels
+        self.other = other
+        self.substituted: dict[str, str] = {}  # layer -> why it was projected with the gradient
         self._stack: ExitStack | None = None
         self._geometry: dict = {}  # (layers, input shape) -> unit grids, valid inside the with block
 
@@ -259,7 +281,8 @@ class Deconvnet:
     def _down(self, x: torch.Tensor, layer: str, chans: torch.Tensor, ys, xs, unit: bool) -> torch.Tensor:
         """Forward `x` up to `layer`, seed one activation per sample, come down with the rules."""
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), _Rules(self.rule, self.skip_norm), capture(self.model, [layer], x) as found:
+        rule = self.rule_for(layer, x)
+        with torch.enable_grad(), _Rules(rule, self.skip_norm), capture(self.model, [layer], x) as found:
             try:
                 self.model(x)
             except StopForward:
@@ -276,6 +299,17 @@ class Deconvnet:
             seed[idx] = 1.0 if unit else act.detach()[idx]
             (grad,) = torch.autograd.grad(act, x, grad_outputs=seed)
         return grad
+
+    def rule_for(self, layer: str, x: torch.Tensor) -> str:
+        """The rule the way down from `layer` takes: this one's, unless the layer is reached through
+        non-ReLU nonlinearities (then refused, or the gradient with `other="gradient"`, said in `substituted`)."""
+        why = gradient_instead(self.model, [layer], x, self.rule).get(layer)
+        if why is None:
+            return self.rule
+        if self.other != "gradient":
+            raise UsageError(f"{why.split(': projected')[0]}: pass rule='backprop' (--rule backprop), the gradient")
+        self.substituted[layer] = why
+        return "backprop"
 
     def _project_whole(self, images: torch.Tensor, group: list[Target], unit: bool) -> list[torch.Tensor]:
         per = max(1, self.max_batch_pixels // (images.shape[-1] * images.shape[-2]))

@@ -51,6 +51,7 @@ from ..layers import Site, capture, features, resolve_layer, sites, unrectified_
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
 from ..settings import Settings, knob
+from .atlas import default_layers
 from .deconvnet import RULE_HELP, Deconvnet, Rule
 from .incremental import Batch, CostModel, Estimate, Region, Replay, estimate, order_positions, record
 
@@ -75,7 +76,9 @@ class OcclusionSettings(Settings):
     window: int = knob(32, "the grey square's side, model-input pixels", low=1)
     stride: int = knob(8, "the step between occluder positions, model-input pixels", low=1)
     fill: Fill = knob("grey", "the occluder: " + FILL_HELP, parse=parse_fill, check=fill_problem)
-    layer: str = knob("conv5", "the layer whose strongest map panels (b) and (c) show")
+    layer: str | None = knob(
+        None, "the layer whose strongest map panels (b) and (c) show (default: the top one: conv5 for Fig. 3's family)"
+    )
     strategy: Strategy = knob(
         "auto",
         "auto: exact where the model's geometry says it pays, else naive; exact: incremental inference; naive: "
@@ -138,6 +141,7 @@ class OcclusionResult:
     target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
     fill_pixels: list[float] | None = None  # the square's pixel values per channel (None: the mean image)
     maps: dict[str, dict] = field(default_factory=dict)  # the tensor panel (b) reads (`zfnet.layers.read_maps`)
+    rule_note: str = ""  # panel (c)'s projection took the gradient: the rule does not apply to this model
 
     @property
     def window(self) -> int:
@@ -185,6 +189,7 @@ class OcclusionResult:
             "computation": self.describe(),
             "feature_maps": self.maps,
             "feature_maps_note": unrectified_note(self.maps),
+            "projection_rule_note": self.rule_note,
             "ys": self.ys.tolist(),
             "xs": self.xs.tolist(),
             "activity": self.activity.tolist(),
@@ -311,6 +316,8 @@ def _plan(
     known = hit[2] if hit is not None and hit[0]() is model and hit[1] == _structure(model) else None
     if mode == "naive" or (mode == "auto" and known is not None and known.speedup < AUTO_MARGIN):
         return _Plan("naive", None, "", model(x), None, known)
+    if feat.layout != "maps":  # tokens mix across the image at every attention layer: no region to follow
+        return _Plan("naive", None, f"the layer's maps are {feat.layout}, not convolutional", model(x), None, None)
     graph, logits = record(model, x, feat)
     if graph.output < 0 or not isinstance(logits, torch.Tensor):
         return _Plan("naive", None, "its output is not one tensor made by the recorded forward", logits, None, None)
@@ -374,6 +381,8 @@ def occlusion(
     total)` (positions computed, all images of the batch together) change only how it runs."""
     s = OcclusionSettings.build(settings, **changes)
     model, pp = split_model(model, preprocess)
+    if s.layer is None:  # the top of the layers Fig. 2 shows (conv5 for the paper's models)
+        s = s.replace(layer=default_layers(model, tuple(images.shape[1:]))[-1])
     if images.dim() != 4:
         raise UsageError(
             f"occlusion takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
@@ -466,6 +475,7 @@ def _occlude(
     """Fig. 6 for one image (1 x C x H x W); `fill`: (the occluder as model input C x H x W, its name, its
     pixel values)."""
     window, stride, layer, mode, tau, drill = s.window, s.stride, s.layer, s.strategy, s.tau, s.drill
+    assert layer is not None, "occlusion() resolves the default layer"
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise UsageError(f"occlusion takes one image (C x H x W), got shape {tuple(image.shape)}")
@@ -509,8 +519,9 @@ def _occlude(
             tally.add(tally.per_image)
     seconds = time.perf_counter() - started
     top_prob, top_class = p.max(-1)
-    with Deconvnet(model, rule=s.rule) as dn:
+    with Deconvnet(model, rule=s.rule, other="gradient") as dn:
         projection = dn.project(x, layer, channel, position=cpos)[0]
+    rule_note = dn.substituted.get(layer, "")
     result = OcclusionResult(
         torch.tensor(ys),
         torch.tensor(xs),
@@ -535,6 +546,7 @@ def _occlude(
         target_source=source,
         fill_pixels=fill[2],
         maps={layer: feat.to_json()},
+        rule_note=rule_note,
     )
     if s.compare_exact and run_mode == "approx":
         exact = _occlude(model, image, target, s.replace(strategy="exact", compare_exact=False), fill, batch_size)

@@ -77,9 +77,14 @@ def register(name: str, description: str = ""):
     return add
 
 
-def _first_layers(arch: Arch, first_layer: tuple[int, int, int] | None, second_stride: int | None) -> Arch:
+def _first_layers(
+    arch: Arch,
+    first_layer: tuple[int, int, int] | None,
+    second_stride: int | None,
+    second_padding: int | None = None,
+) -> Arch:
     """Sec. 4.1's architecture selection: conv1's (kernel, stride, padding), and conv2's stride (the paper moves
-    stride 2 from ZFNet's conv1 to its conv2)."""
+    stride 2 from ZFNet's conv1 to its conv2) and padding (so that both variants reach one resolution)."""
     if first_layer is not None:
         k, s, pad = (int(v) for v in first_layer)
         conv1 = arch.convs[0]
@@ -87,8 +92,10 @@ def _first_layers(arch: Arch, first_layer: tuple[int, int, int] | None, second_s
         arch = arch.with_(convs=(replace(conv1, kernel=k, stride=s, padding=pad), *arch.convs[1:]))
     conv2 = arch.convs[1]
     if second_stride is not None and conv2 is not None:
-        arch = arch.with_(convs=(arch.convs[0], replace(conv2, stride=int(second_stride)), *arch.convs[2:]))
-    return arch
+        conv2 = replace(conv2, stride=int(second_stride))
+    if second_padding is not None and conv2 is not None:
+        conv2 = replace(conv2, padding=int(second_padding))
+    return arch.with_(convs=(arch.convs[0], conv2, *arch.convs[2:]))
 
 
 def _arch_builder(base: Arch, default_classes: int, transform=None):
@@ -106,8 +113,9 @@ def _arch_builder(base: Arch, default_classes: int, transform=None):
         seed: int | None = None,
         first_layer: tuple[int, int, int] | None = None,
         second_stride: int | None = None,
+        second_padding: int | None = None,
     ) -> ConvNet:
-        arch = _first_layers(transform(base) if transform else base, first_layer, second_stride)
+        arch = _first_layers(transform(base) if transform else base, first_layer, second_stride, second_padding)
         if in_channels is not None:
             arch = arch.with_(in_channels=int(in_channels))
         if input_size is not None:
@@ -285,7 +293,13 @@ def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, i
     if isinstance(model, ConvNet):
         return model.input_shape
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return (first.in_channels if first is not None else 3, default, default)
+    c = first.in_channels if first is not None else 3
+    side = getattr(model, "image_size", None)  # torchvision's ViT: fixed at construction
+    embed = getattr(model, "patch_embed", None)  # timm's ViTs: the patch embedding's size
+    if not isinstance(side, int) and embed is not None and not getattr(model, "dynamic_img_size", False):
+        size = getattr(embed, "img_size", None)
+        side = int(size[-1]) if isinstance(size, (tuple, list)) and size else None
+    return (c, side, side) if isinstance(side, int) and side > 0 else (c, default, default)
 
 
 def describe(name: str, **overrides: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from ..methods.atlas import (
     tensor_hash,
     top_projections,
 )
-from ..methods.deconvnet import RULE_HELP, Deconvnet, Rule
+from ..methods.deconvnet import RULE_HELP, Deconvnet, Rule, gradient_instead
 from ..methods.evolution import EvolutionSettings, evolution
 from ..methods.filters import analyse, first_conv
 from ..outputs import user_files
@@ -45,7 +45,7 @@ from ..readback import read_json
 from ..receptive_field import layer_field
 from ..render import atlas_site
 from ..render.render import display_scale
-from ..runtime import Dist, model_device, teardown
+from ..runtime import Dist, model_device, model_dtype, teardown
 from ..settings import Run, knob
 from ..weights import Opened, WeightsFile
 
@@ -282,6 +282,8 @@ def _build(
         "model": opened.info(),
         "dataset": {**dataset_info(dataset), "classes": dataset.classes},
         "rule": cfg.settings.rule,
+        "rule_substituted": gradient_instead(model, layers, _probe(pp, dist.device, model), cfg.settings.rule),
+        "feature_maps": result.maps,
         "settings": {**cfg.settings.to_json(), "evolution": cfg.evolution},
         "layer_order": layers,
         "layers": manifest_layers(result, dataset, fields),
@@ -341,13 +343,18 @@ def run_evolution(
     return atlas_site.write_evolution(out, evo, dataset_info(train), evo.to_json())
 
 
+def _probe(pp, device, model) -> torch.Tensor:
+    """One image of zeros shaped like the model's input (where the layers' sites are traced)."""
+    return torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=device, dtype=model_dtype(model))
+
+
 def _project_maps(
     cfg: AtlasConfig, model, pp, dataset, result: Scan, layers, rfs, tiles, panel_choice, device, progress: bool
 ) -> dict[str, list]:
     """Each map's top-k projections and patches, written as its sprite; maps whose sprite is on disk are
     skipped unless a Fig. 2 panel needs them. Returns the panel maps' (channel, projections, patches)."""
     panels: dict[str, list] = {layer: [] for layer in layers}
-    with Deconvnet(model, rule=cfg.settings.rule) as dn:
+    with Deconvnet(model, rule=cfg.settings.rule, other="gradient") as dn:
         total = sum(result.top[l].values.shape[1] for l in layers)
         with bar(total=total, desc="atlas projections", unit="map", disable=not progress) as pbar:
             for layer in layers:
@@ -388,7 +395,7 @@ def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str
     images), each with its top projections and patches within the class, as one sheet; the manifest entry."""
     out = {}
     folder = os.path.join(cfg.out, "maps", layer)
-    with Deconvnet(model, rule=cfg.settings.rule) as dn:
+    with Deconvnet(model, rule=cfg.settings.rule, other="gradient") as dn:
         for label, tk in sorted(result.per_class.get(layer, {}).items()):
             ranked = [c for c in tk.values[0].argsort(descending=True).tolist() if tk.images[0, c] >= 0]
             ranked = ranked[:CLASS_SHEET_MAPS]

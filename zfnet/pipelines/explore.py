@@ -65,7 +65,9 @@ class Explorer:
     ) -> None:
         self.opened, self.dataset, self.limits = opened, dataset, limits
         self.model, self.pp = opened.model, opened.preprocess
-        self.classes = opened.classes or (dataset.classes if dataset is not None else None)
+        # the model's class names; the data's only when they are the model's outputs by index (the report's rule)
+        fits = dataset is not None and opened.outputs is not None and len(dataset.classes) == opened.outputs
+        self.classes = opened.classes or (dataset.classes if fits and dataset is not None else None)
         shape = (self.pp.channels, self.pp.input_size, self.pp.input_size)
         self.layers = default_layers(self.model, shape)
         self.atlas_dir = os.path.realpath(atlas) if atlas else None
@@ -90,7 +92,7 @@ class Explorer:
     def __enter__(self) -> Explorer:
         self._stack.enter_context(eval_mode(self.model))
         for rule in RULES:
-            self._dn[rule] = self._stack.enter_context(Deconvnet(self.model, rule=rule))
+            self._dn[rule] = self._stack.enter_context(Deconvnet(self.model, rule=rule, other="gradient"))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,6 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch, Rectangle
 
 from ..io import atomic_save_figure
+from ..layers import unrectified_note
 from .render import stretch
 
 
@@ -116,6 +117,7 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
     for a in (ax[0], ax[2]):
         a.set_xticks([])
         a.set_yticks([])
-    fig.suptitle(((title + "\n") if title else "") + result.describe(), fontsize=10)
+    said = "; ".join(n for n in (unrectified_note(result.maps), result.rule_note) if n)
+    fig.suptitle(((title + "\n") if title else "") + result.describe() + (f"\n{said}" if said else ""), fontsize=10)
     fig.tight_layout()
     return fig

@@ -275,6 +275,9 @@ def _occlusion(out: str, o: dict) -> dict:
         "layer": s["layer"],
         "fill": _fill_words(s, first),
         "ran": sorted({r.get("computation") or f"{r.get('strategy')} computation" for r in o["images"]}),
+        "notes": sorted(
+            {n for r in o["images"] for n in (r.get("feature_maps_note"), r.get("projection_rule_note")) if n}
+        ),
         "predicted": any(r.get("target_source") == "predicted" for r in o["images"]),
         "figures": figures,
     }

@@ -201,6 +201,18 @@
     document.getElementById("subtitle").textContent =
       A.model.name + " on " + A.dataset.spec + " (" + A.dataset.split + ", " + A.dataset.images + " images), " +
       "rule " + A.rule;
+    var said = [];  // what the pictures rest on (issue 35): raw maps, the gradient where the rule does not apply
+    Object.keys(A.feature_maps || {}).forEach(function (l) {
+      var f = A.feature_maps[l];
+      if (!f.rectified) said.push(l + ": unrectified (" + f.reads + ")");
+      if (f.layout) said.push(l + ": " + f.layout);
+    });
+    Object.keys(A.rule_substituted || {}).forEach(function (l) { said.push(A.rule_substituted[l]); });
+    if (said.length) {
+      var note = el("p", "note", said.join("; "));
+      note.id = "feature-notes";
+      document.getElementById("subtitle").after(note);
+    }
     document.getElementById("provenance").textContent = JSON.stringify(A.provenance, null, 1);
     document.querySelectorAll(".tab").forEach(function (b) {
       b.addEventListener("click", function () { showTab(b.dataset.tab); });

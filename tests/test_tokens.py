@@ -1,0 +1,88 @@
+"""Issue 35, item 2: token-shaped layers read as maps - a ViT's (N, 1 + g*g, C) blocks as C maps of g x g (the
+class token dropped and said), a Swin stage's (N, H, W, C) as C maps of H x W - through the atlas, occlusion and
+the default layers; projections through GELU or attention refuse the deconvnet rule in one line. Random weights,
+small inputs (the models' own size is a construction argument)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import zfnet
+from zfnet.cli import main
+from zfnet.errors import UsageError
+from zfnet.layers import sites, stage_layers
+
+
+def _vit():
+    torch.manual_seed(0)
+    return torchvision.models.vit_b_16(image_size=32).eval()
+
+
+def _by_hand_tokens(model, x, block):
+    """The block's output computed by running the encoder's parts in the test, as grids: N x C x 2 x 2."""
+    with torch.no_grad():
+        t = model._process_input(x)
+        t = torch.cat([model.class_token.expand(x.shape[0], -1, -1), t], 1)
+        t = t + model.encoder.pos_embedding
+        for k, layer in enumerate(model.encoder.layers):
+            t = layer(t)
+            if k == block:
+                break
+    patches = t[:, 1:, :]  # the class token dropped
+    return patches.transpose(1, 2).reshape(x.shape[0], -1, 2, 2)
+
+
+def test_vit_blocks_are_read_as_maps_and_the_atlas_top_values_are_their_maxima():
+    model = _vit()
+    x = torch.randn(4, 3, 32, 32)
+    layers = stage_layers(model, (3, 32, 32))
+    assert layers == [f"encoder.layers.encoder_layer_{k}" for k in (0, 4, 7, 11)]  # evenly spaced, the last kept
+    scan = zfnet.atlas(model, x, layers=["encoder.layers.encoder_layer_4"], k=1)
+    ref = _by_hand_tokens(model, x, 4)
+    assert scan.shapes["encoder.layers.encoder_layer_4"] == (768, 2, 2)
+    assert torch.equal(scan.top["encoder.layers.encoder_layer_4"].values[0], ref.flatten(2).amax(2).amax(0))
+    read = scan.to_json()["feature_maps"]["encoder.layers.encoder_layer_4"]
+    assert "1 leading token(s) dropped" in read["layout"] and read["rectified"] is False and "gelu" in read["not_relu"]
+
+
+def test_swin_stages_are_channels_last_maps():
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t().eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert stage_layers(model, (3, 64, 64))[:3] == ["features.1", "features.3", "features.5"]
+    scan = zfnet.atlas(model, x, layers=["features.3"], k=1)
+    with torch.no_grad():
+        ref = model.features[:4](x).permute(0, 3, 1, 2)  # N x H x W x C -> C maps
+    assert scan.shapes["features.3"] == (192, 8, 8)
+    torch.testing.assert_close(scan.top["features.3"].values[0], ref.flatten(2).amax(2).amax(0), rtol=0, atol=0)
+    assert "channels-last" in scan.to_json()["feature_maps"]["features.3"]["layout"]
+
+
+def test_occlusion_and_projection_on_a_vit_say_what_ran():
+    model = _vit()
+    x = torch.randn(1, 3, 32, 32)
+    r = zfnet.occlusion(model, x, window=8, stride=8, strategy="exact")[0]
+    assert r.layer == "encoder.layers.encoder_layer_11"  # the default: the top layer
+    assert r.strategy == "naive" and "tokens" in r.fallback  # said, not silently changed
+    assert r.activity.shape == (4, 4) and torch.isfinite(r.activity).all()
+    assert "gradient" in r.to_json()["projection_rule_note"]  # panel (c): the rule does not apply, said
+    with pytest.raises(UsageError, match=r"defined for ReLU networks .* reached through gelu: pass rule='backprop'"):
+        zfnet.project(model, x, layer="encoder.layers.encoder_layer_11", channel=0)
+    p = zfnet.project(model, x, layer="encoder.layers.encoder_layer_11", channel=0, rule="backprop")
+    assert p.images.shape == x.shape and float(p.images.abs().sum()) > 0
+
+
+def test_timm_vit_tokens_and_its_own_input_size():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
+    assert zfnet.models.model_input_shape(model) == (3, 32, 32)
+    s = sites(model, ["blocks.3"], torch.zeros(1, 3, 32, 32))["blocks.3"]
+    assert s.layout == "tokens" and s.prefix == model.num_prefix_tokens == 1
+
+
+def test_a_fixed_size_model_at_another_size_is_one_line(capsys):
+    assert main(["layers", "--model", "torchvision:vit_b_16", "--input-size", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not run on 3x64x64 input" in err and "--input-size 224" in err, err
