@@ -125,6 +125,30 @@ def test_random_parts_lie_on_each_object_and_spread_over_pairs(boots):
         assert (y1, x1) == (max(b[2] for b in named), max(b[3] for b in named))
 
 
+def test_random_parts_on_the_object_mask_cover_half_object_pixels(boots):
+    """Issue 35: with the object's pixels (a boot on black: the non-black pixels, as the pipeline derives them)
+    every random box lies in the object box and is at least half object; the boxes alone are not (some are
+    mostly background), which is what the mask is for."""
+    from zfnet.pipelines.analyses import object_masks
+
+    p, x, parts, bases, objects = boots
+    masks = object_masks(p, x)
+    assert masks is not None and masks.shape == (4, 28, 28)
+    res = correspondence(p, x, parts=parts, objects=objects, object_masks=masks, layers=("conv5",), random_draws=8)
+    assert res.region_source.startswith("object+mask (0 of 4")
+    plain = correspondence(p, x, parts=parts, objects=objects, layers=("conv5",), random_draws=8)
+
+    def share(box, i):
+        y0, x0, y1, x1 = box
+        return float(masks[i, y0:y1, x0:x1].float().mean())
+
+    for draw in res.random_boxes:
+        for i, (box, obj) in enumerate(zip(draw, objects)):
+            assert share(box, i) >= 0.5
+            assert obj[0] <= box[0] and box[2] <= obj[2] and obj[1] <= box[1] and box[3] <= obj[3]
+    assert min(share(b, i) for d in plain.random_boxes for i, b in enumerate(d)) < 0.5
+
+
 def slow_transform(img: torch.Tensor, transform: str, value: float, fill: float) -> torch.Tensor:
     """Scale / rotate one H x W pixel image about its centre from the definition, pixel by pixel: each output
     pixel centre (i + 0.5, j + 0.5) mapped back to the source by the inverse transform, bilinear between the

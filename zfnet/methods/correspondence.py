@@ -48,7 +48,8 @@ class CorrespondenceResult:
     random_boxes: list[list[Box]] = field(default_factory=list)  # per draw, one box per image
     pairs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # "layer/part" -> per-pair values
     regions: list[Box] = field(default_factory=list)  # per image, where its random boxes were placed
-    region_source: str = "parts"  # "object": the object boxes given; "parts": the hull of the named parts
+    region_source: str = "parts"  # "object": the object boxes given; "parts": the hull of the named parts;
+    # "+mask ...": inside it, only positions whose box is at least half the object's pixels
     fill_pixels: list[float] | None = None
     settings: CorrespondenceSettings = field(default_factory=lambda: CorrespondenceSettings())
     maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
@@ -130,6 +131,45 @@ def random_parts(regions: list[Box], size: tuple[int, int], draws: int, seed: in
     return out
 
 
+def random_parts_on_mask(
+    regions: list[Box], masks: torch.Tensor, size: tuple[int, int], draws: int, seed: int
+) -> tuple[list[list[Box]], int]:
+    """Like `random_parts`, but each box uniform over the positions inside its image's region where at least
+    half of its pixels are the object's (`masks`: N x H x W, True on the object); an image with no such position
+    draws from its whole region. Returns the draws and how many images fell back so."""
+    g = torch.Generator().manual_seed(seed)
+    bh, bw = size
+    n, h, w = masks.shape
+    need = (bh * bw + 1) // 2
+    integral = torch.zeros(n, h + 1, w + 1, dtype=torch.long)
+    integral[:, 1:, 1:] = masks.long().cumsum(1).cumsum(2)
+    cover = (  # object pixels in the box at each top-left corner: N x (H - bh + 1) x (W - bw + 1)
+        integral[:, bh:, bw:] - integral[:, :-bh, bw:] - integral[:, bh:, :-bw] + integral[:, :-bh, :-bw]
+    )
+    allowed = []
+    fallbacks = 0
+    for i, (y0, x0, y1, x1) in enumerate(regions):
+        ok = torch.zeros_like(cover[i], dtype=torch.bool)
+        top, left = max(0, y0), max(0, x0)
+        ok[top : max(top, y1 - bh + 1), left : max(left, x1 - bw + 1)] = True
+        good = (ok & (cover[i] >= need)).nonzero()
+        if not len(good):
+            fallbacks += 1
+        allowed.append(good)
+    plain = random_parts(regions, size, draws, seed)
+    out = []
+    for d in range(draws):
+        draw = []
+        for i, good in enumerate(allowed):
+            if len(good):
+                y, x = (int(v) for v in good[int(torch.randint(len(good), (1,), generator=g))])
+                draw.append((y, x, y + bh, x + bw))
+            else:
+                draw.append(plain[d][i])
+        out.append(draw)
+    return out, fallbacks
+
+
 def _check_boxes(name: str, boxes: list[Box], n: int, h: int, w: int) -> None:
     if len(boxes) != n:
         raise UsageError(f"part {name!r} has {len(boxes)} boxes for {n} images; give one box per image")
@@ -183,13 +223,15 @@ def correspondence(
     *,
     parts: dict[str, list[Box]],
     objects: list[Box] | None = None,
+    object_masks: torch.Tensor | None = None,
     preprocess: Preprocess | None = None,
     settings: CorrespondenceSettings | None = None,
     batch_size: int = 256,
     **changes: Any,
 ) -> CorrespondenceResult:
     """Delta (see the module docstring) per layer for each part (`parts`: name -> one box per image of the
-    batch) and for random parts of the object (`objects`: one box per image, else the parts' hull) (arXiv
+    batch) and for random parts of the object (`objects`: one box per image, else the parts' hull; with
+    `object_masks`, N x H x W True on the object, each random box covers at least half object pixels) (arXiv
     Sec. 4.3). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`.
     Settings (`CorrespondenceSettings`) as a value or as keywords."""
     st = CorrespondenceSettings.build(settings, **changes)
@@ -204,7 +246,13 @@ def correspondence(
     if not boxes:
         raise UsageError("correspondence needs at least one part")
     size, regions = _random_regions(boxes, objects, n, h, w)
-    random_boxes = random_parts(regions, size, random_draws, seed)
+    fallbacks = None
+    if object_masks is None:
+        random_boxes = random_parts(regions, size, random_draws, seed)
+    else:
+        if tuple(object_masks.shape) != (n, h, w):
+            raise UsageError(f"object_masks has shape {tuple(object_masks.shape)}; pass one {h}x{w} mask per image")
+        random_boxes, fallbacks = random_parts_on_mask(regions, object_masks.bool().cpu(), size, random_draws, seed)
     fill_map, fill_name, shown = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
     variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
     for k, draw in enumerate(random_boxes):
@@ -227,6 +275,8 @@ def correspondence(
             pairs[f"{l}/random"] = p
             delta[l]["random"], std[l]["random"] = float(p.mean()), float(p.std())
     source = "object" if objects is not None else "parts"
+    if fallbacks is not None:
+        source += f"+mask ({fallbacks} of {n} images had no position with half object pixels: their whole region)"
     return CorrespondenceResult(
         delta,
         std,

@@ -74,6 +74,15 @@ def parts_inputs(
     return load_inputs(opened.preprocess, dataset=dataset, indices=indices, classes=opened.classes)
 
 
+def object_masks(opened: Opened, x: torch.Tensor) -> torch.Tensor | None:
+    """Where the data gives the object's pixels: images padded onto a black ground (the "pad" fit: Fashion-MNIST,
+    the digits) have the object where a pixel is not black; photos give none (None: boxes only)."""
+    if opened.preprocess.fit != "pad":
+        return None
+    pixels = opened.preprocess.to_pixels(x)
+    return (pixels > 0.5).any(1).cpu()  # pixel units: above half a grey level
+
+
 def run_correspondence(
     opened: Opened,
     inputs: Inputs,
@@ -87,8 +96,14 @@ def run_correspondence(
     """The correspondence table (Markdown + JSON) and the masked-images figure for the parts file `spec`
     (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
     started, device, fill = time.perf_counter(), run.device, settings.fill
+    masks = object_masks(opened, inputs.x)
     res = correspondence(
-        opened, inputs.x.to(device), parts=spec["parts"], objects=spec.get("object"), settings=settings
+        opened,
+        inputs.x.to(device),
+        parts=spec["parts"],
+        objects=spec.get("object"),
+        object_masks=masks,
+        settings=settings,
     )
     os.makedirs(out, exist_ok=True)
     body = res.to_json()
@@ -109,7 +124,8 @@ def run_correspondence(
         inputs.names[: len(panels)],
         os.path.join(out, "correspondence.png"),
         f"Correspondence (arXiv Sec. 4.3): {title}, each part masked ({res.fill}) as the model sees it; "
-        f"random: parts of the {'object box' if res.region_source == 'object' else 'parts hull'}",
+        f"random: parts of the {'object box' if res.region_source.startswith('object') else 'parts hull'}"
+        + (", at least half on the object's pixels" if masks is not None else ""),
     )
     result = {
         "method": "correspondence (arXiv Sec. 4.3)",
