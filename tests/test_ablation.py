@@ -153,7 +153,7 @@ def test_archselect_end_to_end(tmp_path, capsys):
     from zfnet.experiments.archselect import configs, cutoff
 
     # Sec. 4.1: layers 1 and 2 - Krizhevsky 11x11/4 then conv2 stride 1, ZFNet 7x7/2 then conv2 stride 2
-    assert configs("zfnet")["krizhevsky-like-noclip"] == ((11, 4, 2), 1, False)
+    assert configs("zfnet")["krizhevsky-like-noclip"] == ((11, 4, 4), 1, False)  # padding 4: one size from conv2
     assert configs("zfnet")["zfnet-like"] == ((7, 2, 1), 2, True)
     assert configs("zfnet-small")["krizhevsky-like"] == ((7, 2, 3), 1, True)
     assert configs("zfnet-small")["zfnet-like"] == ((5, 1, 2), 2, True)

@@ -86,3 +86,14 @@ def test_a_fixed_size_model_at_another_size_is_one_line(capsys):
     assert main(["layers", "--model", "torchvision:vit_b_16", "--input-size", "64"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not run on 3x64x64 input" in err and "--input-size 224" in err, err
+
+
+def test_a_token_patch_is_the_whole_image_with_the_tokens_region_kept():
+    from zfnet.methods.atlas import token_region
+
+    image = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 8, 8) + 1
+    out = token_region(image, grid=4, y=1, x=2)  # token (1, 2) of a 4 x 4 grid: rows 2..3, cols 4..5
+    assert torch.equal(out[:, 2:4, 4:6], image[:, 2:4, 4:6])
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:4, 4:6] = False
+    assert torch.equal(out[:, outside], image[:, outside] * 0.25)

@@ -313,7 +313,10 @@ class Site:
     def to_json(self) -> dict:
         out: dict[str, Any] = {"reads": self.reads, "rectified": self.rectified}
         if self.layout == "tokens":
-            out["layout"] = f"tokens: a square grid of patch tokens, {self.prefix} leading token(s) dropped"
+            out["layout"] = (
+                f"tokens: a square grid of patch tokens, {self.prefix} leading token(s) dropped; past the first "
+                "attention layer each unit sees the whole image (atlas patches show the token's own region)"
+            )
         elif self.layout == "channels-last":
             out["layout"] = "channels-last (N x H x W x C), read as C maps"
         if self.not_relu:

@@ -369,6 +369,15 @@ def manifest_layers(result: Scan, dataset: zdata.ImageSet, fields: dict) -> dict
     return out
 
 
+def token_region(image: torch.Tensor, grid: int, y: int, x: int, dim: float = 0.25) -> torch.Tensor:
+    """The C x H x W display image with token (y, x) of a `grid` x `grid` patch grid kept and the rest dimmed."""
+    h, w = image.shape[-2:]
+    out = image * dim
+    t, b, l, r = y * h // grid, (y + 1) * h // grid, x * w // grid, (x + 1) * w // grid
+    out[:, t:b, l:r] = image[:, t:b, l:r]
+    return out
+
+
 def top_projections(
     dn,
     dataset: zdata.ImageSet,
@@ -378,9 +387,12 @@ def top_projections(
     channels: list[int],
     rf,
     device: torch.device = torch.device("cpu"),
+    tokens: int | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """For each channel: (k projections, k image patches) over the receptive-field box (Fig. 2), both
-    k x C x h x w; patches in display pixels [0, 255]. `dn` is an open Deconvnet on the model."""
+    k x C x h x w; patches in display pixels [0, 255]. `dn` is an open Deconvnet on the model. `tokens`: the
+    layer is a g x g grid of patch tokens (its field is the whole image past the first attention layer): each
+    patch is the whole image with the token's own region kept and the rest dimmed."""
 
     wanted = sorted({int(tk.images[r, c]) for c in channels for r in range(tk.k) if tk.images[r, c] >= 0})
     slot = {i: s for s, i in enumerate(wanted)}
@@ -402,6 +414,8 @@ def top_projections(
         shown = pp.display(x)
         for t, c, f in zip(targets, owners, fields_):
             patch = rf.crop(shown[t.image : t.image + 1], t.y or 0, t.x or 0)[0]
+            if tokens is not None:
+                patch = token_region(patch, tokens, t.y or 0, t.x or 0)
             out[c][0].append(f.cpu())
             out[c][1].append(patch.cpu())
     return {

@@ -343,6 +343,13 @@ def run_evolution(
     return atlas_site.write_evolution(out, evo, dataset_info(train), evo.to_json())
 
 
+def _tokens(result: Scan, layer: str) -> int | None:
+    """The patch grid's side of a token layer (its patches show the token's region), None for maps."""
+    if "tokens" not in result.maps.get(layer, {}).get("layout", ""):
+        return None
+    return int(result.shapes[layer][-1])
+
+
 def _probe(pp, device, model) -> torch.Tensor:
     """One image of zeros shaped like the model's input (where the layers' sites are traced)."""
     return torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=device, dtype=model_dtype(model))
@@ -375,7 +382,7 @@ def _project_maps(
                 per = max(1, 256 // cfg.settings.k)
                 for s in range(0, len(todo), per):
                     chunk = todo[s : s + per]
-                    proj = top_projections(dn, dataset, pp, tk, layer, chunk, rf, device)
+                    proj = top_projections(dn, dataset, pp, tk, layer, chunk, rf, device, _tokens(result, layer))
                     for c in chunk:
                         projections, patches = proj[c]
                         if len(projections):
@@ -401,7 +408,7 @@ def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str
             ranked = ranked[:CLASS_SHEET_MAPS]
             if not ranked:
                 continue
-            proj = top_projections(dn, dataset, pp, tk, layer, ranked, rf, device)
+            proj = top_projections(dn, dataset, pp, tk, layer, ranked, rf, device, _tokens(result, layer))
             rows = [proj[c] for c in ranked if len(proj[c][0])]
             name = atlas_site.write_class_sheet(folder, label, rows, max(1, scale // 2))
             out[dataset.classes[label]] = {"file": f"maps/{layer}/{name}", "maps": ranked, "k": tk.k}
