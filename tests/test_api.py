@@ -214,3 +214,35 @@ def test_the_experiments_extra_is_optional(tmp_path, monkeypatch, capsys):
         "pip install 'zfnet[experiments]' (or pip install scikit-learn)\n"
     )
     assert not os.path.isdir(out / ".features")  # refused before any feature was extracted
+
+
+def test_report_from_python_raises_listing_failed_stages_after_writing_the_others(tmp_path, monkeypatch):
+    """Issue 35: `zfnet.report()` fails as `zfnet report` does (exit 2) when a stage failed - after writing the
+    stages that succeeded."""
+    from dataclasses import replace
+
+    from zfnet.pipelines import report as rep
+
+    def broken(ctx):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setitem(rep.STAGES._items, "occlusion", replace(rep.STAGES["occlusion"], run=broken))
+    with pytest.raises(zfnet.UsageError, match=r"1 report stage\(s\) failed \(occlusion: RuntimeError: injected"):
+        zfnet.report(None, out=str(tmp_path / "rep"), only=("model", "occlusion"), progress=False)
+    state = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert state["stages"]["model"]["status"] == "done" and state["stages"]["occlusion"]["status"] == "failed"
+
+
+def test_the_explorer_names_outputs_by_the_data_only_when_they_are_the_models():
+    """Issue 35: a folder's class names are the model's outputs' names only when the counts agree (the report's
+    rule); otherwise outputs keep their indices."""
+    from zfnet.data.base import InputSet
+    from zfnet.pipelines.explore import Explorer
+    from zfnet.weights import opened_module
+
+    net = UserNet().eval()  # 5 outputs
+    opened = opened_module(net)
+    three = InputSet(torch.zeros(2, 3, 16, 16), classes=["a", "b", "c"])
+    five = InputSet(torch.zeros(2, 3, 16, 16), classes=["v", "w", "x", "y", "z"])
+    assert Explorer(opened, three).classes is None
+    assert Explorer(opened, five).classes == ["v", "w", "x", "y", "z"]
