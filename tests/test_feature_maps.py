@@ -126,3 +126,25 @@ def test_resnet18_convs_are_read_after_batch_norm_and_their_relu():
     assert torch.equal(maps["conv1"], stem)
     assert torch.equal(maps["layer1.0.conv1"], inner)
     assert torch.equal(maps["layer1.0.conv2"], out)
+
+
+def test_relu_modules_swapped_for_one_shared_module_are_traced_again():
+    """pytorch-grad-cam's guided backprop swaps a model's ReLU modules and puts back one shared `nn.ReLU` for
+    all of them, so the second ReLU's name disappears from `named_modules`: the maps are then read from the
+    shared module's second call, not from a stale site."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    ).double().eval()  # fmt: skip
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    assert sites(model, ["2"], x)["2"].module == "3"
+    shared = nn.ReLU()
+    model[1], model[3] = shared, shared
+    assert "3" not in dict(model.named_modules())
+    with torch.no_grad():
+        ref = F.relu(model[2](F.relu(model[0](x))))
+        assert torch.equal(features(model, x, ["2"])["2"], ref)
+    assert sites(model, ["2"], x)["2"].call == 1  # the shared module's second call
+    r = zfnet.occlusion(model, x[:1], window=4, stride=4, layer="2", strategy="exact")[0]
+    assert r.strategy == "exact" and not r.fallback

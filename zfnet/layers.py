@@ -61,7 +61,8 @@ def capture(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, a forward fills the yielded dict with each layer's feature maps (its `Site`, found
     from `x`); with `stop`, the forward ends (StopForward) once all of them are in. With `copy`, a map that
-    later ops could still change in place is kept as a copy. Hooks and modes go away on exit, also on errors."""
+    later ops could still change in place (seen to in the trace, or anywhere past it without `stop`) is kept as
+    a copy. Hooks and modes go away on exit, also on errors."""
     where = sites(model, names, x)
     found: dict[str, torch.Tensor] = {}
 
@@ -70,7 +71,9 @@ def capture(
             return
         t = where[name].maps(out[0] if isinstance(out, (tuple, list)) else out)
         last = stop and len(found) + 1 == len(where)
-        found[name] = t if last or not copy else t.clone()
+        # a copy where later ops could change it in place: past the traced span (no stop), or seen to in it
+        keep_copy = copy and not last and (not stop or where[name].overwritten)
+        found[name] = t.clone() if keep_copy else t
         if last:
             raise StopForward
 
@@ -304,6 +307,8 @@ class Site:
     prefix: int = 0  # tokens: the class / distillation / register tokens before the patch grid (dropped)
     not_relu: tuple[str, ...] = ()  # non-ReLU nonlinearities before the maps (GELU, softmax, attention)
     shape: tuple[int, ...] = ()  # the tensor's shape in the traced forward (batch of one)
+    overwritten: bool = False  # an in-place op changes the tensor later in the traced forward (up to the deepest
+    # site asked for with it): `capture` keeps a copy
 
     @property
     def reads(self) -> str:
@@ -412,20 +417,31 @@ class _Tracer(TorchFunctionMode):
         return out
 
 
-_SITES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int], Site]] = weakref.WeakKeyDictionary()
+_SITES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int], tuple[Site, int]]] = weakref.WeakKeyDictionary()
 
 
 def sites(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, Site]:
     """Each named layer's `Site`: the output of the first rectifier that follows the layer's (first) output when
     only elementwise ops lie between (bias, batch norm, a residual addition, a scale), be it an `nn.ReLU`
     anywhere, `F.relu` or `torch.relu`, in place or not; else the layer's raw output, marked unrectified.
-    Found from one traced forward of `x[:1]` in eval mode (cached per model and layer)."""
+    Found from one traced forward of `x[:1]` in eval mode, cached per model and layer while the layer's module
+    and the module the maps are read from are the same objects (a tool that swaps a model's ReLU modules, as
+    pytorch-grad-cam's guided backprop does, makes it trace again)."""
     cache = _SITES.setdefault(model, {})
-    todo = [n for n in names if (n, id(resolve_layer(model, n))) not in cache]
+    modules = dict(model.named_modules())
+
+    def key(n: str) -> tuple[str, int]:
+        return n, id(resolve_layer(model, n))
+
+    def fresh(n: str) -> bool:
+        hit = cache.get(key(n))
+        return hit is not None and (hit[0].module is None or id(modules.get(hit[0].module)) == hit[1])
+
+    todo = [n for n in names if not fresh(n)]
     if todo:
         for n, s in _trace_sites(model, todo, x).items():
-            cache[(n, id(resolve_layer(model, n)))] = s
-    return {n: cache[(n, id(resolve_layer(model, n)))] for n in names}
+            cache[key(n)] = (s, id(modules.get(s.module)) if s.module is not None else 0)
+    return {n: cache[key(n)][0] for n in names}
 
 
 def _trace_sites(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, Site]:
@@ -506,7 +522,10 @@ def _site_of(name: str, events: list[_Event], end: int, named: dict[int, str]) -
         raise UsageError(f"layer {name!r} returns no tensor; pick a layer whose output is a feature map")
     producer = next((e for e in reversed(events[:end]) if e.kind == "op" and start[0] in e.outputs), None)
     path: tuple[str, ...] = ()
+    first = start[0]
+    later = any(o[0] == first[0] and o[1] > first[1] for e in events[end + 1 :] if e.kind == "op" for o in e.outputs)
     raw = Site(name, named.get(id(events[end].target)), events[end].call, -1, (), False, shape=events[end].shape)
+    raw = replace(raw, overwritten=later)
     if producer is not None and producer.rectifier:
         at, path = end, ()
     else:
@@ -529,9 +548,10 @@ def _site_of(name: str, events: list[_Event], end: int, named: dict[int, str]) -
     # read it where a module returns it (a hook); a rectifier no module returns is caught by its call's ordinal
     holder = next((e for e in events[at:] if e.kind == "end" and e.outputs[:1] == (out,)), None)
     shape = events[at].shape
+    later = any(o[0] == out[0] and o[1] > out[1] for e in events[at + 1 :] if e.kind == "op" for o in e.outputs)
     if holder is not None:
-        return Site(name, named.get(id(holder.target)), holder.call, -1, path, True, shape=shape)
-    return Site(name, None, 0, events[at].ordinal, path, True, shape=shape)
+        return Site(name, named.get(id(holder.target)), holder.call, -1, path, True, shape=shape, overwritten=later)
+    return Site(name, None, 0, events[at].ordinal, path, True, shape=shape, overwritten=later)
 
 
 def _layout(model: nn.Module, site: Site, not_relu: tuple[str, ...]) -> Site:

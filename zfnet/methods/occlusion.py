@@ -606,7 +606,7 @@ def occluded(x: torch.Tensor, fill_map: torch.Tensor, part: Sequence[tuple[int, 
 def _naive_batch(model, layer: str, x, part, window, fill_map, channel):
     """Whole forwards of the occluded images, with the feature map's total captured on the way."""
     imgs = occluded(x, fill_map, part, window)
-    with capture(model, [layer], x, stop=False, copy=False) as found:
+    with capture(model, [layer], x, stop=False) as found:
         logits = model(imgs)
     return logits, found[layer][:, channel].flatten(1).sum(1)
 
