@@ -2,11 +2,15 @@
 
 A layer is a module name from `model.named_modules()` ('conv5', 'features.10', 'layer3.1.conv2'); for models
 without the paper's names, 'convN' / 'fcN' also mean the N-th Conv2d / Linear in definition order.
-A layer's feature maps are its rectified outputs (Sec. 2.1: the deconvnet starts from them): when the module
-after it in its parent Sequential is a ReLU, that ReLU's output, else the module's own output.
+A layer's feature maps are its rectified outputs (Sec. 2.1: the deconvnet starts from them), found from one
+traced forward (`sites`): the output of the first ReLU that follows the layer through elementwise ops only (a
+bias, batch norm, a residual addition, a scale), an `nn.ReLU` anywhere or a functional one, in place or not;
+with none, the layer's raw output, marked unrectified. Patch tokens (N x (p + g*g) x C) and channels-last maps
+(N x H x W x C) are read as C maps of g x g / H x W (`Site.maps`).
 
 `stage_layers` carries the paper's choice of layers (conv1..conv5, spanning the network) over to any CNN: the
-rectified output of each resolution stage, the last one before each downsampling.
+rectified output of each resolution stage, the last one before each downsampling; a vision transformer's blocks,
+a few evenly spaced.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from ..receptive_field import cut_box, layer_field
 from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
 from ..render.occlusion import occlusion_plot
 from ..runtime import eval_mode, model_device
+from ..usercode import blame
 from ..weights import Opened
 
 WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
@@ -376,13 +377,20 @@ def _q_int(request, name: str, default: int | None = None) -> int | None:
 
 def _worker(explorer: Explorer):
     """`work(fn, *args)`: model work in a worker thread, one at a time (the explorer's lock); a `UsageError` it
-    raises reaches the app's one handler."""
+    raises reaches the app's one handler, and so does what the user's own model code raised (`usercode.blame`:
+    one line naming it, a 400 like the CLI's exit 2)."""
     from starlette.concurrency import run_in_threadpool
 
     async def work(fn, *args, **kwargs):
         def locked():
             with explorer.lock, torch.no_grad():  # no_grad is per thread: set here, in the worker
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as e:
+                    err = blame(e)
+                    if err is None:
+                        raise
+                    raise err from None
 
         return await run_in_threadpool(locked)
 
@@ -459,6 +467,9 @@ def _job_error(e: Exception) -> str:
     """A job's error as one line: a `UsageError`'s own, else what the model raised."""
     if isinstance(e, UsageError):
         return str(e)
+    err = blame(e)
+    if err is not None:
+        return str(err)
     return f"the model raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
