@@ -68,7 +68,8 @@ def test_occlusion_and_projection_on_a_vit_say_what_ran():
     assert r.strategy == "naive" and "tokens" in r.fallback  # said, not silently changed
     assert r.activity.shape == (4, 4) and torch.isfinite(r.activity).all()
     assert "gradient" in r.to_json()["projection_rule_note"]  # panel (c): the rule does not apply, said
-    with pytest.raises(UsageError, match=r"defined for ReLU networks .* reached through gelu: pass rule='backprop'"):
+    refusal = r"defined for ReLU networks .* reached through multi_head_attention_forward, gelu: pass rule='backprop'"
+    with pytest.raises(UsageError, match=refusal):
         zfnet.project(model, x, layer="encoder.layers.encoder_layer_11", channel=0)
     p = zfnet.project(model, x, layer="encoder.layers.encoder_layer_11", channel=0, rule="backprop")
     assert p.images.shape == x.shape and float(p.images.abs().sum()) > 0
@@ -97,3 +98,17 @@ def test_a_token_patch_is_the_whole_image_with_the_tokens_region_kept():
     outside = torch.ones(8, 8, dtype=torch.bool)
     outside[2:4, 4:6] = False
     assert torch.equal(out[:, outside], image[:, outside] * 0.25)
+
+
+def test_other_activations_refuse_the_deconvnet_rule_too():
+    """MobileNet-V3's hard-swish and sigmoid gates: the deconvnet rule is not defined there either (footnote 1);
+    a ResNet, all ReLU, keeps it."""
+    torch.manual_seed(0)
+    mobile = torchvision.models.mobilenet_v3_small().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(UsageError, match=r"reached through hardswish"):
+        zfnet.project(mobile, x, layer="features.2", channel=0)
+    assert zfnet.project(mobile, x, layer="features.2", channel=0, rule="backprop").images.shape == x.shape
+    resnet = torchvision.models.resnet18().eval()
+    assert sites(resnet, ["layer4"], x)["layer4"].not_relu == ()
+    assert zfnet.project(resnet, x, layer="layer2", channel=0).rule == "deconvnet"

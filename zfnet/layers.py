@@ -284,8 +284,13 @@ T = torch.Tensor
 _RECTIFIER_MODULES = (nn.ReLU, nn.ReLU6)
 RECTIFIER_FUNCTIONS = {F.relu, F.relu_, F.relu6, torch.relu, torch.relu_, T.relu, T.relu_}
 _ELEMENTWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
-# what makes a network other than a ReLU network for the deconvnet's rules (footnote 1): a transformer's parts
-_NOT_RELU_FUNCTIONS = {F.gelu, F.softmax, torch.softmax, T.softmax, F.scaled_dot_product_attention}
+# what makes a network other than a ReLU network for the deconvnet's rules (footnote 1): other activations
+# (GELU, SiLU, hard-swish, ...), sigmoid gates (squeeze-excitation), a transformer's softmax and attention
+_NOT_RELU_FUNCTIONS = {
+    F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.selu, F.celu, F.leaky_relu, F.hardsigmoid,
+    F.sigmoid, torch.sigmoid, T.sigmoid, torch.tanh, T.tanh,
+    F.softmax, torch.softmax, T.softmax, F.scaled_dot_product_attention, F.multi_head_attention_forward,
+}  # fmt: skip
 _ELEMENTWISE_FUNCTIONS = {
     *(getattr(T, f"__{op}__") for op in ("add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul")),
     *(getattr(T, f"__{op}__") for op in ("truediv", "itruediv")),
@@ -309,7 +314,7 @@ class Site:
     rectified: bool
     layout: str = "maps"  # "maps" (N C H W), "vector" (N C), "tokens" (N T C), "channels-last" (N H W C), "other"
     prefix: int = 0  # tokens: the class / distillation / register tokens before the patch grid (dropped)
-    not_relu: tuple[str, ...] = ()  # non-ReLU nonlinearities before the maps (GELU, softmax, attention)
+    not_relu: tuple[str, ...] = ()  # non-ReLU nonlinearities before the maps (GELU, SiLU, sigmoid, attention)
     shape: tuple[int, ...] = ()  # the tensor's shape in the traced forward (batch of one)
     overwritten: bool = False  # an in-place op changes the tensor later in the traced forward (up to the deepest
     # site asked for with it): `capture` keeps a copy

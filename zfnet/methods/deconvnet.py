@@ -48,8 +48,8 @@ _RELU_NAMES = {"relu", "relu_"}
 
 
 def gradient_instead(model: nn.Module, layers: list[str], x: torch.Tensor, rule: str) -> dict[str, str]:
-    """Per layer reached through non-ReLU nonlinearities (a transformer's GELU, softmax, attention), why `rule`
-    does not apply there (footnote 1 defines the rules for ReLU networks); empty for backprop."""
+    """Per layer reached through non-ReLU nonlinearities (GELU, SiLU, sigmoid gates, softmax, attention), why
+    `rule` does not apply there (footnote 1 defines the rules for ReLU networks); empty for backprop."""
     if rule == "backprop":
         return {}
     out = {}
@@ -142,9 +142,10 @@ class Deconvnet:
     (also when the block raised). `norm="skip"` (the paper) passes the signal unchanged through contrast
     normalization on the way down; `norm="gradient"` takes its gradient instead (what Captum does).
 
-    The deconvnet and guided rules are defined for ReLU networks (footnote 1). A layer reached through a
-    transformer's GELU, softmax or attention is refused with them, in one line; with `other="gradient"` (what
-    the pipelines pass) it is projected with the gradient instead and `substituted` says so, per layer.
+    The deconvnet and guided rules are defined for ReLU networks (footnote 1). A layer reached through another
+    nonlinearity (GELU, SiLU, hard-swish, a sigmoid gate, a transformer's softmax or attention) is refused with
+    them, in one line; with `other="gradient"` (what the pipelines pass) it is projected with the gradient
+    instead and `substituted` says so, per layer.
     """
 
     def __init__(
