@@ -264,3 +264,12 @@ def test_a_user_model_returning_a_pair_runs_from_the_cli(user_module, capsys):
     assert "conv" in capsys.readouterr().out
     assert main(["layers", "--model", f"{user_module}:pair", "--output", "1"]) == 2  # None is no logits
     assert "is a NoneType, not a tensor of logits" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_nan_outputs_naming_the_image():
+    from zfnet.data.base import InputSet
+    from zfnet.train import evaluate
+
+    ds = InputSet(_x(3), labels=[0, 1, 2])
+    with pytest.raises(UsageError, match=r"NaN or inf for image inputs/batch/00000"):
+        evaluate(Net(nan=True).eval(), ds, ds.preprocess)

@@ -127,10 +127,17 @@ def evaluate(
         batch_size = max(1, batch_size // 10)
     totals: list[float] = [0.0, 0.0, 0.0, 0.0]  # err1, err5, nll, n
     with eval_mode(*model_list):
-        for bases, labels, _ in zdata.batches(
+        for bases, labels, idx_b in zdata.batches(
             dataset, zdata.chunked(share, batch_size), workers=workers, progress=progress and dist.main, desc="evaluate"
         ):
             probs = predict(model_list, bases, pp, ten_crop, dist.device)
+            bad = ~torch.isfinite(probs).all(1)
+            if bool(bad.any()):  # issue 35: never an error rate of NaN outputs
+                first = int(idx_b[int(bad.nonzero()[0])])
+                raise UsageError(
+                    f"the model's outputs hold NaN or inf for image {dataset.image_id(first)}; check the weights "
+                    "and the input's normalization (--normalize, --mean)"
+                )
             labels = labels.to(dist.device)
             if int(labels.max()) >= probs.shape[1] or int(labels.min()) < 0:
                 raise UsageError(

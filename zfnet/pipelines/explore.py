@@ -171,6 +171,8 @@ class Explorer:
             return self._cache[key]
         x = self.pp.eval_input(self._base(key)).to(model_device(self.model))
         logits = self.model(x)
+        if not bool(torch.isfinite(logits).all()):
+            raise UsageError(f"the model's logits for image {key} hold NaN or inf; check the weights and --normalize")
         entry = {"x": x, "probs": F.softmax(logits.float(), 1)[0].cpu(), "maps": features(self.model, x, self.layers)}
         self._cache[key] = entry
         while len(self._cache) > self.limits.images_cached:
