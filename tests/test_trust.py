@@ -273,3 +273,19 @@ def test_evaluate_refuses_nan_outputs_naming_the_image():
     ds = InputSet(_x(3), labels=[0, 1, 2])
     with pytest.raises(UsageError, match=r"NaN or inf for image inputs/batch/00000"):
         evaluate(Net(nan=True).eval(), ds, ds.preprocess)
+
+
+def test_a_users_builder_without_weights_is_not_called_random(user_module, capsys):
+    """Issue 40, item 7: a module:callable may load its own weights; without --weights it is 'as its builder
+    made it', and the report's model table says so too. zfnet's and torchvision's builders start random."""
+    from zfnet.render.page import _model_facts
+
+    assert main(["layers", "--model", f"{user_module}:good"]) == 0
+    err = capsys.readouterr().err
+    assert f"no --weights: {user_module}:good as its builder made it" in err and "random" not in err
+    arch = {"params": 1, "input_shape": [3, 8, 8]}
+    facts = dict(_model_facts({"architecture": arch, "name": f"{user_module}:good"}))
+    assert facts["weights"] == f"as built by {user_module}:good (no weights file given)"
+    assert (
+        dict(_model_facts({"architecture": arch, "name": "torchvision:resnet18"}))["weights"] == "random initialization"
+    )

@@ -530,8 +530,13 @@ def open_model(
     model = model.to(device).eval()
     pp = apply_mean(with_input(default_preprocess(model), input_size, normalize), mean, data, split, workers)
     n = _ready(model, pp, name, input_size, output)
+    what = (
+        f"as its builder made it (torch seeded with {seed} first)"
+        if models.kind(name) == "user"
+        else (f"at its random initialization (seed {seed})")
+    )
     note(
-        f"no --weights: {name} at its random initialization (seed {seed})"
+        f"no --weights: {name} {what}"
         + ("" if pp.mean_image is not None or pp.channel_mean is not None else ", no mean image")
     )
     return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), n), outputs=n)
