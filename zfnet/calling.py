@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from .errors import UsageError, note
-from .runtime import model_device, model_dtype
+from .models import model_input_shape
+from .runtime import eval_mode, model_device, model_dtype
+from .usercode import blame
 
 OUTPUT_HELP = "which part of a forward's tuple (an index) or mapping (a key) holds the logits (default: 0 / logits)"
 
@@ -64,11 +66,18 @@ def pick(out: Any, output: int | str | None = None) -> torch.Tensor:
     return got
 
 
+def first_nonfinite(outputs: torch.Tensor) -> int | None:
+    """The first sample (row) of a batch of outputs holding NaN or inf, None when all are finite."""
+    bad = ~torch.isfinite(outputs.detach())
+    if not bool(bad.any()):
+        return None
+    return int(bad.flatten(1).any(1).nonzero()[0]) if outputs.dim() > 1 else 0
+
+
 def check_finite(logits: torch.Tensor) -> None:
     """Refuse NaN or infinite logits in one line naming the first sample that has them."""
-    bad = ~torch.isfinite(logits.detach())
-    if bool(bad.any()):
-        i = int(bad.flatten(1).any(1).nonzero()[0]) if logits.dim() > 1 else 0
+    i = first_nonfinite(logits)
+    if i is not None:
         raise UsageError(
             f"the model's logits hold NaN or inf (sample {i} of a batch of {logits.shape[0]}); check the weights "
             "and the input's normalization (--normalize, --mean)"
@@ -158,10 +167,10 @@ def check_images(images: Any, net: nn.Module, optional: bool = False) -> Any:
     return images.to(model_device(net), dtype)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
-def api(fn: F) -> F:
+def api(fn: Fn) -> Fn:
     """A public method's front (`zfnet.<method>(model, images, ...)`): model and images checked, the forward
     read as logits (`output=`) for the duration of the call."""
 
@@ -204,15 +213,10 @@ def check_input_size(model: nn.Module, channels: int, side: int, probe: int = 64
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                model(torch.zeros(1, channels, probe, probe, device=model_device(model), dtype=model_dtype(model)))
-            except Exception:  # noqa: BLE001 - a model that does not run at the probe size: no estimate
-                return
-            finally:
-                model.train(was)
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, channels, probe, probe, device=model_device(model), dtype=model_dtype(model)))
+    except Exception:  # noqa: BLE001 - a model that does not run at the probe size: no estimate
+        return
     finally:
         for h in handles:
             h.remove()
@@ -232,20 +236,14 @@ def count_outputs(
     """How many logits the model gives (one forward of zeros at `side` px, in eval mode; None when they are not
     a batch of vectors) and whether its forward returns anything but them (then `install` must pick them); the
     forward's failure is one line (`what`: the model's name)."""
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(torch.zeros(1, channels, side, side, device=model_device(model), dtype=model_dtype(model)))
     except (UsageError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - the model's own refusal of this input (ViT: "Wrong image height")
-        from .usercode import blame
-
         if blame(e) is not None:
             raise
-        from .models import model_input_shape
-
         text = str(e).strip().splitlines()
         own = model_input_shape(model)[-1]
         fix = f"pass --input-size {own} (its own)" if own != side else "pass the --input-size it takes"
@@ -253,8 +251,6 @@ def count_outputs(
             f"{what} does not run on {channels}x{side}x{side} input ({type(e).__name__}: {text[0] if text else ''}); "
             + fix
         ) from None
-    finally:
-        model.train(was)
     logits = pick(out, output)  # not checked for NaN: zeros are no image (a model may divide by their spread)
     n = int(logits.shape[-1]) if logits.dim() == 2 else None
     return n, not (isinstance(out, torch.Tensor) and output is None)

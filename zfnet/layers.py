@@ -16,6 +16,7 @@ a few evenly spaced.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import weakref
 from collections import Counter
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from .errors import UsageError
 from .runtime import eval_mode, model_device, model_dtype
@@ -291,12 +293,14 @@ _NOT_RELU_FUNCTIONS = {
     F.sigmoid, torch.sigmoid, T.sigmoid, torch.tanh, T.tanh,
     F.softmax, torch.softmax, T.softmax, F.scaled_dot_product_attention, F.multi_head_attention_forward,
 }  # fmt: skip
-_ELEMENTWISE_FUNCTIONS = {
+# elementwise binary ops (additions, products: a residual addition, a scale), as the incremental engine knows them
+BINARY_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
+    *(getattr(T, op) for op in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")),
     *(getattr(T, f"__{op}__") for op in ("add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul")),
-    *(getattr(T, f"__{op}__") for op in ("truediv", "itruediv")),
-    *(getattr(T, op) for op in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "contiguous", "clone")),
-    torch.add, torch.sub, torch.mul, torch.div, F.batch_norm, F.dropout, F.dropout2d,
+    T.__truediv__, T.__itruediv__,
 }  # fmt: skip
+_ELEMENTWISE_FUNCTIONS = {*BINARY_FUNCTIONS, T.contiguous, T.clone, F.batch_norm, F.dropout, F.dropout2d}
 
 
 @dataclass(frozen=True)
@@ -379,8 +383,6 @@ class _Event:
 
 
 def _shape(out) -> tuple[int, ...]:
-    from torch.utils._pytree import tree_flatten
-
     first = next((t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)), None)
     return tuple(first.shape) if first is not None else ()
 
@@ -390,8 +392,6 @@ def _key(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _keys(obj) -> tuple:
-    from torch.utils._pytree import tree_flatten
-
     return tuple(_key(t) for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor))
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import data as zdata
 from . import models
+from .calling import first_nonfinite
 from .checkpoints import CHECKPOINT, load_checkpoint, restore, rng_states, save_checkpoint
 from .errors import UsageError
 from .io import atomic_write_json, atomic_write_text, safetensors_metadata
@@ -131,9 +132,9 @@ def evaluate(
             dataset, zdata.chunked(share, batch_size), workers=workers, progress=progress and dist.main, desc="evaluate"
         ):
             probs = predict(model_list, bases, pp, ten_crop, dist.device)
-            bad = ~torch.isfinite(probs).all(1)
-            if bool(bad.any()):  # issue 35: never an error rate of NaN outputs
-                first = int(idx_b[int(bad.nonzero()[0])])
+            bad = first_nonfinite(probs)
+            if bad is not None:  # issue 35: never an error rate of NaN outputs
+                first = int(idx_b[bad])
                 raise UsageError(
                     f"the model's outputs hold NaN or inf for image {dataset.image_id(first)}; check the weights "
                     "and the input's normalization (--normalize, --mean)"

@@ -156,7 +156,7 @@ def random_parts_on_mask(
         if not len(good):
             fallbacks += 1
         allowed.append(good)
-    plain = random_parts(regions, size, draws, seed)
+    plain = random_parts(regions, size, draws, seed) if fallbacks else []
     out = []
     for d in range(draws):
         draw = []

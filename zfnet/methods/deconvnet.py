@@ -49,17 +49,21 @@ _RELU_NAMES = {"relu", "relu_"}
 
 def gradient_instead(model: nn.Module, layers: list[str], x: torch.Tensor, rule: str) -> dict[str, str]:
     """Per layer reached through non-ReLU nonlinearities (GELU, SiLU, sigmoid gates, softmax, attention), why
-    `rule` does not apply there (footnote 1 defines the rules for ReLU networks); empty for backprop."""
+    `rule` does not apply there and what ran instead (footnote 1 defines the rules for ReLU networks); empty for
+    backprop."""
+    refused = _not_relu(model, layers, x, rule)
+    return {layer: f"{why}: projected with the gradient (backprop) instead" for layer, why in refused.items()}
+
+
+def _not_relu(model: nn.Module, layers: list[str], x: torch.Tensor, rule: str) -> dict[str, str]:
     if rule == "backprop":
         return {}
-    out = {}
-    for layer, site in sites(model, layers, x).items():
-        if site.not_relu:
-            out[layer] = (
-                f"the {rule} rule is defined for ReLU networks (footnote 1); {layer} is reached through "
-                f"{', '.join(site.not_relu)}: projected with the gradient (backprop) instead"
-            )
-    return out
+    return {
+        layer: f"the {rule} rule is defined for ReLU networks (footnote 1); {layer} is reached through "
+        f"{', '.join(site.not_relu)}"
+        for layer, site in sites(model, layers, x).items()
+        if site.not_relu
+    }
 
 
 class _Rectify(torch.autograd.Function):
@@ -304,12 +308,12 @@ class Deconvnet:
     def rule_for(self, layer: str, x: torch.Tensor) -> str:
         """The rule the way down from `layer` takes: this one's, unless the layer is reached through
         non-ReLU nonlinearities (then refused, or the gradient with `other="gradient"`, said in `substituted`)."""
-        why = gradient_instead(self.model, [layer], x, self.rule).get(layer)
+        why = _not_relu(self.model, [layer], x, self.rule).get(layer)
         if why is None:
             return self.rule
         if self.other != "gradient":
-            raise UsageError(f"{why.split(': projected')[0]}: pass rule='backprop' (--rule backprop), the gradient")
-        self.substituted[layer] = why
+            raise UsageError(f"{why}: pass rule='backprop' (--rule backprop), the gradient")
+        self.substituted[layer] = f"{why}: projected with the gradient (backprop) instead"
         return "backprop"
 
     def _project_whole(self, images: torch.Tensor, group: list[Target], unit: bool) -> list[torch.Tensor]:

@@ -38,7 +38,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..layers import RECTIFIER_FUNCTIONS, RECTIFIERS, Site, local_response_norm
+from ..layers import BINARY_FUNCTIONS, RECTIFIER_FUNCTIONS, RECTIFIERS, Site, local_response_norm
 
 # --- what each op does to a changed rectangle --------------------------------------------------------------
 
@@ -95,35 +95,6 @@ _POINTWISE_FUNCTIONS = {
     T.contiguous,
     T.clone,
     T.detach,
-}
-_BINARY_FUNCTIONS = {
-    operator.add,
-    operator.sub,
-    operator.mul,
-    operator.truediv,
-    torch.add,
-    torch.sub,
-    torch.mul,
-    torch.div,
-    T.add,
-    T.add_,
-    T.sub,
-    T.sub_,
-    T.mul,
-    T.mul_,
-    T.div,
-    T.div_,
-    T.__add__,
-    T.__radd__,
-    T.__iadd__,
-    T.__sub__,
-    T.__rsub__,
-    T.__isub__,
-    T.__mul__,
-    T.__rmul__,
-    T.__imul__,
-    T.__truediv__,
-    T.__itruediv__,
 }
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _VIEW_FUNCTIONS = {T.view, T.reshape, torch.reshape}
@@ -629,7 +600,7 @@ class Replay:
             if all(_spatially_constant(a) for a in fixed) and not (n.target in (F.dropout, F.dropout2d) and training):
                 return "pointwise"
             return "whole"
-        if n.target in _BINARY_FUNCTIONS:
+        if n.target in BINARY_FUNCTIONS:
             others = [
                 a for a in tree_flatten((n.args, n.kwargs))[0] if not isinstance(a, Ref) or not nodes[a.node].varies
             ]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import data as zdata
+from ..calling import first_nonfinite
 from ..data.base import decode_image
 from ..errors import UsageError
 from ..layers import features
@@ -171,7 +172,7 @@ class Explorer:
             return self._cache[key]
         x = self.pp.eval_input(self._base(key)).to(model_device(self.model))
         logits = self.model(x)
-        if not bool(torch.isfinite(logits).all()):
+        if first_nonfinite(logits) is not None:
             raise UsageError(f"the model's logits for image {key} hold NaN or inf; check the weights and --normalize")
         entry = {"x": x, "probs": F.softmax(logits.float(), 1)[0].cpu(), "maps": features(self.model, x, self.layers)}
         self._cache[key] = entry

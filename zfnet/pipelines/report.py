@@ -113,7 +113,8 @@ class Context:
     def class_map(self) -> list[int] | None:
         """The model's class for each of the data's labels (see `label_classes`); None: the targets are the
         model's predicted classes."""
-        return label_classes(self.dataset.classes, self.opened.classes, num_outputs(self.opened.model))
+        outputs = self.opened.outputs if self.opened.outputs is not None else num_outputs(self.opened.model)
+        return label_classes(self.dataset.classes, self.opened.classes, outputs)
 
     def inputs(self, indices: list[int]) -> Inputs:
         """Dataset images by index with their targets in the model's classes (None where the data's labels do
