@@ -123,3 +123,26 @@ def test_html_comes_from_templates_and_compute_writes_no_file():
         if m.startswith("zfnet.methods"):
             calls = {ast.unparse(n.func) for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)}
             assert not [c for c in calls if writes(c)], (m, [c for c in calls if writes(c)])
+
+
+def test_model_families_are_records_looked_up_once():
+    """Issue 34, item 5: a model's family is decided in `zfnet.models.families` only; no other module tests a
+    model name's prefix."""
+    from zfnet import models
+
+    prefixes = ("torchvision:", "timm:")
+    found = []
+    for m, p in _modules().items():
+        if m == "zfnet.models.families":
+            continue
+        for node in ast.walk(ast.parse(open(p, encoding="utf-8").read())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in prefixes:
+                found.append(f"{m}: {node.value!r}")  # a prefix test such as name.startswith("timm:")
+    assert not found, found
+    cases = {"torchvision:resnet18": "torchvision", "timm:vit_tiny": "timm", "mynets:build": "user", "zfnet": "zfnet"}
+    for name, want in cases.items():
+        f = models.family(name)
+        assert f.name == want
+        assert f.arch(name) == (name.split(":", 1)[1] if want in ("torchvision", "timm") else name)
+    assert [f.starts_random for f in map(models.family, cases)] == [True, True, False, True]
+    assert [f.overrides for f in map(models.family, cases)] == [False, False, False, True]

@@ -284,8 +284,12 @@ def test_a_users_builder_without_weights_is_not_called_random(user_module, capsy
     err = capsys.readouterr().err
     assert f"no --weights: {user_module}:good as its builder made it" in err and "random" not in err
     arch = {"params": 1, "input_shape": [3, 8, 8]}
-    facts = dict(_model_facts({"architecture": arch, "name": f"{user_module}:good"}))
-    assert facts["weights"] == f"as built by {user_module}:good (no weights file given)"
-    assert (
-        dict(_model_facts({"architecture": arch, "name": "torchvision:resnet18"}))["weights"] == "random initialization"
-    )
+    for name, seed, said in [
+        (f"{user_module}:good", 3, "as its builder made it (torch seeded with 3 first; no weights file given)"),
+        ("torchvision:resnet18", 0, "at its random initialization (seed 0)"),
+        ("zfnet-small", 5, "at its random initialization (seed 5)"),
+    ]:
+        opened = open_model(name, seed=seed)
+        assert opened.info()["initialization"] == said
+        facts = dict(_model_facts({"architecture": arch, "name": name, "initialization": opened.initial}))
+        assert facts["weights"] == said

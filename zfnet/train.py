@@ -280,6 +280,11 @@ def _check_resume(saved: Recipe, recipe: Recipe, done: int, step: int) -> None:
         )
 
 
+def fig3(family: models.Family, init: str | None, dropout: float | None) -> dict[str, Any]:
+    """The recipe's initialization and dropout, for a family that takes the Fig. 3 family's overrides."""
+    return {"init": init, "dropout": dropout} if family.overrides else {}
+
+
 def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progress: bool = True) -> Run:
     """Processes, data, model, optimizer and scheduler; with `resume`, everything restored from the checkpoint."""
     dist = setup_processes(options.device, options.threads, recipe.batch_size)
@@ -304,15 +309,12 @@ def build_run(recipe: Recipe, options: RunOptions, resume: bool = False, progres
         _check_resume(saved, recipe, int(meta["epoch"]), int(meta["step"]))
 
     torch.manual_seed(recipe.seed)
-    tv = recipe.model.startswith("torchvision:")
-    probe = models.build(
-        recipe.model, num_classes=recipe.num_classes or 1, **({} if tv else {"init": "torch", **recipe.model_overrides})
-    )
+    family = models.family(recipe.model)
+    given = dict(recipe.model_overrides)  # a user's builder gets its own keywords; torchvision and timm refuse any
+    probe = models.build(recipe.model, num_classes=recipe.num_classes or 1, **given, **fig3(family, "torch", None))
     train_set, val_set, pp = open_training_data(recipe, probe, options.workers, progress and dist.main)
     torch.manual_seed(recipe.seed)
-    overrides = dict(recipe.model_overrides) if not tv else {}
-    if not tv:
-        overrides.update(init=recipe.init, dropout=recipe.dropout)
+    overrides = {**given, **fig3(family, recipe.init, recipe.dropout)}
     model = models.build(recipe.model, num_classes=recipe.num_classes or len(train_set.classes), **overrides).to(
         dist.device
     )

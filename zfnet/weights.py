@@ -18,8 +18,6 @@ import io
 import json
 import math
 import os
-import re
-import urllib.parse
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +30,7 @@ from . import data as zdata
 from .data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError, note
 from .io import atomic_save_tensors, load_tensors, read_tensor_file
+from .models import families
 from .runtime import resolve_device, unwrap
 
 MEAN_KEY = "preprocess/mean_image"
@@ -150,7 +149,7 @@ class WeightsFile:
                 f"missing: {', '.join(missing[:3])}" if missing and strict else "",
                 f"unexpected: {', '.join(unexpected[:3])}" if unexpected and strict else "",
             )
-            name = model_name or getattr(model, "zfnet_name", type(model).__name__)
+            name = model_name or models.name_of(model)
             raise UsageError(
                 f"weights {self.path!r} do not fit model {name!r}{made_for}: {'; '.join(p for p in parts if p)}; "
                 "pass the --model (and --num-classes) the weights were trained with"
@@ -161,7 +160,7 @@ class WeightsFile:
 
 def save_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
     """String metadata stored in every weights file zfnet writes (model name, class count, provenance)."""
-    meta = {"model": str(getattr(model, "zfnet_name", type(model).__name__))}
+    meta = {"model": models.name_of(model)}
     if isinstance(model, models.ConvNet):
         meta["num_classes"] = str(model.num_classes)
         meta["arch"] = json.dumps(model.arch.__dict__, default=lambda o: getattr(o, "__dict__", str(o)))
@@ -243,24 +242,12 @@ def with_input(pp: zdata.Preprocess, input_size: int | None = None, normalize: s
 
 
 def model_classes(model: nn.Module) -> list[str] | None:
-    """The class names a model's family gives when it predicts that family's classes: a torchvision
-    architecture with 1000 outputs has ImageNet-1k's (its weights table's `meta["categories"]`), a timm one
-    the names of timm's ImageNet info; others none."""
-    n = models.num_outputs(model)
-    name = str(getattr(model, "zfnet_name", ""))
-    if name.startswith("torchvision:"):
-        import torchvision
-
-        try:
-            cats = torchvision.models.get_model_weights(name.split(":", 1)[1]).DEFAULT.meta.get("categories")
-        except (ValueError, KeyError, AttributeError):
-            cats = None
-        return list(cats) if cats and len(cats) == n else None
-    if name.startswith("timm:") and n == 1000:
-        from timm.data import ImageNetInfo
-
-        return [d.split(",")[0] for d in ImageNetInfo().label_descriptions()]
-    return None
+    """The class names a model's family gives when it predicts that family's classes (`models.Family.classes`):
+    a torchvision architecture with 1000 outputs has ImageNet-1k's, a timm one the names of timm's ImageNet
+    info; others none."""
+    name = models.name_of(model)
+    f = models.family(name)
+    return f.classes(f.arch(name), models.num_outputs(model))
 
 
 def read_classes(path: str) -> list[str]:
@@ -323,61 +310,8 @@ def _json_classes(found: Any, path: str) -> list[str]:
 
 # --- torchvision's own weights, by the name of their enum ---------------------------------------------------
 
-_ENUM_NAME = re.compile(r"(?:\w+_Weights\.)?(DEFAULT|[A-Z][A-Z0-9_]*_V\d+|[A-Z][A-Z0-9_]*)")
-
-
-@dataclass(frozen=True)
-class HubWeights:
-    """A torchvision weights enum member found in torch hub's cache: the file, its preprocessing and classes."""
-
-    path: str
-    preprocess: zdata.Preprocess
-    classes: list[str] | None
-    enum: str
-
-
-def torchvision_weights(arch: str, tag: str) -> HubWeights | None:
-    """`--weights IMAGENET1K_V1` (or DEFAULT, or ResNet18_Weights.IMAGENET1K_V1) for torchvision:`arch`: the file
-    torch hub caches it as (`torch.hub.get_dir()/checkpoints/<the URL's file name>`), the enum's `transforms()`
-    and `meta["categories"]`. Never downloads; a tag that is no member is None (then it is a path)."""
-    if not _ENUM_NAME.fullmatch(tag):
-        return None
-    import torchvision
-
-    try:
-        enum = torchvision.models.get_model_weights(arch)
-    except (ValueError, KeyError):
-        return None
-    member = tag.rsplit(".", 1)[-1]
-    if member not in enum.__members__:
-        raise UsageError(
-            f"torchvision:{arch} has no weights {member!r}; known: {', '.join(enum.__members__)} (or a file path)"
-        )
-    w = enum[member]
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urllib.parse.urlparse(w.url).path))
-    if not os.path.isfile(path):
-        raise UsageError(
-            f"{w} is not in torch hub's cache: put {w.url} at {path} (zfnet never downloads; "
-            "TORCH_HOME moves the cache), or pass --weights FILE"
-        )
-    t = w.transforms()
-    crop = int(t.crop_size[0])
-    resize = int(t.resize_size[0]) if getattr(t, "resize_size", None) else round(crop * 256 / 224)
-    pp = zdata.Preprocess(crop, resize, 3, "resize", 1.0, None, tuple(t.mean), tuple(t.std))
-    cats = w.meta.get("categories")
-    return HubWeights(path, pp, list(cats) if cats else None, str(w))
-
-
-def _legacy_densenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision's published DenseNet files name `norm.1` what the module calls `norm1` (its loader renames)."""
-    pattern = re.compile(
-        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-    )
-    out = {}
-    for k, v in state.items():
-        m = pattern.match(k)
-        out[m.group(1) + m.group(2) if m else k] = v
-    return out
+HubWeights = models.HubWeights
+torchvision_weights = families.torchvision_weights
 
 
 def read_mean_file(path: str) -> torch.Tensor:
@@ -464,12 +398,15 @@ class Opened:
     mean: str | None = None  # the `mean=` it was opened with (None: the weights' own)
     weights_enum: str | None = None  # torchvision weights named by their enum (ResNet18_Weights.IMAGENET1K_V1)
     outputs: int | None = None  # how many logits one forward gives (None: not a batch of vectors, or not counted)
+    initial: str | None = None  # without weights: what the model is (`models.Family.initial`); None: a module
 
     def info(self) -> dict[str, Any]:
         """The model part of every result's provenance (with the input it takes)."""
         out = {"name": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256}
         if self.weights_enum:
             out["weights_enum"] = self.weights_enum
+        if self.weights is None and self.initial:
+            out["initialization"] = self.initial
         return {**out, "preprocess": self.preprocess.to_dict()}
 
 
@@ -504,14 +441,14 @@ def open_model(
         raise UsageError(
             "pass --model NAME (see `zfnet models`), with --weights FILE for a trained model, or --pretrained"
         )
+    family = models.family(name)
     hub = None
-    if isinstance(weights, str) and models.kind(name) == "torchvision" and not os.path.isfile(weights):
-        hub = torchvision_weights(name.split(":", 1)[1], weights)
+    if isinstance(weights, str) and not os.path.isfile(weights):
+        hub = family.hub(family.arch(name), weights)
     if weights is not None:
         wf = weights if isinstance(weights, WeightsFile) else WeightsFile.read(hub.path if hub else weights)
         model = models.build(name, num_classes=wf.num_classes, **(overrides or {}))
-        if name.startswith("torchvision:densenet"):
-            wf = replace(wf, state=_legacy_densenet(wf.state))
+        wf = replace(wf, state=family.adapt(family.arch(name), wf.state))
         wf.load_into(model, model_name=name)
         model = model.to(device).eval()
         pp = hub.preprocess if hub else wf.preprocess(model)
@@ -530,16 +467,13 @@ def open_model(
     model = model.to(device).eval()
     pp = apply_mean(with_input(default_preprocess(model), input_size, normalize), mean, data, split, workers)
     n = _ready(model, pp, name, input_size, output)
-    what = (
-        f"as its builder made it (torch seeded with {seed} first)"
-        if models.kind(name) == "user"
-        else (f"at its random initialization (seed {seed})")
-    )
+    initial = family.initial(name, seed)
     note(
-        f"no --weights: {name} {what}"
+        f"no --weights: {name} {initial}"
         + ("" if pp.mean_image is not None or pp.channel_mean is not None else ", no mean image")
     )
-    return Opened(model, pp, name, mean=mean, classes=_fit_classes(classes or model_classes(model), n), outputs=n)
+    names = _fit_classes(classes or model_classes(model), n)
+    return Opened(model, pp, name, mean=mean, classes=names, outputs=n, initial=initial)
 
 
 def _ready(model: nn.Module, pp: zdata.Preprocess, name: str, input_size: int | None, output) -> int | None:
@@ -576,7 +510,7 @@ def opened_module(
     pp = preprocess or default_preprocess(model)
     n = models.num_outputs(model)
     names = _fit_classes(classes or model_classes(model), n)
-    return Opened(model, pp, name or str(getattr(model, "zfnet_name", type(model).__name__)), None, names, outputs=n)
+    return Opened(model, pp, name or models.name_of(model), None, names, outputs=n)
 
 
 __all__ = [

@@ -236,7 +236,9 @@ def _archselect_run(args) -> int:
     recipe, options = _resolve(args, model_default="zfnet-small")
     if not args.out:
         raise UsageError("pass --out DIR (the experiment's folder)")
-    if recipe.model.startswith("torchvision:"):
+    from ..models import family
+
+    if not family(recipe.model).overrides:
         raise UsageError("archselect changes the first layer of a zfnet model; pick zfnet, alexnet or zfnet-small")
     _claim(options.out, args, recipe, "archselect", ("recipe.json", "table.md"))
     with _lock(options.out):

@@ -46,15 +46,20 @@ FIRST_LAYERS = {  # name -> ((conv1 kernel, stride, padding), conv2 stride)
 }
 
 
+def scale(model: str) -> str:
+    """Which of Sec. 4.1's first-layer pairs a zfnet model takes: the small-image family's or the paper's."""
+    return "small" if model.startswith("zfnet-small") else "paper"
+
+
 def cutoff(model: str) -> float:
     """The aliasing measure's cutoff: the Nyquist frequency of the coarser first-layer grid (cycles/px)."""
-    pair = FIRST_LAYERS["small" if model.startswith("zfnet-small") else "paper"]
+    pair = FIRST_LAYERS[scale(model)]
     return 1.0 / (2 * max(first[1] for first, _ in pair.values()))
 
 
 def configs(model: str) -> dict[str, tuple[tuple[int, int, int], int, bool]]:
     """run name -> (first layer, conv2 stride, clipping on) for the four runs."""
-    pair = FIRST_LAYERS["small" if model.startswith("zfnet-small") else "paper"]
+    pair = FIRST_LAYERS[scale(model)]
     out = {}
     for name, (first, second) in pair.items():
         out[name] = (first, second, True)
@@ -63,7 +68,7 @@ def configs(model: str) -> dict[str, tuple[tuple[int, int, int], int, bool]]:
 
 
 def recipes(base: Recipe) -> dict[str, Recipe]:
-    family = "small" if base.model.startswith("zfnet-small") else "paper"
+    family = scale(base.model)
     out = {}
     for name, (first, second, clip) in configs(base.model).items():
         overrides = {**base.model_overrides, "first_layer": list(first), "second_stride": second}

@@ -36,6 +36,7 @@ from .convnet import (
     set_conv_channels,
     set_fc_units,
 )
+from .families import Family, HubWeights, define, family
 from .init import init_weights
 from .small import SMALL
 from .zfnet import ZFNET
@@ -45,6 +46,10 @@ __all__ = [
     "TABLE2_VARIANTS",
     "Arch",
     "ConvNet",
+    "Family",
+    "HubWeights",
+    "family",
+    "name_of",
     "build",
     "describe",
     "init_weights",
@@ -166,39 +171,6 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
-def _torchvision(name: str, num_classes: int | None, **overrides: Any) -> nn.Module:
-    import torchvision
-
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        raise UsageError(f"unknown torchvision model {name!r}; known: {', '.join(sorted(available))}")
-    if overrides:
-        raise UsageError(
-            f"torchvision:{name} takes no overrides ({', '.join(overrides)}); edit the model in Python instead"
-        )
-    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
-    model = torchvision.models.get_model(name, weights=None, **kwargs)
-    model.zfnet_name = f"torchvision:{name}"
-    return model
-
-
-def _timm(name: str, num_classes: int | None, **overrides: Any) -> nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise UsageError(f"timm:{name} needs timm: pip install 'zfnet[timm]' (or pip install timm)") from None
-    if overrides:
-        raise UsageError(f"timm:{name} takes no overrides ({', '.join(overrides)}); edit the model in Python instead")
-    if not timm.list_models(name):
-        raise UsageError(
-            f"unknown timm model {name!r}; list them with python -c 'import timm; print(timm.list_models())'"
-        )
-    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": int(num_classes)}
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    setattr(model, "zfnet_name", f"timm:{name}")  # noqa: B010 - a plain attribute, not a submodule
-    return model
-
-
 def user_callable(spec: str) -> Callable[..., Any]:
     """`package.module:callable` (the `module:attr` convention of uvicorn and gunicorn), imported from the
     working directory or PYTHONPATH."""
@@ -248,18 +220,24 @@ def _user(spec: str, num_classes: int | None, **overrides: Any) -> nn.Module:
         raise UsageError(f"--model {spec}: calling it failed ({e}); it must build the model from keywords") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {spec} returned a {type(model).__name__}, not a torch nn.Module")
-    if not hasattr(model, "zfnet_name"):
-        setattr(model, "zfnet_name", spec)  # noqa: B010 - a plain attribute, not a submodule
     return model
+
+
+def _zfnet(name: str, num_classes: int | None, **overrides: Any) -> nn.Module:
+    builder = REGISTRY.get(name)
+    try:
+        return builder(num_classes, **overrides)
+    except TypeError as e:  # an unknown override keyword
+        raise UsageError(f"bad override for model {name!r}: {e}; see `zfnet models --help`") from None
+
+
+ZFNET_FAMILY = define(Family("zfnet", "", _zfnet, starts_random=True, overrides=True))
+USER = define(Family("user", "", _user, starts_random=False, overrides=False))
 
 
 def kind(name: str) -> str:
     """Where model `name` comes from: 'zfnet' (the registry), 'torchvision', 'timm' or 'user' (module:callable)."""
-    if name.startswith("torchvision:"):
-        return "torchvision"
-    if name.startswith("timm:"):
-        return "timm"
-    return "user" if ":" in name else "zfnet"
+    return family(name).name
 
 
 def build(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
@@ -272,20 +250,16 @@ def build(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Mod
     normalization on/off), dropout, init ('paper' | 'kaiming' | 'torch';
     default: the family's, 'paper' for zfnet/alexnet and 'kaiming' for the small family), seed.
     """
-    where = kind(name)
-    if where == "torchvision":
-        return _torchvision(name.split(":", 1)[1], num_classes, **overrides)
-    if where == "timm":
-        return _timm(name.split(":", 1)[1], num_classes, **overrides)
-    if where == "user":
-        return _user(name, num_classes, **overrides)
-    builder = REGISTRY.get(name)
-    try:
-        model = builder(num_classes, **overrides)
-    except TypeError as e:  # an unknown override keyword
-        raise UsageError(f"bad override for model {name!r}: {e}; see `zfnet models --help`") from None
-    setattr(model, "zfnet_name", name)  # noqa: B010 - a plain attribute on the module, not a submodule
+    f = family(name)
+    model = f.build(f.arch(name), num_classes, **overrides)
+    if f is not USER or not hasattr(model, "zfnet_name"):  # a user's module may name itself
+        setattr(model, "zfnet_name", name)  # noqa: B010 - a plain attribute on the module, not a submodule
     return model
+
+
+def name_of(model: nn.Module) -> str:
+    """The name a model was built under (`build`), else its class name (a module a Python user built)."""
+    return str(getattr(model, "zfnet_name", "") or type(model).__name__)
 
 
 def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, int]:
@@ -310,7 +284,7 @@ def describe(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _describe(name: str, **overrides: Any) -> dict[str, Any]:
-    model = build(name, init="torch", **overrides) if kind(name) == "zfnet" else build(name, **overrides)
+    model = build(name, init="torch", **overrides) if family(name) is ZFNET_FAMILY else build(name, **overrides)
     c, h, w = model_input_shape(model)
     row: dict[str, Any] = {
         "name": name,

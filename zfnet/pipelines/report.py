@@ -214,6 +214,7 @@ def _model(ctx: Context) -> dict:
         "name": name,
         "weights": ctx.opened.weights,
         "weights_sha256": ctx.opened.weights_sha256,
+        "initialization": ctx.opened.initial,
         "embedded": ctx.cfg.embedded,
         "classes": ctx.opened.classes or (ctx.dataset.classes if ctx.class_map else None),
         "targets": "labels" if ctx.class_map is not None else "predicted",

@@ -100,14 +100,6 @@ def markdown_table(text: str):
 # --- one view per section: the values its template shows ---------------------------------------------------------
 
 
-def _no_weights(name: str) -> str:
-    """What a model opened without a weights file is: zfnet's, torchvision's and timm's builders start random;
-    a user's builder may load its own weights, so it is what that builder made."""
-    if ":" in name and not name.startswith(("torchvision:", "timm:")):
-        return f"as built by {name} (no weights file given)"
-    return "random initialization"
-
-
 def _model_facts(m: dict) -> list[tuple[str, str]]:
     arch = m["architecture"]
     rows = [
@@ -115,7 +107,7 @@ def _model_facts(m: dict) -> list[tuple[str, str]]:
         ("input", _x(arch["input_shape"])),
         (
             "weights",
-            f"{m.get('weights') or _no_weights(str(m.get('name') or ''))}"
+            f"{m.get('weights') or m.get('initialization') or 'a module handed in (no weights file)'}"
             + (f" (sha256 {m['weights_sha256'][:16]}...)" if m.get("weights_sha256") else ""),
         ),
         ("source", "the embedded model (zfnet.pretrained)" if m.get("embedded") else "user weights"),
