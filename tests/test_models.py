@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import run_cli
 from safetensors.torch import save_file
+from torch import nn
 
 from zfnet import models
 from zfnet.errors import UsageError
@@ -171,3 +172,52 @@ def test_models_cli_table():
     assert "alexnet-rm3467" in r.stdout and "zfnet-small" in r.stdout
     bad = run_cli("models", "--name", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_contrast_normalization_is_torchs_formula():
+    """The Fig. 3 family's contrast normalization (shifted channel sums, `layers.local_response_norm`) equals
+    torch's `nn.LocalResponseNorm` in float64 to rounding (odd and even sizes, either memory layout), and in
+    float32 within 16 ulps of the float64 value (n squares summed, a power, a division: a few ulps each)."""
+    from zfnet.models.convnet import LocalResponseNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 11, 6, 5, generator=g, dtype=torch.float64) * 4
+    for size, alpha, beta, k in [(5, 1e-4, 0.75, 2.0), (4, 0.1, 0.5, 1.0), (3, 1.0, 0.75, 1.0), (1, 0.5, 1.0, 1.0)]:
+        ours, theirs = LocalResponseNorm(size, alpha, beta, k), torch.nn.LocalResponseNorm(size, alpha, beta, k)
+        want = theirs(x)
+        for given in (x, x.to(memory_format=torch.channels_last)):
+            torch.testing.assert_close(ours(given), want, rtol=1e-13, atol=0)
+        torch.testing.assert_close(ours(x.float()).double(), want, rtol=16 * 2**-24, atol=0)
+    assert isinstance(models.build("zfnet-small").norm1, LocalResponseNorm)
+
+
+def test_max_pooling_equals_torchs_exactly():
+    """The Fig. 3 family's max pooling (taken in channels-last) is torch's bit for bit: a maximum has no rounding."""
+    from zfnet.models.convnet import MaxPool2d
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, 13, 12, generator=g)
+    for kernel, stride, ceil in [(3, 2, True), (3, 2, False), (2, 2, False), (3, 1, True)]:
+        assert torch.equal(
+            MaxPool2d(kernel, stride, ceil_mode=ceil)(x), nn.MaxPool2d(kernel, stride, ceil_mode=ceil)(x)
+        )
+    assert isinstance(models.build("zfnet-small").pool1, MaxPool2d)
+
+
+@pytest.mark.parametrize(
+    "name", ["zfnet", "alexnet", "zfnet-small", "zfnet-small-rgb", "alexnet-rm34", "zfnet-small-64"]
+)
+def test_conv_output_size_arithmetic_equals_a_forward(name):
+    """pool5's size from the layers' arithmetic (`conv_output_shape`) is what a forward on the meta device gives,
+    at the table's input size and at other sizes (ceil-mode pooling's last-window rule included)."""
+    from zfnet.models.convnet import conv_output_shape
+
+    net = models.build(name, init="torch")
+    for size in (net.arch.input_size, net.arch.input_size + 3, net.arch.input_size + 17):
+        arch = net.arch.with_(input_size=size)
+        with torch.device("meta"):
+            body = nn.Sequential(
+                *[m for n, m in net.named_children() if n.startswith(("conv", "relu", "pool", "norm"))]
+            )
+            want = body(torch.zeros(1, arch.in_channels, size, size)).shape[1:]
+        assert conv_output_shape(arch) == want, (name, size)
