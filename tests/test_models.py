@@ -220,4 +220,4 @@ def test_conv_output_size_arithmetic_equals_a_forward(name):
                 *[m for n, m in net.named_children() if n.startswith(("conv", "relu", "pool", "norm"))]
             )
             want = body(torch.zeros(1, arch.in_channels, size, size)).shape[1:]
-        assert conv_output_shape(arch) == want, (name, size)
+        assert conv_output_shape(arch) == tuple(want), (name, size)

@@ -15,8 +15,8 @@ from PIL import Image
 from zfnet import data as zdata
 from zfnet import models
 from zfnet.methods.architecture import architecture
-from zfnet.pipelines.report import STAGES, pick_examples
-from zfnet.render.page import SECTIONS, markdown_table
+from zfnet.pipelines.report import STAGES, page_parts, pick_examples
+from zfnet.render.page import markdown_table
 
 SMALL = ("--limit", "300", "--evolution-limit", "200", "--examples", "3")
 
@@ -61,7 +61,7 @@ def test_report_in_browser(report, browser):
 
     browser.get_log("browser")  # drop earlier pages' messages
     browser.get((report / "index.html").as_uri())
-    for sid in (s.id for s in SECTIONS):
+    for sid in (s.id for _, sections in page_parts() for s in sections):
         section = browser.find_element(By.ID, sid)
         assert not section.find_elements(By.CSS_SELECTOR, ".fail, .note"), (sid, section.text[:300])
     for sid in ("model", "filters", "atlas", "evolution", "occlusion", "correspondence", "invariance", "included"):
@@ -358,7 +358,7 @@ def test_page_never_links_outside_the_folder(tmp_path):
         )
     )
     (out / "report.json").write_text(json.dumps({"stages": {"occlusion": {"status": "done", "seconds": 1.0}}}))
-    page = open(write_report(str(out))).read()
+    page = open(write_report(str(out), page_parts())).read()
     assert page.count("outside.png") == 1 and "missing file occlusion/../../outside.png" in page
     assert 'src="occlusion/../' not in page and 'href="occlusion/../' not in page
 

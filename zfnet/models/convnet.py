@@ -133,7 +133,7 @@ def _pooled(n: int, kernel: int, stride: int, ceil: bool) -> int:
     return out - 1 if ceil and (out - 1) * stride >= n else out
 
 
-def conv_output_shape(arch: Arch) -> torch.Size:
+def conv_output_shape(arch: Arch) -> tuple[int, int, int]:
     """pool5's output (maps, side, side) by the layers' size arithmetic (no forward: building a model costs no
     tensor work); a side below 1 means the input is too small for the table."""
     c, n = arch.in_channels, arch.input_size
@@ -143,7 +143,7 @@ def conv_output_shape(arch: Arch) -> torch.Size:
         c, n = conv.out, (n + 2 * conv.padding - conv.kernel) // conv.stride + 1
         if conv.pool and n > 0:
             n = _pooled(n, arch.pool_kernel, arch.pool_stride, arch.pool_ceil)
-    return torch.Size((c, max(n, 0), max(n, 0)))
+    return (c, max(n, 0), max(n, 0))
 
 
 class ConvNet(nn.Sequential):
@@ -154,8 +154,8 @@ class ConvNet(nn.Sequential):
         if min(shape) < 1:
             raise UsageError(f"input size {arch.input_size} is too small for {arch.name!r}; use a larger input_size")
         layers = _conv_layers(arch)
-        layers["flatten"] = Flatten(tuple(shape), arch)
-        width = int(shape.numel())
+        layers["flatten"] = Flatten(shape, arch)
+        width = shape[0] * shape[1] * shape[2]
         for i, units in zip((6, 7), arch.fcs):
             if units is None:
                 continue

@@ -42,8 +42,8 @@ from ..pretrained import snapshots as embedded_snapshots
 from ..provenance import changed_keys, environment, file_sha256
 from ..readback import Damaged, Finite, parse_json, read_json, read_json_or_none
 from ..registry import Registry
+from ..render import page
 from ..render.architecture import architecture_figure
-from ..render.page import write_report
 from ..render.plots import training_curves
 from ..runtime import Dist, eval_mode, model_device, resolve_device
 from ..settings import Run
@@ -148,6 +148,7 @@ class Stage:
     run: Callable[[Context], dict]  # writes OUT/<stage>/ and returns its summary for report.json
     settings: Callable[[ReportConfig, Opened], dict]  # what its result depends on besides the model and data
     schema: dict  # what its result file must hold to be reused (`zfnet.readback`); anything less redoes it
+    sections: tuple[page.Section, ...]  # the page's sections its result feeds, in page order
 
 
 STAGES: Registry[Stage] = Registry("report stage")
@@ -159,12 +160,14 @@ def stage(
     paper: str,
     settings: Callable[[ReportConfig, Opened], dict] = lambda c, o: {},
     schema: dict | None = None,
+    sections: tuple[page.Section, ...] = (),
 ):
     """Register the decorated `run(ctx)` as report stage `name`: its title, the part of the paper, the settings
-    its result depends on (the resume key) and the schema its result file is read back with."""
+    its result depends on (the resume key), the schema its result file is read back with and the page's sections
+    it feeds."""
 
     def wrap(run):
-        STAGES.register(name, Stage(title, paper, run, settings, schema or {}))
+        STAGES.register(name, Stage(title, paper, run, settings, schema or {}, sections))
         return run
 
     return wrap
@@ -191,6 +194,7 @@ def _run_files_stamp(c: ReportConfig, opened: Opened) -> dict:
     "Fig. 3 (architecture), Sec. 3 (training)",
     _run_files_stamp,
     {"name": str, "architecture": dict, "preprocess": dict, "layers": [str], "figure": str},
+    sections=(page.MODEL,),
 )
 def _model(ctx: Context) -> dict:
     out = ctx.folder("model")
@@ -311,6 +315,7 @@ def _stored_summary(m: dict) -> dict | None:
     "Fig. 2 (top-9 per map), Fig. 5 (filters)",
     lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed, "maps": c.atlas_maps},
     {"complete": bool, "layer_order": [str], "layers": dict, "dataset": {"images": int}},
+    sections=(page.FILTERS, page.ATLAS),
 )
 def _atlas(ctx: Context) -> dict:
     c = ctx.cfg
@@ -342,6 +347,7 @@ def _atlas(ctx: Context) -> dict:
         "found": _snapshot_stamp(c, o),
     },
     {"epochs": [int], "channels": dict, "figures": dict},
+    sections=(page.EVOLUTION,),
 )
 def _evolution(ctx: Context) -> dict:
     c, pp = ctx.cfg, ctx.opened.preprocess
@@ -398,6 +404,7 @@ def _occlusion_settings(c: ReportConfig, size: int, **given) -> OcclusionSetting
     "Sec. 4.2, Fig. 6",
     lambda c, o: {"examples": c.examples, **_occlusion_settings(c, o.preprocess.input_size).to_json()},
     {"images": [{"figure": str, "base_prob": Finite, "prob": [[Finite]]}], "settings": dict},
+    sections=(page.OCCLUSION,),
 )
 def _occlusion(ctx: Context) -> dict:
     settings = _occlusion_settings(ctx.cfg, ctx.opened.preprocess.input_size, layer=_top(ctx))
@@ -413,6 +420,7 @@ def _occlusion(ctx: Context) -> dict:
     "arXiv Sec. 4.3 (Table 7)",
     lambda c, o: {"parts": _parts_file(c), "parts_sha256": _sha(_parts_file(c)), "images": c.parts_images},
     {"images": [str], "table": str, "figure": str, "delta": dict},
+    sections=(page.CORRESPONDENCE,),
 )
 def _correspondence(ctx: Context) -> dict:
     c = ctx.cfg
@@ -480,6 +488,7 @@ def _low_high(ctx: Context) -> tuple[str, str]:
     "arXiv Sec. 4.4 (translation, scale, rotation)",
     lambda c, o: {"examples": 5},
     {"images": [str], "transforms": list, "figure": str},
+    sections=(page.INVARIANCE,),
 )
 def _invariance(ctx: Context) -> dict:
     inputs = ctx.inputs(ctx.picks[:5])
@@ -494,6 +503,7 @@ def _invariance(ctx: Context) -> dict:
     "Tables 2-6, Fig. 7 (from --include)",
     lambda c, o: {"include": [os.path.abspath(d) for d in c.include], "stamps": [_stamp(d) for d in c.include]},
     {"results": [dict]},
+    sections=(page.INCLUDED,),
 )
 def _included(ctx: Context) -> dict:
     if not ctx.cfg.include:
@@ -717,8 +727,13 @@ def build_report(
     state["order"] = list(STAGES)
     state.update(wall_seconds=time.perf_counter() - started, environment=environment(device))
     atomic_write_json(os.path.join(cfg.out, "report.json"), state)
-    write_report(cfg.out)
+    page.write_report(cfg.out, page_parts())
     return state
+
+
+def page_parts() -> list[tuple[str, tuple[page.Section, ...]]]:
+    """Each stage with the page sections it feeds, in stage order: the page `render.page.write_report` draws."""
+    return [(name, STAGES.get(name).sections) for name in STAGES]
 
 
 def report(

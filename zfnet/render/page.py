@@ -11,7 +11,7 @@ in them escaped."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -347,44 +347,81 @@ def _included(out: str, inc: dict) -> dict:
 
 @dataclass(frozen=True)
 class Section:
-    """One section of the page: the stage whose result file it shows, its view, and the paper it reproduces."""
+    """One section of the page: the result file it shows (under the report folder), its view, and the paper it
+    reproduces. The stage that writes the file holds the section (`Stage.sections`)."""
 
     id: str
     title: str
-    stage: str
     file: str
     view: Callable[[str, dict], dict]
     sentence: str
 
 
-SECTIONS = [
-    Section("model", "The model", "model", "model/model.json", _model,
-            "The architecture drawn as Fig. 3 draws ZFNet, read from the model itself, with its parameters, "
-            "accuracy and training curves (Sec. 3)."),
-    Section("filters", "Layer-1 filters", "atlas", "atlas/filters.json", _filters,
-            "The first layer's filters and their diagnostics, as Fig. 5 uses them to choose the architecture "
-            "(dominant filters, dead filters, frequency coverage; Sec. 4.1)."),
-    Section("atlas", "Top-9 atlas", "atlas", "atlas/manifest.json", _atlas,
-            "Fig. 2: for each feature map its 9 strongest activations over the images, projected to pixels by the "
-            "deconvnet (Sec. 2.1), beside the image patches they see."),
-    Section("evolution", "Feature evolution during training", "evolution", "evolution/evolution.json", _evolution,
-            "Fig. 4: the strongest activation of a few maps per layer at each training snapshot, projected to "
-            "pixels (Sec. 4.1)."),
-    Section("occlusion", "Occlusion sensitivity", "occlusion", "occlusion/occlusion.json", _occlusion,
-            "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and "
-            "the classifier's probability and label as a function of where the square is (Sec. 4.2)."),
-    Section("correspondence", "Correspondence analysis", "correspondence", "correspondence/correspondence.json",
-            _correspondence,
-            "The arXiv version's correspondence table (Sec. 4.3): how consistently masking the same part changes "
-            "the features across different images, against random masks."),
-    Section("invariance", "Feature invariance", "invariance", "invariance/invariance.json", _invariance,
-            "The arXiv version's invariance figure (Sec. 4.4): feature distance at a low and a high layer and the "
-            "true-class probability as the image is translated, scaled and rotated."),
-    Section("included", "Transfer, per-layer and ablation results", "included", "included/included.json",
-            _included,
-            "Tables 2-6 and Fig. 7: architecture ablations, transfer to other datasets and per-layer probes "
-            "(Sec. 5), from the result folders given with --include."),
-]  # fmt: skip
+# the page's sections; each report stage names those its result feeds (`zfnet.pipelines.report.STAGES`)
+MODEL = Section(
+    "model",
+    "The model",
+    "model/model.json",
+    _model,
+    "The architecture drawn as Fig. 3 draws ZFNet, read from the model itself, with its parameters, "
+    "accuracy and training curves (Sec. 3).",
+)
+FILTERS = Section(
+    "filters",
+    "Layer-1 filters",
+    "atlas/filters.json",
+    _filters,
+    "The first layer's filters and their diagnostics, as Fig. 5 uses them to choose the architecture "
+    "(dominant filters, dead filters, frequency coverage; Sec. 4.1).",
+)
+ATLAS = Section(
+    "atlas",
+    "Top-9 atlas",
+    "atlas/manifest.json",
+    _atlas,
+    "Fig. 2: for each feature map its 9 strongest activations over the images, projected to pixels by the "
+    "deconvnet (Sec. 2.1), beside the image patches they see.",
+)
+EVOLUTION = Section(
+    "evolution",
+    "Feature evolution during training",
+    "evolution/evolution.json",
+    _evolution,
+    "Fig. 4: the strongest activation of a few maps per layer at each training snapshot, projected to "
+    "pixels (Sec. 4.1).",
+)
+OCCLUSION = Section(
+    "occlusion",
+    "Occlusion sensitivity",
+    "occlusion/occlusion.json",
+    _occlusion,
+    "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and "
+    "the classifier's probability and label as a function of where the square is (Sec. 4.2).",
+)
+CORRESPONDENCE = Section(
+    "correspondence",
+    "Correspondence analysis",
+    "correspondence/correspondence.json",
+    _correspondence,
+    "The arXiv version's correspondence table (Sec. 4.3): how consistently masking the same part changes "
+    "the features across different images, against random masks.",
+)
+INVARIANCE = Section(
+    "invariance",
+    "Feature invariance",
+    "invariance/invariance.json",
+    _invariance,
+    "The arXiv version's invariance figure (Sec. 4.4): feature distance at a low and a high layer and the "
+    "true-class probability as the image is translated, scaled and rotated.",
+)
+INCLUDED = Section(
+    "included",
+    "Transfer, per-layer and ablation results",
+    "included/included.json",
+    _included,
+    "Tables 2-6 and Fig. 7: architecture ablations, transfer to other datasets and per-layer probes "
+    "(Sec. 5), from the result folders given with --include.",
+)
 
 
 def _title(out: str, section: Section) -> str:
@@ -398,19 +435,19 @@ def _title(out: str, section: Section) -> str:
     return section.title
 
 
-def _section(out: str, section: Section, stages: dict) -> dict:
+def _section(out: str, stage: str, section: Section, stages: dict) -> dict:
     """What the page shows for one section: its stage's entry, and its view or why there is none."""
-    entry = stages.get(section.stage)
+    entry = stages.get(stage)
     entry = None if entry is None else {"status": "", "reason": "", "traceback": "", **entry}
     shown = {
         "id": section.id,
         "title": _title(out, section),
         "sentence": section.sentence,
-        "stage": section.stage,
+        "stage": stage,
         "rel": section.file,
         "entry": entry,
         "badge": (entry or {}).get("status", "missing"),
-        "traceback_href": _href((entry or {}).get("traceback", section.stage + "/error.txt")),
+        "traceback_href": _href((entry or {}).get("traceback", stage + "/error.txt")),
         "error": None,
         "view": None,
     }
@@ -424,15 +461,16 @@ def _section(out: str, section: Section, stages: dict) -> dict:
     return shown
 
 
-def write_report(out: str) -> str:
-    """OUT/index.html from OUT/report.json and the stage files; a section whose stage failed or was skipped
-    shows why. Returns the page's path."""
+def write_report(out: str, parts: Sequence[tuple[str, Sequence[Section]]]) -> str:
+    """OUT/index.html from OUT/report.json and the stage files: `parts` is each stage's name with the sections
+    its result feeds, in page order (`zfnet.pipelines.report.page_parts`); a section whose stage failed or was
+    skipped shows why. Returns the page's path."""
     state = _read(out, "report.json") or {"stages": {}}
     stages = {k: {"paper": "", "reason": "", "seconds": 0, **v} for k, v in state.get("stages", {}).items()}
     page = render(
         "report.html.j2",
         title=state.get("title", "zfnet report"),
-        sections=[_section(out, s, stages) for s in SECTIONS],
+        sections=[_section(out, stage, section, stages) for stage, sections in parts for section in sections],
         stages=stages,
         env={
             "zfnet": "",
