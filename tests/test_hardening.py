@@ -132,7 +132,7 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
         ("position not Y,X", [*proj, "--image", img, "--position", "5"], ("Y,X",)),
         ("occluder larger than the image", [*occ, "--window", "40"], ("40",)),
         ("occluder stride 0", [*occ, "--stride", "0"], ("occlusion setting stride=0: must be an integer >= 1",)),
-        ("occluder window 0 in the report", ["report", "--window", "0", "--out", "OUT"], ("at least 1",)),
+        ("occluder window 0 in the report", ["report", "--window", "0", "--out", "OUT"], ("window=0", ">= 1")),
         (
             "weights of another architecture",
             ["atlas", *small, "--weights", str(d / "other.safetensors"), *mini, "--out", "OUT"],
@@ -270,7 +270,7 @@ def _cases(d) -> list[tuple[str, list[str], tuple[str, ...]]]:
             ["occlusion", "--pretrained", "--image", img, "--fill", "nan", "--out", "OUT"],
             ("occlusion setting fill=nan",),
         ),
-        ("negative workers", ["report", "--workers", "-2", "--out", "OUT"], ("--workers",)),
+        ("negative workers", ["report", "--workers", "-2", "--out", "OUT"], ("workers=-2", ">= 0")),
         ("k of zero", ["atlas", "--pretrained", *mini, "--k", "0", "--out", "OUT"], ("atlas setting k=0",)),
         ("--include not a folder", ["report", "--include", str(d / "afile"), "--out", "OUT"], ("--include",)),
         ("--snapshots not a folder", ["report", "--snapshots", str(d / "nope"), "--out", "OUT"], ("--snapshots",)),

@@ -193,3 +193,27 @@ def test_values_are_checked_by_type_and_range():
     assert S.for_input(224).window == 64 and S.for_input(28, window=4).stride == 1
     with pytest.raises(zfnet.UsageError, match="window=0"):
         S.for_input(28, window=0)
+
+
+@pytest.mark.parametrize("field,value", [("window", 0), ("examples", 0), ("seed", -1)])
+def test_the_reports_settings_are_one_class_for_the_cli_and_python(field, value, tmp_path, capsys):
+    """`zfnet report`'s flags are derived from `ReportConfig` (issue 34): a bad value is the same one line from
+    the class, from `zfnet.report(...)` (before the model is opened) and from the CLI (exit 2, nothing written),
+    and every field but the run-only ones is a flag with the class's default."""
+    from zfnet.pipelines.report import ReportConfig
+
+    with pytest.raises(zfnet.UsageError) as from_class:
+        ReportConfig(**{field: value})
+    line = str(from_class.value)
+    assert line.startswith(f"report setting {field}={value}") and "\n" not in line
+    with pytest.raises(zfnet.UsageError) as from_api:
+        zfnet.report(out=str(tmp_path / "api"), **{field: value})
+    assert str(from_api.value) == line and not (tmp_path / "api").exists()
+    out = tmp_path / "cli"
+    assert main(["report", f"--{field}={value}", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"zfnet report: error: {line}\n" and not out.exists()
+    parser = _subparser("report")
+    defaults = settings_from_args(parser.parse_args([]), ReportConfig)
+    for f in ReportConfig.fields():
+        if f.name not in ("out", "embedded", "include", "device"):
+            assert getattr(defaults, f.name) == f.default and f.flag in parser.format_help()

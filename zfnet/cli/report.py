@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from .args import add_device, add_model, positive
+from .args import add_device, add_model
 from .registry import command
+from .settings import add_settings, settings_from_args
 
 
 def _args(p) -> None:
+    from ..pipelines.report import ReportConfig
+
     add_model(p)  # none of --model/--weights/--pretrained: the embedded Fashion-MNIST model
     p.add_argument(
         "--data",
@@ -17,15 +20,6 @@ def _args(p) -> None:
         help="the images analysed (default with the embedded model: the Fashion-MNIST subset bundled with zfnet)",
     )
     p.add_argument("--split", help="the split analysed (default: the dataset's evaluation split)")
-    p.add_argument("--train-split", default="train", help="the split Fig. 4 scans (default train)")
-    p.add_argument("--snapshots", metavar="RUN_DIR", help="training snapshots for Fig. 4 (default: beside --weights)")
-    p.add_argument(
-        "--parts",
-        metavar="FILE",
-        help="parts file for the correspondence table (see zfnet "
-        "correspondence; default with the embedded model: the shipped ankle-boot parts)",
-    )
-    p.add_argument("--parts-images", metavar="DIR", help="folder of the parts file's images (else dataset indices)")
     p.add_argument(
         "--include",
         action="append",
@@ -33,27 +27,10 @@ def _args(p) -> None:
         metavar="DIR",
         help="a folder of zfnet transfer / layerprobe / ablate / archselect / dedupe results (repeatable)",
     )
-    p.add_argument(
-        "--layers",
-        default="",
-        help="comma-separated atlas layers (default: conv1..conv5 for the Fig. 3 family, else the rectified "
-        "output of each resolution stage, at most five; see zfnet layers)",
-    )
-    p.add_argument("--limit", type=positive, help="images the atlas scans (default: the whole split)")
-    p.add_argument(
-        "--atlas-maps",
-        type=positive,
-        help="maps per layer projected for the atlas viewer (default: every map; 16 a layer are always shown)",
-    )
-    p.add_argument("--evolution-limit", type=positive, default=2000, help="training images scanned per snapshot")
-    p.add_argument("--examples", type=positive, default=6, help="occlusion images, each of another class")
-    p.add_argument("--window", type=positive, help="occluder side in pixels (default 2/7 of the input)")
-    p.add_argument("--stride", type=positive, help="occluder step (default a quarter of the window)")
     p.add_argument("--only", default="", help="comma-separated stages to (re)run; the page shows all")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
     p.add_argument("--out", default="report", metavar="DIR", help="output folder (default report/)")
     add_device(p)
+    add_settings(p, ReportConfig, skip=("out", "embedded", "include", "device"))
 
 
 @command(
@@ -85,24 +62,8 @@ def _run(args) -> int:
     embedded = wants_embedded(args)
     if not embedded and not args.data:
         raise UsageError("pass --data SPEC: the images the report analyses (the model's own kind of images)")
-    cfg = ReportConfig(
-        out=args.work,
-        train_split=args.train_split,
-        embedded=embedded,
-        snapshots=args.snapshots,
-        parts=args.parts,
-        parts_images=args.parts_images,
-        include=tuple(args.include),
-        layers=tuple(l for l in args.layers.split(",") if l),
-        limit=args.limit,
-        atlas_maps=args.atlas_maps,
-        evolution_limit=args.evolution_limit,
-        examples=args.examples,
-        window=args.window,
-        stride=args.stride,
-        seed=args.seed,
-        workers=args.workers,
-        device=args.device,
+    cfg = settings_from_args(
+        args, ReportConfig, out=args.work, embedded=embedded, include=tuple(args.include), device=args.device
     )
     check_config(cfg)
     dev = resolve_device(args.device)

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ from ..render import page
 from ..render.architecture import architecture_figure
 from ..render.plots import training_curves
 from ..runtime import Dist, eval_mode, model_device, resolve_device
-from ..settings import Run
+from ..settings import Run, Settings, knob
 from ..train import evaluate
 from ..weights import Opened, opened_module
 from .analyses import parts_inputs, read_parts, run_correspondence, run_invariance
@@ -56,27 +57,36 @@ from .occlusion import run_occlusion
 
 
 @dataclass(frozen=True)
-class ReportConfig:
-    """How the report runs (the model and the images come opened, see `build_report`); `RUN_ONLY` fields never
-    change a result."""
+class ReportConfig(Settings):
+    """The report's settings (the model and the images come opened, see `build_report`): the `zfnet report`
+    flags and the keywords of `zfnet.report` are derived from these fields. `RUN_ONLY` fields never change a
+    result; the others are the report's settings in report.json."""
 
-    out: str = "report"
-    train_split: str = "train"  # Fig. 4 scans training images
-    embedded: bool = False  # the model is the embedded one (its snapshots and parts file are used)
-    snapshots: str | None = None  # a run folder with snapshots/ (default: beside the weights)
-    parts: str | None = None  # correspondence parts file (default with the embedded model: the shipped one)
-    parts_images: str | None = None  # folder of the parts file's images (else dataset indices)
-    include: tuple[str, ...] = ()  # folders with transfer / layerprobe / ablation / archselect / dedupe results
-    layers: tuple[str, ...] = ()  # atlas layers (default conv1..conv5)
-    limit: int | None = None  # images scanned by the atlas (None: the whole split)
-    atlas_maps: int | None = None  # maps per layer projected for the atlas viewer (None: every map)
-    evolution_limit: int | None = 2000  # training images scanned per snapshot
-    examples: int = 6  # occlusion images, each of a different class
-    window: int | None = None  # occluder side (None: 2/7 of the input, 8 px at 28)
-    stride: int | None = None  # occluder step (None: a quarter of the window)
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
+    method: ClassVar[str] = "report"
+
+    out: str = knob("report", "output folder")
+    train_split: str = knob("train", "the split Fig. 4 scans")
+    embedded: bool = knob(False, "the model is the embedded one (its snapshots and parts file are used)")
+    snapshots: str | None = knob(None, "a run folder with snapshots/ for Fig. 4 (none: beside the weights)")
+    parts: str | None = knob(
+        None, "parts file for the correspondence table (none with the embedded model: the shipped ankle-boot parts)"
+    )
+    parts_images: str | None = knob(None, "folder of the parts file's images (none: dataset indices)")
+    include: tuple[str, ...] = knob((), "folders of zfnet transfer / layerprobe / ablate / archselect / dedupe results")
+    layers: tuple[str, ...] = knob(
+        (), "atlas layers (none: conv1..conv5 for the Fig. 3 family, else each resolution stage's, at most five)"
+    )
+    limit: int | None = knob(None, "images the atlas scans (none: the whole split)", low=1)
+    atlas_maps: int | None = knob(
+        None, "maps per layer projected for the atlas viewer (none: every map; 16 a layer are always shown)", low=1
+    )
+    evolution_limit: int | None = knob(2000, "training images scanned per snapshot (none: all)", low=1)
+    examples: int = knob(6, "occlusion images, each of another class", low=1)
+    window: int | None = knob(None, "occluder side in model-input pixels (none: 2/7 of the input)", low=1)
+    stride: int | None = knob(None, "occluder step in pixels (none: a quarter of the window)", low=1)
+    seed: int = knob(0, "the random draws (atlas maps, Fig. 4's maps, random parts)", low=0)
+    workers: int = knob(0, "image decoding processes (0: decode in this process)", low=0)
+    device: str = knob("auto", "cpu, cuda, cuda:N, mps or auto")
 
 
 RUN_ONLY = ("out", "workers", "device", "include")
@@ -605,15 +615,8 @@ def _progress() -> bool:
 
 
 def check_config(cfg: ReportConfig) -> None:
-    """The report's options, refused before any model is opened."""
-    if cfg.examples < 1:
-        raise UsageError(f"--examples {cfg.examples} must be at least 1")
-    for name in ("limit", "atlas_maps", "evolution_limit", "window", "stride"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {v} must be at least 1 (or left out)")
-    if cfg.workers < 0:
-        raise UsageError(f"--workers {cfg.workers} must be 0 (decode in this process) or more")
+    """The report's files, refused before any model is opened (the ranges are refused when the settings are made,
+    `ReportConfig.check`)."""
     for d in cfg.include:
         if not os.path.isdir(d):
             raise UsageError(f"--include {d!r} is not a folder; pass a folder a zfnet experiment wrote")
@@ -756,7 +759,7 @@ def report(
     `options` are `ReportConfig` fields (layers, limit, examples, window, ...). Returns report.json's content;
     raises `UsageError` listing the stages that failed, after writing the others."""
     dev = resolve_device(device)
-    cfg = replace(ReportConfig(out=out, device=device), **options)
+    cfg = ReportConfig.build(None, out=out, device=device, **options)
     check_config(cfg)
     if model is None:
         opened, cfg = open_embedded(dev), replace(cfg, embedded=True)
