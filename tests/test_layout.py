@@ -146,3 +146,30 @@ def test_model_families_are_records_looked_up_once():
         assert f.arch(name) == (name.split(":", 1)[1] if want in ("torchvision", "timm") else name)
     assert [f.starts_random for f in map(models.family, cases)] == [True, True, False, True]
     assert [f.overrides for f in map(models.family, cases)] == [False, False, False, True]
+
+
+def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    """A function's lines of code: its body less the docstring, blank lines and comment lines."""
+    body = fn.body
+    start = body[0].lineno
+    if (
+        isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        start = body[0].end_lineno + 1 if len(body) > 1 else fn.end_lineno + 1
+    return sum(1 for line in lines[start - 1 : fn.end_lineno] if line.strip() and not line.strip().startswith("#"))
+
+
+def test_long_functions_are_few():
+    """Issue 34, item 10: at most 10 functions in zfnet/ with 45 or more lines of code, none with 80 or more."""
+    long = []
+    for m, p in _modules().items():
+        text = open(p, encoding="utf-8").read()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = _code_lines(node, lines)
+                if n >= 45:
+                    long.append((n, f"{m}.{node.name}"))
+    assert len(long) <= 10 and max(long, default=(0, ""))[0] < 80, sorted(long, reverse=True)

@@ -197,6 +197,29 @@ def _module_outputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Te
     return calls, outputs, at
 
 
+def _resolution_stages(
+    model: nn.Module, modules: dict[str, nn.Module], outputs: list[tuple[str, torch.Tensor]], aliases: dict[int, list]
+) -> dict[tuple[int, int], dict]:
+    """The module outputs grouped by their map's resolution (1x1 left out): for each, the positions in `outputs`
+    of its rectified feature maps and of all its feature maps, and whether a conv (or a token layer) made one."""
+    stages: dict[tuple[int, int], dict] = {}
+    for k, (name, out) in enumerate(outputs):
+        read = _layout(model, Site(name, None, 0, -1, (), False, shape=tuple(out.shape)), ())
+        if read.layout not in ("maps", "tokens", "channels-last"):
+            continue
+        grid = read.maps(out).shape
+        hw = (int(grid[-2]), int(grid[-1]))
+        if hw == (1, 1):
+            continue
+        st = stages.setdefault(hw, {"rectified": [], "all": [], "conv": False})
+        st["conv"] |= isinstance(modules[name], nn.Conv2d) or read.layout != "maps"  # a transformer's stage too
+        if id(out) in aliases:
+            st["all"].append(k)
+            if isinstance(modules[name], RECTIFIERS) and read.layout == "maps":  # a transformer's GELU: no
+                st["rectified"].append(k)
+    return stages
+
+
 def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) -> list[str]:
     """The paper's five layers carried over to any CNN (Sec. 2, Fig. 2 spans conv1..conv5): for each resolution
     stage, the last rectified output before the resolution drops (ResNet-18: conv1, read after its ReLU, layer1 ..
@@ -228,23 +251,8 @@ def stage_layers(model: nn.Module, input_shape: tuple[int, ...], most: int = 5) 
     def depth(k: int) -> int:
         return min(n.count(".") for n in aliases[id(outputs[k][1])])
 
-    stages: dict[tuple[int, int], dict] = {}  # resolution -> its rectified outputs, its outputs, has it a conv
-    for k, (name, out) in enumerate(outputs):
-        read = _layout(model, Site(name, None, 0, -1, (), False, shape=tuple(out.shape)), ())
-        if read.layout not in ("maps", "tokens", "channels-last"):
-            continue
-        grid = read.maps(out).shape
-        hw = (int(grid[-2]), int(grid[-1]))
-        if hw == (1, 1):
-            continue
-        st = stages.setdefault(hw, {"rectified": [], "all": [], "conv": False})
-        st["conv"] |= isinstance(modules[name], nn.Conv2d) or read.layout != "maps"  # a transformer's stage too
-        if id(out) in aliases:
-            st["all"].append(k)
-            if isinstance(modules[name], RECTIFIERS) and read.layout == "maps":  # a transformer's GELU: no
-                st["rectified"].append(k)
     chosen = []
-    for st in stages.values():
+    for st in _resolution_stages(model, modules, outputs, aliases).values():
         pool = st["rectified"] or st["all"]
         if st["conv"] and pool:  # the stage's own output over one inside a block: the shallowest name, then last
             k = max(pool, key=lambda k: (-depth(k), k))

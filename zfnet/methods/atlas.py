@@ -273,6 +273,11 @@ def scan(
     done = len(share)
     save()
     readable = len(share) - sum(1 for i in dataset.skipped if lo <= i < lo + len(share))
+    return _scanned(top, shapes, readable, elapsed, maps, dist)
+
+
+def _scanned(top: dict[str, TopK], shapes: dict, readable: int, elapsed: float, maps: dict, dist: Dist) -> Scan:
+    """The scan's result: every process's tables merged (torchrun), the per-class tables apart from the layers'."""
     if dist.world > 1:
         top = _merge_across_processes(top, list(top), dist)
         readable = int(_sum_across(readable, dist))

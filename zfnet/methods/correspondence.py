@@ -216,6 +216,37 @@ def _flat_features(model: nn.Module, x: torch.Tensor, layers: list[str], batch_s
     return {l: torch.cat(v) for l, v in out.items()}
 
 
+def _draw_random_parts(
+    regions: list[Box], size: tuple[int, int], object_masks: torch.Tensor | None, draws: int, seed: int, nhw: tuple
+) -> tuple[list[list[Box]], int | None]:
+    """The random parts' boxes: uniform in each image's region, or (object masks given) at least half on the object;
+    with how many images had no such position (None without masks)."""
+    if object_masks is None:
+        return random_parts(regions, size, draws, seed), None
+    if tuple(object_masks.shape) != nhw:
+        n, h, w = nhw
+        raise UsageError(f"object_masks has shape {tuple(object_masks.shape)}; pass one {h}x{w} mask per image")
+    return random_parts_on_mask(regions, object_masks.bool().cpu(), size, draws, seed)
+
+
+def _deltas(base: dict, changed: dict, layers: list[str], parts: list[str], draws: int) -> tuple[dict, dict, dict]:
+    """Delta_l and its spread per layer for each part and for the random parts (each pair's mean over the draws:
+    a spread over pairs, as for a part), with the per-pair values."""
+    delta: dict[str, dict[str, float]] = {l: {} for l in layers}
+    std: dict[str, dict[str, float]] = {l: {} for l in layers}
+    pairs = {}
+    for l in layers:
+        for name in parts:
+            p = sign_change(base[l] - changed[name][l])
+            pairs[f"{l}/{name}"] = p
+            delta[l][name], std[l][name] = float(p.mean()), float(p.std())
+        if draws:
+            p = torch.stack([sign_change(base[l] - changed[f"random/{k}"][l]) for k in range(draws)]).mean(0)
+            pairs[f"{l}/random"] = p
+            delta[l]["random"], std[l]["random"] = float(p.mean()), float(p.std())
+    return delta, std, pairs
+
+
 @api
 def correspondence(
     model: nn.Module | WithPreprocess,
@@ -246,13 +277,7 @@ def correspondence(
     if not boxes:
         raise UsageError("correspondence needs at least one part")
     size, regions = _random_regions(boxes, objects, n, h, w)
-    fallbacks = None
-    if object_masks is None:
-        random_boxes = random_parts(regions, size, random_draws, seed)
-    else:
-        if tuple(object_masks.shape) != (n, h, w):
-            raise UsageError(f"object_masks has shape {tuple(object_masks.shape)}; pass one {h}x{w} mask per image")
-        random_boxes, fallbacks = random_parts_on_mask(regions, object_masks.bool().cpu(), size, random_draws, seed)
+    random_boxes, fallbacks = _draw_random_parts(regions, size, object_masks, random_draws, seed, (n, h, w))
     fill_map, fill_name, shown = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
     variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
     for k, draw in enumerate(random_boxes):
@@ -261,19 +286,7 @@ def correspondence(
     with torch.no_grad(), eval_mode(model):
         base = _flat_features(model, images, layers, batch_size)
         changed = {name: _flat_features(model, x, layers, batch_size) for name, x in variants.items()}
-    delta: dict[str, dict[str, float]] = {l: {} for l in layers}
-    std: dict[str, dict[str, float]] = {l: {} for l in layers}
-    pairs = {}
-    for l in layers:
-        for name in boxes:
-            p = sign_change(base[l] - changed[name][l])
-            pairs[f"{l}/{name}"] = p
-            delta[l][name], std[l][name] = float(p.mean()), float(p.std())
-        if random_boxes:  # each pair's mean over the draws: a spread over pairs, as for the parts
-            p = torch.stack([sign_change(base[l] - changed[f"random/{k}"][l]) for k in range(len(random_boxes))])
-            p = p.mean(0)
-            pairs[f"{l}/random"] = p
-            delta[l]["random"], std[l]["random"] = float(p.mean()), float(p.std())
+    delta, std, pairs = _deltas(base, changed, layers, list(boxes), len(random_boxes))
     source = "object" if objects is not None else "parts"
     if fallbacks is not None:
         source += f"+mask ({fallbacks} of {n} images had no position with half object pixels: their whole region)"

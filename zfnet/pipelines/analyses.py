@@ -13,9 +13,9 @@ import torch
 from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_write_text
-from ..methods.correspondence import CorrespondenceSettings, correspondence, mask
+from ..methods.correspondence import CorrespondenceResult, CorrespondenceSettings, correspondence, mask
 from ..methods.invariance import DEFAULT_VALUES, InvarianceSettings, invariance
-from ..pixels import resolve_fill
+from ..pixels import Fill, resolve_fill
 from ..provenance import write_result
 from ..readback import read_text
 from ..render.analyses import correspondence_figure, correspondence_markdown, invariance_figure, invariance_rows
@@ -83,32 +83,18 @@ def object_masks(opened: Opened, x: torch.Tensor) -> torch.Tensor | None:
     return (pixels > 0.5).any(1).cpu()  # pixel units: above half a grey level
 
 
-def run_correspondence(
+def _correspondence_figure(
     opened: Opened,
     inputs: Inputs,
     spec: dict,
-    out: str,
-    settings: CorrespondenceSettings = CorrespondenceSettings(),
-    run: Run = Run(),
-    *,
-    parts_file: str | None = None,
-) -> dict:
-    """The correspondence table (Markdown + JSON) and the masked-images figure for the parts file `spec`
-    (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
-    started, device, fill = time.perf_counter(), run.device, settings.fill
-    masks = object_masks(opened, inputs.x)
-    res = correspondence(
-        opened,
-        inputs.x.to(device),
-        parts=spec["parts"],
-        objects=spec.get("object"),
-        object_masks=masks,
-        settings=settings,
-    )
-    os.makedirs(out, exist_ok=True)
-    body = res.to_json()
-    title = f"{opened.name} on {len(inputs.names)} images ({spec.get('class', 'parts file')})"
-    atomic_write_text(os.path.join(out, "correspondence.md"), correspondence_markdown(body, title))
+    res: CorrespondenceResult,
+    fill: Fill,
+    on_masks: bool,
+    title: str,
+    path: str,
+) -> None:
+    """The masked-images figure: up to five images, the original then each part and three random boxes masked,
+    as the model sees them."""
     shown_random = res.random_boxes[:3]
     titles = ["original", *spec["parts"], *[f"random {k + 1}" for k in range(len(shown_random))]]
     fill_map = resolve_fill(opened.model, fill, opened.preprocess, inputs.x, "correspondence's grey mask")[0]
@@ -122,11 +108,41 @@ def run_correspondence(
         panels,
         titles,
         inputs.names[: len(panels)],
-        os.path.join(out, "correspondence.png"),
+        path,
         f"Correspondence (arXiv Sec. 4.3): {title}, each part masked ({res.fill}) as the model sees it; "
         f"random: parts of the {'object box' if res.region_source.startswith('object') else 'parts hull'}"
-        + (", at least half on the object's pixels" if masks is not None else ""),
+        + (", at least half on the object's pixels" if on_masks else ""),
     )
+
+
+def run_correspondence(
+    opened: Opened,
+    inputs: Inputs,
+    spec: dict,
+    out: str,
+    settings: CorrespondenceSettings = CorrespondenceSettings(),
+    run: Run = Run(),
+    *,
+    parts_file: str | None = None,
+) -> dict:
+    """The correspondence table (Markdown + JSON) and the masked-images figure for the parts file `spec`
+    (`read_parts`) on `inputs` (its images, `parts_inputs`)."""
+    started, device = time.perf_counter(), run.device
+    masks = object_masks(opened, inputs.x)
+    res = correspondence(
+        opened,
+        inputs.x.to(device),
+        parts=spec["parts"],
+        objects=spec.get("object"),
+        object_masks=masks,
+        settings=settings,
+    )
+    os.makedirs(out, exist_ok=True)
+    body = res.to_json()
+    title = f"{opened.name} on {len(inputs.names)} images ({spec.get('class', 'parts file')})"
+    atomic_write_text(os.path.join(out, "correspondence.md"), correspondence_markdown(body, title))
+    figure = os.path.join(out, "correspondence.png")
+    _correspondence_figure(opened, inputs, spec, res, settings.fill, masks is not None, title, figure)
     result = {
         "method": "correspondence (arXiv Sec. 4.3)",
         **body,

@@ -59,6 +59,19 @@ def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, pat
     plt.close(fig)
 
 
+def _most_probable(ax, result, name) -> None:
+    """Panel (e): the most probable class at each occluder position, one colour a class, with its legend."""
+    present = sorted(set(result.top_class.flatten().tolist()))
+    palette = plt.get_cmap("tab20")
+    colours = [palette(i % 20) for i in range(len(present))]
+    index = {k: i for i, k in enumerate(present)}
+    codes = result.top_class.clone().apply_(lambda k: index[k]).numpy()
+    _cells(ax, result, codes, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(present) - 0.5)
+    handles = [Patch(color=colours[index[k]], label=name(k)) for k in present]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_title("(e) most probable class")
+
+
 def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title: str = ""):
     """Fig. 6's row for one image as a matplotlib figure (the caption line says which computation ran)."""
     names = classes or [str(i) for i in range(int(result.top_class.max()) + 1)]
@@ -93,20 +106,7 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
     im = _cells(ax[3], result, result.prob.numpy(), cmap="jet", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax[3], fraction=0.046, pad=0.04)
     ax[3].set_title(f"(d) p({name(result.target)}, {said} class)\n(unoccluded: {result.base_prob:.3f})")
-    present = sorted(set(result.top_class.flatten().tolist()))
-    palette = plt.get_cmap("tab20")
-    colours = [palette(i % 20) for i in range(len(present))]
-    index = {k: i for i, k in enumerate(present)}
-    codes = result.top_class.clone().apply_(lambda k: index[k]).numpy()
-    _cells(ax[4], result, codes, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(present) - 0.5)
-    ax[4].legend(
-        handles=[Patch(color=colours[index[k]], label=name(k)) for k in present],
-        loc="upper left",
-        bbox_to_anchor=(1.0, 1.0),
-        fontsize=8,
-        frameon=False,
-    )
-    ax[4].set_title("(e) most probable class")
+    _most_probable(ax[4], result, name)
     for a in ax[1:]:
         a.set_xlim(0, w)
         a.set_ylim(h, 0)
