@@ -53,7 +53,73 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
             k -= sum(isinstance(mod, nn.Conv2d) for mod in model.modules())
         if 1 <= k <= len(found):
             return found[k - 1]
-    raise UsageError(f"model has no layer {name!r}; pick one of {', '.join(layer_names(model)[:40])}")
+    raise UsageError(f"model has no layer {name!r}; {_layer_hint(model)}")
+
+
+def _layer_hint(model: nn.Module) -> str:
+    """What to pick instead: the default stage layers (the top one last), and where the full list is."""
+    try:
+        names = default_stage_layers(model)
+    except Exception:  # noqa: BLE001 - a hint only: a model that runs only at some other size has none here
+        names = []
+    shown = f"its default layers are {', '.join(names)}" if names else "pick a module name"
+    return f"{shown} (every layer: zfnet layers --model ...)"
+
+
+def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, int]:
+    """(channels, height, width) a model expects: its own `input_shape` (the Fig. 3 family's table), a fixed
+    `image_size` (torchvision's ViT) or a timm ViT's patch embedding size, else 3 (or the first conv's channels)
+    x default x default."""
+    own = getattr(model, "input_shape", None)
+    if isinstance(own, tuple) and len(own) == 3 and all(isinstance(v, int) for v in own):
+        return own
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    c = first.in_channels if first is not None else 3
+    side = getattr(model, "image_size", None)  # torchvision's ViT: fixed at construction
+    embed = getattr(model, "patch_embed", None)  # timm's ViTs: the patch embedding's size
+    if not isinstance(side, int) and embed is not None and not getattr(model, "dynamic_img_size", False):
+        size = getattr(embed, "img_size", None)
+        side = int(size[-1]) if isinstance(size, (tuple, list)) and size else None
+    return (c, side, side) if isinstance(side, int) and side > 0 else (c, default, default)
+
+
+FIG3_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def default_stage_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[str]:
+    """The layers Fig. 2 shows: conv1..conv5 for a model named as Fig. 3 (those a Table 2 variant keeps), else
+    the rectified output of each resolution stage, at most five (`stage_layers`), read at `input_shape`
+    (default: the model's own, else 3 x 224 x 224). The last is the model's top layer (`top_layer`)."""
+    modules = dict(model.named_modules())
+    if getattr(model, "arch", None) is not None and "conv1" in modules:  # zfnet's ConvNet: the paper's names
+        return [n for n in FIG3_LAYERS if n in modules]
+    return stage_layers(model, tuple(input_shape or model_input_shape(model)))
+
+
+def paper_layers(
+    model: nn.Module, paper: tuple[str, ...], input_shape: tuple[int, ...] | None = None
+) -> tuple[str, ...]:
+    """The paper's layers by number (`paper`, e.g. conv5 and fc7 for Table 7, conv1 and fc7 for the invariance
+    figure) where the model has them by those names (Fig. 3's family); on any other model the stage layers that
+    stand for them: conv1 is the first stage layer, any deeper layer the top one (`top_layer`)."""
+    modules = dict(model.named_modules())
+    if getattr(model, "arch", None) is not None and "conv1" in modules:
+        kept = tuple(n for n in paper if n in modules)
+        if kept:
+            return kept
+    names = default_stage_layers(model, input_shape)
+    if not names:
+        raise UsageError("the model has no convolutional or token stage to read; pass layers (see zfnet layers)")
+    return tuple(dict.fromkeys(names[0] if n == "conv1" else names[-1] for n in paper))
+
+
+def top_layer(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> str:
+    """The default layer of a one-layer view (issue 40): the top of the default stage layers (conv5 for Fig. 3's
+    family; ResNet's layer4, a ViT's last block)."""
+    names = default_stage_layers(model, input_shape)
+    if not names:
+        raise UsageError("the model has no convolutional or token stage to read; pass a layer (see zfnet layers)")
+    return names[-1]
 
 
 def layer_names(model: nn.Module) -> list[str]:

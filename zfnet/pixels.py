@@ -120,12 +120,24 @@ def fill_input(fill: Fill, pp: Preprocess, like: torch.Tensor) -> torch.Tensor:
     return pp.from_pixels(fill_pixel_map(fill, pp, like)).to(like)
 
 
+def fill_source(fill: Fill, pp: Preprocess | None) -> str:
+    """Where a fill's values come from, for results and captions (issue 40): the grey's source
+    (`Preprocess.grey_source`), the mean image, or the values given."""
+    if fill == "mean-image":
+        return "0 in model-input units: each pixel the mean image's"
+    if isinstance(fill, str) and pp is not None:
+        return pp.grey_source
+    return "the pixel values given"
+
+
 def resolve_fill(
     module: nn.Module, fill: Fill, preprocess: Preprocess | None, like: torch.Tensor, what: str
-) -> tuple[torch.Tensor, str, list[float] | None]:
-    """(the fill as model input C x H x W, its name for results, its pixel values per channel or None)."""
+) -> tuple[torch.Tensor, str, list[float] | None, str]:
+    """(the fill as model input C x H x W, its name for results, its pixel values per channel or None, where
+    its values come from: `fill_source`)."""
     if fill == "mean-image":  # needs no preprocessing: 0 in model-input units
-        return like.new_zeros(like.shape[-3:]), "mean-image", None
+        return like.new_zeros(like.shape[-3:]), "mean-image", None, fill_source(fill, None)
     pp = pixel_preprocess(module, preprocess, what)
     pixels = fill_pixels(fill, pp)
-    return fill_input(fill, pp, like), fill if isinstance(fill, str) else "pixels", list(pixels) if pixels else None
+    name = fill if isinstance(fill, str) else "pixels"
+    return fill_input(fill, pp, like), name, list(pixels) if pixels else None, fill_source(fill, pp)

@@ -233,15 +233,21 @@ def _pair(v) -> tuple[int, int]:
 
 
 class _GeometryMode(TorchFunctionMode):
-    """Propagates unit-grid geometry (an (Axis, Axis) pair or None = global) alongside every tensor."""
+    """Propagates unit-grid geometry (an (Axis, Axis) pair or None = global) alongside every tensor, with where
+    its rows and columns are (dims 2 and 3 of N x C x H x W; 1 and 2 once permuted to channels-last, as
+    ConvNeXt's LayerNorm2d and its blocks' Linear layers do) and, for a global one, the op that made it so."""
 
     def __init__(self, images: torch.Tensor) -> None:
         super().__init__()
-        self.geo: dict[int, tuple[torch.Tensor, tuple[Axis, Axis] | None]] = {}
-        self.set(images, (Axis(1, 1, 0), Axis(1, 1, 0)))
+        self.geo: dict[int, tuple[torch.Tensor, tuple[Axis, Axis] | None, tuple[int, int]]] = {}
+        self.why: dict[int, str] = {}  # id of a tensor with a global field -> the op that made it global
+        self.set(images, (Axis(1, 1, 0), Axis(1, 1, 0)), (images.dim() - 2, images.dim() - 1))
 
-    def set(self, t: torch.Tensor, g) -> None:
-        self.geo[id(t)] = (t, g)  # keep t alive so its id is not reused
+    def set(self, t: torch.Tensor, g, dims: tuple[int, int] | None = None, why: str = "") -> None:
+        spatial = dims if dims is not None else (t.dim() - 2, t.dim() - 1)
+        self.geo[id(t)] = (t, g, spatial)  # keep t alive so its id is not reused
+        if g is None:
+            self.why[id(t)] = why
 
     def get(self, t) -> tuple[bool, tuple[Axis, Axis] | None]:
         entry = self.geo.get(id(t)) if isinstance(t, torch.Tensor) else None
@@ -249,31 +255,59 @@ class _GeometryMode(TorchFunctionMode):
             return False, None
         return True, entry[1]
 
+    def dims(self, t: torch.Tensor) -> tuple[int, int]:
+        return self.geo[id(t)][2]
+
+    def reason(self, t: torch.Tensor) -> str:
+        """Why `t`'s field is the whole image (the first op that made a field global on its way)."""
+        return self.why.get(id(t), "") if self.get(t)[0] else ""
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         flat = list(args) + list(kwargs.values())
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         tensors += [t for a in flat if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
-        known = [(t, self.get(t)[1]) for t in tensors if self.get(t)[0]]
+        known = [t for t in tensors if self.get(t)[0]]
         if not known:
             return out
         name = getattr(func, "__name__", "")
         if name in _NEUTRAL_NAMES:
             return out
-        data_known, data_geo = self.get(args[0]) if args else (False, None)
-        if name in _WINDOWED_NAMES and data_known:
-            g = None if data_geo is None else self._windowed(name, args, kwargs, data_geo)
-        elif name == "pad" and data_known:
-            g = None if data_geo is None else self._padded(args, kwargs, data_geo)
-        elif name in _POINTWISE_NAMES or (name == "cat" and _cat_dim(args, kwargs) in (0, 1, -3)):
-            g = self._hull([g for _, g in known])
-        else:
-            g = None  # an op that may mix positions: the field becomes the whole image
+        data = args[0] if args and isinstance(args[0], torch.Tensor) and self.get(args[0])[0] else known[0]
+        g, dims, why = self._step(name, args, kwargs, data, known)
         for o in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(o, torch.Tensor):
-                self.set(o, g)
+                self.set(o, g, dims if o.dim() == data.dim() else None, why)
         return out
+
+    def _step(self, name, args, kwargs, data, known):
+        """The output's geometry, spatial dims and (global) reason for op `name` on `data`."""
+        g0, dims = self.get(data)[1], self.dims(data)
+        standard = dims == (data.dim() - 2, data.dim() - 1)
+        inherited = next((self.reason(t) for t in known if self.get(t)[1] is None and self.reason(t)), "")
+        if name in _WINDOWED_NAMES or name == "pad":
+            if g0 is None or not standard:
+                return None, None, inherited or name
+            return (
+                (self._windowed(name, args, kwargs, g0) if name != "pad" else self._padded(args, kwargs, g0)),
+                dims,
+                "",
+            )
+        if name in ("permute", "transpose", "swapaxes", "movedim") and data.dim() >= 3:
+            moved = _moved(name, args, kwargs, data.dim(), dims)
+            return (g0, moved, inherited) if moved is not None else (None, None, inherited or name)
+        pointwise = name in _POINTWISE_NAMES or (name == "cat" and _cat_dim(args, kwargs) % data.dim() not in dims)
+        if name == "layer_norm":  # normalises over its last dims: a position's own channels, or a whole map
+            shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape", ())
+            k = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
+            pointwise = all(d < data.dim() - k for d in dims)
+        if name == "linear":  # mixes the last dim only
+            pointwise = data.dim() - 1 not in dims
+        if pointwise:
+            g = self._hull([self.get(t)[1] for t in known])
+            return g, dims, (inherited or name) if g is None else ""
+        return None, None, inherited or name  # an op that may mix positions: the field becomes the whole image
 
     @staticmethod
     def _hull(gs):
@@ -320,6 +354,20 @@ class _GeometryMode(TorchFunctionMode):
         return tuple(axes)
 
 
+def _moved(name: str, args, kwargs, ndim: int, dims: tuple[int, int]) -> tuple[int, int] | None:
+    """Where the spatial dims go under a permute / transpose (None: an op not read here)."""
+    if name == "permute":
+        order = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:] or kwargs.get("dims")
+        order = [int(d) % ndim for d in order]
+        return (order.index(dims[0]), order.index(dims[1])) if len(order) == ndim else None
+    if name in ("transpose", "swapaxes"):
+        a = int(args[1] if len(args) > 1 else kwargs["dim0"]) % ndim
+        b = int(args[2] if len(args) > 2 else kwargs["dim1"]) % ndim
+        swap = {a: b, b: a}
+        return (swap.get(dims[0], dims[0]), swap.get(dims[1], dims[1]))
+    return None
+
+
 def _cat_dim(args, kwargs) -> int:
     return int(args[1] if len(args) > 1 else kwargs.get("dim", 0))
 
@@ -336,10 +384,12 @@ def _whole_image(g: tuple[Axis, Axis] | None, out: torch.Tensor, input_shape: tu
 
 
 def layer_geometries(
-    model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+    model: nn.Module, layers: list[str], input_shape: tuple[int, ...], reasons: dict[str, str] | None = None
 ) -> dict[str, tuple[Axis, Axis] | None]:
     """Grid geometry of each named layer's output for an input of `input_shape` (C, H, W): one traced
-    forward in eval mode that stops after the last of `layers`."""
+    forward in eval mode that stops after the last of `layers`. `reasons`, when given, gets for each layer whose
+    field is the whole image why: the first op that mixed positions on its way (a squeeze-excitation gate's
+    adaptive_avg_pool2d, a flatten, ...), or "covers the image" when its window has grown past the image."""
     x = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))  # its own float type
     sites(model, layers, x)  # traced before the geometry mode starts, which keys its record by tensor ids
     mode = _GeometryMode(x)
@@ -352,6 +402,8 @@ def layer_geometries(
     for name, out in maps.items():
         known, g = mode.get(out)
         found[name] = g if known and not _whole_image(g, out, input_shape) else None
+        if reasons is not None and found[name] is None:
+            reasons[name] = (mode.reason(out) or "an op zfnet does not read") if g is None else "covers the image"
     missing = [n for n in layers if n not in found]
     if missing:
         raise UsageError(

@@ -198,7 +198,16 @@ def default_preprocess(model: nn.Module) -> zdata.Preprocess:
             s = int(cfg["input_size"][-1])
         base = round(s / float(cfg.get("crop_pct") or 0.875))
         return zdata.Preprocess(s, base, c, "resize", 1.0, None, tuple(cfg["mean"])[:c], tuple(cfg["std"])[:c])
+    if _users(model):  # issue 40: an image of the input size goes in as it is
+        return _imagenet(c, s, s)
     return _imagenet(c, s, round(s * 256 / 224))
+
+
+def _users(model: nn.Module) -> bool:
+    """A user's own model: built from module:callable, or a module handed in that no library defined."""
+    if hasattr(model, "zfnet_name"):
+        return models.family(models.name_of(model)) is models.USER
+    return not type(model).__module__.startswith(("torchvision.", "timm.", "zfnet."))
 
 
 def _imagenet(channels: int, size: int, base: int) -> zdata.Preprocess:
@@ -213,15 +222,27 @@ def _imagenet(channels: int, size: int, base: int) -> zdata.Preprocess:
 NORMALIZE_CHOICES = "imagenet, none, or MEAN,STD (one pair for every channel, or C means then C stds, in [0, 1])"
 
 
-def with_input(pp: zdata.Preprocess, input_size: int | None = None, normalize: str | None = None) -> zdata.Preprocess:
-    """`pp` at another input size (base square 256/224 of it, as Sec. 3 and torchvision) and/or with another
-    normalisation (`--normalize`): 'imagenet' (torchvision's mean and std of [0, 1] pixels), 'none' ([0, 1]
-    pixels as they are) or 'MEAN,STD'."""
-    if input_size is not None and input_size != pp.input_size:  # the stored size: the stored input, bit for bit
-        if input_size < 8:
-            raise UsageError(f"--input-size {input_size} is too small; pass the side the model takes, e.g. 224")
-        base = round(input_size * 256 / 224)
-        pp = replace(pp, input_size=int(input_size), base_size=base, mean_image=pp.mean_at(base))
+FIT_CHOICES = ("paper", "resize", "none")
+
+
+def with_input(
+    pp: zdata.Preprocess, input_size: int | None = None, normalize: str | None = None, fit: str | None = None
+) -> zdata.Preprocess:
+    """`pp` at another input size and/or with another normalisation (`--normalize`: 'imagenet', torchvision's mean
+    and std of [0, 1] pixels; 'none', [0, 1] pixels as they are; or 'MEAN,STD') and/or another fit (`--fit`,
+    issue 40): 'paper' (Sec. 3: the base square 256/224 of the input, centre crop), 'resize' (base square = the
+    input: an image of the input size goes in unchanged) or 'none' (images must have the input size). A new input
+    size keeps the fit's margin: 256/224 for a paper-style one, none for the others."""
+    if fit is not None and fit not in FIT_CHOICES:
+        raise UsageError(f"--fit {fit!r}: pass one of {', '.join(FIT_CHOICES)}")
+    if input_size is not None and input_size < 8:
+        raise UsageError(f"--input-size {input_size} is too small; pass the side the model takes, e.g. 224")
+    size = int(input_size) if input_size is not None else pp.input_size
+    if fit is not None or size != pp.input_size:  # else the stored ones: the stored input, bit for bit
+        paper = pp.base_size > pp.input_size if fit is None else fit == "paper"
+        base = round(size * 256 / 224) if paper else size
+        mode = pp.fit if fit is None else ("none" if fit == "none" else "resize")
+        pp = replace(pp, input_size=size, base_size=base, fit=mode, mean_image=pp.mean_at(base))
     if normalize is None:
         return pp
     c = pp.channels
@@ -363,6 +384,30 @@ def data_mean(
     return zdata.mean_image(ds, workers=workers, progress=progress)
 
 
+def needs_grey(pp: zdata.Preprocess) -> bool:
+    """Sec. 4.2's grey is not known from the preprocessing: no mean image, no normalisation mean above 0."""
+    return pp.mean_image is None and not (pp.channel_mean is not None and any(v > 0 for v in pp.channel_mean))
+
+
+def with_data_grey(
+    opened: Opened, data: str | zdata.ImageSet | None, split: str | None = None, workers: int = 0
+) -> Opened:
+    """`opened` with Sec. 4.2's grey taken from the data (issue 40) when its preprocessing does not give one: the
+    mean pixel of `data`'s training split (else of `split`; an opened image set: of its images), from the mean
+    image computed once and cached (`zdata.mean_image`). Without data, or with a mean known, unchanged (the grey
+    is then the mean's, or mid-grey 128, and `Preprocess.grey_source` says which)."""
+    pp = opened.preprocess
+    if data is None or not needs_grey(pp):
+        return opened
+    if isinstance(data, zdata.ImageSet):
+        crop = data.preprocess.center(zdata.mean_image(data, workers=workers)[None])[0]
+    else:
+        crop = pp.center(data_mean(pp, data, split, workers)[None])[0]
+    grey = tuple(float(v) for v in crop.double().mean((1, 2)))
+    note(f"grey (occluder, masks, uncovered pixels): {'/'.join(f'{round(v):d}' for v in grey)}, the data's mean pixel")
+    return replace(opened, preprocess=replace(pp, data_grey=grey))
+
+
 def apply_mean(
     pp: zdata.Preprocess, mean: str | None, data: str | None = None, split: str | None = None, workers: int = 0
 ) -> zdata.Preprocess:
@@ -425,13 +470,14 @@ def open_model(
     normalize: str | None = None,
     classes: list[str] | None = None,
     output: int | str | None = None,
+    fit: str | None = None,
 ) -> Opened:
     """Model `name` (a registry name, torchvision:/timm:<name> or module:callable) with its weights and their
     stored preprocessing and class names, or (no weights) at its initialization, seeded so that every torchrun
     rank and every rerun sees the same network. The weights file is read once; for torchvision models
     `weights` may name the weights enum (IMAGENET1K_V1, DEFAULT), found in torch hub's cache. `mean` overrides
     the mean image (see `apply_mean`); weights of a paper-style model that carry none must be given one.
-    `input_size` / `normalize` replace the input side and normalisation (`with_input`), `classes` the class
+    `input_size` / `normalize` / `fit` replace the input side, normalisation and fit (`with_input`), `classes` the class
     names. `overrides` are the architecture overrides the weights were trained with (a recipe's
     model_overrides). `output` picks the logits in a forward's tuple or mapping (`zfnet.calling.pick`); one forward
     of zeros checks the input size and counts the outputs the class names must match. The embedded model:
@@ -456,7 +502,7 @@ def open_model(
             pp = default_preprocess(model)
             if mean is None and normalize is None and isinstance(model, models.ConvNet):
                 raise UsageError(f"{wf.path!r} carries no mean image (Sec. 3 preprocessing); pass {MEAN_CHOICES}")
-        pp = apply_mean(with_input(pp, input_size, normalize), mean, data, split, workers)
+        pp = apply_mean(with_input(pp, input_size, normalize, fit), mean, data, split, workers)
         n = _ready(model, pp, name, input_size, output)
         names = classes or wf.classes or (hub.classes if hub else None) or model_classes(model)
         fitted = _fit_classes(names, n)
@@ -465,7 +511,7 @@ def open_model(
         torch.manual_seed(seed)
         model = models.build(name, **(overrides or {}))
     model = model.to(device).eval()
-    pp = apply_mean(with_input(default_preprocess(model), input_size, normalize), mean, data, split, workers)
+    pp = apply_mean(with_input(default_preprocess(model), input_size, normalize, fit), mean, data, split, workers)
     n = _ready(model, pp, name, input_size, output)
     initial = family.initial(name, seed)
     note(

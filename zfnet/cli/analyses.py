@@ -64,7 +64,9 @@ def _corr_run(args) -> int:
         raise UsageError(
             "the parts file names dataset indices but no dataset: pass --data SPEC (or --images DIR for files)"
         )
-    opened = open_from_args(args, dev, data=args.data or spec.get("data"), split=args.split or spec.get("split"))
+    opened = open_from_args(
+        args, dev, grey=True, data=args.data or spec.get("data"), split=args.split or spec.get("split")
+    )
     inputs = parts_inputs(spec, opened, pil, files, args.data, args.split)
     r = run_correspondence(
         opened,
@@ -110,7 +112,7 @@ def _inv_run(args) -> int:
     settings = settings_from_args(args, InvarianceSettings)  # before any model is opened
     pil = check_images(args)
     dev = resolve_device(args.device)
-    opened = open_from_args(args, dev)
+    opened = open_from_args(args, dev, grey=True)
     inputs = inputs_from_args(args, opened, pil)
     r = run_invariance(opened, inputs, args.work, settings, Run(device=dev))
     print(json.dumps({"out": args.out, "figure": os.path.join(args.out, r["figure"]), "images": r["images"]}, indent=2))

@@ -12,7 +12,7 @@ from ..calling import OUTPUT_HELP
 from ..errors import UsageError
 from ..pipelines.inputs import Inputs, check_files, load_inputs
 from ..pretrained import open_embedded
-from ..weights import Opened, open_model, read_classes
+from ..weights import FIT_CHOICES, Opened, open_model, read_classes, with_data_grey
 
 
 def _at_least(lo: int):
@@ -91,6 +91,14 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
         metavar="imagenet|none|MEAN,STD",
         help="input normalisation of [0, 1] pixels (default: the weights' or model's own, else imagenet)",
     )
+    p.add_argument(
+        "--fit",
+        choices=FIT_CHOICES,
+        help="how an image becomes the input: paper (Sec. 3: shorter side to 256/224 of the input, centre crop), "
+        "resize (shorter side to the input size, centre crop: an image of the input size goes in unchanged), none "
+        "(images must have the input size) (default: the weights' own; paper for zfnet's, torchvision's and timm's "
+        "models, resize for your module:callable)",
+    )
     p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: the weights' or model's own)")
     p.add_argument("--output", metavar="INDEX|KEY", help=OUTPUT_HELP)
 
@@ -133,10 +141,19 @@ def wants_embedded(args: argparse.Namespace) -> bool:
     return bool(args.pretrained or (args.model is None and args.weights is None))
 
 
-def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu", **overrides: Any) -> Opened:
+def open_from_args(
+    args: argparse.Namespace, device: torch.device | str = "cpu", *, grey: bool = False, **overrides: Any
+) -> Opened:
     """The model the flags name, opened once (weights read once): --pretrained, or --model with --weights (and
-    --mean; --data/--split/--workers for --mean data). `overrides` replace flag values (a second model)."""
+    --mean; --data/--split/--workers for --mean data). `overrides` replace flag values (a second model). With
+    `grey` (the commands that paste Sec. 4.2's grey), a model whose mean is not known takes the grey from --data
+    (`with_data_grey`)."""
     v = {**vars(args), **overrides}
+    opened = _open(v, device)
+    return with_data_grey(opened, v.get("data"), v.get("split"), v.get("workers") or 0) if grey else opened
+
+
+def _open(v: dict[str, Any], device: torch.device | str) -> Opened:
     common: dict[str, Any] = {
         "mean": v.get("mean"),
         "data": v.get("data"),
@@ -146,8 +163,10 @@ def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
     if v.get("pretrained"):
         if v.get("model") or v.get("weights"):
             raise UsageError("--pretrained is the embedded model; drop --model/--weights, or drop --pretrained")
-        if v.get("input_size") or v.get("normalize") or v.get("classes") or v.get("output"):
-            raise UsageError("--pretrained carries its own input and classes; drop --input-size/--normalize/--classes")
+        if v.get("input_size") or v.get("normalize") or v.get("classes") or v.get("output") or v.get("fit"):
+            raise UsageError(
+                "--pretrained carries its own input and classes; drop --input-size/--normalize/--fit/--classes"
+            )
         return open_embedded(device, **common)
     return open_model(
         v.get("model"),
@@ -156,6 +175,7 @@ def open_from_args(args: argparse.Namespace, device: torch.device | str = "cpu",
         seed=v.get("seed") or 0,
         input_size=v.get("input_size"),
         normalize=v.get("normalize"),
+        fit=v.get("fit"),
         classes=read_classes(v["classes"]) if v.get("classes") else None,
         output=v.get("output"),
         **common,

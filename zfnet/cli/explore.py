@@ -3,7 +3,7 @@ its top-9, occlusion maps - in the browser (zfnet.pipelines.explore)."""
 
 from __future__ import annotations
 
-from .args import add_device, add_model, port
+from .args import add_device, add_model, port, positive
 from .registry import command
 from .serve import NEEDS_SERVER, Lifetime, Stopped, run_server
 
@@ -18,6 +18,13 @@ def _explore_args(p) -> None:
     p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
     p.add_argument("--atlas", metavar="DIR", help="an atlas of the same model (zfnet atlas --out DIR): top-9 per map")
     p.add_argument("--port", type=port, default=0, help="TCP port (default 0: a free one; the URL is printed)")
+    p.add_argument(
+        "--job-limit",
+        type=positive,
+        default=600,
+        metavar="SECONDS",
+        help="an occlusion job that runs longer ends with an error (default 600)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="listen address (another than loopback exposes the model: warned)"
     )
@@ -51,13 +58,14 @@ def _explore(args, life: Lifetime) -> int:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
 
-        from ..pipelines.explore import Explorer, explore_app
+        from ..pipelines.explore import ExploreLimits, Explorer, explore_app
     except ImportError:
         raise UsageError(f"zfnet explore: {NEEDS_SERVER}") from None
     embedded = wants_embedded(args)
     dev = resolve_device(args.device)
-    opened = open_from_args(args, dev, pretrained=True) if embedded else open_from_args(args, dev)
+    opened = open_from_args(args, dev, pretrained=True) if embedded else open_from_args(args, dev, grey=True)
     spec = args.data or (EMBEDDED_DATA if embedded else None)
     dataset = zdata.open_dataset(spec, args.split, opened.preprocess) if spec else None
-    with Explorer(opened, dataset, args.atlas) as explorer:
+    limits = ExploreLimits(job_seconds=float(args.job_limit))
+    with Explorer(opened, dataset, args.atlas, limits) as explorer:
         return run_server(explore_app(explorer), args.host, args.port, f"zfnet explore ({opened.name})", life)

@@ -49,15 +49,16 @@ def _layers_args(p) -> None:
 )
 def _layers_run(args) -> int:
     from ..layers import layer_names, output_shapes
-    from ..models import model_input_shape
     from ..receptive_field import layer_geometries
     from .args import open_from_args
 
-    model = open_from_args(args).model
-    shape = model_input_shape(model)
+    opened = open_from_args(args)
+    model, pp = opened.model, opened.preprocess
+    shape = (pp.channels, pp.input_size, pp.input_size)  # --input-size as every command reads it
     shapes = output_shapes(model, layer_names(model), shape)
     names = list(shapes)
-    geos = layer_geometries(model, names, shape)
+    why: dict[str, str] = {}
+    geos = layer_geometries(model, names, shape, why)
     modules = dict(model.named_modules())
     rows: list[dict[str, Any]] = []
     for n in names:
@@ -69,15 +70,20 @@ def _layers_run(args) -> int:
                 "output": list(shapes[n]),
                 "field": None if g is None else g[0].size,
                 "jump": None if g is None else g[0].jump,
+                **({"whole_image": why[n]} if g is None else {}),
             }
         )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'layer':28} {'type':18} {'output':18} {'field':>6} {'jump':>5}")
+    said = ""
     for r in rows:
+        why = str(r.get("whole_image", ""))
         print(
             f"{r['layer']:28} {r['type']:18} {'x'.join(map(str, r['output'])):18} "
             f"{r['field'] if r['field'] else 'all':>6} {r['jump'] or '-':>5}"
+            + (f"  (whole image: {why})" if why and why != said else "")
         )
+        said = why or said
     return 0

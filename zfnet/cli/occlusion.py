@@ -40,7 +40,7 @@ def _occlusion_run(args) -> int:
     settings = settings_from_args(args, OcclusionSettings)  # a bad setting costs nothing: refused before loading
     pil = check_images(args)  # unreadable images are refused before the model is loaded
     dev = resolve_device(args.device)
-    opened = open_from_args(args, dev)
+    opened = open_from_args(args, dev, grey=True)
     inputs = inputs_from_args(args, opened, pil)
     result = run_occlusion(opened, inputs, args.work, settings, Run(device=dev, progress=not args.no_progress))
     print(

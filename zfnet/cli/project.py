@@ -13,7 +13,9 @@ from .settings import add_settings, settings_from_args
 def _project_args(p) -> None:
     add_model(p)
     p.add_argument("--image", required=True, metavar="FILE", help="an image file (any size; Sec. 3 crop)")
-    p.add_argument("--layer", required=True, help="layer name, e.g. conv5 (see `zfnet layers`)")
+    p.add_argument(
+        "--layer", help="layer name (default: the model's top stage layer, conv5 for Fig. 3's family; zfnet layers)"
+    )
     p.add_argument("--channel", type=int, required=True, help="feature map index")
     p.add_argument("--position", type=position, metavar="Y,X", help="unit position (default: the map's strongest)")
     add_settings(p, ProjectSettings)
@@ -48,7 +50,7 @@ def _project_run(args) -> int:
     x = pp(image).to(dev)
     res = project(opened.model, x, layer=args.layer, channel=args.channel, position=args.position, settings=settings)
     y, xx = res.positions[0] or (0, 0)
-    patch = layer_field(opened.model, args.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
+    patch = layer_field(opened.model, res.layer, tuple(x.shape[1:])).crop(pp.display(x), y, xx)[0]
     atomic_save_image(pair(patch.cpu(), res.field(0).cpu(), scale=display_scale(patch.shape[-1], 160)), args.out)
     print(
         json.dumps(

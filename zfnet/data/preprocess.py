@@ -36,13 +36,16 @@ class Preprocess:
     base_size: int  # side of the square the crops come from, px (256)
     channels: int  # 1 (grey) or 3 (RGB)
     # "resize": smallest side -> base_size + centre crop; "pad": zero-pad to base_size (images up to that size).
-    # None: not decided yet - a dataset's kind decides when a fresh model is trained (digits pad, photos resize).
+    # "none": images already of the input size, fed as they are (`--fit none`). None: not decided yet - a
+    # dataset's kind decides when a fresh model is trained (digits pad, photos resize).
     fit: str | None = None
     # The paper feeds raw pixel values: "input images are roughly in the [-128,128] range" after the mean.
     scale: float = 255.0
     mean_image: torch.Tensor | None = field(default=None, repr=False)  # C x B x B, raw [0, 255] pixel units
     channel_mean: tuple[float, ...] | None = None  # alternative to mean_image (torchvision models), in [0, 1]
     channel_std: tuple[float, ...] | None = None
+    # Sec. 4.2's grey when neither a mean image nor a normalisation mean says it: the data's mean pixel (0-255)
+    data_grey: tuple[float, ...] | None = None
 
     @classmethod
     def torchvision(cls, input_size: int = 224, base_size: int = 256) -> Preprocess:
@@ -100,6 +103,7 @@ class Preprocess:
         image = to_8bit(image).convert("L" if self.channels == 1 else "RGB")
         b = self.base_size
         w, h = image.size
+        self._check_as_is(h, w)
         if self.fit == "pad" and w <= b and h <= b:
             canvas = Image.new(image.mode, (b, b))
             canvas.paste(image, ((b - w) // 2, (b - h) // 2))
@@ -121,6 +125,7 @@ class Preprocess:
             x = x[:, None]
         n, c, h, w = x.shape
         b = self.base_size
+        self._check_as_is(h, w)
         if c != self.channels:
             x = (
                 x.expand(n, self.channels, h, w)
@@ -140,6 +145,14 @@ class Preprocess:
             out[:, :, top : top + h, left : left + w] = x
             return out
         return torch.stack([self.base(img) for img in x])
+
+    def _check_as_is(self, h: int, w: int) -> None:
+        """`fit="none"` (`--fit none`): the image goes in as it is, so it must have the input size."""
+        if self.fit == "none" and (h, w) != (self.base_size, self.base_size):
+            raise UsageError(
+                f"an image of {w}x{h} px with --fit none (images as they are): the model takes "
+                f"{self.base_size}x{self.base_size}; pass --fit resize or --fit paper to resize and crop it"
+            )
 
     # --- batches of base squares -> model input --------------------------------------------------------
     def mean_at(self, base_size: int) -> torch.Tensor | None:
@@ -236,9 +249,23 @@ class Preprocess:
         if self.mean_image is not None:
             crop = self.center(self.mean_image[None])[0]
             return tuple(float(round(float(v))) for v in crop.double().mean((1, 2)))
-        if self.channel_mean is not None:
+        if self.channel_mean is not None and any(v > 0 for v in self.channel_mean):
             return tuple(float(round(v * 255.0)) for v in self.channel_mean)
+        if self.data_grey is not None:
+            return tuple(float(round(v)) for v in self.data_grey)
         return (128.0,) * self.channels
+
+    @property
+    def grey_source(self) -> str:
+        """Where `grey` comes from, for results and captions (issue 40: never black because a mean is 0)."""
+        if self.mean_image is not None:
+            return "the training mean pixel (the mean image's)"
+        if self.channel_mean is not None and any(v > 0 for v in self.channel_mean):
+            return "the normalisation's mean pixel"
+        if self.data_grey is not None:
+            return "the mean pixel of the data given (--data)"
+        why = "the normalisation's mean is 0" if self.channel_mean is not None else "no mean is known"
+        return f"mid-grey 128: {why} and no data was given"
 
     def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float pixel values (N x C x S x S or C x S x S, 0-255) of the centre crop -> model input: the same
@@ -280,6 +307,7 @@ class Preprocess:
             "mean": "image" if self.mean_image is not None else None,
             "channel_mean": self.channel_mean,
             "channel_std": self.channel_std,
+            **({"data_grey": list(self.data_grey)} if self.data_grey is not None else {}),
         }
 
     @classmethod
@@ -294,6 +322,7 @@ class Preprocess:
             None,
             tuple(d["channel_mean"]) if d.get("channel_mean") else None,
             tuple(d["channel_std"]) if d.get("channel_std") else None,
+            tuple(float(v) for v in d["data_grey"]) if d.get("data_grey") else None,
         )
         return pp.with_mean(mean_image) if mean_image is not None else pp
 

@@ -23,8 +23,7 @@ from torch import nn
 from .. import data as zdata
 from ..calling import api
 from ..errors import UsageError
-from ..layers import features, read_maps, stage_layers
-from ..models import ConvNet, model_input_shape
+from ..layers import default_stage_layers, features, read_maps
 from ..runtime import Dist, eval_mode, model_dtype
 from ..settings import Settings, knob
 from .deconvnet import Target
@@ -131,13 +130,15 @@ class Scan:
 
 
 def default_layers(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[str]:
-    """The layers Fig. 2 shows: conv1..conv5 for the Fig. 3 family (those a Table 2 variant keeps), else the
-    rectified output of each resolution stage, at most five (`zfnet.layers.stage_layers`; ResNet-18: relu,
-    layer1 .. layer4), read at `input_shape` (default: the model's own, else 3 x 224 x 224)."""
-    if isinstance(model, ConvNet):
-        names = dict(model.named_modules())
-        return [f"conv{i}" for i in range(1, 6) if f"conv{i}" in names]
-    return stage_layers(model, tuple(input_shape or model_input_shape(model)))
+    """The layers Fig. 2 shows (`zfnet.layers.default_stage_layers`): conv1..conv5 for the Fig. 3 family, else
+    the rectified output of each resolution stage, at most five, read at `input_shape`."""
+    return default_stage_layers(model, input_shape)
+
+
+def _shape(ds: zdata.ImageSet) -> tuple[int, int, int]:
+    """C x S x S: the input a dataset's preprocessing gives."""
+    pp = ds.preprocess
+    return (pp.channels, pp.input_size, pp.input_size)
 
 
 def fingerprint(parts: dict) -> str:
@@ -201,7 +202,7 @@ def atlas(
     result = scan(
         model,
         ds,
-        layers=list(s.layers or default_layers(model)),
+        layers=list(s.layers or default_layers(model, _shape(ds))),
         k=s.k,
         batch_size=batch_size,
         workers=0,

@@ -29,7 +29,7 @@ from torch import nn
 from ..calling import api
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..layers import features, read_maps
+from ..layers import features, paper_layers, read_maps
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
 from ..settings import Settings, knob
@@ -51,6 +51,7 @@ class CorrespondenceResult:
     region_source: str = "parts"  # "object": the object boxes given; "parts": the hull of the named parts;
     # "+mask ...": inside it, only positions whose box is at least half the object's pixels
     fill_pixels: list[float] | None = None
+    fill_source: str = ""  # where the fill's values come from (`zfnet.pixels.fill_source`)
     settings: CorrespondenceSettings = field(default_factory=lambda: CorrespondenceSettings())
     maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
 
@@ -65,6 +66,7 @@ class CorrespondenceResult:
             "images": self.images,
             "fill": self.fill,
             "fill_pixels": self.fill_pixels,
+            "fill_source": self.fill_source,
             "random_boxes": [[list(b) for b in draw] for draw in self.random_boxes],
             "random_regions": [list(b) for b in self.regions],
             "random_region_source": self.region_source,
@@ -189,7 +191,9 @@ class CorrespondenceSettings(Settings):
 
     method: ClassVar[str] = "correspondence"
 
-    layers: tuple[str, ...] = knob(("conv5", "fc7"), "layers whose feature changes are compared (Table 7: 5 and 7)")
+    layers: tuple[str, ...] | None = knob(
+        None, "layers whose feature changes are compared (none: Table 7's conv5 and fc7, else the top stage layer)"
+    )
     fill: Fill = knob("grey", "what masks a part: " + FILL_HELP, parse=parse_fill, check=fill_problem)
     random_draws: int = knob(10, "random parts drawn on the object per image, the control row", low=0)
     seed: int = knob(0, "the random parts' draw", low=0)
@@ -266,8 +270,11 @@ def correspondence(
     Sec. 4.3). `model` may be an opened model (its preprocessing gives the grey), else pass `preprocess`.
     Settings (`CorrespondenceSettings`) as a value or as keywords."""
     st = CorrespondenceSettings.build(settings, **changes)
-    layers, fill, random_draws, seed = list(st.layers), st.fill, st.random_draws, st.seed
     model, pp = split_model(model, preprocess)
+    if st.layers is None:  # Table 7's layers 5 and 7, or the top stage layer standing for them
+        st = st.replace(layers=paper_layers(model, ("conv5", "fc7"), tuple(images.shape[1:])))
+    assert st.layers is not None
+    layers, fill, random_draws, seed = list(st.layers), st.fill, st.random_draws, st.seed
     boxes = parts
     if images.dim() != 4 or images.shape[0] < 2:
         raise UsageError("correspondence needs N x C x H x W model input with at least 2 images")
@@ -278,7 +285,7 @@ def correspondence(
         raise UsageError("correspondence needs at least one part")
     size, regions = _random_regions(boxes, objects, n, h, w)
     random_boxes, fallbacks = _draw_random_parts(regions, size, object_masks, random_draws, seed, (n, h, w))
-    fill_map, fill_name, shown = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
+    fill_map, fill_name, shown, fill_from = resolve_fill(model, fill, pp, images, "correspondence's grey mask")
     variants = {name: mask(images, bs, fill_map) for name, bs in boxes.items()}
     for k, draw in enumerate(random_boxes):
         variants[f"random/{k}"] = mask(images, draw, fill_map)
@@ -302,6 +309,7 @@ def correspondence(
         regions,
         source,
         shown,
+        fill_from,
         st,
         read_maps(model, layers, images),
     )

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..calling import api
 from ..errors import UsageError
-from ..layers import StopForward, capture, features, local_response_norm, read_maps, sites
+from ..layers import StopForward, capture, features, local_response_norm, read_maps, sites, top_layer
 from ..receptive_field import ReceptiveField, crop_plan, cut_box, layer_field, layer_geometries
 from ..runtime import eval_mode
 from ..settings import Settings, knob
@@ -411,21 +411,23 @@ def project(
     model: nn.Module,
     images: torch.Tensor,
     *,
-    layer: str,
     channel: int | Sequence[int],
+    layer: str | None = None,
     position: tuple[int, int] | None = None,
     settings: ProjectSettings | None = None,
     **changes: Any,
 ) -> Projection:
-    """Project map `channel` of `layer` (one for all images, or one per image) at `position` (y, x), or where
-    each image's map is strongest, back to pixels for a batch of model input `images` (Sec. 2.1). Settings
-    (`ProjectSettings`: `rule`, `unit`) as a value or as keywords."""
+    """Project map `channel` of `layer` (default: the model's top stage layer, conv5 for Fig. 3's family; one
+    channel for all images, or one per image) at `position` (y, x), or where each image's map is strongest, back
+    to pixels for a batch of model input `images` (Sec. 2.1). Settings (`ProjectSettings`: `rule`, `unit`) as a
+    value or as keywords."""
     s = ProjectSettings.build(settings, **changes)
     if images.dim() != 4:
         raise UsageError(
             f"project takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
             "add a batch dimension with images[None]"
         )
+    layer = layer if layer is not None else top_layer(model, tuple(images.shape[1:]))
     n = images.shape[0]
     chans = [int(channel)] * n if isinstance(channel, int) else [int(c) for c in channel]
     if len(chans) != n:

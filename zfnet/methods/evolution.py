@@ -105,9 +105,9 @@ def evolution(
     ds = zdata.as_image_set(images)
     device = torch.device(device) if device is not None else model_device(model)
     net = copy.deepcopy(model)
-    layers = list(s.layers or default_layers(net))
     pp0 = ds.preprocess
     shape = (pp0.channels, pp0.input_size, pp0.input_size)
+    layers = list(s.layers or default_layers(net, shape))
     channels = channels or choose_channels(net, layers, maps, seed, shape)
     cells: dict[str, dict[int, list]] = {l: {c: [] for c in channels[l]} for l in layers}
     seen: set[int] = set()

@@ -27,7 +27,7 @@ from torch import nn
 from ..calling import api
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..layers import capture, features, read_maps
+from ..layers import capture, features, paper_layers, read_maps
 from ..pixels import (
     FILL_HELP,
     Fill,
@@ -35,6 +35,7 @@ from ..pixels import (
     fill_pixel_map,
     fill_pixels,
     fill_problem,
+    fill_source,
     parse_fill,
     pixel_preprocess,
     split_model,
@@ -82,6 +83,7 @@ class InvarianceResult:
     fill_pixels: list[float] | None = None  # the uncovered pixels' values per channel (None: the mean image)
     settings: InvarianceSettings = field(default_factory=lambda: InvarianceSettings())
     maps: dict[str, dict] = field(default_factory=dict)  # layer -> the tensor read (`zfnet.layers.read_maps`)
+    fill_source: str = ""  # where the uncovered pixels' values come from (`zfnet.pixels.fill_source`)
 
     def curve(self, transform: str) -> TransformCurve:
         return next(c for c in self.curves if c.transform == transform)
@@ -95,6 +97,7 @@ class InvarianceResult:
             "predicted": self.predicted or [False] * len(self.labels),
             "fill": self.fill,
             "fill_pixels": self.fill_pixels,
+            "fill_source": self.fill_source,
             "space": "pixels",
             "transforms": [
                 {
@@ -179,7 +182,11 @@ class InvarianceSettings(Settings):
     transforms: tuple[str, ...] = knob(
         TRANSFORMS, f"transformations swept: {', '.join(TRANSFORMS)}", check=_transforms_problem
     )
-    layers: tuple[str, ...] = knob(("conv1", "fc7"), "layers whose feature distance is plotted (the figure: 1 and 7)")
+    layers: tuple[str, ...] | None = knob(
+        None,
+        "layers whose feature distance is plotted (none: the figure's conv1 and fc7, else the first and top "
+        "stage layers)",
+    )
     fill: Fill = knob("grey", "pixels a transformation uncovers: " + FILL_HELP, parse=parse_fill, check=fill_problem)
 
 
@@ -201,8 +208,11 @@ def invariance(
     pass an opened model (`zfnet.pretrained()`, `zfnet.open_model`) or `preprocess=`. Settings
     (`InvarianceSettings`) as a value or as keywords."""
     st = InvarianceSettings.build(settings, **changes)
-    transforms, layers, fill = st.transforms, list(st.layers), st.fill
     model, pp = split_model(model, preprocess)
+    if st.layers is None:  # the figure's layers 1 and 7, or the first and top stage layers standing for them
+        st = st.replace(layers=paper_layers(model, ("conv1", "fc7"), tuple(images.shape[1:])))
+    assert st.layers is not None
+    transforms, layers, fill = st.transforms, list(st.layers), st.fill
     pp = pixel_preprocess(model, pp, "invariance's transformations")
     given = [None] * len(images) if labels is None else [None if l is None else int(l) for l in labels]
     predicted = [l is None for l in given]
@@ -242,4 +252,6 @@ def invariance(
     shown = fill_pixels(fill, pp)
     name = fill if isinstance(fill, str) else "pixels"
     maps = read_maps(model, list(layers), reference)
-    return InvarianceResult(list(layers), labels, name, curves, predicted, list(shown) if shown else None, st, maps)
+    return InvarianceResult(
+        list(layers), labels, name, curves, predicted, list(shown) if shown else None, st, maps, fill_source(fill, pp)
+    )

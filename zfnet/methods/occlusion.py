@@ -47,11 +47,10 @@ from torch import nn
 from ..calling import api
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..layers import Site, capture, features, resolve_layer, sites, unrectified_note
+from ..layers import Site, capture, features, resolve_layer, sites, top_layer, unrectified_note
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..runtime import eval_mode
 from ..settings import Settings, knob
-from .atlas import default_layers
 from .deconvnet import RULE_HELP, Deconvnet, Rule
 from .incremental import Batch, CostModel, Estimate, Region, Replay, estimate, order_positions, record
 
@@ -140,6 +139,7 @@ class OcclusionResult:
     estimated_speedup: float | None = None  # auto: incremental inference's estimated speed over whole forwards
     target_source: str = "label"  # "label": the target was given; "predicted": the unoccluded image's top class
     fill_pixels: list[float] | None = None  # the square's pixel values per channel (None: the mean image)
+    fill_source: str = ""  # where those values come from (`zfnet.pixels.fill_source`)
     maps: dict[str, dict] = field(default_factory=dict)  # the tensor panel (b) reads (`zfnet.layers.read_maps`)
     rule_note: str = ""  # panel (c)'s projection took the gradient: the rule does not apply to this model
 
@@ -180,6 +180,7 @@ class OcclusionResult:
             "stride": self.stride,
             "fill": self.fill,
             "fill_pixels": self.fill_pixels,
+            "fill_source": self.fill_source,
             "strategy": self.strategy,
             "seconds": self.seconds,
             "deviation": self.deviation,
@@ -382,7 +383,7 @@ def occlusion(
     s = OcclusionSettings.build(settings, **changes)
     model, pp = split_model(model, preprocess)
     if s.layer is None:  # the top of the layers Fig. 2 shows (conv5 for the paper's models)
-        s = s.replace(layer=default_layers(model, tuple(images.shape[1:]))[-1])
+        s = s.replace(layer=top_layer(model, tuple(images.shape[1:])))
     if images.dim() != 4:
         raise UsageError(
             f"occlusion takes a batch N x C x H x W (got shape {tuple(images.shape)}); "
@@ -468,12 +469,12 @@ def _occlude(
     image: torch.Tensor,
     target: int | None,
     s: OcclusionSettings,
-    fill: tuple[torch.Tensor, str, list[float] | None],
+    fill: tuple[torch.Tensor, str, list[float] | None, str],
     batch_size: int | None = None,
     tally: _Tally | None = None,
 ) -> OcclusionResult:
     """Fig. 6 for one image (1 x C x H x W); `fill`: (the occluder as model input C x H x W, its name, its
-    pixel values)."""
+    pixel values, where they come from)."""
     window, stride, layer, mode, tau, drill = s.window, s.stride, s.layer, s.strategy, s.tau, s.drill
     assert layer is not None, "occlusion() resolves the default layer"
     x = image[None] if image.dim() == 3 else image
@@ -545,6 +546,7 @@ def _occlude(
         estimated_speedup=estimated.speedup if estimated is not None else None,
         target_source=source,
         fill_pixels=fill[2],
+        fill_source=fill[3],
         maps={layer: feat.to_json()},
         rule_note=rule_note,
     )

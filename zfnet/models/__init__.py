@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import usercode
 from ..errors import UsageError
+from ..layers import model_input_shape
 from ..registry import Registry
 from .alexnet import ALEXNET, ALEXNET_DENSE
 from .convnet import (
@@ -260,20 +261,6 @@ def build(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Mod
 def name_of(model: nn.Module) -> str:
     """The name a model was built under (`build`), else its class name (a module a Python user built)."""
     return str(getattr(model, "zfnet_name", "") or type(model).__name__)
-
-
-def model_input_shape(model: nn.Module, default: int = 224) -> tuple[int, int, int]:
-    """(channels, height, width) a model expects: from its layer table, else 3 x default x default."""
-    if isinstance(model, ConvNet):
-        return model.input_shape
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    c = first.in_channels if first is not None else 3
-    side = getattr(model, "image_size", None)  # torchvision's ViT: fixed at construction
-    embed = getattr(model, "patch_embed", None)  # timm's ViTs: the patch embedding's size
-    if not isinstance(side, int) and embed is not None and not getattr(model, "dynamic_img_size", False):
-        size = getattr(embed, "img_size", None)
-        side = int(size[-1]) if isinstance(size, (tuple, list)) and size else None
-    return (c, side, side) if isinstance(side, int) and side > 0 else (c, default, default)
 
 
 def describe(name: str, **overrides: Any) -> dict[str, Any]:

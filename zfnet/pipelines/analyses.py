@@ -201,8 +201,9 @@ def run_invariance(
         "space": "pixels: each input back to its pixels, transformed, preprocessed again",
         "fill": res.fill,
         "fill_pixels": res.fill_pixels,
-        "layers": list(settings.layers),
-        "settings": settings.to_json(),
+        "fill_source": res.fill_source,
+        "layers": res.layers,
+        "settings": res.settings.to_json(),
         "figure": "invariance.png",
     }
     return write_result(

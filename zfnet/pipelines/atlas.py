@@ -188,7 +188,8 @@ def build_atlas(
         )
     train = train.head(cfg.settings.evolution_limit) if train is not None else None
     model = opened.model
-    layers = list(cfg.settings.layers or ()) or default_layers(model)
+    pp = opened.preprocess
+    layers = list(cfg.settings.layers or ()) or default_layers(model, (pp.channels, pp.input_size, pp.input_size))
     for layer in layers:
         resolve_layer(model, layer)  # an unknown layer is refused before anything is written
     scan_key, key, settings = _keys(cfg, opened, dataset, layers, train)

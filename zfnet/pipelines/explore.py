@@ -51,6 +51,7 @@ class ExploreLimits:
     images_cached: int = 32  # images whose feature maps are kept
     page_size: int = 48  # dataset thumbnails per page
     occlusion_positions: int = 4096  # occluder positions one occlusion request may compute
+    job_seconds: float = 600.0  # an occlusion job that runs longer ends with an error (`zfnet explore --job-limit`)
 
 
 class Explorer:
@@ -487,8 +488,15 @@ def _occlusion_routes(explorer: Explorer, work) -> list:
         job = uuid.uuid4().hex[:12]
         state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
 
-        def tick(done: int, total: int) -> None:
+        limit = explorer.limits.job_seconds
+
+        def tick(done: int, total: int) -> None:  # between batches: a job past its time limit stops here
             state["done"], state["total"] = done, total
+            if time.time() - state["started"] > limit:
+                raise UsageError(
+                    f"the occlusion job ran past the explorer's limit of {limit:g} s ({done} of {total} positions); "
+                    "use a larger stride or window, or start zfnet explore with a larger --job-limit"
+                )
 
         async def run() -> None:
             try:

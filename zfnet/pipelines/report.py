@@ -49,7 +49,7 @@ from ..render.plots import training_curves
 from ..runtime import Dist, eval_mode, model_device, resolve_device
 from ..settings import Run, Settings, knob
 from ..train import evaluate
-from ..weights import Opened, opened_module
+from ..weights import Opened, opened_module, with_data_grey
 from .analyses import parts_inputs, read_parts, run_correspondence, run_invariance
 from .atlas import AtlasConfig, AtlasSiteSettings, build_atlas, run_evolution
 from .inputs import Inputs, check_files, dataset_inputs
@@ -770,6 +770,7 @@ def report(
         opened = opened_module(model.to(dev), preprocess, classes)
     if data is None:
         raise UsageError("pass data=: the images the report analyses (a dataset spec, a folder or an ImageSet)")
+    opened = with_data_grey(opened, data, split, cfg.workers)  # the grey from the data when no mean says it
     if isinstance(data, zdata.ImageSet):
         dataset = data
     else:

@@ -91,6 +91,8 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
         if getattr(result, "fill_pixels", None) and result.fill == "grey"
         else result.fill
     )
+    if result.fill == "grey" and getattr(result, "fill_source", ""):
+        what += f"\n({result.fill_source})"
     ax[0].set_title(
         f"(a) input; {said}: {name(result.target)}\noccluder {result.window}px, stride {result.stride}\n{what}",
         fontsize=10,

@@ -240,7 +240,7 @@ def _evolution(out: str, e: dict) -> dict:
 def _fill_words(s: dict, first: dict) -> str:
     if first.get("fill") == "grey" and first.get("fill_pixels"):
         grey = "/".join(f"{v:g}" for v in first["fill_pixels"])
-        return f"the training mean pixel (grey {grey}), pasted in pixels"
+        return f"grey {grey} ({first.get('fill_source') or 'the training mean pixel'}), pasted in pixels"
     if first.get("fill") == "mean-image" or s.get("fill") in (0, 0.0):
         return "the mean image (0 in model-input units)"
     return "pixel values " + "/".join(f"{v:g}" for v in first.get("fill_pixels") or [])
