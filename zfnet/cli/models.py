@@ -79,11 +79,11 @@ def _layers_run(args) -> int:
     print(f"{'layer':28} {'type':18} {'output':18} {'field':>6} {'jump':>5}")
     said = ""
     for r in rows:
-        why = str(r.get("whole_image", ""))
+        reason = str(r.get("whole_image", ""))
         print(
             f"{r['layer']:28} {r['type']:18} {'x'.join(map(str, r['output'])):18} "
             f"{r['field'] if r['field'] else 'all':>6} {r['jump'] or '-':>5}"
-            + (f"  (whole image: {why})" if why and why != said else "")
+            + (f"  (whole image: {reason})" if reason and reason != said else "")
         )
-        said = why or said
+        said = reason or said
     return 0
