@@ -218,6 +218,16 @@ def chunked(indices, batch_size: int) -> list[torch.Tensor]:
     return [c for c in torch.split(idx.long(), batch_size) if len(c)]
 
 
+def usable_workers(workers: int) -> int:
+    """Decoding processes: as asked, at most the cores this process may run on (issue 40: the default 4 on a 2-core
+    machine made torch warn, and more processes than cores only contend)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return min(workers, cores)
+
+
 def batches(
     dataset: ImageSet,
     chunks: list[torch.Tensor],
@@ -241,7 +251,10 @@ def batches(
                 pbar.update(len(idx))
             return
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=workers, collate_fn=_collate
+            dataset,
+            batch_sampler=[c.tolist() for c in chunks],
+            num_workers=usable_workers(workers),
+            collate_fn=_collate,
         )
         for idx, (bases, labels, ok, errors) in zip(chunks, loader):
             for i, err in zip(idx[~ok].tolist(), errors):

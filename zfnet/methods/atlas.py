@@ -74,6 +74,22 @@ class TopK:
         images = image_idx.view(n, 1).expand(n, c)
         return self.merge(best.cpu(), images.cpu(), ys.cpu(), xs.cpu())
 
+    def fired(self) -> TopK:
+        """Only the entries where the unit fired (value > 0; issue 40): a rectified map that fired on fewer than k
+        images keeps those, not zeros at (0, 0) of other images; the rest are marked empty (image -1)."""
+        off = ~(self.values > 0)
+        gone = torch.full_like(self.images, -1)
+        return TopK(
+            self.values.masked_fill(off, float("-inf")),
+            torch.where(off, gone, self.images),
+            torch.where(off, gone, self.ys),
+            torch.where(off, gone, self.xs),
+        )
+
+    def count(self) -> torch.Tensor:
+        """Per channel, how many entries the list holds (fewer than k: the unit fired on fewer images)."""
+        return (self.images >= 0).sum(0)
+
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
             f"{prefix}/values": self.values,
@@ -227,13 +243,15 @@ def scan(
     save_every: float = 30.0,
     desc: str = "atlas scan",
     per_class: int = 0,
+    fired_only: bool = True,
 ) -> Scan:
     """One pass over `dataset` keeping each map's top-k (Fig. 2), fed through `preprocess` (default: the
     dataset's own). With `per_class`, the same pass also keeps each map's top-`per_class` within every class of
     the dataset (zennit-crp's per-class references: which maps fire for a class, on which of its images). With a
     `store` (the caller's: `zfnet.pipelines.atlas.ScanFile` keeps it in a file), resumable: where the scan stands
     is handed to `store.save` every `save_every` seconds and at the end, and a scan continues from what
-    `store.load` gives back. Under torchrun, each process scans its shard; all get the merged result."""
+    `store.load` gives back. Under torchrun, each process scans its shard; all get the merged result. With
+    `fired_only` (the default), a rectified layer's lists hold only images where the unit fired (`TopK.fired`)."""
     dist = dist or Dist()
     pp = preprocess or dataset.preprocess
     if k < 1:
@@ -271,17 +289,25 @@ def scan(
                 save()
                 last = time.monotonic()
     elapsed = time.perf_counter() - t0
+    if not maps:  # a scan resumed with nothing left to read: the sites from an input of the right shape
+        probe = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=dist.device, dtype=dtype)
+        maps = read_maps(model, layers, probe)
     done = len(share)
     save()
     readable = len(share) - sum(1 for i in dataset.skipped if lo <= i < lo + len(share))
-    return _scanned(top, shapes, readable, elapsed, maps, dist)
+    return _scanned(top, shapes, readable, elapsed, maps, dist, fired_only)
 
 
-def _scanned(top: dict[str, TopK], shapes: dict, readable: int, elapsed: float, maps: dict, dist: Dist) -> Scan:
-    """The scan's result: every process's tables merged (torchrun), the per-class tables apart from the layers'."""
+def _scanned(
+    top: dict[str, TopK], shapes: dict, readable: int, elapsed: float, maps: dict, dist: Dist, fired_only: bool
+) -> Scan:
+    """The scan's result: every process's tables merged (torchrun), a rectified layer's lists cut to the images
+    where the unit fired (`fired_only`), the per-class tables apart from the layers'."""
     if dist.world > 1:
         top = _merge_across_processes(top, list(top), dist)
         readable = int(_sum_across(readable, dist))
+    if fired_only:
+        top = {n: tk.fired() if maps.get(n.split("@class")[0], {}).get("rectified") else tk for n, tk in top.items()}
     classes: dict[str, dict[int, TopK]] = {}
     for key_c in [n for n in top if "@class" in n]:
         name, label = key_c.rsplit("@class", 1)

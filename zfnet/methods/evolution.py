@@ -126,6 +126,7 @@ def evolution(
             progress=progress,
             dist=Dist(device=device),
             desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})",
+            fired_only=False,  # a map silent at an early epoch shows its zero: the cell the figure keeps
         )
         with Deconvnet(net, rule=s.rule) as dn:
             for layer in layers:

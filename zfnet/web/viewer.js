@@ -14,13 +14,16 @@
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
   function pad(n, w) { n = String(n); while (n.length < w) n = "0" + n; return n; }
   function spriteUrl(layer, channel) { return "maps/" + encodeURIComponent(layer) + "/" + pad(channel, 4) + ".png"; }
+  function fired(info, channel) { return (info.maps[channel] || []).length; }  // entries: images it fired on
   function tile(layer, channel, info, row, col, size) {
     var d = el("div", "tile");
     var w = info.tile[1], h = info.tile[0], s = size ? size / Math.max(w, h) : 1;
+    var cols = fired(info, channel);  // the sprite holds one column per entry (fewer than k: it fired on fewer)
     d.style.width = Math.round(w * s) + "px";
     d.style.height = Math.round(h * s) + "px";
+    if (!cols) { d.classList.add("silent"); d.title = "never fired"; return d; }
     d.style.backgroundImage = "url(\"" + spriteUrl(layer, channel) + "\")";
-    d.style.backgroundSize = Math.round(w * s * info.k) + "px " + Math.round(h * s * 2) + "px";
+    d.style.backgroundSize = Math.round(w * s * cols) + "px " + Math.round(h * s * 2) + "px";
     d.style.backgroundPosition = (-Math.round(col * w * s)) + "px " + (-Math.round(row * h * s)) + "px";
     return d;
   }
@@ -49,7 +52,7 @@
     document.getElementById("layer-info").textContent =
       name + ": " + info.channels + " maps, feature maps " + info.shape.join("x") +
       (info.field ? ", receptive field " + info.field.join("x") + " px" : "") +
-      ", top " + info.k + " over " + A.dataset.images + " images" +
+      ", top " + info.k + " over " + A.dataset.images + " images (fewer where a map fired on fewer)" +
       (info.projected ? "; " + info.projected.length + " of them projected (--max-maps)" : "");
     var grid = document.getElementById("maps");
     clear(grid);
@@ -58,10 +61,12 @@
       var m = el("div", "map");
       m.dataset.channel = c;
       var th = tile(name, c, info, 0, 0, 76);
-      th.className = "thumb";
+      th.classList.remove("tile");
+      th.classList.add("thumb");
       m.appendChild(th);
-      var top = info.maps[c][0];
-      m.appendChild(el("div", "", "#" + c + (top ? " " + top.value.toPrecision(3) : "")));
+      var top = info.maps[c][0], n = fired(info, c);
+      m.appendChild(el("div", "", "#" + c + (top ? " " + top.value.toPrecision(3) : " never fired") +
+        (n && n < info.k ? " (" + n + "/" + info.k + ")" : "")));
       m.addEventListener("click", (function (ch) { return function () { openMap(ch); }; })(c));
       grid.appendChild(m);
     });
@@ -98,6 +103,10 @@
       fc.appendChild(ft);
       fc.appendChild(el("div", "caption", "filter " + channel));
       cards.appendChild(fc);
+    }
+    if (fired(info, channel) < info.k) {
+      cards.appendChild(el("p", "caption fired", "map " + channel + " fired on " + fired(info, channel) + " of the " +
+        A.dataset.images + " images (top " + info.k + " asked)"));
     }
     info.maps[channel].forEach(function (e, r) {
       var card = el("div", "card");
