@@ -102,3 +102,68 @@ def test_page_from_disk(atlas, browser):
     assert browser.find_element(By.CSS_SELECTOR, "#filters-body img").get_attribute("src").endswith("filters.png")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+FIRES = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Fires(nn.Module):
+    """A 1x1 conv whose map 0 fires on red pixels (R > 0.5), map 1 never, map 2 everywhere."""
+
+    def __init__(self, num_classes=2):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.c1.weight.zero_()
+            self.c1.weight[0, 0] = 1.0
+            self.c1.weight[2, 1] = 1.0
+            self.c1.bias.copy_(torch.tensor([-0.5, -1000.0, 0.1]))
+        self.fc = nn.Linear(3 * 40 * 40, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.c1(x)).flatten(1))
+'''
+
+
+def test_a_map_that_fired_on_fewer_than_k_images_shows_only_those(tmp_path, browser):
+    """Issue 40, item 8: top-k lists hold only the images where the unit fired, with the count; the viewer cuts
+    each sprite by its own entries, says "3/5" and "never fired", and opens a map with as many cards as it has."""
+    from selenium.webdriver.common.by import By
+
+    (tmp_path / "fires_net.py").write_text(FIRES)
+    root = tmp_path / "data"
+    os.makedirs(root / "all" / "any")
+    for i, red in enumerate([204, 51, 204, 51, 204, 51]):  # three red images, three not
+        Image.new("RGB", (40, 40), (red, 100, 100)).save(root / "all" / "any" / f"{i}.png")
+    out = tmp_path / "atlas"
+    r = run_cli("atlas", "--model", "fires_net:Fires", "--normalize", "none", "--input-size", "40", "--data",
+                f"folder:{root}", "--split", "all", "--layers", "c1", "--k", "5", "--out", str(out), "--workers", "0",
+                "--no-progress", env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    entries = manifest["layers"]["c1"]["maps"]
+    assert [len(e) for e in entries] == [3, 0, 5]
+    assert sorted(e["image"] for e in entries[0]) == [0, 2, 4] and all(e["value"] > 0 for e in entries[0])
+    assert not (out / "maps" / "c1" / "0001.png").exists()
+    browser.get((out / "index.html").as_uri())
+    labels = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#maps .map")]
+    assert labels[0].endswith("(3/5)") and labels[1] == "#1 never fired" and "(" not in labels[2]
+    assert "silent" in browser.find_elements(By.CSS_SELECTOR, "#maps .map .thumb")[1].get_attribute("class")
+    for channel, n in [(0, 3), (1, 0), (2, 5)]:
+        browser.find_elements(By.CSS_SELECTOR, "#maps .map")[channel].click()
+        cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card:not(.filter-card)")
+        assert len(cards) == n, channel
+        said = browser.find_elements(By.CSS_SELECTOR, "#cards .fired")
+        assert [p.text for p in said] == (
+            [f"map {channel} fired on {n} of the 6 images (top 5 asked)"] if n < 5 else []
+        )
+        if n:  # the sprite is cut into n columns: its background is n tiles wide
+            tile = cards[0].find_element(By.CSS_SELECTOR, ".tile")
+            width = float(tile.value_of_css_property("width")[:-2])
+            size = tile.value_of_css_property("background-size").split()[0]
+            assert float(size[:-2]) == pytest.approx(n * width, abs=1)
+        browser.find_element(By.TAG_NAME, "body").send_keys("\ue00c")  # Escape
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
