@@ -140,12 +140,13 @@ a = np.ones((64, 64))
 # numpy's and scipy's OpenBLAS take their work buffers before the cap too: OpenBLAS retries a buffer it cannot
 # map forever (a hang, not an error), so a first BLAS call of the probes at the cap would never return
 a @ a, scipy.linalg.blas.dgemm(1.0, a, a)
+# the images the in-memory attempt reads, opened before the cap too (its features are what must not fit)
+ds = zdata.open_dataset(f"synthetic:{n},4", "test", default_preprocess(model).with_mean(torch.zeros(1, 32, 32)))
 limit = vm_data() + cap
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 code = main(["layerprobe", "--model", "zfnet-small", "--data", f"synthetic:{n},4", "--split", "test",
              "--per-class", "4", "--folds", "1", "--test-per-class", "6", "--out", out, "--no-progress"])
 print("layerprobe", code)
-ds = zdata.open_dataset(f"synthetic:{n},4", "test", default_preprocess(model).with_mean(torch.zeros(1, 32, 32)))
 try:  # holding every layer's features in memory, as Table 6 did before the store
     tx.extract(model, ds, layers=["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"], progress=False)
     print("in-memory fits")

@@ -74,6 +74,12 @@ def add_model(p: argparse.ArgumentParser, repeat_weights: bool = False) -> None:
             "enum's name (IMAGENET1K_V1, DEFAULT), read from torch hub's cache",
         )
     p.add_argument("--pretrained", action="store_true", help="the embedded Fashion-MNIST model")
+    _add_input(p)
+
+
+def _add_input(p: argparse.ArgumentParser) -> None:
+    """--mean / --input-size / --fit / --normalize / --classes / --output: how images become the model's input and
+    its output becomes logits, when its weights do not say."""
     p.add_argument(
         "--mean",
         metavar="data|FILE|none",

@@ -81,6 +81,21 @@ class EvolutionSettings(Settings):
     rule: Rule = knob("deconvnet", RULE_HELP, aliases=("--mode",))
 
 
+def _add_cells(net, rule, ds, pp, result, channels: dict, cells: dict, shape, device) -> set[int]:
+    """One snapshot's column of Fig. 4: each chosen map's strongest activation projected (appended to `cells`);
+    the images they came from."""
+    seen = set()
+    with Deconvnet(net, rule=rule) as dn:
+        for layer, chosen in channels.items():
+            tk = result.top[layer]
+            proj = top_projections(dn, ds, pp, tk, layer, chosen, layer_field(net, layer, shape), device)
+            for c in chosen:
+                fields, patches = proj[c]
+                cells[layer][c].append((fields[0], patches[0], float(tk.values[0, c]), int(tk.images[0, c])))
+                seen.add(int(tk.images[0, c]))
+    return seen
+
+
 @api
 def evolution(
     model: nn.Module,
@@ -128,15 +143,8 @@ def evolution(
             desc=f"evolution: epoch {epoch} ({i + 1}/{len(snapshots)})",
             fired_only=False,  # a map silent at an early epoch shows its zero: the cell the figure keeps
         )
-        with Deconvnet(net, rule=s.rule) as dn:
-            for layer in layers:
-                tk = result.top[layer]
-                rf = layer_field(net, layer, shape)
-                proj = top_projections(dn, ds, pp, tk, layer, channels[layer], rf, device)
-                for c in channels[layer]:
-                    fields, patches = proj[c]
-                    cells[layer][c].append((fields[0], patches[0], float(tk.values[0, c]), int(tk.images[0, c])))
-                    seen.add(int(tk.images[0, c]))
+        chosen = {l: channels[l] for l in layers}
+        seen |= _add_cells(net, s.rule, ds, pp, result, chosen, cells, shape, device)
     return Evolution(
         [e for e, _ in snapshots],
         {l: channels[l] for l in layers},

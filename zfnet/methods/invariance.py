@@ -190,6 +190,19 @@ class InvarianceSettings(Settings):
     fill: Fill = knob("grey", "pixels a transformation uncovers: " + FILL_HELP, parse=parse_fill, check=fill_problem)
 
 
+def _targets(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor | Sequence[int | None] | None
+) -> tuple[torch.Tensor, list[bool]]:
+    """Each image's class (its label, else the class the model predicts on it), and which were predicted."""
+    given = [None] * len(images) if labels is None else [None if l is None else int(l) for l in labels]
+    predicted = [l is None for l in given]
+    if any(predicted) and images.dim() == 4 and len(given) == len(images):
+        with torch.no_grad(), eval_mode(model):
+            top = model(images).argmax(1).tolist()
+        given = [top[i] if l is None else l for i, l in enumerate(given)]
+    return torch.as_tensor(given, dtype=torch.long), predicted
+
+
 @api
 def invariance(
     model: nn.Module | WithPreprocess,
@@ -214,13 +227,7 @@ def invariance(
     assert st.layers is not None
     transforms, layers, fill = st.transforms, list(st.layers), st.fill
     pp = pixel_preprocess(model, pp, "invariance's transformations")
-    given = [None] * len(images) if labels is None else [None if l is None else int(l) for l in labels]
-    predicted = [l is None for l in given]
-    if any(predicted) and images.dim() == 4 and len(given) == len(images):
-        with torch.no_grad(), eval_mode(model):
-            top = model(images).argmax(1).tolist()
-        given = [top[i] if l is None else l for i, l in enumerate(given)]
-    labels = torch.as_tensor(given, dtype=torch.long)
+    labels, predicted = _targets(model, images, labels)
     if images.dim() != 4 or len(labels) != len(images):
         raise UsageError(
             f"invariance takes N x C x H x W images with one label each (got {tuple(images.shape)}, "

@@ -80,9 +80,13 @@ class MaxPool2d(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or self.return_indices or has_torch_function_unary(x) or x.is_cuda:
             return super().forward(x)
-        fast = x.to(memory_format=torch.channels_last)
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        return F.max_pool2d(fast, k, s, p, d, ceil_mode=self.ceil_mode).contiguous()
+        step = max(1, (4 << 20) // max(1, x[0].numel() * x.element_size()))  # 4 MiB of input at a time: no peak
+        parts = []
+        for i in range(0, x.shape[0], step):
+            fast = x[i : i + step].to(memory_format=torch.channels_last)
+            parts.append(F.max_pool2d(fast, k, s, p, d, ceil_mode=self.ceil_mode).contiguous())
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _conv_layers(arch: Arch) -> OrderedDict[str, nn.Module]:

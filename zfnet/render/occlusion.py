@@ -59,6 +59,14 @@ def occlusion_figure(result, image: torch.Tensor, classes: list[str] | None, pat
     plt.close(fig)
 
 
+def _fill_words(result) -> str:
+    """Panel (a)'s words for the occluder: its grey and where that grey comes from, or the fill's name."""
+    if not (getattr(result, "fill_pixels", None) and result.fill == "grey"):
+        return result.fill
+    grey = f"grey {'/'.join(f'{v:g}' for v in result.fill_pixels)}"
+    return grey + (f"\n({result.fill_source})" if getattr(result, "fill_source", "") else "")
+
+
 def _most_probable(ax, result, name) -> None:
     """Panel (e): the most probable class at each occluder position, one colour a class, with its legend."""
     present = sorted(set(result.top_class.flatten().tolist()))
@@ -86,13 +94,7 @@ def occlusion_plot(result, image: torch.Tensor, classes: list[str] | None, title
     ax[0].imshow(_show(shown), cmap=grey, vmin=0, vmax=1)
     ax[0].add_patch(Rectangle((ox - 0.5, oy - 0.5), result.window, result.window, fill=False, edgecolor="red", lw=1.5))
     said = "predicted" if result.target_source == "predicted" else "true"
-    what = (
-        f"grey {'/'.join(f'{v:g}' for v in result.fill_pixels)}"
-        if getattr(result, "fill_pixels", None) and result.fill == "grey"
-        else result.fill
-    )
-    if result.fill == "grey" and getattr(result, "fill_source", ""):
-        what += f"\n({result.fill_source})"
+    what = _fill_words(result)
     ax[0].set_title(
         f"(a) input; {said}: {name(result.target)}\noccluder {result.window}px, stride {result.stride}\n{what}",
         fontsize=10,
