@@ -150,10 +150,13 @@ def atomic_save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
 
 
 def atomic_save_image(image, path: str | os.PathLike) -> None:
-    """Save a PIL image atomically."""
+    """Save a PIL image atomically (PNG at zlib level 1: as small for the atlas's upscaled tiles, twice as fast)."""
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper() or "PNG"
     with atomic_path(path) as tmp:
-        image.save(tmp, format="JPEG" if fmt == "JPG" else fmt)
+        if fmt == "PNG":
+            image.save(tmp, format="PNG", compress_level=1)
+        else:
+            image.save(tmp, format="JPEG" if fmt == "JPG" else fmt)
 
 
 def check_output_file(path: str, flag: str = "--out", extensions: tuple[str, ...] = ()) -> None:
