@@ -24,6 +24,7 @@ from zfnet.settings import Settings
 COMMAND = {
     "atlas": "atlas",
     "correspondence": "correspondence",
+    "evidence": "evidence",
     "evolution": "evolution",
     "filters": "filters",
     "invariance": "invariance",
@@ -34,6 +35,7 @@ COMMAND = {
 OTHER = {
     "atlas": {"layers": ("conv1", "conv2"), "k": 4},
     "correspondence": {"fill": (10.0, 20.0, 30.0), "random_draws": 0, "seed": 3},
+    "evidence": {"layers": ("conv3",), "units": 2, "rules": ("guided",), "window": 4},
     "evolution": {"maps": 2, "rule": "guided", "layers": ("conv5",)},
     "filters": {"dominant": 3.5, "dead": 0.0},
     "invariance": {"transforms": ("rotate",), "fill": "mean-image"},
@@ -46,6 +48,7 @@ OTHER = {
 BAD = {
     "atlas": ({"k": 0}, ["--data", "fashion-mnist-mini"]),
     "correspondence": ({"random_draws": -1}, []),
+    "evidence": ({"rules": ("guided", "nope")}, ["--pretrained"]),
     "evolution": ({"maps": 0}, ["--data", "fashion-mnist-mini", "--pretrained"]),
     "filters": ({"dead": 2.0}, []),
     "invariance": ({"transforms": ("shear",)}, []),
@@ -116,6 +119,7 @@ def test_a_result_carries_the_settings_it_was_made_with():
         "correspondence": lambda **kw: zfnet.correspondence(
             opened, x, parts={"corner": [(0, 0, 4, 4)] * 2}, **{"layers": ("conv5",), **kw}
         ),
+        "evidence": lambda **kw: zfnet.evidence(opened, x, **{"units": 1, "others": 1, **kw}),
         "filters": lambda **kw: zfnet.filters(model, x, **kw),
         "invariance": lambda **kw: zfnet.invariance(opened, x, values={"rotate": [0, 90]}, **kw),
         "occlusion": lambda **kw: zfnet.occlusion(opened, x[:1], **{"window": 14, "stride": 14, **kw}),
@@ -124,6 +128,7 @@ def test_a_result_carries_the_settings_it_was_made_with():
     changes = {
         "atlas": {"layers": ("conv1",), "k": 2},
         "correspondence": {"random_draws": 1, "seed": 2},
+        "evidence": {"layers": ("conv2",), "rules": ("backprop",)},
         "filters": {"dominant": 1.5},
         "invariance": {"transforms": ("rotate",), "layers": ("conv1", "conv2")},
         "occlusion": {"strategy": "naive", "layer": "conv2"},

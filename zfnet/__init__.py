@@ -22,6 +22,7 @@ from .methods.architecture import Architecture, ArchitectureSettings, architectu
 from .methods.atlas import AtlasSettings, Scan, atlas
 from .methods.correspondence import CorrespondenceResult, CorrespondenceSettings, correspondence
 from .methods.deconvnet import Deconvnet, Projection, ProjectSettings, Target, project
+from .methods.evidence import Evidence, EvidenceSettings, evidence
 from .methods.evolution import Evolution, EvolutionSettings, evolution
 from .methods.filters import FilterReport, FiltersSettings, filters
 from .methods.invariance import InvarianceResult, InvarianceSettings, TransformCurve, invariance
@@ -57,6 +58,7 @@ __all__ = [
     "ArchitectureSettings",
     "AtlasSettings",
     "CorrespondenceSettings",
+    "EvidenceSettings",
     "EvolutionSettings",
     "FiltersSettings",
     "InvarianceSettings",
@@ -68,6 +70,7 @@ __all__ = [
     "Settings",
     "CorrespondenceResult",
     "Deconvnet",
+    "Evidence",
     "Evolution",
     "FilterReport",
     "InvarianceResult",
@@ -86,6 +89,7 @@ __all__ = [
     "architecture",
     "atlas",
     "correspondence",
+    "evidence",
     "evolution",
     "filters",
     "invariance",

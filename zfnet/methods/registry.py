@@ -15,6 +15,7 @@ from .architecture import Architecture, ArchitectureSettings, architecture
 from .atlas import AtlasSettings, Scan, atlas
 from .correspondence import CorrespondenceResult, CorrespondenceSettings, correspondence
 from .deconvnet import Projection, ProjectSettings, project
+from .evidence import Evidence, EvidenceSettings, evidence
 from .evolution import Evolution, EvolutionSettings, evolution
 from .filters import FilterReport, FiltersSettings, filters
 from .invariance import InvarianceResult, InvarianceSettings, invariance
@@ -37,6 +38,7 @@ for _m in (
     Method("architecture", architecture, ArchitectureSettings, Architecture, "Fig. 3"),
     Method("atlas", atlas, AtlasSettings, Scan, "Fig. 2"),
     Method("correspondence", correspondence, CorrespondenceSettings, CorrespondenceResult, "arXiv Sec. 4.3"),
+    Method("evidence", evidence, EvidenceSettings, Evidence, "issue 36: sanity and causal checks of Sec. 2.1"),
     Method("evolution", evolution, EvolutionSettings, Evolution, "Fig. 4"),
     Method("filters", filters, FiltersSettings, FilterReport, "Fig. 5, Sec. 4.1"),
     Method("invariance", invariance, InvarianceSettings, InvarianceResult, "arXiv Sec. 4.4"),

@@ -1,0 +1,257 @@
+"""Issue 36: the evidence beside a unit's pictures, against independent references - scikit-image's SSIM and
+Sobel, scipy's Spearman, a slow cascade (explicit re-initialization and the Sec. 2.1 reference projection written
+in tests/test_deconvnet.py), a naive occlusion loop (one whole forward per position) - and end to end on the
+embedded model, a torchvision ResNet-18 and a user's module with functional ReLUs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from skimage.filters import sobel as sk_sobel
+from skimage.metrics import structural_similarity
+from test_deconvnet import _transposed_filter, _unpool_sum
+from torch import nn
+from torch.nn import functional as F
+
+import zfnet
+from zfnet import data as zdata
+from zfnet.cli import main
+from zfnet.layers import features
+from zfnet.methods.evidence import cascade_layers, causal_map, ranks, sobel, spearman, ssim
+from zfnet.pixels import fill_input
+
+# --- the measures against scikit-image and scipy ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (9, 11), (5, 5), (3, 7)])
+def test_ssim_equals_scikit_image(shape):
+    """SSIM of two maps in [0, 1] equals scikit-image's (data_range 1, its default uniform 7x7 window; a smaller
+    map the largest odd window that fits, as `win_size` must)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    a = torch.rand(*shape, generator=g, dtype=torch.float64)
+    b = (a + 0.3 * torch.rand(*shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    win = min(7, *shape)
+    win -= 1 - win % 2
+    want = structural_similarity(a.numpy(), b.numpy(), data_range=1.0, win_size=win)
+    assert ssim(a, b) == pytest.approx(want, abs=1e-12)
+    assert ssim(a[:2], b[:2]) is None  # below 3 px there is no window
+
+
+def test_spearman_and_ranks_equal_scipy_with_ties():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(0, 5, (40,), generator=g).double()  # many ties
+    b = a + torch.randint(0, 3, (40,), generator=g).double()
+    assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-12)
+    from scipy.stats import rankdata
+
+    assert np.array_equal(ranks(a).numpy(), rankdata(a.numpy()))
+    assert spearman(a, torch.ones(40, dtype=torch.float64)) is None  # a constant map has no ranking
+
+
+def test_the_edge_map_is_scikit_images_sobel_up_to_scale():
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(3, 20, 17, generator=g, dtype=torch.float64) * 255
+    ours = sobel(image)[0]
+    theirs = torch.from_numpy(sk_sobel(image.sum(0).numpy()))
+    assert torch.allclose(ours / ours.max(), theirs / theirs.max(), rtol=0, atol=1e-12)
+
+
+# --- the cascade against a slow re-implementation ----------------------------------------------------------------
+
+
+def _unit_projection(model: nn.Sequential, x: torch.Tensor, layer: str, c: int, y: int, xx: int, rule: str):
+    """Sec. 2.1's projection of unit (c, y, xx) of `layer` seeded with 1, layer by layer (ReLU by the rule, max
+    unpooling by the switches, transposed filters, contrast normalization passed through)."""
+    names = [n for n, _ in model.named_children()]
+    stop = names.index(layer) + (1 if isinstance(model[names.index(layer) + 1], nn.ReLU) else 0)
+    record, h = [], x
+    with torch.no_grad():
+        for name in names[: stop + 1]:
+            m = getattr(model, name)
+            if isinstance(m, nn.MaxPool2d):
+                out, sw = F.max_pool2d(
+                    h, m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, return_indices=True
+                )
+                record.append((m, h.shape[-2:], sw, out))
+            else:
+                out = m(h)
+                record.append((m, h.shape[-2:], None, out))
+            h = out
+        signal = torch.zeros_like(h)
+        signal[0, c, y, xx] = 1.0
+        for m, hw, sw, out in reversed(record):
+            if isinstance(m, nn.ReLU):
+                signal = signal.clamp_min(0) if rule in ("deconvnet", "guided") else signal
+                signal = signal * (out > 0) if rule in ("backprop", "guided") else signal
+            elif isinstance(m, nn.MaxPool2d):
+                signal = _unpool_sum(signal, sw, tuple(hw))
+            elif isinstance(m, nn.Conv2d):
+                signal = _transposed_filter(signal, m, tuple(hw))
+    return signal[0]
+
+
+def _similar(a, b, box):
+    """Adebayo et al.'s measures by scikit-image and scipy, on the field box."""
+    t, l, bo, r = box
+    ea, eb = a[:, t:bo, l:r].abs().sum(0).double(), b[:, t:bo, l:r].abs().sum(0).double()
+    ea, eb = ea / ea.max(), eb / eb.max() if eb.max() > 0 else eb
+    win = min(7, *ea.shape)
+    win -= 1 - win % 2
+    return {
+        "ssim": structural_similarity(ea.numpy(), eb.numpy(), data_range=1.0, win_size=win),
+        "spearman_abs": spearmanr(ea.flatten().numpy(), eb.flatten().numpy()).statistic,
+        "spearman": spearmanr(
+            a[:, t:bo, l:r].sum(0).flatten().numpy(), b[:, t:bo, l:r].sum(0).flatten().numpy()
+        ).statistic,
+    }
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "backprop"])
+def test_the_cascade_equals_a_slow_reimplementation(rule):
+    """Re-initialize conv3, then conv2, then conv1 of zfnet-small, each with its own `reset_parameters` under the
+    same seeds, and project the unit again after each step with the slow reference: each step's similarity to
+    the trained projection equals the method's. Tolerance: the two projections agree to float32 rounding
+    (1e-5 of their maximum, as tests/test_deconvnet.py finds); SSIM moves by less than 1e-4 under that, and a
+    rank correlation over 200+ pixels by at most a few swaps of near-equal values (1e-3)."""
+    p = zfnet.pretrained()
+    model = p.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = p.preprocess.eval_input(zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[:4])
+    layer, c = "conv3", 5
+    ev = zfnet.evidence(p, x, layers=(layer,), channels={layer: [c]}, rules=(rule,), others=2)
+    u = ev.units[0]
+    y, xx = u.position
+    assert cascade_layers(model, layer, tuple(x.shape[1:])) == ["conv3", "conv2", "conv1"]
+    xi = x[u.image : u.image + 1]
+    trained = _unit_projection(model, xi, layer, c, y, xx, rule)
+    box = zfnet.receptive_field(model, xi, layer=layer).clipped_box(y, xx)
+    slow = copy.deepcopy(model)
+    for k, (name, step) in enumerate(zip(["conv3", "conv2", "conv1"], u.cascade[rule])):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ev.settings.seed + 1000 + k)
+            getattr(slow, name).reset_parameters()
+        again = _unit_projection(slow, xi, layer, c, y, xx, rule)
+        want = _similar(trained, again, box)
+        assert step["randomized"] == name
+        assert step["ssim"] == pytest.approx(want["ssim"], abs=1e-4), (name, step, want)
+        for m in ("spearman_abs", "spearman"):  # undefined (scipy: nan) where the randomized unit is silent
+            if np.isnan(want[m]):
+                assert step[m] is None, (name, m, step)
+            else:
+                assert step[m] == pytest.approx(want[m], abs=1e-3), (name, m, step, want)
+    scale = float(again.abs().max())
+    torch.testing.assert_close(u.randomized[rule], again, rtol=1e-4, atol=1e-5 * scale)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is left as it was
+
+
+# --- the causal map against a naive loop -------------------------------------------------------------------------
+
+
+def test_the_causal_map_equals_a_naive_loop():
+    """The drop of the unit's activation with the grey square at each position inside its field equals one whole
+    forward per position (the Sequential run child by child), to float32 rounding of the unit (1e-5 of it)."""
+    p = zfnet.pretrained()
+    model = p.model
+    x = p.preprocess.eval_input(zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[7:8])
+    layer, c = "conv3", 11
+    settings = zfnet.EvidenceSettings(window=4, stride=2)
+    with torch.no_grad():
+        act = features(model, x, [layer])[layer][0, c]
+    y, xx = divmod(int(act.argmax()), act.shape[-1])
+    rf = zfnet.receptive_field(model, x, layer=layer)
+    fill = fill_input("grey", p.preprocess, x)
+    drops, (ys, xs), window = causal_map(model, x, layer, c, (y, xx), rf, fill, settings)
+    top, left, bottom, right = rf.clipped_box(y, xx)
+    assert window == 4 and ys[0] == max(0, top - 3) and xs[0] == max(0, left - 3)
+    assert ys[-1] + 1 > min(bottom - 1, 28 - 4) - 2 and xs[-1] + 1 > min(right - 1, 28 - 4) - 2
+
+    def unit(img):
+        h = img
+        with torch.no_grad():
+            for name, m in model.named_children():
+                h = m(h)
+                if name == "relu3":
+                    return float(h[0, c, y, xx])
+
+    base = unit(x)
+    for i, yy in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            occluded = x.clone()
+            occluded[0, :, yy : yy + 4, x0 : x0 + 4] = fill[:, yy : yy + 4, x0 : x0 + 4]
+            assert float(drops[i, j]) == pytest.approx(base - unit(occluded), abs=1e-5 * abs(base)), (yy, x0)
+    assert float(drops.abs().max()) > 0  # the square inside the field changes the unit
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+USER = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Res(nn.Module):
+    """Functional ReLUs and a residual addition, 32 px RGB."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.fc = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        h = F.relu(self.b(h) + h)
+        return self.fc(F.relu(self.c(h)).mean((2, 3)))
+'''
+
+
+def test_the_command_writes_scores_and_figures_on_the_embedded_model(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["evidence", "--pretrained", "--layers", "conv1,conv3,conv5", "--units", "2", "--others", "3",
+                 "--limit", "12", "--out", str(out)]) == 0  # fmt: skip
+    res = json.loads((out / "evidence.json").read_text())
+    assert [u["layer"] for u in res["units"]] == ["conv1", "conv1", "conv3", "conv3", "conv5", "conv5"]
+    for u in res["units"]:
+        assert set(u["cascade"]) == {"deconvnet", "guided", "backprop"} and u["causal"] is not None
+        assert [s["randomized"] for s in u["cascade"]["guided"]][-1] == "conv1"
+    assert set(res["summary"]) == {"conv1", "conv3", "conv5"} and res["fill_source"]
+    for name in res["figures"].values():
+        assert (out / name).is_file()
+
+
+def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = np.random.default_rng(0)
+    from PIL import Image
+
+    for k in range(4):
+        Image.fromarray(g.integers(0, 256, (48, 48, 3)).astype(np.uint8)).save(photos / f"{k}.png")
+    common = ["--data", str(photos), "--limit", "4", "--units", "1", "--others", "2", "--rules", "guided,backprop"]
+    out = tmp_path / "r18"
+    assert main(["evidence", "--model", "torchvision:resnet18", "--input-size", "64", "--layers", "layer1,layer3",
+                 *common, "--out", str(out)]) == 0  # fmt: skip
+    res = json.loads((out / "evidence.json").read_text())
+    assert [u["layer"] for u in res["units"]] == ["layer1", "layer3"]
+    name = f"evidence_user_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(USER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        out = tmp_path / "user"
+        assert main(["evidence", "--model", f"{name}:Res", "--input-size", "32", "--normalize", "none", *common,
+                     "--out", str(out)]) == 0  # fmt: skip
+        res = json.loads((out / "evidence.json").read_text())
+        assert {u["layer"] for u in res["units"]} == {"b", "c"}  # the stage layers: after b's add and ReLU, c
+        assert res["feature_maps"]["b"]["reads"] == "b -> add -> relu"
+    finally:
+        sys.modules.pop(name, None)

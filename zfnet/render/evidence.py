@@ -1,0 +1,72 @@
+"""Issue 36's evidence as a figure (never a model): per unit a row - the image with the unit's field, its
+projection by each rule, the last step of the cascade (every layer up to the unit re-initialized) and the causal
+map - with the scores in the titles."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+
+from ..io import atomic_save_figure
+from .render import stretch
+
+
+def _rgb(t: torch.Tensor) -> np.ndarray:
+    arr = t.detach().float().clamp(0, 255).cpu().numpy() / 255.0
+    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def evidence_figure(rows: list[dict], path: str, title: str = "") -> None:
+    """`rows`: per unit {"image": C x H x W display pixels, "box": (top, left, bottom, right), "label": str,
+    "projections": {rule: C x H x W}, "randomized": {rule: C x H x W}, "scores": {rule: unit json}, "causal":
+    n_y x n_x or None}. One row per unit."""
+    rules = list(rows[0]["projections"]) if rows else []
+    cols = 2 + 2 * len(rules)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.4 * len(rows)), squeeze=False)
+    for ax_row, r in zip(axes, rows):
+        grey = "gray" if r["image"].shape[0] == 1 else None
+        ax_row[0].imshow(_rgb(r["image"]), cmap=grey, vmin=0, vmax=1)
+        t, l, b, rr = r["box"]
+        ax_row[0].add_patch(Rectangle((l - 0.5, t - 0.5), rr - l, b - t, fill=False, edgecolor="red", lw=1.2))
+        ax_row[0].set_title(r["label"], fontsize=8)
+        for k, rule in enumerate(rules):
+            unit = r["scores"]
+            spec = unit["specificity"][rule]
+            last = unit["cascade"][rule][-1] if unit["cascade"][rule] else {}
+            ax = ax_row[1 + 2 * k]
+            ax.imshow(_rgb(stretch(r["projections"][rule])), cmap=grey, vmin=0, vmax=1)
+            ax.set_title(
+                f"{rule}\nvs others {_fmt(spec['other_units']['ssim'])}, edges {_fmt(spec['edges']['ssim'])}",
+                fontsize=7,
+            )
+            ax = ax_row[2 + 2 * k]
+            ax.imshow(_rgb(stretch(r["randomized"][rule])), cmap=grey, vmin=0, vmax=1)
+            ax.set_title(f"all below randomized\nSSIM to trained {_fmt(last.get('ssim'))}", fontsize=7)
+        ax = ax_row[-1]
+        if r["causal"] is not None:
+            im = ax.imshow(r["causal"].numpy(), cmap="viridis")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            agree = ", ".join(f"{k[:4]} {_fmt(v)}" for k, v in r["scores"]["agreement"].items())
+            ax.set_title(f"causal: activation drop\nagreement {agree}", fontsize=7)
+        else:
+            ax.set_title("causal: no position (fc)", fontsize=7)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+__all__ = ["evidence_figure"]
