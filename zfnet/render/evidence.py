@@ -64,7 +64,7 @@ def evidence_figure(rows: list[dict], path: str, title: str = "") -> None:
             ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985 if title else 1))
     atomic_save_figure(fig, path)
     plt.close(fig)
 
