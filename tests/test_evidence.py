@@ -226,6 +226,11 @@ def test_the_command_writes_scores_and_figures_on_the_embedded_model(tmp_path, c
     assert set(res["summary"]) == {"conv1", "conv3", "conv5"} and res["fill_source"]
     for name in res["figures"].values():
         assert (out / name).is_file()
+    faithful = res["faithfulness"]
+    assert set(faithful) == {"occlusion", "deconvnet", "guided", "backprop"}
+    for curves in faithful.values():
+        assert len(curves["images"]) == 4 and len(curves["images"][0]["deletion"]) == 17
+        assert set(curves["median_auc"]) == {"deletion", "insertion", "random_deletion", "random_insertion"}
 
 
 def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, monkeypatch):
@@ -255,3 +260,63 @@ def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, monkeypatch):
         assert res["feature_maps"]["b"]["reads"] == "b -> add -> relu"
     finally:
         sys.modules.pop(name, None)
+
+
+# --- deletion and insertion --------------------------------------------------------------------------------------
+
+
+def _images(n: int):
+    p = zfnet.pretrained()
+    return p, p.preprocess.eval_input(zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[:n])
+
+
+def test_deletion_equals_quantus_pixel_flipping():
+    """Deletion with a constant fill (0 in model-input units, `fill="mean-image"`) in 16 steps of 49 pixels is
+    Quantus 0.6's `PixelFlipping(features_in_step=49, perturb_baseline=0.0)` on the same model, images, maps and
+    classes (softmax on): the same p after every step, to float32 rounding of a batch-size-dependent forward."""
+    import quantus
+
+    p, x = _images(3)
+    maps = torch.rand(3, 28, 28, generator=torch.Generator().manual_seed(0))  # no ties: one order for both
+    res = zfnet.faithfulness(p, x, maps=maps, fill="mean-image", steps=16, random_orders=0)
+    targets = np.array([im.target for im in res.images])
+    metric = quantus.PixelFlipping(features_in_step=49, perturb_baseline=0.0, normalise=False, disable_warnings=True)
+    theirs = metric(model=p.model, x_batch=x.numpy(), y_batch=targets, a_batch=maps[:, None].numpy(), device="cpu",
+                    softmax=True, channel_first=True)  # fmt: skip
+    for ours, q in zip(res.images, theirs):
+        assert ours.deletion[0] > 0 and len(q) == 16
+        np.testing.assert_allclose(ours.deletion[1:], q, rtol=0, atol=1e-5)
+
+
+def test_insertion_and_the_random_baseline_equal_a_naive_loop():
+    """Insertion (the grey image with the map's pixels put back) and the random orders' mean, against one forward
+    per step written here; the areas by the trapezoid rule over the fraction of pixels."""
+    p, x = _images(2)
+    maps = torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(1))
+    res = zfnet.faithfulness(p, x, maps=maps, steps=4, random_orders=2, seed=5)
+    grey = fill_input("grey", p.preprocess, x)
+    g = torch.Generator().manual_seed(5)
+
+    def prob(img, t):
+        with torch.no_grad():
+            return float(torch.softmax(p.model(img[None]), 1)[0, t])
+
+    for i, curves in enumerate(res.images):
+        orders = [torch.argsort(-maps[i].flatten(), stable=True)]
+        orders += [torch.randperm(784, generator=g) for _ in range(2)]
+        want = []
+        for order in orders:
+            ins, dele = [], []
+            for k in range(5):
+                mask = torch.zeros(784, dtype=torch.bool)
+                mask[order[: round(k * 784 / 4)]] = True
+                mask = mask.view(1, 28, 28)
+                ins.append(prob(torch.where(mask, x[i], grey), curves.target))
+                dele.append(prob(torch.where(mask, grey, x[i]), curves.target))
+            want.append((dele, ins))
+        np.testing.assert_allclose(curves.deletion, want[0][0], atol=1e-5)
+        np.testing.assert_allclose(curves.insertion, want[0][1], atol=1e-5)
+        np.testing.assert_allclose(curves.random_deletion, np.mean([w[0] for w in want[1:]], 0), atol=1e-5)
+        np.testing.assert_allclose(curves.random_insertion, np.mean([w[1] for w in want[1:]], 0), atol=1e-5)
+        auc = curves.to_json()["auc"]
+        assert auc["insertion"] == pytest.approx(np.trapezoid(curves.insertion, [0, 0.25, 0.5, 0.75, 1.0]), abs=1e-12)

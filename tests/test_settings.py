@@ -37,6 +37,7 @@ OTHER = {
     "correspondence": {"fill": (10.0, 20.0, 30.0), "random_draws": 0, "seed": 3},
     "evidence": {"layers": ("conv3",), "units": 2, "rules": ("guided",), "window": 4},
     "evolution": {"maps": 2, "rule": "guided", "layers": ("conv5",)},
+    "faithfulness": {"steps": 8, "fill": "mean-image", "random_orders": 0},
     "filters": {"dominant": 3.5, "dead": 0.0},
     "invariance": {"transforms": ("rotate",), "fill": "mean-image"},
     "occlusion": {"window": 4, "fill": 128.0, "strategy": "approx", "drill": None, "compare_exact": True},

@@ -24,6 +24,7 @@ from .methods.correspondence import CorrespondenceResult, CorrespondenceSettings
 from .methods.deconvnet import Deconvnet, Projection, ProjectSettings, Target, project
 from .methods.evidence import Evidence, EvidenceSettings, evidence
 from .methods.evolution import Evolution, EvolutionSettings, evolution
+from .methods.faithfulness import Faithfulness, FaithfulnessSettings, faithfulness
 from .methods.filters import FilterReport, FiltersSettings, filters
 from .methods.invariance import InvarianceResult, InvarianceSettings, TransformCurve, invariance
 from .methods.occlusion import OcclusionResult, OcclusionResults, OcclusionSettings, occlusion
@@ -60,6 +61,7 @@ __all__ = [
     "CorrespondenceSettings",
     "EvidenceSettings",
     "EvolutionSettings",
+    "FaithfulnessSettings",
     "FiltersSettings",
     "InvarianceSettings",
     "Method",
@@ -72,6 +74,7 @@ __all__ = [
     "Deconvnet",
     "Evidence",
     "Evolution",
+    "Faithfulness",
     "FilterReport",
     "InvarianceResult",
     "OcclusionResult",
@@ -91,6 +94,7 @@ __all__ = [
     "correspondence",
     "evidence",
     "evolution",
+    "faithfulness",
     "filters",
     "invariance",
     "models",

@@ -17,6 +17,7 @@ from .correspondence import CorrespondenceResult, CorrespondenceSettings, corres
 from .deconvnet import Projection, ProjectSettings, project
 from .evidence import Evidence, EvidenceSettings, evidence
 from .evolution import Evolution, EvolutionSettings, evolution
+from .faithfulness import Faithfulness, FaithfulnessSettings, faithfulness
 from .filters import FilterReport, FiltersSettings, filters
 from .invariance import InvarianceResult, InvarianceSettings, invariance
 from .occlusion import OcclusionResults, OcclusionSettings, occlusion
@@ -40,6 +41,7 @@ for _m in (
     Method("correspondence", correspondence, CorrespondenceSettings, CorrespondenceResult, "arXiv Sec. 4.3"),
     Method("evidence", evidence, EvidenceSettings, Evidence, "issue 36: sanity and causal checks of Sec. 2.1"),
     Method("evolution", evolution, EvolutionSettings, Evolution, "Fig. 4"),
+    Method("faithfulness", faithfulness, FaithfulnessSettings, Faithfulness, "issue 36: RISE deletion/insertion"),
     Method("filters", filters, FiltersSettings, FilterReport, "Fig. 5, Sec. 4.1"),
     Method("invariance", invariance, InvarianceSettings, InvarianceResult, "arXiv Sec. 4.4"),
     Method("occlusion", occlusion, OcclusionSettings, OcclusionResults, "Sec. 4.2, Fig. 6"),

@@ -8,19 +8,32 @@ from __future__ import annotations
 import os
 import time
 
+import torch
+from torch import nn
+
+from ..methods.deconvnet import Deconvnet, Target
 from ..methods.evidence import Evidence, EvidenceSettings, evidence
+from ..methods.faithfulness import FaithfulnessSettings, faithfulness
+from ..methods.occlusion import OcclusionSettings, occlusion
 from ..provenance import write_result
 from ..receptive_field import layer_field
-from ..render.evidence import evidence_figure
+from ..render.evidence import evidence_figure, faithfulness_figure
 from ..settings import Run
 from ..weights import Opened
 from .inputs import Inputs
 
 
 def run_evidence(
-    opened: Opened, inputs: Inputs, out: str, settings: EvidenceSettings = EvidenceSettings(), run: Run = Run()
+    opened: Opened,
+    inputs: Inputs,
+    out: str,
+    settings: EvidenceSettings = EvidenceSettings(),
+    run: Run = Run(),
+    faithful: FaithfulnessSettings | None = FaithfulnessSettings(),
+    faithful_images: int = 4,
 ) -> dict:
-    """The evidence for units of `settings.layers` on `inputs` (each unit on the image where it fires most);
+    """The evidence for units of `settings.layers` on `inputs` (each unit on the image where it fires most), and
+    (`faithful`) the deletion and insertion curves of the class-level maps of the first `faithful_images` images;
     returns evidence.json's content."""
     started = time.perf_counter()
     x = inputs.x.to(run.device)
@@ -29,14 +42,58 @@ def run_evidence(
     figures = _figures(opened, inputs, res, out)
     body = {
         "method": "evidence (issue 36: Adebayo et al. 2018 cascading randomization, Nie et al. 2018 specificity, "
-        "causal maps)",
+        "causal maps; Petsiuk et al. 2018 deletion and insertion)",
         **res.to_json(),
         "images": inputs.names,
         "figures": figures,
     }
+    if faithful is not None and faithful_images > 0:
+        body["faithfulness"] = class_faithfulness(opened, x[:faithful_images], faithful, settings.rules)
+        figures["faithfulness"] = "faithfulness.png"
+        faithfulness_figure(body["faithfulness"], os.path.join(out, "faithfulness.png"), opened.name)
     return write_result(
         os.path.join(out, "evidence.json"), body, started=started, device=run.device, model=opened.info()
     )
+
+
+def class_maps(opened: Opened, x: torch.Tensor, targets: list[int], rules) -> dict[str, torch.Tensor]:
+    """The class-level maps of each image's target (N x H x W importance): Fig. 6's occlusion map (the drop of
+    p(target) with the grey square, averaged over the squares covering each pixel), and each rule's projection of
+    the target logit (its absolute values summed over channels)."""
+    model, pp = opened.model, opened.preprocess
+    n, _, h, w = x.shape
+    occ = OcclusionSettings.for_input(pp.input_size, strategy="naive")
+    maps: dict[str, torch.Tensor] = {"occlusion": torch.zeros(n, h, w, dtype=torch.float64)}
+    for i, r in enumerate(occlusion(opened, x, target=targets, settings=occ)):
+        drop, cover = torch.zeros(h, w, dtype=torch.float64), torch.zeros(h, w, dtype=torch.float64)
+        for a, y0 in enumerate(r.ys.tolist()):
+            for b, x0 in enumerate(r.xs.tolist()):
+                drop[y0 : y0 + r.window, x0 : x0 + r.window] += r.base_prob - float(r.prob[a, b])
+                cover[y0 : y0 + r.window, x0 : x0 + r.window] += 1
+        maps["occlusion"][i] = drop / cover.clamp_min(1)
+    logits = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not logits:
+        return maps
+    for rule in rules:
+        with Deconvnet(model, rule=rule, other="gradient") as dn:
+            proj = dn.project_targets(x, [Target(i, logits[-1], t) for i, t in enumerate(targets)], unit=True)
+        maps[rule] = proj.detach().abs().sum(1).double().cpu()
+    return maps
+
+
+def class_faithfulness(opened: Opened, x: torch.Tensor, settings: FaithfulnessSettings, rules) -> dict:
+    """Deletion and insertion curves of every class-level map (`class_maps`) of each image's predicted class,
+    with the random baseline, and the median areas per map."""
+    with torch.no_grad():
+        targets = opened.model(x).argmax(1).tolist()
+    out: dict[str, dict] = {}
+    for name, maps in class_maps(opened, x, targets, rules).items():
+        res = faithfulness(opened, x, maps=maps.to(x.device), target=targets, settings=settings).to_json()
+        medians = {
+            k: float(torch.tensor([im["auc"][k] for im in res["images"]]).median()) for k in res["images"][0]["auc"]
+        }
+        out[name] = {**res, "median_auc": medians}
+    return out
 
 
 def _figures(opened: Opened, inputs: Inputs, res: Evidence, out: str) -> dict[str, str]:

@@ -69,4 +69,34 @@ def evidence_figure(rows: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-__all__ = ["evidence_figure"]
+def faithfulness_figure(result: dict, path: str, name: str) -> None:
+    """Deletion (left) and insertion (right) curves, the mean over images of each class-level map, with the
+    random orders' mean dashed; the median areas in the legend."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, (key, label) in enumerate((("deletion", "deletion (low area: faithful)"),
+                                      ("insertion", "insertion (high area: faithful)"))):  # fmt: skip
+        ax = axes[k]
+        for method, res in result.items():
+            frac = res["images"][0]["fractions"]
+            mean = np.mean([im[key] for im in res["images"]], axis=0)
+            ax.plot(frac, mean, label=f"{method} ({res['median_auc'][key]:.2f})")
+        first = next(iter(result.values()))
+        if first["images"][0].get(f"random_{key}") is not None:
+            rnd = np.mean([im[f"random_{key}"] for im in first["images"]], axis=0)
+            ax.plot(
+                first["images"][0]["fractions"],
+                rnd,
+                "k--",
+                label=f"random ({first['median_auc']['random_' + key]:.2f})",
+            )
+        ax.set_xlabel("fraction of pixels " + ("removed" if key == "deletion" else "revealed"))
+        ax.set_ylabel("p(predicted class)")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: faithfulness of the class-level maps (Petsiuk et al. 2018)", fontsize=9)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+__all__ = ["evidence_figure", "faithfulness_figure"]
