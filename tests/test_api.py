@@ -52,7 +52,9 @@ def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
         "correspondence": lambda: zfnet.correspondence(
             opened, x, parts={"corner": [(0, 0, 4, 4)] * len(x)}, layers=[layer], random_draws=2
         ),
+        "evidence": lambda: zfnet.evidence(opened, x, layers=[layer], units=1, others=2, window=4),
         "evolution": lambda: zfnet.evolution(model, x, snapshots=snaps, layers=[layer], maps=2),
+        "faithfulness": lambda: zfnet.faithfulness(opened, x, maps=x.abs().sum(1), steps=4, random_orders=1),
         "filters": lambda: zfnet.filters(model, x),
         "invariance": lambda: zfnet.invariance(
             opened,

@@ -68,7 +68,9 @@ def _run(args) -> int:
     check_config(cfg)
     dev = resolve_device(args.device)
     data = args.data or EMBEDDED_DATA
-    opened = open_from_args(args, dev, grey=True, pretrained=embedded, data=data)  # none given: the embedded one
+    opened = open_from_args(  # none of --model/--weights: the embedded one; --seed seeds an unweighted model
+        args, dev, grey=True, pretrained=embedded, data=data, seed=cfg.seed, workers=cfg.workers
+    )
     dataset = zdata.open_dataset(data, args.split, opened.preprocess)
     state = build_report(opened, dataset, cfg, only=only)
     return _said(state, os.path.join(args.out, "index.html"))

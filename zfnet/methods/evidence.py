@@ -205,6 +205,7 @@ class UnitEvidence:
     causal: torch.Tensor | None = field(default=None, repr=False)  # drop of the unit per occluder position
     causal_grid: tuple[list[int], list[int]] | None = None  # the occluder's top-left ys, xs
     causal_window: int = 0  # the occluder's side
+    box: tuple[int, int, int, int] | None = None  # the unit's receptive field on the image, clipped (None: fc)
     agreement: dict[str, float | None] = field(default_factory=dict)  # rule -> Spearman(energy pooled, drop)
     projections: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # rule -> trained, C x H x W
     randomized: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # rule -> the cascade's last
@@ -215,6 +216,7 @@ class UnitEvidence:
             "channel": self.channel,
             "image": self.image,
             "position": list(self.position) if self.position else None,
+            "field_box": list(self.box) if self.box else None,
             "activation": self.activation,
             "cascade": self.cascade,
             "weight_dependence": {r: steps[-1] for r, steps in self.cascade.items() if steps},
@@ -252,6 +254,8 @@ class Evidence:
         out: dict[str, dict] = {}
         for u in self.units:
             for rule, steps in u.cascade.items():
+                if not steps:  # no parameterized layer below the unit: nothing was randomized
+                    continue
                 row = out.setdefault(u.layer, {}).setdefault(rule, {"weight_ssim": [], "other_ssim": [],
                                                                     "edge_ssim": [], "agreement": []})  # fmt: skip
                 row["weight_ssim"].append(steps[-1]["ssim"])
@@ -312,7 +316,7 @@ def evidence(
             image, position, value = _strongest(acts[layer], int(c))
             x = images[image : image + 1]
             u = UnitEvidence(layer, int(c), image, position, value, {}, {})
-            box = rf.clipped_box(*position) if position is not None else None
+            box = u.box = rf.clipped_box(*position) if position is not None else None
             for r in s.rules:
                 u.cascade[r], u.projections[r], u.randomized[r] = _cascade(net, x, (layer, int(c), position), r, s, box)
             u.specificity = {

@@ -83,7 +83,15 @@ class Faithfulness:
             "fill": self.fill,
             "fill_source": self.fill_source,
             "images": [c.to_json() for c in self.images],
+            "median_auc": self.median_auc(),
         }
+
+    def median_auc(self) -> dict[str, float]:
+        """Per curve (deletion, insertion, their random baselines), the median area over the images."""
+        areas = [c.to_json()["auc"] for c in self.images]
+        if not areas:
+            return {}
+        return {k: float(torch.tensor([a[k] for a in areas], dtype=torch.float64).median()) for k in areas[0]}
 
 
 @api

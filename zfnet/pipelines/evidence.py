@@ -16,7 +16,6 @@ from ..methods.evidence import Evidence, EvidenceSettings, evidence
 from ..methods.faithfulness import FaithfulnessSettings, faithfulness
 from ..methods.occlusion import OcclusionSettings, occlusion
 from ..provenance import write_result
-from ..receptive_field import layer_field
 from ..render.evidence import evidence_figure, faithfulness_figure
 from ..settings import Run
 from ..weights import Opened
@@ -62,7 +61,7 @@ def class_maps(opened: Opened, x: torch.Tensor, targets: list[int], rules) -> di
     the target logit (its absolute values summed over channels)."""
     model, pp = opened.model, opened.preprocess
     n, _, h, w = x.shape
-    occ = OcclusionSettings.for_input(pp.input_size, strategy="naive")
+    occ = OcclusionSettings.for_input(pp.input_size)
     maps: dict[str, torch.Tensor] = {"occlusion": torch.zeros(n, h, w, dtype=torch.float64)}
     for i, r in enumerate(occlusion(opened, x, target=targets, settings=occ)):
         drop, cover = torch.zeros(h, w, dtype=torch.float64), torch.zeros(h, w, dtype=torch.float64)
@@ -88,11 +87,7 @@ def class_faithfulness(opened: Opened, x: torch.Tensor, settings: FaithfulnessSe
         targets = opened.model(x).argmax(1).tolist()
     out: dict[str, dict] = {}
     for name, maps in class_maps(opened, x, targets, rules).items():
-        res = faithfulness(opened, x, maps=maps.to(x.device), target=targets, settings=settings).to_json()
-        medians = {
-            k: float(torch.tensor([im["auc"][k] for im in res["images"]]).median()) for k in res["images"][0]["auc"]
-        }
-        out[name] = {**res, "median_auc": medians}
+        out[name] = faithfulness(opened, x, maps=maps.to(x.device), target=targets, settings=settings).to_json()
     return out
 
 
@@ -102,11 +97,10 @@ def _figures(opened: Opened, inputs: Inputs, res: Evidence, out: str) -> dict[st
     shape = tuple(inputs.x.shape[1:])
     figures = {}
     for layer in dict.fromkeys(u.layer for u in res.units):
-        rf = layer_field(opened.model, layer, shape)
         rows = []
         for u in (u for u in res.units if u.layer == layer):
             image = pp.display(inputs.x[u.image : u.image + 1])[0].cpu()
-            box = rf.clipped_box(*u.position) if u.position else (0, 0, shape[1], shape[2])
+            box = u.box or (0, 0, shape[1], shape[2])
             where = f" at {u.position[0]},{u.position[1]}" if u.position else ""
             rows.append(
                 {

@@ -26,6 +26,13 @@ def _fmt(v) -> str:
 
 
 def evidence_figure(rows: list[dict], path: str, title: str = "") -> None:
+    """`evidence_plot` saved to `path`."""
+    fig = evidence_plot(rows, title)
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+def evidence_plot(rows: list[dict], title: str = ""):
     """`rows`: per unit {"image": C x H x W display pixels, "box": (top, left, bottom, right), "label": str,
     "projections": {rule: C x H x W}, "randomized": {rule: C x H x W}, "scores": {rule: unit json}, "causal":
     n_y x n_x or None}. One row per unit."""
@@ -65,11 +72,17 @@ def evidence_figure(rows: list[dict], path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985 if title else 1))
+    return fig
+
+
+def faithfulness_figure(result: dict, path: str, name: str) -> None:
+    """`faithfulness_plot` saved to `path`."""
+    fig = faithfulness_plot(result, name)
     atomic_save_figure(fig, path)
     plt.close(fig)
 
 
-def faithfulness_figure(result: dict, path: str, name: str) -> None:
+def faithfulness_plot(result: dict, name: str):
     """Deletion (left) and insertion (right) curves, the mean over images of each class-level map, with the
     random orders' mean dashed; the median areas in the legend."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -95,8 +108,7 @@ def faithfulness_figure(result: dict, path: str, name: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: faithfulness of the class-level maps (Petsiuk et al. 2018)", fontsize=9)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
+    return fig
 
 
-__all__ = ["evidence_figure", "faithfulness_figure"]
+__all__ = ["evidence_figure", "evidence_plot", "faithfulness_figure", "faithfulness_plot"]

@@ -18,13 +18,16 @@ from ..methods.architecture import Architecture
 from ..methods.atlas import Scan
 from ..methods.correspondence import CorrespondenceResult
 from ..methods.deconvnet import Projection
+from ..methods.evidence import Evidence
 from ..methods.evolution import Evolution
+from ..methods.faithfulness import Faithfulness
 from ..methods.filters import FilterReport
 from ..methods.invariance import InvarianceResult
 from ..methods.occlusion import OcclusionResult, OcclusionResults
 from ..receptive_field import ReceptiveField
 from .analyses import invariance_plot, invariance_rows
 from .architecture import architecture_plot
+from .evidence import evidence_plot, faithfulness_plot
 from .figures import evolution_grid, filters_plot
 from .occlusion import occlusion_plot
 from .render import stretch
@@ -156,6 +159,23 @@ def _scan(result: Scan, images, names, preprocess):
     return fig
 
 
+def _evidence(result: Evidence, images, names, preprocess):
+    rows = []
+    for u in result.units:
+        like = next(iter(u.projections.values()), torch.zeros(1, 28, 28))  # no images given: a grey of its size
+        shown = _display(images, preprocess, u.image, tuple(like.shape))
+        where = f" at {u.position[0]},{u.position[1]}" if u.position else ""
+        box = u.box or (0, 0, *shown.shape[-2:])
+        rows.append({"image": shown, "box": box, "label": f"{u.layer} #{u.channel}{where}",
+                     "projections": u.projections, "randomized": u.randomized, "scores": u.to_json(),
+                     "causal": u.causal})  # fmt: skip
+    return evidence_plot(rows, "does the picture show the unit?")
+
+
+def _faithfulness(result: Faithfulness, images, names, preprocess):
+    return faithfulness_plot({"map": result.to_json()}, "the map")
+
+
 # each method's result type -> the function drawing the report's figure for it
 RENDERERS: dict[type, Callable[..., Any]] = {
     OcclusionResults: _occlusions,
@@ -168,6 +188,8 @@ RENDERERS: dict[type, Callable[..., Any]] = {
     ReceptiveField: _receptive_field,
     Evolution: _evolution,
     Scan: _scan,
+    Evidence: _evidence,
+    Faithfulness: _faithfulness,
 }
 
 
