@@ -223,3 +223,21 @@ def test_the_reports_settings_are_one_class_for_the_cli_and_python(field, value,
     for f in ReportConfig.fields():
         if f.name not in ("out", "embedded", "include", "device"):
             assert getattr(defaults, f.name) == f.default and f.flag in parser.format_help()
+
+
+def test_the_reports_seed_seeds_an_unweighted_model(monkeypatch, tmp_path, capsys):
+    """`zfnet report --seed N` (a flag derived from `ReportConfig`) is also the seed an unweighted model is built
+    with, as before the flags were derived."""
+    seen: dict = {}
+
+    def opened(args, device, **overrides):
+        seen.update(overrides)
+        raise zfnet.UsageError("stopped after the seed was handed over")
+
+    monkeypatch.setattr("zfnet.cli.args.open_from_args", opened)
+    out = tmp_path / "r"
+    assert (
+        main(["report", "--model", "zfnet-small", "--data", "fashion-mnist-mini", "--seed", "3", "--out", str(out)])
+        == 2
+    )
+    assert seen["seed"] == 3 and "stopped after the seed" in capsys.readouterr().err
