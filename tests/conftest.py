@@ -81,3 +81,23 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def user_code(tmp_path, monkeypatch):
+    """`write(prefix, source)` puts `source` in a module of the test's folder, importable as `--model name:callable`
+    from the working directory (made the test's folder) or PYTHONPATH; returns its name. Every module written is
+    forgotten after the test."""
+    written: list[str] = []
+
+    def write(prefix: str, source: str) -> str:
+        name = f"{prefix}_{os.getpid()}"
+        (tmp_path / f"{name}.py").write_text(source)
+        written.append(name)
+        return name
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)

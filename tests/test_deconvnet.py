@@ -50,14 +50,22 @@ def _unpool_sum(signal: torch.Tensor, switches: torch.Tensor, in_hw: tuple[int, 
 
 
 def reference_projection(
-    model: nn.Sequential, x: torch.Tensor, layer: str, channel: int, y: int, xx: int, mode: str = "deconvnet"
+    model: nn.Sequential,
+    x: torch.Tensor,
+    layer: str,
+    channel: int,
+    y: int,
+    xx: int,
+    mode: str = "deconvnet",
+    unit: bool = False,
 ) -> torch.Tensor:
-    """Slow deconvnet for a flat Sequential of conv/relu/pool/LRN layers (the Fig. 3 family)."""
+    """Slow deconvnet for a flat Sequential of conv/relu/pool/LRN layers (the Fig. 3 family), seeded with the
+    activation (or, `unit`, with 1)."""
     with torch.no_grad():
-        return _reference(model, x, layer, channel, y, xx, mode)
+        return _reference(model, x, layer, channel, y, xx, mode, unit)
 
 
-def _reference(model, x, layer, channel, y, xx, mode):
+def _reference(model, x, layer, channel, y, xx, mode, unit=False):
     names = [n for n, _ in model.named_children()]
     stop = names.index(layer) + (1 if isinstance(model[names.index(layer) + 1], nn.ReLU) else 0)
     record, h = [], x
@@ -73,7 +81,7 @@ def _reference(model, x, layer, channel, y, xx, mode):
             record.append((m, h.shape[-2:], None, out))
         h = out
     signal = torch.zeros_like(h)
-    signal[0, channel, y, xx] = h[0, channel, y, xx]  # keep this activation, zero all others
+    signal[0, channel, y, xx] = 1.0 if unit else h[0, channel, y, xx]  # keep this activation, zero all others
     for m, in_hw, switches, out in reversed(record):
         if isinstance(m, nn.ReLU):
             if mode in ("deconvnet", "guided"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -96,13 +95,8 @@ def slow(num_classes=10):
 
 
 @pytest.fixture
-def user(tmp_path, monkeypatch):
-    name = f"defaults_user_{os.getpid()}"
-    (tmp_path / f"{name}.py").write_text(USER)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield name
-    sys.modules.pop(name, None)
+def user(user_code):
+    return user_code("defaults_user", USER)
 
 
 def _photo(path, size: int, colour=None, seed: int = 0) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +14,7 @@ import torch
 from scipy.stats import spearmanr
 from skimage.filters import sobel as sk_sobel
 from skimage.metrics import structural_similarity
-from test_deconvnet import _transposed_filter, _unpool_sum
-from torch import nn
-from torch.nn import functional as F
+from test_deconvnet import reference_projection
 
 import zfnet
 from zfnet import data as zdata
@@ -66,37 +62,6 @@ def test_the_edge_map_is_scikit_images_sobel_up_to_scale():
 # --- the cascade against a slow re-implementation ----------------------------------------------------------------
 
 
-def _unit_projection(model: nn.Sequential, x: torch.Tensor, layer: str, c: int, y: int, xx: int, rule: str):
-    """Sec. 2.1's projection of unit (c, y, xx) of `layer` seeded with 1, layer by layer (ReLU by the rule, max
-    unpooling by the switches, transposed filters, contrast normalization passed through)."""
-    names = [n for n, _ in model.named_children()]
-    stop = names.index(layer) + (1 if isinstance(model[names.index(layer) + 1], nn.ReLU) else 0)
-    record, h = [], x
-    with torch.no_grad():
-        for name in names[: stop + 1]:
-            m = getattr(model, name)
-            if isinstance(m, nn.MaxPool2d):
-                out, sw = F.max_pool2d(
-                    h, m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode, return_indices=True
-                )
-                record.append((m, h.shape[-2:], sw, out))
-            else:
-                out = m(h)
-                record.append((m, h.shape[-2:], None, out))
-            h = out
-        signal = torch.zeros_like(h)
-        signal[0, c, y, xx] = 1.0
-        for m, hw, sw, out in reversed(record):
-            if isinstance(m, nn.ReLU):
-                signal = signal.clamp_min(0) if rule in ("deconvnet", "guided") else signal
-                signal = signal * (out > 0) if rule in ("backprop", "guided") else signal
-            elif isinstance(m, nn.MaxPool2d):
-                signal = _unpool_sum(signal, sw, tuple(hw))
-            elif isinstance(m, nn.Conv2d):
-                signal = _transposed_filter(signal, m, tuple(hw))
-    return signal[0]
-
-
 def _similar(a, b, box):
     """Adebayo et al.'s measures by scikit-image and scipy, on the field box."""
     t, l, bo, r = box
@@ -130,14 +95,14 @@ def test_the_cascade_equals_a_slow_reimplementation(rule):
     y, xx = u.position
     assert cascade_layers(model, layer, tuple(x.shape[1:])) == ["conv3", "conv2", "conv1"]
     xi = x[u.image : u.image + 1]
-    trained = _unit_projection(model, xi, layer, c, y, xx, rule)
+    trained = reference_projection(model, xi, layer, c, y, xx, rule, unit=True)
     box = zfnet.receptive_field(model, xi, layer=layer).clipped_box(y, xx)
     slow = copy.deepcopy(model)
     for k, (name, step) in enumerate(zip(["conv3", "conv2", "conv1"], u.cascade[rule])):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ev.settings.seed + 1000 + k)
             getattr(slow, name).reset_parameters()
-        again = _unit_projection(slow, xi, layer, c, y, xx, rule)
+        again = reference_projection(slow, xi, layer, c, y, xx, rule, unit=True)
         want = _similar(trained, again, box)
         assert step["randomized"] == name
         assert step["ssim"] == pytest.approx(want["ssim"], abs=1e-4), (name, step, want)
@@ -233,7 +198,7 @@ def test_the_command_writes_scores_and_figures_on_the_embedded_model(tmp_path, c
         assert set(curves["median_auc"]) == {"deletion", "insertion", "random_deletion", "random_insertion"}
 
 
-def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, monkeypatch):
+def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, user_code):
     photos = tmp_path / "photos"
     photos.mkdir()
     g = np.random.default_rng(0)
@@ -247,19 +212,13 @@ def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, monkeypatch):
                  *common, "--out", str(out)]) == 0  # fmt: skip
     res = json.loads((out / "evidence.json").read_text())
     assert [u["layer"] for u in res["units"]] == ["layer1", "layer3"]
-    name = f"evidence_user_{os.getpid()}"
-    (tmp_path / f"{name}.py").write_text(USER)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        out = tmp_path / "user"
-        assert main(["evidence", "--model", f"{name}:Res", "--input-size", "32", "--normalize", "none", *common,
-                     "--out", str(out)]) == 0  # fmt: skip
-        res = json.loads((out / "evidence.json").read_text())
-        assert {u["layer"] for u in res["units"]} == {"b", "c"}  # the stage layers: after b's add and ReLU, c
-        assert res["feature_maps"]["b"]["reads"] == "b -> add -> relu"
-    finally:
-        sys.modules.pop(name, None)
+    name = user_code("evidence_user", USER)
+    out = tmp_path / "user"
+    assert main(["evidence", "--model", f"{name}:Res", "--input-size", "32", "--normalize", "none", *common,
+                 "--out", str(out)]) == 0  # fmt: skip
+    res = json.loads((out / "evidence.json").read_text())
+    assert {u["layer"] for u in res["units"]} == {"b", "c"}  # the stage layers: after b's add and ReLU, c
+    assert res["feature_maps"]["b"]["reads"] == "b -> add -> relu"
 
 
 # --- deletion and insertion --------------------------------------------------------------------------------------

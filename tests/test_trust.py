@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -230,13 +229,8 @@ def pair(num_classes=5):
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    name = f"trust_user_{os.getpid()}"
-    (tmp_path / f"{name}.py").write_text(USER)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield name
-    sys.modules.pop(name, None)
+def user_module(user_code):
+    return user_code("trust_user", USER)
 
 
 @pytest.mark.parametrize(

@@ -384,11 +384,6 @@ def data_mean(
     return zdata.mean_image(ds, workers=workers, progress=progress)
 
 
-def needs_grey(pp: zdata.Preprocess) -> bool:
-    """Sec. 4.2's grey is not known from the preprocessing: no mean image, no normalisation mean above 0."""
-    return pp.mean_image is None and not (pp.channel_mean is not None and any(v > 0 for v in pp.channel_mean))
-
-
 def with_data_grey(
     opened: Opened, data: str | zdata.ImageSet | None, split: str | None = None, workers: int = 0
 ) -> Opened:
@@ -397,7 +392,7 @@ def with_data_grey(
     image computed once and cached (`zdata.mean_image`). Without data, or with a mean known, unchanged (the grey
     is then the mean's, or mid-grey 128, and `Preprocess.grey_source` says which)."""
     pp = opened.preprocess
-    if data is None or not needs_grey(pp):
+    if data is None or pp.knows_grey:
         return opened
     if isinstance(data, zdata.ImageSet):
         crop = data.preprocess.center(zdata.mean_image(data, workers=workers)[None])[0]

@@ -249,18 +249,29 @@ class Preprocess:
         if self.mean_image is not None:
             crop = self.center(self.mean_image[None])[0]
             return tuple(float(round(float(v))) for v in crop.double().mean((1, 2)))
-        if self.channel_mean is not None and any(v > 0 for v in self.channel_mean):
+        if self.normalises_by_mean:
+            assert self.channel_mean is not None
             return tuple(float(round(v * 255.0)) for v in self.channel_mean)
         if self.data_grey is not None:
             return tuple(float(round(v)) for v in self.data_grey)
         return (128.0,) * self.channels
 
     @property
+    def normalises_by_mean(self) -> bool:
+        """A channel normalisation whose mean is a pixel (above 0): a mean of 0 says nothing of the data."""
+        return self.channel_mean is not None and any(v > 0 for v in self.channel_mean)
+
+    @property
+    def knows_grey(self) -> bool:
+        """The grey follows from the preprocessing itself: a mean image, or a normalisation mean above 0."""
+        return self.mean_image is not None or self.normalises_by_mean
+
+    @property
     def grey_source(self) -> str:
         """Where `grey` comes from, for results and captions (issue 40: never black because a mean is 0)."""
         if self.mean_image is not None:
             return "the training mean pixel (the mean image's)"
-        if self.channel_mean is not None and any(v > 0 for v in self.channel_mean):
+        if self.normalises_by_mean:
             return "the normalisation's mean pixel"
         if self.data_grey is not None:
             return "the mean pixel of the data given (--data)"

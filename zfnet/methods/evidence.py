@@ -30,7 +30,7 @@ from torch import nn
 
 from ..calling import api
 from ..errors import UsageError
-from ..layers import StopForward, capture, default_stage_layers, read_maps, resolve_layer
+from ..layers import StopForward, capture, default_stage_layers, features, read_maps, resolve_layer
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
 from ..receptive_field import layer_field
 from ..runtime import eval_mode, model_device
@@ -302,12 +302,7 @@ def evidence(
         resolve_layer(net, layer)
     fill_map, fill_name, _, fill_from = resolve_fill(net, s.fill, pp, images, "evidence's grey square")
     with torch.no_grad(), eval_mode(net):
-        with capture(net, layers, images, stop=True) as found:
-            try:
-                net(images)
-            except StopForward:
-                pass
-        acts = {l: found[l] for l in layers}
+        acts = features(net, images, layers)
     chosen = channels or {l: _draw_units(acts[l], s.units, s.seed + k) for k, l in enumerate(layers)}
     out = []
     for layer in layers:
@@ -427,12 +422,8 @@ def causal_map(net, x, layer, c, position, rf, fill_map, s: EvidenceSettings, ba
 
 def _unit(net, x, layer, c, y, xx) -> torch.Tensor:
     """Unit (c, y, xx) of `layer` for each image of `x`, from a forward stopped at the layer."""
-    with torch.no_grad(), eval_mode(net), capture(net, [layer], x) as found:
-        try:
-            net(x)
-        except StopForward:
-            pass
-    return found[layer][:, c, y, xx].double().cpu()
+    with torch.no_grad(), eval_mode(net):
+        return features(net, x, [layer])[layer][:, c, y, xx].double().cpu()
 
 
 def _agreement(net, x, layer, c, position, rule, u: UnitEvidence) -> float | None:

@@ -116,9 +116,11 @@ def faithfulness(
     if maps.shape != (n, h, w):
         raise UsageError(f"maps has shape {tuple(maps.shape)}; pass one {h}x{w} importance map per image")
     fill_map, fill_name, _, source = resolve_fill(net, s.fill, pp, images, "faithfulness's deleted pixels")
-    with torch.no_grad(), eval_mode(net):
-        predicted = net(images).argmax(1).tolist()
-    targets = predicted if target is None else ([int(target)] * n if isinstance(target, int) else list(target))
+    if target is None:  # each image's predicted class
+        with torch.no_grad(), eval_mode(net):
+            targets = net(images).argmax(1).tolist()
+    else:
+        targets = [int(target)] * n if isinstance(target, int) else [int(t) for t in target]
     counts = [round(k * h * w / s.steps) for k in range(s.steps + 1)]
     fractions = [c / (h * w) for c in counts]
     g = torch.Generator().manual_seed(s.seed)
