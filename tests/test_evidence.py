@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from skimage.filters import sobel as sk_sobel
 from skimage.metrics import structural_similarity
 from test_deconvnet import reference_projection
+from torch import nn
 
 import zfnet
 from zfnet import data as zdata
@@ -279,3 +280,13 @@ def test_insertion_and_the_random_baseline_equal_a_naive_loop():
         np.testing.assert_allclose(curves.random_insertion, np.mean([w[1] for w in want[1:]], 0), atol=1e-5)
         auc = curves.to_json()["auc"]
         assert auc["insertion"] == pytest.approx(np.trapezoid(curves.insertion, [0, 0.25, 0.5, 0.75, 1.0]), abs=1e-12)
+
+
+def test_a_rule_that_ran_as_the_gradient_says_so():
+    """Through a SiLU the deconvnet and guided rules do not apply (footnote 1): the evidence projects with the
+    gradient there and its JSON says so, per rule and layer; backprop needs no word."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()
+    x = torch.rand(2, 3, 12, 12)
+    ev = zfnet.evidence(net, x, layers=("2",), units=1, others=1, fill="mean-image")
+    said = ev.to_json()["rule_substituted"]
+    assert set(said) == {"deconvnet", "guided"} and "projected with the gradient" in said["guided"]["2"]

@@ -35,7 +35,7 @@ from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, 
 from ..receptive_field import layer_field
 from ..runtime import eval_mode, model_device
 from ..settings import Settings, knob
-from .deconvnet import RULES, Deconvnet, Target
+from .deconvnet import RULES, Deconvnet, Target, gradient_instead
 
 RuleName = str
 
@@ -238,11 +238,13 @@ class Evidence:
     fill: str = "grey"
     fill_source: str = ""
     maps: dict[str, dict] = field(default_factory=dict)
+    substituted: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> layer -> why it is the gradient
 
     def to_json(self) -> dict:
         return {
             "settings": self.settings.to_json(),
             "feature_maps": self.maps,
+            "rule_substituted": self.substituted,
             "fill": self.fill,
             "fill_source": self.fill_source,
             "units": [u.to_json() for u in self.units],
@@ -321,7 +323,10 @@ def evidence(
                 u.causal, u.causal_grid, u.causal_window = causal_map(net, x, layer, int(c), position, rf, fill_map, s)
                 u.agreement = {r: _agreement(net, x, layer, int(c), position, r, u) for r in s.rules}
             out.append(u)
-    return Evidence(out, s, fill_name, fill_from, read_maps(net, layers, images))
+    substituted = {r: gradient_instead(net, layers, images[:1], r) for r in s.rules}
+    return Evidence(
+        out, s, fill_name, fill_from, read_maps(net, layers, images), {r: d for r, d in substituted.items() if d}
+    )
 
 
 def _draw_units(act: torch.Tensor, n: int, seed: int) -> list[int]:

@@ -113,8 +113,11 @@ def _figures(opened: Opened, inputs: Inputs, res: Evidence, out: str) -> dict[st
                     "causal": u.causal,
                 }
             )
+        notes = {r: d[layer] for r, d in res.substituted.items() if layer in d}  # a rule that is the gradient here
+        said = "; ".join(f"{r}: {n}" for r, n in notes.items())
         name = f"evidence-{layer.replace('/', '_')}.png"
-        evidence_figure(rows, os.path.join(out, name), f"{opened.name}, {layer}: does the picture show the unit?")
+        title = f"{opened.name}, {layer}: does the picture show the unit?" + (f"\n{said}" if said else "")
+        evidence_figure(rows, os.path.join(out, name), title)
         figures[layer] = name
     return figures
 
