@@ -60,7 +60,8 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def browser():
+def _chromium():
+    """One headless Chromium for the session (starting one takes seconds)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -81,6 +82,17 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def browser(_chromium):
+    """The session's Chromium on a blank page with no earlier page's console messages; left on a blank page, so
+    that nothing a test's page still loads can reach the next test (a server a fixture stops refuses it, and the
+    browser logs that as an error)."""
+    _chromium.get("about:blank")
+    _chromium.get_log("browser")
+    yield _chromium
+    _chromium.get("about:blank")
 
 
 @pytest.fixture
