@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,17 @@ from torch import nn
 
 from ..calling import api
 from ..errors import UsageError
-from ..layers import StopForward, capture, default_stage_layers, features, read_maps, resolve_layer
+from ..layers import StopForward, capture, default_stage_layers, features, read_maps, resolve_layer, sites
 from ..pixels import FILL_HELP, Fill, WithPreprocess, fill_problem, parse_fill, resolve_fill, split_model
-from ..receptive_field import layer_field
+from ..progress import bar
+from ..receptive_field import crop_plan, layer_field, layer_geometries
 from ..runtime import eval_mode, model_device
 from ..settings import Settings, knob
 from .deconvnet import RULES, Deconvnet, Target, gradient_instead
+from .incremental import CostModel, Region, Replay, estimate, record
 
 RuleName = str
+Engine = Literal["auto", "field", "incremental", "whole"]  # how the causal maps' occluded copies run
 
 
 def _rules_problem(v: Any) -> str:
@@ -59,13 +62,27 @@ class EvidenceSettings(Settings):
         "projection rules checked (deconvnet, guided, backprop)",
         check=_rules_problem,
     )
+    curve: bool = knob(
+        True,
+        "the whole cascade, one step a layer (false: its last step alone - every layer up to the unit re-initialized "
+        "at once, the same draws - which is the score)",
+    )
     others: int = knob(8, "other units of the layer each projection is compared with (specificity)", low=1)
     window: int | None = knob(
         None,
         "the causal map's grey square, model-input pixels (none: a quarter of the unit's field, at least 1)",
         low=1,
     )
-    stride: int | None = knob(None, "the causal map's step in pixels (none: half the window)", low=1)
+    stride: int | None = knob(None, "the causal map's step in pixels (none: --step of the window)", low=1)
+    step: float = knob(
+        0.5, "the causal map's step as a share of the window, when --stride is not given", above=0, high=1
+    )
+    engine: Engine = knob(
+        "auto",
+        "how the causal map's occluded copies run, each exact: field (each copy cut to the unit's receptive field), "
+        "incremental (the incremental engine, where it replays the model), whole (forwards stopped at the layer), "
+        "auto (field where the layer's fields are local, else incremental where its estimate says it is faster)",
+    )
     fill: Fill = knob("grey", "the causal map's square: " + FILL_HELP, parse=parse_fill, check=fill_problem)
     seed: int = knob(0, "units drawn, other units drawn, re-initializations", low=0)
 
@@ -75,38 +92,19 @@ class EvidenceSettings(Settings):
 
 def ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks 1..n of a flat tensor, ties given their average rank (as scipy.stats.rankdata)."""
-    values, inverse, counts = torch.unique(x.flatten(), return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    average = ends - (counts.double() - 1) / 2
-    return average[inverse]
+    return batched_ranks(x.flatten()[None].double())[0]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
     """Spearman's rank correlation of two maps (None where one is constant: no ranking to compare)."""
-    ra, rb = ranks(a.double()), ranks(b.double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = float(ra.norm() * rb.norm())
-    return None if denom == 0 else float((ra * rb).sum()) / denom
+    return _spearmans(a.flatten()[None], b.flatten()[None])[0]
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float | None:
     """Mean structural similarity of two 2-D maps in [0, 1] (data range 1), scikit-image's defaults: a uniform
     `window` x `window` filter, sample covariances, K1 = 0.01, K2 = 0.03, the border's half window left out. A map
     smaller than the window takes the largest odd window that fits (scikit-image's `win_size`); below 3 px, None."""
-    window = min(window, *a.shape[-2:])
-    window -= 1 - window % 2
-    if window < 3:
-        return None
-    x, y = a.double()[None, None], b.double()[None, None]
-    n = window * window
-    mean = lambda t: F.avg_pool2d(t, window, 1)  # noqa: E731 - the valid part only, as skimage crops after
-    ux, uy = mean(x), mean(y)
-    cov = n / (n - 1)
-    vx, vy = cov * (mean(x * x) - ux * ux), cov * (mean(y * y) - uy * uy)
-    vxy = cov * (mean(x * y) - ux * uy)
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return float(s.mean())
+    return _ssims(a.double()[None], b.double()[None], window)[0]
 
 
 def energy(projection: torch.Tensor) -> torch.Tensor:
@@ -125,9 +123,76 @@ def similarity(a: torch.Tensor, b: torch.Tensor, box: tuple[int, int, int, int] 
     """The three measures of Adebayo et al. between two C x H x W projections, over the unit's receptive field
     `box` (top, left, bottom, right; the rest of a unit's projection is zero by construction and would only add
     agreement): SSIM and Spearman of the absolute maps, Spearman of the signed maps."""
-    a, b = _crop(a, box), _crop(b, box)
-    return {"ssim": ssim(energy(a), energy(b)), "spearman_abs": spearman(energy(a), energy(b)),
-            "spearman": spearman(signed(a), signed(b))}  # fmt: skip
+    return similarities([a], [b], [box])[0]
+
+
+def similarities(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], boxes: Sequence[tuple | None]) -> list[dict]:
+    """`similarity` of each pair (a[i], b[i]) over boxes[i], computed batched for the pairs whose crops share a
+    shape (thousands of pairs for an atlas's units)."""
+    out: list[dict] = [{}] * len(a)
+    groups: dict[tuple, list[int]] = {}
+    crops = [(_crop(x, box), _crop(y, box)) for x, y, box in zip(a, b, boxes)]
+    for i, (x, y) in enumerate(crops):
+        groups.setdefault((tuple(x.shape), tuple(y.shape)), []).append(i)
+    for members in groups.values():
+        xs = torch.stack([crops[i][0] for i in members]).double()
+        ys = torch.stack([crops[i][1] for i in members]).double()
+        ex, ey = _energies(xs), _energies(ys)
+        s = _ssims(ex, ey)
+        sa = _spearmans(ex.flatten(1), ey.flatten(1))
+        sg = _spearmans(xs.sum(1).flatten(1), ys.sum(1).flatten(1))
+        for k, i in enumerate(members):
+            out[i] = {"ssim": s[k], "spearman_abs": sa[k], "spearman": sg[k]}
+    return out
+
+
+def _energies(p: torch.Tensor) -> torch.Tensor:
+    """`energy` of each of K x C x H x W projections: K x H x W."""
+    m = p.abs().sum(1)
+    top = m.flatten(1).amax(1)
+    return m / torch.where(top > 0, top, 1.0)[:, None, None]
+
+
+def _ssims(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> list[float | None]:
+    """`ssim` of each pair of K x H x W maps."""
+    window = min(window, *a.shape[-2:])
+    window -= 1 - window % 2
+    if window < 3:
+        return [None] * a.shape[0]
+    x, y = a[:, None], b[:, None]
+    n = window * window
+    mean = lambda t: F.avg_pool2d(t, window, 1)  # noqa: E731 - the valid part only, as skimage crops after
+    ux, uy = mean(x), mean(y)
+    cov = n / (n - 1)
+    vx, vy = cov * (mean(x * x) - ux * ux), cov * (mean(y * y) - uy * uy)
+    vxy = cov * (mean(x * y) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).tolist()
+
+
+def batched_ranks(x: torch.Tensor) -> torch.Tensor:
+    """`ranks` of each row of a K x n tensor (ties: their average rank)."""
+    k, n = x.shape
+    order = x.argsort(dim=1, stable=True)
+    xs = x.gather(1, order)
+    new = torch.ones_like(xs, dtype=torch.bool)
+    new[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    group = new.long().cumsum(1) - 1
+    place = torch.arange(1, n + 1, dtype=torch.float64).expand(k, n)
+    sums = torch.zeros(k, n, dtype=torch.float64).scatter_add_(1, group, place)
+    counts = torch.zeros(k, n, dtype=torch.float64).scatter_add_(1, group, torch.ones_like(place))
+    avg = (sums / counts.clamp_min(1)).gather(1, group)
+    return torch.empty_like(avg).scatter_(1, order, avg)
+
+
+def _spearmans(a: torch.Tensor, b: torch.Tensor) -> list[float | None]:
+    """`spearman` of each row pair of two K x n tensors."""
+    ra, rb = batched_ranks(a.double()), batched_ranks(b.double())
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    denom = ra.norm(dim=1) * rb.norm(dim=1)
+    r = (ra * rb).sum(1) / torch.where(denom > 0, denom, 1.0)
+    return [None if d == 0 else v for v, d in zip(r.tolist(), denom.tolist())]
 
 
 def _crop(t: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
@@ -209,6 +274,7 @@ class UnitEvidence:
     agreement: dict[str, float | None] = field(default_factory=dict)  # rule -> Spearman(energy pooled, drop)
     projections: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # rule -> trained, C x H x W
     randomized: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # rule -> the cascade's last
+    trained_energy: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # while the causal map runs
 
     def to_json(self) -> dict:
         return {
@@ -239,12 +305,14 @@ class Evidence:
     fill_source: str = ""
     maps: dict[str, dict] = field(default_factory=dict)
     substituted: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> layer -> why it is the gradient
+    causal_strategy: dict[str, str] = field(default_factory=dict)  # layer -> how its causal maps ran
 
     def to_json(self) -> dict:
         return {
             "settings": self.settings.to_json(),
             "feature_maps": self.maps,
             "rule_substituted": self.substituted,
+            "causal_strategy": self.causal_strategy,
             "fill": self.fill,
             "fill_source": self.fill_source,
             "units": [u.to_json() for u in self.units],
@@ -278,55 +346,101 @@ def _median(values: Sequence[float | None]) -> float | None:
 # --- the method -----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class UnitAt:
+    """A unit to check and where: `layer`'s map `channel` on image `image` of the batch at `position` (y, x) of
+    its map (None: where it is strongest on that image; fc layers have none)."""
+
+    layer: str
+    channel: int
+    image: int
+    position: tuple[int, int] | None = None
+
+
 @api
 def evidence(
     model: nn.Module | WithPreprocess,
     images: torch.Tensor,
     *,
     channels: dict[str, Sequence[int]] | None = None,
+    at: Sequence[UnitAt] | None = None,
     preprocess=None,
+    pictures: bool = True,
+    progress: bool = False,
     settings: EvidenceSettings | None = None,
     **changes: Any,
 ) -> Evidence:
     """Issue 36's evidence for units of `layers` on a batch of model input `images` (N x C x H x W): for each unit,
     on the image where it fires most (among `images`) at its strongest position, its weight dependence under
     cascading randomization, its specificity against other units and the edge map, and its causal map.
-    `channels` (layer -> channels) names the units, else `settings.units` per layer are drawn with the seed among
-    the maps that fire. The model is left as it was (the cascade runs on a copy). Settings (`EvidenceSettings`) as
-    a value or as keywords."""
+    `channels` (layer -> channels) names the units, `at` names units with their image and position (an atlas's
+    top-1), else `settings.units` per layer are drawn with the seed among the maps that fire. All units of a layer
+    share each projection pass and one copy of the model for the cascade; the causal maps run on the incremental
+    engine where it replays the model (`causal_strategy` says, per layer). `pictures=False` keeps no projection
+    (for thousands of units). The model is left as it was. Settings (`EvidenceSettings`) as a value or keywords."""
     s = EvidenceSettings.build(settings, **changes)
     net, pp = split_model(model, preprocess)
     if images.dim() != 4 or images.shape[0] < 1:
         raise UsageError(f"evidence takes a batch N x C x H x W (got shape {tuple(images.shape)})")
     shape = tuple(images.shape[1:])
-    layers = list(s.layers or default_stage_layers(net, shape))
+    if at is not None:
+        at = [u if isinstance(u, UnitAt) else UnitAt(*u) for u in at]
+    layers = list(dict.fromkeys(u.layer for u in at)) if at else list(s.layers or default_stage_layers(net, shape))
     for layer in layers:
         resolve_layer(net, layer)
     fill_map, fill_name, _, fill_from = resolve_fill(net, s.fill, pp, images, "evidence's grey square")
     with torch.no_grad(), eval_mode(net):
         acts = features(net, images, layers)
+    todo = list(at) if at else _units_to_check(acts, layers, channels, s)
+    _check_units(todo, acts, images.shape[0])
+    out: list[UnitEvidence] = []
+    strategies: dict[str, str] = {}
+    with bar(total=len(todo), desc="evidence", unit="unit", disable=not progress) as pbar:
+        for layer in layers:
+            mine = [u for u in todo if u.layer == layer]
+            if mine:
+                checked, strategies[layer] = _layer_evidence(
+                    net, images, layer, mine, acts[layer], fill_map, s, pictures
+                )
+                out.extend(checked)
+                pbar.update(len(mine))
+    substituted = {r: gradient_instead(net, layers, images[:1], r) for r in s.rules}
+    return Evidence(
+        out,
+        s,
+        fill_name,
+        fill_from,
+        read_maps(net, layers, images),
+        {r: d for r, d in substituted.items() if d},
+        strategies,
+    )
+
+
+def _units_to_check(acts: dict[str, torch.Tensor], layers, channels, s: EvidenceSettings) -> list[UnitAt]:
+    """Each named (or drawn) channel on the image where it fires most, at its strongest position."""
     chosen = channels or {l: _draw_units(acts[l], s.units, s.seed + k) for k, l in enumerate(layers)}
     out = []
     for layer in layers:
-        rf = layer_field(net, layer, shape)
         for c in chosen.get(layer, []):
-            image, position, value = _strongest(acts[layer], int(c))
-            x = images[image : image + 1]
-            u = UnitEvidence(layer, int(c), image, position, value, {}, {})
-            box = u.box = rf.clipped_box(*position) if position is not None else None
-            for r in s.rules:
-                u.cascade[r], u.projections[r], u.randomized[r] = _cascade(net, x, (layer, int(c), position), r, s, box)
-            u.specificity = {
-                r: _specificity(net, x, (layer, int(c), position), r, acts[layer], s, box) for r in s.rules
-            }
-            if position is not None:
-                u.causal, u.causal_grid, u.causal_window = causal_map(net, x, layer, int(c), position, rf, fill_map, s)
-                u.agreement = {r: _agreement(net, x, layer, int(c), position, r, u) for r in s.rules}
-            out.append(u)
-    substituted = {r: gradient_instead(net, layers, images[:1], r) for r in s.rules}
-    return Evidence(
-        out, s, fill_name, fill_from, read_maps(net, layers, images), {r: d for r, d in substituted.items() if d}
-    )
+            image, position, _ = _strongest(acts[layer], int(c))
+            out.append(UnitAt(layer, int(c), image, position))
+    return out
+
+
+def _check_units(todo: list[UnitAt], acts: dict[str, torch.Tensor], n: int) -> None:
+    for u in todo:
+        a = acts[u.layer]
+        if not 0 <= u.channel < a.shape[1]:
+            raise UsageError(
+                f"channel {u.channel} does not exist in {u.layer} ({a.shape[1]} maps: 0..{a.shape[1] - 1})"
+            )
+        if not 0 <= u.image < n:
+            raise UsageError(f"image {u.image} is not in the batch of {n}; pass an index 0..{n - 1}")
+        if u.position is not None and (
+            a.dim() != 4 or not (0 <= u.position[0] < a.shape[2] and 0 <= u.position[1] < a.shape[3])
+        ):
+            where = f"{a.shape[2]}x{a.shape[3]} maps" if a.dim() == 4 else "no maps (fully connected)"
+            raise UsageError(f"position {u.position} is outside {u.layer}'s {where}; pass one inside or none")
 
 
 def _draw_units(act: torch.Tensor, n: int, seed: int) -> list[int]:
@@ -338,59 +452,109 @@ def _draw_units(act: torch.Tensor, n: int, seed: int) -> list[int]:
     return sorted(pool[torch.randperm(len(pool), generator=g)[:n]].tolist())
 
 
-def _strongest(act: torch.Tensor, c: int) -> tuple[int, tuple[int, int] | None, float]:
-    """(image, position, value) of map `c`'s strongest activation over the batch (first in row-major order)."""
+def _strongest(act: torch.Tensor, c: int, image: int | None = None) -> tuple[int, tuple[int, int] | None, float]:
+    """(image, position, value) of map `c`'s strongest activation over the batch (or on `image`; first in
+    row-major order)."""
     if act.dim() != 4:
-        image = int(act[:, c].argmax())
+        image = int(act[:, c].argmax()) if image is None else image
         return image, None, float(act[image, c])
     peaks = act[:, c].flatten(1)
-    image = int(peaks.amax(1).argmax())
+    image = int(peaks.amax(1).argmax()) if image is None else image
     where = int(peaks[image].argmax())
     return image, divmod(where, act.shape[-1]), float(peaks[image, where])
 
 
-def _project(net: nn.Module, x: torch.Tensor, layer: str, c: int | list[int], position, rule: str) -> torch.Tensor:
-    """The unit's projection seeded with 1 (the picture's shape, whatever the activation), C x H x W; for a list
-    of channels, one per channel at the same position (K x C x H x W), in one batched pass."""
-    y, xx = position if position is not None else (None, None)
-    chans = c if isinstance(c, list) else [c]
+PROJECTION_BYTES = 64 << 20  # projections held at once while a layer's units are compared
+
+
+def _layer_evidence(
+    net, images, layer: str, todo: list[UnitAt], act: torch.Tensor, fill_map, s: EvidenceSettings, pictures: bool
+) -> tuple[list[UnitEvidence], str]:
+    """Every score of `todo` (units of one layer), in chunks of units whose projections fit PROJECTION_BYTES:
+    each rule's projections of a chunk in one pass, the cascade on one copy of the model per chunk (each step's
+    re-initialization is the same for every unit: seeded by the step)."""
+    shape = tuple(images.shape[1:])
+    rf = layer_field(net, layer, shape)
+    units = []
+    for u in todo:
+        image, position, value = _strongest(act, u.channel, u.image) if u.position is None else (
+            u.image, u.position, float(act[u.image, u.channel, u.position[0], u.position[1]]))  # fmt: skip
+        e = UnitEvidence(layer, u.channel, image, position, value, {r: [] for r in s.rules}, {})
+        e.box = rf.clipped_box(*position) if position is not None else None
+        units.append(e)
+    per = max(1, PROJECTION_BYTES // (images[0].numel() * images.element_size() * (s.others + 2) * len(s.rules)))
+    order = cascade_layers(net, layer, shape)
+    for start in range(0, len(units), per):
+        chunk = units[start : start + per]
+        targets = [Target(u.image, layer, u.channel, *(u.position or (None, None))) for u in chunk]
+        trained = {r: _project_all(net, images, targets, r) for r in s.rules}
+        _cascade(net, images, targets, chunk, trained, order, s, pictures)
+        for r in s.rules:
+            _specificity(net, images, targets, chunk, trained[r], r, act.shape[1], s)
+        if pictures:
+            for i, u in enumerate(chunk):
+                u.projections = {r: trained[r][i] for r in s.rules}
+        for i, u in enumerate(chunk):
+            u.trained_energy = {r: energy(trained[r][i]) for r in s.rules}
+    strategy = causal_maps(net, images, layer, units, rf, fill_map, s)
+    for u in units:
+        if u.causal is not None:
+            u.agreement = {r: _agreement(u.trained_energy[r], u) for r in s.rules}
+        u.trained_energy = {}
+    return units, strategy
+
+
+def _project_all(net: nn.Module, images: torch.Tensor, targets: list[Target], rule: str) -> torch.Tensor:
+    """Each target's projection seeded with 1 (the picture's shape, whatever the activation), K x C x H x W, in
+    batched passes."""
     with Deconvnet(net, rule=rule, other="gradient") as dn:
-        out = dn.project_targets(x, [Target(0, layer, k, y, xx) for k in chans], unit=True).detach().cpu()
-    return out if isinstance(c, list) else out[0]
+        return dn.project_targets(images, targets, unit=True).detach().cpu()
 
 
-def _cascade(net, x, unit, rule, s: EvidenceSettings, box) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-    """Adebayo et al.'s cascade for one unit: the unit's layer re-initialized, then each layer below in turn; after
-    each step the projection's similarity to the trained one. Returns the steps, the trained projection and the
-    last step's."""
-    layer, c, position = unit
-    trained = _project(net, x, layer, c, position, rule)
+def _cascade(net, images, targets, chunk: list[UnitEvidence], trained: dict, order: list[str], s, keep: bool) -> None:
+    """Adebayo et al.'s cascade for a chunk of one layer's units: the layer re-initialized, then each layer below
+    in turn (the same draw for every unit); after each step each unit's projection compared with its trained
+    one. The last step's projections are kept as the units' `randomized`."""
     copied = copy.deepcopy(net)
     modules = dict(copied.named_modules())
-    steps, last = [], trained
-    for k, name in enumerate(cascade_layers(copied, layer, tuple(x.shape[1:]))):
+    for k, name in enumerate(order):
         reinitialize(modules[name], s.seed + 1000 + k)
-        last = _project(copied, x, layer, c, position, rule)
-        vanished = bool(last.abs().max() == 0)  # the unit fell silent: no picture left to compare (None ranks)
-        steps.append({"randomized": name, **similarity(trained, last, box), "vanished": vanished})
-    return steps, trained, last
+        if not s.curve and k < len(order) - 1:
+            continue
+        for r in s.rules:
+            last = _project_all(copied, images, targets, r)
+            scores = similarities(trained[r], last, [u.box for u in chunk])
+            silent = last.flatten(1).abs().amax(1) == 0  # a unit fell silent: nothing left to compare
+            for i, u in enumerate(chunk):
+                done = name if s.curve else ", ".join(order)
+                u.cascade[r].append({"randomized": done, **scores[i], "vanished": bool(silent[i])})
+                if keep and k == len(order) - 1:
+                    u.randomized[r] = last[i]
+    del copied
 
 
-def _specificity(net, x, unit, rule, act: torch.Tensor, s: EvidenceSettings, box) -> dict:
-    """The unit's projection against other units of the layer at the same image and position (their mean
-    similarity), and against the image's Sobel edge map."""
-    layer, c, position = unit
+def _others(c: int, channels: int, s: EvidenceSettings) -> list[int]:
     g = torch.Generator().manual_seed(s.seed + 7 * c + 1)
-    rest = [k for k in torch.randperm(act.shape[1], generator=g).tolist() if k != c][: s.others]
-    mine, *theirs = _project(net, x, layer, [c, *rest], position, rule)
-    scores = [similarity(mine, other, box) for other in theirs]
-    mean = {m: _mean([d[m] for d in scores]) for m in ("ssim", "spearman_abs", "spearman")}
-    edges = _crop(sobel(x[0].detach().cpu()), box)[0]
-    top = float(edges.max())
-    mine_e = energy(_crop(mine, box))
-    e = {"ssim": ssim(mine_e, edges / top if top > 0 else edges), "spearman_abs": spearman(mine_e, edges),
-         "spearman": None}  # fmt: skip
-    return {"other_units": mean, "others": rest, "edges": e}
+    return [k for k in torch.randperm(channels, generator=g).tolist() if k != c][: s.others]
+
+
+def _specificity(net, images, targets, chunk: list[UnitEvidence], mine: torch.Tensor, rule, channels: int, s) -> None:
+    """Each unit's projection against `s.others` other units of the layer at the same image and position (their
+    mean similarity; all of the chunk's in one pass), and against the image's Sobel edge map."""
+    rests = [_others(u.channel, channels, s) for u in chunk]
+    flat = [Target(t.image, t.layer, k, t.y, t.x) for t, rest in zip(targets, rests) for k in rest]
+    theirs = _project_all(net, images, flat, rule) if flat else None
+    pairs = [(i, j) for i, rest in enumerate(rests) for j in range(len(rest))]
+    scores = similarities([mine[i] for i, _ in pairs], list(theirs) if theirs is not None else [],
+                          [chunk[i].box for i, _ in pairs])  # fmt: skip
+    edges_of = {u.image: sobel(images[u.image].detach().cpu()) for u in chunk}
+    to_edges = similarities(mine, [edges_of[u.image] for u in chunk], [u.box for u in chunk])
+    at = 0
+    for i, (u, rest) in enumerate(zip(chunk, rests)):
+        mean = {m: _mean([d[m] for d in scores[at : at + len(rest)]]) for m in ("ssim", "spearman_abs", "spearman")}
+        at += len(rest)
+        e = {**to_edges[i], "spearman": None}  # an edge map has no sign
+        u.specificity[rule] = {"other_units": mean, "others": rest, "edges": e}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -398,45 +562,180 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def causal_map(net, x, layer, c, position, rf, fill_map, s: EvidenceSettings, batch: int = 64):
-    """The grey square at each position inside the unit's receptive field (clipped to the image), and the drop of
-    the unit's activation at its own position (unoccluded minus occluded); forwards batched and stopped at the
-    layer. Returns (n_y x n_x drops, (ys, xs) of the square's top-left corner, the square's side)."""
-    h, w = x.shape[-2:]
+def causal_grid(rf, position, hw: tuple[int, int], s: EvidenceSettings) -> tuple[list[int], list[int], int]:
+    """The occluder's top-left corners (ys, xs) over the unit's receptive field (clipped to the image) and its
+    side: `s.window` (none: a quarter of the field's side, at least 1), step `s.stride` (none: `s.step` of the side)."""
+    h, w = hw
     top, left, bottom, right = rf.clipped_box(*position)
-    field_side = max(bottom - top, right - left)
-    window = s.window or max(1, field_side // 4)
-    stride = s.stride or max(1, window // 2)
+    window = s.window or max(1, (max(h, w) if rf.is_global else max(rf.size)) // 4)
+    window = min(window, h, w)
+    stride = s.stride or max(1, round(window * s.step))
     ys = list(range(max(0, top - window + 1), max(1, min(bottom, h - window + 1)), stride))
     xs = list(range(max(0, left - window + 1), max(1, min(right, w - window + 1)), stride))
-    y0, x0 = position
-    base = _unit(net, x, layer, c, y0, x0)
-    drops = torch.zeros(len(ys), len(xs), dtype=torch.float64)
-    spots = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-    for k in range(0, len(spots), batch):
-        part = spots[k : k + batch]
-        xb = x.repeat(len(part), 1, 1, 1)
-        for n, (i, j) in enumerate(part):
-            xb[n, :, ys[i] : ys[i] + window, xs[j] : xs[j] + window] = fill_map[:, ys[i] : ys[i] + window,
-                                                                                  xs[j] : xs[j] + window]  # fmt: skip
-        vals = _unit(net, xb, layer, c, y0, x0)
-        for n, (i, j) in enumerate(part):
-            drops[i, j] = float(base[0] - vals[n])
-    return drops, (ys, xs), window
+    return ys, xs, window
 
 
-def _unit(net, x, layer, c, y, xx) -> torch.Tensor:
-    """Unit (c, y, xx) of `layer` for each image of `x`, from a forward stopped at the layer."""
+def causal_maps(net, images, layer, units: list[UnitEvidence], rf, fill_map, s: EvidenceSettings) -> str:
+    """Each unit's causal map (`UnitEvidence.causal`): the grey square at each position of `causal_grid`, and
+    the drop of the unit's activation at its own position (unoccluded minus occluded). Per image, the occluded
+    copies run on the incremental engine (`zfnet.methods.incremental`: only the rectangle the square reaches is
+    recomputed, up to the layer) where it replays the model and its estimate says it is faster; else as whole
+    forwards stopped at the layer, batched across units. Returns the strategy ("incremental", "whole" or
+    "incremental, whole where ...")."""
+    spatial = [u for u in units if u.position is not None]
+    h, w = images.shape[-2:]
+    jobs: dict[int, list[tuple[UnitEvidence, int, int, int, int]]] = {}
+    for u in spatial:
+        ys, xs, window = causal_grid(rf, u.position, (h, w), s)
+        u.causal, u.causal_grid, u.causal_window = torch.zeros(len(ys), len(xs), dtype=torch.float64), (ys, xs), window
+        for i, y in enumerate(ys):
+            for j, x in enumerate(xs):
+                jobs.setdefault(u.image, []).append((u, i, j, y, x))
+    geometry = layer_geometries(net, [layer], tuple(images.shape[1:])).get(layer)
+    if s.engine in ("auto", "field") and geometry is not None:
+        _causal_field(net, images, layer, [j for part in jobs.values() for j in part], fill_map, rf)
+        return "field (each occluded copy cut to the unit's receptive field)"
+    whole: list[tuple[UnitEvidence, int, int, int, int]] = []
+    why: set[str] = {"the layer's fields are not local"} if s.engine == "field" else set()
+    for image, part in jobs.items():
+        if s.engine in ("whole", "field"):
+            whole.extend(part)
+            continue
+        reason = _causal_incremental(net, images[image : image + 1], layer, part, fill_map, s.engine == "auto")
+        if reason:
+            whole.extend(part)
+            why.add(reason)
+    _causal_whole(net, images, layer, whole, fill_map)
+    if not jobs:
+        return "none (no spatial unit)"
+    if not whole:
+        return "incremental"
+    if not why:
+        return "whole forwards (asked for)"
+    if not len(whole) < sum(map(len, jobs.values())):
+        return "whole forwards (" + "; ".join(sorted(why)) + ")"
+    return "incremental, whole forwards where " + "; ".join(sorted(why))
+
+
+def _causal_field(net, images, layer, jobs, fill_map, rf, pixels: int = 32 * 224 * 224) -> None:
+    """The jobs' occluded images cut to each unit's receptive field (`receptive_field.crop_plan`: the window on
+    which the unit computes exactly as on the whole image; the square's part outside it cannot reach the unit),
+    as forwards stopped at `layer`, batched across units by the window's shape."""
+    by_shape: dict[tuple[int, int], list[tuple]] = {}
+    for job in jobs:
+        u, _, _, y, x = job
+        (t, l, b, r), inside = crop_plan(rf, *u.position)
+        by_shape.setdefault((b - t, r - l), []).append((job, (t, l, b, r), inside))
+    for (ch, cw), members in by_shape.items():
+        per = max(1, min(1024, pixels // (ch * cw)))
+        for k in range(0, len(members), per):
+            part = members[k : k + per]
+            crops = []
+            for (u, _, _, y, x), (t, l, b, r), _ in part:
+                crop = images[u.image, :, t:b, l:r].clone()
+                w = u.causal_window
+                y0, x0, y1, x1 = max(y, t), max(x, l), min(y + w, b), min(x + w, r)
+                if y1 > y0 and x1 > x0:
+                    crop[:, y0 - t : y1 - t, x0 - l : x1 - l] = fill_map[:, y0:y1, x0:x1]
+                crops.append(crop)
+            maps = _maps(net, torch.stack(crops), layer)
+            n = torch.arange(len(part))
+            c = torch.tensor([job[0].channel for job, _, _ in part])
+            ys = torch.tensor([inside[0] for _, _, inside in part])
+            xs = torch.tensor([inside[1] for _, _, inside in part])
+            vals = maps[n, c, ys, xs].double().cpu()
+            for q, ((u, i, j, _, _), _, _) in enumerate(part):
+                u.causal[i, j] = float(_unit_base(u) - vals[q])
+
+
+def _pasted(x: torch.Tensor, fill_map: torch.Tensor, y: int, xx: int, window: int) -> torch.Tensor:
+    out = x.clone()
+    out[:, y : y + window, xx : xx + window] = fill_map[:, y : y + window, xx : xx + window]
+    return out
+
+
+def _causal_whole(net, images, layer, jobs, fill_map, pixels: int = 32 * 224 * 224) -> None:
+    """The jobs' occluded images as whole forwards stopped at `layer`, batched across units and images."""
+    per = max(1, min(1024, pixels // (images.shape[-1] * images.shape[-2])))
+    for k in range(0, len(jobs), per):
+        part = jobs[k : k + per]
+        xb = torch.stack([_pasted(images[u.image], fill_map, y, x, u.causal_window) for u, _, _, y, x in part])
+        vals = _units_of(_maps(net, xb, layer), part)
+        for n, (u, i, j, _, _) in enumerate(part):
+            u.causal[i, j] = float(_unit_base(u) - vals[n])  # type: ignore[index]
+
+
+def _maps(net, x, layer) -> torch.Tensor:
     with torch.no_grad(), eval_mode(net):
-        return features(net, x, [layer])[layer][:, c, y, xx].double().cpu()
+        return features(net, x, [layer])[layer]
 
 
-def _agreement(net, x, layer, c, position, rule, u: UnitEvidence) -> float | None:
-    """Spearman correlation of the projection's energy summed over each occluder square against the drop."""
+def _units_of(maps: torch.Tensor, part) -> torch.Tensor:
+    """Each job's unit (channel, y, x) from a batch of maps, one sample per job."""
+    n = torch.arange(len(part), device=maps.device)
+    c = torch.tensor([u.channel for u, *_ in part], device=maps.device)
+    y = torch.tensor([u.position[0] for u, *_ in part], device=maps.device)
+    x = torch.tensor([u.position[1] for u, *_ in part], device=maps.device)
+    return maps[n, c, y, x].double().cpu()
+
+
+def _unit_base(u: UnitEvidence) -> float:
+    return u.activation
+
+
+def _causal_incremental(net, x, layer, jobs, fill_map, auto: bool, batch: int = 64) -> str:
+    """One image's jobs on the incremental engine ("" when done; else why not, and nothing is filled in)."""
+    feat = sites(net, [layer], x)[layer]
+    if feat.layout != "maps":
+        return f"the layer's maps are {feat.layout}, not convolutional"
+    window = jobs[0][0].causal_window
+    if any(u.causal_window != window for u, *_ in jobs):
+        return "the units' occluders differ in size"
+    with torch.no_grad(), eval_mode(net):
+        graph, _ = record(net, x, feat)
+        if graph.feature < 0:
+            return "the layer's output is not a recorded value"
+        replay = Replay.of(graph, feature_only=True)
+        cells = [(y, xx) for *_, y, xx in jobs]
+        batches = [([y for y, _ in cells[k : k + batch]], [xx for _, xx in cells[k : k + batch]])
+                   for k in range(0, len(cells), batch)]  # fmt: skip
+        if auto and estimate(replay, batches, window, None, CostModel()).speedup < 1.0:
+            return "the incremental engine's estimate favours whole forwards at this layer"
+        base = graph.nodes[graph.feature].value
+        for k in range(0, len(jobs), batch):
+            part = jobs[k : k + batch]
+            patch = torch.stack([fill_map[:, y : y + window, xx : xx + window] for *_, y, xx in part]).to(x.dtype)
+            try:
+                _, fv = replay.run([y for *_, y, _ in part], [xx for *_, xx in part], patch)
+            except Exception as e:  # noqa: BLE001 - an op the replay cannot run means whole forwards, said
+                return f"its graph cannot be replayed on a batch ({type(e).__name__})"
+            maps = fv.materialize() if isinstance(fv, Region) else fv.value
+            if k == 0 and not _same_as_whole(net, x, layer, part[0], maps[0], fill_map, window, base):
+                return "a replay of its recorded graph does not give what its forward gives"
+            vals = _units_of(maps, part)
+            for n, (u, i, j, _, _) in enumerate(part):
+                u.causal[i, j] = float(_unit_base(u) - vals[n])
+    return ""
+
+
+def _same_as_whole(net, x, layer, job, got: torch.Tensor, fill_map, window: int, base: torch.Tensor) -> bool:
+    """The first replayed sample against a whole forward of the same occluded image (float rounding of a region
+    against a whole map is ~1e-6 of the maps' size; a wrong op far more)."""
+    _, _, _, y, xx = job
+    want = _maps(net, _pasted(x[0], fill_map, y, xx, window)[None], layer)[0]
+    scale = float(base.abs().max()) + float(want.abs().max())
+    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-3, atol=1e-4 * scale + 1e-7))
+
+
+def _agreement(e: torch.Tensor, u: UnitEvidence) -> float | None:
+    """Spearman correlation of the projection's energy `e` summed over each occluder square against the drop."""
     if u.causal is None or u.causal_grid is None:
         return None
-    e = energy(_project(net, x, layer, c, position, rule))
     ys, xs = u.causal_grid
     side = u.causal_window
-    pooled = torch.tensor([[float(e[y : y + side, x0 : x0 + side].sum()) for x0 in xs] for y in ys])
+    sat = F.pad(e.cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table: each square's sum in four lookups
+    t = torch.tensor(ys)[:, None]
+    l = torch.tensor(xs)[None, :]
+    b, r = (t + side).clamp(max=e.shape[0]), (l + side).clamp(max=e.shape[1])
+    pooled = sat[b, r] - sat[t, r] - sat[b, l] + sat[t, l]
     return spearman(pooled, u.causal)

@@ -558,8 +558,9 @@ class Replay:
     padded: dict[int, torch.Tensor] = field(default_factory=dict)  # each window op's input base, padded
 
     @classmethod
-    def of(cls, graph: Graph) -> Replay:
-        need = {graph.output, graph.feature}
+    def of(cls, graph: Graph, feature_only: bool = False) -> Replay:
+        """The replay of `graph` up to its output and its feature node (`feature_only`: the feature alone)."""
+        need = {graph.feature} if feature_only else {graph.output, graph.feature}
         for k in range(len(graph.nodes) - 1, 0, -1):
             if k in need:
                 need |= set(_refs(graph.nodes[k]))
@@ -623,7 +624,7 @@ class Replay:
         env: dict[int, Any] = {0: Region(g.nodes[0].value, list(top), list(left), patch.contiguous(memory_format=CL))}
         for k in self.live:
             env[k] = self._step(k, g.nodes[k], env, tau, low)
-        return env[g.output], env[g.feature]
+        return env.get(g.output), env[g.feature]
 
     def _step(self, k: int, n: Node, env: dict[int, Any], tau, low: bool):
         kind = self.kinds[k]

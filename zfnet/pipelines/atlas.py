@@ -48,6 +48,7 @@ from ..render.render import display_scale
 from ..runtime import Dist, model_device, model_dtype, teardown
 from ..settings import Run, knob
 from ..weights import Opened, WeightsFile
+from .evidence import atlas_evidence
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,12 @@ class AtlasSiteSettings(AtlasSettings):
     )
     evolution_maps: int = knob(8, "maps per layer in Fig. 4", low=1)
     evolution_limit: int | None = knob(None, "training images scanned per snapshot for Fig. 4 (none: all)", low=1)
-    seed: int = knob(0, "which maps the panels and Fig. 4 show", low=0)
+    seed: int = knob(0, "which maps the panels and Fig. 4 show (and the evidence's draws)", low=0)
+    evidence: bool = knob(
+        False,
+        "also score every projected map (issue 36: weight dependence, specificity, causal map) on its top-1 image; "
+        "its page shows them, the layer page sorts by them",
+    )
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,8 @@ def _keys(cfg: AtlasConfig, opened: Opened, dataset: zdata.ImageSet, layers: lis
     scan = {**ident, "layers": layers, "k": st.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
     scan |= {"per_class": st.per_class} if st.per_class else {}  # atlases without it keep their keys
     settings = {**st.to_json(), "evolution": cfg.evolution}
+    if not st.evidence:
+        del settings["evidence"]  # atlases without it keep their keys
     settings.update(
         model=opened.name,
         mean=opened.mean,
@@ -305,6 +313,13 @@ def _build(
             manifest["layers"][layer]["class_sheets"] = _class_sheets(  # type: ignore[index]
                 cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
             )
+    if cfg.settings.evidence:
+        shown = {
+            l: manifest["layers"][l].get("projected") or list(range(result.top[l].values.shape[1])) for l in layers
+        }  # type: ignore[index]
+        manifest["evidence"] = atlas_evidence(
+            model, pp, dataset, result.top, shown, cfg.out, cfg.settings.rule, cfg.settings.seed, dist.device, progress
+        )
     manifest["figures"] = {
         layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2)) for layer in layers
     }

@@ -5,18 +5,30 @@ one, the causal map)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from ..io import atomic_write_json
 from ..methods.deconvnet import Deconvnet, Target
-from ..methods.evidence import Evidence, EvidenceSettings, evidence
+from ..methods.evidence import (
+    Evidence,
+    EvidenceSettings,
+    UnitAt,
+    cascade_layers,
+    evidence,
+    reinitialize,
+    ssim,
+)
 from ..methods.faithfulness import FaithfulnessSettings, faithfulness
 from ..methods.occlusion import OcclusionSettings, occlusion
 from ..provenance import write_result
-from ..render.evidence import evidence_figure, faithfulness_figure
+from ..render.evidence import causal_tile, evidence_figure, faithfulness_figure, logit_cascade_figure
+from ..render.figures import save_png
 from ..settings import Run
 from ..weights import Opened
 from .inputs import Inputs
@@ -46,6 +58,13 @@ def run_evidence(
         "images": inputs.names,
         "figures": figures,
     }
+    cascade = logit_cascade(opened, x[:1], settings.rules, settings.seed)
+    if cascade:
+        figures["logit_cascade"] = "cascade-logits.png"
+        title = f"{opened.name}: the predicted class's map as the weights are randomized from the logits down"
+        logit_cascade_figure(cascade, pp_display(opened, x[:1]), os.path.join(out, "cascade-logits.png"), title)
+        body["logit_cascade"] = {k: v for k, v in cascade.items() if k != "maps"}
+    body["reading"] = reading(res.summary())
     if faithful is not None and faithful_images > 0:
         body["faithfulness"] = class_faithfulness(opened, x[:faithful_images], faithful, settings.rules)
         figures["faithfulness"] = "faithfulness.png"
@@ -53,6 +72,132 @@ def run_evidence(
     return write_result(
         os.path.join(out, "evidence.json"), body, started=started, device=run.device, model=opened.info()
     )
+
+
+ATLAS_EVIDENCE = EvidenceSettings(others=4, curve=False, step=1.0)  # the atlas's: every unit, at most its own time
+
+
+def atlas_evidence(model, pp, dataset, tops: dict, channels: dict[str, list[int]], out: str, rule: str, seed: int,
+                   device, progress: bool = True) -> dict:  # fmt: skip
+    """Issue 36's scores for every unit an atlas shows, each on its top-1 image at its top-1 position (Fig. 2's
+    strongest activation): one rule (the atlas's), the cascade's last step, 4 other units, the causal map
+    stepped by the square's side (`ATLAS_EVIDENCE`). Writes OUT/evidence.json (every number) and each unit's
+    causal map as maps/<layer>/<channel>-causal.png; returns the manifest's entry: per layer and channel the
+    scores, and per layer the medians."""
+    started = time.perf_counter()
+    wanted = sorted({int(tops[l].images[0, c]) for l, cs in channels.items() for c in cs if tops[l].images[0, c] >= 0})
+    if not wanted:
+        return {}
+    slot = {i: k for k, i in enumerate(wanted)}
+    x = pp.eval_input(torch.stack([dataset.base(i) for i in wanted]).to(device))
+    at = []
+    for layer, cs in channels.items():
+        tk = tops[layer]
+        for c in cs:
+            i, y, xx = int(tk.images[0, c]), int(tk.ys[0, c]), int(tk.xs[0, c])
+            if i >= 0 and float(tk.values[0, c]) > 0:
+                at.append(UnitAt(layer, c, slot[i], None if y < 0 else (y, xx)))
+    settings = replace(ATLAS_EVIDENCE, rules=(rule,), seed=seed)
+    res = evidence(model, x, at=at, preprocess=pp, pictures=False, progress=progress, settings=settings)
+    body = res.to_json()
+    for u in body["units"]:
+        u["image"] = wanted[u["image"]]  # the dataset's index
+    layers: dict[str, dict] = {}
+    for u, j in zip(res.units, body["units"]):
+        entry = {"image": j["image"], "activation": u.activation, **unit_scores(j, rule)}
+        if u.causal is not None:
+            name = f"maps/{u.layer}/{u.channel:04d}-causal.png"
+            save_png(causal_tile(u.causal), os.path.join(out, name))
+            entry["causal"] = name
+        layers.setdefault(u.layer, {})[str(u.channel)] = entry
+    body["seconds"] = time.perf_counter() - started
+    atomic_write_json(os.path.join(out, "evidence.json"), body)
+    return {"rule": rule, "settings": settings.to_json(), "layers": layers, "summary": body["summary"],
+            "causal_strategy": res.causal_strategy, "seconds": body["seconds"], "json": "evidence.json"}  # fmt: skip
+
+
+def unit_scores(unit: dict, rule: str) -> dict:
+    """A unit's three scores (and baselines) for `rule` from its evidence JSON: weight dependence (SSIM and
+    Spearman of the trained projection to the cascade's last), specificity (mean SSIM to other units, SSIM to the
+    edge map), causal agreement."""
+    last = unit["cascade"][rule][-1] if unit["cascade"].get(rule) else {}
+    spec = unit["specificity"][rule]
+    return {
+        "weight_ssim": last.get("ssim"),
+        "weight_spearman": last.get("spearman_abs"),
+        "other_ssim": spec["other_units"]["ssim"],
+        "edge_ssim": spec["edges"]["ssim"],
+        "agreement": unit["agreement"].get(rule),
+    }
+
+
+def logit_cascade(opened: Opened, x: torch.Tensor, rules, seed: int) -> dict:
+    """Adebayo et al.'s Fig. 2 on one image: the map of the predicted class's logit by each rule, on the trained
+    model and after re-initializing each parameterized layer from the logits down (cumulatively, seeded as the
+    unit cascade). Returns {"target", "steps": [layer re-initialized, ...], "maps": {rule: [H x W, ...]} (first
+    the trained one), "ssim": {rule: [to the trained map, per step]}}; {} for a model without a linear output."""
+    model = opened.model
+    logits = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not logits:
+        return {}
+    with torch.no_grad():
+        target = int(model(x).argmax(1)[0])
+    order = cascade_layers(model, logits[-1], tuple(x.shape[1:]))
+    copied = copy.deepcopy(model)
+    modules = dict(copied.named_modules())
+    maps: dict[str, list[torch.Tensor]] = {r: [_logit_map(model, x, logits[-1], target, r)] for r in rules}
+    for k, name in enumerate(order):
+        reinitialize(modules[name], seed + 2000 + k)
+        for r in rules:
+            maps[r].append(_logit_map(copied, x, logits[-1], target, r))
+    ssims = {r: [ssim(_unit_scale(m[0]), _unit_scale(step)) for step in m[1:]] for r, m in maps.items()}
+    return {"target": target, "steps": order, "maps": maps, "ssim": ssims}
+
+
+def _logit_map(model, x, layer, target, rule) -> torch.Tensor:
+    with Deconvnet(model, rule=rule, other="gradient") as dn:
+        return dn.project_targets(x, [Target(0, layer, target)], unit=True)[0].detach().abs().sum(0).double().cpu()
+
+
+def _unit_scale(m: torch.Tensor) -> torch.Tensor:
+    top = float(m.max())
+    return m / top if top > 0 else m
+
+
+def pp_display(opened: Opened, x: torch.Tensor) -> torch.Tensor:
+    return opened.preprocess.display(x)[0].cpu()
+
+
+def reading(summary: dict) -> list[str]:
+    """Two sentences that read the medians (no thresholds: which rule's pictures survive randomization more, and
+    whether a unit's picture resembles other units' more than its own randomized one)."""
+    rules = sorted({r for per in summary.values() for r in per})
+    if not rules:
+        return []
+    mean = {r: _avg([summary[l][r]["weight_ssim"] for l in summary if r in summary[l]]) for r in rules}
+    known = {r: v for r, v in mean.items() if v is not None}
+    out = []
+    if known:
+        most, least = max(known, key=known.get), min(known, key=known.get)
+        out.append(
+            f"Under cascading randomization the {most} pictures change least (median SSIM to the trained picture "
+            f"{known[most]:.2f}, averaged over layers) and the {least} pictures most ({known[least]:.2f}); Adebayo "
+            "et al. (2018) found guided backprop's maps nearly unchanged and the gradient's changed."
+        )
+    pairs = [(l, r, v["other_ssim"], v["weight_ssim"]) for l, per in summary.items() for r, v in per.items()]
+    alike = [f"{l} ({r})" for l, r, o, w in pairs if o is not None and w is not None and o > w]
+    out.append(
+        f"A unit's picture resembles other units' pictures at the same place more than its own randomized picture in "
+        f"{len(alike)} of {len(pairs)} layer-rule pairs"
+        + (f" ({', '.join(alike[:6])})" if alike else "")
+        + ": there the picture shows the image and the place more than the unit (Nie et al., 2018)."
+    )
+    return out
+
+
+def _avg(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
 
 
 def class_maps(opened: Opened, x: torch.Tensor, targets: list[int], rules) -> dict[str, torch.Tensor]:
@@ -122,4 +267,4 @@ def _figures(opened: Opened, inputs: Inputs, res: Evidence, out: str) -> dict[st
     return figures
 
 
-__all__ = ["run_evidence"]
+__all__ = ["ATLAS_EVIDENCE", "atlas_evidence", "run_evidence", "unit_scores"]

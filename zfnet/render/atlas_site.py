@@ -110,5 +110,8 @@ def write_page(out: str, manifest: dict) -> str:
         "provenance",
         "wall_seconds",
         "skipped",
+        "feature_maps",
+        "rule_substituted",
+        "evidence",
     )
     return write_site(out, {k: manifest[k] for k in keep if k in manifest})

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 from ..io import atomic_save_figure
 from .render import stretch
@@ -111,4 +112,49 @@ def faithfulness_plot(result: dict, name: str):
     return fig
 
 
-__all__ = ["evidence_figure", "evidence_plot", "faithfulness_figure", "faithfulness_plot"]
+def logit_cascade_figure(cascade: dict, image: torch.Tensor, path: str, title: str = "") -> None:
+    """Adebayo et al.'s Fig. 2 layout: a row per rule, the image, then the class map on the trained model and
+    after each cumulative re-initialization from the logits down (SSIM to the trained map in each title)."""
+    rules = list(cascade["maps"])
+    steps = ["trained", *cascade["steps"]]
+    fig, axes = plt.subplots(len(rules), len(steps) + 1, figsize=(1.5 * (len(steps) + 1), 1.7 * len(rules)),
+                             squeeze=False)  # fmt: skip
+    grey = "gray" if image.shape[0] == 1 else None
+    for row, rule in zip(axes, rules):
+        row[0].imshow(_rgb(image), cmap=grey, vmin=0, vmax=1)
+        row[0].set_title(rule, fontsize=8)
+        for k, (ax, m) in enumerate(zip(row[1:], cascade["maps"][rule])):
+            ax.imshow(m.numpy(), cmap="gray")
+            said = steps[k] if k == 0 else f"+{steps[k]}\nSSIM {_fmt(cascade['ssim'][rule][k - 1])}"
+            ax.set_title(said, fontsize=7)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+def causal_tile(drops: torch.Tensor, side: int = 96) -> Image.Image:
+    """A unit's causal map as a small picture (the atlas's unit page): each occluder position a cell, red where
+    covering it lowers the unit, blue where it raises it, white at zero (scaled by the largest absolute drop),
+    enlarged to about `side` pixels."""
+    d = drops.double()
+    top = float(d.abs().max())
+    v = (d / top).numpy() if top > 0 else np.zeros(tuple(d.shape))
+    rgba = matplotlib.colormaps["RdBu_r"]((v + 1) / 2)
+    img = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8))
+    cell = max(1, side // max(d.shape))
+    return img.resize((d.shape[1] * cell, d.shape[0] * cell), Image.NEAREST)
+
+
+__all__ = [
+    "causal_tile",
+    "logit_cascade_figure",
+    "evidence_figure",
+    "evidence_plot",
+    "faithfulness_figure",
+    "faithfulness_plot",
+]

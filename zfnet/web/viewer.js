@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   var A = window.ZFNET_ATLAS;
-  var state = { layer: null, channel: null };
+  var state = { layer: null, channel: null, sort: "channel" };
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -26,6 +26,60 @@
     d.style.backgroundSize = Math.round(w * s * cols) + "px " + Math.round(h * s * 2) + "px";
     d.style.backgroundPosition = (-Math.round(col * w * s)) + "px " + (-Math.round(row * h * s)) + "px";
     return d;
+  }
+
+  // issue 36: the scores of `zfnet atlas --evidence`, the sort keys of the layer page
+  var SCORES = [
+    ["weight_ssim", "weight dependence: SSIM to the projection with every layer up to the map re-initialized", 1],
+    ["other_ssim", "specificity: mean SSIM to other maps' projections at the same image and place", 1],
+    ["edge_ssim", "SSIM to the image's edge map", 1],
+    ["agreement", "causal agreement: rank correlation of projection and activation drop", -1]
+  ];
+  function scoresOf(layer, channel) {
+    var e = A.evidence && A.evidence.layers && A.evidence.layers[layer];
+    return e ? e[String(channel)] || null : null;
+  }
+  function fmt(v) { return v === null || v === undefined ? "-" : Number(v).toFixed(2); }
+  function sortedMaps(name, shown) {
+    var key = state.sort;
+    if (!key || key === "channel") return shown;
+    var dir = SCORES.filter(function (s) { return s[0] === key; })[0][2];
+    return shown.slice().sort(function (a, b) {
+      var sa = scoresOf(name, a), sb = scoresOf(name, b);
+      var va = sa && sa[key] !== null ? sa[key] : null, vb = sb && sb[key] !== null ? sb[key] : null;
+      if (va === null || vb === null) return (va === null) - (vb === null) || a - b;  // unscored last
+      return dir * (va - vb) || a - b;
+    });
+  }
+  function evidenceCard(layer, channel) {
+    var sc = scoresOf(layer, channel);
+    var card = el("div", "card evidence-card");
+    card.id = "evidence";
+    if (!sc) { card.appendChild(el("div", "caption", "no evidence: the map never fired")); return card; }
+    if (sc.causal) {
+      var img = el("img", "causal");
+      img.src = sc.causal;
+      img.alt = "causal map: the drop of the map's activation with the grey square at each place of its field";
+      card.appendChild(img);
+      card.appendChild(el("div", "caption", "causal map on its top-1 image: red, covering it lowers the map"));
+    }
+    var base = (A.evidence.summary[layer] || {})[A.evidence.rule] || {};
+    var table = el("table", "scores");
+    var head = el("tr");
+    ["score", "this map", "layer median"].forEach(function (h) { head.appendChild(el("th", "", h)); });
+    table.appendChild(head);
+    SCORES.forEach(function (s) {
+      var row = el("tr");
+      row.title = s[1];
+      row.appendChild(el("td", "", s[0].replace("_", " ")));
+      row.appendChild(el("td", "", fmt(sc[s[0]])));
+      row.appendChild(el("td", "", fmt(base[s[0]])));
+      table.appendChild(row);
+    });
+    card.appendChild(table);
+    card.appendChild(el("div", "caption", "weight: near 1 means the picture survives randomizing the weights " +
+      "(it shows the image, not the map); other: near 1 means other maps draw the same picture"));
+    return card;
   }
 
   function showTab(name) {
@@ -56,7 +110,9 @@
       (info.projected ? "; " + info.projected.length + " of them projected (--max-maps)" : "");
     var grid = document.getElementById("maps");
     clear(grid);
-    var shown = info.projected || Array.from({length: info.channels}, function (_, i) { return i; });
+    var shown = sortedMaps(name, info.projected || Array.from({length: info.channels}, function (_, i) { return i; }));
+    var sortBox = document.getElementById("sort-box");
+    sortBox.hidden = !(A.evidence && A.evidence.layers && A.evidence.layers[name]);
     shown.forEach(function (c) {
       var m = el("div", "map");
       m.dataset.channel = c;
@@ -66,7 +122,8 @@
       m.appendChild(th);
       var top = info.maps[c][0], n = fired(info, c);
       m.appendChild(el("div", "", "#" + c + (top ? " " + top.value.toPrecision(3) : " never fired") +
-        (n && n < info.k ? " (" + n + "/" + info.k + ")" : "")));
+        (n && n < info.k ? " (" + n + "/" + info.k + ")" : "") +
+        (state.sort && state.sort !== "channel" && scoresOf(name, c) ? " \u00b7 " + fmt(scoresOf(name, c)[state.sort]) : "")));
       m.addEventListener("click", (function (ch) { return function () { openMap(ch); }; })(c));
       grid.appendChild(m);
     });
@@ -74,7 +131,7 @@
 
   function step(by) {  // the next / previous map the viewer has
     var info = A.layers[state.layer];
-    var shown = info.projected || Array.from({length: info.channels}, function (_, i) { return i; });
+    var shown = sortedMaps(state.layer, info.projected || Array.from({length: info.channels}, function (_, i) { return i; }));
     var at = state.channel === null ? -1 : shown.indexOf(state.channel);
     var next = shown[Math.min(shown.length - 1, Math.max(0, at + by))];
     if (next !== undefined) openMap(next);
@@ -104,6 +161,7 @@
       fc.appendChild(el("div", "caption", "filter " + channel));
       cards.appendChild(fc);
     }
+    if (A.evidence) cards.appendChild(evidenceCard(state.layer, channel));
     if (fired(info, channel) < info.k) {
       cards.appendChild(el("p", "caption fired", "map " + channel + " fired on " + fired(info, channel) + " of the " +
         A.dataset.images + " images (top " + info.k + " asked)"));
@@ -240,6 +298,13 @@
       else if (ev.key === "ArrowDown" && li + 1 < order.length) { closeMap(); selectLayer(order[li + 1]); }
       else if (ev.key === "ArrowUp" && li > 0) { closeMap(); selectLayer(order[li - 1]); }
     });
+    var sort = document.getElementById("sort");
+    [["channel", "map number"]].concat(SCORES.map(function (s) { return [s[0], s[1]]; })).forEach(function (o) {
+      var opt = el("option", "", o[1]);
+      opt.value = o[0];
+      sort.appendChild(opt);
+    });
+    sort.addEventListener("change", function () { state.sort = sort.value; selectLayer(state.layer); });
     renderFilters();
     renderEvolution();
     renderClasses();
