@@ -184,11 +184,13 @@ def test_report_from_python_on_a_users_module_and_a_folder(tmp_path):
         "atlas": "done",
         "evolution": "skipped",
         "occlusion": "done",
+        "evidence": "done",
         "correspondence": "skipped",
         "invariance": "done",
         "included": "skipped",
     }, state["stages"]
     assert (tmp_path / "rep" / "index.html").is_file()
+    assert (tmp_path / "rep" / "evidence" / "evidence.json").is_file()
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 

@@ -6,11 +6,13 @@ embedded model, a torchvision ResNet-18 and a user's module with functional ReLU
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import spearmanr
 from skimage.filters import sobel as sk_sobel
 from skimage.metrics import structural_similarity
@@ -21,7 +23,7 @@ import zfnet
 from zfnet import data as zdata
 from zfnet.cli import main
 from zfnet.layers import features
-from zfnet.methods.evidence import cascade_layers, causal_map, ranks, sobel, spearman, ssim
+from zfnet.methods.evidence import UnitAt, cascade_layers, ranks, similarities, similarity, sobel, spearman, ssim
 from zfnet.pixels import fill_input
 
 # --- the measures against scikit-image and scipy ---------------------------------------------------------------
@@ -79,6 +81,23 @@ def _similar(a, b, box):
     }
 
 
+def test_batched_similarities_equal_scikit_image_and_scipy_pair_by_pair():
+    """`similarities` groups pairs by crop shape and computes each group at once: each pair's three measures equal
+    scikit-image's SSIM and scipy's Spearman on that pair alone (ties included: the maps are rounded)."""
+    g = torch.Generator().manual_seed(11)
+    pairs, boxes = [], []
+    for k in range(9):
+        a = (torch.randn(3, 20, 20, generator=g) * 4).round() / 4
+        b = a + (torch.randn(3, 20, 20, generator=g) * 2).round() / 4
+        pairs.append((a, b))
+        boxes.append([(0, 0, 20, 20), (2, 3, 15, 11), (5, 5, 9, 12)][k % 3])
+    got = similarities([a for a, _ in pairs], [b for _, b in pairs], boxes)
+    for (a, b), box, mine in zip(pairs, boxes, got):
+        want = _similar(a, b, box)
+        assert mine == pytest.approx(want, abs=1e-12)
+        assert similarity(a, b, box) == pytest.approx(mine, abs=1e-15)
+
+
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "backprop"])
 def test_the_cascade_equals_a_slow_reimplementation(rule):
     """Re-initialize conv3, then conv2, then conv1 of zfnet-small, each with its own `reset_parameters` under the
@@ -120,39 +139,109 @@ def test_the_cascade_equals_a_slow_reimplementation(rule):
 # --- the causal map against a naive loop -------------------------------------------------------------------------
 
 
-def test_the_causal_map_equals_a_naive_loop():
+def _naive_drops(run, x, fill, unit, window, ys, xs):
+    """The unit's value on the image minus its value with the square at each (y, x): one whole forward each."""
+    base = run(x, unit)
+    out = torch.zeros(len(ys), len(xs), dtype=torch.float64)
+    for i, yy in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            occluded = x.clone()
+            occluded[0, :, yy : yy + window, x0 : x0 + window] = fill[:, yy : yy + window, x0 : x0 + window]
+            out[i, j] = base - run(occluded, unit)
+    return base, out
+
+
+@pytest.mark.parametrize("engine", ["field", "incremental", "whole", "auto"])
+def test_the_causal_map_equals_a_naive_loop(engine):
     """The drop of the unit's activation with the grey square at each position inside its field equals one whole
-    forward per position (the Sequential run child by child), to float32 rounding of the unit (1e-5 of it)."""
+    forward per position (the Sequential run child by child), whichever way the occluded copies run, to float32
+    rounding of the unit (1e-5 of it)."""
     p = zfnet.pretrained()
     model = p.model
     x = p.preprocess.eval_input(zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[7:8])
     layer, c = "conv3", 11
-    settings = zfnet.EvidenceSettings(window=4, stride=2)
     with torch.no_grad():
         act = features(model, x, [layer])[layer][0, c]
     y, xx = divmod(int(act.argmax()), act.shape[-1])
     rf = zfnet.receptive_field(model, x, layer=layer)
     fill = fill_input("grey", p.preprocess, x)
-    drops, (ys, xs), window = causal_map(model, x, layer, c, (y, xx), rf, fill, settings)
+    ev = zfnet.evidence(p, x, at=[UnitAt(layer, c, 0, (y, xx))], window=4, stride=2, engine=engine,
+                        rules=("backprop",), others=1)  # fmt: skip
+    u = ev.units[0]
+    ys, xs = u.causal_grid
     top, left, bottom, right = rf.clipped_box(y, xx)
-    assert window == 4 and ys[0] == max(0, top - 3) and xs[0] == max(0, left - 3)
+    assert u.causal_window == 4 and ys[0] == max(0, top - 3) and xs[0] == max(0, left - 3)
     assert ys[-1] + 1 > min(bottom - 1, 28 - 4) - 2 and xs[-1] + 1 > min(right - 1, 28 - 4) - 2
+    assert ev.causal_strategy[layer].startswith({"auto": "field"}.get(engine, engine))
 
-    def unit(img):
+    def run(img, unit):
         h = img
         with torch.no_grad():
             for name, m in model.named_children():
                 h = m(h)
                 if name == "relu3":
-                    return float(h[0, c, y, xx])
+                    return float(h[0, unit[0], unit[1], unit[2]])
 
-    base = unit(x)
-    for i, yy in enumerate(ys):
-        for j, x0 in enumerate(xs):
-            occluded = x.clone()
-            occluded[0, :, yy : yy + 4, x0 : x0 + 4] = fill[:, yy : yy + 4, x0 : x0 + 4]
-            assert float(drops[i, j]) == pytest.approx(base - unit(occluded), abs=1e-5 * abs(base)), (yy, x0)
-    assert float(drops.abs().max()) > 0  # the square inside the field changes the unit
+    base, want = _naive_drops(run, x, fill, (c, y, xx), 4, ys, xs)
+    torch.testing.assert_close(u.causal, want, rtol=0, atol=1e-5 * abs(base))
+    assert float(u.causal.abs().max()) > 0  # the square inside the field changes the unit
+
+
+@pytest.mark.parametrize("engine", ["field", "incremental"])
+def test_causal_maps_on_a_user_module_with_a_residual_addition(engine, user_code):
+    """The same against a naive loop on a module with functional ReLUs and a residual addition (written below):
+    the receptive-field cut and the incremental engine both follow the addition."""
+    torch.manual_seed(0)
+    model = importlib.import_module(user_code("evres", USER)).Res().eval()
+    x = torch.rand(2, 3, 32, 32)
+    layer = "b"
+    with torch.no_grad():
+        act = features(model, x, [layer])[layer]
+    at = [UnitAt(layer, c, i, divmod(int(act[i, c].argmax()), act.shape[-1])) for i, c in ((0, 1), (1, 5), (1, 2))]
+    ev = zfnet.evidence(model, x, at=at, window=3, stride=1, engine=engine, fill="mean-image", rules=("backprop",),
+                        others=1)  # fmt: skip
+    assert ev.causal_strategy[layer].startswith(engine)
+    fill = torch.zeros(3, 32, 32)
+
+    def run(img, unit):
+        with torch.no_grad():
+            h = F.relu(model.a(img))
+            h = F.relu(model.b(h) + h)  # the site of b: the ReLU after the residual addition
+        return float(h[0, unit[0], unit[1], unit[2]])
+
+    for u in ev.units:
+        base, want = _naive_drops(run, x[u.image : u.image + 1], fill, (u.channel, *u.position), 3, *u.causal_grid)
+        assert u.activation == pytest.approx(base, rel=1e-6)
+        torch.testing.assert_close(u.causal, want, rtol=0, atol=1e-5 * abs(base))
+
+
+def test_the_cascades_last_step_alone_equals_the_whole_cascades_last():
+    """`curve=False` re-initializes every layer up to the unit with the same draws as the whole cascade, and
+    projects once: its one step equals the whole cascade's last, bit for bit."""
+    p = zfnet.pretrained()
+    x = p.preprocess.eval_input(zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[:8])
+    ch = {"conv2": [3, 9], "conv4": [1]}
+    full = zfnet.evidence(p, x, layers=("conv2", "conv4"), channels=ch, rules=("guided",), others=2)
+    last = zfnet.evidence(p, x, layers=("conv2", "conv4"), channels=ch, rules=("guided",), others=2, curve=False)
+    for a, b in zip(full.units, last.units):
+        assert len(b.cascade["guided"]) == 1 and len(a.cascade["guided"]) == {"conv2": 2, "conv4": 4}[a.layer]
+        assert {k: v for k, v in a.cascade["guided"][-1].items() if k != "randomized"} == {
+            k: v for k, v in b.cascade["guided"][0].items() if k != "randomized"
+        }
+        assert b.cascade["guided"][0]["randomized"] == ", ".join(s["randomized"] for s in a.cascade["guided"])
+        assert a.specificity == b.specificity and torch.equal(a.causal, b.causal)
+
+
+def test_bad_units_are_one_line_each():
+    p = zfnet.pretrained()
+    x = p.preprocess.eval_input(zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[:2])
+    for at, words in (([UnitAt("conv3", 500, 0)], "channel 500 does not exist in conv3"),
+                      ([UnitAt("conv3", 1, 2)], "image 2 is not in the batch of 2"),
+                      ([UnitAt("conv3", 1, 0, (9, 0))], "position (9, 0) is outside conv3's 7x7 maps"),
+                      ([UnitAt("fc6", 1, 0, (0, 0))], "outside fc6's no maps")):  # fmt: skip
+        with pytest.raises(zfnet.UsageError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
+            zfnet.evidence(p, x, at=at)
+        assert "\n" not in str(e.value)
 
 
 # --- end to end ------------------------------------------------------------------------------------------------
@@ -213,6 +302,7 @@ def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, user_code):
                  *common, "--out", str(out)]) == 0  # fmt: skip
     res = json.loads((out / "evidence.json").read_text())
     assert [u["layer"] for u in res["units"]] == ["layer1", "layer3"]
+    assert set(res["causal_strategy"]) == {"layer1", "layer3"} and all(u["causal"] for u in res["units"])
     name = user_code("evidence_user", USER)
     out = tmp_path / "user"
     assert main(["evidence", "--model", f"{name}:Res", "--input-size", "32", "--normalize", "none", *common,

@@ -50,6 +50,12 @@ def test_every_stage_done(report):
     assert evo["epochs"] == [1, 2, 3, 6, 13, 19, 26, 41, 45, 48, 52]
     occ = json.loads((report / "occlusion" / "occlusion.json").read_text())
     assert len({r["label"] for r in occ["images"]}) == 3  # three classes
+    ev = json.loads((report / "evidence" / "evidence.json").read_text())
+    assert set(ev["summary"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"} and len(ev["reading"]) == 2
+    assert ev["logit_cascade"]["steps"][0] == "fc8" and set(ev["faithfulness"]) >= {"occlusion", "deconvnet"}
+    atlas = json.loads((report / "atlas" / "manifest.json").read_text())
+    scored = sum(len(v) for v in atlas["evidence"]["layers"].values())
+    assert scored == sum(1 for l in atlas["layers"].values() for m in l["maps"] if m and m[0]["value"] > 0)
     inc = json.loads((report / "included" / "included.json").read_text())
     assert {r["experiment"].split(" (")[0] for r in inc["results"]} == {"transfer", "Table 2"}
 
@@ -64,7 +70,8 @@ def test_report_in_browser(report, browser):
     for sid in (s.id for _, sections in page_parts() for s in sections):
         section = browser.find_element(By.ID, sid)
         assert not section.find_elements(By.CSS_SELECTOR, ".fail, .note"), (sid, section.text[:300])
-    for sid in ("model", "filters", "atlas", "evolution", "occlusion", "correspondence", "invariance", "included"):
+    for sid in ("model", "filters", "atlas", "evolution", "occlusion", "evidence", "correspondence", "invariance",
+                "included"):  # fmt: skip
         assert browser.find_elements(By.CSS_SELECTOR, f"#{sid} img"), sid
     sizes = browser.execute_async_script("""
         const done = arguments[arguments.length - 1];
@@ -73,8 +80,9 @@ def test_report_in_browser(report, browser):
             im.onload = () => r([s, im.naturalWidth]); im.onerror = () => r([s, 0]); im.src = s; })))
           .then(done);""")
     # Fig. 3 + curves, Fig. 5, 5 atlas panels, 5 evolution grids, 3 occlusions each with its map's top 9 from the
-    # atlas (Fig. 6 (c)'s "this map from other images"), correspondence, invariance, 2 included
-    assert len(sizes) == 23 and all(w > 0 for _, w in sizes), [s for s, w in sizes if not w]
+    # atlas (Fig. 6 (c)'s "this map from other images"), the evidence (the logit cascade, the faithfulness curves,
+    # a figure per layer), correspondence, invariance, 2 included
+    assert len(sizes) == 30 and all(w > 0 for _, w in sizes), [s for s, w in sizes if not w]
     others = [s for s, _ in sizes if "atlas/maps/" in s]
     assert len(others) == 3, others
     links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a[href]")]

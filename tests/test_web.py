@@ -167,3 +167,56 @@ def test_a_map_that_fired_on_fewer_than_k_images_shows_only_those(tmp_path, brow
             assert float(size[:-2]) == pytest.approx(n * width, abs=1)
         browser.find_element(By.TAG_NAME, "body").send_keys("\ue00c")  # Escape
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_atlas_with_evidence_scores_every_map_and_sorts_by_them(tmp_path, browser):
+    """`zfnet atlas --evidence`: every map that fired has its scores (the same as `zfnet.evidence` on its top-1
+    image at its top-1 place) and its causal map on disk; its page shows them against the layer's medians, and the
+    layer page sorts by a score."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    import zfnet
+    from zfnet import data as zdata
+    from zfnet.methods.evidence import UnitAt
+    from zfnet.pipelines.evidence import ATLAS_EVIDENCE, unit_scores
+
+    out = tmp_path / "atlas"
+    r = run_cli("atlas", "--pretrained", "--data", "fashion-mnist-mini", "--layers", "conv1,conv3", "--evidence",
+                "--out", str(out), "--workers", "0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    ev = m["evidence"]
+    for layer in ("conv1", "conv3"):
+        fired = [c for c, e in enumerate(m["layers"][layer]["maps"]) if e and e[0]["value"] > 0]
+        assert sorted(map(int, ev["layers"][layer])) == fired
+        for c in fired:
+            assert (out / ev["layers"][layer][str(c)]["causal"]).is_file()
+    p = zfnet.pretrained()
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+    top = m["layers"]["conv3"]["maps"][7][0]
+    x = p.preprocess.eval_input(ds.bases[top["image"] : top["image"] + 1])
+    again = zfnet.evidence(p, x, at=[UnitAt("conv3", 7, 0, (top["y"], top["x"]))], settings=ATLAS_EVIDENCE,
+                           rules=("deconvnet",))  # fmt: skip
+    want = unit_scores(again.to_json()["units"][0], "deconvnet")
+    got = {k: v for k, v in ev["layers"]["conv3"]["7"].items() if k in want}
+    assert got == pytest.approx(want, abs=1e-6)
+
+    browser.get((out / "index.html").as_uri())
+    browser.find_element(By.CSS_SELECTOR, '#layers button[data-layer="conv3"]').click()
+    assert browser.find_element(By.ID, "sort-box").is_displayed()
+    Select(browser.find_element(By.ID, "sort")).select_by_value("agreement")
+    order = [int(e.get_attribute("data-channel")) for e in browser.find_elements(By.CSS_SELECTOR, "#maps .map")]
+    scores = ev["layers"]["conv3"]
+    scored = [c for c in order if str(c) in scores and scores[str(c)]["agreement"] is not None]
+    values = [scores[str(c)]["agreement"] for c in scored]
+    assert values == sorted(values, reverse=True) and order[: len(scored)] == scored
+    browser.find_elements(By.CSS_SELECTOR, "#maps .map")[0].click()
+    card = browser.find_element(By.ID, "evidence")
+    cells = [td.text for td in card.find_elements(By.CSS_SELECTOR, "tr td")]
+    assert cells[:2] == ["weight ssim", f"{scores[str(order[0])]['weight_ssim']:.2f}"]
+    median = ev["summary"]["conv3"]["deconvnet"]["agreement"]
+    assert cells[-3:] == ["agreement", f"{scores[str(order[0])]['agreement']:.2f}", f"{median:.2f}"]
+    width = browser.execute_script("return document.querySelector('#evidence img.causal').naturalWidth")
+    assert width > 0
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

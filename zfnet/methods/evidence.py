@@ -577,44 +577,74 @@ def causal_grid(rf, position, hw: tuple[int, int], s: EvidenceSettings) -> tuple
 
 def causal_maps(net, images, layer, units: list[UnitEvidence], rf, fill_map, s: EvidenceSettings) -> str:
     """Each unit's causal map (`UnitEvidence.causal`): the grey square at each position of `causal_grid`, and
-    the drop of the unit's activation at its own position (unoccluded minus occluded). Per image, the occluded
-    copies run on the incremental engine (`zfnet.methods.incremental`: only the rectangle the square reaches is
-    recomputed, up to the layer) where it replays the model and its estimate says it is faster; else as whole
-    forwards stopped at the layer, batched across units. Returns the strategy ("incremental", "whole" or
-    "incremental, whole where ...")."""
-    spatial = [u for u in units if u.position is not None]
+    the drop of the unit's activation at its own position (unoccluded minus occluded). Three exact ways to run
+    the occluded copies (`s.engine`): "field" cuts each to the unit's receptive field (batched across units),
+    "incremental" replays one image's recorded forward on the incremental engine (`zfnet.methods.incremental`:
+    only the rectangle the square reaches is recomputed, up to the layer), "whole" runs forwards stopped at the
+    layer. "auto" prices the incremental engine on the layer's first image against the field's share of the
+    image and takes the cheaper; an image the engine cannot replay falls back. Returns what ran, and why."""
     h, w = images.shape[-2:]
     jobs: dict[int, list[tuple[UnitEvidence, int, int, int, int]]] = {}
-    for u in spatial:
+    for u in (u for u in units if u.position is not None):
         ys, xs, window = causal_grid(rf, u.position, (h, w), s)
         u.causal, u.causal_grid, u.causal_window = torch.zeros(len(ys), len(xs), dtype=torch.float64), (ys, xs), window
         for i, y in enumerate(ys):
             for j, x in enumerate(xs):
                 jobs.setdefault(u.image, []).append((u, i, j, y, x))
-    geometry = layer_geometries(net, [layer], tuple(images.shape[1:])).get(layer)
-    if s.engine in ("auto", "field") and geometry is not None:
-        _causal_field(net, images, layer, [j for part in jobs.values() for j in part], fill_map, rf)
-        return "field (each occluded copy cut to the unit's receptive field)"
-    whole: list[tuple[UnitEvidence, int, int, int, int]] = []
-    why: set[str] = {"the layer's fields are not local"} if s.engine == "field" else set()
-    for image, part in jobs.items():
-        if s.engine in ("whole", "field"):
-            whole.extend(part)
-            continue
-        reason = _causal_incremental(net, images[image : image + 1], layer, part, fill_map, s.engine == "auto")
-        if reason:
-            whole.extend(part)
-            why.add(reason)
-    _causal_whole(net, images, layer, whole, fill_map)
     if not jobs:
         return "none (no spatial unit)"
-    if not whole:
+    local = layer_geometries(net, [layer], tuple(images.shape[1:])).get(layer) is not None
+    fallback = "field" if local and s.engine != "whole" else "whole"
+    engine = s.engine if s.engine != "field" or local else "whole"
+    if engine == "auto":
+        engine = _cheaper(net, images, layer, next(iter(jobs.items())), rf, local)
+    rest: list[tuple[UnitEvidence, int, int, int, int]] = []
+    why: set[str] = set()
+    for image, part in jobs.items():
+        reason = (
+            _causal_incremental(net, images[image : image + 1], layer, part, fill_map)
+            if engine == "incremental"
+            else "-"
+        )
+        if reason:
+            rest.extend(part)
+            why.add(reason)
+    why.discard("-")
+    if fallback == "field":
+        _causal_field(net, images, layer, rest, fill_map, rf)
+    else:
+        _causal_whole(net, images, layer, rest, fill_map)
+    said = {"field": "field (each occluded copy cut to the unit's receptive field)",
+            "whole": "whole forwards stopped at the layer"}[fallback]  # fmt: skip
+    if engine == "incremental" and not rest:
         return "incremental"
-    if not why:
-        return "whole forwards (asked for)"
-    if not len(whole) < sum(map(len, jobs.values())):
-        return "whole forwards (" + "; ".join(sorted(why)) + ")"
-    return "incremental, whole forwards where " + "; ".join(sorted(why))
+    if engine == "incremental":
+        return "incremental, " + said + " where " + "; ".join(sorted(why))
+    return said + ("" if local or s.engine != "field" else " (the layer's fields are not local)")
+
+
+def _cheaper(net, images, layer, first, rf, local: bool, batch: int = 64) -> str:
+    """ "incremental" where the engine's estimate (`incremental.estimate`, on the layer's first image) beats the
+    field's share of a whole forward (or whole forwards, for a layer without local fields); else the fallback."""
+    image, part = first
+    x = images[image : image + 1]
+    share = 1.0
+    if local:
+        boxes = [crop_plan(rf, *u.position)[0] for u, *_ in part]
+        share = sum((b - t) * (r - l) for t, l, b, r in boxes) / (len(boxes) * images.shape[-1] * images.shape[-2])
+    feat = sites(net, [layer], x)[layer]
+    if feat.layout != "maps":
+        return "field" if local else "whole"
+    with torch.no_grad(), eval_mode(net):
+        graph, _ = record(net, x, feat)
+    if graph.feature < 0:
+        return "field" if local else "whole"
+    replay = Replay.of(graph, feature_only=True)
+    cells = [(y, xx) for *_, y, xx in part]
+    batches = [([y for y, _ in cells[k : k + batch]], [xx for _, xx in cells[k : k + batch]])
+               for k in range(0, len(cells), batch)]  # fmt: skip
+    speedup = estimate(replay, batches, part[0][0].causal_window, None, CostModel()).speedup
+    return "incremental" if speedup * share > 1.0 else ("field" if local else "whole")
 
 
 def _causal_field(net, images, layer, jobs, fill_map, rf, pixels: int = 32 * 224 * 224) -> None:
@@ -683,38 +713,32 @@ def _unit_base(u: UnitEvidence) -> float:
     return u.activation
 
 
-def _causal_incremental(net, x, layer, jobs, fill_map, auto: bool, batch: int = 64) -> str:
+def _causal_incremental(net, x, layer, jobs, fill_map, batch: int = 64) -> str:
     """One image's jobs on the incremental engine ("" when done; else why not, and nothing is filled in)."""
     feat = sites(net, [layer], x)[layer]
     if feat.layout != "maps":
         return f"the layer's maps are {feat.layout}, not convolutional"
     window = jobs[0][0].causal_window
-    if any(u.causal_window != window for u, *_ in jobs):
-        return "the units' occluders differ in size"
     with torch.no_grad(), eval_mode(net):
         graph, _ = record(net, x, feat)
         if graph.feature < 0:
             return "the layer's output is not a recorded value"
         replay = Replay.of(graph, feature_only=True)
-        cells = [(y, xx) for *_, y, xx in jobs]
-        batches = [([y for y, _ in cells[k : k + batch]], [xx for _, xx in cells[k : k + batch]])
-                   for k in range(0, len(cells), batch)]  # fmt: skip
-        if auto and estimate(replay, batches, window, None, CostModel()).speedup < 1.0:
-            return "the incremental engine's estimate favours whole forwards at this layer"
         base = graph.nodes[graph.feature].value
+        done: list[tuple[tuple, float]] = []
         for k in range(0, len(jobs), batch):
             part = jobs[k : k + batch]
             patch = torch.stack([fill_map[:, y : y + window, xx : xx + window] for *_, y, xx in part]).to(x.dtype)
             try:
                 _, fv = replay.run([y for *_, y, _ in part], [xx for *_, xx in part], patch)
-            except Exception as e:  # noqa: BLE001 - an op the replay cannot run means whole forwards, said
+            except Exception as e:  # noqa: BLE001 - an op the replay cannot run means another way, said
                 return f"its graph cannot be replayed on a batch ({type(e).__name__})"
             maps = fv.materialize() if isinstance(fv, Region) else fv.value
             if k == 0 and not _same_as_whole(net, x, layer, part[0], maps[0], fill_map, window, base):
                 return "a replay of its recorded graph does not give what its forward gives"
-            vals = _units_of(maps, part)
-            for n, (u, i, j, _, _) in enumerate(part):
-                u.causal[i, j] = float(_unit_base(u) - vals[n])
+            done.extend(zip(part, _units_of(maps, part).tolist()))
+    for (u, i, j, _, _), v in done:
+        u.causal[i, j] = _unit_base(u) - v
     return ""
 
 

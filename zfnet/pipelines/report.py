@@ -33,7 +33,9 @@ from ..layers import features, resolve_layer
 from ..methods.architecture import Architecture, architecture
 from ..methods.atlas import default_layers, fingerprint
 from ..methods.correspondence import CorrespondenceSettings
+from ..methods.evidence import EvidenceSettings
 from ..methods.evolution import EvolutionSettings
+from ..methods.faithfulness import FaithfulnessSettings
 from ..methods.invariance import InvarianceSettings
 from ..methods.occlusion import OcclusionSettings
 from ..models import ConvNet, num_outputs
@@ -52,6 +54,7 @@ from ..train import evaluate
 from ..weights import Opened, opened_module, with_data_grey
 from .analyses import parts_inputs, read_parts, run_correspondence, run_invariance
 from .atlas import AtlasConfig, AtlasSiteSettings, build_atlas, run_evolution
+from .evidence import run_evidence
 from .inputs import Inputs, check_files, dataset_inputs
 from .occlusion import run_occlusion
 
@@ -334,7 +337,9 @@ def _atlas(ctx: Context) -> dict:
         ctx.dataset,
         AtlasConfig(
             out=ctx.folder("atlas"),
-            settings=AtlasSiteSettings(layers=tuple(ctx.layers), limit=c.limit, max_maps=c.atlas_maps, seed=c.seed),
+            settings=AtlasSiteSettings(
+                layers=tuple(ctx.layers), limit=c.limit, max_maps=c.atlas_maps, seed=c.seed, evidence=True
+            ),
             workers=c.workers,
             device=c.device,
         ),
@@ -422,6 +427,31 @@ def _occlusion(ctx: Context) -> dict:
     run = Run(device=ctx.device, progress=_progress())
     res = run_occlusion(ctx.opened, inputs, ctx.folder("occlusion"), settings, run)
     return {"json": "occlusion/occlusion.json", "images": len(res["images"])}
+
+
+@stage(
+    "evidence",
+    "Evidence beside the pictures",
+    "Sec. 2.1's projections and Fig. 6's maps checked (Adebayo et al. 2018; Nie et al. 2018; Petsiuk et al. 2018)",
+    lambda c, o: {"layers": list(c.layers), "seed": c.seed, "images": EVIDENCE_IMAGES},
+    {"units": [dict], "summary": dict, "figures": dict},
+    sections=(page.EVIDENCE,),
+)
+def _evidence(ctx: Context) -> dict:
+    inputs = dataset_inputs(ctx.dataset, list(range(min(EVIDENCE_IMAGES, len(ctx.dataset)))), ctx.opened.classes)
+    res = run_evidence(
+        ctx.opened,
+        inputs,
+        ctx.folder("evidence"),
+        EvidenceSettings(layers=tuple(ctx.layers), seed=ctx.cfg.seed),
+        Run(device=ctx.device),
+        FaithfulnessSettings(seed=ctx.cfg.seed),
+        faithful_images=4,
+    )
+    return {"json": "evidence/evidence.json", "units": len(res["units"])}
+
+
+EVIDENCE_IMAGES = 64  # the units are drawn among the maps that fire on the first 64 images, each on its strongest
 
 
 @stage(

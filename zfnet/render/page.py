@@ -283,6 +283,54 @@ def _occlusion(out: str, o: dict) -> dict:
     }
 
 
+def _evidence(out: str, e: dict) -> dict:
+    """Issue 36: per layer and rule the median scores with their baselines (the atlas's every map beside the
+    evidence stage's drawn units), the reading, the figures, and the faithfulness areas."""
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    head = ["layer", "rule", "weight dependence (SSIM to randomized)", "SSIM to other units", "SSIM to edge map",
+            "causal agreement"]  # fmt: skip
+    keys = ("weight_ssim", "other_ssim", "edge_ssim", "agreement")
+    rows = [[l, r, *(fmt(v.get(k)) for k in keys)] for l, per in e["summary"].items() for r, v in per.items()]
+    atlas = _read(out, "atlas/manifest.json")
+    every = (atlas or {}).get("evidence") if isinstance(atlas, dict) else None
+    atlas_rows = []
+    if isinstance(every, dict) and every.get("summary"):
+        atlas_rows = [
+            [l, r, *(fmt(v.get(k)) for k in keys)] for l, per in every["summary"].items() for r, v in per.items()
+        ]
+    faithful = e.get("faithfulness") or {}
+    f_head = ["map", "deletion area", "random order", "insertion area", "random order"]
+    f_rows = [
+        [
+            name,
+            *(fmt(res["median_auc"].get(k)) for k in ("deletion", "random_deletion", "insertion", "random_insertion")),
+        ]
+        for name, res in faithful.items()
+    ]
+    figures = [_figure(out, "evidence/" + rel, f"{layer}: each unit's projections, randomized, and causal map")
+               for layer, rel in e["figures"].items() if layer not in ("logit_cascade", "faithfulness")]  # fmt: skip
+    extra = []
+    if "logit_cascade" in e["figures"]:
+        extra.append(_figure(out, "evidence/" + e["figures"]["logit_cascade"],
+                             "The predicted class's map as each layer is re-initialized, from the logits down "
+                             "(Adebayo et al. 2018, Fig. 2)"))  # fmt: skip
+    if "faithfulness" in e["figures"]:
+        extra.append(_figure(out, "evidence/" + e["figures"]["faithfulness"],
+                             "Deletion and insertion curves (Petsiuk et al. 2018), random order dashed"))  # fmt: skip
+    units = sum(len(v) for v in every.get("layers", {}).values()) if isinstance(every, dict) else 0
+    return {
+        "head": head,
+        "rows": rows,
+        "atlas_rows": atlas_rows,
+        "atlas_units": units,
+        "f_head": f_head,
+        "f_rows": f_rows,
+        "reading": e.get("reading") or [],
+        "figures": figures,
+        "extra": extra,
+    }
+
+
 def _correspondence(out: str, c: dict) -> dict:
     """The table as the paper lays it out (one row per occlusion location, mean sign change +- std per layer),
     from correspondence.json, with the paper's dog-face table beside it."""
@@ -397,6 +445,15 @@ OCCLUSION = Section(
     _occlusion,
     "Fig. 6: a grey square slid over each image, the strongest conv map's activity, its projection, and "
     "the classifier's probability and label as a function of where the square is (Sec. 4.2).",
+)
+EVIDENCE = Section(
+    "evidence",
+    "Evidence: do the pictures show the units?",
+    "evidence/evidence.json",
+    _evidence,
+    "Per unit, how much its projection depends on the weights (cascading randomization, Adebayo et al. 2018), "
+    "how much it differs from other units' projections and the image's edges (Nie et al. 2018), and whether "
+    "covering what it shows lowers it (its causal map); for the class-level maps, deletion and insertion curves.",
 )
 CORRESPONDENCE = Section(
     "correspondence",
