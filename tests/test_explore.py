@@ -149,6 +149,25 @@ def test_answers_equal_the_library_called_directly(server, reference):
     assert unit["unit"] == [0, 0] and unit["activation"] == pytest.approx(float(maps[c, 0, 0]), abs=1e-6)
 
 
+def test_a_units_evidence_equals_the_method_called_directly(server, reference):
+    """Issue 36 in the explorer: the clicked unit's scores are `zfnet.evidence` on the same image and unit; a
+    second ask is the cached answer; a unit outside the map is one line, 400."""
+    from zfnet.methods.evidence import UnitAt
+    from zfnet.pipelines.evidence import unit_scores
+
+    p, ds = reference
+    status, e = get_json(server + "api/evidence/d3/conv2/4?y=2&x=5")
+    assert status == 200 and e["unit"] == [2, 5] and e["causal"].startswith("data:image/png;base64,")
+    x = p.preprocess.eval_input(ds.bases[3:4])
+    want = zfnet.evidence(p, x, at=[UnitAt("conv2", 4, 0, (2, 5))]).to_json()["units"][0]
+    for rule in ("deconvnet", "guided", "backprop"):
+        assert e["scores"][rule] == pytest.approx(unit_scores(want, rule), abs=1e-6)
+    assert e["cascade"]["guided"][-1]["randomized"] == "conv1"
+    assert get_json(server + "api/evidence/d3/conv2/4?y=2&x=5")[1] == e
+    status, bad = get_json(server + "api/evidence/d3/conv2/4?y=99&x=0")
+    assert status == 400 and bad["error"] == "unit 99,0 is outside conv2's 14x14 maps"
+
+
 def test_the_atlas_and_its_per_class_references(server, atlas_dir):
     manifest = json.loads((atlas_dir / "manifest.json").read_text())
     conv5 = manifest["layers"]["conv5"]
@@ -336,6 +355,11 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
     wait.until(
         lambda d: "rule=guided" in d.current_url and d.find_element(By.ID, "projection").get_attribute("src") != first
     )
+    # the unit's evidence, on demand: a row per rule and the causal map
+    browser.find_element(By.ID, "evidence-run").click()
+    wait.until(lambda d: loaded("evidence-causal") and len(d.find_elements(By.CSS_SELECTOR, "#evidence-table tr")) == 4)
+    rows = [r.text.split()[0] for r in browser.find_elements(By.CSS_SELECTOR, "#evidence-table tr")[1:]]
+    assert rows == ["deconvnet", "guided", "backprop"] and "causal maps: field" in text("evidence-info")
     # a link opens a view: the atlas's top-9 of a map it projected, and a class's references
     c = json.loads((atlas_dir / "manifest.json").read_text())["layers"]["conv5"]["projected"][0]
     browser.get("about:blank")

@@ -29,14 +29,17 @@ from ..errors import UsageError
 from ..layers import features
 from ..methods.atlas import default_layers
 from ..methods.deconvnet import RULES, Deconvnet, ProjectSettings, Target
+from ..methods.evidence import UnitAt, evidence
 from ..methods.occlusion import OcclusionSettings, occlusion
 from ..readback import read_json
 from ..receptive_field import cut_box, layer_field
+from ..render.evidence import causal_tile
 from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
 from ..render.occlusion import occlusion_plot
 from ..runtime import eval_mode, model_device
 from ..usercode import blame
 from ..weights import Opened
+from .evidence import unit_scores
 
 WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
 
@@ -87,6 +90,7 @@ class Explorer:
         self.lock = threading.Lock()  # one model: one request at a time on it
         self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache: OrderedDict[str, dict] = OrderedDict()
+        self._evidence: OrderedDict[str, dict] = OrderedDict()
         self._fields: dict[str, Any] = {}
         self._stack = ExitStack()
         self._dn: dict[str, Deconvnet] = {}
@@ -226,15 +230,7 @@ class Explorer:
         """Sec. 2.1: the map's projection to pixels from its strongest unit (or unit y, x), with the unit's
         receptive-field patch of the image beside it (Fig. 2's pairs)."""
         maps = self._maps(key, layer)
-        if not 0 <= channel < maps.shape[0]:
-            raise UsageError(f"map {channel} does not exist in {layer} ({maps.shape[0]} maps: 0..{maps.shape[0] - 1})")
-        if (y is None) != (x is None):
-            raise UsageError("give both y and x of the unit, or neither (its strongest unit)")
-        if y is None or x is None:
-            where = int(maps[channel].flatten().argmax())
-            y, x = where // maps.shape[-1], where % maps.shape[-1]
-        if not (0 <= y < maps.shape[-2] and 0 <= x < maps.shape[-1]):
-            raise UsageError(f"unit {y},{x} is outside {layer}'s {maps.shape[-2]}x{maps.shape[-1]} maps")
+        y, x = _unit_of(maps, layer, channel, y, x)
         entry = self._entry(key)
         target = Target(0, layer, channel, y, x)
         proj = self._dn[settings.rule].project_targets(entry["x"], [target], unit=settings.unit)[0].cpu()
@@ -248,6 +244,30 @@ class Explorer:
             "field": data_url(projection_image(cut_box(proj, (0, 0), box), 112)),
             "patch": data_url(pixels_image(cut_box(pixels, (0, 0), box), 112)),
         }  # fmt: skip
+
+    def evidence(self, key: str, layer: str, channel: int, y: int | None = None, x: int | None = None) -> dict:
+        """Issue 36 for the clicked unit (or the map's strongest) on this image: per rule its weight dependence
+        (the whole cascade), specificity and causal agreement (`zfnet.methods.evidence`), and its causal map as
+        a picture; computed on demand, the last EVIDENCE_CACHE answers kept."""
+        y, x = _unit_of(self._maps(key, layer), layer, channel, y, x)
+        ck = f"{key}|{layer}|{channel}|{y}|{x}"
+        if ck in self._evidence:
+            self._evidence.move_to_end(ck)
+            return self._evidence[ck]
+        res = evidence(self.model, self._entry(key)["x"], at=[UnitAt(layer, channel, 0, (y, x))], preprocess=self.pp)
+        unit = res.units[0]
+        j = res.to_json()["units"][0]
+        out = {
+            "key": key, "layer": layer, "map": channel, "unit": [y, x], "activation": unit.activation,
+            "scores": {r: unit_scores(j, r) for r in res.settings.rules}, "cascade": j["cascade"],
+            "causal": data_url(causal_tile(unit.causal)) if unit.causal is not None else None,
+            "causal_grid": j["causal_grid"], "causal_strategy": res.causal_strategy.get(layer),
+            "rule_substituted": res.substituted, "settings": res.settings.to_json(),
+        }  # fmt: skip
+        self._evidence[ck] = out
+        while len(self._evidence) > EVIDENCE_CACHE:
+            self._evidence.popitem(last=False)
+        return out
 
     def _field(self, layer: str):
         if layer not in self._fields:
@@ -343,6 +363,23 @@ def forget_finished(jobs: dict[str, dict], keep: int = 16) -> None:
         jobs.pop(old)
 
 
+EVIDENCE_CACHE = 64  # units whose evidence the explorer keeps
+
+
+def _unit_of(maps: torch.Tensor, layer: str, channel: int, y: int | None, x: int | None) -> tuple[int, int]:
+    """The unit (y, x) of map `channel` asked for, or the map's strongest when neither is given; checked."""
+    if not 0 <= channel < maps.shape[0]:
+        raise UsageError(f"map {channel} does not exist in {layer} ({maps.shape[0]} maps: 0..{maps.shape[0] - 1})")
+    if (y is None) != (x is None):
+        raise UsageError("give both y and x of the unit, or neither (its strongest unit)")
+    if y is None or x is None:
+        where = int(maps[channel].flatten().argmax())
+        y, x = where // maps.shape[-1], where % maps.shape[-1]
+    if not (0 <= y < maps.shape[-2] and 0 <= x < maps.shape[-1]):
+        raise UsageError(f"unit {y},{x} is outside {layer}'s {maps.shape[-2]}x{maps.shape[-1]} maps")
+    return y, x
+
+
 def _name(classes: list[str] | None, k: int) -> str:
     return classes[k] if classes and 0 <= k < len(classes) else str(k)
 
@@ -428,6 +465,11 @@ def _image_routes(explorer: Explorer, work) -> list:
         y, x = _q_int(request, "y"), _q_int(request, "x")
         return JSONResponse(await work(explorer.project, p["key"], p["layer"], int(p["map"]), settings, y, x))
 
+    async def unit_evidence(request):
+        p = request.path_params
+        y, x = _q_int(request, "y"), _q_int(request, "x")
+        return JSONResponse(await work(explorer.evidence, p["key"], p["layer"], int(p["map"]), y, x))
+
     async def atlas(request):
         p, cls = request.path_params, request.query_params.get("cls")
         return JSONResponse(await work(explorer.atlas_refs, p["layer"], int(p["map"]), cls))
@@ -444,6 +486,7 @@ def _image_routes(explorer: Explorer, work) -> list:
         Route("/api/layer/{key}/{layer}.png", layer),
         Route("/api/layer/{key}/{layer}", layer),
         Route("/api/project/{key}/{layer}/{map:int}", project),
+        Route("/api/evidence/{key}/{layer}/{map:int}", unit_evidence),
         Route("/api/atlas/{layer}/{map:int}", atlas),
         Route("/api/classmaps/{layer}", class_maps),
     ]

@@ -121,6 +121,7 @@ async function showMap(m, unit) {
     const p = await api(`/api/project/${state.image}/${encodeURIComponent(state.layer)}/${m}?` + q);
     if (my !== mapSeq) return;  // a later click won
     state.map = m; state.unit = unit;
+    clearEvidence();
     $("map-name").textContent = `${state.layer} #${m}`;
     $("projection").src = p.projection; $("field").src = p.field; $("patch").src = p.patch;
     $("unit-info").textContent = `unit (${p.unit[0]}, ${p.unit[1]}), activation ${p.activation.toFixed(3)}, ` +
@@ -128,6 +129,44 @@ async function showMap(m, unit) {
     writeHash();
     if (info.atlas) await showAtlas();
   } catch (e) { showError(e); }
+}
+
+// --- issue 36: the clicked unit's evidence, on demand (the server caches it) -----------------------------------
+let evidenceSeq = 0;
+function clearEvidence() {
+  evidenceSeq++;
+  $("evidence-table").hidden = true; $("evidence-causal-fig").hidden = true; $("evidence-info").textContent = "";
+}
+async function showEvidence() {
+  if (state.map === null) return;
+  const my = ++evidenceSeq;
+  const q = new URLSearchParams();
+  if (state.unit) { q.set("y", state.unit[0]); q.set("x", state.unit[1]); }
+  $("evidence-info").textContent = "computing...";
+  try {
+    const e = await api(`/api/evidence/${state.image}/${encodeURIComponent(state.layer)}/${state.map}?` + q);
+    if (my !== evidenceSeq) return;
+    const t = $("evidence-table");
+    t.replaceChildren();
+    const cols = ["weight_ssim", "other_ssim", "edge_ssim", "agreement"];
+    const head = document.createElement("tr");
+    for (const h of ["rule", "weight SSIM", "other units SSIM", "edge SSIM", "causal agreement"]) {
+      const th = document.createElement("th"); th.textContent = h; head.appendChild(th);
+    }
+    t.appendChild(head);
+    for (const [rule, sc] of Object.entries(e.scores)) {
+      const tr = document.createElement("tr");
+      for (const v of [rule, ...cols.map((k) => sc[k] === null ? "-" : sc[k].toFixed(2))]) {
+        const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+      }
+      t.appendChild(tr);
+    }
+    t.hidden = false;
+    $("evidence-causal-fig").hidden = !e.causal;
+    if (e.causal) $("evidence-causal").src = e.causal;
+    $("evidence-info").textContent = `unit (${e.unit[0]}, ${e.unit[1]}); causal maps: ${e.causal_strategy}` +
+      Object.values(e.rule_substituted).map((d) => "; " + Object.values(d).join("; ")).join("");
+  } catch (err) { if (my === evidenceSeq) $("evidence-info").textContent = String(err.message || err); }
 }
 
 async function showAtlas() {
@@ -221,6 +260,7 @@ async function start() {
   $("atlas-panel").hidden = !info.atlas;
   $("occ-window").placeholder = info.occlusion.window;  // the server's default for this input (OcclusionSettings)
   $("occ-stride").placeholder = info.occlusion.stride;
+  $("evidence-run").addEventListener("click", () => showEvidence());
   $("prev").addEventListener("click", () => loadPage(Math.max(0, page - 1)).catch(showError));
   $("next").addEventListener("click", () => loadPage(Math.min(pages - 1, page + 1)).catch(showError));
   $("browse-class").addEventListener("change", () => loadPage(0).catch(showError));
