@@ -380,3 +380,29 @@ def test_a_rule_that_ran_as_the_gradient_says_so():
     ev = zfnet.evidence(net, x, layers=("2",), units=1, others=1, fill="mean-image")
     said = ev.to_json()["rule_substituted"]
     assert set(said) == {"deconvnet", "guided"} and "projected with the gradient" in said["guided"]["2"]
+
+
+def test_evidence_on_a_small_vision_transformer():
+    """Token-shaped layers (torchvision's VisionTransformer, small): the units are tokens of the patch grid, their
+    causal maps run as whole forwards (past the first attention layer each token sees the whole image: said), the
+    deconvnet and guided rules are the gradient there (said), and the cascade names the class token's step."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from zfnet.pipelines.evidence import reading
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+    x = torch.randn(3, 3, 32, 32)
+    ev = zfnet.evidence(vit, x, layers=("encoder.layers.encoder_layer_1",), units=2, others=2, fill="mean-image")
+    layer = "encoder.layers.encoder_layer_1"
+    assert "not local" in ev.causal_strategy[layer] and ev.causal_strategy[layer].startswith("whole")
+    assert set(ev.substituted) == {"deconvnet", "guided"} and "gelu" in ev.substituted["guided"][layer]
+    for u in ev.units:
+        assert u.position is not None and 0 <= u.position[0] < 4 and u.causal is not None
+        steps = [s["randomized"] for s in u.cascade["backprop"]]
+        # the unit's block's last linear layer first; the class token (the model's own) and the position embedding
+        # (the encoder's) too, though their modules' forwards have not ended when the unit is read
+        assert steps[0] == layer + ".mlp.3" and steps[-1] == "(the model's own parameters)" and "encoder" in steps
+        assert u.cascade["guided"] == u.cascade["backprop"]  # the same gradient, the same draws
+    said = reading(ev.summary())
+    assert said[0].startswith("With every layer up to the unit re-initialized, the pictures keep a median SSIM")

@@ -51,7 +51,7 @@ def test_every_stage_done(report):
     occ = json.loads((report / "occlusion" / "occlusion.json").read_text())
     assert len({r["label"] for r in occ["images"]}) == 3  # three classes
     ev = json.loads((report / "evidence" / "evidence.json").read_text())
-    assert set(ev["summary"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"} and len(ev["reading"]) == 2
+    assert set(ev["summary"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"} and len(ev["reading"]) == 3
     assert ev["logit_cascade"]["steps"][0] == "fc8" and set(ev["faithfulness"]) >= {"occlusion", "deconvnet"}
     atlas = json.loads((report / "atlas" / "manifest.json").read_text())
     scored = sum(len(v) for v in atlas["evidence"]["layers"].values())

@@ -219,4 +219,9 @@ def test_atlas_with_evidence_scores_every_map_and_sorts_by_them(tmp_path, browse
     assert cells[-3:] == ["agreement", f"{scores[str(order[0])]['agreement']:.2f}", f"{median:.2f}"]
     width = browser.execute_script("return document.querySelector('#evidence img.causal').naturalWidth")
     assert width > 0
+    shots = os.environ.get("ZFNET_SCREENSHOTS")  # the README's picture of a unit page with its evidence
+    if shots:
+        os.makedirs(shots, exist_ok=True)
+        browser.set_window_size(1100, 760)
+        browser.save_screenshot(os.path.join(shots, "atlas-evidence.png"))
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -216,17 +216,20 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
 
 
 def cascade_layers(model: nn.Module, layer: str, image_shape: tuple[int, ...]) -> list[str]:
-    """The parameterized modules that run before `layer`'s maps are read, the unit's own layer first, then down
-    to the first (Adebayo et al.'s cascade, from the unit down)."""
+    """The modules with parameters of their own that start running before `layer`'s maps are read, the unit's own
+    layer first, then down to the first (Adebayo et al.'s cascade, from the unit down). Ordered by when each
+    module's forward starts, so a container whose own parameters the unit depends on without its forward ending
+    first (a ViT's class token on the model, its position embedding on the encoder) is in the cascade, where its
+    forward starts."""
     order: list[str] = []
     names = {m: n for n, m in model.named_modules()}
 
-    def hook(module, _inputs, _output) -> None:
+    def hook(module, _inputs) -> None:
         name = names[module]
         if name not in order and next(module.parameters(recurse=False), None) is not None:
             order.append(name)
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules()]
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules()]
     try:
         x = torch.zeros(1, *image_shape, device=model_device(model))
         with torch.no_grad(), eval_mode(model), capture(model, [layer], x):
@@ -238,6 +241,12 @@ def cascade_layers(model: nn.Module, layer: str, image_shape: tuple[int, ...]) -
         for h in hooks:
             h.remove()
     return list(reversed(order))
+
+
+def shown(name: str) -> str:
+    """A cascade step's module as results name it (the model's own parameters - a ViT's class token - have no
+    name)."""
+    return name or "(the model's own parameters)"
 
 
 def reinitialize(module: nn.Module, seed: int) -> None:
@@ -526,7 +535,7 @@ def _cascade(net, images, targets, chunk: list[UnitEvidence], trained: dict, ord
             scores = similarities(trained[r], last, [u.box for u in chunk])
             silent = last.flatten(1).abs().amax(1) == 0  # a unit fell silent: nothing left to compare
             for i, u in enumerate(chunk):
-                done = name if s.curve else ", ".join(order)
+                done = shown(name) if s.curve else ", ".join(map(shown, order))
                 u.cascade[r].append({"randomized": done, **scores[i], "vanished": bool(silent[i])})
                 if keep and k == len(order) - 1:
                     u.randomized[r] = last[i]
@@ -620,7 +629,7 @@ def causal_maps(net, images, layer, units: list[UnitEvidence], rf, fill_map, s: 
         return "incremental"
     if engine == "incremental":
         return "incremental, " + said + " where " + "; ".join(sorted(why))
-    return said + ("" if local or s.engine != "field" else " (the layer's fields are not local)")
+    return said + ("" if local else " (the layer's fields are not local: each unit sees the whole image)")
 
 
 def _cheaper(net, images, layer, first, rf, local: bool, batch: int = 64) -> str:

@@ -22,6 +22,7 @@ from ..methods.evidence import (
     cascade_layers,
     evidence,
     reinitialize,
+    shown,
     ssim,
 )
 from ..methods.faithfulness import FaithfulnessSettings, faithfulness
@@ -64,7 +65,7 @@ def run_evidence(
         title = f"{opened.name}: the predicted class's map as the weights are randomized from the logits down"
         logit_cascade_figure(cascade, pp_display(opened, x[:1]), os.path.join(out, "cascade-logits.png"), title)
         body["logit_cascade"] = {k: v for k, v in cascade.items() if k != "maps"}
-    body["reading"] = reading(res.summary())
+    body["reading"] = reading(res.summary(), body.get("logit_cascade"))
     if faithful is not None and faithful_images > 0:
         body["faithfulness"] = class_faithfulness(opened, x[:faithful_images], faithful, settings.rules)
         figures["faithfulness"] = "faithfulness.png"
@@ -151,7 +152,8 @@ def logit_cascade(opened: Opened, x: torch.Tensor, rules, seed: int) -> dict:
         for r in rules:
             maps[r].append(_logit_map(copied, x, logits[-1], target, r))
     ssims = {r: [ssim(_unit_scale(m[0]), _unit_scale(step)) for step in m[1:]] for r, m in maps.items()}
-    return {"target": target, "steps": order, "maps": maps, "ssim": ssims}
+    head = next((k for k, n in enumerate(order) if not isinstance(modules[n], nn.Linear)), len(order))
+    return {"target": target, "steps": [shown(n) for n in order], "classifier_steps": head, "maps": maps, "ssim": ssims}
 
 
 def _logit_map(model, x, layer, target, rule) -> torch.Tensor:
@@ -168,21 +170,27 @@ def pp_display(opened: Opened, x: torch.Tensor) -> torch.Tensor:
     return opened.preprocess.display(x)[0].cpu()
 
 
-def reading(summary: dict) -> list[str]:
-    """Two sentences that read the medians (no thresholds: which rule's pictures survive randomization more, and
-    whether a unit's picture resembles other units' more than its own randomized one)."""
+def reading(summary: dict, cascade: dict | None = None) -> list[str]:
+    """Sentences that read the medians, no thresholds: which rule's unit pictures survive randomizing every layer up
+    to the unit, whether a unit's picture resembles other units' more than its own randomized one, and (`cascade`,
+    `logit_cascade`'s) how the class map of each rule holds as the classifier's layers are redrawn."""
     rules = sorted({r for per in summary.values() for r in per})
     if not rules:
         return []
     mean = {r: _avg([summary[l][r]["weight_ssim"] for l in summary if r in summary[l]]) for r in rules}
     known = {r: v for r, v in mean.items() if v is not None}
     out = []
-    if known:
+    if known and len(set(known.values())) == 1:  # one rule, or every rule the gradient (a model without ReLUs)
+        out.append(
+            f"With every layer up to the unit re-initialized, the pictures keep a median SSIM of "
+            f"{next(iter(known.values())):.2f} to the trained ones, averaged over layers ({', '.join(known)})."
+        )
+    elif known:
         most, least = max(known, key=known.get), min(known, key=known.get)
         out.append(
-            f"Under cascading randomization the {most} pictures change least (median SSIM to the trained picture "
-            f"{known[most]:.2f}, averaged over layers) and the {least} pictures most ({known[least]:.2f}); Adebayo "
-            "et al. (2018) found guided backprop's maps nearly unchanged and the gradient's changed."
+            f"With every layer up to the unit re-initialized, the {most} pictures change least (median SSIM to the "
+            f"trained picture {known[most]:.2f}, averaged over layers) and the {least} pictures most "
+            f"({known[least]:.2f})."
         )
     pairs = [(l, r, v["other_ssim"], v["weight_ssim"]) for l, per in summary.items() for r, v in per.items()]
     alike = [f"{l} ({r})" for l, r, o, w in pairs if o is not None and w is not None and o > w]
@@ -192,6 +200,13 @@ def reading(summary: dict) -> list[str]:
         + (f" ({', '.join(alike[:6])})" if alike else "")
         + ": there the picture shows the image and the place more than the unit (Nie et al., 2018)."
     )
+    if cascade and cascade.get("ssim"):
+        k = max(cascade.get("classifier_steps", 1), 1) - 1  # the classifier's linear layers, from the logits down
+        held = ", ".join(f"{r} {v[k]:.2f}" for r, v in cascade["ssim"].items() if v[k] is not None)
+        out.append(
+            f"From the logits down (Adebayo et al.'s Fig. 2), the class map's SSIM to the trained one after "
+            f"re-initializing {', '.join(cascade['steps'][: k + 1])}: {held}."
+        )
     return out
 
 
