@@ -245,6 +245,7 @@ def test_any_model_and_data(tmp_path):
         "atlas": "done",
         "evolution": "skipped",
         "occlusion": "done",
+        "evidence": "done",
         "correspondence": "skipped",
         "invariance": "done",
         "included": "skipped",
