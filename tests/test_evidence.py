@@ -102,9 +102,10 @@ def test_batched_similarities_equal_scikit_image_and_scipy_pair_by_pair():
 def test_the_cascade_equals_a_slow_reimplementation(rule):
     """Re-initialize conv3, then conv2, then conv1 of zfnet-small, each with its own `reset_parameters` under the
     same seeds, and project the unit again after each step with the slow reference: each step's similarity to
-    the trained projection equals the method's. Tolerance: the two projections agree to float32 rounding
-    (1e-5 of their maximum, as tests/test_deconvnet.py finds); SSIM moves by less than 1e-4 under that, and a
-    rank correlation over 200+ pixels by at most a few swaps of near-equal values (1e-3)."""
+    the trained projection equals the method's, and so does the randomized model's specificity (its baseline).
+    Tolerance: the two projections agree to float32 rounding (1e-5 of their maximum, as tests/test_deconvnet.py
+    finds); SSIM moves by less than 1e-4 under that, and a rank correlation over 200+ pixels by at most a few swaps
+    of near-equal values (1e-3)."""
     p = zfnet.pretrained()
     model = p.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -133,6 +134,14 @@ def test_the_cascade_equals_a_slow_reimplementation(rule):
                 assert step[m] == pytest.approx(want[m], abs=1e-3), (name, m, step, want)
     scale = float(again.abs().max())
     torch.testing.assert_close(u.randomized[rule], again, rtol=1e-4, atol=1e-5 * scale)
+    # the baseline: the same specificity on the fully randomized model, against the other units' slow projections
+    base = u.randomized_specificity[rule]
+    assert base["others"] == u.specificity[rule]["others"]
+    want = [
+        _similar(again, reference_projection(slow, xi, layer, k, y, xx, rule, unit=True), box)["ssim"]
+        for k in base["others"]
+    ]
+    assert base["other_units"]["ssim"] == pytest.approx(sum(want) / len(want), abs=1e-4)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is left as it was
 
 

@@ -67,6 +67,11 @@ class EvidenceSettings(Settings):
         "the whole cascade, one step a layer (false: its last step alone - every layer up to the unit re-initialized "
         "at once, the same draws - which is the score)",
     )
+    baseline: bool = knob(
+        True,
+        "also score the specificity of the fully randomized model (the cascade's last state): the same score's "
+        "baseline",
+    )
     others: int = knob(8, "other units of the layer each projection is compared with (specificity)", low=1)
     window: int | None = knob(
         None,
@@ -276,6 +281,7 @@ class UnitEvidence:
     activation: float
     cascade: dict[str, list[dict]]  # rule -> per step {"randomized": module, ssim, spearman_abs, spearman}
     specificity: dict[str, dict]  # rule -> {"other_units": mean similarity, "edges": similarity to the edge map}
+    randomized_specificity: dict[str, dict] = field(default_factory=dict)  # the same on the cascade's last model
     causal: torch.Tensor | None = field(default=None, repr=False)  # drop of the unit per occluder position
     causal_grid: tuple[list[int], list[int]] | None = None  # the occluder's top-left ys, xs
     causal_window: int = 0  # the occluder's side
@@ -296,6 +302,7 @@ class UnitEvidence:
             "cascade": self.cascade,
             "weight_dependence": {r: steps[-1] for r, steps in self.cascade.items() if steps},
             "specificity": self.specificity,
+            "randomized_specificity": self.randomized_specificity,
             "causal": None if self.causal is None else self.causal.tolist(),
             "causal_grid": None
             if self.causal_grid is None
@@ -336,8 +343,11 @@ class Evidence:
                 if not steps:  # no parameterized layer below the unit: nothing was randomized
                     continue
                 row = out.setdefault(u.layer, {}).setdefault(rule, {"weight_ssim": [], "other_ssim": [],
-                                                                    "edge_ssim": [], "agreement": []})  # fmt: skip
+                                                                    "edge_ssim": [], "agreement": [],
+                                                                    "randomized_other_ssim": []})  # fmt: skip
                 row["weight_ssim"].append(steps[-1]["ssim"])
+                base = u.randomized_specificity.get(rule)
+                row["randomized_other_ssim"].append(base["other_units"]["ssim"] if base else None)
                 row["other_ssim"].append(u.specificity[rule]["other_units"]["ssim"])
                 row["edge_ssim"].append(u.specificity[rule]["edges"]["ssim"])
                 row["agreement"].append(u.agreement.get(rule))
@@ -497,9 +507,16 @@ def _layer_evidence(
         chunk = units[start : start + per]
         targets = [Target(u.image, layer, u.channel, *(u.position or (None, None))) for u in chunk]
         trained = {r: _project_all(net, images, targets, r) for r in s.rules}
-        _cascade(net, images, targets, chunk, trained, order, s, pictures)
+        randomized, last = _cascade(net, images, targets, chunk, trained, order, s, pictures)
         for r in s.rules:
-            _specificity(net, images, targets, chunk, trained[r], r, act.shape[1], s)
+            for u, spec in zip(chunk, _specificity(net, images, targets, chunk, trained[r], r, act.shape[1], s)):
+                u.specificity[r] = spec
+            if s.baseline and r in last:  # the same score on the fully randomized model: its baseline
+                for u, spec in zip(
+                    chunk, _specificity(randomized, images, targets, chunk, last[r], r, act.shape[1], s)
+                ):
+                    u.randomized_specificity[r] = spec
+        del randomized
         if pictures:
             for i, u in enumerate(chunk):
                 u.projections = {r: trained[r][i] for r in s.rules}
@@ -520,11 +537,13 @@ def _project_all(net: nn.Module, images: torch.Tensor, targets: list[Target], ru
         return dn.project_targets(images, targets, unit=True).detach().cpu()
 
 
-def _cascade(net, images, targets, chunk: list[UnitEvidence], trained: dict, order: list[str], s, keep: bool) -> None:
+def _cascade(net, images, targets, chunk: list[UnitEvidence], trained: dict, order: list[str], s, keep: bool):
     """Adebayo et al.'s cascade for a chunk of one layer's units: the layer re-initialized, then each layer below
     in turn (the same draw for every unit); after each step each unit's projection compared with its trained
-    one. The last step's projections are kept as the units' `randomized`."""
+    one. The last step's projections are kept as the units' `randomized` (`keep`). Returns the randomized model
+    and the last step's projections per rule."""
     copied = copy.deepcopy(net)
+    lasts: dict[str, torch.Tensor] = {}
     modules = dict(copied.named_modules())
     for k, name in enumerate(order):
         reinitialize(modules[name], s.seed + 1000 + k)
@@ -539,7 +558,9 @@ def _cascade(net, images, targets, chunk: list[UnitEvidence], trained: dict, ord
                 u.cascade[r].append({"randomized": done, **scores[i], "vanished": bool(silent[i])})
                 if keep and k == len(order) - 1:
                     u.randomized[r] = last[i]
-    del copied
+            if k == len(order) - 1:
+                lasts[r] = last
+    return copied, lasts
 
 
 def _others(c: int, channels: int, s: EvidenceSettings) -> list[int]:
@@ -547,9 +568,9 @@ def _others(c: int, channels: int, s: EvidenceSettings) -> list[int]:
     return [k for k in torch.randperm(channels, generator=g).tolist() if k != c][: s.others]
 
 
-def _specificity(net, images, targets, chunk: list[UnitEvidence], mine: torch.Tensor, rule, channels: int, s) -> None:
+def _specificity(net, images, targets, chunk: list[UnitEvidence], mine: torch.Tensor, rule, channels: int, s) -> list:
     """Each unit's projection against `s.others` other units of the layer at the same image and position (their
-    mean similarity; all of the chunk's in one pass), and against the image's Sobel edge map."""
+    mean similarity; all of the chunk's in one pass), and against the image's Sobel edge map; one entry a unit."""
     rests = [_others(u.channel, channels, s) for u in chunk]
     flat = [Target(t.image, t.layer, k, t.y, t.x) for t, rest in zip(targets, rests) for k in rest]
     theirs = _project_all(net, images, flat, rule) if flat else None
@@ -558,12 +579,13 @@ def _specificity(net, images, targets, chunk: list[UnitEvidence], mine: torch.Te
                           [chunk[i].box for i, _ in pairs])  # fmt: skip
     edges_of = {u.image: sobel(images[u.image].detach().cpu()) for u in chunk}
     to_edges = similarities(mine, [edges_of[u.image] for u in chunk], [u.box for u in chunk])
-    at = 0
-    for i, (u, rest) in enumerate(zip(chunk, rests)):
+    at, out = 0, []
+    for i, rest in enumerate(rests):
         mean = {m: _mean([d[m] for d in scores[at : at + len(rest)]]) for m in ("ssim", "spearman_abs", "spearman")}
         at += len(rest)
         e = {**to_edges[i], "spearman": None}  # an edge map has no sign
-        u.specificity[rule] = {"other_units": mean, "others": rest, "edges": e}
+        out.append({"other_units": mean, "others": rest, "edges": e})
+    return out
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -75,7 +75,9 @@ def run_evidence(
     )
 
 
-ATLAS_EVIDENCE = EvidenceSettings(others=4, curve=False, step=1.0)  # the atlas's: every unit, at most its own time
+ATLAS_EVIDENCE = EvidenceSettings(
+    others=4, curve=False, step=1.0, baseline=False
+)  # the atlas's: every unit, at most its own time
 
 
 def atlas_evidence(model, pp, dataset, tops: dict, channels: dict[str, list[int]], out: str, rule: str, seed: int,
@@ -113,8 +115,14 @@ def atlas_evidence(model, pp, dataset, tops: dict, channels: dict[str, list[int]
         layers.setdefault(u.layer, {})[str(u.channel)] = entry
     body["seconds"] = time.perf_counter() - started
     atomic_write_json(os.path.join(out, "evidence.json"), body)
-    return {"rule": rule, "settings": settings.to_json(), "layers": layers, "summary": body["summary"],
-            "causal_strategy": res.causal_strategy, "json": "evidence.json"}  # fmt: skip (its time: in the JSON)
+    return {
+        "rule": rule,
+        "settings": settings.to_json(),
+        "layers": layers,
+        "summary": body["summary"],
+        "causal_strategy": res.causal_strategy,
+        "json": "evidence.json",
+    }  # fmt: skip (its time: in the JSON)
 
 
 def unit_scores(unit: dict, rule: str) -> dict:

@@ -287,9 +287,9 @@ def _evidence(out: str, e: dict) -> dict:
     """Issue 36: per layer and rule the median scores with their baselines (the atlas's every map beside the
     evidence stage's drawn units), the reading, the figures, and the faithfulness areas."""
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    head = ["layer", "rule", "weight dependence (SSIM to randomized)", "SSIM to other units", "SSIM to edge map",
-            "causal agreement"]  # fmt: skip
-    keys = ("weight_ssim", "other_ssim", "edge_ssim", "agreement")
+    head = ["layer", "rule", "weight dependence (SSIM to randomized)", "SSIM to other units",
+            "the same, randomized model", "SSIM to edge map", "causal agreement"]  # fmt: skip
+    keys = ("weight_ssim", "other_ssim", "randomized_other_ssim", "edge_ssim", "agreement")
     rows = [[l, r, *(fmt(v.get(k)) for k in keys)] for l, per in e["summary"].items() for r, v in per.items()]
     atlas = _read(out, "atlas/manifest.json")
     every = (atlas or {}).get("evidence") if isinstance(atlas, dict) else None
