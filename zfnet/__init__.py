@@ -30,6 +30,7 @@ from .methods.invariance import InvarianceResult, InvarianceSettings, TransformC
 from .methods.occlusion import OcclusionResult, OcclusionResults, OcclusionSettings, occlusion
 from .methods.registry import METHODS as _METHODS
 from .methods.registry import Method
+from .methods.visualize import Visualization, VisualizeSettings, visualize
 from .pretrained import pretrained
 from .receptive_field import ReceptiveField, ReceptiveFieldSettings, receptive_field
 from .settings import Run, Settings
@@ -70,6 +71,8 @@ __all__ = [
     "ReceptiveFieldSettings",
     "Run",
     "Settings",
+    "Visualization",
+    "VisualizeSettings",
     "CorrespondenceResult",
     "Deconvnet",
     "Evidence",
@@ -94,6 +97,7 @@ __all__ = [
     "correspondence",
     "evidence",
     "evolution",
+    "visualize",
     "faithfulness",
     "filters",
     "invariance",

@@ -15,7 +15,21 @@ from .. import usercode
 from ..errors import UsageError, ZfnetNote
 from ..io import folder_lock, write_error
 from ..outputs import check_name
-from . import analyses, atlas, dedupe, evidence, explore, models, occlusion, project, report, serve, train, transfer  # noqa: F401  (each registers)
+from . import (  # noqa: F401  (each registers)
+    analyses,
+    atlas,
+    dedupe,
+    evidence,
+    explore,
+    models,
+    occlusion,
+    project,
+    report,
+    serve,
+    train,
+    transfer,
+    visualize,
+)
 from .registry import COMMANDS, Parser
 
 

@@ -21,6 +21,7 @@ from .faithfulness import Faithfulness, FaithfulnessSettings, faithfulness
 from .filters import FilterReport, FiltersSettings, filters
 from .invariance import InvarianceResult, InvarianceSettings, invariance
 from .occlusion import OcclusionResults, OcclusionSettings, occlusion
+from .visualize import Visualization, VisualizeSettings, visualize
 
 
 @dataclass(frozen=True)
@@ -47,5 +48,6 @@ for _m in (
     Method("occlusion", occlusion, OcclusionSettings, OcclusionResults, "Sec. 4.2, Fig. 6"),
     Method("project", project, ProjectSettings, Projection, "Sec. 2.1, Fig. 1"),
     Method("receptive_field", receptive_field, ReceptiveFieldSettings, ReceptiveField, "Sec. 2.1"),
+    Method("visualize", visualize, VisualizeSettings, Visualization, "issue 37: feature visualization (Olah 2017)"),
 ):
     METHODS.register(_m.name, _m)
