@@ -67,6 +67,7 @@ def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
         "occlusion": lambda: zfnet.occlusion(opened, x, window=4, stride=4, layer=layer, strategy="naive"),
         "project": lambda: zfnet.project(model, x, layer=layer, channel=1),
         "receptive_field": lambda: zfnet.receptive_field(model, x, layer=layer),
+        "visualize": lambda: zfnet.visualize(opened, layer=layer, units=(0, 1), steps=4),
     }
 
 

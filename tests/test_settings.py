@@ -30,6 +30,7 @@ COMMAND = {
     "invariance": "invariance",
     "occlusion": "occlusion",
     "project": "project",
+    "visualize": "visualize",
 }
 # one value of each method's settings other than the default (for the JSON round trip) ...
 OTHER = {
@@ -44,6 +45,7 @@ OTHER = {
     "project": {"rule": "backprop", "unit": True},
     "architecture": {},
     "receptive_field": {},
+    "visualize": {"layer": "conv3", "units": (1, 2), "steps": 8, "objective": "neuron", "position": (2, 3)},
 }
 # ... and one bad value of each, with the flags its command needs besides
 BAD = {
@@ -55,6 +57,7 @@ BAD = {
     "invariance": ({"transforms": ("shear",)}, []),
     "occlusion": ({"window": 0}, ["--pretrained"]),
     "project": ({"rule": "nope"}, ["--image", "x.png", "--layer", "conv1", "--channel", "0"]),
+    "visualize": ({"steps": 0}, ["--pretrained"]),
 }
 
 

@@ -77,9 +77,10 @@ class VisualizeSettings(Settings):
     position: tuple[int, ...] | None = knob(
         None,
         "the neuron objective's unit y,x (none: the map's centre)",
-        parse=lambda t: tuple(int(v) for v in t.split(",")),
+        parse=parse_units,
+        check=lambda v: _counts(v) or ("" if len(v) == 2 else "must be two numbers y,x"),
     )
-    images: int = knob(1, "images per unit (with --diversity they differ)", low=1)
+    per_unit: int = knob(1, "images per unit (with --diversity they differ)", low=1)
     steps: int = knob(256, "optimization steps", low=1)
     lr: float = knob(0.05, "Adam's learning rate", above=0)
     decay: float = knob(1.0, "the spectrum's scale 1 / |f|^decay (0: plain pixels' gradient)", low=0)
@@ -299,7 +300,7 @@ def visualize(
     settings: VisualizeSettings | None = None,
     **changes: Any,
 ) -> Visualization:
-    """Issue 37: optimize an image per unit of `settings.layer` (every map by default, `settings.images` each),
+    """Issue 37: optimize an image per unit of `settings.layer` (every map by default, `settings.per_unit` each),
     batched over units. `images` (N x C x S x S model input) seed the optimization instead of noise (feature
     accentuation: image i for unit i, with the `accentuate` penalty on the distance to it). The colour matrix is
     `color`, else computed from `training_pixels` ([0, 1], N x C x H x W), else the identity. `direction` (C) with
@@ -313,23 +314,16 @@ def visualize(
     kind = "direction" if direction is not None else s.objective
     count = probe.shape[1] if direction is None else 1
     units = list(s.units if s.units is not None else range(count))
-    bad = [u for u in units if not 0 <= u < probe.shape[1]]
-    if bad:
-        raise UsageError(f"unit {bad[0]} does not exist in {layer} ({probe.shape[1]} maps: 0..{probe.shape[1] - 1})")
-    if kind == "neuron" and probe.dim() != 4:
-        raise UsageError(f"layer {layer!r} has no positions (it is fully connected); use --objective channel")
-    if s.position is not None and (len(s.position) != 2 or probe.dim() != 4
-                                   or not all(0 <= p < n for p, n in zip(s.position, probe.shape[-2:]))):  # fmt: skip
-        raise UsageError(f"--position must be y,x inside {layer}'s {tuple(probe.shape[-2:])} maps")
+    _check(layer, units, kind, s, probe)
     if color is not None:
         matrix, color_note = color, "given"
     elif ch == 1 or training_pixels is None:
         matrix, color_note = torch.eye(ch), "identity: " + ("one channel" if ch == 1 else "no training images given")
     else:
         matrix, color_note = color_matrix(training_pixels)
-    if images is not None and images.shape[0] != len(units) * s.images:
-        raise UsageError(f"{images.shape[0]} start images for {len(units)} units x {s.images}; give one per image")
-    members = [u for u in units for _ in range(s.images)]
+    if images is not None and images.shape[0] != len(units) * s.per_unit:
+        raise UsageError(f"{images.shape[0]} start images for {len(units)} units x {s.per_unit}; give one per image")
+    members = [u for u in units for _ in range(s.per_unit)]
     started = time.perf_counter()
     out_images, values, starts, history = [], [], [], []
     every = max(1, s.steps // 32)
@@ -348,7 +342,19 @@ def visualize(
             starts.extend(v0 or [])
             history.extend(trace)
     return Visualization(layer, kind, members, torch.cat(out_images), values, starts or None, history, every, s,
-                         color_note, time.perf_counter() - started, s.images)  # fmt: skip
+                         color_note, time.perf_counter() - started, s.per_unit)  # fmt: skip
+
+
+def _check(layer: str, units: list[int], kind: str, s: VisualizeSettings, probe: torch.Tensor) -> None:
+    """Refuse units, objective and position that `layer`'s maps (`probe`) do not have, in one line each."""
+    bad = [u for u in units if not 0 <= u < probe.shape[1]]
+    if bad:
+        raise UsageError(f"unit {bad[0]} does not exist in {layer} ({probe.shape[1]} maps: 0..{probe.shape[1] - 1})")
+    if kind == "neuron" and probe.dim() != 4:
+        raise UsageError(f"layer {layer!r} has no positions (it is fully connected); use --objective channel")
+    if s.position is not None and (len(s.position) != 2 or probe.dim() != 4
+                                   or not all(0 <= p < n for p, n in zip(s.position, probe.shape[-2:]))):  # fmt: skip
+        raise UsageError(f"--position must be y,x inside {layer}'s {tuple(probe.shape[-2:])} maps")
 
 
 def layer_maps(net: nn.Module, pp, s: VisualizeSettings) -> tuple[str, torch.Tensor]:
@@ -369,6 +375,24 @@ def _logits(net: nn.Module) -> str:
     return linear[-1]
 
 
+def _loss(value, maps, raw, obj: Objective, pixels, s: VisualizeSettings, groups, anchor) -> torch.Tensor:
+    """Per batch member: minus the objective (a unit silent on the whole image climbs on the layer's raw output,
+    where its gradient is not zero), minus the diversity, plus the penalties (total variation, L2 from grey, the
+    distance to the start image)."""
+    loss = -value
+    if raw is not None and raw.shape == maps.shape:
+        loss = loss - torch.where(value.detach() == 0, obj(raw), torch.zeros_like(value))
+    if s.diversity:
+        loss = loss - s.diversity * gram_dissimilarity(maps, groups)
+    if s.tv:
+        loss = loss + s.tv * total_variation(pixels)
+    if s.l2:
+        loss = loss + s.l2 * (pixels - 0.5).pow(2).flatten(1).mean(1)
+    if anchor is not None and s.accentuate:
+        loss = loss + s.accentuate * (pixels - anchor).pow(2).flatten(1).mean(1)
+    return loss
+
+
 def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, first, device, pbar, callback, done):
     """One batch: Adam on the spectra for `s.steps` steps; returns the final [0, 1] pixels (CPU), the objective
     trace, and (with a start image) each start's value."""
@@ -381,9 +405,9 @@ def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, fi
     )
     opt = torch.optim.Adam([img.spectrum], lr=s.lr)
     pad, jitter = fitted(s.pad, 12, size), fitted(s.jitter, 8, size)
-    groups = [list(range(i, min(b, i + s.images))) for i in range(0, b, s.images)]
+    groups = [list(range(i, min(b, i + s.per_unit))) for i in range(0, b, s.per_unit)]
     trace: list[list[float]] = [[] for _ in range(b)]
-    start_values = None
+    start_values, anchor = None, None
     if first is not None:
         with torch.no_grad():
             start_values = obj(features(net, pp.from_pixels(first.to(device) * 255.0), [obj.layer])[obj.layer]).tolist()
@@ -406,17 +430,7 @@ def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, fi
         finally:
             handle.remove()
         value = obj(maps)
-        loss = -value
-        if raw and raw[0].shape == maps.shape:  # a unit silent on the whole image climbs on the layer's raw output
-            loss = loss - torch.where(value.detach() == 0, obj(raw[0]), torch.zeros_like(value))
-        if s.diversity:
-            loss = loss - s.diversity * gram_dissimilarity(maps, groups)
-        if s.tv:
-            loss = loss + s.tv * total_variation(pixels)
-        if s.l2:
-            loss = loss + s.l2 * (pixels - 0.5).pow(2).flatten(1).mean(1)
-        if first is not None and s.accentuate:
-            loss = loss + s.accentuate * (pixels - anchor).pow(2).flatten(1).mean(1)
+        loss = _loss(value, maps, raw[0] if raw else None, obj, pixels, s, groups, anchor)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()

@@ -314,12 +314,7 @@ def _build(
                 cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
             )
     if cfg.settings.evidence:
-        shown = {
-            l: manifest["layers"][l].get("projected") or list(range(result.top[l].values.shape[1])) for l in layers
-        }  # type: ignore[index]
-        manifest["evidence"] = atlas_evidence(
-            model, pp, dataset, result.top, shown, cfg.out, cfg.settings.rule, cfg.settings.seed, dist.device, progress
-        )
+        manifest["evidence"] = _evidence(cfg, model, pp, dataset, result, layers, manifest, dist.device, progress)
     manifest["figures"] = {
         layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2)) for layer in layers
     }
@@ -429,6 +424,13 @@ def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str
             name = atlas_site.write_class_sheet(folder, label, rows, max(1, scale // 2))
             out[dataset.classes[label]] = {"file": f"maps/{layer}/{name}", "maps": ranked, "k": tk.k}
     return out
+
+
+def _evidence(cfg: AtlasConfig, model, pp, dataset, result: Scan, layers, manifest: dict, device, progress) -> dict:
+    """Issue 36's scores for every map the viewer shows (`pipelines.evidence.atlas_evidence`)."""
+    shown = {l: manifest["layers"][l].get("projected") or list(range(result.top[l].values.shape[1])) for l in layers}
+    return atlas_evidence(model, pp, dataset, result.top, shown, cfg.out, cfg.settings.rule, cfg.settings.seed, device,
+                          progress)  # fmt: skip
 
 
 def _projected(result: Scan, layer: str, panel: list[int], most: int) -> list[int]:

@@ -89,19 +89,7 @@ def run_visualize(
     done: dict = state["units"] if isinstance(state, dict) and state.get("key") == key else {}
     layer, maps = layer_maps(opened.model, pp, settings)
     units = list(settings.units) if settings.units is not None else list(range(maps.shape[1]))
-    color_note = ""
-    with bar(total=len(units), desc="visualize", unit="unit", disable=not run.progress) as pbar:
-        per = max(1, settings.batch // settings.images)
-        for start in range(0, len(units), per):
-            part = units[start : start + per]
-            if all(str(u) in done for u in part):
-                pbar.update(len(part))
-                continue
-            res = visualize(opened, training_pixels=pixels, settings=settings, units=tuple(part))
-            layer, color_note = res.layer, res.color
-            _write_units(out, res, done)
-            atomic_write_json(state_path, {"key": key, "units": done})
-            pbar.update(len(part))
+    layer, color_note = _run_batches(opened, out, settings, run, units, pixels, key, done, layer)
     best = where = None
     if data is not None:
         best, where = dataset_best(opened, data, layer, units, settings.objective, settings.position, run, run.progress)
@@ -127,6 +115,26 @@ def run_visualize(
     }
     return write_result(os.path.join(out, "visualize.json"), body, started=started, device=run.device,
                         model=opened.info())  # fmt: skip
+
+
+def _run_batches(opened, out, settings, run, units, pixels, key, done, layer) -> tuple[str, str]:
+    """The units in batches of `settings.batch` images, each batch written (images, entries, the resume state) as
+    it finishes; batches already in `done` skipped. Returns the layer and the colour matrix's source."""
+    state_path = os.path.join(out, ".partial.json")
+    color_note = ""
+    with bar(total=len(units), desc="visualize", unit="unit", disable=not run.progress) as pbar:
+        per = max(1, settings.batch // settings.per_unit)
+        for start in range(0, len(units), per):
+            part = units[start : start + per]
+            if all(str(u) in done for u in part):
+                pbar.update(len(part))
+                continue
+            res = visualize(opened, training_pixels=pixels, settings=settings, units=tuple(part))
+            layer, color_note = res.layer, res.color
+            _write_units(out, res, done)
+            atomic_write_json(state_path, {"key": key, "units": done, "color": color_note})
+            pbar.update(len(part))
+    return layer, color_note
 
 
 def _write_units(out: str, res: Visualization, done: dict) -> None:

@@ -24,6 +24,7 @@ from ..methods.faithfulness import Faithfulness
 from ..methods.filters import FilterReport
 from ..methods.invariance import InvarianceResult
 from ..methods.occlusion import OcclusionResult, OcclusionResults
+from ..methods.visualize import Visualization
 from ..receptive_field import ReceptiveField
 from .analyses import invariance_plot, invariance_rows
 from .architecture import architecture_plot
@@ -172,6 +173,21 @@ def _evidence(result: Evidence, images, names, preprocess):
     return evidence_plot(rows, "does the picture show the unit?")
 
 
+def _visualization(result: Visualization, images, names, preprocess):
+    n = len(result.units)
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < n:
+            img = result.images[k].clamp(0, 255).div(255).permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"#{result.units[k]} {result.values[k]:.2f}", fontsize=7)
+    fig.suptitle(f"{result.layer}: optimized for the {result.objective} objective")
+    return fig
+
+
 def _faithfulness(result: Faithfulness, images, names, preprocess):
     return faithfulness_plot({"map": result.to_json()}, "the map")
 
@@ -190,6 +206,7 @@ RENDERERS: dict[type, Callable[..., Any]] = {
     Scan: _scan,
     Evidence: _evidence,
     Faithfulness: _faithfulness,
+    Visualization: _visualization,
 }
 
 
