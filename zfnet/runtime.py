@@ -175,6 +175,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
+def weights_fixed(model: nn.Module) -> Iterator[None]:
+    """No gradient for the model's parameters in the block (an input is optimized: backward skips every weight's
+    gradient); on exit each parameter gets back its `requires_grad` (also on errors)."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, was in saved:
+            p.requires_grad_(was)
+
+
+@contextmanager
 def eval_mode(*models: nn.Module) -> Iterator[None]:
     """Eval mode for the block; on exit every module gets back the mode it had (also on errors)."""
     saved = [(m, m.training) for model in models for m in model.modules()]

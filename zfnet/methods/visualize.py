@@ -36,7 +36,7 @@ from ..errors import UsageError
 from ..layers import features, resolve_layer, top_layer
 from ..pixels import WithPreprocess, split_model
 from ..progress import bar
-from ..runtime import eval_mode, model_device
+from ..runtime import eval_mode, model_device, weights_fixed
 from ..settings import Settings, knob
 
 ObjectiveName = Literal["channel", "neuron", "logit"]
@@ -328,7 +328,7 @@ def visualize(
     out_images, values, starts, history = [], [], [], []
     every = max(1, s.steps // 32)
     device = model_device(net)
-    with eval_mode(net), bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step",
+    with eval_mode(net), weights_fixed(net), bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step",
                              disable=not progress) as pbar:  # fmt: skip
         for k in range(0, len(members), s.batch):
             part = members[k : k + s.batch]
