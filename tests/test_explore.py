@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,26 @@ def test_a_units_evidence_equals_the_method_called_directly(server, reference):
     assert get_json(server + "api/evidence/d3/conv2/4?y=2&x=5")[1] == e
     status, bad = get_json(server + "api/evidence/d3/conv2/4?y=99&x=0")
     assert status == 400 and bad["error"] == "unit 99,0 is outside conv2's 14x14 maps"
+
+
+def test_a_maps_optimized_image_is_a_job_equal_to_zfnet_visualize(server, reference):
+    """Issue 37 in the explorer: POST /api/visualize/{layer}/{map} starts a job; its result is zfnet.visualize's
+    (the same value); a map that does not exist is one line, 400, before any job."""
+    from zfnet.pipelines.explore import VISUALIZE_STEPS
+
+    p, _ = reference
+    status, started = post(server + "api/visualize/conv2/7")
+    assert status == 200
+    for _ in range(600):
+        _, s = get_json(server + f"api/job/{started['job']}")
+        if s["result"] or s["error"]:
+            break
+        time.sleep(0.2)
+    assert s["error"] is None and s["result"]["image"].startswith("data:image/png;base64,")
+    want = zfnet.visualize(p, layer="conv2", units=(7,), steps=VISUALIZE_STEPS)
+    assert s["result"]["value"] == want.values[0] and s["done"] == s["total"] == VISUALIZE_STEPS
+    status, bad = post(server + "api/visualize/conv2/999")
+    assert status == 400 and bad["error"] == "map 999 does not exist in conv2 (96 maps: 0..95)"
 
 
 def test_the_atlas_and_its_per_class_references(server, atlas_dir):
@@ -360,6 +381,9 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
     wait.until(lambda d: loaded("evidence-causal") and len(d.find_elements(By.CSS_SELECTOR, "#evidence-table tr")) == 4)
     rows = [r.text.split()[0] for r in browser.find_elements(By.CSS_SELECTOR, "#evidence-table tr")[1:]]
     assert rows == ["deconvnet", "guided", "backprop"] and "causal maps: field" in text("evidence-info")
+    # issue 37: the map's optimized image, a job with progress
+    browser.find_element(By.ID, "vis-run").click()
+    wait.until(lambda d: loaded("vis-image") and f"#{m}: its mean" in text("vis-info"))
     # a link opens a view: the atlas's top-9 of a map it projected, and a class's references
     c = json.loads((atlas_dir / "manifest.json").read_text())["layers"]["conv5"]["projected"][0]
     browser.get("about:blank")

@@ -170,9 +170,9 @@ def test_a_map_that_fired_on_fewer_than_k_images_shows_only_those(tmp_path, brow
 
 
 def test_atlas_with_evidence_scores_every_map_and_sorts_by_them(tmp_path, browser):
-    """`zfnet atlas --evidence`: every map that fired has its scores (the same as `zfnet.evidence` on its top-1
-    image at its top-1 place) and its causal map on disk; its page shows them against the layer's medians, and the
-    layer page sorts by a score."""
+    """`zfnet atlas --evidence --visualize`: every map that fired has its scores (the same as `zfnet.evidence` on its
+    top-1 image at its top-1 place) and its causal map on disk; its page shows them against the layer's medians,
+    and the layer page sorts by a score; every map has its optimized image on its page (issue 37)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -183,7 +183,7 @@ def test_atlas_with_evidence_scores_every_map_and_sorts_by_them(tmp_path, browse
 
     out = tmp_path / "atlas"
     r = run_cli("atlas", "--pretrained", "--data", "fashion-mnist-mini", "--layers", "conv1,conv3", "--evidence",
-                "--out", str(out), "--workers", "0")  # fmt: skip
+                "--visualize", "--visualize-steps", "8", "--out", str(out), "--workers", "0")  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     ev = m["evidence"]
@@ -219,6 +219,12 @@ def test_atlas_with_evidence_scores_every_map_and_sorts_by_them(tmp_path, browse
     assert cells[-3:] == ["agreement", f"{scores[str(order[0])]['agreement']:.2f}", f"{median:.2f}"]
     width = browser.execute_script("return document.querySelector('#evidence img.causal').naturalWidth")
     assert width > 0
+    # issue 37: the map's optimized image beside its top-k, its value the channel mean zfnet.visualize gives
+    vis = m["visualized"]["conv3"]["maps"][str(order[0])]
+    assert (out / vis["file"]).is_file() and len(m["visualized"]["conv3"]["maps"]) == m["layers"]["conv3"]["channels"]
+    again = zfnet.visualize(p, layer="conv3", units=tuple(range(m["layers"]["conv3"]["channels"])), steps=8, batch=64)
+    assert vis["value"] == again.values[order[0]]  # the same seed and batches: the same image, bit for bit
+    assert browser.execute_script("return document.querySelector('#visualized img.optimized').naturalWidth") > 0
     shots = os.environ.get("ZFNET_SCREENSHOTS")  # the README's picture of a unit page with its evidence
     if shots:
         os.makedirs(shots, exist_ok=True)

@@ -303,7 +303,8 @@ def visualize(
     """Issue 37: optimize an image per unit of `settings.layer` (every map by default, `settings.per_unit` each),
     batched over units. `images` (N x C x S x S model input) seed the optimization instead of noise (feature
     accentuation: image i for unit i, with the `accentuate` penalty on the distance to it). The colour matrix is
-    `color`, else computed from `training_pixels` ([0, 1], N x C x H x W), else the identity. `direction` (C) with
+    `color`, else computed from `training_pixels` ([0, 1], N x C x H x W), else the identity. `callback(done,
+    total)` is told the image-steps done after each step (it may raise to stop). `direction` (C) with
     objective "direction" (Python only). Settings (`VisualizeSettings`) as a value or as keywords."""
     s = VisualizeSettings.build(settings, **changes)
     net, pp = split_model(model, preprocess)
@@ -328,14 +329,15 @@ def visualize(
     out_images, values, starts, history = [], [], [], []
     every = max(1, s.steps // 32)
     device = model_device(net)
-    with eval_mode(net), weights_fixed(net), bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step",
+    with eval_mode(net), weights_fixed(net), torch.enable_grad(), bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step",
                              disable=not progress) as pbar:  # fmt: skip
         for k in range(0, len(members), s.batch):
             part = members[k : k + s.batch]
             obj = Objective(layer, kind, tuple(part), s.position, direction)  # type: ignore[arg-type]
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + k)
             first = None if images is None else pp.to_pixels(images[k : k + len(part)].detach().cpu()) / 255.0
-            pixels, trace, v0 = _optimize(net, pp, obj, part, s, matrix, g, first, device, pbar, callback, k)
+            tick = None if callback is None else (lambda n, _k=k: callback(_k * s.steps + n, len(members) * s.steps))
+            pixels, trace, v0 = _optimize(net, pp, obj, part, s, matrix, g, first, device, pbar, tick)
             out_images.append(pixels * 255.0)
             with torch.no_grad():
                 values.extend(obj(features(net, pp.from_pixels(pixels.to(device) * 255.0), [layer])[layer]).tolist())
@@ -393,7 +395,7 @@ def _loss(value, maps, raw, obj: Objective, pixels, s: VisualizeSettings, groups
     return loss
 
 
-def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, first, device, pbar, callback, done):
+def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, first, device, pbar, tick):
     """One batch: Adam on the spectra for `s.steps` steps; returns the final [0, 1] pixels (CPU), the objective
     trace, and (with a start image) each start's value."""
     size = pp.input_size
@@ -438,8 +440,8 @@ def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, fi
             for i, v in enumerate(value.detach().cpu().tolist()):
                 trace[i].append(v)
         pbar.update(b)
-        if callback is not None:
-            callback((done + b) * (step + 1) // s.steps, 0)
+        if tick is not None:  # image-steps done so far (`callback(done, total)`: a job's progress, or its stop)
+            tick((step + 1) * b)
     with torch.no_grad():
         return img.pixels(matrix).detach().cpu(), trace, start_values
 

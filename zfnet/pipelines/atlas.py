@@ -38,13 +38,16 @@ from ..methods.atlas import (
 from ..methods.deconvnet import RULE_HELP, Deconvnet, Rule, gradient_instead
 from ..methods.evolution import EvolutionSettings, evolution
 from ..methods.filters import analyse, first_conv
+from ..methods.visualize import visualize
 from ..outputs import user_files
 from ..progress import bar
 from ..provenance import changed_keys, environment
 from ..readback import read_json
 from ..receptive_field import layer_field
 from ..render import atlas_site
+from ..render.figures import save_png
 from ..render.render import display_scale
+from ..render.visualize import unit_image
 from ..runtime import Dist, model_device, model_dtype, teardown
 from ..settings import Run, knob
 from ..weights import Opened, WeightsFile
@@ -74,6 +77,12 @@ class AtlasSiteSettings(AtlasSettings):
     evolution_maps: int = knob(8, "maps per layer in Fig. 4", low=1)
     evolution_limit: int | None = knob(None, "training images scanned per snapshot for Fig. 4 (none: all)", low=1)
     seed: int = knob(0, "which maps the panels and Fig. 4 show (and the evidence's draws)", low=0)
+    visualize: bool = knob(
+        False,
+        "also optimize an image for every projected map (issue 37: Olah et al. 2017, the channel objective); its "
+        "page shows it beside the top-k",
+    )
+    visualize_steps: int = knob(256, "optimization steps of --visualize", low=1)
     evidence: bool = knob(
         False,
         "also score every projected map (issue 36: weight dependence, specificity, causal map) on its top-1 image; "
@@ -227,8 +236,9 @@ def _keys(cfg: AtlasConfig, opened: Opened, dataset: zdata.ImageSet, layers: lis
     scan = {**ident, "layers": layers, "k": st.k, "pp": pp.to_dict(), "mean": tensor_hash(pp.mean_image)}
     scan |= {"per_class": st.per_class} if st.per_class else {}  # atlases without it keep their keys
     settings = {**st.to_json(), "evolution": cfg.evolution}
-    if not st.evidence:
-        del settings["evidence"]  # atlases without it keep their keys
+    for extra, default in (("evidence", False), ("visualize", False), ("visualize_steps", 256)):
+        if settings[extra] == default:
+            del settings[extra]  # atlases without them keep their keys
     settings.update(
         model=opened.name,
         mean=opened.mean,
@@ -313,6 +323,8 @@ def _build(
             manifest["layers"][layer]["class_sheets"] = _class_sheets(  # type: ignore[index]
                 cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
             )
+    if cfg.settings.visualize:
+        manifest["visualized"] = _visualized(cfg, opened, result, layers, manifest, progress)
     if cfg.settings.evidence:
         manifest["evidence"] = _evidence(cfg, model, pp, dataset, result, layers, manifest, dist.device, progress)
     manifest["figures"] = {
@@ -423,6 +435,25 @@ def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str
             rows = [proj[c] for c in ranked if len(proj[c][0])]
             name = atlas_site.write_class_sheet(folder, label, rows, max(1, scale // 2))
             out[dataset.classes[label]] = {"file": f"maps/{layer}/{name}", "maps": ranked, "k": tk.k}
+    return out
+
+
+def _visualized(cfg: AtlasConfig, opened: Opened, result: Scan, layers, manifest: dict, progress: bool) -> dict:
+    """Issue 37: each shown map's optimized image (the channel objective, `zfnet.visualize`, every map of a layer
+    in batches) as maps/<layer>/<map>-vis.png; per layer and map its file and objective value."""
+    out: dict[str, dict] = {}
+    for layer in layers:
+        shown = manifest["layers"][layer].get("projected") or list(range(result.top[layer].values.shape[1]))
+        if len(result.shapes[layer]) != 3:  # fully connected: no map to take the mean of
+            continue
+        res = visualize(opened, layer=layer, units=tuple(shown), steps=cfg.settings.visualize_steps, batch=64,
+                        seed=cfg.settings.seed, progress=progress)  # fmt: skip
+        entries = {}
+        for k, c in enumerate(res.units):
+            name = f"maps/{layer}/{c:04d}-vis.png"
+            save_png(unit_image(res.images[k]), os.path.join(cfg.out, name))
+            entries[str(c)] = {"file": name, "value": res.values[k]}
+        out[layer] = {"maps": entries, "objective": "channel", "color": res.color, "steps": res.settings.steps}
     return out
 
 

@@ -31,11 +31,13 @@ from ..methods.atlas import default_layers
 from ..methods.deconvnet import RULES, Deconvnet, ProjectSettings, Target
 from ..methods.evidence import UnitAt, evidence
 from ..methods.occlusion import OcclusionSettings, occlusion
+from ..methods.visualize import visualize
 from ..readback import read_json
 from ..receptive_field import cut_box, layer_field
 from ..render.evidence import causal_tile
 from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
 from ..render.occlusion import occlusion_plot
+from ..render.visualize import unit_image
 from ..runtime import eval_mode, model_device
 from ..usercode import blame
 from ..weights import Opened
@@ -91,6 +93,8 @@ class Explorer:
         self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._evidence: OrderedDict[str, dict] = OrderedDict()
+        self._visualized: dict[str, dict] = {}
+        self._counts: dict[str, int] = {}
         self._fields: dict[str, Any] = {}
         self._stack = ExitStack()
         self._dn: dict[str, Deconvnet] = {}
@@ -269,6 +273,31 @@ class Explorer:
             self._evidence.popitem(last=False)
         return out
 
+    def check_map(self, layer: str, channel: int) -> None:
+        """Refuse a layer the explorer does not show or a map it does not have, in one line."""
+        if layer not in self.layers:
+            raise UsageError(f"layer {layer!r} is not one the explorer shows; pick one of {', '.join(self.layers)}")
+        n = self._channels(layer)
+        if not 0 <= channel < n:
+            raise UsageError(f"map {channel} does not exist in {layer} ({n} maps: 0..{n - 1})")
+
+    def _channels(self, layer: str) -> int:
+        if layer not in self._counts:
+            shape = (1, self.pp.channels, self.pp.input_size, self.pp.input_size)
+            with torch.no_grad():
+                self._counts[layer] = int(features(self.model, torch.zeros(shape), [layer])[layer].shape[1])
+        return self._counts[layer]
+
+    def visualize_map(self, layer: str, channel: int, tick=None) -> dict:
+        """Issue 37: the map's optimized image (`zfnet.visualize`, the channel objective, VISUALIZE_STEPS steps),
+        computed once per map and kept."""
+        ck = f"{layer}|{channel}"
+        if ck not in self._visualized:
+            v = visualize(self.opened, layer=layer, units=(channel,), steps=VISUALIZE_STEPS, callback=tick)
+            self._visualized[ck] = {"layer": layer, "map": channel, "value": v.values[0], "steps": VISUALIZE_STEPS,
+                                    "image": data_url(unit_image(v.images[0])), "color": v.color}  # fmt: skip
+        return self._visualized[ck]
+
     def _field(self, layer: str):
         if layer not in self._fields:
             shape = (self.pp.channels, self.pp.input_size, self.pp.input_size)
@@ -364,6 +393,7 @@ def forget_finished(jobs: dict[str, dict], keep: int = 16) -> None:
 
 
 EVIDENCE_CACHE = 64  # units whose evidence the explorer keeps
+VISUALIZE_STEPS = 256  # steps of a clicked map's optimized image
 
 
 def _unit_of(maps: torch.Tensor, layer: str, channel: int, y: int | None, x: int | None) -> tuple[int, int]:
@@ -528,39 +558,55 @@ def _occlusion_routes(explorer: Explorer, work) -> list:
     async def start(request):
         key, target = request.path_params["key"], _q_int(request, "class")
         settings = explorer.occlusion_settings(dict(request.query_params))
-        job = uuid.uuid4().hex[:12]
-        state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
+        return _start_job(explorer, work, "occlusion", lambda tick: explorer.occlusion(key, target, settings, tick))
 
-        limit = explorer.limits.job_seconds
-
-        def tick(done: int, total: int) -> None:  # between batches: a job past its time limit stops here
-            state["done"], state["total"] = done, total
-            if time.time() - state["started"] > limit:
-                raise UsageError(
-                    f"the occlusion job ran past the explorer's limit of {limit:g} s ({done} of {total} positions); "
-                    "use a larger stride or window, or start zfnet explore with a larger --job-limit"
-                )
-
-        async def run() -> None:
-            try:
-                state["result"] = await work(explorer.occlusion, key, target, settings, tick)
-            except Exception as e:  # noqa: BLE001 - the job ends with its error, kept as a value for the poll
-                state["error"] = _job_error(e)
-
-        state["task"] = asyncio.ensure_future(run())
-        forget_finished(explorer.jobs)
-        return JSONResponse({"job": job})
+    async def start_visualize(request):  # issue 37: the clicked map's optimized image, a job (cached)
+        layer, channel = request.path_params["layer"], int(request.path_params["map"])
+        explorer.check_map(layer, channel)  # refused before any job exists
+        return _start_job(explorer, work, "visualize", lambda tick: explorer.visualize_map(layer, channel, tick))
 
     async def poll(request):
         state = explorer.jobs.get(request.path_params["job"])
         if state is None:
-            raise UsageError("no such occlusion job; start it again")
+            raise UsageError("no such job; start it again")
         return JSONResponse({k: state[k] for k in ("done", "total", "result", "error")})
 
     return [
         Route("/api/occlusion/{key}", start, methods=["POST"]),
         Route("/api/occlusion-job/{job}", poll),
+        Route("/api/visualize/{layer}/{map:int}", start_visualize, methods=["POST"]),
+        Route("/api/job/{job}", poll),
     ]
+
+
+def _start_job(explorer: Explorer, work, what: str, call):
+    """Run `call(tick)` as a job on the model's worker: its progress and result polled, its time limited."""
+    from starlette.responses import JSONResponse
+
+    counted = {"occlusion": "positions", "visualize": "image-steps"}
+    job = uuid.uuid4().hex[:12]
+    state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
+
+    limit = explorer.limits.job_seconds
+
+    def tick(done: int, total: int) -> None:  # between batches: a job past its time limit stops here
+        state["done"], state["total"] = done, total
+        if time.time() - state["started"] > limit:
+            raise UsageError(
+                f"the {what} job ran past the explorer's limit of {limit:g} s ({done} of {total} {counted[what]}); "
+                + ("use a larger stride or window, or " if what == "occlusion" else "")
+                + "start zfnet explore with a larger --job-limit"
+            )
+
+    async def run() -> None:
+        try:
+            state["result"] = await work(call, tick)
+        except Exception as e:  # noqa: BLE001 - the job ends with its error, kept as a value for the poll
+            state["error"] = _job_error(e)
+
+    state["task"] = asyncio.ensure_future(run())
+    forget_finished(explorer.jobs)
+    return JSONResponse({"job": job})
 
 
 def explore_app(explorer: Explorer):

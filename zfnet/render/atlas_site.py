@@ -113,5 +113,6 @@ def write_page(out: str, manifest: dict) -> str:
         "feature_maps",
         "rule_substituted",
         "evidence",
+        "visualized",
     )
     return write_site(out, {k: manifest[k] for k in keep if k in manifest})

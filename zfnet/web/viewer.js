@@ -161,6 +161,17 @@
       fc.appendChild(el("div", "caption", "filter " + channel));
       cards.appendChild(fc);
     }
+    var vis = A.visualized && A.visualized[state.layer] && A.visualized[state.layer].maps[String(channel)];
+    if (vis) {  // issue 37: the image optimized for the map (Olah et al. 2017), beside its top-k
+      var vc = el("div", "card vis-card");
+      vc.id = "visualized";
+      var vimg = el("img", "optimized");
+      vimg.src = vis.file;
+      vimg.alt = "the image optimized to excite the map";
+      vc.appendChild(vimg);
+      vc.appendChild(el("div", "caption", "optimized for the map's mean: " + Number(vis.value).toPrecision(3)));
+      cards.appendChild(vc);
+    }
     if (A.evidence) cards.appendChild(evidenceCard(state.layer, channel));
     if (fired(info, channel) < info.k) {
       cards.appendChild(el("p", "caption fired", "map " + channel + " fired on " + fired(info, channel) + " of the " +

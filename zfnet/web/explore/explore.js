@@ -122,6 +122,7 @@ async function showMap(m, unit) {
     if (my !== mapSeq) return;  // a later click won
     state.map = m; state.unit = unit;
     clearEvidence();
+    visJob = null; $("vis-image").hidden = true; $("vis-info").textContent = "";
     $("map-name").textContent = `${state.layer} #${m}`;
     $("projection").src = p.projection; $("field").src = p.field; $("patch").src = p.patch;
     $("unit-info").textContent = `unit (${p.unit[0]}, ${p.unit[1]}), activation ${p.activation.toFixed(3)}, ` +
@@ -237,6 +238,30 @@ async function runOcclusion() {
   } catch (e) { showError(e); }
 }
 
+// --- issue 37: the map's optimized image, a job (the server keeps it once made) ---------------------------------
+let visJob = null;
+async function runVisualize() {
+  if (state.map === null) return;
+  const layer = state.layer, m = state.map;
+  $("vis-info").textContent = "optimizing...";
+  try {
+    const { job } = await api(`/api/visualize/${encodeURIComponent(layer)}/${m}`, { method: "POST" });
+    visJob = job; $("vis-progress").value = 0;
+    while (visJob === job) {
+      const s = await api(`/api/job/${job}`);
+      if (s.total) $("vis-progress").value = s.done / s.total;
+      if (s.error) { $("vis-info").textContent = s.error; break; }
+      if (s.result) {
+        if (layer !== state.layer || m !== state.map) break;  // another map was clicked meanwhile
+        $("vis-progress").value = 1; $("vis-image").src = s.result.image; $("vis-image").hidden = false;
+        $("vis-info").textContent = `${layer} #${m}: its mean ${s.result.value.toFixed(3)} after ${s.result.steps} steps`;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } catch (e) { $("vis-info").textContent = String(e.message || e); }
+}
+
 // --- start ----------------------------------------------------------------------------------------------------
 async function start() {
   readHash();  // before the controls are built: they show the linked view
@@ -261,6 +286,7 @@ async function start() {
   $("occ-window").placeholder = info.occlusion.window;  // the server's default for this input (OcclusionSettings)
   $("occ-stride").placeholder = info.occlusion.stride;
   $("evidence-run").addEventListener("click", () => showEvidence());
+  $("vis-run").addEventListener("click", () => runVisualize());
   $("prev").addEventListener("click", () => loadPage(Math.max(0, page - 1)).catch(showError));
   $("next").addEventListener("click", () => loadPage(Math.min(pages - 1, page + 1)).catch(showError));
   $("browse-class").addEventListener("change", () => loadPage(0).catch(showError));
