@@ -9,7 +9,8 @@ Both optimize the channel objective (a map's mean) of a Fourier-parameterized im
 one channel; Lucent's fixed ImageNet matrix, ours from no data - the identity - for the two RGB models: neither
 has training images here) with Adam, through the model's own preprocessing (a module in front of the model for
 Lucent: its `preprocess=False`, `fixed_image_size` the model's input size), each with its own transforms - ours by
-default; Lucent's standard ones, their pixel sizes scaled to the image (12 px pad, 8 and 4 px jitter at 224; Lucent takes a jitter of 2 px at least).
+default; Lucent's standard ones, their pixel sizes scaled to the image (12 px pad, 8 and 4 px jitter at 224;
+Lucent takes a jitter of 2 px at least).
 Lucent renders one unit per call; zfnet optimizes every unit of the model in one batch. Each final image is scored
 the same way: the unit's channel mean of the maps zfnet reads (`zfnet.layers.features`), through the real
 preprocessing, without transforms. Prints the median of each, the ratio, and units per second.

@@ -131,7 +131,9 @@ def similarity(a: torch.Tensor, b: torch.Tensor, box: tuple[int, int, int, int] 
     return similarities([a], [b], [box])[0]
 
 
-def similarities(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], boxes: Sequence[tuple | None]) -> list[dict]:
+def similarities(
+    a: Sequence[torch.Tensor] | torch.Tensor, b: Sequence[torch.Tensor] | torch.Tensor, boxes: Sequence[tuple | None]
+) -> list[dict]:
     """`similarity` of each pair (a[i], b[i]) over boxes[i], computed batched for the pairs whose crops share a
     shape (thousands of pairs for an atlas's units)."""
     out: list[dict] = [{}] * len(a)
@@ -495,10 +497,13 @@ def _layer_evidence(
     shape = tuple(images.shape[1:])
     rf = layer_field(net, layer, shape)
     units = []
-    for u in todo:
-        image, position, value = _strongest(act, u.channel, u.image) if u.position is None else (
-            u.image, u.position, float(act[u.image, u.channel, u.position[0], u.position[1]]))  # fmt: skip
-        e = UnitEvidence(layer, u.channel, image, position, value, {r: [] for r in s.rules}, {})
+    for want in todo:
+        if want.position is None:
+            image, position, value = _strongest(act, want.channel, want.image)
+        else:
+            y, x = want.position
+            image, position, value = want.image, want.position, float(act[want.image, want.channel, y, x])
+        e = UnitEvidence(layer, want.channel, image, position, value, {r: [] for r in s.rules}, {})
         e.box = rf.clipped_box(*position) if position is not None else None
         units.append(e)
     per = max(1, PROJECTION_BYTES // (images[0].numel() * images.element_size() * (s.others + 2) * len(s.rules)))
@@ -626,7 +631,7 @@ def causal_maps(net, images, layer, units: list[UnitEvidence], rf, fill_map, s: 
         return "none (no spatial unit)"
     local = layer_geometries(net, [layer], tuple(images.shape[1:])).get(layer) is not None
     fallback = "field" if local and s.engine != "whole" else "whole"
-    engine = s.engine if s.engine != "field" or local else "whole"
+    engine: str = s.engine if s.engine != "field" or local else "whole"
     if engine == "auto":
         engine = _cheaper(net, images, layer, next(iter(jobs.items())), rf, local)
     rest: list[tuple[UnitEvidence, int, int, int, int]] = []
@@ -723,7 +728,7 @@ def _causal_whole(net, images, layer, jobs, fill_map, pixels: int = 32 * 224 * 2
         xb = torch.stack([_pasted(images[u.image], fill_map, y, x, u.causal_window) for u, _, _, y, x in part])
         vals = _units_of(_maps(net, xb, layer), part)
         for n, (u, i, j, _, _) in enumerate(part):
-            u.causal[i, j] = float(_unit_base(u) - vals[n])  # type: ignore[index]
+            u.causal[i, j] = float(_unit_base(u) - vals[n])
 
 
 def _maps(net, x, layer) -> torch.Tensor:

@@ -326,11 +326,14 @@ def visualize(
         raise UsageError(f"{images.shape[0]} start images for {len(units)} units x {s.per_unit}; give one per image")
     members = [u for u in units for _ in range(s.per_unit)]
     started = time.perf_counter()
-    out_images, values, starts, history = [], [], [], []
+    out_images: list[torch.Tensor] = []
+    values: list[float] = []
+    starts: list[float] = []
+    history: list[list[float]] = []
     every = max(1, s.steps // 32)
     device = model_device(net)
-    with eval_mode(net), weights_fixed(net), torch.enable_grad(), bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step",
-                             disable=not progress) as pbar:  # fmt: skip
+    shown = bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step", disable=not progress)
+    with eval_mode(net), weights_fixed(net), torch.enable_grad(), shown as pbar:
         for k in range(0, len(members), s.batch):
             part = members[k : k + s.batch]
             obj = Objective(layer, kind, tuple(part), s.position, direction)  # type: ignore[arg-type]

@@ -194,7 +194,7 @@ def reading(summary: dict, cascade: dict | None = None) -> list[str]:
             f"{next(iter(known.values())):.2f} to the trained ones, averaged over layers ({', '.join(known)})."
         )
     elif known:
-        most, least = max(known, key=known.get), min(known, key=known.get)
+        most, least = max(known, key=lambda r: known[r]), min(known, key=lambda r: known[r])
         out.append(
             f"With every layer up to the unit re-initialized, the {most} pictures change least (median SSIM to the "
             f"trained picture {known[most]:.2f}, averaged over layers) and the {least} pictures most "

@@ -150,7 +150,7 @@ def causal_tile(drops: torch.Tensor, side: int = 96) -> Image.Image:
     rgba = matplotlib.colormaps["RdBu_r"]((v + 1) / 2)
     img = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8))
     cell = max(1, side // max(d.shape))
-    return img.resize((d.shape[1] * cell, d.shape[0] * cell), Image.NEAREST)
+    return img.resize((d.shape[1] * cell, d.shape[0] * cell), Image.Resampling.NEAREST)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ def unit_image(pixels: torch.Tensor, side: int = SIDE) -> Image.Image:
     arr = pixels.detach().float().clamp(0, 255).round().to(torch.uint8).cpu()
     img = Image.fromarray(arr[0].numpy(), "L") if arr.shape[0] == 1 else Image.fromarray(arr.permute(1, 2, 0).numpy())
     k = max(1, side // arr.shape[-1])
-    return img.resize((arr.shape[-1] * k, arr.shape[-2] * k), Image.NEAREST)
+    return img.resize((arr.shape[-1] * k, arr.shape[-2] * k), Image.Resampling.NEAREST)
 
 
 def visualize_grid(out: str, rows: list[dict], channels: int, cols: int = 8) -> str:
