@@ -143,8 +143,9 @@ def unit_scores(unit: dict, rule: str) -> dict:
 def logit_cascade(opened: Opened, x: torch.Tensor, rules, seed: int) -> dict:
     """Adebayo et al.'s Fig. 2 on one image: the map of the predicted class's logit by each rule, on the trained
     model and after re-initializing each parameterized layer from the logits down (cumulatively, seeded as the
-    unit cascade). Returns {"target", "steps": [layer re-initialized, ...], "maps": {rule: [H x W, ...]} (first
-    the trained one), "ssim": {rule: [to the trained map, per step]}}; {} for a model without a linear output."""
+    unit cascade; a deep model drawn at `_marks`'s steps). Returns {"target", "steps": [the last layer
+    re-initialized at each drawn step], "cascade": [every layer, in order], "maps": {rule: [H x W, ...]} (first the
+    trained one), "ssim": {rule: [to the trained map, per drawn step]}}; {} for a model without a linear output."""
     model = opened.model
     logits = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not logits:
@@ -154,14 +155,33 @@ def logit_cascade(opened: Opened, x: torch.Tensor, rules, seed: int) -> dict:
     order = cascade_layers(model, logits[-1], tuple(x.shape[1:]))
     copied = copy.deepcopy(model)
     modules = dict(copied.named_modules())
+    head = next((k for k, n in enumerate(order) if not isinstance(modules[n], nn.Linear)), len(order))
+    marks = _marks(len(order), head)
     maps: dict[str, list[torch.Tensor]] = {r: [_logit_map(model, x, logits[-1], target, r)] for r in rules}
     for k, name in enumerate(order):
         reinitialize(modules[name], seed + 2000 + k)
-        for r in rules:
-            maps[r].append(_logit_map(copied, x, logits[-1], target, r))
+        if k in marks:
+            for r in rules:
+                maps[r].append(_logit_map(copied, x, logits[-1], target, r))
     ssims = {r: [ssim(_unit_scale(m[0]), _unit_scale(step)) for step in m[1:]] for r, m in maps.items()}
-    head = next((k for k, n in enumerate(order) if not isinstance(modules[n], nn.Linear)), len(order))
-    return {"target": target, "steps": [shown(n) for n in order], "classifier_steps": head, "maps": maps, "ssim": ssims}
+    drawn = [shown(order[k]) for k in sorted(marks)]
+    return {"target": target, "steps": drawn, "classifier_steps": min(head, len(marks)),
+            "cascade": [shown(n) for n in order], "maps": maps, "ssim": ssims}  # fmt: skip
+
+
+LOGIT_STEPS = 12  # pictures in a row of the logit-down cascade; a deeper model is drawn at evenly spaced steps
+
+
+def _marks(n: int, head: int) -> set[int]:
+    """The cascade steps drawn: every one for a short cascade; else the classifier's linear layers, then steps
+    evenly spaced over the rest (the last always), LOGIT_STEPS in all (each drawn map has every layer up to it
+    re-initialized)."""
+    if n <= LOGIT_STEPS:
+        return set(range(n))
+    first = set(range(min(head, LOGIT_STEPS // 2)))
+    left = LOGIT_STEPS - len(first)
+    rest = range(len(first), n)
+    return first | {rest[round(i * (len(rest) - 1) / (left - 1))] for i in range(left)}
 
 
 def _logit_map(model, x, layer, target, rule) -> torch.Tensor:

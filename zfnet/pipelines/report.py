@@ -443,7 +443,9 @@ def _evidence(ctx: Context) -> dict:
         ctx.opened,
         inputs,
         ctx.folder("evidence"),
-        EvidenceSettings(layers=tuple(ctx.layers), seed=ctx.cfg.seed),
+        EvidenceSettings(
+            layers=tuple(ctx.layers), seed=ctx.cfg.seed, curve=False
+        ),  # the score; the figure: the logits'
         Run(device=ctx.device),
         FaithfulnessSettings(seed=ctx.cfg.seed),
         faithful_images=4,
