@@ -88,31 +88,31 @@ def atlas_evidence(model, pp, dataset, tops: dict, channels: dict[str, list[int]
     causal map as maps/<layer>/<channel>-causal.png; returns the manifest's entry: per layer and channel the
     scores, and per layer the medians."""
     started = time.perf_counter()
-    wanted = sorted({int(tops[l].images[0, c]) for l, cs in channels.items() for c in cs if tops[l].images[0, c] >= 0})
-    if not wanted:
-        return {}
-    slot = {i: k for k, i in enumerate(wanted)}
-    x = pp.eval_input(torch.stack([dataset.base(i) for i in wanted]).to(device))
-    at = []
-    for layer, cs in channels.items():
-        tk = tops[layer]
-        for c in cs:
-            i, y, xx = int(tk.images[0, c]), int(tk.ys[0, c]), int(tk.xs[0, c])
-            if i >= 0 and float(tk.values[0, c]) > 0:
-                at.append(UnitAt(layer, c, slot[i], None if y < 0 else (y, xx)))
     settings = replace(ATLAS_EVIDENCE, rules=(rule,), seed=seed)
-    res = evidence(model, x, at=at, preprocess=pp, pictures=False, progress=progress, settings=settings)
-    body = res.to_json()
-    for u in body["units"]:
-        u["image"] = wanted[u["image"]]  # the dataset's index
+    body: dict = {"settings": settings.to_json(), "units": [], "summary": {}, "feature_maps": {},
+                  "rule_substituted": {}, "causal_strategy": {}}  # fmt: skip
     layers: dict[str, dict] = {}
-    for u, j in zip(res.units, body["units"]):
-        entry = {"image": j["image"], "activation": u.activation, **unit_scores(j, rule)}
-        if u.causal is not None:
-            name = f"maps/{u.layer}/{u.channel:04d}-causal.png"
-            save_png(causal_tile(u.causal), os.path.join(out, name))
-            entry["causal"] = name
-        layers.setdefault(u.layer, {})[str(u.channel)] = entry
+    for layer, cs in channels.items():  # a layer at a time: its units' top-1 images, not every layer's, in memory
+        res, wanted = _layer_at_top1(model, pp, dataset, tops[layer], layer, cs, settings, device, progress)
+        if res is None:
+            continue
+        part = res.to_json()
+        for u, j in zip(res.units, part["units"]):
+            j["image"] = wanted[j["image"]]  # the dataset's index
+            entry = {"image": j["image"], "activation": u.activation, **unit_scores(j, rule)}
+            if u.causal is not None:
+                name = f"maps/{u.layer}/{u.channel:04d}-causal.png"
+                save_png(causal_tile(u.causal), os.path.join(out, name))
+                entry["causal"] = name
+            layers.setdefault(u.layer, {})[str(u.channel)] = entry
+        body["units"] += part["units"]
+        for key in ("summary", "feature_maps", "causal_strategy"):
+            body[key] |= part[key]
+        for r, per in part["rule_substituted"].items():
+            body["rule_substituted"].setdefault(r, {}).update(per)
+        body["fill"], body["fill_source"] = part["fill"], part["fill_source"]
+    if not layers:
+        return {}
     body["seconds"] = time.perf_counter() - started
     atomic_write_json(os.path.join(out, "evidence.json"), body)
     return {
@@ -120,9 +120,25 @@ def atlas_evidence(model, pp, dataset, tops: dict, channels: dict[str, list[int]
         "settings": settings.to_json(),
         "layers": layers,
         "summary": body["summary"],
-        "causal_strategy": res.causal_strategy,
+        "causal_strategy": body["causal_strategy"],
         "json": "evidence.json",
     }  # fmt: skip (its time: in the JSON)
+
+
+def _layer_at_top1(model, pp, dataset, tk, layer: str, channels: list[int], settings, device, progress):
+    """`evidence` for one layer's `channels`, each on its top-1 image at its top-1 position (those that fired);
+    (None, []) when none did. Returns the result and the dataset index of each image of its batch."""
+    fired = [c for c in channels if int(tk.images[0, c]) >= 0 and float(tk.values[0, c]) > 0]
+    wanted = sorted({int(tk.images[0, c]) for c in fired})
+    if not wanted:
+        return None, []
+    slot = {i: k for k, i in enumerate(wanted)}
+    x = pp.eval_input(torch.stack([dataset.base(i) for i in wanted]).to(device))
+    at = []
+    for c in fired:
+        y, xx = int(tk.ys[0, c]), int(tk.xs[0, c])
+        at.append(UnitAt(layer, c, slot[int(tk.images[0, c])], None if y < 0 else (y, xx)))
+    return evidence(model, x, at=at, preprocess=pp, pictures=False, progress=progress, settings=settings), wanted
 
 
 def unit_scores(unit: dict, rule: str) -> dict:
