@@ -632,20 +632,18 @@ def causal_maps(net, images, layer, units: list[UnitEvidence], rf, fill_map, s: 
     local = layer_geometries(net, [layer], tuple(images.shape[1:])).get(layer) is not None
     fallback = "field" if local and s.engine != "whole" else "whole"
     engine: str = s.engine if s.engine != "field" or local else "whole"
+    recorded: dict[int, Replay | str] = {}  # image -> its replay (or why none): the first is recorded once
     if engine == "auto":
-        engine = _cheaper(net, images, layer, next(iter(jobs.items())), rf, local)
+        engine = _cheaper(net, images, layer, next(iter(jobs.items())), rf, local, recorded)
     rest: list[tuple[UnitEvidence, int, int, int, int]] = []
     why: set[str] = set()
     for image, part in jobs.items():
         reason = (
-            _causal_incremental(net, images[image : image + 1], layer, part, fill_map)
-            if engine == "incremental"
-            else "-"
+            _causal_incremental(net, images, image, layer, part, fill_map, recorded) if engine == "incremental" else ""
         )
-        if reason:
+        if engine != "incremental" or reason:
             rest.extend(part)
             why.add(reason)
-    why.discard("-")
     if fallback == "field":
         _causal_field(net, images, layer, rest, fill_map, rf)
     else:
@@ -659,23 +657,35 @@ def causal_maps(net, images, layer, units: list[UnitEvidence], rf, fill_map, s: 
     return said + ("" if local else " (the layer's fields are not local: each unit sees the whole image)")
 
 
-def _cheaper(net, images, layer, first, rf, local: bool, batch: int = 64) -> str:
+def _replay(net, images, image: int, layer: str, recorded: dict) -> Replay | str:
+    """Image `image`'s forward recorded up to `layer`'s maps, as a replay (kept in `recorded`); else why not."""
+    if image not in recorded:
+        x = images[image : image + 1]
+        feat = sites(net, [layer], x)[layer]
+        if feat.layout != "maps":
+            recorded[image] = f"the layer's maps are {feat.layout}, not convolutional"
+        else:
+            with torch.no_grad(), eval_mode(net):
+                graph, _ = record(net, x, feat)
+            recorded[image] = (
+                Replay.of(graph, feature_only=True)
+                if graph.feature >= 0
+                else "the layer's output is not a recorded value"
+            )
+    return recorded[image]
+
+
+def _cheaper(net, images, layer, first, rf, local: bool, recorded: dict, batch: int = 64) -> str:
     """ "incremental" where the engine's estimate (`incremental.estimate`, on the layer's first image) beats the
     field's share of a whole forward (or whole forwards, for a layer without local fields); else the fallback."""
     image, part = first
-    x = images[image : image + 1]
     share = 1.0
     if local:
         boxes = [crop_plan(rf, *u.position)[0] for u, *_ in part]
         share = sum((b - t) * (r - l) for t, l, b, r in boxes) / (len(boxes) * images.shape[-1] * images.shape[-2])
-    feat = sites(net, [layer], x)[layer]
-    if feat.layout != "maps":
+    replay = _replay(net, images, image, layer, recorded)
+    if isinstance(replay, str):
         return "field" if local else "whole"
-    with torch.no_grad(), eval_mode(net):
-        graph, _ = record(net, x, feat)
-    if graph.feature < 0:
-        return "field" if local else "whole"
-    replay = Replay.of(graph, feature_only=True)
     cells = [(y, xx) for *_, y, xx in part]
     batches = [([y for y, _ in cells[k : k + batch]], [xx for _, xx in cells[k : k + batch]])
                for k in range(0, len(cells), batch)]  # fmt: skip
@@ -711,7 +721,7 @@ def _causal_field(net, images, layer, jobs, fill_map, rf, pixels: int = 32 * 224
             xs = torch.tensor([inside[1] for _, _, inside in part])
             vals = maps[n, c, ys, xs].double().cpu()
             for q, ((u, i, j, _, _), _, _) in enumerate(part):
-                u.causal[i, j] = float(_unit_base(u) - vals[q])
+                u.causal[i, j] = float(u.activation - vals[q])
 
 
 def _pasted(x: torch.Tensor, fill_map: torch.Tensor, y: int, xx: int, window: int) -> torch.Tensor:
@@ -728,7 +738,7 @@ def _causal_whole(net, images, layer, jobs, fill_map, pixels: int = 32 * 224 * 2
         xb = torch.stack([_pasted(images[u.image], fill_map, y, x, u.causal_window) for u, _, _, y, x in part])
         vals = _units_of(_maps(net, xb, layer), part)
         for n, (u, i, j, _, _) in enumerate(part):
-            u.causal[i, j] = float(_unit_base(u) - vals[n])
+            u.causal[i, j] = float(u.activation - vals[n])
 
 
 def _maps(net, x, layer) -> torch.Tensor:
@@ -745,22 +755,15 @@ def _units_of(maps: torch.Tensor, part) -> torch.Tensor:
     return maps[n, c, y, x].double().cpu()
 
 
-def _unit_base(u: UnitEvidence) -> float:
-    return u.activation
-
-
-def _causal_incremental(net, x, layer, jobs, fill_map, batch: int = 64) -> str:
+def _causal_incremental(net, images, image: int, layer, jobs, fill_map, recorded: dict, batch: int = 64) -> str:
     """One image's jobs on the incremental engine ("" when done; else why not, and nothing is filled in)."""
-    feat = sites(net, [layer], x)[layer]
-    if feat.layout != "maps":
-        return f"the layer's maps are {feat.layout}, not convolutional"
+    replay = _replay(net, images, image, layer, recorded)
+    if isinstance(replay, str):
+        return replay
+    x = images[image : image + 1]
     window = jobs[0][0].causal_window
     with torch.no_grad(), eval_mode(net):
-        graph, _ = record(net, x, feat)
-        if graph.feature < 0:
-            return "the layer's output is not a recorded value"
-        replay = Replay.of(graph, feature_only=True)
-        base = graph.nodes[graph.feature].value
+        base = replay.graph.nodes[replay.graph.feature].value
         done: list[tuple[tuple, float]] = []
         for k in range(0, len(jobs), batch):
             part = jobs[k : k + batch]
@@ -774,7 +777,7 @@ def _causal_incremental(net, x, layer, jobs, fill_map, batch: int = 64) -> str:
                 return "a replay of its recorded graph does not give what its forward gives"
             done.extend(zip(part, _units_of(maps, part).tolist()))
     for (u, i, j, _, _), v in done:
-        u.causal[i, j] = _unit_base(u) - v
+        u.causal[i, j] = u.activation - v
     return ""
 
 
