@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_evidence import USER  # the user module with functional ReLUs and a residual addition
 
 import zfnet
 from zfnet.cli import main
@@ -136,26 +137,6 @@ def test_the_command_on_the_embedded_model_beats_the_best_dataset_image(tmp_path
     assert main(["visualize", "--pretrained", "--layer", "conv5", "--units", "0-7", "--steps", "96", "--limit",
                  "500", "--out", str(out)]) == 0  # fmt: skip
     assert (out / res["units"][0]["files"][0]).stat().st_mtime_ns == before
-
-
-USER = """
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-class Res(nn.Module):
-    def __init__(self, num_classes=3):
-        super().__init__()
-        self.a = nn.Conv2d(3, 8, 3, padding=1)
-        self.b = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        h = F.relu(self.a(x))
-        h = F.relu(self.b(h) + h)
-        return self.fc(h.mean((2, 3)))
-"""
 
 
 def test_other_models_resnet18_a_user_module_and_vit_tokens(tmp_path, user_code):
