@@ -175,18 +175,29 @@ def test_a_maps_optimized_image_is_a_job_equal_to_zfnet_visualize(server, refere
     from zfnet.pipelines.explore import VISUALIZE_STEPS
 
     p, _ = reference
-    status, started = post(server + "api/visualize/conv2/7")
-    assert status == 200
-    for _ in range(600):
-        _, s = get_json(server + f"api/job/{started['job']}")
-        if s["result"] or s["error"]:
-            break
-        time.sleep(0.2)
+
+    def job(path: str) -> dict:
+        status, started = post(server + path)
+        assert status == 200, started
+        for _ in range(600):
+            _, s = get_json(server + f"api/job/{started['job']}")
+            if s["result"] or s["error"]:
+                return s
+            time.sleep(0.2)
+        raise AssertionError("the job did not finish")
+
+    s = job("api/visualize/conv2/7")
     assert s["error"] is None and s["result"]["image"].startswith("data:image/png;base64,")
     want = zfnet.visualize(p, layer="conv2", units=(7,), steps=VISUALIZE_STEPS)
     assert s["result"]["value"] == want.values[0] and s["done"] == s["total"] == VISUALIZE_STEPS
+    # a clicked unit: the neuron objective at that position
+    s = job("api/visualize/conv2/7?y=3&x=4")
+    want = zfnet.visualize(p, layer="conv2", units=(7,), steps=VISUALIZE_STEPS, objective="neuron", position=(3, 4))
+    assert s["result"]["value"] == want.values[0] and s["result"]["unit"] == [3, 4]
     status, bad = post(server + "api/visualize/conv2/999")
     assert status == 400 and bad["error"] == "map 999 does not exist in conv2 (96 maps: 0..95)"
+    status, bad = post(server + "api/visualize/conv2/7?y=3")
+    assert status == 400 and bad["error"].startswith("the unit y=3, x=None must be inside conv2's")
 
 
 def test_the_atlas_and_its_per_class_references(server, atlas_dir):

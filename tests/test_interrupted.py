@@ -168,7 +168,7 @@ def test_killed_transfer_resumes_to_the_same_table(tmp_path):
 
 @pytest.mark.parametrize("stage", ["evolution"])
 def test_killed_report_resumes_to_the_same_report(tmp_path, stage):
-    small = ["--limit", "160", "--evolution-limit", "160", "--examples", "2", "--atlas-maps", "8"]
+    small = ["--limit", "160", "--evolution-limit", "160", "--examples", "2", "--atlas-maps", "8", "--no-evidence"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(["report", *small, "--out", str(straight)])
 
@@ -193,6 +193,10 @@ def test_killed_report_resumes_to_the_same_report(tmp_path, stage):
     a = json.loads((straight / "report.json").read_text())
     b = json.loads((killed / "report.json").read_text())
     assert {n: e["status"] for n, e in a["stages"].items()} == {n: e["status"] for n, e in b["stages"].items()}
+    assert (b["stages"]["evidence"]["status"], b["stages"]["evidence"]["reason"]) == (
+        "skipped",
+        "turned off (--no-evidence)",
+    )
     assert {n: e.get("key") for n, e in a["stages"].items()} == {n: e.get("key") for n, e in b["stages"].items()}
     for rel in ("evolution/evolution.json", "atlas/manifest.json"):
         x, y = json.loads((straight / rel).read_text()), json.loads((killed / rel).read_text())

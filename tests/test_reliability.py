@@ -300,6 +300,7 @@ def test_resumed_scan_over_unreadable_files_equals_the_uninterrupted_one(tmp_pat
 # --- 7-9: files read back --------------------------------------------------------------------------------------
 
 REPORT = ["report", "--limit", "120", "--evolution-limit", "120", "--examples", "1", "--atlas-maps", "4"]
+REPORT += ["--no-evidence"]  # the staged writes and read-backs below are every stage's; evidence is tested apart
 
 
 @pytest.fixture(scope="module")

@@ -168,3 +168,29 @@ def test_other_models_resnet18_a_user_module_and_vit_tokens(tmp_path, user_code)
     v = zfnet.visualize(zfnet.opened_module(vit, zfnet.weights.default_preprocess(vit)),
                         layer="encoder.layers.encoder_layer_1", units=(0, 5), steps=4, objective="neuron")  # fmt: skip
     assert len(v.values) == 2 and v.images.shape == (2, 3, 32, 32)
+
+
+def test_the_panel_gets_a_column_of_optimized_images_and_the_report_draws_it(tmp_path):
+    """Fig. 2's panel with `optimized`: a third column per map, as tall as the patches, showing the image; without
+    it the panel is as before. `zfnet report --visualize` draws it for the report's atlas."""
+    from zfnet.render.figures import layer_panel
+
+    g = torch.Generator().manual_seed(0)
+    blocks = [(c, torch.rand(9, 1, 8, 8, generator=g), torch.rand(9, 1, 8, 8, generator=g) * 255) for c in (2, 5)]
+    plain = np.asarray(layer_panel(blocks, scale=1))
+    grey = {2: torch.full((1, 20, 20), 200.0), 5: torch.full((1, 20, 20), 60.0)}
+    both = np.asarray(layer_panel(blocks, scale=1, optimized=grey))
+    # each cell: 28 px projections, 4 px, 28 px patches, then 4 px and the 28 px optimized image (1 px border)
+    assert both.shape[1] - plain.shape[1] == 4 * 32 and both.shape[0] == plain.shape[0]
+    assert np.array_equal(both[28:56, 10:70], plain[28:56, 10:70])  # the first map's projections and patches
+    for cell, value in ((0, 200), (1, 60)):
+        x = 10 + cell * (92 + 10) + 64  # gap, cell pitch (28 + 4 + 28 + 4 + 28, then the gap), the third part
+        inner = both[28 + 3 : 28 + 25, x + 3 : x + 25]
+        assert (inner == value).all(), (cell, np.unique(inner))
+    out = tmp_path / "rep"
+    assert main(["report", "--only", "model,atlas", "--layers", "conv5", "--limit", "60", "--atlas-maps", "1",
+                 "--visualize", "--no-evidence", "--out", str(out)]) == 0  # fmt: skip
+    m = json.loads((out / "atlas" / "manifest.json").read_text())
+    panel = m["panel_maps"]["conv5"]
+    assert sorted(int(c) for c in m["visualized"]["conv5"]["maps"]) == panel
+    assert "visualize" in json.loads((out / "report.json").read_text())["settings"]

@@ -244,7 +244,7 @@ def test_report_on_torchvision_and_timm_models_over_photos(name, photos, tmp_pat
     torch.save(models.build(name).state_dict(), tmp_path / "w.pth")
     r = run_cli(
         "report", "--model", name, "--weights", str(tmp_path / "w.pth"), "--input-size", "64", "--atlas-maps", "2",
-        "--examples", "2", "--data", str(photos), "--out", str(tmp_path / "rep"),
+        "--examples", "2", "--no-evidence", "--data", str(photos), "--out", str(tmp_path / "rep"),
         timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]

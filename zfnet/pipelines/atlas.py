@@ -313,6 +313,7 @@ def _build(
     atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
 
     panel_choice = _panel_maps(result, layers, cfg)
+    manifest["panel_maps"] = panel_choice
     if cfg.settings.max_maps is not None:
         for layer in layers:
             entry: dict = manifest["layers"][layer]  # type: ignore[index]
@@ -323,14 +324,17 @@ def _build(
             manifest["layers"][layer]["class_sheets"] = _class_sheets(  # type: ignore[index]
                 cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
             )
+    optimized: dict[str, dict[int, torch.Tensor]] = {}
     if cfg.settings.visualize:
-        manifest["visualized"] = _visualized(cfg, opened, result, layers, manifest, progress)
+        manifest["visualized"] = _visualized(cfg, opened, result, layers, manifest, progress, optimized)
     if cfg.settings.evidence:
         manifest["evidence"] = _evidence(cfg, model, pp, dataset, result, layers, manifest, dist.device, progress)
     manifest["figures"] = {
-        layer: atlas_site.write_panel(cfg.out, layer, panels[layer], max(1, tiles[layer] // 2)) for layer in layers
+        layer: atlas_site.write_panel(
+            cfg.out, layer, panels[layer], max(1, tiles[layer] // 2), optimized=optimized.get(layer)
+        )
+        for layer in layers
     }
-    manifest["panel_maps"] = panel_choice
     manifest["filters"] = _filters(model, result, layers, cfg.out, opened.name, manifest)
     if snapshots is not None:
         st = cfg.settings
@@ -438,9 +442,12 @@ def _class_sheets(cfg: AtlasConfig, model, pp, dataset, result: Scan, layer: str
     return out
 
 
-def _visualized(cfg: AtlasConfig, opened: Opened, result: Scan, layers, manifest: dict, progress: bool) -> dict:
+def _visualized(cfg: AtlasConfig, opened: Opened, result: Scan, layers, manifest: dict, progress: bool,
+                optimized: dict[str, dict[int, torch.Tensor]]) -> dict:  # fmt: skip
     """Issue 37: each shown map's optimized image (the channel objective, `zfnet.visualize`, every map of a layer
-    in batches) as maps/<layer>/<map>-vis.png; per layer and map its file and objective value."""
+    in batches) as maps/<layer>/<map>-vis.png; per layer and map its file and objective value. The panel's maps'
+    images go into `optimized` (layer -> map -> display pixels) for Fig. 2's panel."""
+    panel = manifest.get("panel_maps") or {}
     out: dict[str, dict] = {}
     for layer in layers:
         shown = manifest["layers"][layer].get("projected") or list(range(result.top[layer].values.shape[1]))
@@ -453,6 +460,8 @@ def _visualized(cfg: AtlasConfig, opened: Opened, result: Scan, layers, manifest
             name = f"maps/{layer}/{c:04d}-vis.png"
             save_png(unit_image(res.images[k]), os.path.join(cfg.out, name))
             entries[str(c)] = {"file": name, "value": res.values[k]}
+            if c in panel.get(layer, ()):
+                optimized.setdefault(layer, {})[c] = res.images[k]
         out[layer] = {"maps": entries, "objective": "channel", "color": res.color, "steps": res.settings.steps}
     return out
 

@@ -94,7 +94,7 @@ class Explorer:
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._evidence: OrderedDict[str, dict] = OrderedDict()
         self._visualized: dict[str, dict] = {}
-        self._counts: dict[str, int] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         self._fields: dict[str, Any] = {}
         self._stack = ExitStack()
         self._dn: dict[str, Deconvnet] = {}
@@ -273,28 +273,41 @@ class Explorer:
             self._evidence.popitem(last=False)
         return out
 
-    def check_map(self, layer: str, channel: int) -> None:
-        """Refuse a layer the explorer does not show or a map it does not have, in one line."""
+    def check_map(self, layer: str, channel: int, unit: tuple[int | None, int | None] | None = None) -> None:
+        """Refuse a layer the explorer does not show, a map it does not have or a unit (y, x) outside the map, in one
+        line."""
         if layer not in self.layers:
             raise UsageError(f"layer {layer!r} is not one the explorer shows; pick one of {', '.join(self.layers)}")
-        n = self._channels(layer)
+        shape = self._shape(layer)
+        n = shape[0]
         if not 0 <= channel < n:
             raise UsageError(f"map {channel} does not exist in {layer} ({n} maps: 0..{n - 1})")
+        if unit is not None:
+            hw = shape[1:]
+            if len(hw) != 2 or not all(v is not None and 0 <= v < m for v, m in zip(unit, hw)):
+                where = f"inside {layer}'s {hw[0]}x{hw[1]} maps" if len(hw) == 2 else f"absent ({layer}: no positions)"
+                raise UsageError(f"the unit y={unit[0]}, x={unit[1]} must be {where}; give both y and x")
 
     def _channels(self, layer: str) -> int:
-        if layer not in self._counts:
+        return self._shape(layer)[0]
+
+    def _shape(self, layer: str) -> tuple[int, ...]:
+        """A layer's maps' shape without the batch (channels first), from one forward of zeros, kept."""
+        if layer not in self._shapes:
             shape = (1, self.pp.channels, self.pp.input_size, self.pp.input_size)
             with torch.no_grad():
-                self._counts[layer] = int(features(self.model, torch.zeros(shape), [layer])[layer].shape[1])
-        return self._counts[layer]
+                self._shapes[layer] = tuple(features(self.model, torch.zeros(shape), [layer])[layer].shape[1:])
+        return self._shapes[layer]
 
-    def visualize_map(self, layer: str, channel: int, tick=None) -> dict:
-        """Issue 37: the map's optimized image (`zfnet.visualize`, the channel objective, VISUALIZE_STEPS steps),
-        computed once per map and kept."""
-        ck = f"{layer}|{channel}"
+    def visualize_map(self, layer: str, channel: int, unit: tuple[int, int] | None = None, tick=None) -> dict:
+        """Issue 37: the map's optimized image (`zfnet.visualize`, VISUALIZE_STEPS steps): the channel objective,
+        or with `unit` (y, x: the clicked unit) the neuron objective there; computed once and kept."""
+        ck = f"{layer}|{channel}|{unit}"
         if ck not in self._visualized:
-            v = visualize(self.opened, layer=layer, units=(channel,), steps=VISUALIZE_STEPS, callback=tick)
-            self._visualized[ck] = {"layer": layer, "map": channel, "value": v.values[0], "steps": VISUALIZE_STEPS,
+            how = {"objective": "neuron", "position": unit} if unit is not None else {"objective": "channel"}
+            v = visualize(self.opened, layer=layer, units=(channel,), steps=VISUALIZE_STEPS, callback=tick, **how)
+            self._visualized[ck] = {"layer": layer, "map": channel, "unit": list(unit) if unit else None,
+                                    "objective": v.objective, "value": v.values[0], "steps": VISUALIZE_STEPS,
                                     "image": data_url(unit_image(v.images[0])), "color": v.color}  # fmt: skip
         return self._visualized[ck]
 
@@ -560,10 +573,12 @@ def _occlusion_routes(explorer: Explorer, work) -> list:
         settings = explorer.occlusion_settings(dict(request.query_params))
         return _start_job(explorer, work, "occlusion", lambda tick: explorer.occlusion(key, target, settings, tick))
 
-    async def start_visualize(request):  # issue 37: the clicked map's optimized image, a job (cached)
+    async def start_visualize(request):  # issue 37: the clicked map's (or unit's) optimized image, a job (cached)
         layer, channel = request.path_params["layer"], int(request.path_params["map"])
-        explorer.check_map(layer, channel)  # refused before any job exists
-        return _start_job(explorer, work, "visualize", lambda tick: explorer.visualize_map(layer, channel, tick))
+        y, x = _q_int(request, "y"), _q_int(request, "x")
+        unit = None if y is None and x is None else (y, x)
+        explorer.check_map(layer, channel, unit)  # refused before any job exists
+        return _start_job(explorer, work, "visualize", lambda tick: explorer.visualize_map(layer, channel, unit, tick))
 
     async def poll(request):
         state = explorer.jobs.get(request.path_params["job"])

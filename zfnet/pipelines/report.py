@@ -83,6 +83,12 @@ class ReportConfig(Settings):
     atlas_maps: int | None = knob(
         None, "maps per layer projected for the atlas viewer (none: every map; 16 a layer are always shown)", low=1
     )
+    evidence: bool = knob(
+        True, "the evidence stage and the atlas's per-map scores (off: a quicker report without them)"
+    )
+    visualize: bool = knob(
+        False, "Fig. 2's panels get a column of each map's optimized image (every map the atlas shows is optimized)"
+    )
     evolution_limit: int | None = knob(2000, "training images scanned per snapshot (none: all)", low=1)
     examples: int = knob(6, "occlusion images, each of another class", low=1)
     window: int | None = knob(None, "occluder side in model-input pixels (none: 2/7 of the input)", low=1)
@@ -326,7 +332,14 @@ def _stored_summary(m: dict) -> dict | None:
     "atlas",
     "Top-9 atlas and layer-1 filters",
     "Fig. 2 (top-9 per map), Fig. 5 (filters)",
-    lambda c, o: {"layers": list(c.layers), "limit": c.limit, "seed": c.seed, "maps": c.atlas_maps},
+    lambda c, o: {
+        "layers": list(c.layers),
+        "limit": c.limit,
+        "seed": c.seed,
+        "maps": c.atlas_maps,
+        "visualize": c.visualize,
+        "evidence": c.evidence,
+    },  # fmt: skip
     {"complete": bool, "layer_order": [str], "layers": dict, "dataset": {"images": int}},
     sections=(page.FILTERS, page.ATLAS),
 )
@@ -338,7 +351,12 @@ def _atlas(ctx: Context) -> dict:
         AtlasConfig(
             out=ctx.folder("atlas"),
             settings=AtlasSiteSettings(
-                layers=tuple(ctx.layers), limit=c.limit, max_maps=c.atlas_maps, seed=c.seed, evidence=True
+                layers=tuple(ctx.layers),
+                limit=c.limit,
+                max_maps=c.atlas_maps,
+                seed=c.seed,
+                evidence=c.evidence,
+                visualize=c.visualize,
             ),
             workers=c.workers,
             device=c.device,
@@ -433,11 +451,13 @@ def _occlusion(ctx: Context) -> dict:
     "evidence",
     "Evidence beside the pictures",
     "Sec. 2.1's projections and Fig. 6's maps checked (Adebayo et al. 2018; Nie et al. 2018; Petsiuk et al. 2018)",
-    lambda c, o: {"layers": list(c.layers), "seed": c.seed, "images": EVIDENCE_IMAGES},
+    lambda c, o: {"layers": list(c.layers), "seed": c.seed, "images": EVIDENCE_IMAGES, "on": c.evidence},
     {"units": [dict], "summary": dict, "figures": dict},
     sections=(page.EVIDENCE,),
 )
 def _evidence(ctx: Context) -> dict:
+    if not ctx.cfg.evidence:
+        raise Skip("turned off (--no-evidence)")
     inputs = dataset_inputs(ctx.dataset, list(range(min(EVIDENCE_IMAGES, len(ctx.dataset)))), ctx.opened.classes)
     res = run_evidence(
         ctx.opened,

@@ -51,17 +51,18 @@ def write_filter_strip(out: str, layer: str, weight: torch.Tensor) -> dict:
     return {"sprite": path, "tile": [kh * s, kw * s]}
 
 
-def write_panel(out: str, layer: str, blocks: list, scale: int, title: str = "") -> str:
-    """figures/<layer>.png: Fig. 2's panel of the chosen maps (channel, projections, patches)."""
+def write_panel(out: str, layer: str, blocks: list, scale: int, title: str = "", optimized: dict | None = None) -> str:
+    """figures/<layer>.png: Fig. 2's panel of the chosen maps (channel, projections, patches, and with
+    `optimized` each map's optimized image, issue 37)."""
     path = f"figures/{layer}.png"
     k = blocks[0][1].shape[0] if blocks else 0
+    third = ", optimized image (right, Olah et al. 2017)" if optimized else ""
     title = title or (
         f"{layer}: top-{k} activations of {len(blocks)} maps - deconvnet projection (left), "
-        "image patch (right) (Fig. 2)"
+        f"image patch ({'middle' if optimized else 'right'}){third} (Fig. 2)"
     )
-    figures.save_png(
-        figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale, title=title), os.path.join(out, path)
-    )
+    panel = figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale, title=title, optimized=optimized)
+    figures.save_png(panel, os.path.join(out, path))
     return path
 
 

@@ -33,19 +33,33 @@ def map_sprite(projections: torch.Tensor, patches: torch.Tensor, scale: int) -> 
 
 
 def layer_panel(
-    blocks: list[tuple[int, torch.Tensor, torch.Tensor]], scale: int, maps_per_row: int = 4, title: str = ""
+    blocks: list[tuple[int, torch.Tensor, torch.Tensor]],
+    scale: int,
+    maps_per_row: int = 4,
+    title: str = "",
+    optimized: dict[int, torch.Tensor] | None = None,
 ) -> Image.Image:
     """Fig. 2: for each map, its top-k projections (left) beside the matching patches (right), k as a square;
-    each map's number above it and `title` above all."""
+    each map's number above it and `title` above all. With `optimized` (map -> C x S x S display pixels, issue
+    37), a third column: the map's optimized image, as tall as the patches' square."""
     cells = []
-    for _, projections, patches in blocks:
+    for channel, projections, patches in blocks:
         k = projections.shape[0]
         side = math.ceil(math.sqrt(k))
-        left = grid([_rgb(stretch(p)) for p in projections], cols=side, pad=1, background=255)
-        right = grid([_rgb(q) for q in patches], cols=side, pad=1, background=255)
-        cell = Image.new("RGB", (left.width + right.width + 4, max(left.height, right.height)), "white")
-        cell.paste(left.convert("RGB"), (0, 0))
-        cell.paste(right.convert("RGB"), (left.width + 4, 0))
+        parts = [
+            grid([_rgb(stretch(p)) for p in projections], cols=side, pad=1, background=255).convert("RGB"),
+            grid([_rgb(q) for q in patches], cols=side, pad=1, background=255).convert("RGB"),
+        ]
+        if optimized is not None and channel in optimized:
+            vis = grid([_rgb(optimized[channel].float().clamp(0, 255))], cols=1, pad=1, background=255).convert("RGB")
+            up = parts[1].height >= vis.height  # enlarged pixel for pixel, reduced by area
+            parts.append(vis.resize((parts[1].height,) * 2, Image.Resampling.NEAREST if up else Image.Resampling.BOX))
+        cell = Image.new("RGB", (sum(p.width for p in parts) + 4 * (len(parts) - 1), max(p.height for p in parts)),
+                         "white")  # fmt: skip
+        x = 0
+        for part in parts:
+            cell.paste(part, (x, 0))
+            x += part.width + 4
         cells.append(cell)
     if not cells:
         return Image.new("RGB", (1, 1), "white")
@@ -58,11 +72,11 @@ def layer_panel(
     rows = math.ceil(len(cells) / maps_per_row)
     out = Image.new("RGB", (maps_per_row * (w + gap) + gap, rows * (h + gap + label) + gap), (235, 235, 235))
     draw, font = ImageDraw.Draw(out), _font(13)
-    for i, (c, block) in enumerate(zip(cells, blocks)):
+    for i, (cell, block) in enumerate(zip(cells, blocks)):
         r, q = divmod(i, maps_per_row)
         x, y = gap + q * (w + gap), gap + r * (h + gap + label)
         draw.text((x, y), f"map {block[0]}", fill=(40, 40, 40), font=font)
-        out.paste(c, (x, y + label))
+        out.paste(cell, (x, y + label))
     return labelled(out, title) if title else out
 
 

@@ -242,10 +242,12 @@ async function runOcclusion() {
 let visJob = null;
 async function runVisualize() {
   if (state.map === null) return;
-  const layer = state.layer, m = state.map;
+  const layer = state.layer, m = state.map, unit = state.unit;
   $("vis-info").textContent = "optimizing...";
+  // a clicked unit: the image that excites that unit (the neuron objective); else the map's mean
+  const q = unit ? `?y=${unit[0]}&x=${unit[1]}` : "";
   try {
-    const { job } = await api(`/api/visualize/${encodeURIComponent(layer)}/${m}`, { method: "POST" });
+    const { job } = await api(`/api/visualize/${encodeURIComponent(layer)}/${m}${q}`, { method: "POST" });
     visJob = job; $("vis-progress").value = 0;
     while (visJob === job) {
       const s = await api(`/api/job/${job}`);
@@ -254,7 +256,8 @@ async function runVisualize() {
       if (s.result) {
         if (layer !== state.layer || m !== state.map) break;  // another map was clicked meanwhile
         $("vis-progress").value = 1; $("vis-image").src = s.result.image; $("vis-image").hidden = false;
-        $("vis-info").textContent = `${layer} #${m}: its mean ${s.result.value.toFixed(3)} after ${s.result.steps} steps`;
+        const what = s.result.unit ? `unit (${s.result.unit[0]}, ${s.result.unit[1]})` : "its mean";
+        $("vis-info").textContent = `${layer} #${m}: ${what} ${s.result.value.toFixed(3)} after ${s.result.steps} steps`;
         break;
       }
       await new Promise((r) => setTimeout(r, 250));
