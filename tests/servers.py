@@ -15,7 +15,8 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-URL = re.compile(r"http://(?:127\.0\.0\.1|\[::1\]|localhost|0\.0\.0\.0):\d+/")
+URL = re.compile(r"(http://(?:127\.0\.0\.1|\[::1\]|localhost|0\.0\.0\.0):\d+/)(?:\?token=(\w+))?")
+TOKENS: dict[str, str] = {}  # a served URL -> the token its server printed (issue 38); `headers` sends it
 
 
 class ServerProcess:
@@ -29,6 +30,7 @@ class ServerProcess:
             cwd=REPO,
             env=e,
         )
+        self.token: str | None = None
         self._out: list[str] = []
         self._err: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()  # stdout and stderr lines as they come; None: closed
@@ -63,7 +65,12 @@ class ServerProcess:
         raise AssertionError(f"no line matching {rx.pattern!r} within {timeout} s\n{self.output()}")
 
     def url(self, timeout: float = 300) -> str:
-        return self.wait_for(URL, timeout).group(0)
+        """The URL the server printed, without its token (kept in `self.token` and `TOKENS`)."""
+        found = self.wait_for(URL, timeout)
+        self.token = found.group(2)
+        if self.token:
+            TOKENS[found.group(1)] = self.token
+        return found.group(1)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         """Send `sig` (Ctrl-C by default) and wait for the exit status; a server still running after `timeout`
@@ -101,3 +108,17 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.kill()  # whatever happened in the test, nothing is left running
+
+
+def headers(url: str) -> dict[str, str]:
+    """The token header for a URL of a server started here (none for a server without one)."""
+    for base, token in TOKENS.items():
+        if url.startswith(base):
+            return {"X-Zfnet-Token": token}
+    return {}
+
+
+def opened(url: str) -> str:
+    """The URL a user opens first: with its server's token, as the server printed it."""
+    token = headers(url).get("X-Zfnet-Token")
+    return f"{url}?token={token}" if token else url

@@ -12,6 +12,7 @@ ZFNET_SCREENSHOTS=DIR the browser test saves the README's screenshots there."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -22,12 +23,13 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO, needs_chromium
 from PIL import Image
-from servers import ServerProcess
+from servers import ServerProcess, headers, opened
 
 import zfnet
 from zfnet import data as zdata
@@ -49,14 +51,14 @@ def stop(proc: ServerProcess) -> int:
 
 def get(url: str) -> tuple[int, bytes, str]:
     try:
-        with urllib.request.urlopen(url, timeout=120) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers(url)), timeout=120) as r:
             return r.status, r.read(), r.headers.get("content-type", "")
     except urllib.error.HTTPError as e:
         return e.code, e.read(), e.headers.get("content-type", "")
 
 
 def post(url: str, body: bytes = b"") -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST")
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers(url))
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -231,6 +233,69 @@ def test_bad_requests_are_one_line_and_the_server_keeps_serving(server):
     assert get_json(server + "api/predict/d0")[0] == 200
 
 
+def raw(url: str, method: str = "GET", headers: dict | None = None, body: bytes = b"") -> tuple[int, bytes]:
+    """A request with exactly these headers (Host included), as a hostile page or a DNS-rebinding one sends it."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.putrequest(method, u.path + (f"?{u.query}" if u.query else ""), skip_host=True)
+        for k, v in {"Host": u.netloc, **(headers or {})}.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_a_foreign_host_a_foreign_origin_no_token_and_dot_paths_are_refused(server, atlas_dir):
+    """Issue 38: the explorer answers its own Host only; a POST from another origin is refused and changes nothing;
+    without the token nothing is answered; a dot-path is 404 (the atlas's hidden files)."""
+    token = headers(server)["X-Zfnet-Token"]
+    ok = {"X-Zfnet-Token": token}
+    assert raw(server + "api/info", headers=ok)[0] == 200
+    status, body = raw(server + "api/info", headers={**ok, "Host": "evil.example.com"})
+    assert status == 421 and b"answers only for" in body
+    pixels = np.full((28, 28), 77, np.uint8)
+    key = "u" + hashlib.sha256(png_file(pixels)).hexdigest()[:16]
+    status, body = raw(server + "api/upload", "POST", {**ok, "Origin": "http://evil.example.com"}, png_file(pixels))
+    assert status == 403 and json.loads(body)["error"].startswith("a request from another site")
+    assert get_json(server + f"api/predict/{key}")[0] == 400  # the upload was not kept
+    assert raw(server + "api/info")[0] == 403  # no token
+    assert raw(server + f"api/info?token={token}")[0] == 200
+    (atlas_dir / ".secret").write_text("hidden")
+    try:
+        assert raw(server + "atlas/.secret", headers=ok)[0] == 404
+        assert raw(server + "atlas/manifest.json", headers=ok)[0] == 200
+    finally:
+        (atlas_dir / ".secret").unlink()
+
+
+def test_a_client_queues_at_most_eight_jobs_and_cancelled_jobs_stop(server):
+    """Issue 38: 20 occlusion jobs from one client: the 9th and later are refused with 429 (one line); a prediction
+    is answered meanwhile; each cancelled job ends with that reason."""
+    answers = [post(server + "api/occlusion/d1?window=2&stride=1") for _ in range(20)]
+    assert [s for s, _ in answers[:8]] == [200] * 8
+    assert all(s == 429 and "8 jobs of yours" in b["error"] for s, b in answers[8:])
+    assert get_json(server + "api/predict/d3")[0] == 200
+    jobs = [b["job"] for _, b in answers[:8]]
+    for job in jobs:
+        req = urllib.request.Request(server + f"api/job/{job}", method="DELETE", headers=headers(server))
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+    for job in jobs:
+        while True:
+            _, s = get_json(server + f"api/job/{job}")
+            if s["error"] or s["result"]:
+                break
+            time.sleep(0.1)
+        assert s["error"] == "the job was cancelled" or s["result"] is not None
+
+
 def test_uploads_are_capped_and_decoded_with_the_cli_guards(server, reference):
     p, ds = reference
     import numpy as np
@@ -323,9 +388,12 @@ def test_serve_on_the_same_server_keeps_to_its_folder(tmp_path):
     (site / "index.html").write_text("<p>atlas</p>")
     (tmp_path / "secret.txt").write_text("not for the web")
     os.symlink(tmp_path / "secret.txt", site / "link.txt")
+    (site / ".scan-state.safetensors").write_text("hidden")
     proc, url = start_server("serve", str(site))
     with proc:
         assert get(url)[0] == 200 and b"atlas" in get(url)[1]
+        assert raw(url + ".scan-state.safetensors")[0] == 404  # issue 38: no dot-path, the same Host rule
+        assert raw(url, headers={"Host": "evil.example.com"})[0] == 421
         for path in ["../secret.txt", "%2e%2e/secret.txt", "link.txt"]:
             status, body, _ = get(url + path)
             assert status == 404 and b"not for the web" not in body, path
@@ -350,7 +418,7 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
 
     shots = os.environ.get("ZFNET_SCREENSHOTS")
     browser.set_window_size(1500, 1100)
-    browser.get(server)
+    browser.get(opened(server))
     wait = WebDriverWait(browser, 120)
 
     def loaded(element_id):
@@ -485,7 +553,7 @@ def test_hostile_names_are_shown_as_text(browser, tmp_path):
         Image.fromarray(np.full((28, 28), 100, np.uint8)).save(tmp_path / "data" / name / "x.png")
     proc, url = start_server("explore", "--pretrained", "--data", f"folder:{tmp_path / 'data'}")
     try:
-        browser.get(url)
+        browser.get(opened(url))
         wait = WebDriverWait(browser, 120)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thumbs button")) == 2)
         options = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#browse-class option")][1:]

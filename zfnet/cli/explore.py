@@ -28,6 +28,11 @@ def _explore_args(p) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="listen address (another than loopback exposes the model: warned)"
     )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="answer without the random token the printed URL carries (any local program could then use it)",
+    )
     add_device(p)
 
 
@@ -50,6 +55,7 @@ def _explore_run(args) -> int:
 def _explore(args, life: Lifetime) -> int:
     from .. import data as zdata
     from ..errors import UsageError
+    from ..guard import new_token
     from ..pretrained import EMBEDDED_DATA
     from ..runtime import resolve_device
     from .args import open_from_args, wants_embedded
@@ -68,4 +74,6 @@ def _explore(args, life: Lifetime) -> int:
     dataset = zdata.open_dataset(spec, args.split, opened.preprocess) if spec else None
     limits = ExploreLimits(job_seconds=float(args.job_limit))
     with Explorer(opened, dataset, args.atlas, limits) as explorer:
-        return run_server(explore_app(explorer), args.host, args.port, f"zfnet explore ({opened.name})", life)
+        token = None if args.no_token else new_token()
+        app = explore_app(explorer)
+        return run_server(app, args.host, args.port, f"zfnet explore ({opened.name})", life, token)

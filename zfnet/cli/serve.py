@@ -69,10 +69,15 @@ def _server_class():
     return Server
 
 
-def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = None) -> int:
-    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port), printing the URL; Ctrl-C or SIGTERM stops it
+def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = None, token: str | None = None) -> int:
+    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port) behind `zfnet.guard.Guard` (Host, Origin,
+    dot-paths, and `token` when given: the printed URL carries it), printing the URL; Ctrl-C or SIGTERM stops it
     cleanly at any moment (`life`: the command's own, installed when it started; else one from here on)."""
     import uvicorn
+
+    from ..guard import Guard
+
+    app = Guard(app, host, token)
 
     life = life or Lifetime().install()
     _Server = _server_class()
@@ -95,7 +100,8 @@ def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = No
         server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        print(f"{what} at http://{shown}:{bound}/ (Ctrl-C stops)", flush=True)
+        query = f"?token={token}" if token else ""
+        print(f"{what} at http://{shown}:{bound}/{query} (Ctrl-C stops)", flush=True)
         life.serve(server, [sock])
     finally:
         sock.close()

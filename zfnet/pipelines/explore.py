@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -42,6 +41,7 @@ from ..runtime import eval_mode, model_device
 from ..usercode import blame
 from ..weights import Opened
 from .evidence import unit_scores
+from .fair import Busy, JobBook, ModelLock
 
 WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
 
@@ -57,6 +57,10 @@ class ExploreLimits:
     page_size: int = 48  # dataset thumbnails per page
     occlusion_positions: int = 4096  # occluder positions one occlusion request may compute
     job_seconds: float = 600.0  # an occlusion job that runs longer ends with an error (`zfnet explore --job-limit`)
+    jobs_per_client: int = 8  # unfinished jobs one client (address) may have; one more is refused (429)
+    jobs_total: int = 32  # unfinished jobs the server holds
+    job_abandon_seconds: float = 60.0  # a job nobody polls for this long stops at its next chunk
+    uploads_per_client: int = 16  # uploaded images kept per client (its oldest go first)
 
 
 class Explorer:
@@ -89,7 +93,7 @@ class Explorer:
             and (atlas_data.get("spec"), atlas_data.get("split")) == (dataset.spec, dataset.split)
             and 0 < int(atlas_data.get("images") or 0) <= len(dataset)
         )
-        self.lock = threading.Lock()  # one model: one request at a time on it
+        self.lock = ModelLock()  # one model: one request at a time on it, interactive ones first
         self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._evidence: OrderedDict[str, dict] = OrderedDict()
@@ -98,7 +102,9 @@ class Explorer:
         self._fields: dict[str, Any] = {}
         self._stack = ExitStack()
         self._dn: dict[str, Deconvnet] = {}
-        self.jobs: dict[str, dict] = {}
+        self.book = JobBook(limits.jobs_per_client, limits.jobs_total, limits.job_abandon_seconds)
+        self.jobs = self.book.jobs
+        self._owners: dict[str, list[str]] = {}  # client -> its uploads' keys, oldest first
 
     def __enter__(self) -> Explorer:
         self._stack.enter_context(eval_mode(self.model))
@@ -146,8 +152,9 @@ class Explorer:
         return {"page": n, "pages": pages, "items": items}
 
     # --- images ---------------------------------------------------------------------------------------------
-    def upload(self, data: bytes, name: str = "upload") -> dict:
-        """Decode an uploaded image (the CLI's guards, a size and pixel cap) and keep it; returns its key."""
+    def upload(self, data: bytes, name: str = "upload", client: str = "") -> dict:
+        """Decode an uploaded image (the CLI's guards, a size and pixel cap) and keep it (`uploads_per_client` per
+        client and `uploads_kept` in all, the oldest dropped); returns its key."""
         if not data:
             raise UsageError("the upload is empty; choose a PNG or JPEG file")
         if len(data) > self.limits.upload_bytes:
@@ -159,6 +166,12 @@ class Explorer:
         key = "u" + hashlib.sha256(data).hexdigest()[:16]
         self._uploads[key] = base
         self._uploads.move_to_end(key)
+        mine = self._owners.setdefault(client, [])
+        if key in mine:
+            mine.remove(key)
+        mine.append(key)
+        while len(mine) > self.limits.uploads_per_client:
+            self._uploads.pop(mine.pop(0), None)
         while len(self._uploads) > self.limits.uploads_kept:
             self._uploads.popitem(last=False)
         return {"key": key, "name": os.path.basename(name)}
@@ -548,7 +561,7 @@ def _upload_route(explorer: Explorer, work):
         if size > cap:
             raise UsageError(f"the upload is {size:,} bytes, more than {cap:,}; send a smaller image")
         name = request.query_params.get("name", "upload")
-        return JSONResponse(await work(explorer.upload, b"".join(parts), name))
+        return JSONResponse(await work(explorer.upload, b"".join(parts), name, _client(request)))
 
     return Route("/api/upload", upload, methods=["POST"])
 
@@ -563,7 +576,7 @@ def _job_error(e: Exception) -> str:
     return f"the model raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
-def _occlusion_routes(explorer: Explorer, work) -> list:
+def _occlusion_routes(explorer: Explorer) -> list:
     """Occlusion as a job: started (its settings refused before any job exists), then polled for progress."""
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -571,51 +584,84 @@ def _occlusion_routes(explorer: Explorer, work) -> list:
     async def start(request):
         key, target = request.path_params["key"], _q_int(request, "class")
         settings = explorer.occlusion_settings(dict(request.query_params))
-        return _start_job(explorer, work, "occlusion", lambda tick: explorer.occlusion(key, target, settings, tick))
+        return _start_job(explorer, request, "occlusion", lambda tick: explorer.occlusion(key, target, settings, tick))
 
     async def start_visualize(request):  # issue 37: the clicked map's (or unit's) optimized image, a job (cached)
         layer, channel = request.path_params["layer"], int(request.path_params["map"])
         y, x = _q_int(request, "y"), _q_int(request, "x")
         unit = None if y is None and x is None else (y, x)
         explorer.check_map(layer, channel, unit)  # refused before any job exists
-        return _start_job(explorer, work, "visualize", lambda tick: explorer.visualize_map(layer, channel, unit, tick))
+        return _start_job(
+            explorer, request, "visualize", lambda tick: explorer.visualize_map(layer, channel, unit, tick)
+        )
 
     async def poll(request):
-        state = explorer.jobs.get(request.path_params["job"])
+        state = explorer.book.get(request.path_params["job"])
         if state is None:
             raise UsageError("no such job; start it again")
         return JSONResponse({k: state[k] for k in ("done", "total", "result", "error")})
+
+    async def cancel(request):  # the job stops at its next chunk (or before it starts)
+        state = explorer.book.get(request.path_params["job"])
+        if state is None:
+            raise UsageError("no such job; start it again")
+        state["cancelled"] = True
+        return JSONResponse({"cancelled": True})
 
     return [
         Route("/api/occlusion/{key}", start, methods=["POST"]),
         Route("/api/occlusion-job/{job}", poll),
         Route("/api/visualize/{layer}/{map:int}", start_visualize, methods=["POST"]),
         Route("/api/job/{job}", poll),
+        Route("/api/job/{job}", cancel, methods=["DELETE"]),
     ]
 
 
-def _start_job(explorer: Explorer, work, what: str, call):
-    """Run `call(tick)` as a job on the model's worker: its progress and result polled, its time limited."""
+def _client(request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _start_job(explorer: Explorer, request, what: str, call):
+    """Run `call(tick)` as a job (`fair`: bounded per client, the model taken between interactive requests, a
+    chunk at a time): its progress and result polled, its time limited, stopped when cancelled or abandoned."""
+    from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
     counted = {"occlusion": "positions", "visualize": "image-steps"}
     job = uuid.uuid4().hex[:12]
-    state = explorer.jobs[job] = {"done": 0, "total": 0, "result": None, "error": None, "started": time.time()}
-
+    state = explorer.book.admit(job, _client(request))
     limit = explorer.limits.job_seconds
 
-    def tick(done: int, total: int) -> None:  # between batches: a job past its time limit stops here
+    def tick(done: int, total: int) -> None:  # between chunks: interactive requests first; stops here
         state["done"], state["total"] = done, total
+        why = explorer.book.stop_reason(state)
+        if why is not None:
+            raise UsageError(why)
         if time.time() - state["started"] > limit:
             raise UsageError(
                 f"the {what} job ran past the explorer's limit of {limit:g} s ({done} of {total} {counted[what]}); "
                 + ("use a larger stride or window, or " if what == "occlusion" else "")
                 + "start zfnet explore with a larger --job-limit"
             )
+        explorer.lock.between_chunks()
+
+    def locked():
+        with explorer.lock.job(), torch.no_grad():
+            why = explorer.book.stop_reason(state)
+            if why is not None:  # cancelled or abandoned while it waited
+                raise UsageError(why)
+            state["started"] = time.time()
+            try:
+                return call(tick)
+            except Exception as e:
+                err = blame(e)
+                if err is None:
+                    raise
+                raise err from None
 
     async def run() -> None:
         try:
-            state["result"] = await work(call, tick)
+            state["result"] = await run_in_threadpool(locked)
         except Exception as e:  # noqa: BLE001 - the job ends with its error, kept as a value for the poll
             state["error"] = _job_error(e)
 
@@ -633,7 +679,7 @@ def explore_app(explorer: Explorer):
     from starlette.staticfiles import StaticFiles
 
     async def refused(request, exc: Exception):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"error": str(exc)}, status_code=429 if isinstance(exc, Busy) else 400)
 
     async def index(request):
         return FileResponse(os.path.join(WEB, "index.html"), headers={"Cache-Control": "no-cache"})
@@ -647,7 +693,7 @@ def explore_app(explorer: Explorer):
         Route("/api/info", info),
         _upload_route(explorer, work),
         *_image_routes(explorer, work),
-        *_occlusion_routes(explorer, work),
+        *_occlusion_routes(explorer),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]
     if explorer.atlas_dir:

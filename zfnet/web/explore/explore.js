@@ -221,6 +221,7 @@ async function runOcclusion() {
   const q = new URLSearchParams();
   for (const [name, id] of [["class", "occ-class"], ["window", "occ-window"], ["stride", "occ-stride"]])
     if ($(id).value !== "") q.set(name, $(id).value);
+  if (occJob) api(`/api/job/${occJob}`, { method: "DELETE" }).catch(() => {});  // the earlier run stops
   try {
     const { job } = await api(`/api/occlusion/${state.image}?` + q, { method: "POST" });
     occJob = job; $("occ-progress").value = 0; $("occ-info").textContent = "running...";
@@ -267,6 +268,8 @@ async function runVisualize() {
 
 // --- start ----------------------------------------------------------------------------------------------------
 async function start() {
+  // issue 38: the token of the printed URL is now a cookie the server set (HttpOnly): out of the address bar
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname + location.hash);
   readHash();  // before the controls are built: they show the linked view
   info = await api("/api/info");
   $("model").textContent = `${info.model} (${info.input.join("x")})`;
