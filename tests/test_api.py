@@ -68,6 +68,7 @@ def _calls(model: nn.Module, x: torch.Tensor, layer: str, snaps):
         "project": lambda: zfnet.project(model, x, layer=layer, channel=1),
         "receptive_field": lambda: zfnet.receptive_field(model, x, layer=layer),
         "visualize": lambda: zfnet.visualize(opened, layer=layer, units=(0, 1), steps=4),
+        "paint": lambda: zfnet.paint(opened, x[:1], mask=torch.ones(x.shape[-2:]).triu() > 0, layer=layer),
     }
 
 

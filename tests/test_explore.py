@@ -296,6 +296,38 @@ def test_a_client_queues_at_most_eight_jobs_and_cancelled_jobs_stop(server):
         assert s["error"] == "the job was cancelled" or s["result"] is not None
 
 
+def test_paint_answers_what_a_whole_forward_of_the_painted_image_gives(server, reference):
+    """Issue 38: POST /api/paint/{key} with a mask PNG, stroke after stroke: p, the top classes and the map's
+    activity equal a whole forward of the painted image (1e-4); the answer says how it was computed; a mask of
+    another size and a bad setting are one line, 400."""
+    p, ds = reference
+    x = p.preprocess.eval_input(ds.bases[5:6])
+    grey = zfnet.pixels.resolve_fill(p.model, "grey", p.preprocess, x, "test")[0]
+    masks = [np.zeros((28, 28), np.uint8) for _ in range(3)]
+    masks[0][4:14, 6:20] = 255
+    masks[1][:] = masks[0]
+    masks[1][15:25, 3:9] = 255
+    masks[2][:] = masks[1]
+    masks[2][4:10, 6:12] = 0  # erased
+    for mask in masks:
+        status, r = post(server + "api/paint/d5?target=3&layer=conv4&map=2", png_file(mask))
+        assert status == 200, r
+        painted = torch.where(torch.from_numpy(mask > 127)[None, None], grey, x)
+        with torch.no_grad():
+            probs = F.softmax(p.model(painted).double(), 1)[0]
+            maps = features(p.model, painted, ["conv4"])["conv4"][0, 2]
+        assert r["p"] == pytest.approx(float(probs[3]), abs=1e-4) and r["target"] == 3
+        assert [t["class"] for t in r["top"]] == probs.topk(5).indices.tolist()
+        assert all(t["p"] == pytest.approx(float(probs[t["class"]]), abs=1e-4) for t in r["top"])
+        assert r["activity"]["value"] == pytest.approx(float(maps.max()), abs=1e-4 * float(maps.abs().max() + 1))
+        assert r["strategy"] == "exact incremental" and r["activity_image"].startswith("data:image/png;base64,")
+    assert r["changed"] == [4, 6, 6, 6]  # the last stroke erased one rectangle: only it was replayed
+    status, bad = post(server + "api/paint/d5", png_file(np.zeros((20, 28), np.uint8)))
+    assert status == 400 and bad["error"].startswith("the mask is 28x20 px, the model's input 28x28")
+    status, bad = post(server + "api/paint/d5?blur=-1", png_file(masks[0]))
+    assert status == 400 and "blur" in bad["error"] and "\n" not in bad["error"]
+
+
 def test_uploads_are_capped_and_decoded_with_the_cli_guards(server, reference):
     p, ds = reference
     import numpy as np
@@ -463,6 +495,18 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
     # issue 37: the map's optimized image, a job with progress
     browser.find_element(By.ID, "vis-run").click()
     wait.until(lambda d: loaded("vis-image") and f"#{m}: its mean" in text("vis-info"))
+    # issue 38: paint two strokes over the image: the readout follows each, exact and incremental
+    canvas = browser.find_element(By.ID, "paint-canvas")
+    ActionChains(browser).move_to_element_with_offset(canvas, -60, -20).click_and_hold().move_by_offset(
+        60, 10
+    ).move_by_offset(10, 30).release().perform()
+    wait.until(lambda d: text("paint-readout").startswith("p(") and loaded("paint-activity"))
+    assert "exact incremental" in text("paint-readout") and f"conv3 #{m}" in text("paint-readout")
+    first_p = text("paint-readout")
+    ActionChains(browser).move_to_element_with_offset(canvas, 30, 40).click_and_hold().move_by_offset(
+        -40, 0
+    ).release().perform()
+    wait.until(lambda d: d.execute_script("return paint.history.length") == 2 and text("paint-readout") != first_p)
     # a link opens a view: the atlas's top-9 of a map it projected, and a class's references
     c = json.loads((atlas_dir / "manifest.json").read_text())["layers"]["conv5"]["projected"][0]
     browser.get("about:blank")

@@ -1,4 +1,4 @@
-"""Issue 38: what the servers answer and to whom (`zfnet.guard`), and who runs on the explorer's model next
+"""Issue 38: what the servers answer and to whom (`zfnet.pipelines.guard`), and who runs on the explorer's model next
 (`zfnet.pipelines.fair`). The guard is driven here as ASGI, request by request, in front of a small app that
 records what reached it; `tests/test_explore.py` drives the real servers (a foreign Host, a foreign Origin, no
 token, a dot-path, 20 queued jobs)."""
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from zfnet.guard import Guard, cookie_name
+from zfnet.pipelines.guard import Guard, cookie_name
 from zfnet.pipelines.fair import Busy, JobBook, ModelLock
 
 PORT = 8123

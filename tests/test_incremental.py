@@ -1,7 +1,8 @@
 """Issue 23: incremental inference through any module graph (`zfnet.methods.incremental`).
 
 Exact occlusion equals whole forwards at every position on torchvision ResNet-18 / ResNet-50 (additions),
-DenseNet-121 (concatenations), MobileNet-V3 (squeeze-excitation products, hard-swish) and a user module with
+DenseNet-121 (concatenations), MobileNet-V3 (squeeze-excitation products, hard-swish), ShuffleNet-V2 and a module
+with chunk, split, unbind and a channel shuffle (issue 38: ops that return tuples), and a user module with
 functional ReLUs, an addition and a concatenation - compared in float64, so that the two computations agree to
 ~1e-12 and a tolerance of 1e-9 leaves no room for luck. The rectangles are checked on hand-worked cases and
 against the values that actually change; an op the replay does not know runs on whole maps where it sits; a
@@ -50,7 +51,32 @@ def with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+class _Tuples(nn.Module):
+    """Issue 38: ops that return tuples - chunk, split, unbind - and the cat of their parts, with a channel
+    shuffle (a view into groups, a transpose, a view back), as ShuffleNet's blocks have them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c3, self.c4 = nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, F.relu(self.c2(b))], 1)
+        p, q, r = torch.split(x, [2, 2, 4], dim=1)
+        x = torch.cat([F.max_pool2d(torch.cat([q, p], 1), 2), F.relu(self.c3(r))], 1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)  # the channel shuffle
+        u0, u1 = x.view(n, 2, c // 2, h, w).unbind(1)
+        x = F.relu(self.c4(torch.cat([u1, u0], dim=1)))
+        return self.fc(x.mean((2, 3)))
+
+
 GRAPHS = [  # (builder, input size, window, stride, the ops expected on whole maps)
+    (torchvision.models.shufflenet_v2_x0_5, 64, 16, 24, {"TensorBase.mean"}),  # chunk, channel shuffle
+    (_Tuples, 24, 6, 5, {"TensorBase.mean"}),
     (torchvision.models.resnet18, 64, 16, 16, {"AdaptiveAvgPool2d"}),
     (torchvision.models.resnet50, 64, 16, 24, {"AdaptiveAvgPool2d"}),
     (torchvision.models.densenet121, 64, 16, 24, {"adaptive_avg_pool2d"}),

@@ -20,7 +20,8 @@ from zfnet.cli import build_parser, main
 from zfnet.cli.settings import PREFIX, settings_from_args, shown
 from zfnet.settings import Settings
 
-# the command that offers each method's settings as flags (architecture and receptive_field have none)
+# the command that offers each method's settings as flags (architecture, receptive_field and paint - the explorer's
+# and Python's - have none)
 COMMAND = {
     "atlas": "atlas",
     "correspondence": "correspondence",
@@ -46,6 +47,7 @@ OTHER = {
     "architecture": {},
     "receptive_field": {},
     "visualize": {"layer": "conv3", "units": (1, 2), "steps": 8, "objective": "neuron", "position": (2, 3)},
+    "paint": {"target": 3, "layer": "conv2", "map": 1, "blur": 2.0, "strategy": "whole"},
 }
 # ... and one bad value of each, with the flags its command needs besides
 BAD = {

@@ -28,6 +28,7 @@ from .methods.faithfulness import Faithfulness, FaithfulnessSettings, faithfulne
 from .methods.filters import FilterReport, FiltersSettings, filters
 from .methods.invariance import InvarianceResult, InvarianceSettings, TransformCurve, invariance
 from .methods.occlusion import OcclusionResult, OcclusionResults, OcclusionSettings, occlusion
+from .methods.paint import PaintResult, PaintSettings, paint
 from .methods.registry import METHODS as _METHODS
 from .methods.registry import Method
 from .methods.visualize import Visualization, VisualizeSettings, visualize
@@ -67,6 +68,8 @@ __all__ = [
     "InvarianceSettings",
     "Method",
     "OcclusionSettings",
+    "PaintResult",
+    "PaintSettings",
     "ProjectSettings",
     "ReceptiveFieldSettings",
     "Run",
@@ -103,6 +106,7 @@ __all__ = [
     "invariance",
     "models",
     "occlusion",
+    "paint",
     "open_model",
     "opened_module",
     "pretrained",

@@ -55,7 +55,7 @@ def _explore_run(args) -> int:
 def _explore(args, life: Lifetime) -> int:
     from .. import data as zdata
     from ..errors import UsageError
-    from ..guard import new_token
+    from ..pipelines.guard import new_token
     from ..pretrained import EMBEDDED_DATA
     from ..runtime import resolve_device
     from .args import open_from_args, wants_embedded

@@ -70,12 +70,12 @@ def _server_class():
 
 
 def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = None, token: str | None = None) -> int:
-    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port) behind `zfnet.guard.Guard` (Host, Origin,
+    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port) behind `zfnet.pipelines.guard.Guard` (Host, Origin,
     dot-paths, and `token` when given: the printed URL carries it), printing the URL; Ctrl-C or SIGTERM stops it
     cleanly at any moment (`life`: the command's own, installed when it started; else one from here on)."""
     import uvicorn
 
-    from ..guard import Guard
+    from ..pipelines.guard import Guard
 
     app = Guard(app, host, token)
 

@@ -97,6 +97,12 @@ _POINTWISE_FUNCTIONS = {
     T.detach,
 }
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+# ops that split a value into parts along a channel dimension (issue 38: ShuffleNet's chunk, split, unbind)
+_PARTS_FUNCTIONS = {torch.chunk, T.chunk, torch.split, T.split, torch.tensor_split, T.tensor_split, torch.unbind,
+                    T.unbind}  # fmt: skip
+# ops that move channels only, keeping the batch first and the two spatial dimensions last (channel shuffle)
+_CHANNEL_FUNCTIONS = {T.view, T.reshape, torch.reshape, T.transpose, torch.transpose, T.permute, torch.permute,
+                      T.contiguous, T.clone, T.flatten, torch.flatten, T.unflatten, torch.unflatten}  # fmt: skip
 _VIEW_FUNCTIONS = {T.view, T.reshape, torch.reshape}
 # queries about a tensor that return no tensor (shapes, dtypes) are not recorded; these are not either
 _NOT_RECORDED = {T.__format__, T.__repr__, T.__bool__, T.__len__, T.__iter__, T.__hash__, T.item, T.tolist}
@@ -376,6 +382,10 @@ class Region:
         """Each sample's h x w window at (top[b], left[b]): the base there with the sample's patch pasted in."""
         if (h, w) == self.size and top == self.top and left == self.left:
             return self.patch
+        if self.base.dim() != 4:  # channels in several dimensions (a channel shuffle's view): one, while cropping
+            mid = self.base.shape[1:-2]
+            flat = Region(self.base.flatten(1, -3), self.top, self.left, self.patch.flatten(1, -3))
+            return flat.crop(top, left, h, w).unflatten(1, mid)
         out = gather(self.base, top, left, h, w)
         _paste(out, self.patch, [a - t for a, t in zip(self.top, top)], [a - l for a, l in zip(self.left, left)])
         return out
@@ -523,6 +533,63 @@ def pad_like(win: Window, x: torch.Tensor, base_out: torch.Tensor, value: float 
     return F.pad(x, (pw, pad_r, ph, pad_b), value=win.pad_value if value is None else value)
 
 
+def _dim_arg(n: Node, position: int, name: str, default: Any) -> Any:
+    """A recorded call's argument by position (after the tensor) or keyword."""
+    if len(n.args) > position:
+        return n.args[position]
+    return n.kwargs.get(name, default)
+
+
+def _channel_op(n: Node, nodes: list[Node]) -> str:
+    """ "channel" for an op that moves channels only (a view regrouping them, a transpose or permutation among
+    them: the channel shuffle), "parts" for one that splits the channels into parts (chunk, split, unbind),
+    "pick" for a part taken from those; else "". The batch stays first and the two spatial dimensions last, so
+    the op acts on each sample's patch as on the whole map (issue 38)."""
+    first = n.args[0] if n.args else None
+    if n.target is operator.getitem:
+        parent = nodes[first.node] if isinstance(first, Ref) else None
+        ok = parent is not None and parent.varies and isinstance(parent.value, (tuple, list))
+        return "pick" if ok and isinstance(n.args[1], int) and isinstance(n.value, torch.Tensor) else ""
+    if not isinstance(first, Ref) or not nodes[first.node].varies:
+        return ""
+    x = nodes[first.node].value
+    varying = [i for i in _refs(n) if nodes[i].varies]
+    if not isinstance(x, torch.Tensor) or x.dim() < 4 or len(varying) != 1 or x.shape[0] != 1:
+        return ""
+    nd, hw = x.dim(), tuple(x.shape[-2:])
+    middle = range(1, nd - 2)
+
+    def channel_dim(d: Any) -> bool:
+        return isinstance(d, int) and -nd <= d < nd and d % nd in middle
+
+    if n.target in _PARTS_FUNCTIONS:
+        parts = n.value if isinstance(n.value, (tuple, list)) else ()
+        unbind = n.target in (torch.unbind, T.unbind)
+        ok = channel_dim(_dim_arg(n, 1 if unbind else 2, "dim", 0)) and len(parts) > 0
+        ok = ok and all(isinstance(p, torch.Tensor) and p.dim() >= 4 and tuple(p.shape[-2:]) == hw for p in parts)
+        return "parts" if ok else ""
+    out = n.value
+    if n.target not in _CHANNEL_FUNCTIONS or not isinstance(out, torch.Tensor) or out.dim() < 4:
+        return ""
+    if out.shape[0] != 1 or tuple(out.shape[-2:]) != hw or (nd == 4 and out.dim() == 4 and out.shape == x.shape):
+        return ""  # a 4-D value that keeps its shape: the pointwise rules already follow it
+    t = n.target
+    if t in (T.transpose, torch.transpose):
+        ok = channel_dim(_dim_arg(n, 1, "dim0", None)) and channel_dim(_dim_arg(n, 2, "dim1", None))
+        return "channel" if ok else ""
+    if t in (T.permute, torch.permute):
+        given = n.args[1:] or (n.kwargs.get("dims"),)
+        dims = given[0] if len(given) == 1 and isinstance(given[0], (tuple, list)) else given
+        dims = [d % nd for d in dims] if all(isinstance(d, int) for d in dims) else []
+        return "channel" if len(dims) == nd and dims[0] == 0 and dims[-2:] == [nd - 2, nd - 1] else ""
+    if t in (T.flatten, torch.flatten):
+        start, end = _dim_arg(n, 1, "start_dim", 0), _dim_arg(n, 2, "end_dim", -1)
+        return "channel" if channel_dim(start) and channel_dim(end) else ""
+    if t in (T.unflatten, torch.unflatten):
+        return "channel" if channel_dim(_dim_arg(n, 1, "dim", None)) else ""
+    return "channel"  # view / reshape (the batch and spatial sizes checked above), contiguous, clone
+
+
 def _spatially_constant(a: Any) -> bool:
     """A fixed operand that broadcasts over the map without spatial extent (a number, a per-channel scale)."""
     if not isinstance(a, torch.Tensor):
@@ -579,6 +646,9 @@ class Replay:
     def _kind(self, k: int, n: Node) -> str:
         nodes = self.graph.nodes
         out = n.value
+        moved = _channel_op(n, nodes)
+        if moved:
+            return moved
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             return "whole"
         varying = [i for i in _refs(n) if nodes[i].varies]
@@ -626,11 +696,37 @@ class Replay:
             env[k] = self._step(k, g.nodes[k], env, tau, low)
         return env.get(g.output), env[g.feature]
 
+    def advance(self, top: int, left: int, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One input (batch 1) that equals the recorded one but for `patch` at (top, left): replayed exactly, and
+        every live node's value becomes its value on that input, so that the next change replays from there (paint
+        to occlude, issue 38). Returns the output's and the feature node's new values."""
+        g = self.graph
+        env: dict[int, Any] = {0: Region(g.nodes[0].value, [top], [left], patch.contiguous(memory_format=CL))}
+        for k in self.live:
+            env[k] = self._step(k, g.nodes[k], env, None, False)
+        for k, v in env.items():
+            value = tree_map(_whole, v)
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                value = value.contiguous(memory_format=CL)
+            g.nodes[k].value = value
+        self.padded.clear()  # each window op's padded input was the old one's
+        return g.nodes[g.output].value, g.nodes[g.feature].value
+
     def _step(self, k: int, n: Node, env: dict[int, Any], tau, low: bool):
         kind = self.kinds[k]
         variable = [env[i] for i in self.varying[k]]
+        if kind == "pick" and isinstance(variable[0], (tuple, list)) and isinstance(variable[0][n.args[1]], Region):
+            return variable[0][n.args[1]]
         if kind != "whole" and all(isinstance(a, Region) for a in variable):
             first = variable[0]
+            if kind in ("channel", "parts"):  # the same op on each sample's patch: its spatial dimensions stay last
+                rest, kw = self._args(Node(n.target, n.args[1:], n.kwargs, None, False), {})
+                if n.target in (T.view, T.reshape, torch.reshape):
+                    rest, kw = (tuple((first.patch.shape[0], *n.value.shape[1:-2], *first.size)),), {}
+                made = n.target(first.patch, *rest, **kw)
+                if kind == "channel":
+                    return Region(n.value, first.top, first.left, made)
+                return tuple(Region(v, first.top, first.left, p) for v, p in zip(n.value, made))
             if kind == "window":
                 if k not in self.padded:
                     self.padded[k] = pad_like(self.windows[k], first.base, n.value)
@@ -763,7 +859,7 @@ def rects_of(replay: Replay, tops: list[int], lefts: list[int], window: int, tau
             env[k] = None
         elif kind == "window":
             env[k] = window_rects(replay.windows[k], ins[0], int(n.value.shape[-2]), int(n.value.shape[-1]), tau)  # type: ignore[arg-type]
-        elif kind == "pointwise":
+        elif kind in ("pointwise", "channel", "parts", "pick"):
             env[k] = ins[0]
         else:
             env[k] = union_rects([r for r in ins if r is not None], *n.value.shape[-2:])
@@ -802,10 +898,14 @@ def estimate(
             r = env[k]
             ins = [(i, env[i]) for i in _refs(n) if nodes[i].varies]
             if r is None:  # whole maps; regions coming in are materialized first
-                made = [nodes[i].value.numel() for i, ri in ins if ri is not None and not _covers(ri, nodes[i].value)]
+                made = [_numel(nodes[i].value) for i, ri in ins if ri is not None and not _covers(ri, nodes[i].value)]
                 inc += b * (full[k] + sum(made) * cm.element) + len(made) * b * cm.sample + per_call[k]
                 continue
             area = r.h * r.w
+            if replay.kinds[k] in ("channel", "parts", "pick"):  # a copy of the patch at most
+                hw = nodes[ins[0][0]].value.shape[-2:]
+                inc += b * _numel(n.value) * area / (hw[0] * hw[1]) * cm.element + per_call[k]
+                continue
             out_hw = n.value.shape[-2] * n.value.shape[-1]
             if replay.kinds[k] == "window":
                 win = replay.windows[k]
@@ -824,8 +924,9 @@ def estimate(
     return Estimate(inc, whole)
 
 
-def _covers(r: Rects | None, value: torch.Tensor) -> bool:
-    return r is not None and (r.h, r.w) == tuple(value.shape[-2:])
+def _covers(r: Rects | None, value: Any) -> bool:
+    first = next((t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)), None)
+    return r is not None and first is not None and (r.h, r.w) == tuple(first.shape[-2:])
 
 
 def order_positions(

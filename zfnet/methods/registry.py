@@ -21,6 +21,7 @@ from .faithfulness import Faithfulness, FaithfulnessSettings, faithfulness
 from .filters import FilterReport, FiltersSettings, filters
 from .invariance import InvarianceResult, InvarianceSettings, invariance
 from .occlusion import OcclusionResults, OcclusionSettings, occlusion
+from .paint import PaintResult, PaintSettings, paint
 from .visualize import Visualization, VisualizeSettings, visualize
 
 
@@ -46,6 +47,7 @@ for _m in (
     Method("filters", filters, FiltersSettings, FilterReport, "Fig. 5, Sec. 4.1"),
     Method("invariance", invariance, InvarianceSettings, InvarianceResult, "arXiv Sec. 4.4"),
     Method("occlusion", occlusion, OcclusionSettings, OcclusionResults, "Sec. 4.2, Fig. 6"),
+    Method("paint", paint, PaintSettings, PaintResult, "issue 38: paint to occlude, Fig. 6 live"),
     Method("project", project, ProjectSettings, Projection, "Sec. 2.1, Fig. 1"),
     Method("receptive_field", receptive_field, ReceptiveFieldSettings, ReceptiveField, "Sec. 2.1"),
     Method("visualize", visualize, VisualizeSettings, Visualization, "issue 37: feature visualization (Olah 2017)"),

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,11 +31,20 @@ from ..methods.atlas import default_layers
 from ..methods.deconvnet import RULES, Deconvnet, ProjectSettings, Target
 from ..methods.evidence import UnitAt, evidence
 from ..methods.occlusion import OcclusionSettings, occlusion
+from ..methods.paint import Painter, PaintSettings
 from ..methods.visualize import visualize
 from ..readback import read_json
 from ..receptive_field import cut_box, layer_field
 from ..render.evidence import causal_tile
-from ..render.explore import data_url, figure_data_url, map_grid, pixels_image, png, projection_image
+from ..render.explore import (
+    activity_image,
+    data_url,
+    figure_data_url,
+    map_grid,
+    pixels_image,
+    png,
+    projection_image,
+)
 from ..render.occlusion import occlusion_plot
 from ..render.visualize import unit_image
 from ..runtime import eval_mode, model_device
@@ -43,6 +53,7 @@ from ..weights import Opened
 from .evidence import unit_scores
 from .fair import Busy, JobBook, ModelLock
 
+PAINTERS_KEPT = 8  # images being painted whose recorded forward is kept (each holds every live value of one forward)
 WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
 
 
@@ -98,6 +109,7 @@ class Explorer:
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._evidence: OrderedDict[str, dict] = OrderedDict()
         self._visualized: dict[str, dict] = {}
+        self._painters: OrderedDict[str, Painter] = OrderedDict()  # issue 38: each painted image's replay
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._fields: dict[str, Any] = {}
         self._stack = ExitStack()
@@ -374,6 +386,53 @@ class Explorer:
         return {"layer": layer, "class": cls, "maps": maps, "sheet": self._sheet(layer, cls)}
 
     # --- occlusion --------------------------------------------------------------------------------------------
+    def paint_settings(self, texts: dict[str, str]) -> PaintSettings:
+        """A paint request's settings (its URL query by field name); the top layer unless one is named, refused
+        in one line when the layer is not one the explorer shows."""
+        given = PaintSettings.parse(texts)
+        given.setdefault("layer", self.layers[-1])
+        s = PaintSettings.build(None, **given)
+        if s.layer not in self.layers:
+            raise UsageError(f"layer {s.layer!r} is not one the explorer shows; pick one of {', '.join(self.layers)}")
+        if s.map is not None:
+            self.check_map(s.layer, s.map)
+        return s
+
+    def paint(self, key: str, mask_png: bytes, settings: PaintSettings) -> dict:
+        """Issue 38: the image with the painted pixels covered (`zfnet.methods.paint.Painter`, kept per image and
+        settings, so each stroke replays only the rectangle it changed): p, the top classes, the map's activity
+        and its picture."""
+        x = self._entry(key)["x"]
+        mask = self._mask(mask_png, x)
+        ck = f"{key}|{settings.fingerprint()}"
+        painter = self._painters.get(ck)
+        if painter is None:
+            painter = Painter(self.model, self.pp, x, settings)
+            self._painters[ck] = painter
+            while len(self._painters) > PAINTERS_KEPT:
+                self._painters.popitem(last=False)
+        self._painters.move_to_end(ck)
+        scale = float(painter.first.maps.max())
+        r = painter.apply(mask)
+        out = r.to_json()
+        out["top"] = [{**t, "name": self._class_name(t["class"])} for t in out["top"]]
+        out["target_name"] = self._class_name(r.target)
+        out["activity_image"] = data_url(activity_image(r.maps, scale))
+        return out
+
+    def _mask(self, data: bytes, x: torch.Tensor) -> torch.Tensor:
+        """A painted mask from its PNG (white = painted), of the model's input size."""
+        if not data:
+            raise UsageError("the paint request has no mask; send the mask as a PNG of the model's input size")
+        img = decode_image(data, "mask", self.limits.upload_pixels)
+        m = torch.as_tensor(np.asarray(img.convert("L"))) > 127
+        if tuple(m.shape) != tuple(x.shape[-2:]):
+            raise UsageError(
+                f"the mask is {m.shape[1]}x{m.shape[0]} px, the model's input {x.shape[-1]}x{x.shape[-2]}; "
+                "send a mask of the model's input size"
+            )
+        return m
+
     def occlusion_settings(self, texts: dict[str, str]) -> OcclusionSettings:
         """A request's occlusion settings (a URL query's text by field name): fitted to the input where the
         window or stride is not given (`OcclusionSettings.for_input`), the top default layer unless one is."""
@@ -548,20 +607,39 @@ def _image_routes(explorer: Explorer, work) -> list:
     ]
 
 
+def _paint_route(explorer: Explorer, work):
+    """Issue 38: POST /api/paint/{key} - the body the mask (PNG), the query its settings (target, layer, map,
+    fill or blur)."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def paint(request):
+        settings = explorer.paint_settings(dict(request.query_params))
+        body = await _capped_body(request, explorer.limits.upload_bytes, "mask")
+        return JSONResponse(await work(explorer.paint, request.path_params["key"], body, settings))
+
+    return Route("/api/paint/{key}", paint, methods=["POST"])
+
+
+async def _capped_body(request, cap: int, what: str) -> bytes:
+    parts, size = [], 0
+    async for chunk in request.stream():  # keep no more than the cap (the rest is read and dropped)
+        size += len(chunk)
+        if size <= cap:
+            parts.append(chunk)
+    if size > cap:
+        raise UsageError(f"the {what} is {size:,} bytes, more than {cap:,}; send a smaller image")
+    return b"".join(parts)
+
+
 def _upload_route(explorer: Explorer, work):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     async def upload(request):
-        parts, size, cap = [], 0, explorer.limits.upload_bytes
-        async for chunk in request.stream():  # keep no more than the cap (the rest is read and dropped)
-            size += len(chunk)
-            if size <= cap:
-                parts.append(chunk)
-        if size > cap:
-            raise UsageError(f"the upload is {size:,} bytes, more than {cap:,}; send a smaller image")
+        body = await _capped_body(request, explorer.limits.upload_bytes, "upload")
         name = request.query_params.get("name", "upload")
-        return JSONResponse(await work(explorer.upload, b"".join(parts), name, _client(request)))
+        return JSONResponse(await work(explorer.upload, body, name, _client(request)))
 
     return Route("/api/upload", upload, methods=["POST"])
 
@@ -692,6 +770,7 @@ def explore_app(explorer: Explorer):
         Route("/", index),
         Route("/api/info", info),
         _upload_route(explorer, work),
+        _paint_route(explorer, work),
         *_image_routes(explorer, work),
         *_occlusion_routes(explorer),
         Mount("/static", StaticFiles(directory=WEB), name="static"),

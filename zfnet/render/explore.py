@@ -57,3 +57,10 @@ def projection_image(projection: torch.Tensor, size: int = 224) -> Image.Image:
 def pixels_image(pixels: torch.Tensor, size: int = 224) -> Image.Image:
     """Image pixels (C x H x W in 0-255) enlarged to about `size` (nearest)."""
     return to_pil(pixels, max(1, round(size / max(pixels.shape[-2:]))))
+
+
+def activity_image(maps: torch.Tensor, scale: float, size: int = 160) -> Image.Image:
+    """One feature map (h x w) as grey levels on a fixed `scale` (its value on the unpainted image: paint that
+    silences it shows darker), enlarged to about `size` (nearest)."""
+    level = (maps.clamp(min=0) / max(scale, 1e-12)).clamp(max=1) * 255
+    return pixels_image(level[None].float(), size)

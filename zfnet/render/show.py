@@ -24,6 +24,7 @@ from ..methods.faithfulness import Faithfulness
 from ..methods.filters import FilterReport
 from ..methods.invariance import InvarianceResult
 from ..methods.occlusion import OcclusionResult, OcclusionResults
+from ..methods.paint import PaintResult
 from ..methods.visualize import Visualization
 from ..receptive_field import ReceptiveField
 from .analyses import invariance_plot, invariance_rows
@@ -173,6 +174,21 @@ def _evidence(result: Evidence, images, names, preprocess):
     return evidence_plot(rows, "does the picture show the unit?")
 
 
+def _paint(result: PaintResult, images, names, preprocess):
+    fig, (bars, act) = plt.subplots(1, 2, figsize=(7, 2.6))
+    labels = [names[t["class"]] if t["class"] < len(names) else str(t["class"]) for t in result.top]
+    bars.barh(range(len(labels))[::-1], [t["p"] for t in result.top], color="#4a7")
+    bars.set_yticks(range(len(labels))[::-1], labels, fontsize=7)
+    bars.set_xlim(0, 1)
+    bars.set_title(f"p(class {result.target}) = {result.p:.3f}", fontsize=8)
+    act.imshow(result.maps.numpy(), cmap="viridis")
+    act.set_axis_off()
+    a = result.activity
+    act.set_title(f"{a['layer']} map {a['map']}: {a['value']:.2f} at {tuple(a['position'])}", fontsize=8)
+    fig.suptitle(f"painted ({result.strategy})", fontsize=9)
+    return fig
+
+
 def _visualization(result: Visualization, images, names, preprocess):
     n = len(result.units)
     cols = min(8, n)
@@ -207,6 +223,7 @@ RENDERERS: dict[type, Callable[..., Any]] = {
     Evidence: _evidence,
     Faithfulness: _faithfulness,
     Visualization: _visualization,
+    PaintResult: _paint,
 }
 
 

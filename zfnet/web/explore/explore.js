@@ -69,6 +69,7 @@ async function chooseImage(key) {
     const pred = await api(`/api/predict/${key}`);
     state.image = key;
     $("image").src = `/api/image/${key}.png`;
+    paintReset();
     const ol = $("predictions"); ol.replaceChildren();
     for (const t of pred.top) {
       const li = document.createElement("li");
@@ -266,6 +267,74 @@ async function runVisualize() {
   } catch (e) { $("vis-info").textContent = String(e.message || e); }
 }
 
+// --- issue 38: paint to occlude --------------------------------------------------------------------------------
+// The mask lives at the model's input size (white = painted); the visible canvas shows the strokes over the image.
+// Each stroke's end sends the whole mask; the server replays only the rectangle the stroke changed.
+const paint = { mask: null, down: false, history: [], seq: 0, key: null };
+function paintReset() {
+  const n = info.input[1];
+  paint.mask = document.createElement("canvas"); paint.mask.width = n; paint.mask.height = n;
+  const m = paint.mask.getContext("2d"); m.fillStyle = "#000"; m.fillRect(0, 0, n, n);
+  const c = $("paint-canvas"); c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  paint.history = []; paint.key = state.image; drawHistory();
+  $("paint-activity").hidden = true;
+}
+function paintAt(e) {
+  const c = $("paint-canvas"), r = c.getBoundingClientRect();
+  const u = (e.clientX - r.left) / r.width, v = (e.clientY - r.top) / r.height;
+  const n = info.input[1], brush = Number($("paint-brush").value) * n / 224, erase = $("paint-erase").checked;
+  const m = paint.mask.getContext("2d");
+  m.fillStyle = erase ? "#000" : "#fff"; m.beginPath(); m.arc(u * n, v * n, brush / 2, 0, 2 * Math.PI); m.fill();
+  const g = c.getContext("2d");
+  g.globalCompositeOperation = erase ? "destination-out" : "source-over";
+  g.fillStyle = "rgba(220, 40, 40, 0.45)";
+  g.beginPath(); g.arc(u * c.width, v * c.height, brush / 2 * c.width / n, 0, 2 * Math.PI); g.fill();
+}
+function paintCover() { return document.querySelector("input[name=paint-cover]:checked").value; }
+async function paintSend() {
+  if (!state.image) return;
+  const my = ++paint.seq;
+  const blob = await new Promise((r) => paint.mask.toBlob(r, "image/png"));
+  const q = new URLSearchParams();
+  if ($("occ-class").value !== "") q.set("target", $("occ-class").value);
+  if (state.layer) q.set("layer", state.layer);
+  if (state.map !== null) q.set("map", state.map);
+  if (paintCover() === "blur") q.set("blur", Math.max(1, info.input[1] / 28));
+  try {
+    const r = await api(`/api/paint/${state.image}?` + q, { method: "POST", body: blob });
+    if (my !== paint.seq) return;  // a later stroke's answer will come
+    paint.history.push(r.p); drawHistory();
+    const best = r.top[0];
+    $("paint-readout").textContent = `p(${r.target_name}) = ${r.p.toFixed(3)}; top: ${best.name} ` +
+      `${(100 * best.p).toFixed(1)}%; ${r.activity.layer} #${r.activity.map} ${r.activity.value.toFixed(2)} ` +
+      `at (${r.activity.position.join(", ")}) - ${r.strategy}, ${(1000 * r.seconds).toFixed(0)} ms`;
+    $("paint-activity").src = r.activity_image; $("paint-activity").hidden = false;
+  } catch (e) { $("paint-readout").textContent = String(e.message || e); }
+}
+function drawHistory() {
+  const c = $("paint-history"), g = c.getContext("2d"), h = paint.history;
+  g.clearRect(0, 0, c.width, c.height);
+  if (!h.length) return;
+  g.strokeStyle = "#36c"; g.lineWidth = 2; g.beginPath();
+  h.forEach((p, i) => {
+    const x = h.length === 1 ? c.width / 2 : 4 + i * (c.width - 8) / (h.length - 1), y = c.height - 3 - p * (c.height - 6);
+    if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+  });
+  g.stroke();
+}
+function paintSetup() {
+  const c = $("paint-canvas");
+  c.addEventListener("pointerdown", (e) => {
+    if (!state.image) return;
+    if (paint.key !== state.image) paintReset();
+    paint.down = true; c.setPointerCapture(e.pointerId); paintAt(e);
+  });
+  c.addEventListener("pointermove", (e) => { if (paint.down) paintAt(e); });
+  const end = () => { if (paint.down) { paint.down = false; paintSend(); } };
+  c.addEventListener("pointerup", end); c.addEventListener("pointercancel", end);
+  $("paint-clear").addEventListener("click", () => { if (state.image) { paintReset(); paintSend(); } });
+}
+
 // --- start ----------------------------------------------------------------------------------------------------
 async function start() {
   // issue 38: the token of the printed URL is now a cookie the server set (HttpOnly): out of the address bar
@@ -293,6 +362,7 @@ async function start() {
   $("occ-stride").placeholder = info.occlusion.stride;
   $("evidence-run").addEventListener("click", () => showEvidence());
   $("vis-run").addEventListener("click", () => runVisualize());
+  paintSetup();
   $("prev").addEventListener("click", () => loadPage(Math.max(0, page - 1)).catch(showError));
   $("next").addEventListener("click", () => loadPage(Math.min(pages - 1, page + 1)).catch(showError));
   $("browse-class").addEventListener("change", () => loadPage(0).catch(showError));
