@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from zfnet.pipelines.guard import Guard, cookie_name
 from zfnet.pipelines.fair import Busy, JobBook, ModelLock
+from zfnet.pipelines.guard import Guard, cookie_name
 
 PORT = 8123
 

@@ -70,9 +70,9 @@ def _server_class():
 
 
 def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = None, token: str | None = None) -> int:
-    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port) behind `zfnet.pipelines.guard.Guard` (Host, Origin,
-    dot-paths, and `token` when given: the printed URL carries it), printing the URL; Ctrl-C or SIGTERM stops it
-    cleanly at any moment (`life`: the command's own, installed when it started; else one from here on)."""
+    """Serve `app` (ASGI) with uvicorn on host:port (0: a free port) behind `zfnet.pipelines.guard.Guard` (Host,
+    Origin, dot-paths, and `token` when given: the printed URL carries it), printing the URL; Ctrl-C or SIGTERM
+    stops it cleanly at any moment (`life`: the command's own, installed when it started; else one from here on)."""
     import uvicorn
 
     from ..pipelines.guard import Guard
@@ -83,7 +83,8 @@ def run_server(app, host: str, port_: int, what: str, life: Lifetime | None = No
     _Server = _server_class()
     if not _loopback(host):
         print(
-            f"warning: --host {host} makes {what} reachable from other machines, with nothing asking who they are",
+            f"warning: --host {host} makes {what} reachable from other machines, "
+            + ("with only its token asking who they are" if token else "with nothing asking who they are"),
             file=sys.stderr,
             flush=True,
         )

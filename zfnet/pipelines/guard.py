@@ -1,4 +1,5 @@
-"""What a zfnet server answers, and to whom (issue 38): `zfnet explore` and `zfnet serve` behind one ASGI layer.
+"""What a zfnet server answers, and to whom (issue 38): `zfnet explore` and `zfnet serve` behind one ASGI
+layer.
 
 - **Host**: only requests whose Host header names the address and port the server listens on (127.0.0.1,
   localhost and [::1] on loopback, or what --host names): a page on another site that rebinds its DNS name to
