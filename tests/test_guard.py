@@ -150,3 +150,14 @@ def test_jobs_are_bounded_per_client_and_in_total_and_stop_when_cancelled_or_aba
     assert book.stop_reason(fresh).startswith("the job was abandoned")
     book.get("b1")  # a poll keeps it
     assert book.stop_reason(fresh) is None
+
+
+def test_a_job_waits_the_grace_after_an_interactive_request():
+    """A user's requests come in bursts: after an interactive request ends, a job takes the model no sooner than
+    `grace` later (a lower bound only: the clock cannot make it earlier)."""
+    lock = ModelLock(grace=0.2)
+    with lock:
+        pass
+    ended = time.monotonic()
+    with lock.job():
+        assert time.monotonic() - ended >= 0.2 - 1e-3

@@ -42,7 +42,7 @@ def whole(model, pp, x, mask, layer, cover):
 
 
 def check(model, pp, x, layer, **given):
-    painter = Painter(model, pp, x, PaintSettings(layer=layer, **given))
+    painter = Painter(model, pp, x, PaintSettings(layer=layer, strategy="incremental", **given))
     assert painter.replay is not None, painter.why_whole
     probs0, _ = whole(model, pp, x, torch.zeros(x.shape[-2:], dtype=torch.bool), layer, painter.cover)
     assert painter.target == int(probs0.argmax())
@@ -138,3 +138,20 @@ def test_a_transformer_paints_with_whole_forwards_and_says_so_and_bad_masks_are_
 
 def pp_of(net):
     return zfnet.weights.default_preprocess(net)
+
+
+def test_auto_turns_to_whole_forwards_when_a_replay_is_slower_and_stays_exact():
+    """auto replays the first stroke and, when that took longer than a whole forward (forced here by a whole
+    forward priced at 0 s), paints on with whole forwards, saying why; every answer equals a whole forward."""
+    p = zfnet.pretrained()
+    x = p.preprocess.eval_input(zfnet.data.open_dataset("fashion-mnist-mini", "test", p.preprocess).bases[8:9])
+    painter = Painter(p.model.eval(), p.preprocess, x, PaintSettings(layer="conv4"))
+    assert painter.replay is not None
+    painter.whole_seconds = 0.0
+    masks = strokes(28, 28)
+    first = painter.apply(masks[0])
+    assert first.strategy == "exact incremental" and painter.replay is None
+    second = painter.apply(masks[1])
+    assert second.strategy == "whole forwards" and second.why_whole.startswith("whole forwards are faster here")
+    probs, _ = whole(p.model, p.preprocess, x, masks[1], "conv4", painter.cover)
+    assert second.p == pytest.approx(float(probs[second.target]), abs=1e-5)

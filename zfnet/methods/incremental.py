@@ -704,12 +704,25 @@ class Replay:
         env: dict[int, Any] = {0: Region(g.nodes[0].value, [top], [left], patch.contiguous(memory_format=CL))}
         for k in self.live:
             env[k] = self._step(k, g.nodes[k], env, None, False)
-        for k, v in env.items():
+        for k, v in env.items():  # a changed rectangle is pasted into the kept map in place (not into the caller's
+            # input, node 0): no full copies
+            n = g.nodes[k]
+            if k > 0 and isinstance(v, Region) and v.base is n.value and v.base.dim() == 4 and not v.full():
+                _paste(n.value, v.patch, v.top, v.left)
+                continue
             value = tree_map(_whole, v)
-            if isinstance(value, torch.Tensor) and value.dim() == 4:
-                value = value.contiguous(memory_format=CL)
-            g.nodes[k].value = value
-        self.padded.clear()  # each window op's padded input was the old one's
+            n.value = (
+                value.contiguous(memory_format=CL) if isinstance(value, torch.Tensor) and value.dim() == 4 else value
+            )
+        for k, padded in list(self.padded.items()):  # each window op's padded input, moved along likewise
+            i = self.varying[k][0]
+            v, (ph, pw) = env.get(i), self.windows[k].padding
+            if padded is g.nodes[i].value:  # no padding: the input itself, already moved along
+                continue
+            if isinstance(v, Region) and padded.dim() == 4 and v.base.dim() == 4 and not v.full():
+                _paste(padded, v.patch, [t + ph for t in v.top], [x + pw for x in v.left])
+            else:
+                del self.padded[k]
         return g.nodes[g.output].value, g.nodes[g.feature].value
 
     def _step(self, k: int, n: Node, env: dict[int, Any], tau, low: bool):

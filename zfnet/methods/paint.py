@@ -46,7 +46,9 @@ class PaintSettings(Settings):
                               above=0)  # fmt: skip
     top: int = knob(5, "classes listed", low=1)
     strategy: PaintStrategy = knob(
-        "auto", "auto: incremental where the model's graph replays, else whole; incremental: refuse otherwise"
+        "auto",
+        "auto: incremental where the model's graph replays, until a stroke replays slower than a whole forward; "
+        "incremental: always (refused where it cannot); whole: whole forwards",
     )
 
 
@@ -89,7 +91,9 @@ class Painter:
         self.replay: Replay | None = None
         self.why_whole = ""
         with torch.no_grad(), eval_mode(model):
+            t0 = time.perf_counter()
             logits, maps = self._whole(self.x)
+            self.whole_seconds = time.perf_counter() - t0  # auto compares the first replayed stroke with it
             self.target = int(logits.argmax(1)) if settings.target is None else settings.target
             if not 0 <= self.target < logits.shape[1]:
                 raise UsageError(f"class {self.target} does not exist (the model has {logits.shape[1]} outputs)")
@@ -110,7 +114,7 @@ class Painter:
         if site.layout != "maps":
             self.why_whole = f"the layer's maps are {site.layout}, not convolutional"
             return
-        graph, out = record(self.model, self.x, site)
+        graph, out = record(self.model, self.x.clone(), site)  # the replay moves its values along in place
         if graph.output < 0 or graph.feature < 0 or not isinstance(out, torch.Tensor):
             self.why_whole = "the output or the layer's maps are not values of the recorded forward"
             return
@@ -143,16 +147,22 @@ class Painter:
         rows, cols = diff.any(1).nonzero().flatten(), diff.any(0).nonzero().flatten()
         t, b, l, r = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         with torch.no_grad(), eval_mode(self.model):
+            how = "exact incremental" if self.replay is not None else "whole forwards"
             if self.replay is not None:
                 out, feat = self.replay.advance(t, l, new[..., t:b, l:r])
                 logits, maps = out.float(), feat[0].float()
+                spent = time.perf_counter() - started
+                if self.s.strategy == "auto" and spent > 1.5 * self.whole_seconds:  # small models: whole is faster
+                    self.replay = None
+                    self.why_whole = (f"whole forwards are faster here ({1000 * self.whole_seconds:.1f} ms against "
+                                      f"{1000 * spent:.1f} ms for the first replayed stroke)")  # fmt: skip
             else:
                 logits, maps = self._whole(new)
         self.current = new
-        self.last = self._result(logits, maps, [t, l, b - t, r - l], time.perf_counter() - started)
+        self.last = self._result(logits, maps, [t, l, b - t, r - l], time.perf_counter() - started, how)
         return self.last
 
-    def _result(self, logits: torch.Tensor, maps: torch.Tensor, changed, seconds: float) -> PaintResult:
+    def _result(self, logits: torch.Tensor, maps: torch.Tensor, changed, seconds: float, how: str = "") -> PaintResult:
         probs = F.softmax(logits, 1)[0]
         k = min(self.s.top, probs.shape[0])
         top = [{"class": int(c), "p": float(probs[c])} for c in probs.topk(k).indices]
@@ -160,7 +170,7 @@ class Painter:
         where = int(m.flatten().argmax())
         activity = {"layer": self.layer, "map": self.map, "value": float(m.flatten()[where]),
                     "position": [where // m.shape[-1], where % m.shape[-1]]}  # fmt: skip
-        strategy = "exact incremental" if self.replay is not None else "whole forwards"
+        strategy = how or ("exact incremental" if self.replay is not None else "whole forwards")
         return PaintResult(float(probs[self.target]), self.target, top, activity, m.detach().clone(), strategy,
                            self.why_whole, changed, seconds, self.s)  # fmt: skip
 

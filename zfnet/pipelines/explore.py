@@ -53,6 +53,9 @@ from ..weights import Opened
 from .evidence import unit_scores
 from .fair import Busy, JobBook, ModelLock
 
+# a job's chunk: occluded images of this many input pixels in all (4 at 28 px, 1 at 224 px), about what one
+# interactive request costs, so that one waits at most about its own time behind a running job (issue 38)
+JOB_CHUNK_PIXELS = 4 * 28 * 28
 PAINTERS_KEPT = 8  # images being painted whose recorded forward is kept (each holds every live value of one forward)
 WEB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web", "explore")
 
@@ -445,8 +448,9 @@ class Explorer:
             )
         return settings
 
-    def occlusion(self, key: str, target: int | None, settings: OcclusionSettings, progress=None) -> dict:
-        """Fig. 6 for the image and a class (None: the predicted one): the five panels and the maps."""
+    def occlusion(self, key: str, target: int | None, settings: OcclusionSettings, progress=None) -> Unlocked:
+        """Fig. 6 for the image and a class (None: the predicted one): computed here, its five panels drawn by the
+        returned `Unlocked.finish()` (after the job releases the model)."""
         size, window, stride = self.pp.input_size, settings.window, settings.stride
         n = (-(-(size - window) // stride) + 1) ** 2
         if n > self.limits.occlusion_positions:
@@ -454,10 +458,16 @@ class Explorer:
         if target is not None and not 0 <= target < self._entry(key)["probs"].numel():
             raise UsageError(f"class {target} does not exist")
         entry = self._entry(key)
-        res = occlusion(self.opened, entry["x"], target=target, settings=settings, progress=progress)[0]
-        figure = figure_data_url(occlusion_plot(res, self.pp.display(entry["x"])[0].cpu(), self.classes))
-        keep = ("target", "base_prob", "strategy", "computation", "seconds", "settings", "layer")
-        return {"key": key, "figure": figure, **{k: res.to_json()[k] for k in keep}}
+        chunk = max(1, JOB_CHUNK_PIXELS // (size * size))  # positions between two looks for interactive requests
+        res = occlusion(self.opened, entry["x"], target=target, settings=settings, progress=progress, batch_size=chunk)
+        shown = self.pp.display(entry["x"])[0].cpu()
+
+        def finish() -> dict:  # the five panels, drawn without the model
+            figure = figure_data_url(occlusion_plot(res[0], shown, self.classes))
+            keep = ("target", "base_prob", "strategy", "computation", "seconds", "settings", "layer")
+            return {"key": key, "figure": figure, **{k: res[0].to_json()[k] for k in keep}}
+
+        return Unlocked(finish)
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _class_name(self, k: int) -> str:  # the model's class k
@@ -695,6 +705,13 @@ def _occlusion_routes(explorer: Explorer) -> list:
     ]
 
 
+@dataclass
+class Unlocked:
+    """A job's result whose last part (`finish()`: drawing its figure) runs after the model is released."""
+
+    finish: Any
+
+
 def _client(request) -> str:
     return request.client.host if request.client else ""
 
@@ -739,7 +756,9 @@ def _start_job(explorer: Explorer, request, what: str, call):
 
     async def run() -> None:
         try:
-            state["result"] = await run_in_threadpool(locked)
+            made = await run_in_threadpool(locked)
+            # drawing needs no model: done after the model is released (`Unlocked`), so it delays nobody's request
+            state["result"] = await run_in_threadpool(made.finish) if isinstance(made, Unlocked) else made
         except Exception as e:  # noqa: BLE001 - the job ends with its error, kept as a value for the poll
             state["error"] = _job_error(e)
 

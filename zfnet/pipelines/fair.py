@@ -1,9 +1,10 @@
 """Who runs on the explorer's one model next (issue 38): interactive requests before jobs, jobs a chunk at a time.
 
 `ModelLock` is the model's lock. An interactive request (predict, a layer's maps, a projection, paint) takes it as
-soon as it is free; a job (occlusion, feature visualization) takes it only when no interactive request waits, and
-between its chunks (`between_chunks`, called from the job's progress callback) hands it to any interactive request
-that came meanwhile. So a prediction waits at most one chunk of a job, however many jobs are queued.
+soon as it is free; a job (occlusion, feature visualization) takes it only when no interactive request waits or
+ended less than `grace` (30 ms) ago - a user's requests come in bursts - and between its chunks (`between_chunks`,
+called from the job's progress callback) hands it to any interactive request that came meanwhile. So a prediction
+waits at most one chunk of a job, however many jobs are queued.
 
 `JobBook` bounds the queue: each client (its address) may have `per_client` unfinished jobs and the server `total`;
 one more is refused with `Busy` (429). A job stops at its next chunk when cancelled or when nobody has polled it for
@@ -27,10 +28,12 @@ class Busy(UsageError):
 class ModelLock:
     """One request at a time on the model; interactive ones first (see the module's text)."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float = 0.03) -> None:
         self._cond = threading.Condition()
         self._held = False
         self._waiting = 0  # interactive requests waiting
+        self._quiet_from = 0.0  # when the last interactive request ended
+        self.grace = grace  # jobs wait this long after one: a user's next request usually follows within it
 
     def __enter__(self) -> ModelLock:  # `with lock:` is an interactive request
         with self._cond:
@@ -44,14 +47,15 @@ class ModelLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        with self._cond:
+            self._quiet_from = time.monotonic()
         self._release()
 
     @contextmanager
     def job(self) -> Iterator[None]:
-        """Held by a job: taken only while no interactive request waits."""
+        """Held by a job: taken only while no interactive request waits or has just ended (`grace`)."""
         with self._cond:
-            while self._held or self._waiting:
-                self._cond.wait()
+            self._wait_for_quiet()
             self._held = True
         try:
             yield
@@ -59,15 +63,22 @@ class ModelLock:
             self._release()
 
     def between_chunks(self) -> None:
-        """A job, holding the lock between two chunks: let every waiting interactive request run first."""
+        """A job, holding the lock between two chunks: let every waiting interactive request run first (and any
+        that follows within `grace`)."""
         with self._cond:
-            if not self._waiting:
+            if not self._waiting and time.monotonic() - self._quiet_from >= self.grace:
                 return
             self._held = False
             self._cond.notify_all()
-            while self._held or self._waiting:
-                self._cond.wait()
+            self._wait_for_quiet()
             self._held = True
+
+    def _wait_for_quiet(self) -> None:
+        while True:
+            left = self.grace - (time.monotonic() - self._quiet_from)
+            if not (self._held or self._waiting) and left <= 0:
+                return
+            self._cond.wait(None if self._held or self._waiting else left)
 
     def _release(self) -> None:
         with self._cond:
