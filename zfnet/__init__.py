@@ -44,6 +44,10 @@ def __getattr__(name: str):
         from .pipelines.report import report
 
         return report
+    if name == "open_index":  # issue 39 (pyarrow and duckdb: the `index` extra)
+        from .pipelines.index import open_index
+
+        return open_index
     if name == "show":
         from .render.show import show
 

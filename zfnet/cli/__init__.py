@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (each registers)
     dedupe,
     evidence,
     explore,
+    index,
     models,
     occlusion,
     project,

@@ -1,0 +1,224 @@
+"""Issue 39: the activation index. Its top-9 of every unit equals the atlas's streaming top-9 (images, values,
+positions) on the embedded model's test images; per-class top-k and an image's units equal a brute force in
+numpy; a killed build resumed equals an uninterrupted one; a second --data appends; `zfnet query` (SQL and named
+queries) and `zfnet.open_index`; `zfnet diff` of a model against a copy of itself with one layer's channels
+permuted recovers the permutation with correlation 1; a torchvision ResNet-18 and a user module are indexed."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from test_evidence import USER
+
+import zfnet
+from zfnet import data as zdata
+from zfnet.cli import main
+from zfnet.methods.matching import correlations, match_units
+from zfnet.pipelines.index import IndexSettings, build_index, open_index
+from zfnet.pretrained import open_embedded
+from zfnet.settings import Run
+
+pytest.importorskip("duckdb")
+pytest.importorskip("pyarrow")
+
+N = 600  # embedded test images indexed
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """The embedded model's index of its first N test images (float32, 3 shards), and the model and data."""
+    p = open_embedded()
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+    out = str(tmp_path_factory.mktemp("idx") / "idx")
+    s = IndexSettings(dtype="float32", shard_images=250, limit=N)
+    build_index(p, ds, out, s, Run(batch_size=100))
+    return p, ds, out
+
+
+def brute(p, ds, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's maxima and argmax positions of `layer`, by a plain loop over the images."""
+    vals, poss = [], []
+    with torch.no_grad():
+        for i in range(N):
+            m = zfnet.layers.features(p.model, p.preprocess.eval_input(ds.bases[i : i + 1]), [layer])[layer][0]
+            flat = m.flatten(1)
+            vals.append(flat.max(1).values.numpy())
+            poss.append(flat.argmax(1).numpy())
+    return np.stack(vals), np.stack(poss)
+
+
+def test_the_top_9_equals_the_atlas_streaming_top_9(embedded):
+    p, ds, out = embedded
+    idx = open_index(out)
+    x = p.preprocess.eval_input(ds.bases[:N])
+    scan = zfnet.atlas(p.model, x, layers=idx.layers, k=9, batch_size=100)
+    layers = idx.layers
+    for layer in layers:
+        tk = scan.top[layer].fired()
+        w = idx.shapes[layer][2]
+        for unit in range(layers.index(layer), idx.shapes[layer][0], 4):  # a quarter of the units, each layer's own
+            t = idx.top(layer, unit, 9)
+            want = [(int(i), float(v), int(y), int(xx)) for i, v, y, xx in
+                    zip(tk.images[:, unit], tk.values[:, unit], tk.ys[:, unit], tk.xs[:, unit]) if i >= 0]  # fmt: skip
+            got = list(zip(t.column("image").to_pylist(), t.column("value").to_pylist(), t.column("y").to_pylist(),
+                           t.column("x").to_pylist()))  # fmt: skip
+            assert [g[0] for g in got] == [wt[0] for wt in want], (layer, unit)
+            assert [(g[2], g[3]) for g in got] == [(wt[2], wt[3]) for wt in want], (layer, unit)
+            assert np.allclose([g[1] for g in got], [wt[1] for wt in want], rtol=0, atol=0), (layer, unit)
+            assert all(0 <= g[3] < w for g in got)
+
+
+def test_per_class_top_k_and_an_images_units_equal_a_brute_force(embedded):
+    p, ds, out = embedded
+    idx = open_index(out)
+    vals, poss = brute(p, ds, "conv4")
+    labels = ds.labels[:N].numpy()
+    for unit in (0, 7, 31):
+        for label in (2, 9):
+            rows = np.nonzero(labels == label)[0]
+            v = vals[rows, unit]
+            order = sorted(range(len(rows)), key=lambda r: (-v[r], rows[r]))[:5]
+            want = [int(rows[r]) for r in order if v[r] > 0]
+            t = idx.top("conv4", unit, 5, label=label)
+            assert t.column("image").to_pylist() == want
+            assert np.allclose(t.column("value").to_pylist(), [vals[i, unit] for i in want], atol=1e-5)
+    u = idx.units_of(17, k=4, layer="conv4")
+    order = sorted(range(vals.shape[1]), key=lambda c: (-vals[17, c], c))[:4]
+    assert u.column("unit").to_pylist() == order
+    w = idx.shapes["conv4"][2]
+    assert u.column("y").to_pylist() == [int(poss[17, c]) // w for c in order]
+    # the SQL views: the same numbers
+    s = idx.sql("SELECT count(*) AS n, max(value) AS top FROM units WHERE layer = 'conv4' AND unit = 7")
+    assert s.column("n").to_pylist() == [N] and np.isclose(s.column("top")[0].as_py(), vals[:, 7].max(), atol=1e-5)
+    with pytest.raises(zfnet.UsageError, match="^the query failed: .*the views are images"):
+        idx.sql("SELECT nope FROM units")
+
+
+def test_a_killed_build_resumes_to_the_same_index_and_a_second_data_appends(tmp_path):
+    """SIGKILLed after its first shards (100 of 20 images), rerun: the index equals an uninterrupted one row for
+    row; then a second --data appends its shards, numbered after the first data's images."""
+    from test_interrupted import ENV, kill_when, partial
+
+    args = ["index", "--pretrained", "--data", "fashion-mnist-mini", "--dtype", "float32", "--shard-images", "20",
+            "--batch-size", "20"]  # fmt: skip
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+
+    def run(argv):
+        r = subprocess.run([sys.executable, "-m", "zfnet", *argv], env=ENV, cwd=REPO, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    run([*args, "--out", str(straight)])
+
+    def some_shards():
+        m = partial(killed) / "manifest.json"
+        return m.is_file() and len(json.loads(m.read_text())["sources"][0]["shards"]) >= 2
+
+    kill_when([*args, "--out", str(killed)], some_shards, partial(killed))
+    done = len(json.loads((partial(killed) / "manifest.json").read_text())["sources"][0]["shards"])
+    assert not killed.exists() and done < 100
+    run([*args, "--out", str(killed)])
+    a, b = open_index(str(straight)), open_index(str(killed))
+    q = "SELECT * FROM shards ORDER BY image"
+    assert a.sql(q).equals(b.sql(q)) and a.sql(q).num_rows == 2000
+    run(["index", "--pretrained", "--data", "synthetic:20,3", "--dtype", "float32", "--shard-images", "20",
+         "--out", str(killed)])  # fmt: skip
+    c = open_index(str(killed))
+    assert [s["spec"] for s in c.manifest["sources"]] == ["fashion-mnist-mini", "synthetic:20,3"]
+    n = c.sql("SELECT count(*) AS n, max(image) AS last FROM images").to_pylist()[0]
+    assert n["n"] == 2000 + n["last"] - 1999 and n["last"] > 2000
+
+
+def test_query_command_and_one_line_errors(embedded, capsys):
+    _, _, out = embedded
+    assert main(["query", out, "--top", "conv5:3", "--k", "4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4 and rows == open_index(out).top("conv5", 3, 4).to_pylist()
+    assert main(["query", out, "SELECT layer, count(*) AS n FROM units GROUP BY layer ORDER BY layer", "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "layer,n" and lines[1] == f"conv1,{N * open_index(out).shapes['conv1'][0]}"
+    assert main(["query", out, "--units-of", "5", "--k", "2"]) == 0
+    assert "(10 rows)" in capsys.readouterr().out
+    for bad, words in (
+        (["--top", "conv9:1"], "layer 'conv9' is not in this index"),
+        (["--top", "conv5:999"], "unit 999 does not exist in conv5"),
+        (["--top", "conv5"], "--top takes LAYER:UNIT"),
+        (["--top", "conv5:1", "--class", "Zebra"], "--class 'Zebra' is not a class"),
+        ([], "give one of"),
+    ):
+        assert main(["query", out, *bad]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+
+
+def test_diff_recovers_a_permutation_of_a_layers_channels(embedded, tmp_path):
+    """A copy of the embedded model with conv3's output channels permuted (and conv4's input channels with them):
+    the same function, its conv3 units renumbered; the diff pairs unit c with perm^-1(c), correlation 1, every
+    other layer the identity."""
+    p, ds, out = embedded
+    twin = open_embedded()
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(twin.model.conv3.out_channels, generator=g)
+    with torch.no_grad():
+        twin.model.conv3.weight.copy_(twin.model.conv3.weight[perm])
+        twin.model.conv3.bias.copy_(twin.model.conv3.bias[perm])
+        twin.model.conv4.weight.copy_(twin.model.conv4.weight[:, perm])
+    b = str(tmp_path / "twin")
+    build_index(twin, ds, b, IndexSettings(dtype="float32", shard_images=250, limit=N), Run(batch_size=100))
+    assert main(["diff", out, b, "--layers", "conv2,conv3,conv4", "--names", "model,permuted", "--out",
+                 str(tmp_path / "diff")]) == 0  # fmt: skip
+    d = json.loads((tmp_path / "diff" / "diff.json").read_text())
+    c3 = d["layers"]["conv3"]
+    got = {q["a"]: q["b"] for q in c3["pairs"]}
+    assert got == {int(perm[j]): j for j in range(len(perm)) if int(perm[j]) in got}
+    assert len(got) + len(c3["gone"]) == len(perm) and all(q["r"] > 1 - 1e-6 for q in c3["pairs"])
+    assert all(q["a"] == q["b"] for name in ("conv2", "conv4") for q in d["layers"][name]["pairs"])
+    page = (tmp_path / "diff" / "index.html").read_text()
+    assert "model vs permuted" in page and (tmp_path / "diff" / "matches.png").is_file()
+
+
+def test_matching_by_hand_and_different_widths():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 3))
+    b = np.stack([a[:, 2], -a[:, 0], rng.normal(size=50), a[:, 1] * 3 + 1], 1)  # 4 units
+    c = correlations(a, b)
+    assert np.allclose(c, np.corrcoef(a.T, b.T)[:3, 3:], atol=1e-12)
+    m = match_units(a, b, threshold=0.5)
+    assert list(zip(m.a, m.b)) in ([(1, 3), (2, 0)], [(2, 0), (1, 3)]) and m.gone == [0] and sorted(m.new) == [1, 2]
+    assert np.allclose(m.r, [1.0, 1.0])
+    assert correlations(np.ones((5, 1)), rng.normal(size=(5, 2))).tolist() == [[0.0, 0.0]]  # a constant unit
+
+
+def test_resnet18_and_a_users_module_are_indexed(tmp_path, user_code):
+    from PIL import Image
+    from torchvision.models import resnet18
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = np.random.default_rng(0)
+    for k in range(12):
+        Image.fromarray(g.integers(0, 256, (48, 48, 3)).astype(np.uint8)).save(photos / f"{k:02d}.png")
+    torch.manual_seed(0)
+    torch.save(resnet18().state_dict(), tmp_path / "r18.pth")
+    assert main(["index", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "r18.pth"), "--input-size",
+                 "64", "--data", str(photos), "--out", str(tmp_path / "r18")]) == 0  # fmt: skip
+    idx = open_index(str(tmp_path / "r18"))
+    assert idx.layers[-1].startswith("layer4") and idx.sql("SELECT count(*) AS n FROM images").to_pylist() == [
+        {"n": 12}
+    ]
+    name = user_code("idxuser", USER)
+    assert main(["index", "--model", f"{name}:Res", "--input-size", "32", "--normalize", "none", "--data",
+                 str(photos), "--layers", "b,fc", "--out", str(tmp_path / "user")]) == 0  # fmt: skip
+    u = open_index(str(tmp_path / "user"))
+    fc = u.sql("SELECT count(*) AS n, count(y) AS with_position FROM units WHERE layer = 'fc'").to_pylist()[0]
+    assert fc == {"n": 12 * 3, "with_position": 0}  # a fully connected layer: values, no positions
+    torch.manual_seed(0)
+    user = importlib.import_module(name).Res().eval()
+    assert u.shapes["b"][0] == user.b.out_channels

@@ -1,0 +1,308 @@
+"""The activation index (issue 39): every image x every unit of chosen layers, kept, so that another k, another
+class, another unit's images or the units an image drives are a query, not another pass over the data.
+
+`build_index` is one streaming pass (the atlas's rule, Fig. 2: each unit's maximum over its rectified map and the
+first position of it in row-major order) that writes Parquet shards: one row per image with its id (`image`, the
+index's own number), its source and index in it, its path, label and predicted class, and per layer two
+fixed-size lists over the layer's units - the maxima (`<layer>:value`, float16 or float32) and their positions
+(`<layer>:pos`, y * W + x as uint16): 4 or 6 bytes per image and unit before compression. A manifest says what is
+where. A killed run resumes at the first unfinished shard; another `--data` appends its shards.
+
+`ActivationIndex` (`zfnet.open_index`) reads the shards with DuckDB through two views, `images(image, source,
+index, path, label, predicted)` and `units(layer, unit, image, value, y, x)`, and answers the common questions
+directly from the lists (`top`, `units_of`) as Arrow tables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+
+from .. import data as zdata
+from ..errors import UsageError
+from ..io import atomic_path, atomic_write_json
+from ..layers import capture, resolve_layer
+from ..methods.atlas import default_layers
+from ..provenance import environment
+from ..readback import read_json
+from ..runtime import eval_mode, model_device
+from ..settings import Run, Settings, knob
+from ..weights import Opened
+
+NEEDS = "the activation index needs pyarrow and duckdb: pip install 'zfnet[index]'"
+MANIFEST = {"format": int, "layers": [str], "shapes": dict, "dtype": str, "sources": [dict], "model": dict}
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class IndexSettings(Settings):
+    """What `zfnet index` records (issue 39)."""
+
+    method: ClassVar[str] = "index"
+
+    layers: tuple[str, ...] | None = knob(None, "layers indexed (none: the atlas's default layers)")
+    dtype: Literal["float16", "float32"] = knob(
+        "float16", "the maxima's type: float16 (4 bytes an image and unit with the position) or float32 (6)"
+    )
+    shard_images: int = knob(8192, "images per Parquet shard (a killed run resumes at its first unfinished shard)",
+                             low=1)  # fmt: skip
+    limit: int | None = knob(None, "images indexed (none: the whole split)", low=1)
+
+
+def _arrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(NEEDS) from None
+    return pa, pq
+
+
+def layer_shapes(model, pp, layers: list[str]) -> dict[str, tuple[int, ...]]:
+    """Each layer's maps' shape without the batch (C x H x W, or C), from one forward of zeros."""
+    x = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=model_device(model))
+    with torch.no_grad(), eval_mode(model), capture(model, layers, x) as found:
+        try:
+            model(x)
+        except Exception:  # noqa: BLE001 - `capture` stops the forward once every layer is in
+            pass
+    return {n: tuple(found[n].shape[1:]) for n in layers}
+
+
+def maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per image and unit, the maximum of its map and the first position of it in row-major order (the atlas's
+    rule, `zfnet.methods.atlas.TopK.update`); fc layers: the value itself and no position."""
+    if maps.dim() == 2:
+        return maps, None
+    best, where = maps.flatten(2).max(2)
+    return best, where
+
+
+def build_index(opened: Opened, dataset: zdata.ImageSet, out: str, s: IndexSettings, run: Run) -> dict:
+    """Index `dataset` (its first `s.limit` images) into `out`: shards written as they fill, the manifest after
+    each; returns the manifest."""
+    pa, pq = _arrow()
+    model, pp = opened.model, opened.preprocess
+    shape = (pp.channels, pp.input_size, pp.input_size)
+    layers = list(s.layers) if s.layers else default_layers(model, shape)
+    for layer in layers:
+        resolve_layer(model, layer)
+    shapes = layer_shapes(model, pp, layers)
+    for layer, sh in shapes.items():
+        if len(sh) == 3 and sh[1] * sh[2] > 65536:
+            raise UsageError(f"layer {layer}'s maps are {sh[1]}x{sh[2]}: positions past 65,536 do not fit uint16")
+    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    manifest = _manifest(out, opened, layers, shapes, s)
+    source = _source(manifest, dataset, s)
+    n = source["images"]
+    started = time.perf_counter()
+    for j, lo in enumerate(range(0, n, s.shard_images)):
+        name = f"shards/{source['number']:03d}-{j:05d}.parquet"
+        if any(sh["file"] == name for sh in source["shards"]):
+            continue  # finished before (a resumed run)
+        idx = list(range(lo, min(n, lo + s.shard_images)))
+        table = _shard(model, pp, dataset, idx, layers, source, s, run, pa)
+        with atomic_path(os.path.join(out, name)) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        source["shards"].append({"file": name, "rows": table.num_rows, "first": lo, "last": idx[-1]})
+        manifest["skipped"] = dataset.skipped_report()
+        atomic_write_json(os.path.join(out, "manifest.json"), manifest)
+    source["complete"] = True
+    source["seconds"] = source.get("seconds", 0.0) + time.perf_counter() - started
+    manifest["provenance"] = environment(run.device)
+    atomic_write_json(os.path.join(out, "manifest.json"), manifest)
+    return manifest
+
+
+def _manifest(out: str, opened: Opened, layers: list[str], shapes: dict, s: IndexSettings) -> dict:
+    """The folder's manifest: a new one, or the one there when it indexes the same model, layers and type."""
+    path = os.path.join(out, "manifest.json")
+    model = opened.info()
+    want = {"format": FORMAT, "model": model, "preprocess": opened.preprocess.to_dict(), "layers": layers,
+            "shapes": {k: list(v) for k, v in shapes.items()}, "dtype": s.dtype}  # fmt: skip
+    if not os.path.exists(path):
+        return {**want, "sources": [], "skipped": []}
+    have = read_json(path, MANIFEST, fix=f"remove {out} (a damaged index) and index again")
+    for key in ("format", "layers", "dtype", "shapes"):
+        if have.get(key) != want[key]:
+            raise UsageError(
+                f"{out} holds an index of another {key} ({have.get(key)!r}, asked {want[key]!r}); "
+                "pass another --out or the same settings"
+            )
+    if have.get("model", {}).get("weights_sha256") != model.get("weights_sha256") or have.get("model", {}).get(
+        "name"
+    ) != model.get("name"):
+        raise UsageError(f"{out} holds an index of another model; pass another --out")
+    return have
+
+
+def _source(manifest: dict, dataset: zdata.ImageSet, s: IndexSettings) -> dict:
+    """The manifest's entry for this data (resumed when it is there), else a new one after the others."""
+    n = len(dataset) if s.limit is None else min(s.limit, len(dataset))
+    key = {"spec": dataset.spec, "split": dataset.split, "images": n, "shard_images": s.shard_images}
+    for src in manifest["sources"]:
+        if all(src.get(k) == v for k, v in key.items()):
+            return src
+    first = sum(src["images"] for src in manifest["sources"])
+    src = {**key, "number": len(manifest["sources"]), "first_image": first, "name": dataset.name,
+           "classes": list(dataset.classes), "shards": [], "complete": False}  # fmt: skip
+    manifest["sources"].append(src)
+    return src
+
+
+def _shard(model, pp, dataset, idx: list[int], layers: list[str], source: dict, s: IndexSettings, run: Run, pa):
+    """One shard's rows: the images of `idx` through the model (one forward each, the layers' maps captured)."""
+    device = run.device if isinstance(run.device, torch.device) else model_device(model)
+    dtype = np.float16 if s.dtype == "float16" else np.float32
+    cols: dict[str, list] = {k: [] for k in ("index", "label", "predicted")}
+    vals: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    poss: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    chunks = zdata.chunked(idx, run.batch_size or max(1, min(256, (64 * 224 * 224) // (pp.input_size**2))))
+    desc = f"index {dataset.name} {idx[0]}-{idx[-1]}"
+    with torch.no_grad(), eval_mode(model):
+        for bases, labels, got in zdata.batches(dataset, chunks, run.workers, run.progress, desc):
+            x = pp.eval_input(bases).to(device)
+            with capture(model, layers, x, stop=False) as found:
+                logits = model(x)
+            cols["index"].append(got.numpy())
+            cols["label"].append(labels.numpy().astype(np.int32))
+            cols["predicted"].append(logits.argmax(1).cpu().numpy().astype(np.int32))
+            for layer in layers:
+                best, where = maxima(found[layer])
+                vals[layer].append(best.float().cpu().numpy().astype(dtype))
+                if where is not None:
+                    poss[layer].append(where.cpu().numpy().astype(np.uint16))
+    index = np.concatenate(cols["index"]) if cols["index"] else np.zeros(0, np.int64)
+    table = {
+        "image": pa.array(source["first_image"] + index, pa.int64()),
+        "source": pa.array(np.full(len(index), source["number"], np.int16)),
+        "index": pa.array(index, pa.int64()),
+        "path": pa.array([dataset.image_id(int(i)) for i in index], pa.string()),
+        "label": pa.array(np.concatenate(cols["label"]) if cols["label"] else [], pa.int32()),
+        "predicted": pa.array(np.concatenate(cols["predicted"]) if cols["predicted"] else [], pa.int32()),
+    }
+    arrow_type = pa.float16() if s.dtype == "float16" else pa.float32()
+    for layer in layers:
+        v = np.concatenate(vals[layer]) if vals[layer] else np.zeros((0, 1), dtype)
+        c = v.shape[1]
+        table[f"{layer}:value"] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel(), arrow_type), c)
+        if poss[layer]:
+            p = np.concatenate(poss[layer])
+            table[f"{layer}:pos"] = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel(), pa.uint16()), c)
+    return pa.table(table)
+
+
+# --- reading it -------------------------------------------------------------------------------------------
+
+
+class ActivationIndex:
+    """An index folder opened for queries (`zfnet.open_index`): DuckDB over its shards, the views `images` and
+    `units`, and `top`, `units_of` and `sql` returning Arrow tables."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            import duckdb
+        except ImportError:
+            raise UsageError(NEEDS) from None
+        manifest_path = os.path.join(path, "manifest.json")
+        if not os.path.isfile(manifest_path):
+            raise UsageError(f"{path!r} holds no index (manifest.json); make one with `zfnet index --out {path}`")
+        self.path = path
+        self.manifest = read_json(manifest_path, MANIFEST, fix=f"remove {path} (a damaged index) and index again")
+        self.files = [os.path.join(path, sh["file"]) for src in self.manifest["sources"] for sh in src["shards"]]
+        if not self.files:
+            raise UsageError(f"the index {path!r} has no finished shard yet; run `zfnet index` to the end")
+        self.layers: list[str] = self.manifest["layers"]
+        self.shapes = {k: tuple(v) for k, v in self.manifest["shapes"].items()}
+        self.con = duckdb.connect()
+        files = ", ".join("'" + f.replace("'", "''") + "'" for f in self.files)
+        self.con.execute(f"CREATE VIEW shards AS SELECT * FROM read_parquet([{files}])")
+        self.con.execute("CREATE VIEW images AS SELECT image, source, index, path, label, predicted FROM shards")
+        parts = []
+        for layer in self.layers:
+            c, col = self.shapes[layer][0], _q(f"{layer}:value")
+            if len(self.shapes[layer]) == 3:
+                w, pos = self.shapes[layer][2], _q(f"{layer}:pos")
+                yx = f"unnest({pos}) // {w} AS y, unnest({pos}) % {w} AS x"
+            else:
+                yx = "NULL::INTEGER AS y, NULL::INTEGER AS x"
+            parts.append(f"SELECT '{layer}' AS layer, unnest(range({c})) AS unit, image, unnest({col}) AS value, {yx} "
+                         "FROM shards")  # fmt: skip
+        self.con.execute("CREATE VIEW units AS " + " UNION ALL ".join(parts))
+
+    def table(self, sql: str):
+        """`sql`'s result as an Arrow table (DuckDB 2's `to_arrow_table`, 1's `arrow`)."""
+        rel = self.con.sql(sql)
+        if rel is None:  # a statement without rows
+            raise UsageError("the query returned no table; ask with SELECT")
+        fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "arrow")  # noqa: B009
+        return fetch()
+
+    def _layer(self, layer: str, unit: int | None = None) -> tuple[int, ...]:
+        if layer not in self.shapes:
+            raise UsageError(f"layer {layer!r} is not in this index; it has {', '.join(self.layers)}")
+        shape = self.shapes[layer]
+        if unit is not None and not 0 <= unit < shape[0]:
+            raise UsageError(f"unit {unit} does not exist in {layer} ({shape[0]} units: 0..{shape[0] - 1})")
+        return shape
+
+    def top(self, layer: str, unit: int, k: int = 9, label: int | None = None, fired: bool = True):
+        """The k images where `unit` of `layer` is strongest (ties to the lower image, as the atlas), with the
+        value and position; `label`: within that class; `fired`: only where it is above 0 (the atlas's rule)."""
+        shape = self._layer(layer, unit)
+        value = f"{_q(layer + ':value')}[{unit + 1}]"
+        where = [f"{value} > 0"] if fired else []
+        if label is not None:
+            where.append(f"label = {int(label)}")
+        yx = (f"{_q(layer + ':pos')}[{unit + 1}] // {shape[2]} AS y, {_q(layer + ':pos')}[{unit + 1}] % {shape[2]} AS x"
+              if len(shape) == 3 else "NULL AS y, NULL AS x")  # fmt: skip
+        cond = "WHERE " + " AND ".join(where) if where else ""
+        sql = (f"SELECT image, path, label, predicted, {value} AS value, {yx} FROM shards {cond} "
+               f"ORDER BY value DESC, image LIMIT {int(k)}")  # fmt: skip
+        return self.table(sql)
+
+    def units_of(self, image: int, k: int = 10, layer: str | None = None):
+        """The k units of each layer (or of `layer`) that fire most for `image` (the index's image number)."""
+        if layer is not None:
+            self._layer(layer)
+        only = f"AND layer = '{layer}'" if layer else ""
+        sql = ("SELECT layer, unit, value, y, x FROM (SELECT *, row_number() OVER (PARTITION BY layer ORDER BY value "
+               f"DESC, unit) AS rank FROM units WHERE image = {int(image)} {only}) WHERE rank <= {int(k)} "
+               "ORDER BY layer, rank")  # fmt: skip
+        return self.table(sql)
+
+    def values(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every image's maxima of `layer`'s units (N x C float32) and the images' (source spec, split, index)
+        keys in index order."""
+        self._layer(layer)
+        t = self.table(f"SELECT image, {_q(layer + ':value')} AS v FROM shards ORDER BY image")
+        v = np.asarray(t.column("v").combine_chunks().flatten(), dtype=np.float32).reshape(t.num_rows, -1)
+        return np.asarray(t.column("image")), v
+
+    def sql(self, text: str):
+        """Any SQL over the views `images` and `units` (and `shards`, the raw rows), as an Arrow table."""
+        import duckdb
+
+        try:
+            return self.table(text)
+        except duckdb.Error as e:
+            line = (str(e).splitlines() or ["?"])[0]
+            raise UsageError(f"the query failed: {line}; the views are images(image, source, index, path, label, "
+                             "predicted) and units(layer, unit, image, value, y, x)") from None  # fmt: skip
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def open_index(path: str) -> ActivationIndex:
+    """Issue 39: an index folder (`zfnet index --out PATH`) opened for queries."""
+    return ActivationIndex(path)
+
+
+__all__ = ["ActivationIndex", "IndexSettings", "build_index", "layer_shapes", "maxima", "open_index"]
