@@ -161,3 +161,30 @@ def test_a_job_waits_the_grace_after_an_interactive_request():
     ended = time.monotonic()
     with lock.job():
         assert time.monotonic() - ended >= 0.2 - 1e-3
+
+
+def test_uploads_are_kept_per_client_the_oldest_dropped():
+    """Issue 38: each client keeps its `uploads_per_client` newest uploads; another client's are not touched."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import zfnet
+    from zfnet.pipelines.explore import ExploreLimits, Explorer
+    from zfnet.pretrained import open_embedded
+
+    def png(v: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((28, 28), v, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    import torch
+
+    with Explorer(open_embedded(), limits=ExploreLimits(uploads_per_client=2)) as ex, torch.no_grad():  # as served
+        a = [ex.upload(png(v), "a.png", "A")["key"] for v in (10, 20, 30)]
+        b = ex.upload(png(40), "b.png", "B")["key"]
+        with pytest.raises(zfnet.UsageError, match="^no image"):
+            ex.predict(a[0])
+        for key in (*a[1:], b):
+            assert ex.predict(key)["top"]

@@ -75,6 +75,24 @@ def test_the_top_9_equals_the_atlas_streaming_top_9(embedded):
             assert all(0 <= g[3] < w for g in got)
 
 
+def test_an_atlas_from_the_index_equals_one_from_a_pass_over_the_data(embedded, tmp_path):
+    """`zfnet atlas --index IDX`: the same manifest (every map's top-k and per-class references) and panels as the
+    atlas that scans the images, without the scan."""
+    _, _, out = embedded
+    common = ["atlas", "--pretrained", "--data", "fashion-mnist-mini", "--limit", str(N), "--layers", "conv2,conv5",
+              "--max-maps", "2", "--per-class", "2", "--workers", "0"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "scan")]) == 0
+    assert main([*common, "--index", out, "--out", str(tmp_path / "idx")]) == 0
+    a = json.loads((tmp_path / "scan" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert b["from_index"]["dtype"] == "float32" and a["from_index"] is None
+    assert a["layers"] == b["layers"] and a["panel_maps"] == b["panel_maps"]
+    for layer in ("conv2", "conv5"):
+        panel = a["figures"][layer]
+        assert (tmp_path / "scan" / panel).read_bytes() == (tmp_path / "idx" / b["figures"][layer]).read_bytes()
+    assert main([*common, "--split", "train", "--index", out, "--out", str(tmp_path / "bad")]) == 2
+
+
 def test_per_class_top_k_and_an_images_units_equal_a_brute_force(embedded):
     p, ds, out = embedded
     idx = open_index(out)

@@ -129,20 +129,31 @@ def layer_names(model: nn.Module) -> list[str]:
 
 @contextmanager
 def capture(
-    model: nn.Module, names: list[str], x: torch.Tensor, stop: bool = True, copy: bool = True
-) -> Iterator[dict[str, torch.Tensor]]:
+    model: nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    stop: bool = True,
+    copy: bool = True,
+    reduce: Callable[[torch.Tensor], Any] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Within the block, a forward fills the yielded dict with each layer's feature maps (its `Site`, found
     from `x`); with `stop`, the forward ends (StopForward) once all of them are in. With `copy`, a map that
     later ops could still change in place (seen to in the trace, or anywhere past it without `stop`) is kept as
-    a copy. Hooks and modes go away on exit, also on errors."""
+    a copy. With `reduce`, what is kept is `reduce(maps)`, computed the moment the maps are made (no copy: the
+    activation index's maxima). Hooks and modes go away on exit, also on errors."""
     where = sites(model, names, x)
-    found: dict[str, torch.Tensor] = {}
+    found: dict[str, Any] = {}
 
     def keep(name: str, out) -> None:
         if name in found:
             return
         t = where[name].maps(out[0] if isinstance(out, (tuple, list)) else out)
         last = stop and len(found) + 1 == len(where)
+        if reduce is not None:
+            found[name] = reduce(t)
+            if last:
+                raise StopForward
+            return
         # a copy where later ops could change it in place: past the traced span (no stop), or seen to in it
         keep_copy = copy and not last and (not stop or where[name].overwritten)
         found[name] = t.clone() if keep_copy else t

@@ -27,6 +27,8 @@ def _atlas_args(p) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--batch-size", type=positive, default=128)
     p.add_argument("--workers", type=nonnegative, default=4, help="image-decoding processes (file datasets)")
+    p.add_argument("--index", metavar="IDX", help="read the top-k from an activation index of this model and data "
+                   "(zfnet index): no pass over the data")  # fmt: skip
     add_device(p)
     p.add_argument("--no-progress", action="store_true")
 
@@ -64,6 +66,7 @@ def _atlas_run(args) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        index=args.index,
     )
     dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
     snaps = None

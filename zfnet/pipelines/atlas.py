@@ -101,6 +101,7 @@ class AtlasConfig:
     batch_size: int = 128
     workers: int = 4
     device: str = "auto"
+    index: str | None = None  # issue 39: an activation index of the same model and data: no pass over the data
 
 
 def _check(cfg: AtlasConfig) -> None:
@@ -266,8 +267,25 @@ def _build(
     train,
     progress: bool,
 ) -> dict | None:
-    model, pp = opened.model, dataset.preprocess
-    result = scan(
+    result = _scan_or_index(cfg, opened, dataset, layers, scan_key, dist, progress)
+    teardown(dist)  # the scan was the last collective: the others need not wait while rank 0 renders
+    if not dist.main:
+        return None
+    return _render(cfg, dist, opened, dataset, layers, key, snapshots, train, progress, result)
+
+
+def _scan_or_index(cfg: AtlasConfig, opened: Opened, dataset, layers, scan_key: str, dist: Dist, progress: bool):
+    """The top-k tables: read from `cfg.index` (issue 39) when given, else a scan of the data."""
+    model = opened.model
+    if cfg.index is not None:
+        from .index import open_index, scan_from_index
+
+        idx = open_index(cfg.index)
+        _same_model(idx.manifest, opened, cfg.index)
+        result = scan_from_index(idx, dataset, model, layers, cfg.settings.k, cfg.settings.per_class)
+        result.extra["from_index"] = {"index": os.path.abspath(cfg.index), "dtype": idx.manifest["dtype"]}
+        return result
+    return scan(
         model,
         dataset,
         layers=layers,
@@ -279,9 +297,18 @@ def _build(
         progress=progress,
         per_class=cfg.settings.per_class,
     )
-    teardown(dist)  # the scan was the last collective: the others need not wait while rank 0 renders
-    if not dist.main:
-        return None
+
+
+def _same_model(manifest: dict, opened: Opened, path: str) -> None:
+    have, want = manifest.get("model", {}), opened.info()
+    if (have.get("name"), have.get("weights_sha256")) != (want.get("name"), want.get("weights_sha256")):
+        raise UsageError(f"the index {path} is of another model ({have.get('name')}); index this model first")
+
+
+def _render(cfg: AtlasConfig, dist: Dist, opened: Opened, dataset, layers, key: str, snapshots, train, progress,
+            result: Scan) -> dict:  # fmt: skip
+    """Everything after the scan: the manifest, the projections, the panels, the filters, Fig. 4."""
+    model, pp = opened.model, dataset.preprocess
     dataset.check_readable()
     shape = (pp.channels, pp.input_size, pp.input_size)
     rfs = {layer: layer_field(model, layer, shape) for layer in layers}
@@ -308,6 +335,7 @@ def _build(
         "layers": manifest_layers(result, dataset, fields),
         "preprocess": pp.to_dict(),
         "scan_seconds": result.seconds,
+        "from_index": result.extra.get("from_index"),  # issue 39: the top-k read from an activation index
         "skipped": dataset.skipped_report(),
     }
     atomic_write_json(os.path.join(cfg.out, "manifest.json"), manifest)
@@ -316,12 +344,12 @@ def _build(
     manifest["panel_maps"] = panel_choice
     if cfg.settings.max_maps is not None:
         for layer in layers:
-            entry: dict = manifest["layers"][layer]  # type: ignore[index]
+            entry: dict = manifest["layers"][layer]
             entry["projected"] = _projected(result, layer, panel_choice[layer], cfg.settings.max_maps)
     panels = _project_maps(cfg, model, pp, dataset, result, layers, rfs, tiles, panel_choice, dist.device, progress)
     if cfg.settings.per_class and len(dataset.classes) <= CLASS_SHEETS_UP_TO:
         for layer in layers:
-            manifest["layers"][layer]["class_sheets"] = _class_sheets(  # type: ignore[index]
+            manifest["layers"][layer]["class_sheets"] = _class_sheets(
                 cfg, model, pp, dataset, result, layer, rfs[layer], tiles[layer], dist.device
             )
     optimized: dict[str, dict[int, torch.Tensor]] = {}

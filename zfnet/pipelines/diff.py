@@ -43,9 +43,10 @@ def _keys(idx: ActivationIndex, images: np.ndarray) -> list[tuple]:
 
 
 def run_diff(path_a: str, path_b: str, out: str, layers: list[str] | None = None, threshold: float = 0.5,
-             k: int = 9, names: tuple[str, str] = ("A", "B"), progress: bool = False) -> dict:  # fmt: skip
+             k: int = 9, names: tuple[str, str] = ("A", "B"), pictures: bool = True) -> dict:  # fmt: skip
     """Match every layer pair (`layers`: "L" or "LA:LB"; none: the layers both indexes have), write diff.json,
-    the correlation plot and the page (index.html) into `out`; returns diff.json's content."""
+    the correlation plot and the page (index.html) into `out`; returns diff.json's content. `pictures`: the
+    units' top images on the page (off: the tables alone, quicker)."""
     if not 0 <= threshold <= 1:
         raise UsageError(f"--threshold {threshold} must be between 0 and 1")
     a, b = open_index(path_a), open_index(path_b)
@@ -60,8 +61,8 @@ def run_diff(path_a: str, path_b: str, out: str, layers: list[str] | None = None
     result: dict = {"a": {"index": path_a, "model": a.manifest["model"], "name": names[0]},
                     "b": {"index": path_b, "model": b.manifest["model"], "name": names[1]},
                     "threshold": threshold, "layers": {}}  # fmt: skip
-    data_a = _dataset(a)
-    data_b = _dataset(b)
+    data_a = _dataset(a) if pictures else {}
+    data_b = _dataset(b) if pictures else {}
     sections = []
     for la, lb in pairs:
         va, vb, _ = aligned(a, b, la, lb)
@@ -99,6 +100,8 @@ def _dataset(idx: ActivationIndex) -> dict[int, zdata.ImageSet | None]:
 def _tiles(out: str, idx: ActivationIndex, data: dict, layer: str, unit: int, k: int, side: str) -> str | None:
     """tiles/<side>-<layer>-<unit>.png: the unit's top-k images with a mark where its maximum is; None when the
     images cannot be opened."""
+    if not data:
+        return None
     top = idx.top(layer, unit, k)
     if top.num_rows == 0:
         return None

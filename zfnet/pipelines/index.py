@@ -26,8 +26,8 @@ import torch
 from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_path, atomic_write_json
-from ..layers import capture, resolve_layer
-from ..methods.atlas import default_layers
+from ..layers import capture, read_maps, resolve_layer
+from ..methods.atlas import Scan, TopK, default_layers
 from ..provenance import environment
 from ..readback import read_json
 from ..runtime import eval_mode, model_device
@@ -167,16 +167,16 @@ def _shard(model, pp, dataset, idx: list[int], layers: list[str], source: dict, 
     with torch.no_grad(), eval_mode(model):
         for bases, labels, got in zdata.batches(dataset, chunks, run.workers, run.progress, desc):
             x = pp.eval_input(bases).to(device)
-            with capture(model, layers, x, stop=False) as found:
+            with capture(model, layers, x, stop=False, reduce=maxima) as found:  # reduced as made: no map copied
                 logits = model(x)
             cols["index"].append(got.numpy())
             cols["label"].append(labels.numpy().astype(np.int32))
             cols["predicted"].append(logits.argmax(1).cpu().numpy().astype(np.int32))
             for layer in layers:
-                best, where = maxima(found[layer])
-                vals[layer].append(best.float().cpu().numpy().astype(dtype))
+                best, where = found[layer]
+                vals[layer].append(best.to(torch.float16 if s.dtype == "float16" else torch.float32).cpu().numpy())
                 if where is not None:
-                    poss[layer].append(where.cpu().numpy().astype(np.uint16))
+                    poss[layer].append(where.to(torch.int32).cpu().numpy().astype(np.uint16))
     index = np.concatenate(cols["index"]) if cols["index"] else np.zeros(0, np.int64)
     table = {
         "image": pa.array(source["first_image"] + index, pa.int64()),
@@ -296,6 +296,64 @@ class ActivationIndex:
                              "predicted) and units(layer, unit, image, value, y, x)") from None  # fmt: skip
 
 
+def scan_from_index(idx: ActivationIndex, dataset: zdata.ImageSet, model, layers: list[str], k: int,
+                    per_class: int = 0) -> Scan:  # fmt: skip
+    """The atlas's scan (Fig. 2's top-k per unit, ties to the lower image; per-class top-k) read from the index
+    instead of a pass over `dataset`, whose images the index must hold (same data and split, at least as many)."""
+    t0 = time.perf_counter()
+    src = next((s for s in idx.manifest["sources"] if (s["spec"], s["split"]) == (dataset.spec, dataset.split)), None)
+    if src is None or not src.get("complete") or src["images"] < len(dataset):
+        raise UsageError(f"the index {idx.path} does not hold {dataset.spec} split {dataset.split!r} "
+                         f"({len(dataset)} images); index them first (zfnet index --data {dataset.spec})")  # fmt: skip
+    for layer in layers:
+        idx._layer(layer)
+    pp = dataset.preprocess
+    probe = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=model_device(model))
+    maps = read_maps(model, layers, probe)
+    top: dict[str, TopK] = {}
+    classes: dict[str, dict[int, TopK]] = {}
+    for layer in layers:
+        top[layer] = _tables(idx, layer, src["number"], len(dataset), k, None)[None]
+        if per_class:
+            classes[layer] = _tables(idx, layer, src["number"], len(dataset), per_class, len(dataset.classes))
+        if maps.get(layer, {}).get("rectified"):
+            top[layer] = top[layer].fired()
+            classes[layer] = {c: t.fired() for c, t in classes.get(layer, {}).items()}
+    n = idx.table(f"SELECT count(*) AS n FROM images WHERE source = {src['number']} AND index < {len(dataset)}")
+    shapes = {layer: idx.shapes[layer] for layer in layers}
+    images = int(n.column("n")[0].as_py())
+    return Scan(top, shapes, images, time.perf_counter() - t0, per_class={k_: v for k_, v in classes.items() if v},
+                maps=maps)  # fmt: skip
+
+
+def _tables(idx: ActivationIndex, layer: str, source: int, n: int, k: int, classes: int | None) -> dict:
+    """Each unit's top-k over the source's first n images (per class when `classes`): {None or class: TopK}."""
+    shape = idx.shapes[layer]
+    c = shape[0]
+    pos = f"unnest({_q(layer + ':pos')})" if len(shape) == 3 else "NULL::INTEGER"
+    part = "unit, label" if classes else "unit"
+    sql = (f"SELECT unit, label, image, value, pos, row_number() OVER (PARTITION BY {part} ORDER BY value DESC, "
+           f"image) AS rank FROM (SELECT unnest(range({c})) AS unit, label, index AS image, "
+           f"unnest({_q(layer + ':value')}) AS value, {pos} AS pos FROM shards WHERE source = {source} "
+           f"AND index < {n}) QUALIFY rank <= {k}")  # fmt: skip
+    t = idx.table(sql)
+    cols = {name: np.asarray(t.column(name).to_numpy(zero_copy_only=False)) for name in ("unit", "label", "image",
+                                                                                          "value", "rank")}  # fmt: skip
+    p = t.column("pos").to_pylist()
+    out: dict = {}
+    for key in [None] if not classes else range(classes):
+        tk = TopK.empty(k, c)
+        sel = np.arange(t.num_rows) if key is None else np.nonzero(cols["label"] == key)[0]
+        for r in sel:
+            u, rank = int(cols["unit"][r]), int(cols["rank"][r]) - 1
+            tk.values[rank, u] = float(cols["value"][r])
+            tk.images[rank, u] = int(cols["image"][r])
+            if p[r] is not None:
+                tk.ys[rank, u], tk.xs[rank, u] = divmod(int(p[r]), shape[2])
+        out[key] = tk
+    return out
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -305,4 +363,4 @@ def open_index(path: str) -> ActivationIndex:
     return ActivationIndex(path)
 
 
-__all__ = ["ActivationIndex", "IndexSettings", "build_index", "layer_shapes", "maxima", "open_index"]
+__all__ = ["ActivationIndex", "IndexSettings", "build_index", "layer_shapes", "maxima", "open_index", "scan_from_index"]
