@@ -85,8 +85,22 @@ def atlas_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(atlas_dir):
-    proc, url = start_server("explore", "--atlas", str(atlas_dir))
+def index_dir(tmp_path_factory):
+    """An activation index of the embedded model over its first 500 bundled test images (issue 39)."""
+    from zfnet.pipelines.index import IndexSettings, build_index
+    from zfnet.pretrained import open_embedded
+    from zfnet.settings import Run
+
+    p = open_embedded()
+    out = tmp_path_factory.mktemp("index") / "idx"
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+    build_index(p, ds, str(out), IndexSettings(limit=500), Run(batch_size=250))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(atlas_dir, index_dir):
+    proc, url = start_server("explore", "--atlas", str(atlas_dir), "--index", str(index_dir))
     with proc:
         yield url
         assert stop(proc) == 0  # Ctrl-C stops it cleanly (status 0, no traceback)
@@ -200,6 +214,25 @@ def test_a_maps_optimized_image_is_a_job_equal_to_zfnet_visualize(server, refere
     assert status == 400 and bad["error"] == "map 999 does not exist in conv2 (96 maps: 0..95)"
     status, bad = post(server + "api/visualize/conv2/7?y=3")
     assert status == 400 and bad["error"].startswith("the unit y=3, x=None must be inside conv2's")
+
+
+def test_the_index_gives_a_units_images_and_an_images_units(server, index_dir):
+    """Issue 39 in the explorer: a unit's images over the whole index (paged, within a class) and an image's units
+    are the index's own answers; the dataset's images come with their keys; an upload is not in the index."""
+    from zfnet.pipelines.index import open_index
+
+    idx = open_index(str(index_dir))
+    status, r = get_json(server + "api/index/top/conv5/3?k=4&page=1&class=7")
+    assert status == 200
+    want = idx.top("conv5", 3, 4, label=7, offset=4).to_pylist()
+    assert [row["image"] for row in r["rows"]] == [w["image"] for w in want]
+    assert [row["value"] for row in r["rows"]] == [w["value"] for w in want]
+    assert all(row["key"] == f"d{row['index']}" and row["label"] == 7 for row in r["rows"])
+    status, u = get_json(server + "api/index/units/d7?k=2")
+    assert status == 200 and u["rows"] == idx.units_of(7, 2).to_pylist()
+    status, body = post(server + "api/upload?name=x.png", png_file(np.full((28, 28), 9, np.uint8)))
+    status, bad = get_json(server + f"api/index/units/{body['key']}")
+    assert status == 400 and bad["error"].startswith(f"image {body['key']} is not in the index")
 
 
 def test_the_atlas_and_its_per_class_references(server, atlas_dir):
@@ -508,6 +541,9 @@ def test_the_page_in_chromium(server, browser, tmp_path, reference, atlas_dir):
         -40, 0
     ).release().perform()
     wait.until(lambda d: d.execute_script("return paint.history.length") == 2 and text("paint-readout") != first_p)
+    # issue 39: the index's images where the clicked unit fires, and the units this image drives most
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#idx-top img")) == 12)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#idx-units li")) == 15
     # a link opens a view: the atlas's top-9 of a map it projected, and a class's references
     c = json.loads((atlas_dir / "manifest.json").read_text())["layers"]["conv5"]["projected"][0]
     browser.get("about:blank")

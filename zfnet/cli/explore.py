@@ -17,6 +17,8 @@ def _explore_args(p) -> None:
     )
     p.add_argument("--split", help="dataset split (default: the dataset's evaluation split)")
     p.add_argument("--atlas", metavar="DIR", help="an atlas of the same model (zfnet atlas --out DIR): top-9 per map")
+    p.add_argument("--index", metavar="IDX", help="an activation index of the same model (zfnet index): a unit's "
+                   "images over all of it, an image's units")  # fmt: skip
     p.add_argument("--port", type=port, default=0, help="TCP port (default 0: a free one; the URL is printed)")
     p.add_argument(
         "--job-limit",
@@ -73,7 +75,7 @@ def _explore(args, life: Lifetime) -> int:
     spec = args.data or (EMBEDDED_DATA if embedded else None)
     dataset = zdata.open_dataset(spec, args.split, opened.preprocess) if spec else None
     limits = ExploreLimits(job_seconds=float(args.job_limit))
-    with Explorer(opened, dataset, args.atlas, limits) as explorer:
+    with Explorer(opened, dataset, args.atlas, limits, index=args.index) as explorer:
         token = None if args.no_token else new_token()
         app = explore_app(explorer)
         return run_server(app, args.host, args.port, f"zfnet explore ({opened.name})", life, token)

@@ -40,20 +40,24 @@ def _index_run(args) -> int:
     from .. import data as zdata
     from ..pipelines.index import IndexSettings, build_index
     from ..pretrained import EMBEDDED_DATA
-    from ..runtime import resolve_device
+    from ..runtime import Dist, resolve_device, setup_processes, teardown, under_torchrun
     from ..settings import Run
     from .args import open_from_args
 
     settings = settings_from_args(args, IndexSettings)  # a bad setting costs nothing: refused before loading
     _needs_index_extra()
-    dev = resolve_device(args.device)
-    opened = open_from_args(args, dev)
+    dist = setup_processes(args.device) if under_torchrun() else Dist(device=resolve_device(args.device))
+    opened = open_from_args(args, dist.device)
     spec = args.data or (EMBEDDED_DATA if args.pretrained else None)
     if spec is None:
         raise UsageError("zfnet index needs --data SPEC (the images to index)")
     dataset = zdata.open_dataset(spec, args.split, opened.preprocess)
-    run = Run(device=dev, batch_size=args.batch_size, workers=args.workers, progress=sys.stderr.isatty())
-    m = build_index(opened, dataset, args.work, settings, run)
+    run = Run(device=dist.device, batch_size=args.batch_size, workers=args.workers,
+              progress=sys.stderr.isatty() and dist.main)  # fmt: skip
+    m = build_index(opened, dataset, args.work, settings, run, dist)
+    teardown(dist)
+    if not dist.main:
+        return 0
     rows = sum(sh["rows"] for s in m["sources"] for sh in s["shards"])
     print(json.dumps({"out": args.out, "images": rows, "layers": m["layers"],
                       "shards": sum(len(s["shards"]) for s in m["sources"])}, indent=2))  # fmt: skip

@@ -88,8 +88,10 @@ class Explorer:
         dataset: zdata.ImageSet | None = None,
         atlas: str | None = None,
         limits: ExploreLimits = ExploreLimits(),
+        index: str | None = None,
     ) -> None:
         self.opened, self.dataset, self.limits = opened, dataset, limits
+        self.index = _open_index(index, opened) if index else None  # issue 39: every image x unit, queried
         self.model, self.pp = opened.model, opened.preprocess
         # the model's class names; the data's only when they are the model's outputs by index (the report's rule)
         fits = dataset is not None and opened.outputs is not None and len(dataset.classes) == opened.outputs
@@ -150,6 +152,13 @@ class Explorer:
             if self.atlas
             else None,
             "limits": {"upload_bytes": self.limits.upload_bytes, "upload_pixels": self.limits.upload_pixels},
+            "index": {
+                "layers": self.index.layers,
+                "images": sum(s["images"] for s in self.index.manifest["sources"]),
+                "classes": self.index.manifest["sources"][0].get("classes") or [],
+            }
+            if self.index
+            else None,  # fmt: skip
         }
 
     def page(self, n: int, label: int | None = None) -> dict:
@@ -389,6 +398,56 @@ class Explorer:
         return {"layer": layer, "class": cls, "maps": maps, "sheet": self._sheet(layer, cls)}
 
     # --- occlusion --------------------------------------------------------------------------------------------
+    # --- issue 39: the activation index ----------------------------------------------------------------------
+    def index_top(self, layer: str, channel: int, k: int = 12, label: int | None = None, page: int = 0) -> dict:
+        """The images where a unit fires most over the whole index (any k, any class, paged): each with its value,
+        position and - when it is an image of the explorer's data - its key."""
+        idx = self._need_index()
+        if k < 1 or k > 100 or page < 0:
+            raise UsageError("k must be 1 to 100 and page 0 or more")
+        t = idx.top(layer, channel, k, label, offset=page * k)
+        rows = t.to_pylist()
+        for r in rows:
+            r["key"] = self._key_of(r["source"], r["index"])
+        return {"layer": layer, "map": channel, "label": label, "page": page, "k": k, "rows": rows}
+
+    def index_units(self, key: str, k: int = 8) -> dict:
+        """The units each indexed layer's image `key` drives most, from the index (a dataset image only)."""
+        idx = self._need_index()
+        image = self._index_image(key)
+        if image is None:
+            raise UsageError(f"image {key} is not in the index (uploads and other data are not); pick a dataset image")
+        return {"key": key, "image": image, "rows": idx.units_of(image, k).to_pylist()}
+
+    def _need_index(self):
+        if self.index is None:
+            raise UsageError("the explorer has no activation index; start it with --index IDX (zfnet index)")
+        return self.index
+
+    def _sources(self) -> dict[int, int]:
+        """The index's source numbers holding the explorer's data -> their first image number."""
+        ds = self.dataset
+        if ds is None or self.index is None:
+            return {}
+        return {s["number"]: s["first_image"] for s in self.index.manifest["sources"]
+                if (s["spec"], s["split"]) == (ds.spec, ds.split)}  # fmt: skip
+
+    def _key_of(self, source: int, index: int) -> str | None:
+        return (
+            f"d{index}"
+            if source in self._sources() and self.dataset is not None and index < len(self.dataset)
+            else None
+        )
+
+    def _index_image(self, key: str) -> int | None:
+        if not (key.startswith("d") and key[1:].isdigit()):
+            return None
+        i = int(key[1:])
+        for s in self.index.manifest["sources"] if self.index else []:
+            if s["number"] in self._sources() and i < s["images"]:
+                return s["first_image"] + i
+        return None
+
     def paint_settings(self, texts: dict[str, str]) -> PaintSettings:
         """A paint request's settings (its URL query by field name); the top layer unless one is named, refused
         in one line when the layer is not one the explorer shows."""
@@ -507,6 +566,17 @@ def _unit_of(maps: torch.Tensor, layer: str, channel: int, y: int | None, x: int
 
 def _name(classes: list[str] | None, k: int) -> str:
     return classes[k] if classes and 0 <= k < len(classes) else str(k)
+
+
+def _open_index(path: str, opened: Opened):
+    """An activation index of this very model (name and weights), for the explorer."""
+    from .index import open_index
+
+    idx = open_index(path)
+    have, want = idx.manifest.get("model", {}), opened.info()
+    if (have.get("name"), have.get("weights_sha256")) != (want.get("name"), want.get("weights_sha256")):
+        raise UsageError(f"the index {path} is of another model ({have.get('name')}); index this model first")
+    return idx
 
 
 def _read_atlas(folder: str, opened: Opened) -> tuple[dict, dict]:
@@ -640,6 +710,22 @@ async def _capped_body(request, cap: int, what: str) -> bytes:
     if size > cap:
         raise UsageError(f"the {what} is {size:,} bytes, more than {cap:,}; send a smaller image")
     return b"".join(parts)
+
+
+def _index_routes(explorer: Explorer, work) -> list:
+    """Issue 39: a unit's images over the whole activation index (paged, by class), an image's units."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def index_top(request):
+        p = request.path_params
+        k, page, label = _q_int(request, "k", 12), _q_int(request, "page", 0), _q_int(request, "class")
+        return JSONResponse(await work(explorer.index_top, p["layer"], int(p["map"]), k, label, page))
+
+    async def index_units(request):
+        return JSONResponse(await work(explorer.index_units, request.path_params["key"], _q_int(request, "k", 8)))
+
+    return [Route("/api/index/top/{layer}/{map:int}", index_top), Route("/api/index/units/{key}", index_units)]
 
 
 def _upload_route(explorer: Explorer, work):
@@ -791,6 +877,7 @@ def explore_app(explorer: Explorer):
         _upload_route(explorer, work),
         _paint_route(explorer, work),
         *_image_routes(explorer, work),
+        *_index_routes(explorer, work),
         *_occlusion_routes(explorer),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]

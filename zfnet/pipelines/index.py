@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 
 from .. import data as zdata
 from ..errors import UsageError
@@ -30,7 +31,7 @@ from ..layers import capture, read_maps, resolve_layer
 from ..methods.atlas import Scan, TopK, default_layers
 from ..provenance import environment
 from ..readback import read_json
-from ..runtime import eval_mode, model_device
+from ..runtime import Dist, eval_mode, model_device
 from ..settings import Run, Settings, knob
 from ..weights import Opened
 
@@ -83,10 +84,14 @@ def maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     return best, where
 
 
-def build_index(opened: Opened, dataset: zdata.ImageSet, out: str, s: IndexSettings, run: Run) -> dict:
+def build_index(
+    opened: Opened, dataset: zdata.ImageSet, out: str, s: IndexSettings, run: Run, dist: Dist | None = None
+) -> dict:
     """Index `dataset` (its first `s.limit` images) into `out`: shards written as they fill, the manifest after
-    each; returns the manifest."""
+    each; returns the manifest. Under torchrun (`dist`) process r writes shards r, r + world, ...: the same
+    shards, row for row, as one process writes; process 0 keeps the manifest."""
     pa, pq = _arrow()
+    dist = dist or Dist()
     model, pp = opened.model, opened.preprocess
     shape = (pp.channels, pp.input_size, pp.input_size)
     layers = list(s.layers) if s.layers else default_layers(model, shape)
@@ -96,27 +101,57 @@ def build_index(opened: Opened, dataset: zdata.ImageSet, out: str, s: IndexSetti
     for layer, sh in shapes.items():
         if len(sh) == 3 and sh[1] * sh[2] > 65536:
             raise UsageError(f"layer {layer}'s maps are {sh[1]}x{sh[2]}: positions past 65,536 do not fit uint16")
-    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-    manifest = _manifest(out, opened, layers, shapes, s)
-    source = _source(manifest, dataset, s)
+    path = os.path.join(out, "manifest.json")
+    if dist.main:
+        os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+        manifest = _manifest(out, opened, layers, shapes, s)
+        source = _source(manifest, dataset, s)
+        atomic_write_json(path, manifest)
+    _barrier(dist)  # the others read the manifest process 0 wrote: the same source, numbers and shards
+    if not dist.main:
+        manifest = read_json(path, MANIFEST, fix="rerun the index")
+        source = _source(manifest, dataset, s)
     n = source["images"]
     started = time.perf_counter()
     for j, lo in enumerate(range(0, n, s.shard_images)):
         name = f"shards/{source['number']:03d}-{j:05d}.parquet"
-        if any(sh["file"] == name for sh in source["shards"]):
-            continue  # finished before (a resumed run)
+        if j % dist.world != dist.rank or os.path.exists(os.path.join(out, name)):
+            continue  # another process's, or finished before (a resumed run): a shard is there once complete
         idx = list(range(lo, min(n, lo + s.shard_images)))
         table = _shard(model, pp, dataset, idx, layers, source, s, run, pa)
         with atomic_path(os.path.join(out, name)) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-        source["shards"].append({"file": name, "rows": table.num_rows, "first": lo, "last": idx[-1]})
-        manifest["skipped"] = dataset.skipped_report()
-        atomic_write_json(os.path.join(out, "manifest.json"), manifest)
-    source["complete"] = True
-    source["seconds"] = source.get("seconds", 0.0) + time.perf_counter() - started
-    manifest["provenance"] = environment(run.device)
-    atomic_write_json(os.path.join(out, "manifest.json"), manifest)
+        if dist.main:
+            _found_shards(out, source, s, pq)
+            manifest["skipped"] = dataset.skipped_report()
+            atomic_write_json(path, manifest)
+    _barrier(dist)  # every process's shards are written
+    if dist.main:
+        _found_shards(out, source, s, pq)
+        source["complete"] = True
+        source["seconds"] = source.get("seconds", 0.0) + time.perf_counter() - started
+        manifest["provenance"] = environment(run.device)
+        atomic_write_json(path, manifest)
     return manifest
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        torch_dist.barrier()
+
+
+def _found_shards(out: str, source: dict, s: IndexSettings, pq) -> None:
+    """The source's finished shards, from the files there (a shard file exists once it is complete)."""
+    found = []
+    for j, lo in enumerate(range(0, source["images"], s.shard_images)):
+        name = f"shards/{source['number']:03d}-{j:05d}.parquet"
+        file = os.path.join(out, name)
+        if os.path.exists(file):
+            rows = pq.ParquetFile(file).metadata.num_rows
+            found.append(
+                {"file": name, "rows": rows, "first": lo, "last": min(source["images"], lo + s.shard_images) - 1}
+            )
+    source["shards"] = found
 
 
 def _manifest(out: str, opened: Opened, layers: list[str], shapes: dict, s: IndexSettings) -> dict:
@@ -251,9 +286,10 @@ class ActivationIndex:
             raise UsageError(f"unit {unit} does not exist in {layer} ({shape[0]} units: 0..{shape[0] - 1})")
         return shape
 
-    def top(self, layer: str, unit: int, k: int = 9, label: int | None = None, fired: bool = True):
+    def top(self, layer: str, unit: int, k: int = 9, label: int | None = None, fired: bool = True, offset: int = 0):
         """The k images where `unit` of `layer` is strongest (ties to the lower image, as the atlas), with the
-        value and position; `label`: within that class; `fired`: only where it is above 0 (the atlas's rule)."""
+        value and position; `label`: within that class; `fired`: only where it is above 0 (the atlas's rule);
+        `offset`: after that many (pages)."""
         shape = self._layer(layer, unit)
         value = f"{_q(layer + ':value')}[{unit + 1}]"
         where = [f"{value} > 0"] if fired else []
@@ -262,8 +298,8 @@ class ActivationIndex:
         yx = (f"{_q(layer + ':pos')}[{unit + 1}] // {shape[2]} AS y, {_q(layer + ':pos')}[{unit + 1}] % {shape[2]} AS x"
               if len(shape) == 3 else "NULL AS y, NULL AS x")  # fmt: skip
         cond = "WHERE " + " AND ".join(where) if where else ""
-        sql = (f"SELECT image, path, label, predicted, {value} AS value, {yx} FROM shards {cond} "
-               f"ORDER BY value DESC, image LIMIT {int(k)}")  # fmt: skip
+        sql = (f"SELECT image, source, index, path, label, predicted, {value} AS value, {yx} FROM shards {cond} "
+               f"ORDER BY value DESC, image LIMIT {int(k)} OFFSET {int(offset)}")  # fmt: skip
         return self.table(sql)
 
     def units_of(self, image: int, k: int = 10, layer: str | None = None):

@@ -70,6 +70,7 @@ async function chooseImage(key) {
     state.image = key;
     $("image").src = `/api/image/${key}.png`;
     paintReset();
+    showIndexUnits();
     const ol = $("predictions"); ol.replaceChildren();
     for (const t of pred.top) {
       const li = document.createElement("li");
@@ -129,6 +130,7 @@ async function showMap(m, unit) {
     $("unit-info").textContent = `unit (${p.unit[0]}, ${p.unit[1]}), activation ${p.activation.toFixed(3)}, ` +
       `receptive field rows ${p.box[0]}-${p.box[2]}, columns ${p.box[1]}-${p.box[3]} (${p.settings.rule})`;
     writeHash();
+    showIndexTop(0);
     if (info.atlas) await showAtlas();
   } catch (e) { showError(e); }
 }
@@ -335,6 +337,49 @@ function paintSetup() {
   $("paint-clear").addEventListener("click", () => { if (state.image) { paintReset(); paintSend(); } });
 }
 
+// --- issue 39: the activation index: a unit's images over all of it, an image's units ---------------------------
+let idxPage = 0;
+async function showIndexTop(page) {
+  if (!info.index || state.map === null || !info.index.layers.includes(state.layer)) {
+    $("index-panel").hidden = true; return;
+  }
+  $("index-panel").hidden = false;
+  const q = new URLSearchParams({ k: 12, page });
+  if ($("idx-class").value !== "") q.set("class", $("idx-class").value);
+  try {
+    const r = await api(`/api/index/top/${encodeURIComponent(state.layer)}/${state.map}?` + q);
+    idxPage = r.page; $("idx-page").textContent = `page ${r.page + 1}`;
+    const box = $("idx-top"); box.replaceChildren();
+    for (const row of r.rows) {
+      const b = document.createElement("button");
+      b.type = "button"; b.title = `${row.path}: ${row.value.toFixed(3)} at (${row.y}, ${row.x})`;
+      if (row.key) {
+        const img = document.createElement("img"); img.src = `/api/thumb/${row.key}.png`; img.alt = row.path;
+        b.appendChild(img); b.addEventListener("click", () => chooseImage(row.key));
+      }
+      b.appendChild(document.createTextNode(row.value.toFixed(2)));
+      box.appendChild(b);
+    }
+    if (!r.rows.length) box.textContent = "no image on this page";
+  } catch (e) { showError(e); }
+}
+async function showIndexUnits() {
+  if (!info.index || !state.image) return;
+  const list = $("idx-units"); list.replaceChildren();
+  try {
+    const r = await api(`/api/index/units/${state.image}?k=3`);
+    $("index-units").hidden = false;
+    for (const row of r.rows) {
+      const li = document.createElement("li");
+      li.textContent = `${row.layer} #${row.unit}: ${row.value.toFixed(3)}`;
+      li.addEventListener("click", async () => {
+        if (info.layers.includes(row.layer)) { await showLayer(row.layer); await showMap(row.unit, null); }
+      });
+      list.appendChild(li);
+    }
+  } catch (e) { $("index-units").hidden = true; }
+}
+
 // --- start ----------------------------------------------------------------------------------------------------
 async function start() {
   // issue 38: the token of the printed URL is now a cookie the server set (HttpOnly): out of the address bar
@@ -363,6 +408,12 @@ async function start() {
   $("evidence-run").addEventListener("click", () => showEvidence());
   $("vis-run").addEventListener("click", () => runVisualize());
   paintSetup();
+  if (info.index) {
+    info.index.classes.forEach((c, k) => option($("idx-class"), k, c));
+    $("idx-class").addEventListener("change", () => showIndexTop(0));
+    $("idx-prev").addEventListener("click", () => showIndexTop(Math.max(0, idxPage - 1)));
+    $("idx-next").addEventListener("click", () => showIndexTop(idxPage + 1));
+  }
   $("prev").addEventListener("click", () => loadPage(Math.max(0, page - 1)).catch(showError));
   $("next").addEventListener("click", () => loadPage(Math.min(pages - 1, page + 1)).catch(showError));
   $("browse-class").addEventListener("change", () => loadPage(0).catch(showError));
