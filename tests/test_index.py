@@ -275,3 +275,32 @@ def test_a_two_process_torchrun_index_equals_the_one_process_index(embedded, tmp
     assert [sh["file"] for sh in b.manifest["sources"][0]["shards"]] == [
         f"shards/000-{j:05d}.parquet" for j in range(3)
     ]
+
+
+def test_diff_of_two_weights_files_indexes_them_on_the_fly(tmp_path):
+    """`zfnet diff FILE_A FILE_B --pretrained`: the embedded run's first and last snapshots, each loaded into the
+    embedded model (with its own mean) and indexed over the same images, then matched: the same assignment as two
+    indexes built apart give; the page names the files."""
+    from zfnet.checkpoints import load_snapshot
+    from zfnet.pipelines.diff import run_diff
+    from zfnet.pretrained import snapshots
+
+    snaps = snapshots()
+    first, last = snaps[0][1], snaps[-1][1]
+    assert main(["diff", first, last, "--pretrained", "--limit", "300", "--layers", "conv1,conv5", "--out",
+                 str(tmp_path / "fly")]) == 0  # fmt: skip
+    fly = json.loads((tmp_path / "fly" / "diff.json").read_text())
+    built = []
+    for k, path in enumerate((first, last)):
+        p = open_embedded()
+        stored = load_snapshot(p.model, path).preprocess(p.model)
+        if stored is not None and stored.mean_image is not None:
+            p.preprocess = p.preprocess.with_mean(stored.mean_image)
+        ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+        built.append(str(tmp_path / f"idx{k}"))
+        s = IndexSettings(layers=("conv1", "conv5"), dtype="float32", limit=300)
+        build_index(p, ds, built[-1], s, Run())
+    apart = run_diff(built[0], built[1], str(tmp_path / "apart"), pictures=False)
+    for layer in ("conv1", "conv5"):
+        assert fly["layers"][layer]["pairs"] == apart["layers"][layer]["pairs"]
+    assert [fly["a"]["name"], fly["b"]["name"]] == ["epoch-001", "model"]

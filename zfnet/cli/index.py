@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import tempfile
 
 from ..errors import UsageError
 from .args import add_device, add_model, positive
@@ -153,9 +154,48 @@ def _cell(v) -> str:
     return "NULL" if v is None else str(v)
 
 
+def _name(path: str) -> str:
+    """A weights file's name on the page (a folder: A / B are the defaults' letters)."""
+    return os.path.splitext(os.path.basename(path))[0].replace(",", " ") if os.path.isfile(path) else ""
+
+
+def _side(args, path: str, tmp: str, layers: list[str] | None) -> str:
+    """An index folder as it is; a weights file loaded into --model's (or the embedded) model - its conv layers at
+    least, as a training snapshot - and indexed on the fly over --data into `tmp`."""
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        return path
+    if not os.path.isfile(path):
+        raise UsageError(f"{path!r} is neither an index folder (zfnet index --out) nor a weights file")
+    if not (args.model or args.pretrained):
+        raise UsageError(f"{path} is a weights file: name its architecture with --model NAME (or --pretrained)")
+    from .. import data as zdata
+    from ..checkpoints import load_snapshot
+    from ..pipelines.index import IndexSettings, build_index
+    from ..pretrained import EMBEDDED_DATA
+    from ..settings import Run
+    from .args import open_from_args
+
+    opened = open_from_args(args, "cpu")
+    stored = load_snapshot(opened.model, path).preprocess(opened.model)
+    if stored is not None and stored.mean_image is not None:  # a snapshot's own mean image
+        opened.preprocess = opened.preprocess.with_mean(stored.mean_image)
+    spec = args.data or (EMBEDDED_DATA if args.pretrained else None)
+    if spec is None:
+        raise UsageError("comparing weights files needs --data SPEC (the images both models are indexed on)")
+    dataset = zdata.open_dataset(spec, args.split, opened.preprocess)
+    keep = tuple(x.split(":")[0] if path == args.a else x.split(":")[-1] for x in layers or ())
+    build_index(opened, dataset, tmp, IndexSettings(layers=keep or None, dtype="float32", limit=args.limit), Run())
+    return tmp
+
+
 def _diff_args(p) -> None:
-    p.add_argument("a", metavar="IDX_A", help="the first model's index (zfnet index)")
-    p.add_argument("b", metavar="IDX_B", help="the second model's index, over the same images")
+    p.add_argument("a", metavar="A", help="the first model's index (zfnet index), or a weights file of --model")
+    p.add_argument("b", metavar="B", help="the second model's index over the same images, or a weights file")
+    add_model(p)
+    p.add_argument("--data", metavar="SPEC", help="with weights files: the images both are indexed on (with "
+                   "--pretrained: the embedded test images)")  # fmt: skip
+    p.add_argument("--split", default=None, help="the data's split")
+    p.add_argument("--limit", type=positive, default=2000, help="with weights files: the first N images (2000)")
     p.add_argument("--layers", default="", help="layers matched, as conv5 or pairs a:b (none: the layers both have)")
     p.add_argument("--threshold", type=float, default=0.5, help="least correlation of a match (0.5)")
     p.add_argument("--k", type=positive, default=9, help="top images shown per unit (9)")
@@ -166,7 +206,9 @@ def _diff_args(p) -> None:
 @command(
     "diff",
     "two models' units matched by what they respond to (Li et al. 2016): a page of matched, gone and new units",
-    "zfnet diff idx-epoch10 idx-epoch30 --names 'epoch 10,epoch 30' --out diff-10-30",
+    "zfnet diff idx-epoch10 idx-epoch30 --names 'epoch 10,epoch 30' --out diff-10-30\n"
+    "  zfnet diff run/snapshots/epoch-010.safetensors run/model.safetensors --model zfnet-small --data fashion-mnist "
+    "--out diff",
     arguments=_diff_args,
     output="fresh",
     legacy=("diff.json",),
@@ -175,11 +217,15 @@ def _diff_run(args) -> int:
     _needs_index_extra()
     from ..pipelines.diff import run_diff
 
-    names = [n.strip() for n in args.names.split(",")]
+    files = [_name(x) for x in (args.a, args.b)]
+    given = args.names if args.names != "A,B" or not all(files) else ",".join(files)
+    names = [n.strip() for n in given.split(",")]
     if len(names) != 2 or not all(names):
         raise UsageError(f"--names takes two names, as 'epoch 10,epoch 30' (got {args.names!r})")
     layers = [x for x in args.layers.split(",") if x] or None
-    res = run_diff(args.a, args.b, args.work, layers, args.threshold, args.k, (names[0], names[1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = (_side(args, path, os.path.join(tmp, side), layers) for side, path in (("a", args.a), ("b", args.b)))
+        res = run_diff(a, b, args.work, layers, args.threshold, args.k, (names[0], names[1]))
     print(json.dumps({"out": args.out, "page": os.path.join(args.out, "index.html"),
                       "matched": {k: v["matched"] for k, v in res["layers"].items()}}, indent=2))  # fmt: skip
     return 0
