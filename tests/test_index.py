@@ -304,3 +304,26 @@ def test_diff_of_two_weights_files_indexes_them_on_the_fly(tmp_path):
     for layer in ("conv1", "conv5"):
         assert fly["layers"][layer]["pairs"] == apart["layers"][layer]["pairs"]
     assert [fly["a"]["name"], fly["b"]["name"]] == ["epoch-001", "model"]
+
+
+def test_an_index_written_to_a_file_system_uri_is_the_same_index(embedded, tmp_path, capsys):
+    """--out as a pyarrow file-system URI (here file://, the same code as s3:// or gs://): written there shard by
+    shard, not staged; read back through pyarrow's file system; row for row the local index."""
+    _, _, local = embedded
+    uri = (tmp_path / "remote").as_uri()
+    args = ["index", "--pretrained", "--data", "fashion-mnist-mini", "--limit", str(N), "--dtype", "float32",
+            "--shard-images", "250", "--batch-size", "100", "--out", uri]  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "remote" / "shards" / "000-00002.parquet").is_file()
+    assert not list(tmp_path.glob("*partial*")) and not list((tmp_path / "remote").rglob("*.partial"))
+    a, b = open_index(local), open_index(uri)
+    q = "SELECT * FROM shards ORDER BY image"
+    assert a.sql(q).to_pylist() == b.sql(q).to_pylist() and a.top("conv5", 2, 9).equals(b.top("conv5", 2, 9))
+    units = "SELECT * FROM units WHERE image = 5 ORDER BY layer, unit"
+    assert a.sql(units).equals(b.sql(units))
+    assert main(args) == 0  # a rerun finds every shard there
+    capsys.readouterr()
+    assert main(["query", uri, "--top", "conv5:2", "--k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == a.top("conv5", 2, 3).to_pylist()
+    assert main(["index", "--pretrained", "--data", "fashion-mnist-mini", "--out", "nope://x/y"]) == 2
+    assert "cannot open 'nope://x/y' as a file system" in capsys.readouterr().err

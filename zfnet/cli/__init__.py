@@ -109,10 +109,20 @@ def _run(args) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZfnetNote)
             cmd = COMMANDS.get(args.command)
-            if isinstance(getattr(args, "out", None), str):
+            remote = cmd.uri_out and "://" in str(getattr(args, "out", "") or "")
+            if remote:  # a file-system URI (zfnet index): written there, shard by shard, not staged or locked
+                args.work = args.out
+            elif isinstance(getattr(args, "out", None), str):
                 check_name(args.out)  # before any path is built from it
-            out = getattr(args, "out", None) if cmd.locks_out and os.environ.get("RANK", "0") == "0" else None
-            with folder_lock(out) if out else contextlib.nullcontext(), _staged(args, cmd):
+            out = (
+                getattr(args, "out", None)
+                if cmd.locks_out and not remote and os.environ.get("RANK", "0") == "0"
+                else None
+            )
+            with (
+                folder_lock(out) if out else contextlib.nullcontext(),
+                _staged(args, cmd) if not remote else contextlib.nullcontext(),
+            ):
                 code = cmd.run(args) or 0
     except UsageError as e:
         print(f"zfnet {args.command}: error: {e}", file=sys.stderr)

@@ -36,6 +36,7 @@ def _index_args(p) -> None:
     locks_out=True,
     output="reuse",
     legacy=("manifest.json",),
+    uri_out=True,
 )
 def _index_run(args) -> int:
     from .. import data as zdata

@@ -19,6 +19,7 @@ class Command:
     locks_out: bool = False  # --out is a folder this run holds (zfnet.io.folder_lock) while it writes
     output: str = ""  # how --out is written (zfnet.outputs): "fresh" | "reuse" (staged), "" (the command guards it)
     legacy: tuple[str, ...] = ()  # files that show a folder from before markers is this command's
+    uri_out: bool = False  # --out may be a pyarrow file-system URI (scheme://...): written there, not staged
 
 
 COMMANDS: Registry[Command] = Registry("command")
@@ -32,6 +33,7 @@ def command(
     locks_out: bool = False,
     output: str = "",
     legacy: tuple[str, ...] = (),
+    uri_out: bool = False,
 ):
     """Register the decorated `run(args)` as subcommand `name`, with its argument builder and an example;
     `locks_out`: a second run into the same --out folder is refused while this one runs; `output`: --out is
@@ -39,7 +41,7 @@ def command(
     `args.work` and names `args.out` to the user."""
 
     def wrap(run):
-        COMMANDS.register(name, Command(help, example, arguments, run, locks_out, output, legacy))
+        COMMANDS.register(name, Command(help, example, arguments, run, locks_out, output, legacy, uri_out))
         return run
 
     return wrap

@@ -15,6 +15,7 @@ directly from the lists (`top`, `units_of`) as Arrow tables.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ..io import atomic_path, atomic_write_json
 from ..layers import capture, read_maps, resolve_layer
 from ..methods.atlas import Scan, TopK, default_layers
 from ..provenance import environment
-from ..readback import read_json
+from ..readback import parse_json, read_json
 from ..runtime import Dist, eval_mode, model_device
 from ..settings import Run, Settings, knob
 from ..weights import Opened
@@ -62,6 +63,63 @@ def _arrow():
     except ImportError:
         raise UsageError(NEEDS) from None
     return pa, pq
+
+
+class Store:
+    """Where an index lives: a local folder (files replaced atomically), or any pyarrow file-system URI
+    (file://, s3://, gs://, hdfs://...: each file written whole, then moved to its name)."""
+
+    def __init__(self, where: str) -> None:
+        from pyarrow import fs
+
+        self.uri = "://" in where
+        if self.uri:
+            try:
+                self.fs, self.root = fs.FileSystem.from_uri(where)
+            except (ValueError, OSError) as e:
+                raise UsageError(f"cannot open {where!r} as a file system ({str(e).splitlines()[0]}); pass a folder "
+                                 "or a URI pyarrow knows (file://, s3://, gs://, hdfs://)") from None  # fmt: skip
+        else:
+            self.fs, self.root = fs.LocalFileSystem(), os.path.abspath(where)
+        self.where = where
+
+    def path(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        from pyarrow import fs
+
+        return self.fs.get_file_info(self.path(rel)).type != fs.FileType.NotFound
+
+    def makedirs(self, rel: str) -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def write_table(self, rel: str, table, pq) -> None:
+        if not self.uri:
+            with atomic_path(self.path(rel)) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+            return
+        pq.write_table(table, self.path(rel + ".partial"), filesystem=self.fs, compression="zstd")
+        self.fs.move(self.path(rel + ".partial"), self.path(rel))
+
+    def write_json(self, rel: str, obj: dict) -> None:
+        if not self.uri:
+            atomic_write_json(self.path(rel), obj)
+            return
+        with self.fs.open_output_stream(self.path(rel + ".partial")) as f:
+            f.write((json.dumps(obj, indent=1) + "\n").encode())
+        self.fs.move(self.path(rel + ".partial"), self.path(rel))
+
+    def read_json(self, rel: str, fix: str) -> dict:
+        if not self.uri:
+            return read_json(self.path(rel), MANIFEST, fix=fix)
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            text = f.read().decode("utf-8", errors="replace")
+        return parse_json(text, self.where + "/" + rel, MANIFEST, fix)
+
+    def rows(self, rel: str, pq) -> int:
+        with self.fs.open_input_file(self.path(rel)) as f:
+            return pq.ParquetFile(f).metadata.num_rows
 
 
 def layer_shapes(model, pp, layers: list[str]) -> dict[str, tuple[int, ...]]:
@@ -101,37 +159,36 @@ def build_index(
     for layer, sh in shapes.items():
         if len(sh) == 3 and sh[1] * sh[2] > 65536:
             raise UsageError(f"layer {layer}'s maps are {sh[1]}x{sh[2]}: positions past 65,536 do not fit uint16")
-    path = os.path.join(out, "manifest.json")
+    store = Store(out)
     if dist.main:
-        os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-        manifest = _manifest(out, opened, layers, shapes, s)
+        store.makedirs("shards")
+        manifest = _manifest(store, opened, layers, shapes, s)
         source = _source(manifest, dataset, s)
-        atomic_write_json(path, manifest)
+        store.write_json("manifest.json", manifest)
     _barrier(dist)  # the others read the manifest process 0 wrote: the same source, numbers and shards
     if not dist.main:
-        manifest = read_json(path, MANIFEST, fix="rerun the index")
+        manifest = store.read_json("manifest.json", fix="rerun the index")
         source = _source(manifest, dataset, s)
     n = source["images"]
     started = time.perf_counter()
     for j, lo in enumerate(range(0, n, s.shard_images)):
         name = f"shards/{source['number']:03d}-{j:05d}.parquet"
-        if j % dist.world != dist.rank or os.path.exists(os.path.join(out, name)):
+        if j % dist.world != dist.rank or store.exists(name):
             continue  # another process's, or finished before (a resumed run): a shard is there once complete
         idx = list(range(lo, min(n, lo + s.shard_images)))
         table = _shard(model, pp, dataset, idx, layers, source, s, run, pa)
-        with atomic_path(os.path.join(out, name)) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        store.write_table(name, table, pq)
         if dist.main:
-            _found_shards(out, source, s, pq)
+            _found_shards(store, source, s, pq)
             manifest["skipped"] = dataset.skipped_report()
-            atomic_write_json(path, manifest)
+            store.write_json("manifest.json", manifest)
     _barrier(dist)  # every process's shards are written
     if dist.main:
-        _found_shards(out, source, s, pq)
+        _found_shards(store, source, s, pq)
         source["complete"] = True
         source["seconds"] = source.get("seconds", 0.0) + time.perf_counter() - started
         manifest["provenance"] = environment(run.device)
-        atomic_write_json(path, manifest)
+        store.write_json("manifest.json", manifest)
     return manifest
 
 
@@ -140,29 +197,28 @@ def _barrier(dist: Dist) -> None:
         torch_dist.barrier()
 
 
-def _found_shards(out: str, source: dict, s: IndexSettings, pq) -> None:
+def _found_shards(store: Store, source: dict, s: IndexSettings, pq) -> None:
     """The source's finished shards, from the files there (a shard file exists once it is complete)."""
     found = []
     for j, lo in enumerate(range(0, source["images"], s.shard_images)):
         name = f"shards/{source['number']:03d}-{j:05d}.parquet"
-        file = os.path.join(out, name)
-        if os.path.exists(file):
-            rows = pq.ParquetFile(file).metadata.num_rows
+        if store.exists(name):
+            rows = store.rows(name, pq)
             found.append(
                 {"file": name, "rows": rows, "first": lo, "last": min(source["images"], lo + s.shard_images) - 1}
             )
     source["shards"] = found
 
 
-def _manifest(out: str, opened: Opened, layers: list[str], shapes: dict, s: IndexSettings) -> dict:
+def _manifest(store: Store, opened: Opened, layers: list[str], shapes: dict, s: IndexSettings) -> dict:
     """The folder's manifest: a new one, or the one there when it indexes the same model, layers and type."""
-    path = os.path.join(out, "manifest.json")
+    out = store.where
     model = opened.info()
     want = {"format": FORMAT, "model": model, "preprocess": opened.preprocess.to_dict(), "layers": layers,
             "shapes": {k: list(v) for k, v in shapes.items()}, "dtype": s.dtype}  # fmt: skip
-    if not os.path.exists(path):
+    if not store.exists("manifest.json"):
         return {**want, "sources": [], "skipped": []}
-    have = read_json(path, MANIFEST, fix=f"remove {out} (a damaged index) and index again")
+    have = store.read_json("manifest.json", fix=f"remove {out} (a damaged index) and index again")
     for key in ("format", "layers", "dtype", "shapes"):
         if have.get(key) != want[key]:
             raise UsageError(
@@ -244,19 +300,25 @@ class ActivationIndex:
             import duckdb
         except ImportError:
             raise UsageError(NEEDS) from None
-        manifest_path = os.path.join(path, "manifest.json")
-        if not os.path.isfile(manifest_path):
+        store = Store(path)
+        if not store.exists("manifest.json"):
             raise UsageError(f"{path!r} holds no index (manifest.json); make one with `zfnet index --out {path}`")
         self.path = path
-        self.manifest = read_json(manifest_path, MANIFEST, fix=f"remove {path} (a damaged index) and index again")
-        self.files = [os.path.join(path, sh["file"]) for src in self.manifest["sources"] for sh in src["shards"]]
+        self.manifest = store.read_json("manifest.json", fix=f"remove {path} (a damaged index) and index again")
+        self.files = [store.path(sh["file"]) for src in self.manifest["sources"] for sh in src["shards"]]
         if not self.files:
             raise UsageError(f"the index {path!r} has no finished shard yet; run `zfnet index` to the end")
         self.layers: list[str] = self.manifest["layers"]
         self.shapes = {k: tuple(v) for k, v in self.manifest["shapes"].items()}
         self.con = duckdb.connect()
-        files = ", ".join("'" + f.replace("'", "''") + "'" for f in self.files)
-        self.con.execute(f"CREATE VIEW shards AS SELECT * FROM read_parquet([{files}])")
+        if store.uri:  # any pyarrow file system: DuckDB scans it as an Arrow dataset
+            import pyarrow.dataset as pds
+
+            self.con.register("shard_data", pds.dataset(self.files, filesystem=store.fs, format="parquet"))
+            self.con.execute("CREATE VIEW shards AS SELECT * FROM shard_data")
+        else:
+            files = ", ".join("'" + f.replace("'", "''") + "'" for f in self.files)
+            self.con.execute(f"CREATE VIEW shards AS SELECT * FROM read_parquet([{files}])")
         self.con.execute("CREATE VIEW images AS SELECT image, source, index, path, label, predicted FROM shards")
         parts = []
         for layer in self.layers:
@@ -399,4 +461,13 @@ def open_index(path: str) -> ActivationIndex:
     return ActivationIndex(path)
 
 
-__all__ = ["ActivationIndex", "IndexSettings", "build_index", "layer_shapes", "maxima", "open_index", "scan_from_index"]
+__all__ = [
+    "ActivationIndex",
+    "IndexSettings",
+    "Store",
+    "build_index",
+    "layer_shapes",
+    "maxima",
+    "open_index",
+    "scan_from_index",
+]
