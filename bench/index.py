@@ -1,5 +1,5 @@
-"""The activation index (issue 39), in one run on the embedded model over Fashion-MNIST's training images (55,000:
-the split zfnet reads, the rest being its validation split):
+"""The activation index (issue 39), in one run on the embedded model over Fashion-MNIST's 60,000 training images
+(zfnet's "trainval" split: its training and validation images):
 
   build   `build_index` (float16, conv1..conv5, the default 8,192-image shards) against a plain forward over the same
           images in the same batches (decoding and preprocessing included in both): images per second, the ratio
@@ -45,7 +45,7 @@ def main() -> int:
     args = ap.parse_args()
     opened = open_embedded()
     opened.model.eval()
-    ds = zdata.open_dataset("fashion-mnist", "train", opened.preprocess)
+    ds = zdata.open_dataset("fashion-mnist", "trainval", opened.preprocess)
     plain(opened, ds.head(2048))  # warm-up: kernels, caches
     out = {"images": len(ds)}
     with tempfile.TemporaryDirectory() as tmp:

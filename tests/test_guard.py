@@ -82,6 +82,7 @@ def test_the_token_by_url_sets_a_cookie_and_nothing_without_it_is_answered():
     status, _, body = call(app, path="/api/info")
     assert status == 403 and b"needs its token" in body and b"--no-token" in body
     assert call(app, path="/", query="token=wrong")[0] == 403
+    assert call(app, path="/", headers={"x-zfnet-token": "s3crét"})[0] == 403  # not ASCII: refused, not an error
     assert call(app, path="/api/info", headers={"cookie": f"{cookie_name(PORT + 1)}=s3cret"})[0] == 403
     assert calls == []
     status, headers, _ = call(app, path="/", query="token=s3cret")

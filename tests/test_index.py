@@ -250,6 +250,13 @@ def test_resnet18_and_a_users_module_are_indexed(tmp_path, user_code):
     fc = u.sql("SELECT count(*) AS n, count(y) AS with_position FROM units WHERE layer = 'fc'").to_pylist()[0]
     assert fc == {"n": 12 * 3, "with_position": 0}  # a fully connected layer: values, no positions
     assert main(["query", str(tmp_path / "user"), "--top", "fc:1", "--k", "3"]) == 0
+    mine = ["--model", f"{name}:Res", "--input-size", "32", "--normalize", "none"]
+    assert main(["atlas", *mine, "--data", str(photos), "--layers", "b", "--max-maps", "1", "--workers", "0",
+                 "--index", str(tmp_path / "user"), "--out", str(tmp_path / "user-atlas")]) == 0  # fmt: skip
+    got = json.loads((tmp_path / "user-atlas" / "manifest.json").read_text())["layers"]["b"]["maps"][1]
+    assert [m["image"] for m in got] == [t["index"] for t in u.top("b", 1, 9).to_pylist()]
+    assert main(["diff", str(tmp_path / "user"), str(tmp_path / "user"), "--layers", "b", "--out",
+                 str(tmp_path / "user-diff")]) == 0  # fmt: skip
     torch.manual_seed(0)
     user = importlib.import_module(name).Res().eval()
     assert u.shapes["b"][0] == user.b.out_channels

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,13 +101,18 @@ def test_paint_equals_a_whole_forward_on_resnet18_and_a_users_residual_module(us
 def test_the_blur_is_a_gaussian_filter_and_the_grey_is_the_fill():
     from scipy.ndimage import gaussian_filter
 
-    torch.manual_seed(0)
-    net = models.build("zfnet-small").eval()
-    pp = zfnet.weights.default_preprocess(net)
-    x = torch.randn(1, 1, 28, 28, dtype=torch.float32)
+    p = zfnet.pretrained()  # a model with a per-pixel mean image: the blur is of the pixels, not of the input
+    net, pp = p.model.eval(), p.preprocess
+    x = pp.eval_input(zfnet.data.open_dataset("fashion-mnist-mini", "test", pp).bases[4:5])
     painter = Painter(net, pp, x, PaintSettings(blur=1.7, strategy="whole"))
-    want = gaussian_filter(x[0, 0].double().numpy(), sigma=1.7, mode="nearest", truncate=3.0)
-    assert np.abs(painter.cover[0, 0].double().numpy() - want).max() < 1e-5
+    pixels = pp.to_pixels(x)[0, 0].double().numpy()
+    want = pp.from_pixels(
+        torch.from_numpy(gaussian_filter(pixels, sigma=1.7, mode="nearest", truncate=3.0))[None, None]
+    )
+    scale = float(x.abs().max())  # float32 pixels (0-255) through two affine maps: ~1e-6 of the input's range
+    assert (painter.cover - want.float()).abs().max() < 1e-5 * scale
+    assert (painter.cover - x).abs().max() > 0.1 * scale  # and it is not the image itself
+    net = models.build("zfnet-small").eval()
     grey = Painter(net, pp, x, PaintSettings(strategy="whole"))
     fill = zfnet.pixels.resolve_fill(net, "grey", pp, x, "test")[0]
     assert torch.equal(grey.cover[0], fill.to(x))

@@ -176,10 +176,17 @@ class Painter:
 
 
 def _cover(model: nn.Module, pp, x: torch.Tensor, s: PaintSettings) -> torch.Tensor:
-    """What painted pixels become (1 x C x H x W model input): the fill, or the image blurred."""
+    """What painted pixels become (1 x C x H x W model input): the fill (pasted in pixels, `resolve_fill`), or the
+    image blurred - in pixels, then preprocessed again, so that a per-pixel mean image is not blurred with it."""
     if s.blur is None:
         return resolve_fill(model, s.fill, pp, x, "paint's fill")[0].to(x)[None].expand_as(x)
-    sigma = float(s.blur)
+    if pp is None:
+        raise UsageError("blurring paints in pixels: pass the model's preprocessing (preprocess=) or an opened model")
+    return pp.from_pixels(_blur(pp.to_pixels(x), float(s.blur))).to(x)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian blur of `x` (N x C x H x W), edges replicated, truncated at 3 sigma (scipy's gaussian_filter)."""
     r = max(1, int(3 * sigma + 0.5))
     k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float64) ** 2) / (2 * sigma * sigma))
     k = (k / k.sum()).to(x)

@@ -77,7 +77,7 @@ class Guard:
         cookie = None
         if self.token is not None:
             given = _token_of(scope, headers, cookie_name(port))
-            if given is None or not hmac.compare_digest(given, self.token):
+            if given is None or not hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode()):
                 return await _refuse(send, path, 403, "this explorer needs its token: open the URL it printed "
                                                       "(with ?token=...), or start it with --no-token")  # fmt: skip
             cookie = f"{cookie_name(port)}={self.token}; Path=/; HttpOnly; SameSite=Strict"
