@@ -165,6 +165,11 @@ def test_query_command_and_one_line_errors(embedded, capsys):
     assert lines[0] == "layer,n" and lines[1] == f"conv1,{N * open_index(out).shapes['conv1'][0]}"
     assert main(["query", out, "--units-of", "5", "--k", "2"]) == 0
     assert "(10 rows)" in capsys.readouterr().out
+    # the same data again with another --limit: refused, the index untouched
+    again = ["index", "--pretrained", "--data", "fashion-mnist-mini", "--limit", "100", "--dtype", "float32"]
+    assert main([*again, "--shard-images", "250", "--out", out]) == 2
+    assert "holds fashion-mnist-mini split 'test' already (600 images" in capsys.readouterr().err
+    assert open_index(out).sql("SELECT count(*) AS n FROM images")["n"][0].as_py() == N
     for bad, words in (
         (["--top", "conv9:1"], "layer 'conv9' is not in this index"),
         (["--top", "conv5:999"], "unit 999 does not exist in conv5"),

@@ -239,6 +239,11 @@ def _source(manifest: dict, dataset: zdata.ImageSet, s: IndexSettings) -> dict:
     for src in manifest["sources"]:
         if all(src.get(k) == v for k, v in key.items()):
             return src
+        if (src["spec"], src["split"]) == (key["spec"], key["split"]):
+            raise UsageError(
+                f"this index holds {src['spec']} split {src['split']!r} already ({src['images']} images, shards of "
+                f"{src['shard_images']}); index it with the same --limit and --shard-images, or into another --out"
+            )
     first = sum(src["images"] for src in manifest["sources"])
     src = {**key, "number": len(manifest["sources"]), "first_image": first, "name": dataset.name,
            "classes": list(dataset.classes), "shards": [], "complete": False}  # fmt: skip
