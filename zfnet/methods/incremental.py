@@ -733,10 +733,12 @@ class Replay:
         if kind != "whole" and all(isinstance(a, Region) for a in variable):
             first = variable[0]
             if kind in ("channel", "parts"):  # the same op on each sample's patch: its spatial dimensions stay last
-                rest, kw = self._args(Node(n.target, n.args[1:], n.kwargs, None, False), {})
-                if n.target in (T.view, T.reshape, torch.reshape):
-                    rest, kw = (tuple((first.patch.shape[0], *n.value.shape[1:-2], *first.size)),), {}
-                made = n.target(first.patch, *rest, **kw)
+                if n.target in (T.view, T.reshape, torch.reshape):  # the recorded shape, this batch's and patch's
+                    # sizes (reshape: a patch cut from a channels-last map may need the copy a view would refuse)
+                    made = first.patch.reshape(first.patch.shape[0], *n.value.shape[1:-2], *first.size)
+                else:
+                    rest, kw = self._args(Node(n.target, n.args[1:], n.kwargs, None, False), {})
+                    made = n.target(first.patch, *rest, **kw)
                 if kind == "channel":
                     return Region(n.value, first.top, first.left, made)
                 return tuple(Region(v, first.top, first.left, p) for v, p in zip(n.value, made))
