@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -97,9 +98,9 @@ class Store:
     def write_table(self, rel: str, table, pq) -> None:
         if not self.uri:
             with atomic_path(self.path(rel)) as tmp:
-                pq.write_table(table, tmp, compression="zstd")
+                pq.write_table(table, tmp, compression="zstd", compression_level=1)
             return
-        pq.write_table(table, self.path(rel + ".partial"), filesystem=self.fs, compression="zstd")
+        pq.write_table(table, self.path(rel + ".partial"), filesystem=self.fs, compression="zstd", compression_level=1)
         self.fs.move(self.path(rel + ".partial"), self.path(rel))
 
     def write_json(self, rel: str, obj: dict) -> None:
@@ -171,17 +172,19 @@ def build_index(
         source = _source(manifest, dataset, s)
     n = source["images"]
     started = time.perf_counter()
-    for j, lo in enumerate(range(0, n, s.shard_images)):
-        name = f"shards/{source['number']:03d}-{j:05d}.parquet"
-        if j % dist.world != dist.rank or store.exists(name):
-            continue  # another process's, or finished before (a resumed run): a shard is there once complete
-        idx = list(range(lo, min(n, lo + s.shard_images)))
-        table = _shard(model, pp, dataset, idx, layers, source, s, run, pa)
-        store.write_table(name, table, pq)
-        if dist.main:
-            _found_shards(store, source, s, pq)
-            manifest["skipped"] = dataset.skipped_report()
-            store.write_json("manifest.json", manifest)
+    # a shard is encoded and written on a thread while the next one's images go through the model (pyarrow lets go
+    # of the GIL); the manifest follows each write
+    with ThreadPoolExecutor(1) as writer:
+        pending = None
+        for j, lo in enumerate(range(0, n, s.shard_images)):
+            name = f"shards/{source['number']:03d}-{j:05d}.parquet"
+            if j % dist.world != dist.rank or store.exists(name):
+                continue  # another process's, or finished before (a resumed run): a shard is there once complete
+            idx = list(range(lo, min(n, lo + s.shard_images)))
+            table = _shard(model, pp, dataset, idx, layers, source, s, run, pa)
+            _written(pending, store, manifest, source, s, pq, dataset, dist)
+            pending = writer.submit(store.write_table, name, table, pq)
+        _written(pending, store, manifest, source, s, pq, dataset, dist)
     _barrier(dist)  # every process's shards are written
     if dist.main:
         _found_shards(store, source, s, pq)
@@ -190,6 +193,17 @@ def build_index(
         manifest["provenance"] = environment(run.device)
         store.write_json("manifest.json", manifest)
     return manifest
+
+
+def _written(pending, store: Store, manifest: dict, source: dict, s: IndexSettings, pq, dataset, dist: Dist) -> None:
+    """Wait for the shard being written (its error, raised here), then list it in the manifest (process 0)."""
+    if pending is None:
+        return
+    pending.result()
+    if dist.main:
+        _found_shards(store, source, s, pq)
+        manifest["skipped"] = dataset.skipped_report()
+        store.write_json("manifest.json", manifest)
 
 
 def _barrier(dist: Dist) -> None:
