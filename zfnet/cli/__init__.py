@@ -104,25 +104,27 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
+@contextlib.contextmanager
+def _output(args, cmd):
+    """--out held (`folder_lock`) and staged (`_staged`) while the command runs; a file-system URI (zfnet index,
+    `uri_out`) is written there, shard by shard, neither staged nor locked."""
+    if cmd.uri_out and "://" in str(getattr(args, "out", "") or ""):
+        args.work = args.out
+        yield
+        return
+    if isinstance(getattr(args, "out", None), str):
+        check_name(args.out)  # before any path is built from it
+    out = getattr(args, "out", None) if cmd.locks_out and os.environ.get("RANK", "0") == "0" else None
+    with folder_lock(out) if out else contextlib.nullcontext(), _staged(args, cmd):
+        yield
+
+
 def _run(args) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZfnetNote)
             cmd = COMMANDS.get(args.command)
-            remote = cmd.uri_out and "://" in str(getattr(args, "out", "") or "")
-            if remote:  # a file-system URI (zfnet index): written there, shard by shard, not staged or locked
-                args.work = args.out
-            elif isinstance(getattr(args, "out", None), str):
-                check_name(args.out)  # before any path is built from it
-            out = (
-                getattr(args, "out", None)
-                if cmd.locks_out and not remote and os.environ.get("RANK", "0") == "0"
-                else None
-            )
-            with (
-                folder_lock(out) if out else contextlib.nullcontext(),
-                _staged(args, cmd) if not remote else contextlib.nullcontext(),
-            ):
+            with _output(args, cmd):
                 code = cmd.run(args) or 0
     except UsageError as e:
         print(f"zfnet {args.command}: error: {e}", file=sys.stderr)

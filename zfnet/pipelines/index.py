@@ -152,14 +152,7 @@ def build_index(
     pa, pq = _arrow()
     dist = dist or Dist()
     model, pp = opened.model, opened.preprocess
-    shape = (pp.channels, pp.input_size, pp.input_size)
-    layers = list(s.layers) if s.layers else default_layers(model, shape)
-    for layer in layers:
-        resolve_layer(model, layer)
-    shapes = layer_shapes(model, pp, layers)
-    for layer, sh in shapes.items():
-        if len(sh) == 3 and sh[1] * sh[2] > 65536:
-            raise UsageError(f"layer {layer}'s maps are {sh[1]}x{sh[2]}: positions past 65,536 do not fit uint16")
+    layers, shapes = _layers(model, pp, s)
     store = Store(out)
     if dist.main:
         store.makedirs("shards")
@@ -193,6 +186,20 @@ def build_index(
         manifest["provenance"] = environment(run.device)
         store.write_json("manifest.json", manifest)
     return manifest
+
+
+def _layers(model, pp, s: IndexSettings) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """The layers indexed (the atlas's default ones unless named) and their maps' shapes; refused in one line when
+    a map has more positions than uint16 holds."""
+    shape = (pp.channels, pp.input_size, pp.input_size)
+    layers = list(s.layers) if s.layers else default_layers(model, shape)
+    for layer in layers:
+        resolve_layer(model, layer)
+    shapes = layer_shapes(model, pp, layers)
+    for layer, sh in shapes.items():
+        if len(sh) == 3 and sh[1] * sh[2] > 65536:
+            raise UsageError(f"layer {layer}'s maps are {sh[1]}x{sh[2]}: positions past 65,536 do not fit uint16")
+    return layers, shapes
 
 
 def _written(pending, store: Store, manifest: dict, source: dict, s: IndexSettings, pq, dataset, dist: Dist) -> None:
