@@ -113,3 +113,15 @@ def user_code(tmp_path, monkeypatch):
     yield write
     for name in written:
         sys.modules.pop(name, None)
+
+
+def noise_photos(folder, n: int, size: int = 48) -> None:
+    """`n` RGB photos of seeded uniform noise (`folder`/00.png, 01.png, ...): a folder of images for the commands
+    that open a user's model on photos."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray(g.integers(0, 256, (size, size, 3)).astype(np.uint8)).save(folder / f"{k:02d}.png")

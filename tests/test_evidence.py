@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noise_photos
 from scipy.stats import spearmanr
 from skimage.filters import sobel as sk_sobel
 from skimage.metrics import structural_similarity
@@ -299,12 +300,7 @@ def test_the_command_writes_scores_and_figures_on_the_embedded_model(tmp_path, c
 
 def test_the_command_runs_on_resnet18_and_a_users_module(tmp_path, user_code):
     photos = tmp_path / "photos"
-    photos.mkdir()
-    g = np.random.default_rng(0)
-    from PIL import Image
-
-    for k in range(4):
-        Image.fromarray(g.integers(0, 256, (48, 48, 3)).astype(np.uint8)).save(photos / f"{k}.png")
+    noise_photos(photos, 4)
     common = ["--data", str(photos), "--limit", "4", "--units", "1", "--others", "2", "--rules", "guided,backprop"]
     out = tmp_path / "r18"
     assert main(["evidence", "--model", "torchvision:resnet18", "--input-size", "64", "--layers", "layer1,layer3",

@@ -113,7 +113,8 @@ def test_interactive_requests_go_before_a_job_between_its_chunks():
             order.append("job chunk 1")
             in_job.set()
             asked.wait(10)
-            time.sleep(0.05)  # the interactive request is waiting by now
+            while lock._waiting == 0:  # until the interactive request waits for the model (no race on a clock)
+                time.sleep(0.001)
             lock.between_chunks()
             order.append("job chunk 2")
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, noise_photos
 from test_evidence import USER
 
 import zfnet
@@ -221,14 +221,10 @@ def test_matching_by_hand_and_different_widths():
 
 
 def test_resnet18_and_a_users_module_are_indexed(tmp_path, user_code):
-    from PIL import Image
     from torchvision.models import resnet18
 
     photos = tmp_path / "photos"
-    photos.mkdir()
-    g = np.random.default_rng(0)
-    for k in range(12):
-        Image.fromarray(g.integers(0, 256, (48, 48, 3)).astype(np.uint8)).save(photos / f"{k:02d}.png")
+    noise_photos(photos, 12)
     torch.manual_seed(0)
     torch.save(resnet18().state_dict(), tmp_path / "r18.pth")
     assert main(["index", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "r18.pth"), "--input-size",

@@ -106,9 +106,9 @@ def test_the_blur_is_a_gaussian_filter_and_the_grey_is_the_fill():
     x = pp.eval_input(zfnet.data.open_dataset("fashion-mnist-mini", "test", pp).bases[4:5])
     painter = Painter(net, pp, x, PaintSettings(blur=1.7, strategy="whole"))
     pixels = pp.to_pixels(x)[0, 0].double().numpy()
-    want = pp.from_pixels(
-        torch.from_numpy(gaussian_filter(pixels, sigma=1.7, mode="nearest", truncate=3.0))[None, None]
-    )
+    r = int(3 * 1.7 + 0.5)  # both truncate the kernel at this radius; torchvision mirrors the edges
+    blurred = gaussian_filter(pixels, sigma=1.7, mode="mirror", truncate=r / 1.7)
+    want = pp.from_pixels(torch.from_numpy(blurred)[None, None])
     scale = float(x.abs().max())  # float32 pixels (0-255) through two affine maps: ~1e-6 of the input's range
     assert (painter.cover - want.float()).abs().max() < 1e-5 * scale
     assert (painter.cover - x).abs().max() > 0.1 * scale  # and it is not the image itself

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import noise_photos
 from test_evidence import USER  # the user module with functional ReLUs and a residual addition
 
 import zfnet
@@ -140,13 +141,9 @@ def test_the_command_on_the_embedded_model_beats_the_best_dataset_image(tmp_path
 
 
 def test_other_models_resnet18_a_user_module_and_vit_tokens(tmp_path, user_code):
-    from PIL import Image
 
     photos = tmp_path / "photos"
-    photos.mkdir()
-    g = np.random.default_rng(0)
-    for k in range(6):
-        Image.fromarray(g.integers(0, 256, (48, 48, 3)).astype(np.uint8)).save(photos / f"{k}.png")
+    noise_photos(photos, 6)
     out = tmp_path / "r18"
     assert main(["visualize", "--model", "torchvision:resnet18", "--input-size", "64", "--data", str(photos),
                  "--layer", "layer2", "--units", "0-3", "--steps", "6", "--out", str(out)]) == 0  # fmt: skip

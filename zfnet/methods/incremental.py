@@ -690,20 +690,23 @@ class Replay:
         """Replay on B occluded inputs: the input equals the recorded one but for `patch[b]` at (top[b], left[b]).
         Returns (the output's values, the feature node's value) - each a Region or a Batch. `tau` and `low`
         (convs and linear layers on the change, in LOW precision) are approximate mode's."""
+        env = self._replayed(list(top), list(left), patch, tau, low)
+        return env.get(self.graph.output), env[self.graph.feature]
+
+    def _replayed(self, top: list[int], left: list[int], patch: torch.Tensor, tau, low: bool) -> dict[int, Any]:
+        """Every live node's value on the inputs `patch` makes (a Region, a Batch, or a tuple of them)."""
         g = self.graph
-        env: dict[int, Any] = {0: Region(g.nodes[0].value, list(top), list(left), patch.contiguous(memory_format=CL))}
+        env: dict[int, Any] = {0: Region(g.nodes[0].value, top, left, patch.contiguous(memory_format=CL))}
         for k in self.live:
             env[k] = self._step(k, g.nodes[k], env, tau, low)
-        return env.get(g.output), env[g.feature]
+        return env
 
     def advance(self, top: int, left: int, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One input (batch 1) that equals the recorded one but for `patch` at (top, left): replayed exactly, and
         every live node's value becomes its value on that input, so that the next change replays from there (paint
         to occlude, issue 38). Returns the output's and the feature node's new values."""
         g = self.graph
-        env: dict[int, Any] = {0: Region(g.nodes[0].value, [top], [left], patch.contiguous(memory_format=CL))}
-        for k in self.live:
-            env[k] = self._step(k, g.nodes[k], env, None, False)
+        env = self._replayed([top], [left], patch, None, False)
         for k, v in env.items():  # a changed rectangle is pasted into the kept map in place (not into the caller's
             # input, node 0): no full copies
             n = g.nodes[k]

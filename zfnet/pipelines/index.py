@@ -29,7 +29,7 @@ import torch.distributed as torch_dist
 from .. import data as zdata
 from ..errors import UsageError
 from ..io import atomic_path, atomic_write_json
-from ..layers import capture, read_maps, resolve_layer
+from ..layers import capture, features, read_maps, resolve_layer
 from ..methods.atlas import Scan, TopK, default_layers
 from ..provenance import environment
 from ..readback import parse_json, read_json
@@ -126,12 +126,8 @@ class Store:
 def layer_shapes(model, pp, layers: list[str]) -> dict[str, tuple[int, ...]]:
     """Each layer's maps' shape without the batch (C x H x W, or C), from one forward of zeros."""
     x = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=model_device(model))
-    with torch.no_grad(), eval_mode(model), capture(model, layers, x) as found:
-        try:
-            model(x)
-        except Exception:  # noqa: BLE001 - `capture` stops the forward once every layer is in
-            pass
-    return {n: tuple(found[n].shape[1:]) for n in layers}
+    with torch.no_grad(), eval_mode(model):
+        return {n: tuple(m.shape[1:]) for n, m in features(model, x, layers).items()}
 
 
 def maxima(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -463,17 +459,17 @@ def _tables(idx: ActivationIndex, layer: str, source: int, n: int, k: int, class
     t = idx.table(sql)
     cols = {name: np.asarray(t.column(name).to_numpy(zero_copy_only=False)) for name in ("unit", "label", "image",
                                                                                           "value", "rank")}  # fmt: skip
-    p = t.column("pos").to_pylist()
+    at = np.asarray(t.column("pos").to_numpy(zero_copy_only=False)) if len(shape) == 3 else None
     out: dict = {}
     for key in [None] if not classes else range(classes):
         tk = TopK.empty(k, c)
         sel = np.arange(t.num_rows) if key is None else np.nonzero(cols["label"] == key)[0]
-        for r in sel:
-            u, rank = int(cols["unit"][r]), int(cols["rank"][r]) - 1
-            tk.values[rank, u] = float(cols["value"][r])
-            tk.images[rank, u] = int(cols["image"][r])
-            if p[r] is not None:
-                tk.ys[rank, u], tk.xs[rank, u] = divmod(int(p[r]), shape[2])
+        rank, unit = torch.from_numpy(cols["rank"][sel] - 1).long(), torch.from_numpy(cols["unit"][sel]).long()
+        tk.values[rank, unit] = torch.from_numpy(cols["value"][sel].astype(np.float32))
+        tk.images[rank, unit] = torch.from_numpy(cols["image"][sel]).long()
+        if at is not None:
+            where = torch.from_numpy(at[sel].astype(np.int64))
+            tk.ys[rank, unit], tk.xs[rank, unit] = where // shape[2], where % shape[2]
         out[key] = tk
     return out
 
