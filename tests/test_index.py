@@ -86,12 +86,26 @@ def test_an_atlas_from_the_index_equals_one_from_a_pass_over_the_data(embedded, 
     assert main([*common, "--index", out, "--out", str(tmp_path / "idx")]) == 0
     a = json.loads((tmp_path / "scan" / "manifest.json").read_text())
     b = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert b["from_index"]["dtype"] == "float32" and a["from_index"] is None
+    assert b["from_index"]["dtype"] == "float32" and b["from_index"]["note"] == "" and a["from_index"] is None
     assert a["layers"] == b["layers"] and a["panel_maps"] == b["panel_maps"]
     for layer in ("conv2", "conv5"):
         panel = a["figures"][layer]
         assert (tmp_path / "scan" / panel).read_bytes() == (tmp_path / "idx" / b["figures"][layer]).read_bytes()
     assert main([*common, "--split", "train", "--index", out, "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_float16_refuses_maxima_it_cannot_hold(tmp_path):
+    """A maximum beyond float16's largest value would be stored as infinity: the float16 build stops in one line
+    naming float32; float32 takes the same model."""
+    p = open_embedded()
+    with torch.no_grad():
+        p.model.conv1.weight.mul_(1e6)
+    ds = zdata.open_dataset("fashion-mnist-mini", "test", p.preprocess)
+    with pytest.raises(zfnet.UsageError) as e:
+        build_index(p, ds, str(tmp_path / "f16"), IndexSettings(dtype="float16", limit=8), Run(batch_size=8))
+    assert "beyond float16's 65504" in str(e.value) and "--dtype float32" in str(e.value) and "\n" not in str(e.value)
+    build_index(p, ds, str(tmp_path / "f32"), IndexSettings(dtype="float32", limit=8), Run(batch_size=8))
+    assert float(open_index(str(tmp_path / "f32")).values("conv1")[1].max()) > 65504
 
 
 def test_per_class_top_k_and_an_images_units_equal_a_brute_force(embedded):
@@ -239,6 +253,9 @@ def test_resnet18_and_a_users_module_are_indexed(tmp_path, user_code):
     first = atlas["layers"][last]["maps"][0]
     top = idx.top(last, 0, 9).to_pylist()
     assert [m["image"] for m in first] == [t["index"] for t in top] and atlas["from_index"]["dtype"] == "float16"
+    # a float16 index's atlas says what its ranks rest on: in the manifest, the viewer's notes and the panel's title
+    assert atlas["from_index"]["note"].startswith("top-k read from a float16 index")
+    assert atlas["from_index"]["note"] in (tmp_path / "r18-atlas" / "atlas-data.js").read_text()
     # a model against itself: every unit its own partner
     assert main(["diff", str(tmp_path / "r18"), str(tmp_path / "r18"), "--layers", last, "--out",
                  str(tmp_path / "r18-diff")]) == 0  # fmt: skip

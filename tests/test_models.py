@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_cli
 from safetensors.torch import save_file
 from torch import nn
@@ -189,6 +190,26 @@ def test_contrast_normalization_is_torchs_formula():
             torch.testing.assert_close(ours(given), want, rtol=1e-13, atol=0)
         torch.testing.assert_close(ours(x.float()).double(), want, rtol=16 * 2**-24, atol=0)
     assert isinstance(models.build("zfnet-small").norm1, LocalResponseNorm)
+
+
+def test_contrast_normalization_gradient_is_torchs():
+    """Its written-out gradient (`layers._ContrastNorm`, the window transposed) equals autograd through torch's
+    `F.local_response_norm` in float64 to rounding (odd and even sizes, either layout, a random upstream gradient),
+    and its second derivative passes gradgradcheck: the backward recomputes its denominators from x."""
+    from zfnet.layers import local_response_norm
+
+    g = torch.Generator().manual_seed(2)
+    for size, alpha, beta, k in [(5, 1e-4, 0.75, 2.0), (4, 0.3, 0.5, 1.0), (6, 0.7, 0.6, 0.5), (1, 0.5, 1.0, 1.0)]:
+        x = torch.rand(2, 9, 4, 3, generator=g, dtype=torch.float64) * 4 - 2
+        up = torch.randn(2, 9, 4, 3, generator=g, dtype=torch.float64)
+        (want,) = torch.autograd.grad((F.local_response_norm(x.requires_grad_(), size, alpha, beta, k) * up).sum(), x)
+        for given in (x.detach(), x.detach().to(memory_format=torch.channels_last)):
+            given.requires_grad_()
+            (got,) = torch.autograd.grad((local_response_norm(given, size, alpha, beta, k) * up).sum(), given)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+        small = x.detach()[:1, :, :2, :2].clone().requires_grad_()
+        args = (size, alpha, beta, k)
+        assert torch.autograd.gradgradcheck(lambda t, a=args: local_response_norm(t, *a), (small,))
 
 
 def test_max_pooling_equals_torchs_exactly():

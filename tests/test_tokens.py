@@ -5,6 +5,8 @@ small inputs (the models' own size is a construction argument)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -112,3 +114,33 @@ def test_other_activations_refuse_the_deconvnet_rule_too():
     resnet = torchvision.models.resnet18().eval()
     assert sites(resnet, ["layer4"], x)["layer4"].not_relu == ()
     assert zfnet.project(resnet, x, layer="layer2", channel=0).rule == "deconvnet"
+
+
+def test_vit_b16_blocks_are_indexed_and_visualized(tmp_path):
+    """ViT-B/16 (its 12 blocks, at 32 px, random weights) through the activation index and feature visualization:
+    the index's maxima of a block equal the maxima of its token grids computed by hand (float32); visualize runs
+    on a block's tokens in either arithmetic and says which; the layout probe keeps channels-last inputs."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("duckdb")
+    from conftest import noise_photos
+
+    from zfnet import data as zdata
+    from zfnet.pipelines.index import IndexSettings, build_index, open_index
+    from zfnet.settings import Run
+
+    model = _vit()
+    opened = zfnet.opened_module(model, zfnet.weights.default_preprocess(model))
+    assert opened.preprocess.input_size == 32
+    noise_photos(tmp_path / "photos", 6, size=32)
+    ds = zdata.open_dataset(f"folder:{tmp_path / 'photos'}", "all", opened.preprocess)
+    block = "encoder.layers.encoder_layer_4"
+    build_index(opened, ds, str(tmp_path / "idx"), IndexSettings(layers=(block,), dtype="float32"), Run(batch_size=4))
+    images, got = open_index(str(tmp_path / "idx")).values(block)
+    assert images.tolist() == list(range(6))
+    x = opened.preprocess.eval_input(torch.stack([ds.base(i) for i in range(6)]))  # by hand, in batches of 4
+    want = torch.cat([_by_hand_tokens(model, x[i : i + 4], 4).flatten(2).amax(2) for i in (0, 4)])
+    assert torch.equal(torch.from_numpy(got.copy()), want)
+    for precision in ("bfloat16", "float32"):
+        v = zfnet.visualize(opened, layer=block, units=(0, 7), steps=2, precision=precision)
+        assert v.images.shape == (2, 3, 32, 32) and v.arithmetic.startswith(precision)
+        assert v.arithmetic.endswith("channels-last") and all(map(math.isfinite, v.values))

@@ -106,6 +106,58 @@ def test_same_seed_same_image_bit_for_bit():
     assert a.units == [4, 4, 9, 9] and not torch.equal(a.images[0], a.images[1])  # diversity: two different images
 
 
+def test_the_arithmetic_is_said_and_every_value_is_measured_in_float32():
+    """The steps run in bfloat16 autocast where asked (auto: where the processor multiplies it natively) and on
+    channels-last inputs where the model takes them; the JSON says which. Whatever the steps' arithmetic, each
+    value is the float32 channel mean of the returned image's maps through `features`, bit for bit. A model that
+    views its maps as contiguous keeps its layout and still runs."""
+    from torch import nn
+
+    from zfnet.layers import features
+    from zfnet.runtime import fast_bfloat16
+
+    p = zfnet.pretrained()
+    runs = {k: zfnet.visualize(p, layer="conv4", units=(1, 3), steps=6, precision=k) for k in ("bfloat16", "float32")}
+    assert runs["bfloat16"].arithmetic.startswith("bfloat16 autocast")
+    assert runs["float32"].arithmetic.startswith("float32")
+    assert all(r.arithmetic.endswith("channels-last") for r in runs.values())
+    assert runs["bfloat16"].to_json()["arithmetic"] == runs["bfloat16"].arithmetic
+    for r in runs.values():
+        with torch.no_grad():
+            maps = features(p.model, p.preprocess.from_pixels(r.images), ["conv4"])["conv4"]
+        assert r.values == maps.mean((2, 3))[[0, 1], [1, 3]].tolist()
+    assert not torch.equal(runs["bfloat16"].images, runs["float32"].images)
+    auto = zfnet.visualize(p, layer="conv4", units=(1,), steps=2)
+    assert auto.arithmetic.startswith("bfloat16") == fast_bfloat16(torch.device("cpu"))
+    # the weights: channels-last during the steps, given back as they were; left alone where a callback lets
+    # other work use the model between steps (the explorer)
+    w = p.model.conv2.weight
+    before, seen = w.data_ptr(), []
+    zfnet.visualize(p, layer="conv4", units=(1,), steps=2, callback=lambda *_: seen.append(w.is_contiguous()))
+    assert seen == [True, True] and w.data_ptr() == before
+    with pytest.MonkeyPatch.context() as mp:  # a step's forward sees channels-last weights without a callback
+        import zfnet.methods.visualize as vis
+
+        real = vis.features
+        mp.setattr(vis, "features", lambda *a: seen.append(w.is_contiguous()) or real(*a))
+        zfnet.visualize(p, layer="conv4", units=(1,), steps=1)
+    assert False in seen[2:] and w.data_ptr() == before and w.is_contiguous()
+
+    class Viewing(nn.Module):  # views its map as contiguous before the layer: a channels-last input cannot go through
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 222 * 222, 5)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.fc(h.view(h.shape[0], -1))
+
+    torch.manual_seed(0)
+    net = Viewing().eval()
+    v = zfnet.visualize(zfnet.opened_module(net, zfnet.weights.default_preprocess(net)), layer="fc", steps=2)
+    assert "channels-last" not in v.arithmetic and len(v.values) == 5
+
+
 def test_accentuation_starts_at_the_image_and_stays_near_it():
     """Feature accentuation: the parameter made from a real image gives that image back; optimized with a strong
     distance penalty, the image moves little while the unit rises above its value on the start."""

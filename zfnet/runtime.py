@@ -189,6 +189,29 @@ def weights_fixed(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def channels_last_weights(model: nn.Module) -> Iterator[None]:
+    """The model's 4-D parameters in channels-last for the block (convolutions on channels-last inputs then need
+    no reorder); on exit each gets back its own tensor (also on errors). For fixed weights: nothing is written."""
+    saved = [(p, p.data) for p in model.parameters() if p.dim() == 4]
+    try:
+        for p, data in saved:
+            p.data = data.contiguous(memory_format=torch.channels_last)
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, a CPU with AMX tiles
+    (where bfloat16 convolutions run several times faster than float32 ones)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means no
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
+@contextmanager
 def eval_mode(*models: nn.Module) -> Iterator[None]:
     """Eval mode for the block; on exit every module gets back the mode it had (also on errors)."""
     saved = [(m, m.training) for model in models for m in model.modules()]

@@ -21,6 +21,7 @@ run of batch-sized forwards and backwards. Seeded: the same seed gives the same 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -36,10 +37,11 @@ from ..errors import UsageError
 from ..layers import features, resolve_layer, top_layer
 from ..pixels import WithPreprocess, split_model
 from ..progress import bar
-from ..runtime import eval_mode, model_device, weights_fixed
+from ..runtime import channels_last_weights, eval_mode, fast_bfloat16, model_device, weights_fixed
 from ..settings import Settings, knob
 
 ObjectiveName = Literal["channel", "neuron", "logit"]
+PrecisionName = Literal["auto", "float32", "bfloat16"]
 
 
 def parse_units(text: str) -> tuple[int, ...]:
@@ -95,6 +97,11 @@ class VisualizeSettings(Settings):
     accentuate: float = knob(1.0, "with a start image: weight of its squared distance to the start", low=0)
     batch: int = knob(32, "images optimized at once (units x images)", low=1)
     seed: int = knob(0, "the starting noise and every transform", low=0)
+    precision: PrecisionName = knob(
+        "auto",
+        "the steps' arithmetic: bfloat16 autocast, or float32; auto: bfloat16 where the processor multiplies it "
+        "natively (AMX, CUDA). Values are always measured in float32",
+    )
 
 
 # --- the image ---------------------------------------------------------------------------------------------
@@ -182,9 +189,9 @@ def random_transforms(x: torch.Tensor, pad: int, jitter: int, scale: float, rota
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos() / k, -a.sin() / k, a.sin() / k, a.cos() / k
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    top = (n - s) // 2
-    return out[..., top : top + s, top : top + s]
+    top = (n - s) // 2  # only the centre is sampled: each output pixel reads its own grid point
+    return F.grid_sample(x, grid[:, top : top + s, top : top + s], mode="bilinear", padding_mode="border",
+                         align_corners=False)  # fmt: skip
 
 
 def fitted(value: int | None, at224: int, size: int) -> int:
@@ -265,6 +272,7 @@ class Visualization:
     color: str
     seconds: float
     per_image: int = 1
+    arithmetic: str = "float32"
 
     def to_json(self) -> dict:
         return {
@@ -278,8 +286,51 @@ class Visualization:
             "history_every": self.every,
             "settings": self.settings.to_json(),
             "color_decorrelation": self.color,
+            "arithmetic": self.arithmetic,
             "seconds": self.seconds,
         }
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How the steps compute: bfloat16 autocast or float32; channels-last inputs where the model takes them, and
+    channels-last weights too where nothing else uses the model between steps (convolutions then run without
+    reorders). Only the steps: every reported value is measured in float32."""
+
+    bfloat16: bool
+    channels_last: bool
+    weights: bool = False
+
+    @classmethod
+    def choose(cls, net: nn.Module, pp, layer: str, s: VisualizeSettings, shared: bool) -> Arithmetic:
+        """`s.precision` resolved on the model's device; channels-last where one forward of a channels-last input
+        runs; the weights left as they are when the model is `shared` (the explorer's other requests run between
+        steps: they see the model's own weights)."""
+        device = model_device(net)
+        bf16 = s.precision == "bfloat16" or (s.precision == "auto" and fast_bfloat16(device))
+        probe = torch.zeros(1, pp.channels, pp.input_size, pp.input_size, device=device)
+        try:
+            with torch.no_grad():
+                features(net, probe.contiguous(memory_format=torch.channels_last), [layer])
+        except RuntimeError:  # a model that views its maps as contiguous: it keeps its layout
+            return cls(bf16, False)
+        return cls(bf16, True, not shared)
+
+    def layout(self, net: nn.Module):
+        """The weights' layout for the steps (`runtime.channels_last_weights`); the model's own outside them."""
+        return channels_last_weights(net) if self.weights else contextlib.nullcontext()
+
+    def describe(self) -> str:
+        kind = "bfloat16 autocast (values measured in float32)" if self.bfloat16 else "float32"
+        return kind + (", channels-last" if self.channels_last else "")
+
+    def maps(self, net: nn.Module, pp, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """`layer`'s maps (float32) of [0, 1] pixels `x` through the model's preprocessing, in this arithmetic."""
+        inp = pp.from_pixels(x * 255.0)
+        if self.channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(inp.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            return features(net, inp, [layer])[layer].float()
 
 
 # --- the method -------------------------------------------------------------------------------------------
@@ -304,7 +355,8 @@ def visualize(
     batched over units. `images` (N x C x S x S model input) seed the optimization instead of noise (feature
     accentuation: image i for unit i, with the `accentuate` penalty on the distance to it). The colour matrix is
     `color`, else computed from `training_pixels` ([0, 1], N x C x H x W), else the identity. `callback(done,
-    total)` is told the image-steps done after each step (it may raise to stop). `direction` (C) with
+    total)` is told the image-steps done after each step (it may raise to stop, or let other work use the model:
+    with a callback the weights keep their layout). `direction` (C) with
     objective "direction" (Python only). Settings (`VisualizeSettings`) as a value or as keywords."""
     s = VisualizeSettings.build(settings, **changes)
     net, pp = split_model(model, preprocess)
@@ -333,6 +385,7 @@ def visualize(
     every = max(1, s.steps // 32)
     device = model_device(net)
     shown = bar(total=len(members) * s.steps, desc=f"visualize {layer}", unit="step", disable=not progress)
+    arith = Arithmetic.choose(net, pp, layer, s, shared=callback is not None)
     with eval_mode(net), weights_fixed(net), torch.enable_grad(), shown as pbar:
         for k in range(0, len(members), s.batch):
             part = members[k : k + s.batch]
@@ -340,14 +393,15 @@ def visualize(
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + k)
             first = None if images is None else pp.to_pixels(images[k : k + len(part)].detach().cpu()) / 255.0
             tick = None if callback is None else (lambda n, _k=k: callback(_k * s.steps + n, len(members) * s.steps))
-            pixels, trace, v0 = _optimize(net, pp, obj, part, s, matrix, g, first, device, pbar, tick)
+            with arith.layout(net):
+                pixels, trace, v0 = _optimize(net, pp, obj, part, s, matrix, g, first, arith, pbar, tick)
             out_images.append(pixels * 255.0)
             with torch.no_grad():
                 values.extend(obj(features(net, pp.from_pixels(pixels.to(device) * 255.0), [layer])[layer]).tolist())
             starts.extend(v0 or [])
             history.extend(trace)
     return Visualization(layer, kind, members, torch.cat(out_images), values, starts or None, history, every, s,
-                         color_note, time.perf_counter() - started, s.per_unit)  # fmt: skip
+                         color_note, time.perf_counter() - started, s.per_unit, arith.describe())  # fmt: skip
 
 
 def _check(layer: str, units: list[int], kind: str, s: VisualizeSettings, probe: torch.Tensor) -> None:
@@ -398,10 +452,10 @@ def _loss(value, maps, raw, obj: Objective, pixels, s: VisualizeSettings, groups
     return loss
 
 
-def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, first, device, pbar, tick):
-    """One batch: Adam on the spectra for `s.steps` steps; returns the final [0, 1] pixels (CPU), the objective
-    trace, and (with a start image) each start's value."""
-    size = pp.input_size
+def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, first, arith: Arithmetic, pbar, tick):
+    """One batch: Adam on the spectra for `s.steps` steps in `arith`; returns the final [0, 1] pixels (CPU), the
+    objective trace, and (with a start image) each start's value."""
+    size, device = pp.input_size, model_device(net)
     b = len(part)
     img = (
         FourierImage.noise(b, pp.channels, size, s.decay, g)
@@ -423,7 +477,7 @@ def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, fi
 
     def keep_raw(_m, _i, out) -> None:  # the layer's own output: where a silent unit's gradient is not zero
         if isinstance(out, torch.Tensor):
-            raw.append(out)
+            raw.append(out.float())
 
     for step in range(s.steps):
         pixels = img.pixels(matrix).to(device)
@@ -431,7 +485,7 @@ def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, fi
         raw.clear()
         handle = module.register_forward_hook(keep_raw)
         try:
-            maps = features(net, pp.from_pixels(x * 255.0), [obj.layer])[obj.layer]
+            maps = arith.maps(net, pp, x, obj.layer)
         finally:
             handle.remove()
         value = obj(maps)
@@ -450,6 +504,7 @@ def _optimize(net, pp, obj: Objective, part, s: VisualizeSettings, matrix, g, fi
 
 
 __all__ = [
+    "Arithmetic",
     "FourierImage",
     "Objective",
     "Visualization",

@@ -74,11 +74,13 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
 class MaxPool2d(nn.MaxPool2d):
     """Sec. 3's overlapping max pooling, taken in channels-last on CPU (vectorized there, 2-4x faster; a maximum
-    is exact in any layout) and handed back contiguous. Under a torch function mode (the deconvnet records its
-    switches) it is `F.max_pool2d` itself."""
+    is exact in any layout) and handed back contiguous, 4 MiB of input at a time. Under autograd it pools in the
+    input's own layout: the chunks' slices and copies cost the backward more than the layout gains. Under a torch
+    function mode (the deconvnet records its switches) it is `F.max_pool2d` itself."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or self.return_indices or has_torch_function_unary(x) or x.is_cuda:
+        plain = x.dim() != 4 or self.return_indices or has_torch_function_unary(x) or x.is_cuda
+        if plain or (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
         step = max(1, (4 << 20) // max(1, x[0].numel() * x.element_size()))  # 4 MiB of input at a time: no peak

@@ -278,12 +278,13 @@ def _scan_or_index(cfg: AtlasConfig, opened: Opened, dataset, layers, scan_key: 
     """The top-k tables: read from `cfg.index` (issue 39) when given, else a scan of the data."""
     model = opened.model
     if cfg.index is not None:
-        from .index import open_index, scan_from_index
+        from .index import index_note, open_index, scan_from_index
 
         idx = open_index(cfg.index)
         _same_model(idx.manifest, opened, cfg.index)
         result = scan_from_index(idx, dataset, model, layers, cfg.settings.k, cfg.settings.per_class)
-        result.extra["from_index"] = {"index": os.path.abspath(cfg.index), "dtype": idx.manifest["dtype"]}
+        result.extra["from_index"] = {"index": os.path.abspath(cfg.index), "dtype": idx.manifest["dtype"],
+                                      "note": index_note(idx.manifest["dtype"])}  # fmt: skip
         return result
     return scan(
         model,
@@ -357,9 +358,10 @@ def _render(cfg: AtlasConfig, dist: Dist, opened: Opened, dataset, layers, key: 
         manifest["visualized"] = _visualized(cfg, opened, result, layers, manifest, progress, optimized)
     if cfg.settings.evidence:
         manifest["evidence"] = _evidence(cfg, model, pp, dataset, result, layers, manifest, dist.device, progress)
+    note = (result.extra.get("from_index") or {}).get("note", "")
     manifest["figures"] = {
         layer: atlas_site.write_panel(
-            cfg.out, layer, panels[layer], max(1, tiles[layer] // 2), optimized=optimized.get(layer)
+            cfg.out, layer, panels[layer], max(1, tiles[layer] // 2), optimized=optimized.get(layer), note=note
         )
         for layer in layers
     }
@@ -490,7 +492,8 @@ def _visualized(cfg: AtlasConfig, opened: Opened, result: Scan, layers, manifest
             entries[str(c)] = {"file": name, "value": res.values[k]}
             if c in panel.get(layer, ()):
                 optimized.setdefault(layer, {})[c] = res.images[k]
-        out[layer] = {"maps": entries, "objective": "channel", "color": res.color, "steps": res.settings.steps}
+        out[layer] = {"maps": entries, "objective": "channel", "color": res.color,
+                      "arithmetic": res.arithmetic, "steps": res.settings.steps}  # fmt: skip
     return out
 
 

@@ -345,7 +345,8 @@ class Explorer:
             v = visualize(self.opened, layer=layer, units=(channel,), steps=VISUALIZE_STEPS, callback=tick, **how)
             self._visualized[ck] = {"layer": layer, "map": channel, "unit": list(unit) if unit else None,
                                     "objective": v.objective, "value": v.values[0], "steps": VISUALIZE_STEPS,
-                                    "image": data_url(unit_image(v.images[0])), "color": v.color}  # fmt: skip
+                                    "image": data_url(unit_image(v.images[0])), "color": v.color,
+                                    "arithmetic": v.arithmetic}  # fmt: skip
         return self._visualized[ck]
 
     def _field(self, layer: str):

@@ -89,7 +89,7 @@ def run_visualize(
     done: dict = state["units"] if isinstance(state, dict) and state.get("key") == key else {}
     layer, maps = layer_maps(opened.model, pp, settings)
     units = list(settings.units) if settings.units is not None else list(range(maps.shape[1]))
-    layer, color_note = _run_batches(opened, out, settings, run, units, pixels, key, done, layer)
+    layer, notes = _run_batches(opened, out, settings, run, units, pixels, key, done, layer)
     best = where = None
     if data is not None:
         best, where = dataset_best(opened, data, layer, units, settings.objective, settings.position, run, run.progress)
@@ -107,7 +107,8 @@ def run_visualize(
         "layer": layer,
         "objective": settings.objective,
         "settings": settings.to_json(),
-        "color_decorrelation": color_note or (state or {}).get("color", ""),
+        "color_decorrelation": notes.get("color") or (state or {}).get("color", ""),
+        "arithmetic": notes.get("arithmetic") or (state or {}).get("arithmetic", ""),
         "data": None if data is None else {"spec": data.spec or data.name, "split": data.split, "images": len(data)},
         "units": rows,
         "beats_dataset": None if best is None else sum(r["beats_dataset"] for r in rows),
@@ -117,11 +118,12 @@ def run_visualize(
                         model=opened.info())  # fmt: skip
 
 
-def _run_batches(opened, out, settings, run, units, pixels, key, done, layer) -> tuple[str, str]:
+def _run_batches(opened, out, settings, run, units, pixels, key, done, layer) -> tuple[str, dict]:
     """The units in batches of `settings.batch` images, each batch written (images, entries, the resume state) as
-    it finishes; batches already in `done` skipped. Returns the layer and the colour matrix's source."""
+    it finishes; batches already in `done` skipped. Returns the layer and the notes (the colour matrix's source,
+    the steps' arithmetic) of the batches run."""
     state_path = os.path.join(out, ".partial.json")
-    color_note = ""
+    notes: dict = {}
     with bar(total=len(units), desc="visualize", unit="unit", disable=not run.progress) as pbar:
         per = max(1, settings.batch // settings.per_unit)
         for start in range(0, len(units), per):
@@ -130,11 +132,11 @@ def _run_batches(opened, out, settings, run, units, pixels, key, done, layer) ->
                 pbar.update(len(part))
                 continue
             res = visualize(opened, training_pixels=pixels, settings=settings, units=tuple(part))
-            layer, color_note = res.layer, res.color
+            layer, notes = res.layer, {"color": res.color, "arithmetic": res.arithmetic}
             _write_units(out, res, done)
-            atomic_write_json(state_path, {"key": key, "units": done, "color": color_note})
+            atomic_write_json(state_path, {"key": key, "units": done, **notes})
             pbar.update(len(part))
-    return layer, color_note
+    return layer, notes
 
 
 def _write_units(out: str, res: Visualization, done: dict) -> None:

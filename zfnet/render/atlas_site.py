@@ -51,16 +51,17 @@ def write_filter_strip(out: str, layer: str, weight: torch.Tensor) -> dict:
     return {"sprite": path, "tile": [kh * s, kw * s]}
 
 
-def write_panel(out: str, layer: str, blocks: list, scale: int, title: str = "", optimized: dict | None = None) -> str:
+def write_panel(out: str, layer: str, blocks: list, scale: int, title: str = "", optimized: dict | None = None,
+                note: str = "") -> str:  # fmt: skip
     """figures/<layer>.png: Fig. 2's panel of the chosen maps (channel, projections, patches, and with
-    `optimized` each map's optimized image, issue 37)."""
+    `optimized` each map's optimized image, issue 37); `note`, what the panel rests on, under its title."""
     path = f"figures/{layer}.png"
     k = blocks[0][1].shape[0] if blocks else 0
     third = ", optimized image (right, Olah et al. 2017)" if optimized else ""
     title = title or (
         f"{layer}: top-{k} activations of {len(blocks)} maps - deconvnet projection (left), "
         f"image patch ({'middle' if optimized else 'right'}){third} (Fig. 2)"
-    )
+    ) + (f" - {note}" if note else "")
     panel = figures.layer_panel(sorted(blocks, key=lambda b: b[0]), scale=scale, title=title, optimized=optimized)
     figures.save_png(panel, os.path.join(out, path))
     return path
@@ -115,5 +116,6 @@ def write_page(out: str, manifest: dict) -> str:
         "rule_substituted",
         "evidence",
         "visualized",
+        "from_index",
     )
     return write_site(out, {k: manifest[k] for k in keep if k in manifest})

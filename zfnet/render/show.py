@@ -200,7 +200,7 @@ def _visualization(result: Visualization, images, names, preprocess):
             img = result.images[k].clamp(0, 255).div(255).permute(1, 2, 0).numpy()
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"#{result.units[k]} {result.values[k]:.2f}", fontsize=7)
-    fig.suptitle(f"{result.layer}: optimized for the {result.objective} objective")
+    fig.suptitle(f"{result.layer}: optimized for the {result.objective} objective ({result.arithmetic})", fontsize=9)
     return fig
 
 

@@ -169,7 +169,9 @@
       vimg.src = vis.file;
       vimg.alt = "the image optimized to excite the map";
       vc.appendChild(vimg);
-      vc.appendChild(el("div", "caption", "optimized for the map's mean: " + Number(vis.value).toPrecision(3)));
+      var how = A.visualized[state.layer].arithmetic;
+      vc.appendChild(el("div", "caption", "optimized for the map's mean: " + Number(vis.value).toPrecision(3) +
+        (how ? " (steps in " + how + ")" : "")));
       cards.appendChild(vc);
     }
     if (A.evidence) cards.appendChild(evidenceCard(state.layer, channel));
@@ -286,6 +288,7 @@
       if (f.layout) said.push(l + ": " + f.layout);
     });
     Object.keys(A.rule_substituted || {}).forEach(function (l) { said.push(A.rule_substituted[l]); });
+    if (A.from_index && A.from_index.note) said.push(A.from_index.note);  // issue 39: top-k read from an index
     if (said.length) {
       var note = el("p", "note", said.join("; "));
       note.id = "feature-notes";

@@ -261,7 +261,7 @@ async function runVisualize() {
         if (layer !== state.layer || m !== state.map) break;  // another map was clicked meanwhile
         $("vis-progress").value = 1; $("vis-image").src = s.result.image; $("vis-image").hidden = false;
         const what = s.result.unit ? `unit (${s.result.unit[0]}, ${s.result.unit[1]})` : "its mean";
-        $("vis-info").textContent = `${layer} #${m}: ${what} ${s.result.value.toFixed(3)} after ${s.result.steps} steps`;
+        $("vis-info").textContent = `${layer} #${m}: ${what} ${s.result.value.toFixed(3)} after ${s.result.steps} steps (${s.result.arithmetic})`;
         break;
       }
       await new Promise((r) => setTimeout(r, 250));
