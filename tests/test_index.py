@@ -196,7 +196,7 @@ def test_query_command_and_one_line_errors(embedded, capsys):
         assert words in err and err.count("\n") == 1, err
 
 
-def test_diff_recovers_a_permutation_of_a_layers_channels(embedded, tmp_path):
+def test_diff_recovers_a_permutation_of_a_layers_channels(embedded, tmp_path, capsys):
     """A copy of the embedded model with conv3's output channels permuted (and conv4's input channels with them):
     the same function, its conv3 units renumbered; the diff pairs unit c with perm^-1(c), correlation 1, every
     other layer the identity."""
@@ -220,6 +220,13 @@ def test_diff_recovers_a_permutation_of_a_layers_channels(embedded, tmp_path):
     assert all(q["a"] == q["b"] for q in d["layers"]["conv4"]["pairs"])
     page = (tmp_path / "diff" / "index.html").read_text()
     assert "model vs permuted" in page and (tmp_path / "diff" / "matches.png").is_file()
+    assert d["settings"] == {"layers": ["conv3", "conv4"], "threshold": 0.5, "k": 9, "names": ["model", "permuted"],
+                             "pictures": True}  # fmt: skip
+    # `DiffSettings`: a bad setting is one line, refused before any index is read
+    for bad, words in ((["--threshold", "2"], "threshold"), (["--names", "one"], "must be two names")):
+        assert main(["diff", out, b, *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
 
 
 def test_matching_by_hand_and_different_widths():

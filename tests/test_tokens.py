@@ -144,3 +144,15 @@ def test_vit_b16_blocks_are_indexed_and_visualized(tmp_path):
         v = zfnet.visualize(opened, layer=block, units=(0, 7), steps=2, precision=precision)
         assert v.images.shape == (2, 3, 32, 32) and v.arithmetic.startswith(precision)
         assert v.arithmetic.endswith("channels-last") and all(map(math.isfinite, v.values))
+
+
+def test_a_timm_vit_block_is_visualized():
+    """Feature visualization on a timm model's tokens (issue 37: timm too): its own preprocessing and input size,
+    a block read as maps, one image per unit with a finite float32 value."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
+    opened = zfnet.opened_module(model, zfnet.weights.default_preprocess(model))
+    v = zfnet.visualize(opened, layer="blocks.3", units=(1, 2), steps=3)
+    assert v.images.shape == (2, 3, 32, 32) and all(map(math.isfinite, v.values))
+    assert v.arithmetic.endswith("channels-last")

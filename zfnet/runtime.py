@@ -205,8 +205,11 @@ def channels_last_weights(model: nn.Module) -> Iterator[None]:
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, a CPU with AMX tiles
     (where bfloat16 convolutions run several times faster than float32 ones)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # natively: an emulated bfloat16 (before Ampere) is slower than float32
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # an older torch: no emulation to leave out
+            return torch.cuda.is_bf16_supported()
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent means no
     return device.type == "cpu" and probe is not None and bool(probe())
 

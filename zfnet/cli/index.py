@@ -197,10 +197,9 @@ def _diff_args(p) -> None:
                    "--pretrained: the embedded test images)")  # fmt: skip
     p.add_argument("--split", default=None, help="the data's split")
     p.add_argument("--limit", type=positive, default=2000, help="with weights files: the first N images (2000)")
-    p.add_argument("--layers", default="", help="layers matched, as conv5 or pairs a:b (none: the layers both have)")
-    p.add_argument("--threshold", type=float, default=0.5, help="least correlation of a match (0.5)")
-    p.add_argument("--k", type=positive, default=9, help="top images shown per unit (9)")
-    p.add_argument("--names", default="A,B", help="what to call the two models on the page (A,B)")
+    from ..pipelines.diff import DiffSettings
+
+    add_settings(p, DiffSettings)
     p.add_argument("--out", required=True, metavar="DIR")
 
 
@@ -215,18 +214,17 @@ def _diff_args(p) -> None:
     legacy=("diff.json",),
 )
 def _diff_run(args) -> int:
-    _needs_index_extra()
-    from ..pipelines.diff import run_diff
+    from ..pipelines.diff import DiffSettings, run_diff
 
-    files = [_name(x) for x in (args.a, args.b)]
-    given = args.names if args.names != "A,B" or not all(files) else ",".join(files)
-    names = [n.strip() for n in given.split(",")]
-    if len(names) != 2 or not all(names):
-        raise UsageError(f"--names takes two names, as 'epoch 10,epoch 30' (got {args.names!r})")
-    layers = [x for x in args.layers.split(",") if x] or None
+    s = settings_from_args(args, DiffSettings)  # a bad setting costs nothing: refused before any index is read
+    _needs_index_extra()
+
+    files = tuple(_name(x) for x in (args.a, args.b))
+    names = s.names or (files if all(files) else ("A", "B"))
+    layers = list(s.layers) if s.layers else None
     with tempfile.TemporaryDirectory() as tmp:
         a, b = (_side(args, path, os.path.join(tmp, side), layers) for side, path in (("a", args.a), ("b", args.b)))
-        res = run_diff(a, b, args.work, layers, args.threshold, args.k, (names[0], names[1]))
+        res = run_diff(a, b, args.work, s, names=names)
     print(json.dumps({"out": args.out, "page": os.path.join(args.out, "index.html"),
                       "matched": {k: v["matched"] for k, v in res["layers"].items()}}, indent=2))  # fmt: skip
     return 0

@@ -6,6 +6,8 @@ new - from two activation indexes over the same images (`zfnet index`).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,7 +18,30 @@ from ..io import atomic_write_json, atomic_write_text
 from ..methods.matching import match_units
 from ..provenance import environment
 from ..render.diff import diff_page, match_plot, top_strip
+from ..settings import Settings, knob
 from .index import ActivationIndex, open_index
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(","))
+
+
+@dataclass(frozen=True)
+class DiffSettings(Settings):
+    """How `zfnet diff` matches two indexes' units and shows them (issue 39; Li et al. 2016)."""
+
+    method: ClassVar[str] = "diff"
+
+    layers: tuple[str, ...] | None = knob(None, "layers matched, as conv5 or pairs a:b (none: the layers both have)")
+    threshold: float = knob(0.5, "least correlation of a match (a unit without one is gone, or new)", low=0, high=1)
+    k: int = knob(9, "top images shown per unit", low=1)
+    names: tuple[str, ...] | None = knob(
+        None,
+        "what to call the two models on the page, as 'epoch 10,epoch 30' (none: A,B, or the weights files' names)",
+        parse=_names,
+        check=lambda v: "" if len(v) == 2 and all(v) else "must be two names, as 'epoch 10,epoch 30'",
+    )
+    pictures: bool = knob(True, "the units' top images on the page (off: the tables alone, quicker)")
 
 
 def aligned(a: ActivationIndex, b: ActivationIndex, la: str, lb: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,17 +67,16 @@ def _keys(idx: ActivationIndex, images: np.ndarray) -> list[tuple]:
     return [(*src[by_image[int(i)][0]], by_image[int(i)][1]) for i in images]
 
 
-def run_diff(path_a: str, path_b: str, out: str, layers: list[str] | None = None, threshold: float = 0.5,
-             k: int = 9, names: tuple[str, str] = ("A", "B"), pictures: bool = True) -> dict:  # fmt: skip
+def run_diff(path_a: str, path_b: str, out: str, settings: DiffSettings | None = None, **changes: Any) -> dict:
     """Match every layer pair (`layers`: "L" or "LA:LB"; none: the layers both indexes have), write diff.json,
-    the correlation plot and the page (index.html) into `out`; returns diff.json's content. `pictures`: the
-    units' top images on the page (off: the tables alone, quicker)."""
-    if not 0 <= threshold <= 1:
-        raise UsageError(f"--threshold {threshold} must be between 0 and 1")
+    the correlation plot and the page (index.html) into `out`; returns diff.json's content. Settings
+    (`DiffSettings`) as a value or as keywords."""
+    s = DiffSettings.build(settings, **changes)
+    names = (s.names[0], s.names[1]) if s.names else ("A", "B")
     a, b = open_index(path_a), open_index(path_b)
     pairs = (
-        [tuple(x.split(":", 1)) if ":" in x else (x, x) for x in layers]
-        if layers
+        [tuple(x.split(":", 1)) if ":" in x else (x, x) for x in s.layers]
+        if s.layers
         else [(x, x) for x in a.layers if x in b.layers]
     )
     if not pairs:
@@ -60,21 +84,21 @@ def run_diff(path_a: str, path_b: str, out: str, layers: list[str] | None = None
     os.makedirs(os.path.join(out, "tiles"), exist_ok=True)
     result: dict = {"a": {"index": path_a, "model": a.manifest["model"], "name": names[0]},
                     "b": {"index": path_b, "model": b.manifest["model"], "name": names[1]},
-                    "threshold": threshold, "layers": {}}  # fmt: skip
-    data_a = _dataset(a) if pictures else {}
-    data_b = _dataset(b) if pictures else {}
+                    "threshold": s.threshold, "settings": s.to_json(), "layers": {}}  # fmt: skip
+    data_a = _dataset(a) if s.pictures else {}
+    data_b = _dataset(b) if s.pictures else {}
     sections = []
     for la, lb in pairs:
         va, vb, _ = aligned(a, b, la, lb)
-        m = match_units(va, vb, threshold)
+        m = match_units(va, vb, s.threshold)
         entry = {"a_layer": la, "b_layer": lb, "images": int(va.shape[0]), **m.to_json()}
         result["layers"][f"{la}:{lb}" if la != lb else la] = entry
         rows = []
         for ua, ub, r in zip(m.a, m.b, m.r):
-            rows.append({"a": ua, "b": ub, "r": r, "a_tiles": _tiles(out, a, data_a, la, ua, k, "a"),
-                         "b_tiles": _tiles(out, b, data_b, lb, ub, k, "b")})  # fmt: skip
-        gone = [{"unit": u, "tiles": _tiles(out, a, data_a, la, u, k, "a")} for u in m.gone]
-        new = [{"unit": u, "tiles": _tiles(out, b, data_b, lb, u, k, "b")} for u in m.new]
+            rows.append({"a": ua, "b": ub, "r": r, "a_tiles": _tiles(out, a, data_a, la, ua, s.k, "a"),
+                         "b_tiles": _tiles(out, b, data_b, lb, ub, s.k, "b")})  # fmt: skip
+        gone = [{"unit": u, "tiles": _tiles(out, a, data_a, la, u, s.k, "a")} for u in m.gone]
+        new = [{"unit": u, "tiles": _tiles(out, b, data_b, lb, u, s.k, "b")} for u in m.new]
         sections.append({"a_layer": la, "b_layer": lb, "rows": rows, "gone": gone, "new": new, "matched": len(m.a),
                          "widths": m.widths, "images": int(va.shape[0])})  # fmt: skip
     match_plot(result, os.path.join(out, "matches.png"))
@@ -122,4 +146,4 @@ def _tiles(out: str, idx: ActivationIndex, data: dict, layer: str, unit: int, k:
     return name
 
 
-__all__ = ["aligned", "run_diff"]
+__all__ = ["DiffSettings", "aligned", "run_diff"]
