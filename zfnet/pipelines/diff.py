@@ -22,10 +22,6 @@ from ..settings import Settings, knob
 from .index import ActivationIndex, open_index
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(","))
-
-
 @dataclass(frozen=True)
 class DiffSettings(Settings):
     """How `zfnet diff` matches two indexes' units and shows them (issue 39; Li et al. 2016)."""
@@ -38,7 +34,6 @@ class DiffSettings(Settings):
     names: tuple[str, ...] | None = knob(
         None,
         "what to call the two models on the page, as 'epoch 10,epoch 30' (none: A,B, or the weights files' names)",
-        parse=_names,
         check=lambda v: "" if len(v) == 2 and all(v) else "must be two names, as 'epoch 10,epoch 30'",
     )
     pictures: bool = knob(True, "the units' top images on the page (off: the tables alone, quicker)")
